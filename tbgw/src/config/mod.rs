@@ -1,0 +1,186 @@
+//! Configuration in the upstream gateway's own format.
+//!
+//! A `tb_gateway.json` (or `tb_gateway.yaml`) with `thingsboard`, `storage` and `connectors[]`;
+//! each connector entry names its own JSON file relative to the main file. The
+//! `TB_GW_*` environment variables override the `thingsboard` section as upstream does.
+//!
+//! Loading never stops at the first problem: [`load`] returns every error it found, each
+//! naming the file, the key path and the reason, and the keys it accepted but does not use
+//! ([`IgnoredKey`]), which the gateway logs once.
+
+mod env;
+mod error;
+pub mod parse;
+mod storage;
+mod thingsboard;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use env::apply_env_overrides;
+pub use error::{ConfigError, ConfigErrors, IgnoredKey};
+pub use storage::StorageConfig;
+pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
+
+use crate::connector::ConnectorSpec;
+
+/// One entry of `connectors[]` in the main file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorEntry {
+    /// Connector type (`mqtt`, `modbus`, ...).
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    /// Connector name, unique in the gateway.
+    pub name: String,
+    /// The connector's JSON file, relative to the main file.
+    pub configuration: String,
+    /// Class of a custom (Python) connector: not supported by tbgw, which takes custom
+    /// connectors through its Rust API instead.
+    pub class: Option<String>,
+}
+
+/// The main file, typed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GatewayConfig {
+    /// The `thingsboard` section.
+    #[serde(default)]
+    pub thingsboard: ThingsBoardConfig,
+    /// The `storage` section.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The `connectors` list.
+    #[serde(default)]
+    pub connectors: Vec<ConnectorEntry>,
+}
+
+/// A loaded configuration: the main file, each connector's file, and what was ignored.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The main file.
+    pub file: PathBuf,
+    /// The directory of the main file; relative paths and `connected_devices.json` live here.
+    pub dir: PathBuf,
+    /// The main file, typed.
+    pub gateway: GatewayConfig,
+    /// The gateway's credentials, resolved.
+    pub credentials: Credentials,
+    /// Each connector's parsed file.
+    pub connectors: Vec<ConnectorSpec>,
+    /// Keys present but not used.
+    pub ignored: Vec<IgnoredKey>,
+}
+
+/// Keys every connector file may carry that the gateway (not the connector) handles.
+const COMMON_CONNECTOR_KEYS: &[&str] = &["name", "id", "configVersion"];
+/// Common keys tbgw accepts and does not act on yet.
+const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel", "enableRemoteLogging", "reportStrategy"];
+
+/// Loads the main file and every connector file named in it, using the process environment
+/// for `TB_GW_*` overrides.
+pub fn load(file: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("TB_GW_")).collect();
+    load_with_env(file, &env)
+}
+
+/// Like [`load`], with the environment given explicitly.
+pub fn load_with_env(file: &Path, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut ignored_paths = Vec::new();
+    let dir = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+
+    let mut raw = parse::read_file(file)?;
+    if !raw.is_object() {
+        return Err(ConfigError::new(file, "", "the main file must be a JSON object").into());
+    }
+    apply_env_overrides(&mut raw, env);
+    let gateway: GatewayConfig = match parse::from_value(file, "", &raw, &mut ignored_paths) {
+        Ok(g) => g,
+        Err(e) => return Err(e.into()),
+    };
+    if let Err(e) = gateway.thingsboard.validate(file) {
+        errors.push(e);
+    }
+    if let Err(e) = gateway.storage.validate(file) {
+        errors.push(e);
+    }
+    let credentials = match gateway.thingsboard.security.resolve(file, &dir, gateway.thingsboard.port) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let mut ignored: Vec<IgnoredKey> = ignored_paths
+        .into_iter()
+        .map(|key| IgnoredKey { file: file.to_path_buf(), key })
+        .collect();
+
+    let mut connectors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, entry) in gateway.connectors.iter().enumerate() {
+        if !names.insert(entry.name.clone()) {
+            errors.push(ConfigError::new(
+                file,
+                format!("connectors[{i}].name"),
+                format!("duplicate connector name `{}`", entry.name),
+            ));
+            continue;
+        }
+        if entry.class.is_some() {
+            ignored.push(IgnoredKey { file: file.to_path_buf(), key: format!("connectors[{i}].class") });
+        }
+        let cfile = dir.join(&entry.configuration);
+        let mut value = match parse::read_file(&cfile) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("connectors[{i}].configuration"),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        if let Some(obj) = value.as_object_mut() {
+            for k in COMMON_CONNECTOR_KEYS {
+                obj.remove(*k);
+            }
+            for k in COMMON_CONNECTOR_KEYS_IGNORED {
+                if obj.remove(*k).is_some() {
+                    ignored.push(IgnoredKey { file: cfile.clone(), key: (*k).to_string() });
+                }
+            }
+        } else {
+            errors.push(ConfigError::new(&cfile, "", "a connector file must be a JSON object"));
+            continue;
+        }
+        connectors.push(ConnectorSpec {
+            name: entry.name.clone(),
+            connector_type: entry.connector_type.clone(),
+            file: cfile,
+            config: value,
+        });
+    }
+
+    match (errors.is_empty(), credentials) {
+        (true, Some(credentials)) => Ok(LoadedConfig {
+            file: file.to_path_buf(),
+            dir,
+            gateway,
+            credentials,
+            connectors,
+            ignored,
+        }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

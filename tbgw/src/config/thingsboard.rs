@@ -1,0 +1,245 @@
+//! The `thingsboard` section of `tb_gateway.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The `thingsboard` section: where ThingsBoard is and how to talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingsBoardConfig {
+    /// Host name or address of ThingsBoard's MQTT transport.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port (1883; 8883 turns TLS on).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Credentials of the gateway device.
+    #[serde(default)]
+    pub security: SecurityConfig,
+    /// QoS of telemetry, attributes and device connect/disconnect: 0 or 1.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Largest payload the gateway publishes. Upstream reads this key but ignores it; tbgw honours
+    /// it (and the smaller limit ThingsBoard announces in its session limits).
+    #[serde(default = "default_max_payload", rename = "maxPayloadSizeBytes")]
+    pub max_payload_size_bytes: usize,
+    /// Sleep of the send loop when storage is empty. tbgw wakes on new data instead of polling,
+    /// so this is accepted for compatibility and only bounds how long a partial pack may wait.
+    #[serde(default = "default_min_pack_delay", rename = "minPackSendDelayMS")]
+    pub min_pack_send_delay_ms: u64,
+    /// MQTT keep-alive in seconds (upstream's undocumented `keep_alive`).
+    #[serde(default = "default_keep_alive", rename = "keep_alive")]
+    pub keep_alive: u64,
+    /// tbgw extension: how long to wait for the answer to `getSessionLimits` before going on
+    /// with defaults (milliseconds).
+    #[serde(default = "default_session_limits_timeout")]
+    pub session_limits_timeout_ms: u64,
+    /// tbgw extension: most QoS 1 publishes waiting for their PUBACK at once (further capped by
+    /// ThingsBoard's `maxInflightMessages`).
+    #[serde(default = "default_inflight")]
+    pub max_inflight_messages: usize,
+}
+
+fn default_host() -> String {
+    "thingsboard.cloud".into()
+}
+const fn default_port() -> u16 {
+    1883
+}
+const fn default_qos() -> u8 {
+    1
+}
+const fn default_max_payload() -> usize {
+    8196
+}
+const fn default_min_pack_delay() -> u64 {
+    50
+}
+const fn default_keep_alive() -> u64 {
+    120
+}
+const fn default_session_limits_timeout() -> u64 {
+    5000
+}
+const fn default_inflight() -> usize {
+    100
+}
+
+impl Default for ThingsBoardConfig {
+    fn default() -> Self {
+        ThingsBoardConfig {
+            host: default_host(),
+            port: default_port(),
+            security: SecurityConfig::default(),
+            qos: default_qos(),
+            max_payload_size_bytes: default_max_payload(),
+            min_pack_send_delay_ms: default_min_pack_delay(),
+            keep_alive: default_keep_alive(),
+            session_limits_timeout_ms: default_session_limits_timeout(),
+            max_inflight_messages: default_inflight(),
+        }
+    }
+}
+
+/// `thingsboard.security` as written in the file. [`SecurityConfig::resolve`] turns it into
+/// [`Credentials`] and checks that the keys its `type` needs are there.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityConfig {
+    /// `accessToken`, `tlsAccessToken`, `usernamePassword` or `x509Certificate`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The gateway device's access token.
+    pub access_token: Option<String>,
+    /// MQTT client id.
+    pub client_id: Option<String>,
+    /// MQTT user name.
+    pub username: Option<String>,
+    /// MQTT password.
+    pub password: Option<String>,
+    /// CA certificate file (PEM) that signs ThingsBoard's certificate.
+    pub ca_cert: Option<String>,
+    /// Client certificate file (PEM), for mutual TLS.
+    pub cert: Option<String>,
+    /// Client private key file (PEM), for mutual TLS.
+    pub private_key: Option<String>,
+    /// Force TLS on.
+    pub tls: Option<bool>,
+}
+
+/// How the gateway authenticates to ThingsBoard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// MQTT client id (empty: tbgw picks one).
+    pub client_id: String,
+    /// MQTT user name (the access token for token auth).
+    pub username: Option<String>,
+    /// MQTT password.
+    pub password: Option<String>,
+    /// TLS settings, when TLS is on.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files for TLS to ThingsBoard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// Client certificate and key (PEM), for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl SecurityConfig {
+    /// Checks the section and resolves certificate paths relative to `dir` (the config
+    /// directory) when such a file exists there, as upstream does.
+    pub fn resolve(&self, file: &Path, dir: &Path, port: u16) -> Result<Credentials, ConfigError> {
+        let key = |k: &str| format!("thingsboard.security.{k}");
+        let kind = self.kind.as_deref().unwrap_or(if self.access_token.is_some() {
+            "accessToken"
+        } else if self.cert.is_some() {
+            "x509Certificate"
+        } else if self.username.is_some() {
+            "usernamePassword"
+        } else {
+            "accessToken"
+        });
+        let path = |k: &str, v: &Option<String>| -> Result<PathBuf, ConfigError> {
+            let v = v
+                .as_deref()
+                .ok_or_else(|| ConfigError::new(file, key(k), "missing; required by this security type"))?;
+            Ok(resolve_path(dir, v))
+        };
+        let mut creds = Credentials {
+            client_id: self.client_id.clone().unwrap_or_default(),
+            username: None,
+            password: None,
+            tls: None,
+        };
+        let want_tls = port == 8883 || self.tls == Some(true) || self.ca_cert.is_some();
+        match kind {
+            "accessToken" | "tlsAccessToken" => {
+                let token = self.access_token.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
+                    ConfigError::new(file, key("accessToken"), "missing; required by this security type")
+                })?;
+                creds.username = Some(token.to_string());
+                if kind == "tlsAccessToken" || want_tls {
+                    creds.tls = Some(TlsFiles {
+                        ca_cert: path("caCert", &self.ca_cert)?,
+                        client: None,
+                    });
+                }
+            }
+            "usernamePassword" => {
+                if self.username.is_none() && self.client_id.is_none() {
+                    return Err(ConfigError::new(
+                        file,
+                        key("username"),
+                        "missing; usernamePassword needs a username or a clientId",
+                    ));
+                }
+                creds.username = self.username.clone();
+                creds.password = self.password.clone();
+                if want_tls {
+                    creds.tls = Some(TlsFiles {
+                        ca_cert: path("caCert", &self.ca_cert)?,
+                        client: None,
+                    });
+                }
+            }
+            "x509Certificate" => {
+                creds.tls = Some(TlsFiles {
+                    ca_cert: path("caCert", &self.ca_cert)?,
+                    client: Some((path("cert", &self.cert)?, path("privateKey", &self.private_key)?)),
+                });
+            }
+            other => {
+                return Err(ConfigError::new(
+                    file,
+                    key("type"),
+                    format!(
+                        "unknown security type `{other}`; expected accessToken, tlsAccessToken, usernamePassword or x509Certificate"
+                    ),
+                ))
+            }
+        }
+        Ok(creds)
+    }
+}
+
+/// A path from the config: absolute as is; relative ones are taken relative to the config
+/// directory when that file exists, else relative to the working directory (upstream's rule).
+pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        return path;
+    }
+    let in_dir = dir.join(&path);
+    if in_dir.exists() || !path.exists() {
+        in_dir
+    } else {
+        path
+    }
+}
+
+impl ThingsBoardConfig {
+    /// Checks values serde cannot check.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.qos > 1 {
+            return Err(ConfigError::new(file, "thingsboard.qos", "must be 0 or 1"));
+        }
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::new(file, "thingsboard.host", "must not be empty"));
+        }
+        if self.max_payload_size_bytes < 256 {
+            return Err(ConfigError::new(
+                file,
+                "thingsboard.maxPayloadSizeBytes",
+                "must be at least 256",
+            ));
+        }
+        Ok(())
+    }
+}

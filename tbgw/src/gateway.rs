@@ -1,0 +1,503 @@
+//! The [`Gateway`]: wires connectors, storage and the ThingsBoard client into running tasks.
+//!
+//! ```text
+//! connector tasks ──UplinkSender──▶ [uplink channel] ──▶ ingest task ──▶ EventStorage
+//!        ▲                                                  │ (registry)      │ read / ack
+//!        └──── downlink channel ◀── router ◀── ThingsBoard client ◀───────────┘
+//! ```
+//!
+//! Every channel is bounded. Shutdown runs in order: connectors are cancelled and awaited, the
+//! uplink channel is drained into storage, storage is flushed, and the ThingsBoard client stops
+//! after waiting (briefly) for the PUBACKs of what is in flight, all within a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
+use crate::connector::{Connector, ConnectorContext, ConnectorFactory};
+use crate::registry::DeviceRegistry;
+use crate::stats::{ConnectorStats, GatewayStats};
+use crate::storage::{EventStorage, MemoryStorage};
+use crate::tb::{Control, Routes, Shared, TbClient, TbOptions};
+use crate::uplink::{StoreOutcome, UplinkMessage, UplinkSender};
+
+/// Capacity of the channel from connectors to the ingest task (messages, each one or more
+/// device records). Large enough to absorb bursts, small enough that a blocked storage is felt
+/// by connectors within milliseconds.
+const UPLINK_CAPACITY: usize = 4096;
+/// Capacity of each connector's downlink channel.
+const DOWNLINK_CAPACITY: usize = 256;
+/// Capacity of the control channel to the ThingsBoard client.
+const CONTROL_CAPACITY: usize = 1024;
+/// Most uplink messages the ingest task writes to storage in one `put`.
+const INGEST_BATCH: usize = 512;
+
+/// An error that stops the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+}
+
+struct ConnectorSlot {
+    name: Arc<str>,
+    connector_type: Arc<str>,
+    connector: Box<dyn Connector>,
+}
+
+/// Builds a [`Gateway`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use tbgw::{Gateway, config};
+/// let loaded = config::load(std::path::Path::new("/etc/tbgw/tb_gateway.json"))?;
+/// let gateway = Gateway::builder().config(loaded).build()?;
+/// gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct GatewayBuilder {
+    config: Option<LoadedConfig>,
+    factories: Vec<Box<dyn ConnectorFactory>>,
+    connectors: Vec<ConnectorSlot>,
+    storage: Option<Arc<dyn EventStorage>>,
+    registry_dir: Option<PathBuf>,
+    shutdown_timeout: Option<Duration>,
+    rpc_timeout: Option<Duration>,
+    tb_options: Option<TbOptions>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("connectors", &self.connectors.len())
+            .field("factories", &self.factories.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// Uses a loaded configuration: its `thingsboard` and `storage` sections, and its
+    /// `connectors[]`, built by the registered factories.
+    pub fn config(mut self, config: LoadedConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Registers a factory for a connector type named in `connectors[].type`.
+    pub fn factory(mut self, factory: Box<dyn ConnectorFactory>) -> Self {
+        self.factories.push(factory);
+        self
+    }
+
+    /// Registers several factories.
+    pub fn factories(mut self, factories: impl IntoIterator<Item = Box<dyn ConnectorFactory>>) -> Self {
+        self.factories.extend(factories);
+        self
+    }
+
+    /// Adds a connector built by the embedding application.
+    pub fn connector(mut self, name: &str, connector_type: &str, connector: Box<dyn Connector>) -> Self {
+        self.connectors.push(ConnectorSlot {
+            name: Arc::from(name),
+            connector_type: Arc::from(connector_type),
+            connector,
+        });
+        self
+    }
+
+    /// Uses this storage instead of the one in the configuration.
+    pub fn storage(mut self, storage: Arc<dyn EventStorage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Where `connected_devices.json` lives (default: the config directory; without a config,
+    /// the registry is not persisted).
+    pub fn registry_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.registry_dir = Some(dir.into());
+        self
+    }
+
+    /// ThingsBoard connection settings, when not taken from a configuration file.
+    pub fn thingsboard(mut self, options: TbOptions) -> Self {
+        self.tb_options = Some(options);
+        self
+    }
+
+    /// How long shutdown may take in total (default 10 s).
+    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+        self.shutdown_timeout = Some(t);
+        self
+    }
+
+    /// How long a connector gets to answer an RPC that does not carry its own `timeout`
+    /// (default 30 s).
+    pub fn rpc_timeout(mut self, t: Duration) -> Self {
+        self.rpc_timeout = Some(t);
+        self
+    }
+
+    /// Validates everything and builds the gateway. No I/O besides reading the device registry.
+    pub fn build(self) -> Result<Gateway, GatewayError> {
+        let mut errors = Vec::new();
+        let mut connectors = self.connectors;
+        let mut tb_options = self.tb_options;
+        let mut storage = self.storage;
+        let mut registry_dir = self.registry_dir;
+        if let Some(cfg) = &self.config {
+            for ig in &cfg.ignored {
+                tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
+            }
+            if tb_options.is_none() {
+                tb_options = Some(TbOptions::new(&cfg.gateway.thingsboard, cfg.credentials.clone()));
+            }
+            if storage.is_none() {
+                let s = &cfg.gateway.storage;
+                storage = Some(Arc::new(MemoryStorage::new(s.max_records_count, s.read_records_count, s.full_policy)));
+            }
+            if registry_dir.is_none() {
+                registry_dir = Some(cfg.dir.clone());
+            }
+            for spec in &cfg.connectors {
+                let Some(f) = self.factories.iter().find(|f| f.connector_type() == spec.connector_type) else {
+                    errors.push(ConfigError::new(
+                        &cfg.file,
+                        format!("connectors[name={}].type", spec.name),
+                        format!("connector type `{}` is not available in this build of tbgw", spec.connector_type),
+                    ));
+                    continue;
+                };
+                let mut ignored = Vec::new();
+                match f.build(spec, &mut ignored) {
+                    Ok(c) => {
+                        for key in ignored {
+                            tracing::info!(file = %spec.file.display(), %key, "Configuration key ignored (not used by tbgw).");
+                        }
+                        connectors.push(ConnectorSlot {
+                            name: Arc::from(spec.name.as_str()),
+                            connector_type: Arc::from(spec.connector_type.as_str()),
+                            connector: c,
+                        });
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors).into());
+        }
+        let tb_options = tb_options.ok_or_else(|| {
+            ConfigErrors(vec![ConfigError::new("<builder>", "thingsboard", "no ThingsBoard connection configured")])
+        })?;
+        let storage = storage.unwrap_or_else(|| Arc::new(MemoryStorage::new(10_000, 1000, Default::default())));
+        let registry = match &registry_dir {
+            Some(d) => DeviceRegistry::load(d),
+            None => DeviceRegistry::in_memory(),
+        };
+        let connector_stats = connectors
+            .iter()
+            .map(|c| (c.name.to_string(), Arc::new(ConnectorStats::default())))
+            .collect();
+        Ok(Gateway {
+            tb_options,
+            storage,
+            registry,
+            connectors,
+            stats: Arc::new(GatewayStats::default()),
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            rpc_timeout: self.rpc_timeout.unwrap_or(Duration::from_secs(30)),
+            connector_stats,
+        })
+    }
+}
+
+/// A configured gateway, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    tb_options: TbOptions,
+    storage: Arc<dyn EventStorage>,
+    registry: DeviceRegistry,
+    connectors: Vec<ConnectorSlot>,
+    stats: Arc<GatewayStats>,
+    connector_stats: HashMap<String, Arc<ConnectorStats>>,
+    shutdown_timeout: Duration,
+    rpc_timeout: Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("host", &self.tb_options.host)
+            .field("port", &self.tb_options.port)
+            .field("connectors", &self.connectors.iter().map(|c| &*c.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every task stopped within the deadline.
+    pub clean: bool,
+    /// Records still in storage, not confirmed by ThingsBoard.
+    pub undelivered: usize,
+}
+
+impl Gateway {
+    /// Starts building a gateway.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// The gateway's counters; keep the handle to read them while it runs.
+    pub fn stats(&self) -> Arc<GatewayStats> {
+        self.stats.clone()
+    }
+
+    /// The storage, e.g. to read its counters while the gateway runs.
+    pub fn storage(&self) -> Arc<dyn EventStorage> {
+        self.storage.clone()
+    }
+
+    /// Counters of a connector, by name; `None` for an unknown name.
+    pub fn connector_stats(&self, name: &str) -> Option<Arc<ConnectorStats>> {
+        self.connector_stats.get(name).cloned()
+    }
+
+    /// Runs until `shutdown` completes, then shuts down gracefully within the deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
+        let Gateway {
+            tb_options,
+            storage,
+            registry,
+            connectors,
+            stats,
+            mut connector_stats,
+            shutdown_timeout,
+            rpc_timeout,
+        } = self;
+        let tasks = TaskTracker::new();
+        let root = CancellationToken::new();
+        let connectors_token = root.child_token();
+        let client_token = CancellationToken::new();
+
+        let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CAPACITY);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+
+        let mut routes = Routes::default();
+        let mut contexts = Vec::new();
+        for slot in connectors {
+            let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
+            routes.by_name.insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
+            let cstats = connector_stats.entry(slot.name.to_string()).or_default().clone();
+            let sender = UplinkSender::new(uplink_tx.clone(), slot.name.clone(), slot.connector_type.clone(), cstats.clone());
+            let cx = ConnectorContext::new(slot.name.clone(), sender, drx, connectors_token.child_token(), cstats);
+            contexts.push((slot, cx));
+        }
+        drop(uplink_tx);
+
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(registry),
+            routes,
+            stats: stats.clone(),
+            rpc_timeout,
+        });
+
+        let ingest = tokio::spawn(ingest(uplink_rx, storage.clone(), shared.clone(), control_tx.clone()));
+        let client = TbClient {
+            opts: tb_options,
+            storage: storage.clone(),
+            shared: shared.clone(),
+            control_rx,
+            control_tx,
+            cancel: client_token.clone(),
+            tasks: tasks.clone(),
+        };
+        let client_task = tokio::spawn(client.run());
+
+        let mut connector_tasks = Vec::new();
+        for (slot, cx) in contexts {
+            connector_tasks.push(tokio::spawn(supervise(slot, cx)));
+        }
+
+        shutdown.await;
+        tracing::info!("Shutting down.");
+        let deadline = Instant::now() + shutdown_timeout;
+        let mut clean = true;
+
+        // 1. Connectors.
+        connectors_token.cancel();
+        for t in connector_tasks {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                clean = false;
+            }
+        }
+        // 2. Everything connectors sent is now in the channel; the ingest task ends once all
+        // senders are gone (connector contexts are dropped with their tasks).
+        match tokio::time::timeout_at(deadline, ingest).await {
+            Ok(_) => {}
+            Err(_) => {
+                clean = false;
+                tracing::warn!("Storage did not take the last uplink data before the deadline.");
+            }
+        }
+        // 3. Storage.
+        if let Err(e) = storage.flush().await {
+            tracing::error!(error = %e, "Flushing storage failed.");
+            clean = false;
+        }
+        // 4. ThingsBoard client (waits briefly for in-flight PUBACKs).
+        client_token.cancel();
+        if tokio::time::timeout_at(deadline, client_task).await.is_err() {
+            clean = false;
+        }
+        tasks.close();
+        let _ = tokio::time::timeout_at(deadline, tasks.wait()).await;
+        if let Err(e) = shared.registry().persist_if_dirty() {
+            tracing::warn!(error = %e, "Cannot write the device registry.");
+        }
+        let undelivered = storage.stats().len;
+        tracing::info!(clean, undelivered, "Gateway stopped.");
+        ShutdownReport { clean, undelivered }
+    }
+}
+
+/// Runs one connector, restarting it with backoff after an error or a panic.
+async fn supervise(slot: ConnectorSlot, mut cx: ConnectorContext) {
+    let ConnectorSlot { name, mut connector, .. } = slot;
+    let span = tracing::info_span!("connector", name = %name);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let result = {
+            let _enter = span.enter();
+            std::panic::AssertUnwindSafe(connector.run(&mut cx)).catch_unwind()
+        }
+        .await;
+        if cx.cancellation().is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(Ok(())) => {
+                tracing::warn!(connector = %name, "Connector stopped by itself; restarting.");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(connector = %name, error = %e, "Connector failed; restarting.");
+            }
+            Err(_) => {
+                tracing::error!(connector = %name, "Connector panicked; restarting.");
+            }
+        }
+        cx.stats().add_restarts(1);
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = Duration::from_secs(1);
+        }
+        let wait = delay + delay.mul_f64(fastrand::f64() * 0.3);
+        tokio::select! {
+            _ = cx.cancellation().cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Takes uplink messages, registers devices and writes data to storage, in batches.
+async fn ingest(
+    mut rx: mpsc::Receiver<UplinkMessage>,
+    storage: Arc<dyn EventStorage>,
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+) {
+    let mut msgs = Vec::with_capacity(INGEST_BATCH);
+    let mut records = Vec::new();
+    let mut acks = Vec::new();
+    loop {
+        msgs.clear();
+        if rx.recv_many(&mut msgs, INGEST_BATCH).await == 0 {
+            break;
+        }
+        {
+            let mut reg = shared.registry();
+            for m in msgs.drain(..) {
+                match m {
+                    UplinkMessage::Data { connector, data, ack } => {
+                        let n = data.len();
+                        for d in data {
+                            reg.observe(&d.device_name, &d.device_type, &connector);
+                            records.push(d);
+                        }
+                        if let Some(a) = ack {
+                            acks.push((a, n));
+                        }
+                    }
+                    UplinkMessage::Connect { connector, device, device_type } => {
+                        reg.observe(&device, &device_type, &connector);
+                        let _ = control.try_send(Control::Connect { device, device_type });
+                    }
+                    UplinkMessage::Disconnect { device, .. } => {
+                        if reg.set_disconnected(&device) {
+                            let _ = control.try_send(Control::Disconnect { device });
+                        }
+                    }
+                    UplinkMessage::AttributeRequest { device, client, keys, reply } => {
+                        // Dropped if the client's queue is full: the requester times out.
+                        let _ = control.try_send(Control::AttributeRequest { device, client, keys, reply });
+                    }
+                }
+            }
+            if let Err(e) = reg.persist_if_dirty() {
+                tracing::warn!(error = %e, "Cannot write the device registry.");
+            }
+        }
+        if records.is_empty() {
+            for (a, _) in acks.drain(..) {
+                let _ = a.send(StoreOutcome::Stored);
+            }
+            continue;
+        }
+        let total = records.len();
+        let outcome = match storage.put(std::mem::take(&mut records)).await {
+            Ok(r) => {
+                shared.stats.add_stored(r.stored as u64);
+                if r.dropped > 0 {
+                    shared.stats.add_storage_dropped(r.dropped as u64);
+                    tracing::warn!(dropped = r.dropped, "Storage is full; records dropped by the full policy.");
+                }
+                r
+            }
+            Err(e) => {
+                shared.stats.add_storage_errors(1);
+                tracing::error!(error = %e, records = total, "Writing to storage failed; records lost.");
+                for (a, _) in acks.drain(..) {
+                    let _ = a.send(StoreOutcome::Failed);
+                }
+                continue;
+            }
+        };
+        // Under DropNewest the dropped records are the last ones of this put; report drops to
+        // the senders whose records were among them, newest first.
+        let mut dropped_left = if storage_policy_drops_newest(&outcome, total) { outcome.dropped } else { 0 };
+        for (a, n) in acks.drain(..).rev() {
+            let d = dropped_left.min(n);
+            dropped_left -= d;
+            let _ = a.send(if d == 0 { StoreOutcome::Stored } else { StoreOutcome::Dropped(d) });
+        }
+    }
+    tracing::debug!("Ingest finished: all uplink senders are gone.");
+}
+
+fn storage_policy_drops_newest(r: &crate::storage::PutReport, total: usize) -> bool {
+    // Stored + dropped == total only when the new records themselves were dropped.
+    r.dropped > 0 && r.stored + r.dropped == total
+}

@@ -1,0 +1,268 @@
+//! Which connector owns which device, persisted in the config directory as
+//! `connected_devices.json` (upstream's file and format), so devices are announced to
+//! ThingsBoard again after a restart and downlink requests reach their connector.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// The file name upstream uses.
+pub const REGISTRY_FILE: &str = "connected_devices.json";
+
+/// One known device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    /// The owning connector's name.
+    pub connector: Arc<str>,
+    /// The device profile.
+    pub device_type: String,
+    /// The connector reported the device offline.
+    pub disconnected: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredEntry {
+    connector_name: String,
+    #[serde(default)]
+    connector_id: Option<String>,
+    #[serde(default = "default_type")]
+    device_type: String,
+    #[serde(default)]
+    disconnected: bool,
+    #[serde(default)]
+    renaming: Option<String>,
+}
+
+fn default_type() -> String {
+    "default".into()
+}
+
+/// What [`DeviceRegistry::observe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The device was not known.
+    New,
+    /// Known and connected, nothing changed.
+    Known,
+    /// Known, but its owner, type or connection state changed.
+    Changed,
+}
+
+/// The device registry. Not thread-safe by itself; the gateway keeps it behind a mutex.
+#[derive(Debug, Default)]
+pub struct DeviceRegistry {
+    path: Option<PathBuf>,
+    devices: HashMap<String, DeviceEntry>,
+    dirty: bool,
+}
+
+impl DeviceRegistry {
+    /// An empty registry that is never written to disk.
+    pub fn in_memory() -> Self {
+        DeviceRegistry::default()
+    }
+
+    /// Loads `dir/connected_devices.json` if it exists (both upstream formats: the object form
+    /// and the older `[connectorName, type, newName]` list form). A malformed file is logged
+    /// and replaced, never fatal: the registry only saves announcing devices again.
+    pub fn load(dir: &Path) -> Self {
+        let path = dir.join(REGISTRY_FILE);
+        let mut reg = DeviceRegistry {
+            path: Some(path.clone()),
+            ..DeviceRegistry::default()
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return reg,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "Cannot read the device registry; starting empty.");
+                return reg;
+            }
+        };
+        let parsed: Result<HashMap<String, Json>, _> = serde_json::from_str(&text);
+        match parsed {
+            Ok(map) => {
+                for (name, v) in map {
+                    let entry = match v {
+                        Json::Array(a) => a.first().and_then(Json::as_str).map(|c| DeviceEntry {
+                            connector: Arc::from(c),
+                            device_type: a
+                                .get(1)
+                                .and_then(Json::as_str)
+                                .unwrap_or("default")
+                                .to_string(),
+                            disconnected: false,
+                        }),
+                        other => serde_json::from_value::<StoredEntry>(other).ok().map(|s| DeviceEntry {
+                            connector: Arc::from(s.connector_name.as_str()),
+                            device_type: s.device_type,
+                            disconnected: s.disconnected,
+                        }),
+                    };
+                    match entry {
+                        Some(e) => {
+                            reg.devices.insert(name, e);
+                        }
+                        None => tracing::warn!(file = %path.display(), device = %name, "Skipping a malformed device registry entry."),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "The device registry is not valid JSON; starting empty.")
+            }
+        }
+        reg
+    }
+
+    /// Records that `connector` sent data for (or connected) `device`.
+    pub fn observe(&mut self, device: &str, device_type: &str, connector: &Arc<str>) -> Observed {
+        match self.devices.get_mut(device) {
+            Some(e) => {
+                let type_changed = !device_type.is_empty() && e.device_type != device_type;
+                if e.connector != *connector || type_changed || e.disconnected {
+                    e.connector = connector.clone();
+                    if type_changed {
+                        e.device_type = device_type.to_string();
+                    }
+                    e.disconnected = false;
+                    self.dirty = true;
+                    Observed::Changed
+                } else {
+                    Observed::Known
+                }
+            }
+            None => {
+                self.devices.insert(
+                    device.to_string(),
+                    DeviceEntry {
+                        connector: connector.clone(),
+                        device_type: if device_type.is_empty() { "default".into() } else { device_type.to_string() },
+                        disconnected: false,
+                    },
+                );
+                self.dirty = true;
+                Observed::New
+            }
+        }
+    }
+
+    /// Marks a device offline; returns false if it is unknown.
+    pub fn set_disconnected(&mut self, device: &str) -> bool {
+        match self.devices.get_mut(device) {
+            Some(e) => {
+                if !e.disconnected {
+                    e.disconnected = true;
+                    self.dirty = true;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connector that owns `device`.
+    pub fn owner(&self, device: &str) -> Option<&Arc<str>> {
+        self.devices.get(device).map(|e| &e.connector)
+    }
+
+    /// A device's entry.
+    pub fn get(&self, device: &str) -> Option<&DeviceEntry> {
+        self.devices.get(device)
+    }
+
+    /// Devices that are not marked offline, with their profiles.
+    pub fn connected(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .devices
+            .iter()
+            .filter(|(_, e)| !e.disconnected)
+            .map(|(n, e)| (n.clone(), e.device_type.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of known devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// True when no device is known.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Writes the file if something changed since the last write (atomically: a temporary
+    /// file renamed over the old one).
+    pub fn persist_if_dirty(&mut self) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let Some(path) = &self.path else {
+            self.dirty = false;
+            return Ok(());
+        };
+        let map: std::collections::BTreeMap<&str, StoredEntry> = self
+            .devices
+            .iter()
+            .map(|(n, e)| {
+                (
+                    n.as_str(),
+                    StoredEntry {
+                        connector_name: e.connector.to_string(),
+                        connector_id: None,
+                        device_type: e.device_type.clone(),
+                        disconnected: e.disconnected,
+                        renaming: None,
+                    },
+                )
+            })
+            .collect();
+        let text = serde_json::to_vec_pretty(&map).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_survives_a_restart_and_reads_upstream_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt: Arc<str> = Arc::from("MQTT");
+        let mut r = DeviceRegistry::load(dir.path());
+        assert_eq!(r.observe("a", "thermo", &mqtt), Observed::New);
+        assert_eq!(r.observe("a", "thermo", &mqtt), Observed::Known);
+        r.observe("b", "", &mqtt);
+        r.set_disconnected("b");
+        r.persist_if_dirty().unwrap();
+        let r2 = DeviceRegistry::load(dir.path());
+        assert_eq!(r2.connected(), vec![("a".to_string(), "thermo".to_string())]);
+        assert_eq!(r2.owner("b").map(|c| &**c), Some("MQTT"));
+
+        std::fs::write(
+            dir.path().join(REGISTRY_FILE),
+            r#"{"old": ["Modbus", "meter", null], "new": {"connectorName": "X", "deviceType": "t", "disconnected": false, "renaming": null}, "bad": 5}"#,
+        )
+        .unwrap();
+        let r3 = DeviceRegistry::load(dir.path());
+        assert_eq!(r3.len(), 2);
+        assert_eq!(r3.get("old").unwrap().device_type, "meter");
+    }
+
+    #[test]
+    fn a_corrupt_registry_file_is_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(REGISTRY_FILE), b"{not json").unwrap();
+        assert!(DeviceRegistry::load(dir.path()).is_empty());
+    }
+}

@@ -1,0 +1,121 @@
+//! Event storage: the buffer between conversion and publishing.
+//!
+//! The contract is read-then-ack, as in upstream's `get_event_pack` /
+//! `event_pack_processing_done` and Vector's disk buffer:
+//!
+//! * [`EventStorage::put`] appends records; what happens when the storage is full is the
+//!   configured [`FullPolicy`].
+//! * [`EventStorage::read`] hands out the next records after the read cursor and advances the
+//!   cursor; several reads may be outstanding (the ThingsBoard client pipelines them).
+//! * [`EventStorage::ack`] confirms every record up to a sequence number: only then may the
+//!   storage forget them. Nothing is deleted before the ack.
+//! * [`EventStorage::rewind`] moves the read cursor back to the oldest unacknowledged record,
+//!   which is what the client does after a lost connection, so everything not confirmed by
+//!   ThingsBoard is sent again (at-least-once; duplicates possible, loss not).
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+pub use memory::MemoryStorage;
+
+use crate::model::DeviceData;
+
+/// A stored record. Shared, so reading it again after a rewind costs no copy.
+pub type Record = Arc<DeviceData>;
+
+/// What to do when a `put` finds the storage full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Wait until ThingsBoard confirms older records and space frees up; the wait
+    /// back-pressures the connectors (the MQTT connector stops acknowledging its broker).
+    #[default]
+    Block,
+    /// Drop the oldest records to make room (keeps the most recent data).
+    DropOldest,
+    /// Reject the new records (upstream's behaviour).
+    DropNewest,
+}
+
+/// A batch handed out by [`EventStorage::read`].
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// The records, in order; their sequence numbers are consecutive from `first_seq`.
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// Sequence number of the last record (`first_seq - 1` when empty).
+    pub fn last_seq(&self) -> u64 {
+        (self.first_seq + self.records.len() as u64).saturating_sub(1)
+    }
+}
+
+/// What a `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PutReport {
+    /// Records stored.
+    pub stored: usize,
+    /// Records dropped because the storage was full (new ones under `DropNewest`, old ones
+    /// under `DropOldest`).
+    pub dropped: usize,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The storage was closed.
+    #[error("storage is closed")]
+    Closed,
+    /// An I/O error.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters and levels of a storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StorageStats {
+    /// Records currently held (acknowledged ones excluded).
+    pub len: usize,
+    /// Records stored since start.
+    pub stored: u64,
+    /// Records acknowledged since start.
+    pub acked: u64,
+    /// Records dropped by the full policy since start.
+    pub dropped: u64,
+}
+
+/// A buffer between conversion and publishing. See the [module docs](self).
+#[async_trait]
+pub trait EventStorage: Send + Sync + 'static {
+    /// Appends records, applying the full policy.
+    async fn put(&self, records: Vec<DeviceData>) -> Result<PutReport, StorageError>;
+
+    /// Returns up to `max` records after the read cursor and advances it. Waits until at least
+    /// one record is available. Cancel-safe: dropping the future reads nothing.
+    async fn read(&self, max: usize) -> Result<Batch, StorageError>;
+
+    /// Acknowledges every record with a sequence number up to and including `through_seq`.
+    async fn ack(&self, through_seq: u64) -> Result<(), StorageError>;
+
+    /// Moves the read cursor back to the oldest unacknowledged record.
+    fn rewind(&self);
+
+    /// Counters and levels.
+    fn stats(&self) -> StorageStats;
+
+    /// Makes everything stored so far durable (no-op for memory storage).
+    async fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// The read batch size the configuration asked for.
+    fn read_batch_size(&self) -> usize;
+}

@@ -1,0 +1,540 @@
+//! The ThingsBoard client: one MQTT 5 session to ThingsBoard, speaking the gateway API.
+//!
+//! # What it does
+//! * Connects as the gateway device (access token, user name and password, TLS with a CA,
+//!   mutual TLS). A failed TLS handshake is an error and is retried as TLS; it never falls back
+//!   to plain text (upstream does).
+//! * After every connect: subscribes (with MQTT 5 *no local*, so a plain broker standing in
+//!   for ThingsBoard does not echo the gateway's own publishes back), asks for
+//!   `getSessionLimits` and waits for the answer for `sessionLimitsTimeoutMs` before going on
+//!   with defaults, announces every known device again, and rewinds storage so that everything
+//!   not yet confirmed is published again.
+//! * Reads batches from storage, packs them into `v1/gateway/telemetry` and
+//!   `v1/gateway/attributes` payloads of at most the payload limit, publishes them with the
+//!   configured QoS and acknowledges the batch to storage only when every PUBACK of it (and of
+//!   every batch before it) has arrived ([`tracker`]).
+//! * Routes shared-attribute updates and RPCs to the connector that owns the device; publishes
+//!   RPC replies, device connect/disconnect and attribute requests.
+//! * Reconnects with exponential backoff and jitter.
+
+mod incoming;
+pub(crate) mod pack;
+mod tracker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Filter, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::Outgoing;
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Credentials, ThingsBoardConfig};
+use crate::downlink::Downlink;
+use crate::registry::DeviceRegistry;
+use crate::stats::GatewayStats;
+use crate::storage::EventStorage;
+use tracker::{Token, Tracker};
+
+/// Topics.
+pub(crate) mod topic {
+    pub const CONNECT: &str = "v1/gateway/connect";
+    pub const DISCONNECT: &str = "v1/gateway/disconnect";
+    pub const TELEMETRY: &str = "v1/gateway/telemetry";
+    pub const ATTRIBUTES: &str = "v1/gateway/attributes";
+    pub const ATTRIBUTES_REQUEST: &str = "v1/gateway/attributes/request";
+    pub const ATTRIBUTES_RESPONSE: &str = "v1/gateway/attributes/response";
+    pub const RPC: &str = "v1/gateway/rpc";
+    pub const ME_ATTRIBUTES: &str = "v1/devices/me/attributes";
+    pub const ME_ATTRIBUTES_RESPONSE: &str = "v1/devices/me/attributes/response/";
+    pub const ME_RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
+    pub const ME_RPC_RESPONSE: &str = "v1/devices/me/rpc/response/";
+}
+
+/// Settings of the ThingsBoard client, from the `thingsboard` section.
+#[derive(Debug, Clone)]
+pub struct TbOptions {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Credentials and TLS.
+    pub credentials: Credentials,
+    /// QoS for telemetry, attributes, connect and disconnect.
+    pub qos: u8,
+    /// Payload limit in bytes.
+    pub max_payload: usize,
+    /// Keep-alive (at least 5 s).
+    pub keep_alive: Duration,
+    /// How long to wait for `getSessionLimits`.
+    pub session_limits_timeout: Duration,
+    /// Most unconfirmed publishes at once.
+    pub max_inflight: usize,
+    /// Backoff bounds between connection attempts.
+    pub reconnect_min: Duration,
+    /// Upper bound of the backoff.
+    pub reconnect_max: Duration,
+}
+
+impl TbOptions {
+    /// Options for a plain-TCP connection authenticated by the gateway device's access token,
+    /// with every other setting at its default.
+    pub fn access_token(host: impl Into<String>, port: u16, token: impl Into<String>) -> Self {
+        let cfg = ThingsBoardConfig {
+            host: host.into(),
+            port,
+            ..ThingsBoardConfig::default()
+        };
+        let credentials = Credentials {
+            client_id: String::new(),
+            username: Some(token.into()),
+            password: None,
+            tls: None,
+        };
+        TbOptions::new(&cfg, credentials)
+    }
+
+    /// Options from the `thingsboard` section and resolved credentials.
+    pub fn new(cfg: &ThingsBoardConfig, credentials: Credentials) -> Self {
+        TbOptions {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            credentials,
+            qos: cfg.qos,
+            max_payload: cfg.max_payload_size_bytes,
+            keep_alive: Duration::from_secs(cfg.keep_alive.max(5)),
+            session_limits_timeout: Duration::from_millis(cfg.session_limits_timeout_ms),
+            max_inflight: cfg.max_inflight_messages.max(1),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Requests to the client from the rest of the gateway.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Connect { device: String, device_type: String },
+    Disconnect { device: String },
+    RpcReply { device: Option<String>, id: i64, data: Json },
+    AttributeRequest { device: String, client: bool, keys: Vec<String>, reply: oneshot::Sender<Json> },
+}
+
+/// Where downlink requests go: connector name → (type, sender).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Routes {
+    pub by_name: HashMap<Arc<str>, (Arc<str>, mpsc::Sender<Downlink>)>,
+}
+
+/// State shared between the ingest task, the client and the router.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub registry: Mutex<DeviceRegistry>,
+    pub routes: Routes,
+    pub stats: Arc<GatewayStats>,
+    /// How long a connector gets to answer an RPC.
+    pub rpc_timeout: Duration,
+}
+
+impl Shared {
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, DeviceRegistry> {
+        // The registry holds no invariant that a panic elsewhere could break.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum SessionEnd {
+    Cancelled,
+    Lost(String),
+}
+
+/// The client task. See the [module docs](self).
+pub(crate) struct TbClient {
+    pub opts: TbOptions,
+    pub storage: Arc<dyn EventStorage>,
+    pub shared: Arc<Shared>,
+    pub control_rx: mpsc::Receiver<Control>,
+    pub control_tx: mpsc::Sender<Control>,
+    pub cancel: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// Per-session state.
+struct Session {
+    client: AsyncClient,
+    tracker: Tracker,
+    announced: HashSet<String>,
+    ready: bool,
+    limits_id: u64,
+    payload_limit: usize,
+    window: usize,
+    pending_attr: HashMap<i64, oneshot::Sender<Json>>,
+    next_attr_id: i64,
+    qos: QoS,
+}
+
+impl TbClient {
+    pub(crate) async fn run(mut self) {
+        let mut delay = self.opts.reconnect_min;
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            match self.session().await {
+                SessionEnd::Cancelled => break,
+                SessionEnd::Lost(reason) => {
+                    self.shared.stats.add_connection_errors(1);
+                    if started.elapsed() > Duration::from_secs(60) {
+                        delay = self.opts.reconnect_min;
+                    }
+                    let jitter = delay.mul_f64(fastrand::f64() * 0.3);
+                    let wait = delay + jitter;
+                    tracing::warn!(host = %self.opts.host, port = self.opts.port, error = %reason, retry_in_ms = wait.as_millis() as u64, "ThingsBoard connection lost or refused; retrying.");
+                    let deadline = Instant::now() + wait;
+                    // While offline, keep consuming control requests so no producer blocks:
+                    // connects are re-sent from the registry after reconnect, RPC replies and
+                    // attribute requests cannot be delivered (ThingsBoard times them out).
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = self.cancel.cancelled() => return,
+                            _ = tokio::time::sleep_until(deadline) => break,
+                            Some(c) = self.control_rx.recv() => {
+                                if let Control::RpcReply { id, .. } = c {
+                                    tracing::warn!(id, "Dropping an RPC reply: ThingsBoard is not connected.");
+                                }
+                            }
+                        }
+                    }
+                    delay = (delay * 2).min(self.opts.reconnect_max);
+                }
+            }
+        }
+    }
+
+    fn mqtt_options(&self) -> MqttOptions {
+        let o = &self.opts;
+        let client_id = if o.credentials.client_id.is_empty() {
+            format!("tbgw-{:08x}", fastrand::u32(..))
+        } else {
+            o.credentials.client_id.clone()
+        };
+        let mut m = MqttOptions::new(client_id, o.host.clone(), o.port);
+        m.set_keep_alive(o.keep_alive.max(Duration::from_secs(5)));
+        m.set_clean_start(true);
+        m.set_connection_timeout(10);
+        m.set_max_packet_size(Some(16 * 1024 * 1024));
+        if let Some(u) = &o.credentials.username {
+            m.set_credentials(u.clone(), o.credentials.password.clone().unwrap_or_default());
+        }
+        m
+    }
+
+    #[cfg(feature = "tls")]
+    fn transport(&self) -> Result<Option<rumqttc::Transport>, String> {
+        let Some(tls) = &self.opts.credentials.tls else {
+            return Ok(None);
+        };
+        let ca = std::fs::read(&tls.ca_cert).map_err(|e| format!("cannot read CA certificate {}: {e}", tls.ca_cert.display()))?;
+        let client_auth = match &tls.client {
+            Some((cert, key)) => Some((
+                std::fs::read(cert).map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?,
+                std::fs::read(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Some(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        })))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn transport(&self) -> Result<Option<rumqttc::Transport>, String> {
+        match &self.opts.credentials.tls {
+            Some(_) => Err("TLS is configured but tbgw was built without the `tls` feature".into()),
+            None => Ok(None),
+        }
+    }
+
+    async fn session(&mut self) -> SessionEnd {
+        let mut mopts = self.mqtt_options();
+        match self.transport() {
+            Ok(Some(t)) => {
+                mopts.set_transport(t);
+            }
+            Ok(None) => {}
+            Err(e) => return SessionEnd::Lost(e),
+        }
+        let window = self.opts.max_inflight;
+        let (client, mut ev) = AsyncClient::new(mopts, window * 2 + 1024);
+
+        // Wait for CONNACK.
+        let connack = loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
+                e = ev.poll() => match e {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack,
+                    Ok(_) => continue,
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                },
+            }
+        };
+        if connack.code != ConnectReturnCode::Success {
+            return SessionEnd::Lost(format!("connection refused: {:?}", connack.code));
+        }
+        self.shared.stats.add_connects(1);
+        let mut s = Session {
+            client,
+            tracker: Tracker::default(),
+            announced: HashSet::new(),
+            ready: false,
+            limits_id: 0,
+            payload_limit: self.opts.max_payload,
+            window,
+            pending_attr: HashMap::new(),
+            next_attr_id: 1,
+            qos: if self.opts.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+        };
+        if let Some(p) = &connack.properties {
+            if let Some(rm) = p.receive_max {
+                s.window = s.window.min(usize::from(rm).max(1));
+            }
+            if let Some(mp) = p.max_packet_size {
+                // Leave room for the fixed header, topic and properties.
+                s.payload_limit = s.payload_limit.min((mp as usize).saturating_sub(128).max(256));
+            }
+        }
+        tracing::info!(host = %self.opts.host, port = self.opts.port, "Connected to ThingsBoard.");
+
+        let filters = [
+            topic::ME_ATTRIBUTES.to_string(),
+            format!("{}+", topic::ME_ATTRIBUTES_RESPONSE),
+            format!("{}+", topic::ME_RPC_REQUEST),
+            format!("{}+", topic::ME_RPC_RESPONSE),
+            topic::ATTRIBUTES.to_string(),
+            topic::ATTRIBUTES_RESPONSE.to_string(),
+            topic::RPC.to_string(),
+            topic::DISCONNECT.to_string(),
+        ]
+        .into_iter()
+        .map(|path| {
+            let mut f = Filter::new(path, QoS::AtLeastOnce);
+            f.nolocal = true;
+            f
+        });
+        if let Err(e) = s.client.try_subscribe_many(filters) {
+            return SessionEnd::Lost(format!("subscribe failed: {e}"));
+        }
+        s.limits_id = u64::from(fastrand::u32(1_000_000..u32::MAX));
+        let req = json!({"method": "getSessionLimits", "params": {"timeout": self.opts.session_limits_timeout.as_millis() as u64}});
+        let limits_topic = format!("{}{}", topic::ME_RPC_REQUEST, s.limits_id);
+        if let Err(e) = self.publish(&mut s, limits_topic, req.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other) {
+            return SessionEnd::Lost(e);
+        }
+        let limits_deadline = Instant::now() + self.opts.session_limits_timeout;
+        let mut drain_deadline: Option<Instant> = None;
+        let batch_size = self.storage.read_batch_size();
+
+        loop {
+            let can_read = s.ready && drain_deadline.is_none() && s.tracker.pending() < s.window && s.tracker.pending_batches() < 4;
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if drain_deadline.is_none() => {
+                    // Stop reading new batches; wait (bounded) for the PUBACKs of what is in flight
+                    // so storage can be acknowledged.
+                    drain_deadline = Some(Instant::now() + Duration::from_secs(3));
+                }
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
+                    tracing::warn!(unconfirmed = s.tracker.pending(), "Shutting down with publishes still unconfirmed; they stay in storage.");
+                    let _ = s.client.try_disconnect();
+                    return SessionEnd::Cancelled;
+                }
+                e = ev.poll() => match e {
+                    Ok(event) => {
+                        if let Err(reason) = self.on_event(&mut s, event).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                },
+                Some(c) = self.control_rx.recv() => {
+                    if let Err(reason) = self.on_control(&mut s, c) {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                _ = tokio::time::sleep_until(limits_deadline), if !s.ready => {
+                    tracing::info!(timeout_ms = self.opts.session_limits_timeout.as_millis() as u64, "No answer to getSessionLimits; going on with the configured limits.");
+                    if let Err(reason) = self.become_ready(&mut s) {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                r = self.storage.read(batch_size), if can_read => match r {
+                    Ok(batch) => {
+                        if let Err(reason) = self.publish_batch(&mut s, batch).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
+                    Err(e) => {
+                        self.shared.stats.add_storage_errors(1);
+                        tracing::error!(error = %e, "Reading from storage failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            if drain_deadline.is_some() && s.tracker.pending() == 0 {
+                let _ = s.client.try_disconnect();
+                // Let the DISCONNECT go out.
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    while ev.poll().await.is_ok() {}
+                })
+                .await;
+                return SessionEnd::Cancelled;
+            }
+        }
+    }
+
+    /// Session limits received or timed out: announce devices and start draining storage.
+    fn become_ready(&mut self, s: &mut Session) -> Result<(), String> {
+        s.ready = true;
+        self.storage.rewind();
+        let devices = self.shared.registry().connected();
+        for (device, device_type) in devices {
+            self.announce(s, &device, &device_type)?;
+        }
+        Ok(())
+    }
+
+    fn announce(&mut self, s: &mut Session, device: &str, device_type: &str) -> Result<(), String> {
+        let payload = json!({"device": device, "type": device_type}).to_string().into_bytes();
+        let qos = s.qos;
+        self.publish(s, topic::CONNECT.to_string(), payload, qos, Token::Other)?;
+        s.announced.insert(device.to_string());
+        Ok(())
+    }
+
+    fn publish(&mut self, s: &mut Session, topic: String, payload: Vec<u8>, qos: QoS, token: Token) -> Result<(), String> {
+        s.client
+            .try_publish(topic, qos, false, payload)
+            .map_err(|e| format!("cannot queue a publish: {e}"))?;
+        s.tracker.queued(token);
+        self.shared.stats.add_publishes(1);
+        Ok(())
+    }
+
+    async fn publish_batch(&mut self, s: &mut Session, batch: crate::storage::Batch) -> Result<(), String> {
+        // Devices seen for the first time in this session are announced first; MQTT keeps the
+        // order of publishes on one connection, so ThingsBoard knows the device before its data.
+        for r in &batch.records {
+            if !s.announced.contains(&r.device_name) {
+                let t = if r.device_type.is_empty() { "default" } else { r.device_type.as_str() };
+                let (d, t) = (r.device_name.clone(), t.to_string());
+                self.announce(s, &d, &t)?;
+            }
+        }
+        let packed = pack::pack(&batch.records, s.payload_limit);
+        if packed.oversized > 0 {
+            tracing::warn!(items = packed.oversized, limit = s.payload_limit, "Items larger than the payload limit are sent alone; ThingsBoard may reject them.");
+        }
+        let n = packed.telemetry.len() + packed.attributes.len();
+        let id = s.tracker.begin_batch(batch.last_seq(), batch.records.len(), n);
+        let qos = s.qos;
+        for p in packed.telemetry {
+            self.publish(s, topic::TELEMETRY.to_string(), p, qos, Token::Batch(id))?;
+        }
+        for p in packed.attributes {
+            self.publish(s, topic::ATTRIBUTES.to_string(), p, qos, Token::Batch(id))?;
+        }
+        let done = s.tracker.drain_empty();
+        self.ack_storage(done).await;
+        Ok(())
+    }
+
+    async fn ack_storage(&self, done: Vec<tracker::Completed>) {
+        let Some(last) = done.last() else { return };
+        let records: usize = done.iter().map(|c| c.records).sum();
+        match self.storage.ack(last.last_seq).await {
+            Ok(()) => self.shared.stats.add_delivered(records as u64),
+            Err(e) => {
+                self.shared.stats.add_storage_errors(1);
+                tracing::error!(error = %e, "Acknowledging delivered records to storage failed; they may be sent again.");
+            }
+        }
+    }
+
+    async fn on_event(&mut self, s: &mut Session, event: Event) -> Result<(), String> {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let done = s.tracker.on_outgoing(pkid);
+                self.ack_storage(done).await;
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {}
+                    PubAckReason::QuotaExceeded => {
+                        // Throttled by ThingsBoard: reconnect after a backoff and send again.
+                        return Err("ThingsBoard rejected a publish: quota exceeded".into());
+                    }
+                    other => {
+                        tracing::error!(reason = ?other, "ThingsBoard rejected a publish; it is not sent again.");
+                    }
+                }
+                let done = s.tracker.on_puback(ack.pkid);
+                self.ack_storage(done).await;
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                self.shared.stats.add_downlink_received(1);
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                self.on_publish(s, &topic, &p.payload)?;
+            }
+            Event::Incoming(Packet::Disconnect(d)) => {
+                return Err(format!("ThingsBoard disconnected the gateway: {:?}", d.reason_code));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, s: &mut Session, c: Control) -> Result<(), String> {
+        match c {
+            Control::Connect { device, device_type } => {
+                if s.ready {
+                    self.announce(s, &device, &device_type)?;
+                }
+            }
+            Control::Disconnect { device } => {
+                if s.ready {
+                    let payload = json!({ "device": device }).to_string().into_bytes();
+                    let qos = s.qos;
+                    self.publish(s, topic::DISCONNECT.to_string(), payload, qos, Token::Other)?;
+                }
+                s.announced.remove(&device);
+            }
+            Control::RpcReply { device, id, data } => {
+                let (topic, payload) = match device {
+                    Some(device) => (topic::RPC.to_string(), json!({"device": device, "id": id, "data": data})),
+                    None => (format!("{}{}", topic::ME_RPC_RESPONSE, id), data),
+                };
+                self.publish(s, topic, payload.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other)?;
+            }
+            Control::AttributeRequest { device, client, keys, reply } => {
+                let id = s.next_attr_id;
+                s.next_attr_id += 1;
+                s.pending_attr.retain(|_, tx| !tx.is_closed());
+                s.pending_attr.insert(id, reply);
+                let payload = json!({"id": id, "device": device, "client": client, "keys": keys});
+                self.publish(s, topic::ATTRIBUTES_REQUEST.to_string(), payload.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other)?;
+            }
+        }
+        Ok(())
+    }
+}
