@@ -1,1 +1,186 @@
-fn main(){}
+//! `tbgw`: runs the ThingsBoard gateway from an upstream-format config directory.
+//!
+//! * `tbgw run --config /etc/thingsboard-gateway/config/tb_gateway.json`
+//! * `tbgw check --config tb_gateway.json`: validates without connecting; exit 1 and one
+//!   `file: key.path: reason` line per problem.
+//! * `tbgw demo`: a self-contained demo (in-process broker standing in for ThingsBoard,
+//!   simulated devices, the gateway between them).
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tbgw::config;
+use tbgw::Gateway;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tbgw",
+    version,
+    about = "A fast, small ThingsBoard IoT gateway"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run {
+        /// The main configuration file (`tb_gateway.json` or `tb_gateway.yaml`).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and every connector file without connecting.
+    Check {
+        /// The main configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: an in-process broker stands in for ThingsBoard, simulated
+    /// devices publish to it, the gateway forwards, and what ThingsBoard receives is printed.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tbgw: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { config } => check(&config),
+            Command::Demo { duration } => match demo::run(duration).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tbgw demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+fn print_errors(errors: &tbgw::config::ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let connectors = loaded.connectors.len();
+    match Gateway::builder()
+        .factories(tbgw_connectors::factories())
+        .config(loaded)
+        .check()
+    {
+        Ok(ignored) => {
+            for ig in ignored {
+                eprintln!("warning: {ig}");
+            }
+            println!("{}: OK ({connectors} connector(s))", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(tbgw::GatewayError::Config(e)) => {
+            print_errors(&e);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &Path) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let gateway = match Gateway::builder()
+        .factories(tbgw_connectors::factories())
+        .config(loaded)
+        .build()
+    {
+        Ok(g) => g,
+        Err(tbgw::GatewayError::Config(e)) => {
+            print_errors(&e);
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "tbgw starting.");
+    let report = gateway.run(shutdown_signal()).await;
+    if report.clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,35 @@
+//! # tbgw-connectors — the standard connectors of the tbgw gateway
+//!
+//! Each connector is a module behind a Cargo feature of the same name, configured by the
+//! upstream gateway's own connector file. [`factories`] returns a factory for every connector
+//! compiled in, for [`tbgw::GatewayBuilder::factories`].
+//!
+//! | feature | connector type | module |
+//! |---|---|---|
+//! | `mqtt` (default) | `mqtt` | [`mqtt`] |
+//!
+//! ```
+//! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
+//! # let _ = gateway_builder;
+//! ```
 
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+
+use tbgw::connector::ConnectorFactory;
+
+/// Every connector type tbgw knows, compiled in or not, so a config naming one whose feature
+/// is off gets a precise error.
+pub const ALL_CONNECTOR_TYPES: &[&str] = &[
+    "mqtt", "modbus", "opcua", "ble", "request", "can", "bacnet", "odbc", "rest", "snmp", "ftp",
+    "socket", "xmpp", "ocpp", "knx",
+];
+
+/// A factory for every connector compiled into this build.
+pub fn factories() -> Vec<Box<dyn ConnectorFactory>> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Box<dyn ConnectorFactory>> = Vec::new();
+    #[cfg(feature = "mqtt")]
+    v.push(Box::new(mqtt::MqttFactory::new()));
+    v
+}

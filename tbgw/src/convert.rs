@@ -39,7 +39,11 @@ pub struct UplinkInput<'a> {
 pub trait UplinkConverter: Send + Sync {
     /// Converts one message. It may produce data for several devices (e.g. a JSON array), or
     /// none. Problems with single keys are reported in `errors` while the rest is converted.
-    fn convert(&self, input: UplinkInput<'_>, errors: &mut Vec<ConvertError>) -> Result<Vec<DeviceData>, ConvertError>;
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError>;
 }
 
 /// Turns a ThingsBoard request (RPC or attribute update) into a protocol payload.

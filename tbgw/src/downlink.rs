@@ -151,7 +151,10 @@ mod tests {
             normalize_rpc_result(json!({"success": false})),
             json!({"success": false})
         );
-        assert_eq!(normalize_rpc_result(json!({"a": 1})), json!({"result": {"a": 1}}));
+        assert_eq!(
+            normalize_rpc_result(json!({"a": 1})),
+            json!({"result": {"a": 1}})
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
+use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
 use crate::connector::{Connector, ConnectorContext, ConnectorFactory};
 use crate::registry::DeviceRegistry;
 use crate::stats::{ConnectorStats, GatewayStats};
@@ -102,13 +102,21 @@ impl GatewayBuilder {
     }
 
     /// Registers several factories.
-    pub fn factories(mut self, factories: impl IntoIterator<Item = Box<dyn ConnectorFactory>>) -> Self {
+    pub fn factories(
+        mut self,
+        factories: impl IntoIterator<Item = Box<dyn ConnectorFactory>>,
+    ) -> Self {
         self.factories.extend(factories);
         self
     }
 
     /// Adds a connector built by the embedding application.
-    pub fn connector(mut self, name: &str, connector_type: &str, connector: Box<dyn Connector>) -> Self {
+    pub fn connector(
+        mut self,
+        name: &str,
+        connector_type: &str,
+        connector: Box<dyn Connector>,
+    ) -> Self {
         self.connectors.push(ConnectorSlot {
             name: Arc::from(name),
             connector_type: Arc::from(connector_type),
@@ -149,42 +157,71 @@ impl GatewayBuilder {
         self
     }
 
+    /// Validates the configuration and every connector in it without starting anything, and
+    /// returns the keys that were accepted but are not used (what `tbgw check` prints).
+    pub fn check(self) -> Result<Vec<IgnoredKey>, GatewayError> {
+        self.build_inner().map(|(_, ignored)| ignored)
+    }
+
     /// Validates everything and builds the gateway. No I/O besides reading the device registry.
+    /// Keys that are accepted but not used are logged once.
     pub fn build(self) -> Result<Gateway, GatewayError> {
+        let (gateway, ignored) = self.build_inner()?;
+        for ig in &ignored {
+            tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
+        }
+        Ok(gateway)
+    }
+
+    fn build_inner(self) -> Result<(Gateway, Vec<IgnoredKey>), GatewayError> {
         let mut errors = Vec::new();
+        let mut all_ignored = Vec::new();
         let mut connectors = self.connectors;
         let mut tb_options = self.tb_options;
         let mut storage = self.storage;
         let mut registry_dir = self.registry_dir;
         if let Some(cfg) = &self.config {
-            for ig in &cfg.ignored {
-                tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
-            }
+            all_ignored.extend(cfg.ignored.iter().cloned());
             if tb_options.is_none() {
-                tb_options = Some(TbOptions::new(&cfg.gateway.thingsboard, cfg.credentials.clone()));
+                tb_options = Some(TbOptions::new(
+                    &cfg.gateway.thingsboard,
+                    cfg.credentials.clone(),
+                ));
             }
             if storage.is_none() {
                 let s = &cfg.gateway.storage;
-                storage = Some(Arc::new(MemoryStorage::new(s.max_records_count, s.read_records_count, s.full_policy)));
+                storage = Some(Arc::new(MemoryStorage::new(
+                    s.max_records_count,
+                    s.read_records_count,
+                    s.full_policy,
+                )));
             }
             if registry_dir.is_none() {
                 registry_dir = Some(cfg.dir.clone());
             }
             for spec in &cfg.connectors {
-                let Some(f) = self.factories.iter().find(|f| f.connector_type() == spec.connector_type) else {
+                let Some(f) = self
+                    .factories
+                    .iter()
+                    .find(|f| f.connector_type() == spec.connector_type)
+                else {
                     errors.push(ConfigError::new(
                         &cfg.file,
                         format!("connectors[name={}].type", spec.name),
-                        format!("connector type `{}` is not available in this build of tbgw", spec.connector_type),
+                        format!(
+                            "connector type `{}` is not available in this build of tbgw",
+                            spec.connector_type
+                        ),
                     ));
                     continue;
                 };
                 let mut ignored = Vec::new();
                 match f.build(spec, &mut ignored) {
                     Ok(c) => {
-                        for key in ignored {
-                            tracing::info!(file = %spec.file.display(), %key, "Configuration key ignored (not used by tbgw).");
-                        }
+                        all_ignored.extend(ignored.into_iter().map(|key| IgnoredKey {
+                            file: spec.file.clone(),
+                            key,
+                        }));
                         connectors.push(ConnectorSlot {
                             name: Arc::from(spec.name.as_str()),
                             connector_type: Arc::from(spec.connector_type.as_str()),
@@ -199,9 +236,14 @@ impl GatewayBuilder {
             return Err(ConfigErrors(errors).into());
         }
         let tb_options = tb_options.ok_or_else(|| {
-            ConfigErrors(vec![ConfigError::new("<builder>", "thingsboard", "no ThingsBoard connection configured")])
+            ConfigErrors(vec![ConfigError::new(
+                "<builder>",
+                "thingsboard",
+                "no ThingsBoard connection configured",
+            )])
         })?;
-        let storage = storage.unwrap_or_else(|| Arc::new(MemoryStorage::new(10_000, 1000, Default::default())));
+        let storage = storage
+            .unwrap_or_else(|| Arc::new(MemoryStorage::new(10_000, 1000, Default::default())));
         let registry = match &registry_dir {
             Some(d) => DeviceRegistry::load(d),
             None => DeviceRegistry::in_memory(),
@@ -210,7 +252,7 @@ impl GatewayBuilder {
             .iter()
             .map(|c| (c.name.to_string(), Arc::new(ConnectorStats::default())))
             .collect();
-        Ok(Gateway {
+        let gateway = Gateway {
             tb_options,
             storage,
             registry,
@@ -219,7 +261,8 @@ impl GatewayBuilder {
             shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             rpc_timeout: self.rpc_timeout.unwrap_or(Duration::from_secs(30)),
             connector_stats,
-        })
+        };
+        Ok((gateway, all_ignored))
     }
 }
 
@@ -240,7 +283,10 @@ impl std::fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field("host", &self.tb_options.host)
             .field("port", &self.tb_options.port)
-            .field("connectors", &self.connectors.iter().map(|c| &*c.name).collect::<Vec<_>>())
+            .field(
+                "connectors",
+                &self.connectors.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -299,10 +345,26 @@ impl Gateway {
         let mut contexts = Vec::new();
         for slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
-            routes.by_name.insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
-            let cstats = connector_stats.entry(slot.name.to_string()).or_default().clone();
-            let sender = UplinkSender::new(uplink_tx.clone(), slot.name.clone(), slot.connector_type.clone(), cstats.clone());
-            let cx = ConnectorContext::new(slot.name.clone(), sender, drx, connectors_token.child_token(), cstats);
+            routes
+                .by_name
+                .insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
+            let cstats = connector_stats
+                .entry(slot.name.to_string())
+                .or_default()
+                .clone();
+            let sender = UplinkSender::new(
+                uplink_tx.clone(),
+                slot.name.clone(),
+                slot.connector_type.clone(),
+                cstats.clone(),
+            );
+            let cx = ConnectorContext::new(
+                slot.name.clone(),
+                sender,
+                drx,
+                connectors_token.child_token(),
+                cstats,
+            );
             contexts.push((slot, cx));
         }
         drop(uplink_tx);
@@ -314,7 +376,12 @@ impl Gateway {
             rpc_timeout,
         });
 
-        let ingest = tokio::spawn(ingest(uplink_rx, storage.clone(), shared.clone(), control_tx.clone()));
+        let ingest = tokio::spawn(ingest(
+            uplink_rx,
+            storage.clone(),
+            shared.clone(),
+            control_tx.clone(),
+        ));
         let client = TbClient {
             opts: tb_options,
             storage: storage.clone(),
@@ -359,7 +426,10 @@ impl Gateway {
         }
         // 4. ThingsBoard client (waits briefly for in-flight PUBACKs).
         client_token.cancel();
-        if tokio::time::timeout_at(deadline, client_task).await.is_err() {
+        if tokio::time::timeout_at(deadline, client_task)
+            .await
+            .is_err()
+        {
             clean = false;
         }
         tasks.close();
@@ -375,7 +445,11 @@ impl Gateway {
 
 /// Runs one connector, restarting it with backoff after an error or a panic.
 async fn supervise(slot: ConnectorSlot, mut cx: ConnectorContext) {
-    let ConnectorSlot { name, mut connector, .. } = slot;
+    let ConnectorSlot {
+        name,
+        mut connector,
+        ..
+    } = slot;
     let span = tracing::info_span!("connector", name = %name);
     let mut delay = Duration::from_secs(1);
     loop {
@@ -431,7 +505,11 @@ async fn ingest(
             let mut reg = shared.registry();
             for m in msgs.drain(..) {
                 match m {
-                    UplinkMessage::Data { connector, data, ack } => {
+                    UplinkMessage::Data {
+                        connector,
+                        data,
+                        ack,
+                    } => {
                         let n = data.len();
                         for d in data {
                             reg.observe(&d.device_name, &d.device_type, &connector);
@@ -441,18 +519,35 @@ async fn ingest(
                             acks.push((a, n));
                         }
                     }
-                    UplinkMessage::Connect { connector, device, device_type } => {
+                    UplinkMessage::Connect {
+                        connector,
+                        device,
+                        device_type,
+                    } => {
                         reg.observe(&device, &device_type, &connector);
-                        let _ = control.try_send(Control::Connect { device, device_type });
+                        let _ = control.try_send(Control::Connect {
+                            device,
+                            device_type,
+                        });
                     }
                     UplinkMessage::Disconnect { device, .. } => {
                         if reg.set_disconnected(&device) {
                             let _ = control.try_send(Control::Disconnect { device });
                         }
                     }
-                    UplinkMessage::AttributeRequest { device, client, keys, reply } => {
+                    UplinkMessage::AttributeRequest {
+                        device,
+                        client,
+                        keys,
+                        reply,
+                    } => {
                         // Dropped if the client's queue is full: the requester times out.
-                        let _ = control.try_send(Control::AttributeRequest { device, client, keys, reply });
+                        let _ = control.try_send(Control::AttributeRequest {
+                            device,
+                            client,
+                            keys,
+                            reply,
+                        });
                     }
                 }
             }
@@ -472,7 +567,10 @@ async fn ingest(
                 shared.stats.add_stored(r.stored as u64);
                 if r.dropped > 0 {
                     shared.stats.add_storage_dropped(r.dropped as u64);
-                    tracing::warn!(dropped = r.dropped, "Storage is full; records dropped by the full policy.");
+                    tracing::warn!(
+                        dropped = r.dropped,
+                        "Storage is full; records dropped by the full policy."
+                    );
                 }
                 r
             }
@@ -487,11 +585,19 @@ async fn ingest(
         };
         // Under DropNewest the dropped records are the last ones of this put; report drops to
         // the senders whose records were among them, newest first.
-        let mut dropped_left = if storage_policy_drops_newest(&outcome, total) { outcome.dropped } else { 0 };
+        let mut dropped_left = if storage_policy_drops_newest(&outcome, total) {
+            outcome.dropped
+        } else {
+            0
+        };
         for (a, n) in acks.drain(..).rev() {
             let d = dropped_left.min(n);
             dropped_left -= d;
-            let _ = a.send(if d == 0 { StoreOutcome::Stored } else { StoreOutcome::Dropped(d) });
+            let _ = a.send(if d == 0 {
+                StoreOutcome::Stored
+            } else {
+                StoreOutcome::Dropped(d)
+            });
         }
     }
     tracing::debug!("Ingest finished: all uplink senders are gone.");

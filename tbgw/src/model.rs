@@ -150,7 +150,9 @@ impl DeviceData {
     pub fn push_telemetry(&mut self, ts: i64, key: impl Into<String>, value: Value) {
         match self.telemetry.iter_mut().find(|e| e.ts == ts) {
             Some(entry) => entry.values.push((key.into(), value)),
-            None => self.telemetry.push(TelemetryEntry::new(ts, vec![(key.into(), value)])),
+            None => self
+                .telemetry
+                .push(TelemetryEntry::new(ts, vec![(key.into(), value)])),
         }
     }
 

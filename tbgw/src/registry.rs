@@ -97,17 +97,23 @@ impl DeviceRegistry {
                                 .to_string(),
                             disconnected: false,
                         }),
-                        other => serde_json::from_value::<StoredEntry>(other).ok().map(|s| DeviceEntry {
-                            connector: Arc::from(s.connector_name.as_str()),
-                            device_type: s.device_type,
-                            disconnected: s.disconnected,
-                        }),
+                        other => {
+                            serde_json::from_value::<StoredEntry>(other)
+                                .ok()
+                                .map(|s| DeviceEntry {
+                                    connector: Arc::from(s.connector_name.as_str()),
+                                    device_type: s.device_type,
+                                    disconnected: s.disconnected,
+                                })
+                        }
                     };
                     match entry {
                         Some(e) => {
                             reg.devices.insert(name, e);
                         }
-                        None => tracing::warn!(file = %path.display(), device = %name, "Skipping a malformed device registry entry."),
+                        None => {
+                            tracing::warn!(file = %path.display(), device = %name, "Skipping a malformed device registry entry.")
+                        }
                     }
                 }
             }
@@ -140,7 +146,11 @@ impl DeviceRegistry {
                     device.to_string(),
                     DeviceEntry {
                         connector: connector.clone(),
-                        device_type: if device_type.is_empty() { "default".into() } else { device_type.to_string() },
+                        device_type: if device_type.is_empty() {
+                            "default".into()
+                        } else {
+                            device_type.to_string()
+                        },
                         disconnected: false,
                     },
                 );
@@ -246,7 +256,10 @@ mod tests {
         r.set_disconnected("b");
         r.persist_if_dirty().unwrap();
         let r2 = DeviceRegistry::load(dir.path());
-        assert_eq!(r2.connected(), vec![("a".to_string(), "thermo".to_string())]);
+        assert_eq!(
+            r2.connected(),
+            vec![("a".to_string(), "thermo".to_string())]
+        );
         assert_eq!(r2.owner("b").map(|c| &**c), Some("MQTT"));
 
         std::fs::write(

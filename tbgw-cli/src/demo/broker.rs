@@ -228,7 +228,11 @@ impl Inner {
                 self.count_drop(&target);
                 continue;
             }
-            match target.tx.send_timeout(message, SLOW_SUBSCRIBER_TIMEOUT).await {
+            match target
+                .tx
+                .send_timeout(message, SLOW_SUBSCRIBER_TIMEOUT)
+                .await
+            {
                 Ok(()) | Err(SendTimeoutError::Closed(_)) => {}
                 Err(SendTimeoutError::Timeout(_)) => {
                     self.count_drop(&target);
@@ -245,7 +249,8 @@ impl Inner {
     fn count_drop(&self, target: &ClientHandle) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         let before = target.dropped.fetch_add(1, Ordering::Relaxed);
-        if before == 0 || (before + 1) % 1000 == 0 {
+        // Log the 1st, 2nd, 4th, 8th, ... drop.
+        if (before + 1).is_power_of_two() {
             tracing::warn!(
                 "demo broker: client {:?} is too slow; {} message(s) dropped",
                 target.client_id,
@@ -313,7 +318,11 @@ fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    inner: Arc<Inner>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -340,7 +349,10 @@ enum ReadError {
 
 /// Reads the next packet; `Ok(None)` on a clean end of stream. Cancel-safe:
 /// partial data stays in `buf`.
-async fn read_packet(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Option<Packet>, ReadError> {
+async fn read_packet(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<Packet>, ReadError> {
     loop {
         if !buf.is_empty() {
             let first_byte = buf[0];
@@ -365,7 +377,12 @@ async fn read_packet(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Optio
 }
 
 /// Serves one TCP connection until it ends.
-async fn serve(stream: TcpStream, peer: SocketAddr, inner: Arc<Inner>, shutdown: watch::Receiver<bool>) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: watch::Receiver<bool>,
+) {
     if let Err(e) = serve_inner(stream, peer, inner, shutdown).await {
         tracing::debug!("demo broker: connection from {peer}: {e}");
     }
@@ -383,11 +400,18 @@ async fn serve_inner(
 
     let first = match timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf)).await {
         Ok(first) => first,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no CONNECT received")),
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no CONNECT received",
+            ))
+        }
     };
     let connect = match first {
         Ok(Some(Packet::Connect(connect, _will, _login))) => connect,
-        Err(ReadError::Codec(CodecError::InvalidProtocolLevel(_) | CodecError::InvalidProtocol)) => {
+        Err(ReadError::Codec(
+            CodecError::InvalidProtocolLevel(_) | CodecError::InvalidProtocol,
+        )) => {
             tracing::info!("demo broker: refusing {peer}: only MQTT 5 is supported");
             let connack = connack(ConnectReturnCode::UnsupportedProtocolVersion, None);
             let mut out = BytesMut::new();
@@ -456,7 +480,10 @@ async fn serve_inner(
     tracing::debug!("demo broker: client {client_id:?} connected from {peer}");
 
     let _ = tx
-        .send(Outbound::Packet(Packet::ConnAck(connack(ConnectReturnCode::Success, assigned))))
+        .send(Outbound::Packet(Packet::ConnAck(connack(
+            ConnectReturnCode::Success,
+            assigned,
+        ))))
         .await;
 
     // MQTT: disconnect after 1.5 × keep-alive without any packet.
@@ -503,7 +530,6 @@ async fn serve_inner(
     // flush, and make sure it does not linger on a stuck socket.
     inner.clients().remove(&conn_id);
     let _ = tx.try_send(Outbound::Close);
-    drop(session);
     drop(tx);
     drop(handle);
     let abort = writer.abort_handle();
@@ -539,7 +565,8 @@ impl Session<'_> {
         match packet {
             Packet::Publish(publish) => self.publish(publish).await,
             Packet::PubRel(rel) => {
-                self.send(Packet::PubComp(PubComp::new(rel.pkid, None))).await;
+                self.send(Packet::PubComp(PubComp::new(rel.pkid, None)))
+                    .await;
                 Ok(true)
             }
             // We do not retransmit, so acknowledgements need no bookkeeping.
@@ -592,8 +619,14 @@ impl Session<'_> {
         self.inner.route(self.handle.conn_id, &publish, qos).await;
         match publish.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(PubAck::new(publish.pkid, None))).await,
-            QoS::ExactlyOnce => self.send(Packet::PubRec(PubRec::new(publish.pkid, None))).await,
+            QoS::AtLeastOnce => {
+                self.send(Packet::PubAck(PubAck::new(publish.pkid, None)))
+                    .await
+            }
+            QoS::ExactlyOnce => {
+                self.send(Packet::PubRec(PubRec::new(publish.pkid, None)))
+                    .await
+            }
         }
         Ok(true)
     }

@@ -20,7 +20,10 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("TB_GW_PASSWORD", "security/password"),
     ("TB_GW_DP_RATE_LIMITS", "dpRateLimits"),
     ("TB_GW_MESSAGES_RATE_LIMITS", "messagesRateLimits"),
-    ("TB_GW_DEVICE_MESSAGES_RATE_LIMIT", "deviceMessagesRateLimits"),
+    (
+        "TB_GW_DEVICE_MESSAGES_RATE_LIMIT",
+        "deviceMessagesRateLimits",
+    ),
     ("TB_GW_DEVICE_RATE_LIMITS", "deviceRateLimits"),
     ("TB_GW_DEVICE_DP_RATE_LIMITS", "deviceDpRateLimits"),
 ];
@@ -49,20 +52,29 @@ pub fn apply_env_overrides(raw: &mut Value, env: &HashMap<String, String>) {
         tb.insert("security".into(), Value::Object(sec));
     }
     if let Some(v) = env.get("TB_GW_RATE_LIMITS") {
-        for key in ["rateLimits", "messagesRateLimits", "deviceRateLimits", "deviceMessagesRateLimits"] {
+        for key in [
+            "rateLimits",
+            "messagesRateLimits",
+            "deviceRateLimits",
+            "deviceMessagesRateLimits",
+        ] {
             tb.insert(key.into(), Value::from(v.as_str()));
         }
     }
     for (var, key) in OVERRIDES {
         let Some(v) = env.get(*var) else { continue };
         let value = if key.ends_with("port") {
-            v.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::from(v.as_str()))
+            v.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(v.as_str()))
         } else {
             Value::from(v.as_str())
         };
         match key.split_once('/') {
             Some((section, k)) => {
-                let s = tb.entry(section).or_insert_with(|| Value::Object(Map::new()));
+                let s = tb
+                    .entry(section)
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if !s.is_object() {
                     *s = Value::Object(Map::new());
                 }

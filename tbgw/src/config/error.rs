@@ -70,6 +70,11 @@ pub struct IgnoredKey {
 
 impl fmt::Display for IgnoredKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: ignored (not used by tbgw)", self.file.display(), self.key)
+        write!(
+            f,
+            "{}: {}: ignored (not used by tbgw)",
+            self.file.display(),
+            self.key
+        )
     }
 }

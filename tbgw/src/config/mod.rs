@@ -76,22 +76,34 @@ pub struct LoadedConfig {
 /// Keys every connector file may carry that the gateway (not the connector) handles.
 const COMMON_CONNECTOR_KEYS: &[&str] = &["name", "id", "configVersion"];
 /// Common keys tbgw accepts and does not act on yet.
-const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel", "enableRemoteLogging", "reportStrategy"];
+const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] =
+    &["logLevel", "enableRemoteLogging", "reportStrategy"];
 
 /// Loads the main file and every connector file named in it, using the process environment
 /// for `TB_GW_*` overrides.
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("TB_GW_")).collect();
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("TB_GW_"))
+        .collect();
     load_with_env(file, &env)
 }
 
 /// Like [`load`], with the environment given explicitly.
-pub fn load_with_env(file: &Path, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigErrors> {
+pub fn load_with_env(
+    file: &Path,
+    env: &HashMap<String, String>,
+) -> Result<LoadedConfig, ConfigErrors> {
     let mut errors = Vec::new();
     let mut ignored_paths = Vec::new();
     let dir = file
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
 
@@ -110,16 +122,24 @@ pub fn load_with_env(file: &Path, env: &HashMap<String, String>) -> Result<Loade
     if let Err(e) = gateway.storage.validate(file) {
         errors.push(e);
     }
-    let credentials = match gateway.thingsboard.security.resolve(file, &dir, gateway.thingsboard.port) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
-    };
+    let credentials =
+        match gateway
+            .thingsboard
+            .security
+            .resolve(file, &dir, gateway.thingsboard.port)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
     let mut ignored: Vec<IgnoredKey> = ignored_paths
         .into_iter()
-        .map(|key| IgnoredKey { file: file.to_path_buf(), key })
+        .map(|key| IgnoredKey {
+            file: file.to_path_buf(),
+            key,
+        })
         .collect();
 
     let mut connectors = Vec::new();
@@ -134,7 +154,10 @@ pub fn load_with_env(file: &Path, env: &HashMap<String, String>) -> Result<Loade
             continue;
         }
         if entry.class.is_some() {
-            ignored.push(IgnoredKey { file: file.to_path_buf(), key: format!("connectors[{i}].class") });
+            ignored.push(IgnoredKey {
+                file: file.to_path_buf(),
+                key: format!("connectors[{i}].class"),
+            });
         }
         let cfile = dir.join(&entry.configuration);
         let mut value = match parse::read_file(&cfile) {
@@ -154,11 +177,18 @@ pub fn load_with_env(file: &Path, env: &HashMap<String, String>) -> Result<Loade
             }
             for k in COMMON_CONNECTOR_KEYS_IGNORED {
                 if obj.remove(*k).is_some() {
-                    ignored.push(IgnoredKey { file: cfile.clone(), key: (*k).to_string() });
+                    ignored.push(IgnoredKey {
+                        file: cfile.clone(),
+                        key: (*k).to_string(),
+                    });
                 }
             }
         } else {
-            errors.push(ConfigError::new(&cfile, "", "a connector file must be a JSON object"));
+            errors.push(ConfigError::new(
+                &cfile,
+                "",
+                "a connector file must be a JSON object",
+            ));
             continue;
         }
         connectors.push(ConnectorSpec {

@@ -53,15 +53,18 @@ pub fn read_file(file: &Path) -> Result<serde_json::Value, ConfigError> {
         Some("yaml") | Some("yml")
     );
     if is_yaml {
-        serde_norway::from_str(&text).map_err(|e| {
-            ConfigError::new(file, "", format!("not valid YAML: {e}"))
-        })
+        serde_norway::from_str(&text)
+            .map_err(|e| ConfigError::new(file, "", format!("not valid YAML: {e}")))
     } else {
         serde_json::from_str(&text).map_err(|e| {
             ConfigError::new(
                 file,
                 "",
-                format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()),
+                format!(
+                    "not valid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
             )
         })
     }

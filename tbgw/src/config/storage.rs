@@ -52,16 +52,14 @@ impl StorageConfig {
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         match self.kind.as_str() {
             "memory" => {}
-            "file" | "sqlite" => {
-                return Err(ConfigError::new(
-                    file,
-                    "storage.type",
-                    format!(
-                        "storage type `{}` is not available in this version of tbgw yet; use `memory`",
-                        self.kind
-                    ),
-                ))
-            }
+            "file" | "sqlite" => return Err(ConfigError::new(
+                file,
+                "storage.type",
+                format!(
+                    "storage type `{}` is not available in this version of tbgw yet; use `memory`",
+                    self.kind
+                ),
+            )),
             other => {
                 return Err(ConfigError::new(
                     file,
@@ -71,10 +69,18 @@ impl StorageConfig {
             }
         }
         if self.max_records_count == 0 {
-            return Err(ConfigError::new(file, "storage.max_records_count", "must be at least 1"));
+            return Err(ConfigError::new(
+                file,
+                "storage.max_records_count",
+                "must be at least 1",
+            ));
         }
         if self.read_records_count == 0 {
-            return Err(ConfigError::new(file, "storage.read_records_count", "must be at least 1"));
+            return Err(ConfigError::new(
+                file,
+                "storage.read_records_count",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -137,19 +137,22 @@ impl SecurityConfig {
     /// directory) when such a file exists there, as upstream does.
     pub fn resolve(&self, file: &Path, dir: &Path, port: u16) -> Result<Credentials, ConfigError> {
         let key = |k: &str| format!("thingsboard.security.{k}");
-        let kind = self.kind.as_deref().unwrap_or(if self.access_token.is_some() {
-            "accessToken"
-        } else if self.cert.is_some() {
-            "x509Certificate"
-        } else if self.username.is_some() {
-            "usernamePassword"
-        } else {
-            "accessToken"
-        });
+        let kind = self
+            .kind
+            .as_deref()
+            .unwrap_or(if self.access_token.is_some() {
+                "accessToken"
+            } else if self.cert.is_some() {
+                "x509Certificate"
+            } else if self.username.is_some() {
+                "usernamePassword"
+            } else {
+                "accessToken"
+            });
         let path = |k: &str, v: &Option<String>| -> Result<PathBuf, ConfigError> {
-            let v = v
-                .as_deref()
-                .ok_or_else(|| ConfigError::new(file, key(k), "missing; required by this security type"))?;
+            let v = v.as_deref().ok_or_else(|| {
+                ConfigError::new(file, key(k), "missing; required by this security type")
+            })?;
             Ok(resolve_path(dir, v))
         };
         let mut creds = Credentials {
@@ -231,7 +234,11 @@ impl ThingsBoardConfig {
             return Err(ConfigError::new(file, "thingsboard.qos", "must be 0 or 1"));
         }
         if self.host.trim().is_empty() {
-            return Err(ConfigError::new(file, "thingsboard.host", "must not be empty"));
+            return Err(ConfigError::new(
+                file,
+                "thingsboard.host",
+                "must not be empty",
+            ));
         }
         if self.max_payload_size_bytes < 256 {
             return Err(ConfigError::new(

@@ -9,10 +9,17 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{topic, Control, Session, TbClient};
-use crate::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
+use crate::downlink::{
+    normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder,
+};
 
 impl TbClient {
-    pub(super) fn on_publish(&mut self, s: &mut Session, topic: &str, payload: &[u8]) -> Result<(), String> {
+    pub(super) fn on_publish(
+        &mut self,
+        s: &mut Session,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), String> {
         let json: Json = match serde_json::from_slice(payload) {
             Ok(j) => j,
             Err(e) => {
@@ -77,19 +84,29 @@ impl TbClient {
         if limits.get("rateLimits").is_some() || limits.get("gatewayRateLimits").is_some() {
             tracing::debug!(limits = %limits, "Session rate limits received; tbgw does not throttle by them yet.");
         }
-        tracing::info!(payload_limit = s.payload_limit, inflight = s.window, "ThingsBoard session limits applied.");
+        tracing::info!(
+            payload_limit = s.payload_limit,
+            inflight = s.window,
+            "ThingsBoard session limits applied."
+        );
     }
 
     fn on_attribute_update(&mut self, json: Json) {
         // ThingsBoard sends {"device": name, "data": {...}}. Anything else (for instance the
         // gateway's own client attributes echoed by a plain broker) is not an update.
-        let (Some(device), Some(data)) = (json.get("device").and_then(Json::as_str), json.get("data").and_then(Json::as_object)) else {
+        let (Some(device), Some(data)) = (
+            json.get("device").and_then(Json::as_str),
+            json.get("data").and_then(Json::as_object),
+        ) else {
             self.shared.stats.add_echoes_ignored(1);
             return;
         };
         let Some(route) = self.route_for(device) else {
             self.shared.stats.add_downlink_errors(1);
-            tracing::warn!(device, "Attribute update for a device no connector owns; dropped.");
+            tracing::warn!(
+                device,
+                "Attribute update for a device no connector owns; dropped."
+            );
             return;
         };
         let msg = Downlink::AttributeUpdate(AttributeUpdate {
@@ -122,7 +139,12 @@ impl TbClient {
         let timeout = rpc_timeout(&params, data, self.shared.rpc_timeout);
         let device = device.to_string();
         let Some(route) = self.route_for(&device) else {
-            self.reply(Some(device.clone()), id, RpcError::NotFound(format!("device `{device}` is not known to the gateway")).to_json());
+            self.reply(
+                Some(device.clone()),
+                id,
+                RpcError::NotFound(format!("device `{device}` is not known to the gateway"))
+                    .to_json(),
+            );
             return;
         };
         let (responder, rx) = RpcResponder::new();
@@ -134,7 +156,11 @@ impl TbClient {
             responder,
         });
         if route.try_send(req).is_err() {
-            self.reply(Some(device), id, RpcError::Unreachable("the connector is busy or stopped".into()).to_json());
+            self.reply(
+                Some(device),
+                id,
+                RpcError::Unreachable("the connector is busy or stopped".into()).to_json(),
+            );
             return;
         }
         self.await_reply(Some(device), id, timeout, rx);
@@ -175,9 +201,19 @@ impl TbClient {
         };
         let timeout = rpc_timeout(&params, &json, self.shared.rpc_timeout);
         let (responder, rx) = RpcResponder::new();
-        let req = Downlink::Rpc(RpcRequest { device: None, id, method: m, params, responder });
+        let req = Downlink::Rpc(RpcRequest {
+            device: None,
+            id,
+            method: m,
+            params,
+            responder,
+        });
         if tx.try_send(req).is_err() {
-            self.reply(None, id, RpcError::Unreachable("the connector is busy or stopped".into()).to_json());
+            self.reply(
+                None,
+                id,
+                RpcError::Unreachable("the connector is busy or stopped".into()).to_json(),
+            );
             return;
         }
         self.await_reply(None, id, timeout, rx);
@@ -189,7 +225,11 @@ impl TbClient {
     }
 
     fn reply(&self, device: Option<String>, id: i64, data: Json) {
-        if self.control_tx.try_send(Control::RpcReply { device, id, data }).is_err() {
+        if self
+            .control_tx
+            .try_send(Control::RpcReply { device, id, data })
+            .is_err()
+        {
             tracing::warn!(id, "RPC reply dropped: the client's control queue is full.");
         }
     }
@@ -208,10 +248,13 @@ impl TbClient {
             let data = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(Ok(v))) => normalize_rpc_result(v),
                 Ok(Ok(Err(e))) => e.to_json(),
-                Ok(Err(_)) => RpcError::Device("the connector dropped the request".into()).to_json(),
+                Ok(Err(_)) => {
+                    RpcError::Device("the connector dropped the request".into()).to_json()
+                }
                 Err(_) => {
                     stats.add_rpc_timeouts(1);
-                    RpcError::Timeout(format!("no answer within {} ms", timeout.as_millis())).to_json()
+                    RpcError::Timeout(format!("no answer within {} ms", timeout.as_millis()))
+                        .to_json()
                 }
             };
             let _ = control.send(Control::RpcReply { device, id, data }).await;

@@ -120,10 +120,24 @@ impl TbOptions {
 /// Requests to the client from the rest of the gateway.
 #[derive(Debug)]
 pub(crate) enum Control {
-    Connect { device: String, device_type: String },
-    Disconnect { device: String },
-    RpcReply { device: Option<String>, id: i64, data: Json },
-    AttributeRequest { device: String, client: bool, keys: Vec<String>, reply: oneshot::Sender<Json> },
+    Connect {
+        device: String,
+        device_type: String,
+    },
+    Disconnect {
+        device: String,
+    },
+    RpcReply {
+        device: Option<String>,
+        id: i64,
+        data: Json,
+    },
+    AttributeRequest {
+        device: String,
+        client: bool,
+        keys: Vec<String>,
+        reply: oneshot::Sender<Json>,
+    },
 }
 
 /// Where downlink requests go: connector name → (type, sender).
@@ -232,7 +246,10 @@ impl TbClient {
         m.set_connection_timeout(10);
         m.set_max_packet_size(Some(16 * 1024 * 1024));
         if let Some(u) = &o.credentials.username {
-            m.set_credentials(u.clone(), o.credentials.password.clone().unwrap_or_default());
+            m.set_credentials(
+                u.clone(),
+                o.credentials.password.clone().unwrap_or_default(),
+            );
         }
         m
     }
@@ -242,19 +259,25 @@ impl TbClient {
         let Some(tls) = &self.opts.credentials.tls else {
             return Ok(None);
         };
-        let ca = std::fs::read(&tls.ca_cert).map_err(|e| format!("cannot read CA certificate {}: {e}", tls.ca_cert.display()))?;
+        let ca = std::fs::read(&tls.ca_cert)
+            .map_err(|e| format!("cannot read CA certificate {}: {e}", tls.ca_cert.display()))?;
         let client_auth = match &tls.client {
             Some((cert, key)) => Some((
-                std::fs::read(cert).map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?,
-                std::fs::read(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?,
+                std::fs::read(cert).map_err(|e| {
+                    format!("cannot read client certificate {}: {e}", cert.display())
+                })?,
+                std::fs::read(key)
+                    .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?,
             )),
             None => None,
         };
-        Ok(Some(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        })))
+        Ok(Some(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            },
+        )))
     }
 
     #[cfg(not(feature = "tls"))]
@@ -303,7 +326,11 @@ impl TbClient {
             window,
             pending_attr: HashMap::new(),
             next_attr_id: 1,
-            qos: if self.opts.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            qos: if self.opts.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
         };
         if let Some(p) = &connack.properties {
             if let Some(rm) = p.receive_max {
@@ -311,7 +338,9 @@ impl TbClient {
             }
             if let Some(mp) = p.max_packet_size {
                 // Leave room for the fixed header, topic and properties.
-                s.payload_limit = s.payload_limit.min((mp as usize).saturating_sub(128).max(256));
+                s.payload_limit = s
+                    .payload_limit
+                    .min((mp as usize).saturating_sub(128).max(256));
             }
         }
         tracing::info!(host = %self.opts.host, port = self.opts.port, "Connected to ThingsBoard.");
@@ -338,7 +367,13 @@ impl TbClient {
         s.limits_id = u64::from(fastrand::u32(1_000_000..u32::MAX));
         let req = json!({"method": "getSessionLimits", "params": {"timeout": self.opts.session_limits_timeout.as_millis() as u64}});
         let limits_topic = format!("{}{}", topic::ME_RPC_REQUEST, s.limits_id);
-        if let Err(e) = self.publish(&mut s, limits_topic, req.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other) {
+        if let Err(e) = self.publish(
+            &mut s,
+            limits_topic,
+            req.to_string().into_bytes(),
+            QoS::AtLeastOnce,
+            Token::Other,
+        ) {
             return SessionEnd::Lost(e);
         }
         let limits_deadline = Instant::now() + self.opts.session_limits_timeout;
@@ -346,7 +381,10 @@ impl TbClient {
         let batch_size = self.storage.read_batch_size();
 
         loop {
-            let can_read = s.ready && drain_deadline.is_none() && s.tracker.pending() < s.window && s.tracker.pending_batches() < 4;
+            let can_read = s.ready
+                && drain_deadline.is_none()
+                && s.tracker.pending() < s.window
+                && s.tracker.pending_batches() < 4;
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled(), if drain_deadline.is_none() => {
@@ -415,14 +453,23 @@ impl TbClient {
     }
 
     fn announce(&mut self, s: &mut Session, device: &str, device_type: &str) -> Result<(), String> {
-        let payload = json!({"device": device, "type": device_type}).to_string().into_bytes();
+        let payload = json!({"device": device, "type": device_type})
+            .to_string()
+            .into_bytes();
         let qos = s.qos;
         self.publish(s, topic::CONNECT.to_string(), payload, qos, Token::Other)?;
         s.announced.insert(device.to_string());
         Ok(())
     }
 
-    fn publish(&mut self, s: &mut Session, topic: String, payload: Vec<u8>, qos: QoS, token: Token) -> Result<(), String> {
+    fn publish(
+        &mut self,
+        s: &mut Session,
+        topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        token: Token,
+    ) -> Result<(), String> {
         s.client
             .try_publish(topic, qos, false, payload)
             .map_err(|e| format!("cannot queue a publish: {e}"))?;
@@ -431,22 +478,36 @@ impl TbClient {
         Ok(())
     }
 
-    async fn publish_batch(&mut self, s: &mut Session, batch: crate::storage::Batch) -> Result<(), String> {
+    async fn publish_batch(
+        &mut self,
+        s: &mut Session,
+        batch: crate::storage::Batch,
+    ) -> Result<(), String> {
         // Devices seen for the first time in this session are announced first; MQTT keeps the
         // order of publishes on one connection, so ThingsBoard knows the device before its data.
         for r in &batch.records {
             if !s.announced.contains(&r.device_name) {
-                let t = if r.device_type.is_empty() { "default" } else { r.device_type.as_str() };
+                let t = if r.device_type.is_empty() {
+                    "default"
+                } else {
+                    r.device_type.as_str()
+                };
                 let (d, t) = (r.device_name.clone(), t.to_string());
                 self.announce(s, &d, &t)?;
             }
         }
         let packed = pack::pack(&batch.records, s.payload_limit);
         if packed.oversized > 0 {
-            tracing::warn!(items = packed.oversized, limit = s.payload_limit, "Items larger than the payload limit are sent alone; ThingsBoard may reject them.");
+            tracing::warn!(
+                items = packed.oversized,
+                limit = s.payload_limit,
+                "Items larger than the payload limit are sent alone; ThingsBoard may reject them."
+            );
         }
         let n = packed.telemetry.len() + packed.attributes.len();
-        let id = s.tracker.begin_batch(batch.last_seq(), batch.records.len(), n);
+        let id = s
+            .tracker
+            .begin_batch(batch.last_seq(), batch.records.len(), n);
         let qos = s.qos;
         for p in packed.telemetry {
             self.publish(s, topic::TELEMETRY.to_string(), p, qos, Token::Batch(id))?;
@@ -497,7 +558,10 @@ impl TbClient {
                 self.on_publish(s, &topic, &p.payload)?;
             }
             Event::Incoming(Packet::Disconnect(d)) => {
-                return Err(format!("ThingsBoard disconnected the gateway: {:?}", d.reason_code));
+                return Err(format!(
+                    "ThingsBoard disconnected the gateway: {:?}",
+                    d.reason_code
+                ));
             }
             _ => {}
         }
@@ -506,7 +570,10 @@ impl TbClient {
 
     fn on_control(&mut self, s: &mut Session, c: Control) -> Result<(), String> {
         match c {
-            Control::Connect { device, device_type } => {
+            Control::Connect {
+                device,
+                device_type,
+            } => {
                 if s.ready {
                     self.announce(s, &device, &device_type)?;
                 }
@@ -521,18 +588,38 @@ impl TbClient {
             }
             Control::RpcReply { device, id, data } => {
                 let (topic, payload) = match device {
-                    Some(device) => (topic::RPC.to_string(), json!({"device": device, "id": id, "data": data})),
+                    Some(device) => (
+                        topic::RPC.to_string(),
+                        json!({"device": device, "id": id, "data": data}),
+                    ),
                     None => (format!("{}{}", topic::ME_RPC_RESPONSE, id), data),
                 };
-                self.publish(s, topic, payload.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other)?;
+                self.publish(
+                    s,
+                    topic,
+                    payload.to_string().into_bytes(),
+                    QoS::AtLeastOnce,
+                    Token::Other,
+                )?;
             }
-            Control::AttributeRequest { device, client, keys, reply } => {
+            Control::AttributeRequest {
+                device,
+                client,
+                keys,
+                reply,
+            } => {
                 let id = s.next_attr_id;
                 s.next_attr_id += 1;
                 s.pending_attr.retain(|_, tx| !tx.is_closed());
                 s.pending_attr.insert(id, reply);
                 let payload = json!({"id": id, "device": device, "client": client, "keys": keys});
-                self.publish(s, topic::ATTRIBUTES_REQUEST.to_string(), payload.to_string().into_bytes(), QoS::AtLeastOnce, Token::Other)?;
+                self.publish(
+                    s,
+                    topic::ATTRIBUTES_REQUEST.to_string(),
+                    payload.to_string().into_bytes(),
+                    QoS::AtLeastOnce,
+                    Token::Other,
+                )?;
             }
         }
         Ok(())

@@ -127,7 +127,11 @@ impl Builder {
         let grow = if same {
             1 + item.len()
         } else {
-            usize::from(!self.cur.is_empty()) + key.len() + 2 + item.len() + usize::from(self.section.is_some())
+            usize::from(!self.cur.is_empty())
+                + key.len()
+                + 2
+                + item.len()
+                + usize::from(self.section.is_some())
         };
         if !self.cur.is_empty() && self.cur.len() + grow + 2 > self.limit {
             self.flush();
@@ -197,7 +201,9 @@ pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value) {
     let _ = match v {
         Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
         Value::Int(i) => write!(out, "{i}"),
-        Value::Float(f) if f.is_finite() => serde_json::to_writer(&mut *out, f).map_err(std::io::Error::other),
+        Value::Float(f) if f.is_finite() => {
+            serde_json::to_writer(&mut *out, f).map_err(std::io::Error::other)
+        }
         Value::Float(_) => out.write_all(b"null"),
         Value::String(s) => serde_json::to_writer(&mut *out, s).map_err(std::io::Error::other),
         Value::Json(j) => serde_json::to_writer(&mut *out, j).map_err(std::io::Error::other),
@@ -233,12 +239,17 @@ mod tests {
             parse(&p.telemetry[0]),
             json!({"a": [{"ts":1,"values":{"k0":0.5}}, {"ts":3,"values":{"k0":0.5}}], "b": [{"ts":2,"values":{"k0":0.5}}]})
         );
-        assert_eq!(parse(&p.attributes[0]), json!({"a": {"fw": "1.0"}, "b": {"fw": "1.0"}}));
+        assert_eq!(
+            parse(&p.attributes[0]),
+            json!({"a": {"fw": "1.0"}, "b": {"fw": "1.0"}})
+        );
     }
 
     #[test]
     fn payloads_never_exceed_the_limit_and_lose_nothing() {
-        let recs: Vec<Record> = (0..200).map(|i| rec(&format!("dev{}", i % 7), i, 3)).collect();
+        let recs: Vec<Record> = (0..200)
+            .map(|i| rec(&format!("dev{}", i % 7), i, 3))
+            .collect();
         for limit in [256usize, 300, 1000, 4096] {
             let p = pack(&recs, limit);
             let mut values = 0;

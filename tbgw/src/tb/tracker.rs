@@ -142,7 +142,10 @@ mod tests {
         assert!(t.on_puback(2).is_empty());
         assert!(t.on_puback(1).is_empty());
         let done = t.on_puback(3);
-        assert_eq!(done.iter().map(|c| c.last_seq).collect::<Vec<_>>(), vec![10, 20]);
+        assert_eq!(
+            done.iter().map(|c| c.last_seq).collect::<Vec<_>>(),
+            vec![10, 20]
+        );
         assert_eq!(t.pending(), 0);
     }
 
@@ -152,6 +155,12 @@ mod tests {
         let b = t.begin_batch(5, 5, 1);
         t.queued(Token::Batch(b));
         assert!(t.on_puback(9).is_empty());
-        assert_eq!(t.on_outgoing(0), vec![Completed { last_seq: 5, records: 5 }]);
+        assert_eq!(
+            t.on_outgoing(0),
+            vec![Completed {
+                last_seq: 5,
+                records: 5
+            }]
+        );
     }
 }

@@ -63,7 +63,9 @@ impl Mosquitto {
     /// If the chosen port is taken between probing and binding, another port
     /// is tried (up to a few times).
     pub async fn start_with(extra_config: &str) -> io::Result<Mosquitto> {
-        let dir = tempfile::Builder::new().prefix("tbgw-mosquitto-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tbgw-mosquitto-")
+            .tempdir()?;
         let mut broker = Mosquitto {
             port: 0,
             extra_config: extra_config.to_owned(),
@@ -150,7 +152,9 @@ impl Mosquitto {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("mosquitto-{}.log", self.launches))
+        self.dir
+            .path()
+            .join(format!("mosquitto-{}.log", self.launches))
     }
 
     fn config_text(&self) -> String {
@@ -268,7 +272,9 @@ fn free_port() -> io::Result<u16> {
 #[cfg(unix)]
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 #[cfg(not(unix))]

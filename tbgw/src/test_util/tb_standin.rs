@@ -35,7 +35,9 @@ const SUBSCRIPTIONS: [&str; 2] = ["v1/gateway/#", "v1/devices/me/#"];
 /// Time allowed for connecting and subscribing in the constructors.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between reconnection attempts after an event-loop error.
-const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Short, so that after a broker restart the stand-in is usually subscribed
+/// again before the gateway (which backs off longer) reconnects and publishes.
+const RETRY_DELAY: Duration = Duration::from_millis(25);
 /// Largest packet the stand-in accepts (rumqttc's default is only 10 KiB).
 const MAX_PACKET_SIZE: u32 = 64 * 1024 * 1024;
 
@@ -262,7 +264,8 @@ impl TbStandIn {
     where
         F: Fn(&Received) -> Vec<(String, Bytes)> + Send + Sync + 'static,
     {
-        self.shared.update(|s| s.responder = Some(Arc::new(responder)));
+        self.shared
+            .update(|s| s.responder = Some(Arc::new(responder)));
     }
 
     /// Removes the hook installed by [`set_responder`](Self::set_responder).
@@ -280,13 +283,18 @@ impl TbStandIn {
         method: &str,
         params: Value,
     ) -> Result<(), ClientError> {
-        let body = json!({"device": device, "data": {"id": id, "method": method, "params": params}});
+        let body =
+            json!({"device": device, "data": {"id": id, "method": method, "params": params}});
         self.publish_json(GATEWAY_RPC_TOPIC, &body).await
     }
 
     /// Sends a device attribute update: `{"device":device,"data":data}` on
     /// `v1/gateway/attributes`.
-    pub async fn send_attribute_update(&self, device: &str, data: Value) -> Result<(), ClientError> {
+    pub async fn send_attribute_update(
+        &self,
+        device: &str,
+        data: Value,
+    ) -> Result<(), ClientError> {
         let body = json!({"device": device, "data": data});
         self.publish_json(GATEWAY_ATTRIBUTES_TOPIC, &body).await
     }
@@ -518,10 +526,7 @@ fn handle_publish(client: &AsyncClient, shared: &Shared, publish: Publish) {
         (s.session_limits.clone(), s.responder.clone())
     };
     let mut replies = Vec::new();
-    if let (Some(limits), Some(id)) = (
-        limits,
-        received.topic.strip_prefix(ME_RPC_REQUEST_PREFIX),
-    ) {
+    if let (Some(limits), Some(id)) = (limits, received.topic.strip_prefix(ME_RPC_REQUEST_PREFIX)) {
         let method = received.get("method").and_then(Value::as_str);
         if method == Some("getSessionLimits") {
             replies.push((

@@ -1,0 +1,467 @@
+//! The MQTT connector's uplink converters: `json` and `bytes`, built once from the mapping's
+//! `converter` section, run for every message.
+
+use std::path::Path;
+
+use fancy_regex::Regex;
+use serde_json::Value as Json;
+use tbgw::config::ConfigError;
+use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::expr::{self, ByteSlices, DataType, Template, TsOptions};
+use tbgw::model::{DeviceData, Value};
+
+use super::config::{ConverterConfig, DatapointConfig, Datapoints};
+
+/// Where a device name or profile comes from.
+#[derive(Debug)]
+enum NameSource {
+    Constant(String),
+    /// A template over the JSON message.
+    Message(Template),
+    /// Byte slices over the raw payload (bytes converter).
+    Slices(ByteSlices),
+    /// A regex over the topic: the last capture group, else the whole match; the expression
+    /// itself when nothing matches (upstream's rule).
+    Topic(Regex, String),
+}
+
+impl NameSource {
+    fn build(
+        file: &Path,
+        key: &str,
+        source: &str,
+        expr: &str,
+        bytes: bool,
+    ) -> Result<Self, ConfigError> {
+        match source {
+            "constant" => Ok(NameSource::Constant(expr.to_string())),
+            "message" if bytes => ByteSlices::parse(expr)
+                .map(NameSource::Slices)
+                .map_err(|e| ConfigError::new(file, key, e.to_string())),
+            "message" => Template::parse(expr)
+                .map(NameSource::Message)
+                .map_err(|e| ConfigError::new(file, key, e.to_string())),
+            "topic" => Regex::new(expr)
+                .map(|r| NameSource::Topic(r, expr.to_string()))
+                .map_err(|e| {
+                    ConfigError::new(file, key, format!("invalid regular expression: {e}"))
+                }),
+            other => Err(ConfigError::new(
+                file,
+                key.replace("Expression", "ExpressionSource"),
+                format!("unknown source `{other}`; expected message, topic or constant"),
+            )),
+        }
+    }
+
+    fn resolve(&self, topic: &str, json: &Json, payload: &[u8]) -> Option<String> {
+        match self {
+            NameSource::Constant(s) => Some(s.clone()),
+            NameSource::Message(t) => t.render(json).filter(|s| !s.is_empty()),
+            NameSource::Slices(s) => Some(s.render(payload, false)).filter(|s| !s.is_empty()),
+            NameSource::Topic(re, expr) => {
+                Some(topic_capture(re, topic).unwrap_or_else(|| expr.clone()))
+            }
+        }
+    }
+}
+
+/// The last participating capture group of the first match, else the whole match.
+fn topic_capture(re: &Regex, topic: &str) -> Option<String> {
+    let caps = re.captures(topic).ok()??;
+    (1..caps.len())
+        .rev()
+        .find_map(|i| caps.get(i))
+        .or_else(|| caps.get(0))
+        .map(|m| m.as_str().to_string())
+}
+
+#[derive(Debug)]
+enum KeySource {
+    Constant(String),
+    Template(Template),
+    Topic(Regex),
+}
+
+#[derive(Debug)]
+enum ValueSource {
+    Template(Template),
+    Slices(ByteSlices),
+}
+
+#[derive(Debug)]
+struct Datapoint {
+    key: KeySource,
+    value: ValueSource,
+    ty: DataType,
+    ts: Option<(Template, TsOptions)>,
+}
+
+#[derive(Debug)]
+enum Points {
+    All,
+    List(Vec<Datapoint>),
+}
+
+/// A compiled `json` or `bytes` converter.
+#[derive(Debug)]
+pub struct MqttUplinkConverter {
+    bytes: bool,
+    device_name: NameSource,
+    device_profile: NameSource,
+    attributes: Points,
+    timeseries: Points,
+    use_received_ts: bool,
+}
+
+impl MqttUplinkConverter {
+    /// Builds the converter of `mapping[index]`; `prefix` is its key path for errors.
+    pub fn build(file: &Path, prefix: &str, c: &ConverterConfig) -> Result<Self, ConfigError> {
+        let bytes = match c.kind.as_str() {
+            "json" => false,
+            "bytes" => true,
+            other => {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{prefix}.type"),
+                    format!("converter type `{other}` cannot be built here"),
+                ))
+            }
+        };
+        let (name, profile) = match &c.device_info {
+            Some(di) => (
+                NameSource::build(
+                    file,
+                    &format!("{prefix}.deviceInfo.deviceNameExpression"),
+                    &di.device_name_expression_source,
+                    &di.device_name_expression,
+                    bytes,
+                )?,
+                NameSource::build(
+                    file,
+                    &format!("{prefix}.deviceInfo.deviceProfileExpression"),
+                    &di.device_profile_expression_source,
+                    &di.device_profile_expression,
+                    bytes,
+                )?,
+            ),
+            None => {
+                // Legacy keys, read as upstream's backward-compatibility adapter reads them.
+                let name = match (
+                    &c.device_name_json_expression,
+                    &c.device_name_topic_expression,
+                ) {
+                    (Some(e), _) => NameSource::build(
+                        file,
+                        &format!("{prefix}.deviceNameJsonExpression"),
+                        "message",
+                        e,
+                        bytes,
+                    )?,
+                    (None, Some(e)) => NameSource::build(
+                        file,
+                        &format!("{prefix}.deviceNameTopicExpression"),
+                        "topic",
+                        e,
+                        bytes,
+                    )?,
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            file,
+                            format!("{prefix}.deviceInfo"),
+                            "missing; the converter needs a device name",
+                        ))
+                    }
+                };
+                let profile = match (
+                    &c.device_type_json_expression,
+                    &c.device_type_topic_expression,
+                ) {
+                    (Some(e), _) => NameSource::build(
+                        file,
+                        &format!("{prefix}.deviceTypeJsonExpression"),
+                        "message",
+                        e,
+                        bytes,
+                    )?,
+                    (None, Some(e)) => NameSource::build(
+                        file,
+                        &format!("{prefix}.deviceTypeTopicExpression"),
+                        "topic",
+                        e,
+                        bytes,
+                    )?,
+                    (None, None) => NameSource::Constant("default".into()),
+                };
+                (name, profile)
+            }
+        };
+        Ok(MqttUplinkConverter {
+            bytes,
+            device_name: name,
+            device_profile: profile,
+            attributes: build_points(file, &format!("{prefix}.attributes"), &c.attributes, bytes)?,
+            timeseries: build_points(file, &format!("{prefix}.timeseries"), &c.timeseries, bytes)?,
+            use_received_ts: c.use_received_ts,
+        })
+    }
+
+    fn convert_one(
+        &self,
+        topic: &str,
+        json: &Json,
+        payload: &[u8],
+        received_ts: i64,
+        errors: &mut Vec<ConvertError>,
+    ) -> Result<DeviceData, ConvertError> {
+        let name = self
+            .device_name
+            .resolve(topic, json, payload)
+            .ok_or_else(|| {
+                ConvertError::NoDeviceName(format!(
+                    "the device name expression has no match in the message on `{topic}`"
+                ))
+            })?;
+        let profile = self
+            .device_profile
+            .resolve(topic, json, payload)
+            .unwrap_or_else(|| "default".into());
+        let mut data = DeviceData::new(name, profile);
+        let ts = if self.use_received_ts {
+            received_ts
+        } else {
+            ["ts", "timestamp"]
+                .iter()
+                .find_map(|k| json.get(*k))
+                .and_then(|v| expr::parse_timestamp(v, TsOptions::default()))
+                .unwrap_or(received_ts)
+        };
+        match &self.attributes {
+            Points::All => all_keys(json, |k, v| data.push_attribute(k, v)),
+            Points::List(points) => {
+                for p in points {
+                    if let Some((k, v, _)) = self.eval(p, topic, json, payload, errors) {
+                        data.push_attribute(k, v);
+                    }
+                }
+            }
+        }
+        match &self.timeseries {
+            Points::All => {
+                let mut values = Vec::new();
+                all_keys(json, |k, v| values.push((k, v)));
+                for (k, v) in values {
+                    data.push_telemetry(ts, k, v);
+                }
+            }
+            Points::List(points) => {
+                for p in points {
+                    if let Some((k, v, own_ts)) = self.eval(p, topic, json, payload, errors) {
+                        let t = if self.use_received_ts {
+                            received_ts
+                        } else {
+                            own_ts.unwrap_or(ts)
+                        };
+                        data.push_telemetry(t, k, v);
+                    }
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    fn eval(
+        &self,
+        p: &Datapoint,
+        topic: &str,
+        json: &Json,
+        payload: &[u8],
+        errors: &mut Vec<ConvertError>,
+    ) -> Option<(String, Value, Option<i64>)> {
+        let key = match &p.key {
+            KeySource::Constant(k) => k.clone(),
+            KeySource::Template(t) => t.render(json)?,
+            KeySource::Topic(re) => topic_capture(re, topic)?,
+        };
+        let value = match &p.value {
+            ValueSource::Template(t) => {
+                let Some(v) = t.resolve(json) else {
+                    errors.push(ConvertError::Value {
+                        key,
+                        reason: format!("`{}` has no match in the message", t.source()),
+                    });
+                    return None;
+                };
+                if v.is_null() {
+                    return None;
+                }
+                match expr::convert(&v, p.ty) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        errors.push(ConvertError::Value {
+                            key,
+                            reason: e.to_string(),
+                        });
+                        return None;
+                    }
+                }
+            }
+            ValueSource::Slices(s) => {
+                let text = s.render(payload, false);
+                match p.ty {
+                    DataType::Raw | DataType::String => Value::String(text),
+                    ty => match expr::convert(&Json::String(text), ty) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            errors.push(ConvertError::Value {
+                                key,
+                                reason: e.to_string(),
+                            });
+                            return None;
+                        }
+                    },
+                }
+            }
+        };
+        let ts = p.ts.as_ref().and_then(|(t, opts)| {
+            t.resolve(json)
+                .and_then(|v| expr::parse_timestamp(&v, *opts))
+        });
+        Some((key, value, ts))
+    }
+}
+
+fn all_keys(json: &Json, mut f: impl FnMut(String, Value)) {
+    if let Some(obj) = json.as_object() {
+        for (k, v) in obj {
+            f(k.clone(), Value::from_json(v.clone()));
+        }
+    }
+}
+
+fn build_points(
+    file: &Path,
+    prefix: &str,
+    d: &Datapoints,
+    bytes: bool,
+) -> Result<Points, ConfigError> {
+    match d {
+        Datapoints::None => Ok(Points::List(Vec::new())),
+        Datapoints::All(s) if s == "*" => Ok(Points::All),
+        Datapoints::All(s) => Err(ConfigError::new(
+            file,
+            prefix,
+            format!("expected a list of datapoints or \"*\", found {s:?}"),
+        )),
+        Datapoints::List(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| build_point(file, &format!("{prefix}[{i}]"), p, bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Points::List),
+    }
+}
+
+fn build_point(
+    file: &Path,
+    prefix: &str,
+    p: &DatapointConfig,
+    bytes: bool,
+) -> Result<Datapoint, ConfigError> {
+    let err = |k: &str, e: String| ConfigError::new(file, format!("{prefix}.{k}"), e);
+    let ty = DataType::parse(&p.kind).ok_or_else(|| {
+        err(
+            "type",
+            format!(
+                "unknown type `{}`; expected string, integer, double, boolean, raw or json",
+                p.kind
+            ),
+        )
+    })?;
+    let key = match p.key_source.as_deref() {
+        Some("topic") => KeySource::Topic(
+            Regex::new(&p.key)
+                .map_err(|e| err("key", format!("invalid regular expression: {e}")))?,
+        ),
+        None | Some("message") | Some("constant") => {
+            if p.key.contains("${") {
+                KeySource::Template(Template::parse(&p.key).map_err(|e| err("key", e.to_string()))?)
+            } else {
+                KeySource::Constant(p.key.clone())
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "keySource",
+                format!("unknown key source `{other}`; expected message or topic"),
+            ))
+        }
+    };
+    let value = if bytes {
+        ValueSource::Slices(ByteSlices::parse(&p.value).map_err(|e| err("value", e.to_string()))?)
+    } else {
+        ValueSource::Template(Template::parse(&p.value).map_err(|e| err("value", e.to_string()))?)
+    };
+    let ts = match &p.ts_field {
+        Some(t) => Some((
+            Template::parse(t).map_err(|e| err("tsField", e.to_string()))?,
+            TsOptions {
+                dayfirst: p.dayfirst,
+                yearfirst: p.yearfirst,
+            },
+        )),
+        None => None,
+    };
+    Ok(Datapoint { key, value, ty, ts })
+}
+
+impl UplinkConverter for MqttUplinkConverter {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        if self.bytes {
+            let d = self.convert_one(
+                input.source,
+                &Json::Null,
+                input.payload,
+                input.received_ts,
+                errors,
+            )?;
+            return Ok(vec![d]);
+        }
+        let json: Json = serde_json::from_slice(input.payload)
+            .map_err(|e| ConvertError::Malformed(format!("not valid JSON: {e}")))?;
+        match &json {
+            Json::Array(items) => {
+                // Element by element, merged per device.
+                let mut out: Vec<DeviceData> = Vec::new();
+                for item in items {
+                    let d = self.convert_one(
+                        input.source,
+                        item,
+                        input.payload,
+                        input.received_ts,
+                        errors,
+                    )?;
+                    match out.iter_mut().find(|o| o.device_name == d.device_name) {
+                        Some(o) => o.merge(d),
+                        None => out.push(d),
+                    }
+                }
+                Ok(out)
+            }
+            _ => Ok(vec![self.convert_one(
+                input.source,
+                &json,
+                input.payload,
+                input.received_ts,
+                errors,
+            )?]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
