@@ -52,14 +52,16 @@ impl StorageConfig {
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         match self.kind.as_str() {
             "memory" => {}
-            "file" | "sqlite" => return Err(ConfigError::new(
-                file,
-                "storage.type",
-                format!(
+            "file" | "sqlite" => {
+                return Err(ConfigError::new(
+                    file,
+                    "storage.type",
+                    format!(
                     "storage type `{}` is not available in this version of tbgw yet; use `memory`",
                     self.kind
                 ),
-            )),
+                ))
+            }
             other => {
                 return Err(ConfigError::new(
                     file,
