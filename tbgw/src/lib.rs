@@ -69,6 +69,10 @@ pub mod downlink;
 pub mod expr;
 mod gateway;
 pub mod model;
+pub mod payload {
+    //! Packing stored records into gateway-API payloads (what the ThingsBoard client publishes).
+    pub use crate::tb::pack::{pack, Packed};
+}
 pub mod registry;
 pub mod stats;
 pub mod storage;

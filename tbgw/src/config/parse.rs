@@ -19,7 +19,7 @@ pub fn from_value<T: DeserializeOwned>(
     let mut unused = Vec::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);
     let result: Result<T, _> = serde_ignored::deserialize(de, |path| {
-        unused.push(join(prefix, &path.to_string()));
+        unused.push(join(prefix, &ignored_path(&path)));
     });
     match result {
         Ok(v) => {
@@ -31,6 +31,21 @@ pub fn from_value<T: DeserializeOwned>(
             let path = if path == "." { String::new() } else { path };
             Err(ConfigError::new(file, join(prefix, &path), e.to_string()))
         }
+    }
+}
+
+/// An ignored key's path in the form error paths use (`mapping[0].converter.key`): list
+/// indices in brackets, and no segment for `Option` or newtype wrappers (which
+/// `serde_ignored::Path`'s own `Display` writes as `0` and `?`).
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 

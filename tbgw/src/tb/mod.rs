@@ -18,7 +18,7 @@
 //! * Reconnects with exponential backoff and jitter.
 
 mod incoming;
-pub(crate) mod pack;
+pub mod pack;
 mod tracker;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,326 @@
+//! `tbgw check --config FILE`: exit 0 for a valid configuration (warnings for ignored keys on
+//! stderr), exit 1 with one `file: key.path: reason` line per problem otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// Upstream's sample configuration directory (`<workspace>/../shared/reference/upstream-config`).
+fn upstream_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/upstream-config")
+}
+
+/// Runs `tbgw check --config <file>` with no `TB_GW_*` or `RUST_LOG` from the caller's
+/// environment.
+fn check(file: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tbgw"));
+    cmd.arg("check").arg("--config").arg(file);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TB_GW_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd.output().expect("run tbgw")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    )
+}
+
+fn write_json(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(v).expect("serialize")).expect("write");
+    path
+}
+
+fn main_file(connectors: Value) -> Value {
+    json!({
+        "thingsboard": {
+            "host": "127.0.0.1",
+            "port": 1883,
+            "security": {"type": "accessToken", "accessToken": "TOKEN"}
+        },
+        "storage": {"type": "memory"},
+        "connectors": connectors
+    })
+}
+
+fn mqtt_file(timeseries: Value) -> Value {
+    json!({
+        "broker": {"host": "127.0.0.1", "port": 1883},
+        "mapping": [{
+            "topicFilter": "sensor/+/data",
+            "converter": {
+                "type": "json",
+                "deviceInfo": {
+                    "deviceNameExpressionSource": "topic",
+                    "deviceNameExpression": "(?<=sensor/)(.*?)(?=/data)"
+                },
+                "timeseries": timeseries
+            }
+        }]
+    })
+}
+
+/// The problem lines of stderr: every non-empty line. Each must have the form
+/// `file: key.path: reason` (or `file: reason` for a problem with a whole file).
+fn error_lines(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts the run failed with exit 1 and stderr has exactly one line per expected
+/// `(file, key path, reason fragment)`, in order.
+fn assert_problems(out: &Output, expected: &[(&Path, &str, &str)]) {
+    assert_eq!(out.status.code(), Some(1), "{}", describe(out));
+    let lines = error_lines(out);
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "one line per problem expected\n{}",
+        describe(out)
+    );
+    for (line, (file, key, reason)) in lines.iter().zip(expected) {
+        let prefix = if key.is_empty() {
+            format!("{}: ", file.display())
+        } else {
+            format!("{}: {key}: ", file.display())
+        };
+        assert!(
+            line.starts_with(&prefix),
+            "`{line}` should start with `{prefix}`\n{}",
+            describe(out)
+        );
+        assert!(
+            line[prefix.len()..].contains(reason),
+            "`{line}` should give the reason {reason:?}"
+        );
+    }
+}
+
+#[test]
+fn upstreams_sample_tb_gateway_json_passes() {
+    let file = upstream_dir().join("tb_gateway.json");
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains(&format!("{}: OK (0 connector(s))", file.display())),
+        "{}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "warning: {}: thingsboard.remoteShell: ignored",
+            file.display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        err.contains(&format!("warning: {}: grpc: ignored", file.display())),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_main_file_naming_upstreams_mqtt_json_by_absolute_path_passes_with_warnings() {
+    let dir = TempDir::new().expect("tempdir");
+    let mqtt = upstream_dir().join("mqtt.json");
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{
+            "type": "mqtt",
+            "name": "MQTT Broker Connector",
+            "configuration": mqtt.to_str().expect("utf-8 path")
+        }])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("OK (1 connector(s))"),
+        "{}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    // Keys of upstream's sample that tbgw does not use are named with their full path, in
+    // the same `mapping[0]` syntax errors use.
+    for key in [
+        "broker.maxNumberOfWorkers",
+        "mapping[0].converter.sendDataOnlyOnChange",
+        "mapping[1].converter.timeout",
+        "requestsMapping",
+    ] {
+        let warning = format!("warning: {}: {key}: ignored", mqtt.display());
+        assert!(
+            err.contains(&warning),
+            "missing `{warning}`\n{}",
+            describe(&out)
+        );
+    }
+    // Every stderr line is such a warning.
+    for line in error_lines(&out) {
+        assert!(line.starts_with("warning: "), "{}", describe(&out));
+    }
+}
+
+#[test]
+fn a_wrong_type_in_the_main_file_is_one_line_naming_thingsboard_port() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut main = main_file(json!([]));
+    main["thingsboard"]["port"] = json!("abc");
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_problems(&out, &[(&file, "thingsboard.port", "invalid type")]);
+    assert!(stdout(&out).is_empty(), "{}", describe(&out));
+}
+
+#[test]
+fn several_problems_in_the_main_file_are_one_line_each() {
+    let dir = TempDir::new().expect("tempdir");
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &json!({
+            "thingsboard": {
+                "host": "127.0.0.1",
+                "qos": 2,
+                "security": {"type": "accessToken"}
+            },
+            "storage": {"type": "file"},
+            "connectors": [
+                {"type": "mqtt", "name": "A", "configuration": "absent.json"}
+            ]
+        }),
+    );
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[
+            (&file, "thingsboard.qos", "0 or 1"),
+            (&file, "storage.type", "not available"),
+            (&file, "thingsboard.security.accessToken", "missing"),
+            (&file, "connectors[0].configuration", "cannot read file"),
+        ],
+    );
+}
+
+#[test]
+fn a_broken_connector_file_names_the_mapping_key_path() {
+    let dir = TempDir::new().expect("tempdir");
+    let mqtt = write_json(
+        dir.path(),
+        "mqtt.json",
+        &mqtt_file(json!([
+            {"type": "decimal", "key": "temperature", "value": "${temp}"}
+        ])),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([
+            {"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}
+        ])),
+    );
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[(
+            &mqtt,
+            "mapping[0].converter.timeseries[0].type",
+            "unknown type `decimal`",
+        )],
+    );
+}
+
+#[test]
+fn problems_in_several_connector_files_are_all_reported() {
+    let dir = TempDir::new().expect("tempdir");
+    let a = write_json(
+        dir.path(),
+        "a.json",
+        &mqtt_file(json!([
+            {"type": "double", "key": "t", "value": "${temp"}
+        ])),
+    );
+    let mut b_content = mqtt_file(json!([]));
+    b_content["broker"]["port"] = json!("abc");
+    let b = write_json(dir.path(), "b.json", &b_content);
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([
+            {"type": "mqtt", "name": "A", "configuration": "a.json"},
+            {"type": "mqtt", "name": "B", "configuration": "b.json"},
+            {"type": "modbus", "name": "Modbus", "configuration": "a.json"}
+        ])),
+    );
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[
+            (
+                &a,
+                "mapping[0].converter.timeseries[0].value",
+                "unterminated",
+            ),
+            (&b, "broker.port", "invalid type"),
+            (&file, "connectors[name=Modbus].type", "`modbus`"),
+        ],
+    );
+}
+
+#[test]
+fn a_connector_type_that_is_not_built_is_rejected_by_name() {
+    let dir = TempDir::new().expect("tempdir");
+    write_json(
+        dir.path(),
+        "modbus.json",
+        &json!({"master": {"slaves": []}}),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([
+            {"type": "modbus", "name": "Modbus Connector", "configuration": "modbus.json"}
+        ])),
+    );
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[(
+            &file,
+            "connectors[name=Modbus Connector].type",
+            "not available in this build",
+        )],
+    );
+}
+
+#[test]
+fn a_missing_main_file_fails() {
+    let dir = TempDir::new().expect("tempdir");
+    let file = dir.path().join("tb_gateway.json");
+    let out = check(&file);
+    assert_problems(&out, &[(&file, "", "cannot read file")]);
+}
