@@ -324,3 +324,25 @@ fn a_missing_main_file_fails() {
     let out = check(&file);
     assert_problems(&out, &[(&file, "", "cannot read file")]);
 }
+
+#[test]
+fn a_connector_file_without_broker_security_is_anonymous_and_passes() {
+    let dir = TempDir::new().expect("tempdir");
+    write_json(
+        dir.path(),
+        "mqtt.json",
+        &mqtt_file(json!([
+            {"type": "double", "key": "temperature", "value": "${temp}"}
+        ])),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([
+            {"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}
+        ])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(error_lines(&out).is_empty(), "{}", describe(&out));
+}

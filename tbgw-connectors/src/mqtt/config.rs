@@ -58,7 +58,7 @@ const fn default_true() -> bool {
 }
 
 /// `broker.security`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSecurity {
     /// `anonymous` (default) or `basic`.
@@ -72,6 +72,17 @@ pub struct BrokerSecurity {
 
 fn default_security() -> String {
     "anonymous".into()
+}
+
+impl Default for BrokerSecurity {
+    /// Anonymous, as when the section is absent.
+    fn default() -> Self {
+        BrokerSecurity {
+            kind: default_security(),
+            username: None,
+            password: None,
+        }
+    }
 }
 
 /// One entry of `mapping[]`.

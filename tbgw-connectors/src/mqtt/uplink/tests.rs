@@ -659,10 +659,19 @@ fn a_value_of_the_wrong_type_is_reported_while_the_other_keys_still_convert() {
 // Legacy keys
 // ---------------------------------------------------------------------------------------------
 
+/// (what, converter keys, topic, message, (expected name, expected profile)).
+type LegacyCase = (
+    &'static str,
+    Json,
+    &'static str,
+    Json,
+    (&'static str, &'static str),
+);
+
 #[test]
 fn legacy_device_name_and_type_keys_still_work() {
     #[rustfmt::skip]
-    let cases: &[(&str, Json, &str, Json, (&str, &str))] = &[
+    let cases: &[LegacyCase] = &[
         (
             "deviceNameJsonExpression + deviceTypeJsonExpression",
             json!({"deviceNameJsonExpression": "${serialNumber}", "deviceTypeJsonExpression": "${sensorType}"}),
