@@ -58,10 +58,12 @@ enum SourcePublish {
 }
 
 enum Client {
-    V4(rumqttc::AsyncClient, rumqttc::EventLoop),
-    V5(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop),
+    V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
+    V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
 }
 
+// Consumed as soon as it is produced, one at a time: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum SourceEvent {
     Connected,
     Message {
@@ -285,7 +287,7 @@ impl MqttConnector {
                 o.set_credentials(u.clone(), b.security.password.clone().unwrap_or_default());
             }
             let (c, e) = rumqttc::v5::AsyncClient::new(o, REQUEST_CAPACITY);
-            Client::V5(c, e)
+            Client::V5(c, Box::new(e))
         } else {
             let mut o = rumqttc::MqttOptions::new(id, b.host.clone(), b.port);
             o.set_keep_alive(keep_alive);
@@ -296,7 +298,7 @@ impl MqttConnector {
                 o.set_credentials(u.clone(), b.security.password.clone().unwrap_or_default());
             }
             let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
-            Client::V4(c, e)
+            Client::V4(c, Box::new(e))
         }
     }
 

@@ -112,10 +112,7 @@ pub fn load_with_env(
         return Err(ConfigError::new(file, "", "the main file must be a JSON object").into());
     }
     apply_env_overrides(&mut raw, env);
-    let gateway: GatewayConfig = match parse::from_value(file, "", &raw, &mut ignored_paths) {
-        Ok(g) => g,
-        Err(e) => return Err(e.into()),
-    };
+    let gateway: GatewayConfig = parse::from_value(file, "", &raw, &mut ignored_paths)?;
     if let Err(e) = gateway.thingsboard.validate(file) {
         errors.push(e);
     }

@@ -35,8 +35,8 @@ pub fn from_value<T: DeserializeOwned>(
 }
 
 /// An ignored key's path in the form error paths use (`mapping[0].converter.key`): list
-/// indices in brackets, and no segment for `Option` or newtype wrappers (which
-/// `serde_ignored::Path`'s own `Display` writes as `0` and `?`).
+/// indices in brackets and no segment for `Option` or newtype wrappers.
+/// (`serde_ignored::Path`'s own `Display` would write `mapping.0.converter.deviceInfo.?.key`.)
 fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match path {
