@@ -280,7 +280,16 @@ impl MqttUplinkConverter {
     ) -> Option<(String, Value, Option<i64>)> {
         let key = match &p.key {
             KeySource::Constant(k) => k.clone(),
-            KeySource::Template(t) => t.render(json)?,
+            KeySource::Template(t) => match t.render(json) {
+                Some(k) => k,
+                None => {
+                    errors.push(ConvertError::Value {
+                        key: t.source().to_string(),
+                        reason: "the key template has no match in the message".into(),
+                    });
+                    return None;
+                }
+            },
             KeySource::Topic(re) => topic_capture(re, topic)?,
         };
         let value = match &p.value {
@@ -435,22 +444,42 @@ impl UplinkConverter for MqttUplinkConverter {
             .map_err(|e| ConvertError::Malformed(format!("not valid JSON: {e}")))?;
         match &json {
             Json::Array(items) => {
-                // Element by element, merged per device.
+                // Element by element, merged per device. A bad element is reported and
+                // skipped; the good ones still go through.
                 let mut out: Vec<DeviceData> = Vec::new();
+                let mut first_error = None;
                 for item in items {
-                    let d = self.convert_one(
+                    let converted = self.convert_one(
                         input.source,
                         item,
                         input.payload,
                         input.received_ts,
                         errors,
-                    )?;
+                    );
+                    let d = match converted {
+                        Ok(d) => d,
+                        Err(e) => {
+                            if first_error.is_none() {
+                                first_error = Some(e);
+                            } else {
+                                errors.push(e);
+                            }
+                            continue;
+                        }
+                    };
                     match out.iter_mut().find(|o| o.device_name == d.device_name) {
                         Some(o) => o.merge(d),
                         None => out.push(d),
                     }
                 }
-                Ok(out)
+                match first_error {
+                    Some(e) if out.is_empty() => Err(e),
+                    Some(e) => {
+                        errors.push(e);
+                        Ok(out)
+                    }
+                    None => Ok(out),
+                }
             }
             _ => Ok(vec![self.convert_one(
                 input.source,

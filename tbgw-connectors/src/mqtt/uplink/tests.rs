@@ -1023,3 +1023,60 @@ fn the_three_mappings_of_upstreams_sample_mqtt_json_convert_their_messages() {
         .expect_err("custom converters are built by the connector from its registry");
     assert_eq!(e.key, "mapping[3].converter.type");
 }
+
+#[test]
+fn a_bad_array_element_is_reported_and_the_good_ones_still_convert() {
+    let cfg: ConverterConfig = serde_json::from_value(serde_json::json!({
+        "type": "json",
+        "deviceInfo": {"deviceNameExpressionSource": "message", "deviceNameExpression": "${name}"},
+        "timeseries": [{"type": "integer", "key": "v", "value": "${v}"}]
+    }))
+    .unwrap();
+    let conv =
+        MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &cfg).unwrap();
+    let payload = br#"[{"name": "a", "v": 1}, {"v": 2}, {"name": "b", "v": 3}]"#;
+    let mut errors = Vec::new();
+    let out = conv
+        .convert(
+            UplinkInput {
+                source: "t",
+                payload,
+                received_ts: 5,
+            },
+            &mut errors,
+        )
+        .unwrap();
+    assert_eq!(
+        out.iter()
+            .map(|d| d.device_name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert!(
+        matches!(errors.as_slice(), [ConvertError::NoDeviceName(_)]),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_key_template_without_a_match_is_reported() {
+    let cfg: ConverterConfig = serde_json::from_value(serde_json::json!({
+        "type": "json",
+        "deviceInfo": {"deviceNameExpressionSource": "constant", "deviceNameExpression": "d"},
+        "timeseries": [{"type": "integer", "key": "${absent}", "value": "${v}"}]
+    }))
+    .unwrap();
+    let conv =
+        MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &cfg).unwrap();
+    let mut errors = Vec::new();
+    conv.convert(
+        UplinkInput {
+            source: "t",
+            payload: br#"{"v": 1}"#,
+            received_ts: 5,
+        },
+        &mut errors,
+    )
+    .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}
