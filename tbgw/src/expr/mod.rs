@@ -12,11 +12,12 @@
 //!    `$.`: `data.temp`, `sensors[0].value`, `items[:].v`, `[0]`, `a.*.b`, `a..b`,
 //!    `['key with spaces']`, `[-1]`, `[1:3]`. The first match is used.
 //!
-//! ```ignore
+//! ```
 //! use tbgw::expr::Template;
 //! let t = Template::parse("${serial}-${data.temp}")?;
 //! let msg = serde_json::json!({"serial": "SN-1", "data": {"temp": 21.5}});
 //! assert_eq!(t.render(&msg).as_deref(), Some("SN-1-21.5"));
+//! # Ok::<(), tbgw::expr::ExprError>(())
 //! ```
 //!
 //! A template without `${` is a constant. A placeholder without a match makes the whole
