@@ -6,15 +6,27 @@
 //!
 //! | feature | connector type | module |
 //! |---|---|---|
-//! | `mqtt` (default) | `mqtt` | [`mqtt`] |
+//! | `mqtt` (default) | `mqtt` | `mqtt` |
+//! | `modbus` | `modbus` | `modbus` |
+//! | `opcua` | `opcua` | `opcua` |
+//! | `request` | `request` | `request` |
+//! | `rest` | `rest` | `rest` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(feature = "modbus")]
+pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "opcua")]
+pub mod opcua;
+#[cfg(feature = "request")]
+pub mod request;
+#[cfg(feature = "rest")]
+pub mod rest;
 
 use tbgw::connector::ConnectorFactory;
 
@@ -32,5 +44,13 @@ pub fn factories() -> Vec<Box<dyn ConnectorFactory>> {
     let mut v: Vec<Box<dyn ConnectorFactory>> = Vec::new();
     #[cfg(feature = "mqtt")]
     v.push(Box::new(mqtt::MqttFactory::new()));
+    #[cfg(feature = "modbus")]
+    v.push(Box::new(modbus::ModbusFactory::new()));
+    #[cfg(feature = "opcua")]
+    v.push(Box::new(opcua::OpcUaFactory::new()));
+    #[cfg(feature = "request")]
+    v.push(Box::new(request::RequestFactory::new()));
+    #[cfg(feature = "rest")]
+    v.push(Box::new(rest::RestFactory::new()));
     v
 }

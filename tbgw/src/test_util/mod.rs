@@ -22,9 +22,11 @@
 //! ```
 
 mod mosquitto;
+mod python;
 mod tb_standin;
 
 pub use mosquitto::Mosquitto;
+pub use python::{free_tcp_port, free_udp_port, peers_python, PythonPeer};
 pub use tb_standin::{
     default_session_limits, topic_matches, Received, Responder, TbStandIn,
     GATEWAY_ATTRIBUTES_TOPIC, GATEWAY_RPC_TOPIC, ME_ATTRIBUTES_TOPIC, ME_RPC_REQUEST_PREFIX,
