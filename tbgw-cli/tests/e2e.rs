@@ -2,6 +2,8 @@
 //! mosquitto, the gateway forwards to a second mosquitto where a ThingsBoard stand-in records
 //! what arrives.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

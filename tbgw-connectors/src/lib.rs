@@ -17,6 +17,8 @@
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(any(feature = "request", feature = "rest"))]
+mod http_common;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]

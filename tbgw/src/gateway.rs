@@ -10,14 +10,14 @@
 //! uplink channel is drained into storage, storage is flushed, and the ThingsBoard client stops
 //! after waiting (briefly) for the PUBACKs of what is in flight, all within a deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,20 +160,20 @@ impl GatewayBuilder {
     /// Validates the configuration and every connector in it without starting anything, and
     /// returns the keys that were accepted but are not used (what `tbgw check` prints).
     pub fn check(self) -> Result<Vec<IgnoredKey>, GatewayError> {
-        self.build_inner().map(|(_, ignored)| ignored)
+        self.build_inner(true).map(|(_, ignored)| ignored)
     }
 
     /// Validates everything and builds the gateway. No I/O besides reading the device registry.
     /// Keys that are accepted but not used are logged once.
     pub fn build(self) -> Result<Gateway, GatewayError> {
-        let (gateway, ignored) = self.build_inner()?;
+        let (gateway, ignored) = self.build_inner(false)?;
         for ig in &ignored {
             tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
         }
         Ok(gateway)
     }
 
-    fn build_inner(self) -> Result<(Gateway, Vec<IgnoredKey>), GatewayError> {
+    fn build_inner(self, checking: bool) -> Result<(Gateway, Vec<IgnoredKey>), GatewayError> {
         let mut errors = Vec::new();
         let mut all_ignored = Vec::new();
         let mut connectors = self.connectors;
@@ -188,13 +188,17 @@ impl GatewayBuilder {
                     cfg.credentials.clone(),
                 ));
             }
-            if storage.is_none() {
-                let s = &cfg.gateway.storage;
-                storage = Some(Arc::new(MemoryStorage::new(
-                    s.max_records_count,
-                    s.read_records_count,
-                    s.full_policy,
-                )));
+            // `check` validates without touching the disk: durable storages are opened only
+            // when the gateway is really built.
+            if storage.is_none() && !checking {
+                match crate::storage::from_config(&cfg.gateway.storage, &cfg.dir) {
+                    Ok(s) => storage = Some(s),
+                    Err(e) => errors.push(ConfigError::new(
+                        &cfg.file,
+                        "storage",
+                        format!("cannot open the storage: {e}"),
+                    )),
+                }
             }
             if registry_dir.is_none() {
                 registry_dir = Some(cfg.dir.clone());
@@ -487,6 +491,11 @@ async fn supervise(slot: ConnectorSlot, mut cx: ConnectorContext) {
 }
 
 /// Takes uplink messages, registers devices and writes data to storage, in batches.
+///
+/// A connector that asked for a receipt gets it once its records are durable
+/// ([`EventStorage::wait_durable`]), not merely written: the MQTT connector acknowledges its
+/// broker only then. Receipts wait in `pending` while the next batches are already being
+/// written, so group commit is not a per-batch stall.
 async fn ingest(
     mut rx: mpsc::Receiver<UplinkMessage>,
     storage: Arc<dyn EventStorage>,
@@ -494,113 +503,165 @@ async fn ingest(
     control: mpsc::Sender<Control>,
 ) {
     let mut msgs = Vec::with_capacity(INGEST_BATCH);
+    let mut pending: VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)> = VecDeque::new();
+    loop {
+        let front = pending.front().map(|p| p.0);
+        tokio::select! {
+            n = rx.recv_many(&mut msgs, INGEST_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                absorb(&mut msgs, &storage, &shared, &control, &mut pending).await;
+            }
+            r = storage.wait_durable(front.unwrap_or(0)), if front.is_some() => {
+                let seq = front.unwrap_or(0);
+                fire(&mut pending, seq, r.is_ok());
+            }
+        }
+    }
+    // Shutdown: everything is written; make it durable and answer every receipt.
+    if let Some(&(last, ..)) = pending.back() {
+        let ok = storage.flush().await.is_ok() && storage.wait_durable(last).await.is_ok();
+        fire(&mut pending, last, ok);
+    }
+    tracing::debug!("Ingest finished: all uplink senders are gone.");
+}
+
+/// Answers every receipt waiting for a sequence number up to `seq`.
+fn fire(
+    pending: &mut VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)>,
+    seq: u64,
+    durable: bool,
+) {
+    while pending.front().is_some_and(|p| p.0 <= seq) {
+        if let Some((_, tx, outcome)) = pending.pop_front() {
+            let _ = tx.send(if durable {
+                outcome
+            } else {
+                StoreOutcome::Failed
+            });
+        }
+    }
+}
+
+/// Registers devices, writes one batch of uplink messages and queues their receipts.
+async fn absorb(
+    msgs: &mut Vec<UplinkMessage>,
+    storage: &Arc<dyn EventStorage>,
+    shared: &Shared,
+    control: &mpsc::Sender<Control>,
+    pending: &mut VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)>,
+) {
     let mut records = Vec::new();
     let mut acks = Vec::new();
-    loop {
-        msgs.clear();
-        if rx.recv_many(&mut msgs, INGEST_BATCH).await == 0 {
-            break;
-        }
-        {
-            let mut reg = shared.registry();
-            for m in msgs.drain(..) {
-                match m {
-                    UplinkMessage::Data {
-                        connector,
-                        data,
-                        ack,
-                    } => {
-                        let n = data.len();
-                        for d in data {
-                            reg.observe(&d.device_name, &d.device_type, &connector);
-                            records.push(d);
-                        }
-                        if let Some(a) = ack {
-                            acks.push((a, n));
-                        }
+    {
+        let mut reg = shared.registry();
+        for m in msgs.drain(..) {
+            match m {
+                UplinkMessage::Data {
+                    connector,
+                    data,
+                    ack,
+                } => {
+                    let n = data.len();
+                    for d in data {
+                        reg.observe(&d.device_name, &d.device_type, &connector);
+                        records.push(d);
                     }
-                    UplinkMessage::Connect {
-                        connector,
+                    if let Some(a) = ack {
+                        acks.push((a, n));
+                    }
+                }
+                UplinkMessage::Connect {
+                    connector,
+                    device,
+                    device_type,
+                } => {
+                    reg.observe(&device, &device_type, &connector);
+                    let _ = control.try_send(Control::Connect {
                         device,
                         device_type,
-                    } => {
-                        reg.observe(&device, &device_type, &connector);
-                        let _ = control.try_send(Control::Connect {
-                            device,
-                            device_type,
-                        });
+                    });
+                }
+                UplinkMessage::Disconnect { device, .. } => {
+                    if reg.set_disconnected(&device) {
+                        let _ = control.try_send(Control::Disconnect { device });
                     }
-                    UplinkMessage::Disconnect { device, .. } => {
-                        if reg.set_disconnected(&device) {
-                            let _ = control.try_send(Control::Disconnect { device });
-                        }
-                    }
-                    UplinkMessage::AttributeRequest {
+                }
+                UplinkMessage::AttributeRequest {
+                    device,
+                    client,
+                    keys,
+                    reply,
+                } => {
+                    // Dropped if the client's queue is full: the requester times out.
+                    let _ = control.try_send(Control::AttributeRequest {
                         device,
                         client,
                         keys,
                         reply,
-                    } => {
-                        // Dropped if the client's queue is full: the requester times out.
-                        let _ = control.try_send(Control::AttributeRequest {
-                            device,
-                            client,
-                            keys,
-                            reply,
-                        });
-                    }
+                    });
                 }
-            }
-            if let Err(e) = reg.persist_if_dirty() {
-                tracing::warn!(error = %e, "Cannot write the device registry.");
             }
         }
-        if records.is_empty() {
-            for (a, _) in acks.drain(..) {
-                let _ = a.send(StoreOutcome::Stored);
-            }
-            continue;
+        if let Err(e) = reg.persist_if_dirty() {
+            tracing::warn!(error = %e, "Cannot write the device registry.");
         }
-        let total = records.len();
-        let outcome = match storage.put(std::mem::take(&mut records)).await {
-            Ok(r) => {
-                shared.stats.add_stored(r.stored as u64);
-                if r.dropped > 0 {
-                    shared.stats.add_storage_dropped(r.dropped as u64);
-                    tracing::warn!(
-                        dropped = r.dropped,
-                        "Storage is full; records dropped by the full policy."
-                    );
-                }
-                r
+    }
+    // Receipts of messages with no records are due as soon as everything before them is.
+    let durable_floor = pending.back().map(|p| p.0).unwrap_or(0);
+    if records.is_empty() {
+        for (a, _) in acks {
+            pending.push_back((durable_floor, a, StoreOutcome::Stored));
+        }
+        return;
+    }
+    let total = records.len();
+    let report = match storage.put(records).await {
+        Ok(r) => {
+            shared.stats.add_stored(r.stored as u64);
+            if r.dropped > 0 {
+                shared.stats.add_storage_dropped(r.dropped as u64);
+                tracing::warn!(
+                    dropped = r.dropped,
+                    "Storage is full; records dropped by the full policy."
+                );
             }
-            Err(e) => {
-                shared.stats.add_storage_errors(1);
-                tracing::error!(error = %e, records = total, "Writing to storage failed; records lost.");
-                for (a, _) in acks.drain(..) {
-                    let _ = a.send(StoreOutcome::Failed);
-                }
-                continue;
+            r
+        }
+        Err(e) => {
+            shared.stats.add_storage_errors(1);
+            tracing::error!(error = %e, records = total, "Writing to storage failed; the sources are not acknowledged.");
+            for (a, _) in acks {
+                pending.push_back((durable_floor, a, StoreOutcome::Failed));
             }
-        };
-        // Under DropNewest the dropped records are the last ones of this put; report drops to
-        // the senders whose records were among them, newest first.
-        let mut dropped_left = if storage_policy_drops_newest(&outcome, total) {
-            outcome.dropped
-        } else {
-            0
-        };
-        for (a, n) in acks.drain(..).rev() {
-            let d = dropped_left.min(n);
-            dropped_left -= d;
-            let _ = a.send(if d == 0 {
+            return;
+        }
+    };
+    // Under DropNewest the dropped records are the last ones of this put; report drops to the
+    // senders whose records were among them, newest first.
+    let mut dropped_left = if storage_policy_drops_newest(&report, total) {
+        report.dropped
+    } else {
+        0
+    };
+    let seq = report.last_seq.max(durable_floor);
+    let mut outcomes = Vec::with_capacity(acks.len());
+    for (a, n) in acks.into_iter().rev() {
+        let d = dropped_left.min(n);
+        dropped_left -= d;
+        outcomes.push((
+            a,
+            if d == 0 {
                 StoreOutcome::Stored
             } else {
                 StoreOutcome::Dropped(d)
-            });
-        }
+            },
+        ));
     }
-    tracing::debug!("Ingest finished: all uplink senders are gone.");
+    for (a, o) in outcomes.into_iter().rev() {
+        pending.push_back((seq, a, o));
+    }
 }
 
 fn storage_policy_drops_newest(r: &crate::storage::PutReport, total: usize) -> bool {

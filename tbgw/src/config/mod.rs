@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 pub use env::apply_env_overrides;
 pub use error::{ConfigError, ConfigErrors, IgnoredKey};
-pub use storage::StorageConfig;
+pub use storage::{StorageConfig, STORAGE_TYPES};
 pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
 
 use crate::connector::ConnectorSpec;
@@ -131,6 +131,7 @@ pub fn load_with_env(
                 None
             }
         };
+    ignored_paths.extend(gateway.storage.unused_keys(raw.get("storage")));
     let mut ignored: Vec<IgnoredKey> = ignored_paths
         .into_iter()
         .map(|key| IgnoredKey {

@@ -1,29 +1,61 @@
 //! The `storage` section of `tb_gateway.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::ConfigError;
 use crate::storage::FullPolicy;
 
-/// The `storage` section. Only the keys of the chosen `type` are read; upstream's sample mixes
-/// keys of all types, and the others are reported as ignored.
+/// The `storage` section, with upstream's keys for every type. Only the keys of the chosen
+/// `type` are used; upstream's sample mixes keys of all types, and the others are reported as
+/// ignored ([`StorageConfig::unused_keys`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageConfig {
-    /// `memory` (default), `file` or `sqlite`.
+    /// `memory` (default), `file`, `sqlite` or `rocksdb` (tbgw extension).
     #[serde(rename = "type", default = "default_type")]
     pub kind: String,
-    /// Memory storage: most records held.
+    /// Memory: most records held.
     #[serde(default = "default_max_records")]
     pub max_records_count: usize,
-    /// Memory storage: records per read batch.
+    /// Memory: records per read batch.
     #[serde(default = "default_read_records")]
     pub read_records_count: usize,
+    /// File and RocksDB: the data folder (relative paths are taken relative to the config
+    /// directory).
+    pub data_folder_path: Option<String>,
+    /// File: most segment files.
+    pub max_file_count: Option<usize>,
+    /// File: records per segment file.
+    pub max_records_per_file: Option<usize>,
+    /// File, SQLite and RocksDB: records per read batch.
+    pub max_read_records_count: Option<usize>,
+    /// File: group commit after this many records (upstream only flushed; tbgw fsyncs).
+    pub max_records_between_fsync: Option<usize>,
+    /// SQLite: the folder of `data.db`.
+    pub data_file_path: Option<String>,
+    /// SQLite: rows per insert transaction.
+    pub writing_batch_size: Option<usize>,
+    /// SQLite: hours between TTL sweeps.
+    pub messages_ttl_check_in_hours: Option<f64>,
+    /// Every durable type: records older than this many days are not sent (upstream's SQLite
+    /// key; there it never deleted anything because of a unit bug).
+    pub messages_ttl_in_days: Option<f64>,
+    /// SQLite: size limit of one database file in MB.
+    pub size_limit: Option<u64>,
+    /// SQLite: number of database files upstream rotates through.
+    pub max_db_amount: Option<u64>,
+    /// SQLite: minutes between size checks.
+    pub oversize_check_period: Option<f64>,
     /// tbgw extension: what happens when the storage is full: `block` (default: wait, which
     /// back-pressures the connectors), `drop_oldest` or `drop_newest` (upstream's behaviour).
     #[serde(default)]
     pub full_policy: FullPolicy,
+    /// tbgw extension, file storage: fsync at least this often while data is unsynced (ms).
+    pub fsync_interval_ms: Option<u64>,
+    /// tbgw extension, file and RocksDB storage: byte budget in MB.
+    pub max_size_mb: Option<u64>,
 }
 
 fn default_type() -> String {
@@ -42,48 +74,161 @@ impl Default for StorageConfig {
             kind: default_type(),
             max_records_count: default_max_records(),
             read_records_count: default_read_records(),
+            data_folder_path: None,
+            max_file_count: None,
+            max_records_per_file: None,
+            max_read_records_count: None,
+            max_records_between_fsync: None,
+            data_file_path: None,
+            writing_batch_size: None,
+            messages_ttl_check_in_hours: None,
+            messages_ttl_in_days: None,
+            size_limit: None,
+            max_db_amount: None,
+            oversize_check_period: None,
             full_policy: FullPolicy::default(),
+            fsync_interval_ms: None,
+            max_size_mb: None,
         }
     }
 }
 
+/// Keys each storage type uses.
+fn keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "memory" => &[
+            "type",
+            "max_records_count",
+            "read_records_count",
+            "full_policy",
+        ],
+        "file" => &[
+            "type",
+            "data_folder_path",
+            "max_file_count",
+            "max_records_per_file",
+            "max_read_records_count",
+            "max_records_between_fsync",
+            "messages_ttl_in_days",
+            "full_policy",
+            "fsync_interval_ms",
+            "max_size_mb",
+        ],
+        "sqlite" => &[
+            "type",
+            "data_file_path",
+            "max_read_records_count",
+            "writing_batch_size",
+            "messages_ttl_check_in_hours",
+            "messages_ttl_in_days",
+            "size_limit",
+            "max_db_amount",
+            "oversize_check_period",
+            "full_policy",
+            "max_records_count",
+        ],
+        "rocksdb" => &[
+            "type",
+            "data_folder_path",
+            "max_read_records_count",
+            "max_records_count",
+            "messages_ttl_in_days",
+            "full_policy",
+            "max_size_mb",
+        ],
+        _ => &[],
+    }
+}
+
+/// Storage types this build can create.
+pub const STORAGE_TYPES: &[&str] = &["memory", "file", "sqlite", "rocksdb"];
+
 impl StorageConfig {
     /// Checks values serde cannot check.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        match self.kind.as_str() {
-            "memory" => {}
-            "file" | "sqlite" => {
-                return Err(ConfigError::new(
-                    file,
-                    "storage.type",
-                    format!(
-                    "storage type `{}` is not available in this version of tbgw yet; use `memory`",
+        let key = |k: &str| format!("storage.{k}");
+        if !STORAGE_TYPES.contains(&self.kind.as_str()) {
+            return Err(ConfigError::new(
+                file,
+                key("type"),
+                format!(
+                    "unknown storage type `{}`; expected memory, file, sqlite or rocksdb",
                     self.kind
                 ),
-                ))
+            ));
+        }
+        if self.kind == "sqlite" && !cfg!(feature = "sqlite") {
+            return Err(ConfigError::new(
+                file,
+                key("type"),
+                "this build of tbgw has no SQLite storage (feature `sqlite`)",
+            ));
+        }
+        if self.kind == "rocksdb" && !cfg!(feature = "rocksdb") {
+            return Err(ConfigError::new(
+                file,
+                key("type"),
+                "this build of tbgw has no RocksDB storage (feature `rocksdb`)",
+            ));
+        }
+        let positive: [(&str, Option<usize>); 7] = [
+            ("max_records_count", Some(self.max_records_count)),
+            ("read_records_count", Some(self.read_records_count)),
+            ("max_file_count", self.max_file_count),
+            ("max_records_per_file", self.max_records_per_file),
+            ("max_read_records_count", self.max_read_records_count),
+            ("max_records_between_fsync", self.max_records_between_fsync),
+            ("writing_batch_size", self.writing_batch_size),
+        ];
+        for (k, v) in positive {
+            if v == Some(0) && keys_of(&self.kind).contains(&k) {
+                return Err(ConfigError::new(file, key(k), "must be at least 1"));
             }
-            other => {
+        }
+        if let Some(d) = self.messages_ttl_in_days {
+            if !(d > 0.0) {
                 return Err(ConfigError::new(
                     file,
-                    "storage.type",
-                    format!("unknown storage type `{other}`; expected memory, file or sqlite"),
-                ))
+                    key("messages_ttl_in_days"),
+                    "must be a positive number of days",
+                ));
             }
         }
-        if self.max_records_count == 0 {
-            return Err(ConfigError::new(
-                file,
-                "storage.max_records_count",
-                "must be at least 1",
-            ));
-        }
-        if self.read_records_count == 0 {
-            return Err(ConfigError::new(
-                file,
-                "storage.read_records_count",
-                "must be at least 1",
-            ));
-        }
         Ok(())
+    }
+
+    /// Keys present in `raw` that the chosen type does not use (reported as ignored).
+    pub fn unused_keys(&self, raw: Option<&serde_json::Value>) -> Vec<String> {
+        let used = keys_of(&self.kind);
+        raw.and_then(|v| v.as_object())
+            .map(|m| {
+                m.keys()
+                    .filter(|k| !used.contains(&k.as_str()) && Self::known(k))
+                    .map(|k| format!("storage.{k}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A key of any storage type (unknown keys are reported by the deserializer already).
+    fn known(k: &str) -> bool {
+        STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
+    }
+
+    /// The TTL, if configured.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.messages_ttl_in_days
+            .map(|d| Duration::from_secs_f64(d * 86_400.0))
+    }
+
+    /// A storage folder from the config, relative to `config_dir` (default `./data/`).
+    pub fn folder(config_dir: &Path, value: Option<&str>) -> PathBuf {
+        let v = value.unwrap_or("./data/");
+        let p = PathBuf::from(v);
+        if p.is_absolute() {
+            p
+        } else {
+            config_dir.join(p)
+        }
     }
 }

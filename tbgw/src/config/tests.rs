@@ -432,14 +432,35 @@ fn qos_2_is_rejected_at_thingsboard_qos() {
 }
 
 #[test]
-fn file_storage_is_not_available_yet() {
-    for kind in ["file", "sqlite"] {
-        let mut main = main_with_connectors(json!([]));
-        main["storage"] = json!({"type": kind, "data_folder_path": "./data/"});
-        let (_dir, file, errors) = load_err(main);
-        assert_single_error(&errors, &file, "storage.type", "not available");
-        assert!(errors[0].reason.contains(kind), "{}", errors[0]);
-    }
+fn file_storage_keys_are_read_and_keys_of_other_types_are_reported() {
+    let mut main = main_with_connectors(json!([]));
+    main["storage"] = json!({
+        "type": "file", "data_folder_path": "./buffer/", "max_file_count": 3,
+        "max_records_per_file": 50, "max_read_records_count": 7, "max_records_between_fsync": 20,
+        "messages_ttl_in_days": 2, "data_file_path": "./db/", "read_records_count": 9
+    });
+    let (_dir, loaded) = load_ok(main);
+    let s = &loaded.gateway.storage;
+    assert_eq!(
+        (
+            s.max_file_count,
+            s.max_records_per_file,
+            s.max_read_records_count
+        ),
+        (Some(3), Some(50), Some(7))
+    );
+    assert_eq!(s.ttl(), Some(std::time::Duration::from_secs(2 * 86_400)));
+    let ignored: Vec<&str> = loaded.ignored.iter().map(|i| i.key.as_str()).collect();
+    assert!(ignored.contains(&"storage.data_file_path"), "{ignored:?}");
+    assert!(
+        ignored.contains(&"storage.read_records_count"),
+        "{ignored:?}"
+    );
+    assert!(!ignored.contains(&"storage.max_file_count"), "{ignored:?}");
+    assert_eq!(
+        crate::config::StorageConfig::folder(&loaded.dir, s.data_folder_path.as_deref()),
+        loaded.dir.join("./buffer/")
+    );
 }
 
 #[test]

@@ -92,6 +92,7 @@ impl EventStorage for MemoryStorage {
                         g.queue.push_back(rec);
                         g.stored += 1;
                         report.stored += 1;
+                        report.last_seq = g.head_seq + g.queue.len() as u64 - 1;
                         continue;
                     }
                     match self.policy {
@@ -174,6 +175,7 @@ impl EventStorage for MemoryStorage {
             stored: g.stored,
             acked: g.acked,
             dropped: g.dropped,
+            ..StorageStats::default()
         }
     }
 

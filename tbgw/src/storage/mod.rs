@@ -4,7 +4,10 @@
 //! `event_pack_processing_done` and Vector's disk buffer:
 //!
 //! * [`EventStorage::put`] appends records; what happens when the storage is full is the
-//!   configured [`FullPolicy`].
+//!   configured [`FullPolicy`]. It returns once the records are written (they survive a crash
+//!   of the process); [`EventStorage::wait_durable`] waits until they also survive a power cut
+//!   (the group commit covering them has been fsynced). The gateway acknowledges a record to
+//!   its source only after both.
 //! * [`EventStorage::read`] hands out the next records after the read cursor and advances the
 //!   cursor; several reads may be outstanding (the ThingsBoard client pipelines them).
 //! * [`EventStorage::ack`] confirms every record up to a sequence number: only then may the
@@ -13,6 +16,8 @@
 //!   which is what the client does after a lost connection, so everything not confirmed by
 //!   ThingsBoard is sent again (at-least-once; duplicates possible, loss not).
 
+pub mod codec;
+mod file;
 mod memory;
 
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+pub use file::{dump as dump_file_storage, FileStorage, FileStorageOptions};
 pub use memory::MemoryStorage;
 
 use crate::model::DeviceData;
@@ -62,6 +68,8 @@ impl Batch {
 pub struct PutReport {
     /// Records stored.
     pub stored: usize,
+    /// Sequence number of the last record stored (0 when none was).
+    pub last_seq: u64,
     /// Records dropped because the storage was full (new ones under `DropNewest`, old ones
     /// under `DropOldest`).
     pub dropped: usize,
@@ -77,6 +85,9 @@ pub enum StorageError {
     /// An I/O error.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A database error.
+    #[error("storage database error: {0}")]
+    Database(String),
 }
 
 /// Counters and levels of a storage.
@@ -90,6 +101,12 @@ pub struct StorageStats {
     pub acked: u64,
     /// Records dropped by the full policy since start.
     pub dropped: u64,
+    /// Records skipped because they were corrupt (torn writes, flipped bits, missing files).
+    pub corrupt: u64,
+    /// Records skipped because they were older than the configured TTL.
+    pub expired: u64,
+    /// Bytes the storage occupies (0 for memory storage).
+    pub bytes: u64,
 }
 
 /// A buffer between conversion and publishing. See the [module docs](self).
@@ -116,6 +133,54 @@ pub trait EventStorage: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Waits until every record up to `seq` is durable (fsynced by the group commit).
+    /// Memory storage has nothing to wait for.
+    async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
+        let _ = seq;
+        Ok(())
+    }
+
     /// The read batch size the configuration asked for.
     fn read_batch_size(&self) -> usize;
+}
+
+/// Opens the storage the `storage` section describes; relative folders are taken relative to
+/// `config_dir`. Durable storages recover what is on disk.
+pub fn from_config(
+    cfg: &crate::config::StorageConfig,
+    config_dir: &std::path::Path,
+) -> Result<Arc<dyn EventStorage>, StorageError> {
+    use crate::config::StorageConfig;
+    match cfg.kind.as_str() {
+        "file" => {
+            let mut o = FileStorageOptions::new(StorageConfig::folder(
+                config_dir,
+                cfg.data_folder_path.as_deref(),
+            ));
+            if let Some(n) = cfg.max_records_per_file {
+                o.max_records_per_file = n;
+            }
+            if let Some(n) = cfg.max_file_count {
+                o.max_file_count = n;
+            }
+            if let Some(n) = cfg.max_read_records_count {
+                o.read_batch = n;
+            }
+            if let Some(n) = cfg.max_records_between_fsync {
+                o.fsync_records = n;
+            }
+            if let Some(ms) = cfg.fsync_interval_ms {
+                o.fsync_interval = std::time::Duration::from_millis(ms.max(1));
+            }
+            o.max_bytes = cfg.max_size_mb.map(|mb| mb * 1024 * 1024);
+            o.policy = cfg.full_policy;
+            o.ttl = cfg.ttl();
+            Ok(Arc::new(FileStorage::open(o)?))
+        }
+        _ => Ok(Arc::new(MemoryStorage::new(
+            cfg.max_records_count,
+            cfg.read_records_count,
+            cfg.full_policy,
+        ))),
+    }
 }

@@ -15,7 +15,9 @@ pub fn peers_python() -> PathBuf {
     let venv = std::env::var_os("TBGW_PEERS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"));
             home.join(".cache/tbgw-peers")
         });
     let py = venv.join("bin/python");
@@ -54,7 +56,11 @@ impl PythonPeer {
             .stderr(err)
             .kill_on_drop(true)
             .spawn()?;
-        Ok(PythonPeer { child, log, _dir: dir })
+        Ok(PythonPeer {
+            child,
+            log,
+            _dir: dir,
+        })
     }
 
     /// What the peer printed so far.
@@ -66,16 +72,25 @@ impl PythonPeer {
     pub async fn wait_tcp(&mut self, port: u16, timeout: Duration) -> std::io::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(std::io::Error::other(format!("peer exited with {status}:\n{}", self.log())));
+                return Err(std::io::Error::other(format!(
+                    "peer exited with {status}:\n{}",
+                    self.log()
+                )));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("peer not listening on {port} after {timeout:?}:\n{}", self.log()),
+                    format!(
+                        "peer not listening on {port} after {timeout:?}:\n{}",
+                        self.log()
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -90,12 +105,18 @@ impl PythonPeer {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(std::io::Error::other(format!("peer exited with {status}:\n{}", self.log())));
+                return Err(std::io::Error::other(format!(
+                    "peer exited with {status}:\n{}",
+                    self.log()
+                )));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("peer did not print {text:?} within {timeout:?}:\n{}", self.log()),
+                    format!(
+                        "peer did not print {text:?} within {timeout:?}:\n{}",
+                        self.log()
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,0 +1,601 @@
+//! One task per connection: polls its slaves in configuration order on their own schedules,
+//! executes downlink writes and reads between polls, and reconnects with backoff.
+//!
+//! Isolation: every connection (host:port or serial line) has its own task, so a slow or
+//! silent device delays only the slaves that share its wire. On a shared wire, a slave that
+//! stops answering is put on hold after `connectAttemptCount` failed polls for
+//! `waitAfterFailedAttemptsMs`, then probed with one request per period, so it costs the others
+//! at most one timeout per probe.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tbgw::downlink::{RpcError, RpcResponder};
+use tbgw::model::{now_millis, DeviceData, Value};
+use tbgw::stats::ConnectorStats;
+use tbgw::uplink::UplinkSender;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, exception_text, Request, Response, ValueSpec, ValueType};
+use super::plan::{ConnectionPlan, Datapoint, Section, SlavePlan};
+use super::transport::{Transport, TransportError};
+
+/// Lateness of poll starts against their schedule, for all connections of the process.
+#[derive(Debug, Default)]
+pub struct PollMetrics {
+    /// Poll cycles started.
+    pub polls: AtomicU64,
+    /// Poll cycles skipped because the previous one overran.
+    pub missed: AtomicU64,
+    /// Read requests sent.
+    pub requests: AtomicU64,
+    /// Sum of lateness in microseconds.
+    pub late_sum_us: AtomicU64,
+    /// Largest lateness in microseconds.
+    pub late_max_us: AtomicU64,
+    /// Histogram of lateness: bucket `i` counts starts late by less than `2^i` µs
+    /// (the last bucket takes the rest).
+    pub late_hist: [AtomicU64; 24],
+}
+
+impl PollMetrics {
+    fn record(&self, late: Duration) {
+        let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.polls.fetch_add(1, Relaxed);
+        self.late_sum_us.fetch_add(us, Relaxed);
+        self.late_max_us.fetch_max(us, Relaxed);
+        let bucket = (64 - us.leading_zeros()) as usize;
+        self.late_hist[bucket.min(23)].fetch_add(1, Relaxed);
+    }
+
+    /// An upper bound of the `q` quantile (0..1) of lateness, in microseconds.
+    pub fn late_quantile_us(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.late_hist.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target && *c > 0 {
+                return 1u64 << i;
+            }
+        }
+        0
+    }
+}
+
+/// The process-wide poll metrics (read by the load example and by operators' tooling).
+pub fn poll_metrics() -> &'static PollMetrics {
+    static METRICS: std::sync::OnceLock<PollMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(PollMetrics::default)
+}
+
+/// One operation of a downlink request.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Function code.
+    pub fc: u8,
+    /// Address.
+    pub address: u16,
+    /// Type and count.
+    pub spec: ValueSpec,
+    /// The value to write (write function codes).
+    pub value: Option<Json>,
+}
+
+/// Where the answer to a [`Command`] goes.
+#[derive(Debug)]
+pub enum Reply {
+    /// An RPC.
+    Rpc(RpcResponder),
+    /// An attribute update: failures are logged under this key.
+    Log(String),
+}
+
+/// A downlink request for one slave of a connection.
+#[derive(Debug)]
+pub struct Command {
+    /// Index of the slave in the connection's plan.
+    pub slave: usize,
+    /// What to do.
+    pub op: Op,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+struct SlaveState {
+    next_due: Instant,
+    online: bool,
+    failures: u32,
+    hold_until: Option<Instant>,
+    logged: HashSet<String>,
+}
+
+/// Runs one connection until cancelled.
+pub struct ConnectionTask {
+    /// The connection and its slaves.
+    pub plan: ConnectionPlan,
+    /// Uplink.
+    pub uplink: UplinkSender,
+    /// Counters.
+    pub stats: Arc<ConnectorStats>,
+    /// Stop signal.
+    pub cancel: CancellationToken,
+    /// Downlink requests for this connection's slaves.
+    pub commands: mpsc::Receiver<Command>,
+    /// Connector name for logs.
+    pub connector: Arc<str>,
+}
+
+/// How an attempt to reach a slave ended.
+enum Outcome {
+    Answered,
+    Silent,
+    Broken,
+}
+
+impl ConnectionTask {
+    /// The task body.
+    pub async fn run(mut self) {
+        let start = Instant::now();
+        let mut states: Vec<SlaveState> = self
+            .plan
+            .slaves
+            .iter()
+            .map(|_| SlaveState {
+                next_due: start,
+                online: false,
+                failures: 0,
+                hold_until: None,
+                logged: HashSet::new(),
+            })
+            .collect();
+        let mut transport: Option<Transport> = None;
+        let mut connect_failures: u32 = 0;
+        let mut next_connect = start;
+        let attempt_time = self
+            .plan
+            .slaves
+            .iter()
+            .map(|s| s.connect_attempt_time)
+            .max()
+            .unwrap_or(Duration::from_secs(5));
+        let attempt_count = self
+            .plan
+            .slaves
+            .iter()
+            .map(|s| s.connect_attempt_count)
+            .min()
+            .unwrap_or(5);
+        let long_wait = self
+            .plan
+            .slaves
+            .iter()
+            .map(|s| s.wait_after_failed)
+            .min()
+            .unwrap_or(Duration::from_secs(30));
+        loop {
+            if transport.is_none() && Instant::now() >= next_connect {
+                match tokio::time::timeout(
+                    attempt_time,
+                    Transport::connect(&self.plan.endpoint, self.plan.framing),
+                )
+                .await
+                {
+                    Ok(Ok(t)) => {
+                        if connect_failures > 0 {
+                            tracing::info!(connector = %self.connector, endpoint = %self.plan.endpoint, "Modbus connection re-established.");
+                        }
+                        transport = Some(t);
+                        connect_failures = 0;
+                    }
+                    res => {
+                        let error = match res {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no connection within {attempt_time:?}"),
+                        };
+                        connect_failures += 1;
+                        self.stats.add_errors(1);
+                        let wait = if connect_failures % attempt_count == 0 {
+                            long_wait
+                        } else {
+                            Duration::from_millis(250u64 << connect_failures.min(6))
+                                .min(attempt_time)
+                        };
+                        if connect_failures == 1 || connect_failures % attempt_count == 0 {
+                            tracing::warn!(connector = %self.connector, endpoint = %self.plan.endpoint, error = %error, attempts = connect_failures, retry_in_ms = wait.as_millis() as u64, "Cannot connect to the Modbus device.");
+                        }
+                        next_connect = Instant::now() + wait;
+                        self.all_offline(&mut states).await;
+                    }
+                }
+            }
+            let wake = if transport.is_none() {
+                next_connect
+            } else {
+                states
+                    .iter()
+                    .map(|s| s.next_due)
+                    .min()
+                    .unwrap_or(next_connect)
+            };
+            // Cancellation first; then downlink requests (they run between polls, never in the
+            // middle of one); then the schedule.
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.all_offline(&mut states).await;
+                    return;
+                }
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.execute(&mut transport, cmd).await;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let Some(t) = transport.as_mut() else { continue };
+                    let now = Instant::now();
+                    for i in 0..states.len() {
+                        if states[i].next_due > now {
+                            continue;
+                        }
+                        let period = self.plan.slaves[i].poll;
+                        poll_metrics().record(Instant::now().saturating_duration_since(states[i].next_due));
+                        // Next start on the fixed grid; cycles that already passed are skipped.
+                        let mut next = states[i].next_due + period;
+                        let after = Instant::now();
+                        while next <= after {
+                            next += period;
+                            poll_metrics().missed.fetch_add(1, Relaxed);
+                        }
+                        states[i].next_due = next;
+                        if let Some(until) = states[i].hold_until {
+                            if after < until {
+                                continue;
+                            }
+                        }
+                        match self.poll_slave(t, i, &mut states[i]).await {
+                            Outcome::Answered => {
+                                states[i].failures = 0;
+                                states[i].hold_until = None;
+                            }
+                            Outcome::Silent => {
+                                let s = &mut states[i];
+                                s.failures += 1;
+                                let slave = &self.plan.slaves[i];
+                                if s.failures >= slave.connect_attempt_count {
+                                    s.hold_until = Some(Instant::now() + slave.wait_after_failed);
+                                    s.failures = 0;
+                                }
+                            }
+                            Outcome::Broken => {
+                                transport = None;
+                                next_connect = Instant::now() + Duration::from_millis(100);
+                                self.all_offline(&mut states).await;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn all_offline(&self, states: &mut [SlaveState]) {
+        for (i, s) in states.iter_mut().enumerate() {
+            if s.online {
+                s.online = false;
+                let _ = self
+                    .uplink
+                    .disconnect_device(self.plan.slaves[i].device.clone())
+                    .await;
+            }
+        }
+    }
+
+    async fn set_online(&self, slave: &SlavePlan, state: &mut SlaveState, online: bool) {
+        if state.online == online {
+            return;
+        }
+        state.online = online;
+        if online {
+            tracing::info!(connector = %self.connector, device = %slave.device, "Modbus device answers; connected.");
+            let _ = self
+                .uplink
+                .connect_device(slave.device.clone(), slave.device_type.clone())
+                .await;
+        } else {
+            tracing::warn!(connector = %self.connector, device = %slave.device, "Modbus device stopped answering; disconnected.");
+            let _ = self.uplink.disconnect_device(slave.device.clone()).await;
+        }
+    }
+
+    fn log_once(&self, state: &mut SlaveState, text: String) {
+        if state.logged.len() < 100 && state.logged.insert(text.clone()) {
+            tracing::warn!(connector = %self.connector, error = %text, "Modbus read failed (logged once per distinct error; all are counted).");
+        }
+    }
+
+    /// Sends one request with the slave's retry policy.
+    async fn call(
+        t: &mut Transport,
+        slave: &SlavePlan,
+        req: &Request,
+    ) -> Result<Result<Response, u8>, TransportError> {
+        let mut tries = 0;
+        loop {
+            let r = t.call(slave.unit, req, slave.timeout).await;
+            let retry = match &r {
+                Err(TransportError::Timeout(_)) => slave.retry_on_empty,
+                Err(TransportError::Invalid(_)) => slave.retry_on_invalid,
+                _ => false,
+            };
+            if !retry || tries >= slave.retries {
+                return r;
+            }
+            tries += 1;
+        }
+    }
+
+    async fn poll_slave(&self, t: &mut Transport, i: usize, state: &mut SlaveState) -> Outcome {
+        let slave = &self.plan.slaves[i];
+        let ts = now_millis();
+        let mut data = DeviceData::new(slave.device.clone(), slave.device_type.clone());
+        let mut answered = false;
+        for (n, block) in slave.blocks.iter().enumerate() {
+            if n > 0 && !slave.delay_between.is_zero() {
+                tokio::time::sleep(slave.delay_between).await;
+            }
+            let req = Request::Read {
+                fc: block.fc,
+                address: block.address,
+                count: block.count,
+            };
+            poll_metrics().requests.fetch_add(1, Relaxed);
+            match Self::call(t, slave, &req).await {
+                Ok(Ok(resp)) => {
+                    answered = true;
+                    self.stats.add_messages_received(1);
+                    for &m in &block.members {
+                        let (section, p) = &slave.reads[m];
+                        let offset = p.address - block.address;
+                        let decoded = match &resp {
+                            Response::Registers(r) => codec::decode_registers(
+                                r.get(offset as usize..).unwrap_or(&[]),
+                                &p.spec,
+                            ),
+                            Response::Bits(b) => {
+                                codec::decode_bits(b.get(offset as usize..).unwrap_or(&[]), &p.spec)
+                            }
+                            Response::Written => continue,
+                        };
+                        match decoded {
+                            Ok(v) => {
+                                let v = apply_variants(v, p);
+                                match section {
+                                    Section::Telemetry => data.push_telemetry(ts, p.key.clone(), v),
+                                    Section::Attribute => data.push_attribute(p.key.clone(), v),
+                                }
+                            }
+                            Err(e) => {
+                                self.stats.add_convert_errors(1);
+                                self.log_once(state, format!("{}: {}: {e}", slave.device, p.key));
+                            }
+                        }
+                    }
+                }
+                Ok(Err(code)) => {
+                    answered = true;
+                    self.stats.add_errors(1);
+                    self.log_once(
+                        state,
+                        format!(
+                            "{}: function code {} at {} (+{}): exception {code} ({})",
+                            slave.device,
+                            block.fc,
+                            block.address,
+                            block.count,
+                            exception_text(code)
+                        ),
+                    );
+                }
+                Err(e) => {
+                    self.stats.add_errors(1);
+                    let fatal = e.is_fatal();
+                    self.log_once(state, format!("{}: {e}", slave.device));
+                    if fatal {
+                        return Outcome::Broken;
+                    }
+                    if matches!(e, TransportError::Timeout(_)) {
+                        // A silent device: do not spend the other blocks' timeouts on it.
+                        if !answered {
+                            self.set_online(slave, state, false).await;
+                            return Outcome::Silent;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if answered {
+            self.set_online(slave, state, true).await;
+            if !data.is_empty() {
+                let _ = self.uplink.send(data).await;
+            }
+            Outcome::Answered
+        } else if slave.blocks.is_empty() {
+            Outcome::Answered
+        } else {
+            Outcome::Silent
+        }
+    }
+
+    async fn execute(&self, transport: &mut Option<Transport>, cmd: Command) {
+        let Some(slave) = self.plan.slaves.get(cmd.slave) else {
+            finish(
+                cmd.reply,
+                Err(RpcError::NotFound("no such slave".into())),
+                &self.connector,
+            );
+            return;
+        };
+        self.stats.add_downlink(1);
+        let result = match transport.as_mut() {
+            None => Err(RpcError::Unreachable(format!(
+                "{}: no connection to {}",
+                slave.device, self.plan.endpoint
+            ))),
+            Some(t) => {
+                let r = run_op(t, slave, &cmd.op).await;
+                if let Err(OpError::Transport(e)) = &r {
+                    if e.is_fatal() {
+                        *transport = None;
+                    }
+                }
+                r.map_err(|e| e.into_rpc(&slave.device))
+            }
+        };
+        finish(cmd.reply, result, &self.connector);
+    }
+}
+
+fn finish(reply: Reply, result: Result<Json, RpcError>, connector: &str) {
+    match reply {
+        Reply::Rpc(r) => r.send(result),
+        Reply::Log(key) => {
+            if let Err(e) = result {
+                tracing::warn!(connector = %connector, attribute = %key, error = %e.to_json(), "Cannot write an attribute update to the Modbus device.");
+            }
+        }
+    }
+}
+
+fn apply_variants(v: Value, p: &Datapoint) -> Value {
+    if let Some(map) = &p.variants {
+        if let Some(label) = map.get(&v.to_string()) {
+            return Value::from_json(label.clone());
+        }
+    }
+    v
+}
+
+/// Why a downlink operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Transport failure: the device is unreachable.
+    #[error("{0}")]
+    Transport(TransportError),
+    /// The device answered with an exception.
+    #[error("Modbus exception {0} ({txt})", txt = exception_text(*.0))]
+    Exception(u8),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Bad(String),
+}
+
+impl OpError {
+    fn into_rpc(self, device: &str) -> RpcError {
+        match self {
+            OpError::Transport(e) => RpcError::Unreachable(format!("{device}: {e}")),
+            OpError::Exception(_) => RpcError::Device(format!("{device}: {self}")),
+            OpError::Bad(s) => RpcError::BadRequest(s),
+        }
+    }
+}
+
+/// Executes one read or write on a slave; a read returns the decoded value, a write `null`.
+pub async fn run_op(t: &mut Transport, slave: &SlavePlan, op: &Op) -> Result<Json, OpError> {
+    let bad = |e: codec::CodecError| OpError::Bad(e.to_string());
+    let requests: Vec<Request> = match op.fc {
+        1..=4 => {
+            let count = Datapoint {
+                key: String::new(),
+                fc: op.fc,
+                address: op.address,
+                spec: op.spec.clone(),
+                variants: None,
+                max_per_request: None,
+            }
+            .span();
+            vec![Request::Read {
+                fc: op.fc,
+                address: op.address,
+                count,
+            }]
+        }
+        5 | 15 => {
+            let value = op
+                .value
+                .as_ref()
+                .ok_or_else(|| OpError::Bad("a write needs a value".into()))?;
+            let bits = if op.spec.ty == ValueType::Bits {
+                codec::encode_bits(value, &op.spec).map_err(bad)?
+            } else {
+                codec::unpack_bits(
+                    &registers_to_bytes(&codec::encode_registers(value, &op.spec).map_err(bad)?),
+                    op.spec.count as usize * 16,
+                )
+            };
+            if op.fc == 5 {
+                // Function code 5 writes one coil: the first value.
+                vec![Request::WriteSingleCoil {
+                    address: op.address,
+                    value: bits.first().copied().unwrap_or(false),
+                }]
+            } else {
+                vec![Request::WriteMultipleCoils {
+                    address: op.address,
+                    values: bits,
+                }]
+            }
+        }
+        6 | 16 => {
+            let value = op
+                .value
+                .as_ref()
+                .ok_or_else(|| OpError::Bad("a write needs a value".into()))?;
+            let regs = codec::encode_registers(value, &op.spec).map_err(bad)?;
+            if op.fc == 16 {
+                vec![Request::WriteMultipleRegisters {
+                    address: op.address,
+                    values: regs,
+                }]
+            } else {
+                // Function code 6 writes one register; a wider value takes one request per register.
+                regs.iter()
+                    .enumerate()
+                    .map(|(k, &r)| Request::WriteSingleRegister {
+                        address: op.address.wrapping_add(k as u16),
+                        value: r,
+                    })
+                    .collect()
+            }
+        }
+        other => return Err(OpError::Bad(format!("unsupported function code {other}"))),
+    };
+    let mut result = Json::Null;
+    for req in &requests {
+        match ConnectionTask::call(t, slave, req).await {
+            Err(e) => return Err(OpError::Transport(e)),
+            Ok(Err(code)) => return Err(OpError::Exception(code)),
+            Ok(Ok(Response::Registers(r))) => {
+                result = codec::decode_registers(&r, &op.spec)
+                    .map_err(bad)?
+                    .to_json();
+            }
+            Ok(Ok(Response::Bits(b))) => {
+                result = codec::decode_bits(&b, &op.spec).map_err(bad)?.to_json();
+            }
+            Ok(Ok(Response::Written)) => {}
+        }
+    }
+    Ok(result)
+}
+
+fn registers_to_bytes(regs: &[u16]) -> Vec<u8> {
+    regs.iter().flat_map(|r| r.to_be_bytes()).collect()
+}

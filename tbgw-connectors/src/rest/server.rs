@@ -1,0 +1,591 @@
+//! The REST connector's HTTP handling: routing by path and method, basic authentication,
+//! body limits, conversion, waiting for storage and for ThingsBoard, and the status codes.
+//!
+//! | situation | status |
+//! |---|---|
+//! | data stored (and, with `responseExpected`, the answer arrived) | 200 |
+//! | body not valid for its content type, no device name | 400 |
+//! | missing or wrong credentials | 401 |
+//! | no endpoint for the path | 404 |
+//! | endpoint exists, method not listed | 405 (with `Allow`) |
+//! | body larger than the limit | 413 |
+//! | storage did not take the data within the endpoint timeout, or dropped it | 503 |
+//! | storage failed | 500 |
+//! | `responseExpected` / attribute request: no answer from ThingsBoard in time | 504 |
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fancy_regex::Regex;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value as Json};
+use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::expr::Template;
+use tbgw::model::now_millis;
+use tbgw::stats::ConnectorStats;
+use tbgw::uplink::{AttributeRequestError, StoreOutcome, UplinkSender};
+use tokio::sync::oneshot;
+
+use super::uplink::{merge_body, parse_form, percent_decode};
+use crate::http_common::auth::BasicCredentials;
+use crate::http_common::convert::JsonConverter;
+
+/// A path segment of an endpoint.
+#[derive(Debug)]
+pub enum Segment {
+    /// Must be equal.
+    Literal(String),
+    /// `{name}` or `{name:regex}`: captured.
+    Param(String, Option<Regex>),
+}
+
+/// Parses an aiohttp-style route (`/devices/{id}/data`).
+pub fn parse_route(path: &str) -> Result<Vec<Segment>, String> {
+    let mut out = Vec::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (name, re) = match inner.split_once(':') {
+                Some((n, r)) => (
+                    n,
+                    Some(
+                        Regex::new(&format!("^(?:{r})$"))
+                            .map_err(|e| format!("invalid regular expression in {seg:?}: {e}"))?,
+                    ),
+                ),
+                None => (inner, None),
+            };
+            if name.is_empty() {
+                return Err(format!("empty parameter name in {seg:?}"));
+            }
+            out.push(Segment::Param(name.to_string(), re));
+        } else if seg.contains('{') || seg.contains('}') {
+            return Err(format!("a parameter must be a whole segment: {seg:?}"));
+        } else {
+            out.push(Segment::Literal(seg.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// The data endpoint's converter.
+pub enum EndpointConverter {
+    /// The built-in `json` converter over the merged request data.
+    Json(JsonConverter),
+    /// A custom converter; it gets the raw body.
+    Custom(Arc<dyn UplinkConverter>),
+}
+
+impl std::fmt::Debug for EndpointConverter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointConverter::Json(c) => f.debug_tuple("Json").field(c).finish(),
+            EndpointConverter::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// `mapping[]`: an endpoint that takes device data.
+#[derive(Debug)]
+pub struct DataEndpoint {
+    /// Converter.
+    pub converter: EndpointConverter,
+    /// `response.responseExpected`.
+    pub response_expected: bool,
+    /// `response.timeout`.
+    pub timeout: Duration,
+    /// `response.successResponse`.
+    pub success: Bytes,
+    /// `response.unsuccessfulResponse`.
+    pub failure: Bytes,
+    /// `response.responseAttribute`.
+    pub response_attribute: Option<String>,
+}
+
+/// `requestsMapping.attributeRequests[]`.
+#[derive(Debug)]
+pub struct AttributeEndpoint {
+    /// Client-side (true) or shared attributes.
+    pub client: bool,
+    /// How long to wait for ThingsBoard.
+    pub timeout: Duration,
+    /// Device name template.
+    pub device: Template,
+    /// Attribute names template.
+    pub names: Template,
+}
+
+/// What an endpoint does.
+#[derive(Debug)]
+pub enum Kind {
+    /// Takes data.
+    Data(DataEndpoint),
+    /// Answers with attributes.
+    Attributes(AttributeEndpoint),
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// The path pattern.
+    pub segments: Vec<Segment>,
+    /// Accepted methods.
+    pub methods: Vec<Method>,
+    /// Basic credentials, when the endpoint is not anonymous.
+    pub auth: Option<BasicCredentials>,
+    /// What it does.
+    pub kind: Kind,
+}
+
+impl Route {
+    fn matches(&self, path: &[&str], params: &mut Map<String, Json>) -> bool {
+        if path.len() != self.segments.len() {
+            return false;
+        }
+        let mut found = Vec::new();
+        for (seg, part) in self.segments.iter().zip(path) {
+            match seg {
+                Segment::Literal(l) => {
+                    if l != part {
+                        return false;
+                    }
+                }
+                Segment::Param(name, re) => {
+                    let value = percent_decode(part, false);
+                    if let Some(re) = re {
+                        if !re.is_match(&value).unwrap_or(false) {
+                            return false;
+                        }
+                    }
+                    found.push((name.clone(), Json::String(value)));
+                }
+            }
+        }
+        params.extend(found);
+        true
+    }
+}
+
+/// Something ThingsBoard sent that answers a held `responseExpected` request.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    attribute: Option<String>,
+    tx: oneshot::Sender<Json>,
+}
+
+/// The server's state, shared by all connections.
+#[derive(Debug)]
+pub struct Server {
+    /// Connector name, for logs.
+    pub name: String,
+    /// Routes in configuration order.
+    pub routes: Vec<Route>,
+    /// Body limit in bytes.
+    pub max_body: usize,
+    /// Where data goes.
+    pub uplink: UplinkSender,
+    /// Counters.
+    pub stats: Arc<ConnectorStats>,
+    waiters: Mutex<HashMap<String, Vec<Waiter>>>,
+    next_waiter: std::sync::atomic::AtomicU64,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Json) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Responds with `body` as JSON when it is JSON text, else as plain text.
+fn body_response(status: StatusCode, body: &Bytes) -> Resp {
+    let mut r = text(status, body.clone());
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    r
+}
+
+impl Server {
+    /// A server over `routes`.
+    pub fn new(
+        name: String,
+        routes: Vec<Route>,
+        max_body: usize,
+        uplink: UplinkSender,
+        stats: Arc<ConnectorStats>,
+    ) -> Self {
+        Server {
+            name,
+            routes,
+            max_body,
+            uplink,
+            stats,
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: Default::default(),
+        }
+    }
+
+    fn add_waiter(&self, device: &str, attribute: Option<String>) -> (u64, oneshot::Receiver<Json>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .next_waiter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut w) = self.waiters.lock() {
+            w.entry(device.to_string()).or_default().push(Waiter { id, attribute, tx });
+        }
+        (id, rx)
+    }
+
+    fn remove_waiter(&self, device: &str, id: u64) {
+        if let Ok(mut w) = self.waiters.lock() {
+            if let Some(list) = w.get_mut(device) {
+                list.retain(|x| x.id != id);
+                if list.is_empty() {
+                    w.remove(device);
+                }
+            }
+        }
+    }
+
+    /// Hands an RPC to the oldest request of `device` held by `responseExpected` (one without
+    /// `responseAttribute`). Returns the RPC back when no request waits.
+    pub fn deliver_rpc(&self, device: &str, rpc: Json) -> Result<(), Json> {
+        let Ok(mut w) = self.waiters.lock() else {
+            return Err(rpc);
+        };
+        let Some(list) = w.get_mut(device) else {
+            return Err(rpc);
+        };
+        let mut rpc = rpc;
+        while let Some(i) = list.iter().position(|x| x.attribute.is_none()) {
+            let waiter = list.remove(i);
+            match waiter.tx.send(rpc) {
+                Ok(()) => return Ok(()),
+                Err(back) => rpc = back,
+            }
+        }
+        Err(rpc)
+    }
+
+    /// Answers every held request of `device` whose `responseAttribute` is in `values`.
+    pub fn deliver_attributes(&self, device: &str, values: &Map<String, Json>) -> usize {
+        let Ok(mut w) = self.waiters.lock() else {
+            return 0;
+        };
+        let Some(list) = w.get_mut(device) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        let mut keep = Vec::new();
+        for waiter in list.drain(..) {
+            match waiter.attribute.as_deref().and_then(|a| values.get(a)) {
+                Some(v) => {
+                    if waiter.tx.send(v.clone()).is_ok() {
+                        delivered += 1;
+                    }
+                }
+                None => keep.push(waiter),
+            }
+        }
+        *list = keep;
+        delivered
+    }
+
+    /// Handles one request. Never fails: every problem is a status code.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+        Ok(self.route(req).await)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Resp {
+        let path: Vec<&str> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut params = Map::new();
+        let mut allowed: Vec<&Method> = Vec::new();
+        let mut chosen = None;
+        for r in &self.routes {
+            let mut p = Map::new();
+            if !r.matches(&path, &mut p) {
+                continue;
+            }
+            if r.methods.contains(req.method()) {
+                chosen = Some(r);
+                params = p;
+                break;
+            }
+            allowed.extend(r.methods.iter());
+        }
+        let Some(route) = chosen else {
+            if allowed.is_empty() {
+                return text(StatusCode::NOT_FOUND, "Not Found");
+            }
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                r.headers_mut().insert(ALLOW, v);
+            }
+            return r;
+        };
+        if let Some(auth) = &route.auth {
+            let header = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !auth.check(header) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized");
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tbgw\""),
+                );
+                return r;
+            }
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+        }
+        if let Some(q) = req.uri().query() {
+            parse_form(q, &mut params);
+        }
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                }
+                return text(StatusCode::BAD_REQUEST, "Cannot read the request body");
+            }
+        };
+        self.stats.add_messages_received(1);
+        if let Err(e) = merge_body(content_type.as_deref(), &body, &mut params) {
+            self.stats.add_convert_errors(1);
+            return text(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        let data = Json::Object(params);
+        match &route.kind {
+            Kind::Data(ep) => self.data(ep, &data, &body, &path).await,
+            Kind::Attributes(ep) => self.attributes(ep, &data).await,
+        }
+    }
+
+    async fn data(&self, ep: &DataEndpoint, data: &Json, body: &Bytes, path: &[&str]) -> Resp {
+        let mut errors: Vec<ConvertError> = Vec::new();
+        let received_ts = now_millis();
+        let converted = match &ep.converter {
+            EndpointConverter::Json(c) => c.convert(data, received_ts, &mut errors).map(|d| vec![d]),
+            EndpointConverter::Custom(c) => {
+                let source = format!("/{}", path.join("/"));
+                c.convert(
+                    UplinkInput {
+                        source: &source,
+                        payload: body,
+                        received_ts,
+                    },
+                    &mut errors,
+                )
+            }
+        };
+        if !errors.is_empty() {
+            self.stats.add_convert_errors(errors.len() as u64);
+            tracing::debug!(connector = %self.name, error = %errors[0], "Cannot convert part of a request.");
+        }
+        let converted = match converted {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats.add_convert_errors(1);
+                return text(StatusCode::BAD_REQUEST, e.to_string());
+            }
+        };
+        let deadline = tokio::time::Instant::now() + ep.timeout;
+        let waiter = match (ep.response_expected, converted.first()) {
+            (true, Some(d)) => {
+                let device = d.device_name.clone();
+                let (id, rx) = self.add_waiter(&device, ep.response_attribute.clone());
+                Some((device, id, rx))
+            }
+            _ => None,
+        };
+        let stored = tokio::time::timeout_at(deadline, async {
+            match self.uplink.send_acked(converted).await {
+                Ok(receipt) => receipt.wait().await,
+                Err(_) => StoreOutcome::Failed,
+            }
+        })
+        .await;
+        let failure = match stored {
+            Ok(StoreOutcome::Stored) => None,
+            Ok(StoreOutcome::Dropped(_)) | Err(_) => {
+                self.stats.add_errors(1);
+                Some(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            Ok(StoreOutcome::Failed) => {
+                self.stats.add_errors(1);
+                Some(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        };
+        if let Some(status) = failure {
+            if let Some((device, id, _)) = &waiter {
+                self.remove_waiter(device, *id);
+            }
+            return body_response(status, &ep.failure);
+        }
+        let Some((device, id, rx)) = waiter else {
+            return body_response(StatusCode::OK, &ep.success);
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => json_response(StatusCode::OK, &answer),
+            _ => {
+                self.remove_waiter(&device, id);
+                body_response(StatusCode::GATEWAY_TIMEOUT, &ep.failure)
+            }
+        }
+    }
+
+    async fn attributes(&self, ep: &AttributeEndpoint, data: &Json) -> Resp {
+        let Some(device) = ep.device.render(data).filter(|d| !d.is_empty()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the device name expression has no match in the request",
+            );
+        };
+        let keys = attribute_names(&ep.names, data);
+        if keys.is_empty() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the attribute name expression has no match in the request",
+            );
+        }
+        match self
+            .uplink
+            .request_attributes(device.clone(), ep.client, keys.clone(), ep.timeout)
+            .await
+        {
+            Ok(v) => {
+                let body = match (keys.as_slice(), v) {
+                    ([one], v) if !v.as_object().is_some_and(|o| o.contains_key(one)) => {
+                        json!({ one: v })
+                    }
+                    (_, v) => v,
+                };
+                json_response(
+                    StatusCode::OK,
+                    &json!({"deviceName": device, "attributes": body}),
+                )
+            }
+            Err(AttributeRequestError::Timeout(_)) => {
+                text(StatusCode::GATEWAY_TIMEOUT, "No answer from ThingsBoard in time")
+            }
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "The gateway is shutting down"),
+        }
+    }
+}
+
+/// The attribute names an `attributeNameExpression` gives: each placeholder's value (a
+/// string, split on commas, or an array of strings); a constant is split on commas.
+pub fn attribute_names(t: &Template, data: &Json) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push_text = |s: &str, out: &mut Vec<String>| {
+        for k in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            out.push(k.to_string());
+        }
+    };
+    if t.is_constant() {
+        push_text(t.source(), &mut out);
+        return out;
+    }
+    for expr in t.placeholders() {
+        let Ok(single) = Template::parse(&format!("${{{expr}}}")) else {
+            continue;
+        };
+        match single.resolve(data).map(|v| v.into_owned()) {
+            Some(Json::String(s)) => push_text(&s, &mut out),
+            Some(Json::Array(items)) => {
+                for i in items {
+                    match i {
+                        Json::String(s) => push_text(&s, &mut out),
+                        other => out.push(other.to_string()),
+                    }
+                }
+            }
+            Some(Json::Null) | None => {}
+            Some(other) => out.push(other.to_string()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_capture_parameters() {
+        let segs = parse_route("/dev/{name}/t/{n:[0-9]+}").unwrap();
+        let r = Route {
+            segments: segs,
+            methods: vec![Method::POST],
+            auth: None,
+            kind: Kind::Attributes(AttributeEndpoint {
+                client: false,
+                timeout: Duration::from_secs(1),
+                device: Template::parse("x").unwrap(),
+                names: Template::parse("x").unwrap(),
+            }),
+        };
+        let mut p = Map::new();
+        assert!(r.matches(&["dev", "a%20b", "t", "12"], &mut p));
+        assert_eq!(p["name"], "a b");
+        assert_eq!(p["n"], "12");
+        assert!(!r.matches(&["dev", "a", "t", "x"], &mut Map::new()));
+        assert!(!r.matches(&["dev", "a", "t"], &mut Map::new()));
+        assert!(parse_route("/a{b}").is_err());
+        assert!(parse_route("/{:x}").is_err());
+    }
+
+    #[test]
+    fn attribute_names_come_from_each_placeholder() {
+        let t = Template::parse("${attribute}${attribute1}").unwrap();
+        assert_eq!(
+            attribute_names(&t, &json!({"attribute": "a", "attribute1": "b,c"})),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(attribute_names(&t, &json!({"attribute": "a"})), vec!["a"]);
+        assert_eq!(
+            attribute_names(&Template::parse("x, y").unwrap(), &json!({})),
+            vec!["x", "y"]
+        );
+    }
+}
