@@ -208,7 +208,7 @@ fn several_problems_in_the_main_file_are_one_line_each() {
                 "qos": 2,
                 "security": {"type": "accessToken"}
             },
-            "storage": {"type": "file"},
+            "storage": {"type": "file", "max_file_count": 0},
             "connectors": [
                 {"type": "mqtt", "name": "A", "configuration": "absent.json"}
             ]
@@ -219,7 +219,7 @@ fn several_problems_in_the_main_file_are_one_line_each() {
         &out,
         &[
             (&file, "thingsboard.qos", "0 or 1"),
-            (&file, "storage.type", "not available"),
+            (&file, "storage.max_file_count", "at least 1"),
             (&file, "thingsboard.security.accessToken", "missing"),
             (&file, "connectors[0].configuration", "cannot read file"),
         ],
