@@ -117,6 +117,7 @@ struct SlaveState {
 }
 
 /// Runs one connection until cancelled.
+#[derive(Debug)]
 pub struct ConnectionTask {
     /// The connection and its slaves.
     pub plan: ConnectionPlan,

@@ -338,6 +338,7 @@ pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan,
 }
 
 /// The running server.
+#[derive(Debug)]
 pub struct SlaveServer {
     plan: Arc<SlaveServerPlan>,
     store: Arc<Mutex<Store>>,

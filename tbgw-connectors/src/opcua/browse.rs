@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use opcua::client::Session;
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ReferenceTypeId,
-    StatusCode,
+    BrowseDescription, BrowseDirection, BrowseResultMask, NodeId, ReferenceTypeId, StatusCode,
 };
 
 use super::nodes::Segment;
@@ -22,8 +21,6 @@ pub struct Child {
     pub name: String,
     /// The child node.
     pub node: NodeId,
-    /// Its class.
-    pub class: NodeClass,
 }
 
 /// Browses with a children cache.
@@ -77,7 +74,6 @@ impl<'a> Browser<'a> {
                             ns: r.browse_name.namespace_index,
                             name: r.browse_name.name.value().clone().unwrap_or_default(),
                             node: r.node_id.node_id,
-                            class: r.node_class,
                         });
                     }
                     if result.continuation_point.is_null_or_empty() {

@@ -205,28 +205,29 @@ impl OpcUaConnector {
                 ))
             }
         };
-        let identity =
-            match id.kind.as_str() {
-                "anonymous" => Identity::Anonymous,
-                "username" => Identity::User(
-                    id.username.clone().ok_or_else(|| {
-                        ConfigError::new(
-                            file,
-                            "server.identity.username",
-                            "missing; required by username identity",
-                        )
-                    })?,
-                    id.password.clone().unwrap_or_default(),
-                ),
-                "certificates" | "cert.PEM" => Identity::Anonymous,
-                other => return Err(ConfigError::new(
+        let identity = match id.kind.as_str() {
+            "anonymous" => Identity::Anonymous,
+            "username" => Identity::User(
+                id.username.clone().ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        "server.identity.username",
+                        "missing; required by username identity",
+                    )
+                })?,
+                id.password.clone().unwrap_or_default(),
+            ),
+            "certificates" | "cert.PEM" => Identity::Anonymous,
+            other => {
+                return Err(ConfigError::new(
                     file,
                     "server.identity.type",
                     format!(
                         "unknown identity {other:?}; expected anonymous, username or certificates"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let certificate_identity = matches!(id.kind.as_str(), "certificates" | "cert.PEM");
         // Upstream applies the security policy only with certificate identity (mode defaults to
         // SignAndEncrypt there); any identity may set `mode` explicitly here.

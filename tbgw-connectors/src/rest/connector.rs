@@ -22,9 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::config::{
-    ConverterConfig, OutboundConfig, RestConnectorConfig, SecurityConfig,
-};
+use super::config::{ConverterConfig, OutboundConfig, RestConnectorConfig, SecurityConfig};
 use super::server::{
     parse_route, AttributeEndpoint, DataEndpoint, EndpointConverter, Kind, Route, Server,
 };
@@ -149,13 +147,11 @@ fn json_converter(
                     None => NameSource::Constant("default".into()),
                 },
             ),
-            None => {
-                return Err(ConfigError::new(
-                    file,
-                    format!("{prefix}.deviceInfo"),
-                    "missing; the converter needs a device name (deviceInfo or deviceNameExpression)",
-                ))
-            }
+            None => return Err(ConfigError::new(
+                file,
+                format!("{prefix}.deviceInfo"),
+                "missing; the converter needs a device name (deviceInfo or deviceNameExpression)",
+            )),
         },
     };
     JsonConverter::build(
@@ -210,7 +206,11 @@ fn outbound_rule(
         }
     };
     Ok(Rule::new(
-        call::filter(file, &format!("{prefix}.deviceNameFilter"), &o.device_name_filter)?,
+        call::filter(
+            file,
+            &format!("{prefix}.deviceNameFilter"),
+            &o.device_name_filter,
+        )?,
         call::filter(
             file,
             &format!("{prefix}.{name_key}"),
@@ -388,7 +388,11 @@ impl RestConnector {
                 ignored.push(format!("{p}.attributeFilter"));
             }
             if o.method_filter.is_none() {
-                return Err(ConfigError::new(file, format!("{p}.methodFilter"), "missing"));
+                return Err(ConfigError::new(
+                    file,
+                    format!("{p}.methodFilter"),
+                    "missing",
+                ));
             }
             rpc_rules.push(outbound_rule(
                 file,
@@ -525,7 +529,9 @@ impl Connector for RestConnector {
             cx.uplink().clone(),
             cx.stats().clone(),
         ));
-        let result = self.serve_loop(cx, &listener, acceptor, server.clone()).await;
+        let result = self
+            .serve_loop(cx, &listener, acceptor, server.clone())
+            .await;
         // Keep the routes for a restart after an error.
         if let Ok(s) = Arc::try_unwrap(server) {
             self.routes = Some(s.routes);

@@ -246,13 +246,19 @@ impl Server {
         }
     }
 
-    fn add_waiter(&self, device: &str, attribute: Option<String>) -> (u64, oneshot::Receiver<Json>) {
+    fn add_waiter(
+        &self,
+        device: &str,
+        attribute: Option<String>,
+    ) -> (u64, oneshot::Receiver<Json>) {
         let (tx, rx) = oneshot::channel();
         let id = self
             .next_waiter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut w) = self.waiters.lock() {
-            w.entry(device.to_string()).or_default().push(Waiter { id, attribute, tx });
+            w.entry(device.to_string())
+                .or_default()
+                .push(Waiter { id, attribute, tx });
         }
         (id, rx)
     }
@@ -318,8 +324,9 @@ impl Server {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Resp {
-        let path: Vec<&str> = req
-            .uri()
+        let (parts, incoming) = req.into_parts();
+        let path: Vec<&str> = parts
+            .uri
             .path()
             .split('/')
             .filter(|s| !s.is_empty())
@@ -332,7 +339,7 @@ impl Server {
             if !r.matches(&path, &mut p) {
                 continue;
             }
-            if r.methods.contains(req.method()) {
+            if r.methods.contains(&parts.method) {
                 chosen = Some(r);
                 params = p;
                 break;
@@ -351,8 +358,8 @@ impl Server {
             return r;
         };
         if let Some(auth) = &route.auth {
-            let header = req
-                .headers()
+            let header = parts
+                .headers
                 .get(hyper::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
             if !auth.check(header) {
@@ -364,26 +371,28 @@ impl Server {
                 return r;
             }
         }
-        let declared = req
-            .headers()
+        let declared = parts
+            .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
         }
-        if let Some(q) = req.uri().query() {
+        if let Some(q) = parts.uri.query() {
             parse_form(q, &mut params);
         }
-        let content_type = req
-            .headers()
+        let content_type = parts
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+        let body = match Limited::new(incoming, self.max_body).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
                 }
                 return text(StatusCode::BAD_REQUEST, "Cannot read the request body");
@@ -405,7 +414,9 @@ impl Server {
         let mut errors: Vec<ConvertError> = Vec::new();
         let received_ts = now_millis();
         let converted = match &ep.converter {
-            EndpointConverter::Json(c) => c.convert(data, received_ts, &mut errors).map(|d| vec![d]),
+            EndpointConverter::Json(c) => {
+                c.convert(data, received_ts, &mut errors).map(|d| vec![d])
+            }
             EndpointConverter::Custom(c) => {
                 let source = format!("/{}", path.join("/"));
                 c.convert(
@@ -505,10 +516,14 @@ impl Server {
                     &json!({"deviceName": device, "attributes": body}),
                 )
             }
-            Err(AttributeRequestError::Timeout(_)) => {
-                text(StatusCode::GATEWAY_TIMEOUT, "No answer from ThingsBoard in time")
-            }
-            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "The gateway is shutting down"),
+            Err(AttributeRequestError::Timeout(_)) => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "No answer from ThingsBoard in time",
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway is shutting down",
+            ),
         }
     }
 }
@@ -517,7 +532,7 @@ impl Server {
 /// string, split on commas, or an array of strings); a constant is split on commas.
 pub fn attribute_names(t: &Template, data: &Json) -> Vec<String> {
     let mut out = Vec::new();
-    let mut push_text = |s: &str, out: &mut Vec<String>| {
+    let push_text = |s: &str, out: &mut Vec<String>| {
         for k in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
             out.push(k.to_string());
         }

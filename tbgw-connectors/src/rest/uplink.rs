@@ -51,7 +51,10 @@ pub fn parse_form(s: &str, into: &mut Map<String, Json>) {
             continue;
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        into.insert(percent_decode(k, true), Json::String(percent_decode(v, true)));
+        into.insert(
+            percent_decode(k, true),
+            Json::String(percent_decode(v, true)),
+        );
     }
 }
 
@@ -99,17 +102,16 @@ fn parse_multipart(
         let content_end = next.saturating_sub(2).max(content_start); // strip the CRLF
         let disposition = headers
             .lines()
-            .find(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("content-disposition:")
-            })
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
             .unwrap_or("");
         let name = header_param(disposition, "name");
         let is_file = header_param(disposition, "filename").is_some();
         if let (Some(name), false) = (name, is_file) {
             into.insert(
                 name.to_string(),
-                Json::String(String::from_utf8_lossy(&body[content_start..content_end]).into_owned()),
+                Json::String(
+                    String::from_utf8_lossy(&body[content_start..content_end]).into_owned(),
+                ),
             );
         }
         pos = next;
@@ -142,7 +144,12 @@ pub fn merge_body(
         return Ok(());
     }
     let ct = content_type.unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
         let v: Json = serde_json::from_slice(body)
             .map_err(|e| BodyError::Malformed(format!("the body is not valid JSON: {e}")))?;
@@ -152,8 +159,9 @@ pub fn merge_body(
             .map_err(|_| BodyError::Malformed("the form body is not UTF-8".into()))?;
         parse_form(text, into);
     } else if mime == "multipart/form-data" {
-        let boundary = header_param(ct, "boundary")
-            .ok_or_else(|| BodyError::Malformed("multipart content type without a boundary".into()))?;
+        let boundary = header_param(ct, "boundary").ok_or_else(|| {
+            BodyError::Malformed("multipart content type without a boundary".into())
+        })?;
         parse_multipart(body, boundary, into)?;
     } else {
         match serde_json::from_slice::<Json>(body) {
@@ -186,7 +194,11 @@ mod tests {
             json!({"a": 1})
         );
         assert_eq!(
-            merged(Some("application/json; charset=utf-8"), br#"[{"a": 1}, {"a": 2}]"#).unwrap(),
+            merged(
+                Some("application/json; charset=utf-8"),
+                br#"[{"a": 1}, {"a": 2}]"#
+            )
+            .unwrap(),
             json!({"a": 1})
         );
         assert!(merged(Some("application/json"), b"{oops").is_err());
@@ -194,7 +206,10 @@ mod tests {
             merged(Some("application/x-www-form-urlencoded"), b"a=1&b=x+y%21").unwrap(),
             json!({"a": "1", "b": "x y!"})
         );
-        assert_eq!(merged(Some("text/plain"), b"hello").unwrap(), json!({"text": "hello"}));
+        assert_eq!(
+            merged(Some("text/plain"), b"hello").unwrap(),
+            json!({"text": "hello"})
+        );
         assert_eq!(merged(None, br#"{"t": 2}"#).unwrap(), json!({"t": 2}));
         let mp = b"--XX\r\nContent-Disposition: form-data; name=\"temp\"\r\n\r\n21.5\r\n--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\nBIN\r\n--XX--\r\n";
         assert_eq!(

@@ -149,6 +149,12 @@ pub struct FileStorage {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Out of space or over a quota: the full policy applies rather than an error.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122) | Some(27))
+        || e.kind() == std::io::ErrorKind::StorageFull
+}
+
 fn seg_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("seg-{first_seq:020}.log"))
 }
@@ -584,8 +590,10 @@ impl EventStorage for FileStorage {
         let mut report = PutReport::default();
         let mut encoded = Vec::with_capacity(128);
         let mut frame = Vec::with_capacity(records.len() * 128);
-        let mut pending = records.into_iter().peekable();
-        while pending.peek().is_some() {
+        // Index of the next record to store; records before it are stored or dropped.
+        let mut next = 0usize;
+        let mut disk_full_logged = false;
+        while next < records.len() {
             let space_freed = sh.space.notified();
             tokio::pin!(space_freed);
             space_freed.as_mut().enable();
@@ -597,48 +605,23 @@ impl EventStorage for FileStorage {
                 }
                 frame.clear();
                 let mut count = 0usize;
-                while let Some(rec) = pending.peek() {
+                let mut full = false;
+                while next + count < records.len() {
                     encoded.clear();
-                    codec::encode(rec, &mut encoded);
+                    codec::encode(&records[next + count], &mut encoded);
                     let extra = (segment::HEADER + encoded.len() + frame.len()) as u64;
-                    // Budget check counts what this call already framed.
                     let unacked = sh.unacked(&g) + count as u64;
                     let budget = (sh.opts.max_file_count.max(1)
                         * sh.opts.max_records_per_file.max(1))
                         as u64;
-                    let over = unacked >= budget
+                    if unacked >= budget
                         || sh
                             .opts
                             .max_bytes
-                            .is_some_and(|m| Shared::bytes(&g) + extra > m);
-                    if over {
-                        if count > 0 {
-                            break; // write what is framed first, then decide
-                        }
-                        match sh.opts.policy {
-                            FullPolicy::Block => {
-                                blocked = true;
-                                break;
-                            }
-                            FullPolicy::DropNewest => {
-                                let n = pending.by_ref().count();
-                                g.dropped += n as u64;
-                                report.dropped += n;
-                                break;
-                            }
-                            FullPolicy::DropOldest => {
-                                let lost = sh.drop_oldest_segment(&mut g)?;
-                                g.dropped += lost;
-                                report.dropped += lost as usize;
-                                if lost == 0 && sh.full(&g, extra) {
-                                    // Nothing left to drop (one huge record over the byte budget).
-                                    pending.next();
-                                    g.dropped += 1;
-                                    report.dropped += 1;
-                                }
-                                continue;
-                            }
-                        }
+                            .is_some_and(|m| Shared::bytes(&g) + extra > m)
+                    {
+                        full = true;
+                        break;
                     }
                     // Rotate before the record that would exceed the segment size.
                     let active_records = g.segments.back().map(|s| s.records).unwrap_or(0) + count;
@@ -646,12 +629,17 @@ impl EventStorage for FileStorage {
                         if count > 0 {
                             break;
                         }
-                        sh.rotate(&mut g)?;
+                        if let Err(e) = sh.rotate(&mut g) {
+                            if is_disk_full(&e) {
+                                full = true;
+                                break;
+                            }
+                            return Err(e.into());
+                        }
                     }
                     let seq = g.next_seq + count as u64;
                     segment::frame(&mut frame, seq, now, &encoded);
                     count += 1;
-                    pending.next();
                 }
                 if count > 0 {
                     let last = g.next_seq + count as u64 - 1;
@@ -659,21 +647,55 @@ impl EventStorage for FileStorage {
                         return Err(StorageError::Closed);
                     };
                     // One write: the records survive a crash of the process from here on.
-                    if let Err(e) = (&*active.file).write_all(&frame) {
-                        // Roll back a partial write so the segment stays well formed.
-                        let _ = active.file.set_len(active.len);
-                        return Err(io_err(&active.path, e).into());
+                    match (&*active.file).write_all(&frame) {
+                        Ok(()) => {
+                            active.len += frame.len() as u64;
+                            active.records += count;
+                            active.last_seq = last;
+                            g.next_seq = last + 1;
+                            g.written_seq = last;
+                            g.stored += count as u64;
+                            g.unsynced += count;
+                            g.unsynced_since.get_or_insert_with(Instant::now);
+                            report.stored += count;
+                            report.last_seq = last;
+                            next += count;
+                        }
+                        Err(e) => {
+                            // Roll back a partial write so the segment stays well formed.
+                            let _ = active.file.set_len(active.len);
+                            if !is_disk_full(&e) {
+                                return Err(io_err(&active.path, e).into());
+                            }
+                            if !disk_full_logged {
+                                tracing::warn!(dir = %sh.opts.dir.display(), error = %e, "The disk is full; the storage's full policy applies.");
+                                disk_full_logged = true;
+                            }
+                            full = true;
+                        }
                     }
-                    active.len += frame.len() as u64;
-                    active.records += count;
-                    active.last_seq = last;
-                    g.next_seq = last + 1;
-                    g.written_seq = last;
-                    g.stored += count as u64;
-                    g.unsynced += count;
-                    g.unsynced_since.get_or_insert_with(Instant::now);
-                    report.stored += count;
-                    report.last_seq = last;
+                }
+                if full {
+                    match sh.opts.policy {
+                        FullPolicy::Block => blocked = true,
+                        FullPolicy::DropNewest => {
+                            let n = records.len() - next;
+                            g.dropped += n as u64;
+                            report.dropped += n;
+                            next = records.len();
+                        }
+                        FullPolicy::DropOldest => {
+                            let lost = sh.drop_oldest_segment(&mut g)?;
+                            g.dropped += lost;
+                            report.dropped += lost as usize;
+                            if lost == 0 {
+                                // Nothing older to give up: the new record cannot be kept.
+                                next += 1;
+                                g.dropped += 1;
+                                report.dropped += 1;
+                            }
+                        }
+                    }
                 }
             }
             if report.stored > 0 {
@@ -681,7 +703,9 @@ impl EventStorage for FileStorage {
                 sh.data.notify_waiters();
             }
             if blocked {
-                space_freed.await;
+                // Space comes back when ThingsBoard confirms records (their segments are
+                // deleted) or, for a full disk, when something else frees space: retry then.
+                let _ = tokio::time::timeout(Duration::from_secs(1), space_freed).await;
             }
         }
         Ok(report)

@@ -1,0 +1,48 @@
+"""pymodbus server for the Modbus connector tests.
+
+usage: modbus_server.py tcp|udp|rtu|ascii PORT_OR_DEVICE VALUES_JSON [SLOW_FROM]
+
+VALUES_JSON maps a table (co, di, hr, ir) to {address: value}; every table has 200 addresses
+starting at protocol address 0, so reads beyond 199 get an "illegal data address" exception.
+With SLOW_FROM, reading holding registers at or above that address answers 1.5 s late.
+Prints READY when it serves.
+"""
+import json
+import sys
+import time
+
+from pymodbus import FramerType
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import StartSerialServer, StartTcpServer, StartUdpServer
+
+kind, where, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+slow_from = int(sys.argv[4]) if len(sys.argv) > 4 else None
+
+
+class Block(ModbusSequentialDataBlock):
+    def __init__(self, table):
+        # pymodbus 3.16 stores protocol address N at block index N + 1; the block starts at 1.
+        init = [0] * 200
+        for a, v in values.get(table, {}).items():
+            init[int(a)] = v
+        super().__init__(1, init)
+        self.table = table
+
+    def getValues(self, address, count=1):
+        if slow_from is not None and self.table == "hr" and address - 1 >= slow_from:
+            time.sleep(1.5)
+        return super().getValues(address, count)
+
+
+ctx = ModbusServerContext(
+    devices={1: ModbusDeviceContext(di=Block("di"), co=Block("co"), hr=Block("hr"), ir=Block("ir"))},
+    single=False,
+)
+print("READY", flush=True)
+if kind == "tcp":
+    StartTcpServer(context=ctx, address=("127.0.0.1", int(where)))
+elif kind == "udp":
+    StartUdpServer(context=ctx, address=("127.0.0.1", int(where)))
+else:
+    framer = FramerType.RTU if kind == "rtu" else FramerType.ASCII
+    StartSerialServer(context=ctx, port=where, framer=framer, baudrate=19200)
