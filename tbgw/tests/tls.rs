@@ -2,99 +2,15 @@
 //! verification with a CA, mutual TLS with a client certificate, and no plain-text fallback
 //! when the handshake fails.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tbgw::config::TlsFiles;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::model::{DeviceData, Value};
-use tbgw::test_util::{Mosquitto, TbStandIn};
+use tbgw::test_util::{free_tcp_port, Mosquitto, Pki, TbStandIn};
 use tbgw::{Gateway, TbOptions};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all EC P-256.
-fn make_pki(dir: &Path, prefix: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca_key = format!("{prefix}ca.key");
-    let ca_crt = format!("{prefix}ca.crt");
-    let mut a = vec!["req", "-x509"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca_crt,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tbgw test CA",
-    ]);
-    openssl(dir, &a);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    for name in ["server", "client"] {
-        let key = format!("{prefix}{name}.key");
-        let csr = format!("{prefix}{name}.csr");
-        let crt = format!("{prefix}{name}.crt");
-        let subj = format!("/CN={name}");
-        let mut r = vec!["req"];
-        r.extend(ec);
-        r.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &r);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-            ],
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Sends one reading for `tls-dev`.
 struct OneShot;
@@ -115,10 +31,11 @@ impl Connector for OneShot {
 
 /// mosquitto with a TLS listener on its main port and a plain listener for the stand-in.
 async fn tls_broker(dir: &Path, require_client_cert: bool) -> (Mosquitto, u16) {
-    let plain = free_port();
-    let d = dir.display();
+    let plain = free_tcp_port();
+    let pki = Pki::existing(dir, "");
     let extra = format!(
-        "cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate {require_client_cert}\nlistener {plain} 127.0.0.1\n"
+        "{}listener {plain} 127.0.0.1\n",
+        pki.mosquitto_tls(require_client_cert)
     );
     (
         Mosquitto::start_with(&extra)
@@ -157,7 +74,7 @@ async fn delivered(opts: TbOptions, tb: &TbStandIn, within: Duration) -> (bool, 
 
 fn pki() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path(), "");
+    Pki::generate(dir.path(), "");
     let p = dir.path().to_path_buf();
     (dir, p)
 }
@@ -203,7 +120,7 @@ async fn tls_with_a_ca_and_mutual_tls_deliver() {
 async fn a_failed_handshake_never_falls_back_to_plain_text() {
     let (_keep, dir) = pki();
     // A second, unrelated CA: the server's certificate does not verify.
-    make_pki(&dir, "other-");
+    Pki::generate(&dir, "other-");
     let (broker, plain) = tls_broker(&dir, false).await;
     let tb = TbStandIn::connect(plain).await.unwrap();
     let wrong_ca = TlsFiles {

@@ -22,10 +22,12 @@
 //! ```
 
 mod mosquitto;
+mod pki;
 mod python;
 mod tb_standin;
 
 pub use mosquitto::Mosquitto;
+pub use pki::Pki;
 pub use python::{free_tcp_port, free_udp_port, peers_python, PythonPeer};
 pub use tb_standin::{
     default_session_limits, topic_matches, Received, Responder, TbStandIn,

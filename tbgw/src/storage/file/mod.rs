@@ -479,16 +479,6 @@ impl Shared {
         g.segments.iter().map(|s| s.len).sum()
     }
 
-    fn full(&self, g: &State, extra_bytes: u64) -> bool {
-        let budget =
-            (self.opts.max_file_count.max(1) * self.opts.max_records_per_file.max(1)) as u64;
-        self.unacked(g) >= budget
-            || self
-                .opts
-                .max_bytes
-                .is_some_and(|m| Self::bytes(g) + extra_bytes > m)
-    }
-
     /// Deletes the oldest segment to make room (`drop_oldest`); returns the records dropped.
     fn drop_oldest_segment(&self, g: &mut State) -> std::io::Result<u64> {
         if g.segments.len() == 1 {
