@@ -2,6 +2,8 @@
 //! storage has the data, malformed payloads are counted, and the connector survives a broker
 //! restart.
 
+#![cfg(feature = "mqtt")]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;

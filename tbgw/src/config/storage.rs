@@ -186,7 +186,7 @@ impl StorageConfig {
             }
         }
         if let Some(d) = self.messages_ttl_in_days {
-            if !(d > 0.0) {
+            if d.is_nan() || d <= 0.0 {
                 return Err(ConfigError::new(
                     file,
                     key("messages_ttl_in_days"),
