@@ -245,6 +245,9 @@ impl TbClient {
         m.set_clean_start(true);
         m.set_connection_timeout(10);
         m.set_max_packet_size(Some(16 * 1024 * 1024));
+        // rumqttc sizes a table of in-flight publishes by this limit (u16::MAX slots, ~13 MB,
+        // when unset); the gateway never has more in flight than its window.
+        m.set_outgoing_inflight_upper_limit(o.max_inflight.clamp(1, u16::MAX as usize) as u16);
         if let Some(u) = &o.credentials.username {
             m.set_credentials(
                 u.clone(),
