@@ -23,15 +23,15 @@ fn peer_script(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers")).join(name)
 }
 
-async fn server(kind: &str, where_: &str, values: &Json, slow_from: Option<u16>) -> PythonPeer {
+async fn server(kind: &str, where_: &str, values: &Json, late: bool) -> PythonPeer {
     let mut args = vec![
         peer_script("modbus_server.py").display().to_string(),
         kind.to_string(),
         where_.to_string(),
         values.to_string(),
     ];
-    if let Some(s) = slow_from {
-        args.push(s.to_string());
+    if late {
+        args.push("late".into());
     }
     let mut p = PythonPeer::spawn(args).expect("pymodbus starts");
     p.wait_output("READY", WAIT).await.expect("pymodbus ready");
@@ -265,7 +265,7 @@ async fn check_types(conn: Json, mut peer: PythonPeer) {
 #[tokio::test]
 async fn every_type_and_order_decodes_from_pymodbus_over_tcp() {
     let port = free_tcp_port();
-    let peer = server("tcp", &port.to_string(), &type_table_values(), None).await;
+    let peer = server("tcp", &port.to_string(), &type_table_values(), false).await;
     check_types(
         json!({"type": "tcp", "host": "127.0.0.1", "port": port, "method": "socket"}),
         peer,
@@ -276,7 +276,7 @@ async fn every_type_and_order_decodes_from_pymodbus_over_tcp() {
 #[tokio::test]
 async fn every_type_and_order_decodes_from_pymodbus_over_udp() {
     let port = free_udp_port();
-    let peer = server("udp", &port.to_string(), &type_table_values(), None).await;
+    let peer = server("udp", &port.to_string(), &type_table_values(), false).await;
     check_types(
         json!({"type": "udp", "host": "127.0.0.1", "port": port}),
         peer,
@@ -287,7 +287,7 @@ async fn every_type_and_order_decodes_from_pymodbus_over_udp() {
 #[tokio::test]
 async fn every_type_and_order_decodes_from_pymodbus_over_serial_rtu() {
     let line = pty().await;
-    let peer = server("rtu", &line.a, &type_table_values(), None).await;
+    let peer = server("rtu", &line.a, &type_table_values(), false).await;
     check_types(
         json!({"type": "serial", "method": "rtu", "port": line.b, "baudrate": 19200}),
         peer,
@@ -299,7 +299,7 @@ async fn every_type_and_order_decodes_from_pymodbus_over_serial_rtu() {
 #[tokio::test]
 async fn every_type_and_order_decodes_from_pymodbus_over_serial_ascii() {
     let line = pty().await;
-    let peer = server("ascii", &line.a, &type_table_values(), None).await;
+    let peer = server("ascii", &line.a, &type_table_values(), false).await;
     check_types(
         json!({"type": "serial", "method": "ascii", "port": line.b, "baudrate": 19200}),
         peer,
@@ -311,7 +311,7 @@ async fn every_type_and_order_decodes_from_pymodbus_over_serial_ascii() {
 #[tokio::test]
 async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
     let port = free_tcp_port();
-    let mut peer = server("tcp", &port.to_string(), &json!({}), None).await;
+    let mut peer = server("tcp", &port.to_string(), &json!({}), false).await;
     let (h, mut ends, _) = start(type_table_slave(
         json!({"type": "tcp", "host": "127.0.0.1", "port": port}),
     ));
@@ -453,7 +453,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
 async fn a_dropped_connection_disconnects_the_device_and_polling_resumes_after_restart() {
     let port = free_tcp_port();
     let vals = json!({"hr": {"0": 11}});
-    let mut peer = server("tcp", &port.to_string(), &vals, None).await;
+    let mut peer = server("tcp", &port.to_string(), &vals, false).await;
     let cfg = json!({"master": {"slaves": [{
         "type": "tcp", "host": "127.0.0.1", "port": port, "unitId": 1, "deviceName": "D", "pollPeriod": 100, "timeout": 1,
         "connectAttemptTimeMs": 500, "connectAttemptCount": 2, "waitAfterFailedAttemptsMs": 500,
@@ -479,7 +479,7 @@ async fn a_dropped_connection_disconnects_the_device_and_polling_resumes_after_r
     );
     let errors_while_down = ConnectorStats::get(&stats.errors);
     assert!(errors_while_down >= 1);
-    let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 12}}), None).await;
+    let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 12}}), false).await;
     assert!(
         next_event(
             &mut ends,
@@ -511,9 +511,9 @@ async fn silent_device() -> (u16, tokio::task::JoinHandle<()>) {
 async fn silent_and_late_devices_do_not_delay_a_healthy_one() {
     let good = free_tcp_port();
     let slow = free_tcp_port();
-    let _g = server("tcp", &good.to_string(), &json!({"hr": {"0": 1}}), None).await;
+    let _g = server("tcp", &good.to_string(), &json!({"hr": {"0": 1}}), false).await;
     // Holding registers from 0 answer 1.5 s late on this one.
-    let _s = server("tcp", &slow.to_string(), &json!({"hr": {"0": 2}}), Some(0)).await;
+    let _s = server("tcp", &slow.to_string(), &json!({"hr": {"0": 2}}), true).await;
     let (silent, silent_task) = silent_device().await;
     let dp =
         json!([{"tag": "v", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 0}]);
@@ -705,9 +705,86 @@ fn config_errors_name_the_key_path() {
     ];
     for (config, key) in cases {
         let mut ignored = Vec::new();
-        let e = ModbusFactory::new()
-            .build(&spec(config), &mut ignored)
-            .expect_err("invalid");
+        let Err(e) = ModbusFactory::new().build(&spec(config), &mut ignored) else {
+            panic!("{key}: accepted");
+        };
         assert_eq!(e.key, key, "{e}");
     }
+}
+
+#[tokio::test]
+async fn end_to_end_registers_reach_thingsboard_and_an_rpc_writes_pymodbus() {
+    use tbgw::test_util::{Mosquitto, TbStandIn};
+    use tbgw::{Gateway, TbOptions};
+    let port = free_tcp_port();
+    let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 215}}), false).await;
+    let broker = Mosquitto::start().await.expect("mosquitto starts");
+    let tb = TbStandIn::connect(broker.port())
+        .await
+        .expect("stand-in connects");
+    let cfg = json!({"master": {"slaves": [{
+        "type": "tcp", "host": "127.0.0.1", "port": port, "unitId": 1, "deviceName": "Meter 1", "deviceType": "meter",
+        "pollPeriod": 200, "timeout": 2,
+        "timeseries": [{"tag": "temperature", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 0, "divider": 10}],
+        "rpc": [{"tag": "setLevel", "type": "16int", "functionCode": 6, "objectsCount": 1, "address": 5}]
+    }]}});
+    let mut ignored = Vec::new();
+    let conn = ModbusFactory::new()
+        .build(&spec(cfg), &mut ignored)
+        .expect("valid");
+    let mut opts = TbOptions::access_token("127.0.0.1", broker.port(), "token");
+    opts.session_limits_timeout = Duration::from_millis(500);
+    let gateway = Gateway::builder()
+        .thingsboard(opts)
+        .connector("Modbus", "modbus", conn)
+        .build()
+        .expect("gateway builds");
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = tokio::spawn(gateway.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let connect = tb
+        .wait_for(WAIT, |m| m.topic == "v1/gateway/connect")
+        .await
+        .expect("device announced");
+    assert_eq!(
+        connect.json,
+        Some(json!({"device": "Meter 1", "type": "meter"}))
+    );
+    let tele = tb
+        .wait_for(WAIT, |m| m.topic == "v1/gateway/telemetry")
+        .await
+        .expect("telemetry");
+    let json = tele.json.expect("json");
+    assert_eq!(
+        json["Meter 1"][0]["values"]["temperature"],
+        json!(21.5),
+        "{json}"
+    );
+
+    tb.send_rpc("Meter 1", 77, "setLevel", json!(-42))
+        .await
+        .expect("rpc sent");
+    let reply = tb
+        .wait_for(WAIT, |m| {
+            m.topic == "v1/gateway/rpc" && m.get("id") == Some(&json!(77))
+        })
+        .await
+        .expect("rpc reply");
+    assert_eq!(reply.json.expect("json")["data"], json!({"success": true}));
+    // pymodbus now holds the value: read it back with pymodbus's own client.
+    let out = tokio::process::Command::new(tbgw::test_util::peers_python())
+        .arg("-c")
+        .arg(format!(
+            "from pymodbus.client import ModbusTcpClient as C; c=C('127.0.0.1', port={port}); c.connect(); print(c.read_holding_registers(5, count=1, device_id=1).registers[0])"
+        ))
+        .output()
+        .await
+        .expect("python runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ((-42i16) as u16).to_string()
+    );
+    let _ = stop.send(());
+    let _ = gw.await;
 }

@@ -255,14 +255,13 @@ impl ModbusConnector {
             Ok(m) => m,
             Err(e) => return rpc.responder.err(e),
         };
-        let adhoc = ["host", "port", "type", "method", "unitId", "baudrate"]
-            .iter()
-            .any(|k| m.contains_key(*k));
+        // `type` is the value type here, so the connection kind comes from `connectionType`
+        // (default tcp, or serial when `port` is a device path).
+        let adhoc = m.contains_key("host") || m.contains_key("port");
         if adhoc {
             let conn_keys = [
                 "host",
                 "port",
-                "type",
                 "method",
                 "unitId",
                 "baudrate",
@@ -277,11 +276,23 @@ impl ModbusConnector {
             let mut sc = Map::new();
             let mut dp = Map::new();
             for (k, v) in m {
-                if conn_keys.contains(&k.as_str()) {
+                if k == "connectionType" {
+                    sc.insert("type".into(), v);
+                } else if conn_keys.contains(&k.as_str()) {
                     sc.insert(k, v);
                 } else {
                     dp.insert(k, v);
                 }
+            }
+            if !sc.contains_key("type") {
+                let serial = sc
+                    .get("port")
+                    .and_then(|p| p.as_str())
+                    .is_some_and(|p| p.parse::<u16>().is_err());
+                sc.insert(
+                    "type".into(),
+                    Json::String(if serial { "serial" } else { "tcp" }.into()),
+                );
             }
             let cfg: SlaveConfig = match serde_json::from_value(Json::Object(sc)) {
                 Ok(c) => c,
@@ -435,10 +446,8 @@ impl Connector for ModbusConnector {
                             Some(d) => {
                                 if let Some((dev, tx)) = &server_tx {
                                     if *dev == d {
-                                        if let Err(e) = tx.try_send(Downlink::Rpc(rpc)) {
-                                            if let mpsc::error::TrySendError::Full(Downlink::Rpc(r)) | mpsc::error::TrySendError::Closed(Downlink::Rpc(r)) = e {
-                                                r.responder.err(RpcError::Unreachable("the slave server is busy".into()));
-                                            }
+                                        if let Err(mpsc::error::TrySendError::Full(Downlink::Rpc(r)) | mpsc::error::TrySendError::Closed(Downlink::Rpc(r))) = tx.try_send(Downlink::Rpc(rpc)) {
+                                            r.responder.err(RpcError::Unreachable("the slave server is busy".into()));
                                         }
                                         continue;
                                     }

@@ -25,6 +25,73 @@ pub use config::ModbusConnectorConfig;
 pub use connector::ModbusConnector;
 pub use master::{poll_metrics, PollMetrics};
 
+/// Keys of the connection part shared by `master.slaves[]` and `slave`.
+const CONNECTION_KEYS: &[&str] = &[
+    "type",
+    "method",
+    "host",
+    "port",
+    "baudrate",
+    "bytesize",
+    "parity",
+    "stopbits",
+    "timeout",
+    "unitId",
+    "deviceName",
+    "deviceType",
+    "pollPeriod",
+    "byteOrder",
+    "wordOrder",
+];
+const SLAVE_KEYS: &[&str] = &[
+    "retries",
+    "retryOnEmpty",
+    "retryOnInvalid",
+    "connectAttemptTimeMs",
+    "connectAttemptCount",
+    "waitAfterFailedAttemptsMs",
+    "delayBetweenRequestsMs",
+    "maxRegistersPerRequest",
+    "handleLocalEcho",
+    "repack",
+    "attributes",
+    "timeseries",
+    "attributeUpdates",
+    "rpc",
+];
+const SERVER_KEYS: &[&str] = &["sendDataToThingsBoard", "identity", "security", "values"];
+
+/// serde's `flatten` hides unknown keys from the ignored-key tracking, so the objects that
+/// use it are checked here against their known keys.
+fn flattened_unknown_keys(raw: &serde_json::Value, ignored: &mut Vec<String>) {
+    let check = |obj: Option<&serde_json::Map<String, serde_json::Value>>,
+                 prefix: String,
+                 extra: &[&str],
+                 ignored: &mut Vec<String>| {
+        for k in obj.into_iter().flat_map(|o| o.keys()) {
+            if !CONNECTION_KEYS.contains(&k.as_str()) && !extra.contains(&k.as_str()) {
+                ignored.push(format!("{prefix}.{k}"));
+            }
+        }
+    };
+    if let Some(slaves) = raw.pointer("/master/slaves").and_then(|s| s.as_array()) {
+        for (i, s) in slaves.iter().enumerate() {
+            check(
+                s.as_object(),
+                format!("master.slaves[{i}]"),
+                SLAVE_KEYS,
+                ignored,
+            );
+        }
+    }
+    check(
+        raw.get("slave").and_then(|s| s.as_object()),
+        "slave".into(),
+        SERVER_KEYS,
+        ignored,
+    );
+}
+
 /// Builds Modbus connectors (`"type": "modbus"`).
 #[derive(Debug, Default, Clone)]
 pub struct ModbusFactory {}
@@ -47,6 +114,7 @@ impl ConnectorFactory for ModbusFactory {
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
         let cfg: ModbusConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
+        flattened_unknown_keys(&spec.config, ignored);
         Ok(Box::new(ModbusConnector::build(
             &spec.file, &spec.name, cfg, ignored,
         )?))

@@ -78,6 +78,9 @@ pub struct SlaveServerPlan {
     initial: Vec<(usize, Json)>,
 }
 
+/// A written range: table, first address, count.
+type Written = (Table, u16, u16);
+
 /// The served tables.
 #[derive(Debug)]
 pub struct Store {
@@ -98,7 +101,7 @@ impl Store {
     }
 
     /// Applies one request; returns the answer and, for writes, the written table and range.
-    fn apply(&mut self, req: &Request) -> (Result<Response, u8>, Option<(Table, u16, u16)>) {
+    fn apply(&mut self, req: &Request) -> (Result<Response, u8>, Option<Written>) {
         let range = |a: u16, n: u16| {
             let (a, n) = (a as usize, n as usize);
             if a + n > 65536 {
@@ -346,7 +349,10 @@ pub struct SlaveServer {
     connector: Arc<str>,
 }
 
-type Writes = mpsc::UnboundedSender<(Table, u16, u16)>;
+/// Written ranges waiting to be reported; when full, further reports are dropped (logged).
+const WRITE_REPORTS: usize = 1024;
+
+type Writes = mpsc::Sender<(Table, u16, u16)>;
 
 impl SlaveServer {
     /// A server with its tables set to the initial values.
@@ -375,7 +381,7 @@ impl SlaveServer {
             .uplink
             .connect_device(self.plan.device.clone(), self.plan.device_type.clone())
             .await;
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<(Table, u16, u16)>();
+        let (wtx, mut wrx) = mpsc::channel::<(Table, u16, u16)>(WRITE_REPORTS);
         let serve = self.serve(wtx, cancel.clone());
         tokio::pin!(serve);
         let mut tick = tokio::time::interval(self.plan.poll);
@@ -503,7 +509,9 @@ impl SlaveServer {
                     .unwrap_or_else(|p| p.into_inner())
                     .apply(&req);
                 if let Some(w) = written {
-                    let _ = writes.send(w);
+                    if writes.try_send(w).is_err() {
+                        tracing::warn!(connector = %self.connector, "Too many unreported writes from the Modbus master; one report dropped.");
+                    }
                 }
                 (req, resp)
             }

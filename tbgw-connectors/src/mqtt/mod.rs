@@ -6,12 +6,19 @@
 //! blocks, PUBACKs are withheld and the broker's in-flight window stops the flow, so an
 //! overloaded gateway slows its source down instead of dropping messages.
 //!
+//! `requestsMapping` (connect/disconnect/attribute requests, attribute updates, one-way and
+//! two-way RPC, reserved `get`/`set`, `mqtt_<name>` connector RPCs) and TLS with certificates
+//! ([`tls`]) are described in `docs/connectors/mqtt.md`.
+//!
 //! Converters: `json` and `bytes` (see [`uplink`]). A `custom` converter is a Rust
 //! [`UplinkConverter`](tbgw::convert::UplinkConverter) an embedding application registers by
 //! name with [`MqttFactory::with_converter`].
 
 pub mod config;
 mod connector;
+mod publish;
+mod requests;
+pub mod tls;
 pub mod topic;
 pub mod uplink;
 

@@ -14,7 +14,7 @@ use super::config::{ConverterConfig, DatapointConfig, Datapoints};
 
 /// Where a device name or profile comes from.
 #[derive(Debug)]
-enum NameSource {
+pub(super) enum NameSource {
     Constant(String),
     /// A template over the JSON message.
     Message(Template),
@@ -26,7 +26,7 @@ enum NameSource {
 }
 
 impl NameSource {
-    fn build(
+    pub(super) fn build(
         file: &Path,
         key: &str,
         source: &str,
@@ -54,6 +54,20 @@ impl NameSource {
         }
     }
 
+    /// The name for a request message: like [`NameSource::resolve`], but a topic regex that
+    /// does not match gives no name (upstream's request handlers reject such a message).
+    pub(super) fn resolve_request(
+        &self,
+        topic: &str,
+        json: &Json,
+        payload: &[u8],
+    ) -> Option<String> {
+        match self {
+            NameSource::Topic(re, _) => topic_capture(re, topic),
+            other => other.resolve(topic, json, payload),
+        }
+    }
+
     fn resolve(&self, topic: &str, json: &Json, payload: &[u8]) -> Option<String> {
         match self {
             NameSource::Constant(s) => Some(s.clone()),
@@ -67,7 +81,7 @@ impl NameSource {
 }
 
 /// The last participating capture group of the first match, else the whole match.
-fn topic_capture(re: &Regex, topic: &str) -> Option<String> {
+pub(super) fn topic_capture(re: &Regex, topic: &str) -> Option<String> {
     let caps = re.captures(topic).ok()??;
     (1..caps.len())
         .rev()
@@ -81,6 +95,8 @@ enum KeySource {
     Constant(String),
     Template(Template),
     Topic(Regex),
+    /// Byte slices over the payload (bytes converter).
+    Slices(ByteSlices),
 }
 
 #[derive(Debug)]
@@ -95,6 +111,8 @@ struct Datapoint {
     value: ValueSource,
     ty: DataType,
     ts: Option<(Template, TsOptions)>,
+    /// Render byte slices as hex (`hexMode`).
+    hex: bool,
 }
 
 #[derive(Debug)]
@@ -291,6 +309,7 @@ impl MqttUplinkConverter {
                 }
             },
             KeySource::Topic(re) => topic_capture(re, topic)?,
+            KeySource::Slices(s) => s.render(payload, p.hex),
         };
         let value = match &p.value {
             ValueSource::Template(t) => {
@@ -316,7 +335,7 @@ impl MqttUplinkConverter {
                 }
             }
             ValueSource::Slices(s) => {
-                let text = s.render(payload, false);
+                let text = s.render(payload, p.hex);
                 match p.ty {
                     DataType::Raw | DataType::String => Value::String(text),
                     ty => match expr::convert(&Json::String(text), ty) {
@@ -393,7 +412,9 @@ fn build_point(
                 .map_err(|e| err("key", format!("invalid regular expression: {e}")))?,
         ),
         None | Some("message") | Some("constant") => {
-            if p.key.contains("${") {
+            if bytes && p.key.contains('[') {
+                KeySource::Slices(ByteSlices::parse(&p.key).map_err(|e| err("key", e.to_string()))?)
+            } else if p.key.contains("${") {
                 KeySource::Template(Template::parse(&p.key).map_err(|e| err("key", e.to_string()))?)
             } else {
                 KeySource::Constant(p.key.clone())
@@ -421,7 +442,13 @@ fn build_point(
         )),
         None => None,
     };
-    Ok(Datapoint { key, value, ty, ts })
+    Ok(Datapoint {
+        key,
+        value,
+        ty,
+        ts,
+        hex: p.hex_mode,
+    })
 }
 
 impl UplinkConverter for MqttUplinkConverter {

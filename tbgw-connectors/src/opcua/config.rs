@@ -120,7 +120,7 @@ pub struct ServerConfig {
 }
 
 /// `server.identity`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityConfig {
     /// `anonymous`, `username`, or `certificates` / `cert.PEM`.
@@ -139,6 +139,20 @@ pub struct IdentityConfig {
     pub ca_cert: Option<String>,
     /// Message security mode: `None`, `Sign` or `SignAndEncrypt`.
     pub mode: Option<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            kind: d_anonymous(),
+            username: None,
+            password: None,
+            cert: None,
+            private_key: None,
+            ca_cert: None,
+            mode: None,
+        }
+    }
 }
 
 fn d_anonymous() -> String {
@@ -171,10 +185,10 @@ pub struct MappingConfig {
     #[serde(default)]
     pub timeseries: Vec<DatapointConfig>,
     /// Methods callable by RPC.
-    #[serde(default)]
+    #[serde(default, rename = "rpc_methods")]
     pub rpc_methods: Vec<RpcMethodConfig>,
     /// Shared attributes written to nodes.
-    #[serde(default)]
+    #[serde(default, rename = "attributes_updates")]
     pub attributes_updates: Vec<AttributeUpdateConfig>,
 }
 

@@ -4,7 +4,7 @@ usage: modbus_server.py tcp|udp|rtu|ascii PORT_OR_DEVICE VALUES_JSON [SLOW_FROM]
 
 VALUES_JSON maps a table (co, di, hr, ir) to {address: value}; every table has 200 addresses
 starting at protocol address 0, so reads beyond 199 get an "illegal data address" exception.
-With SLOW_FROM, reading holding registers at or above that address answers 1.5 s late.
+With a fourth argument `late`, every answer leaves 1.5 s late (a device slower than the timeout).
 Prints READY when it serves.
 """
 import json
@@ -16,7 +16,7 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import StartSerialServer, StartTcpServer, StartUdpServer
 
 kind, where, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-slow_from = int(sys.argv[4]) if len(sys.argv) > 4 else None
+late = len(sys.argv) > 4 and sys.argv[4] == "late"
 
 
 class Block(ModbusSequentialDataBlock):
@@ -26,12 +26,13 @@ class Block(ModbusSequentialDataBlock):
         for a, v in values.get(table, {}).items():
             init[int(a)] = v
         super().__init__(1, init)
-        self.table = table
 
-    def getValues(self, address, count=1):
-        if slow_from is not None and self.table == "hr" and address - 1 >= slow_from:
-            time.sleep(1.5)
-        return super().getValues(address, count)
+
+def trace_packet(sending, data):
+    # Blocking on purpose: the answer (and the whole server) is held back.
+    if late and sending:
+        time.sleep(1.5)
+    return data
 
 
 ctx = ModbusServerContext(
@@ -40,7 +41,7 @@ ctx = ModbusServerContext(
 )
 print("READY", flush=True)
 if kind == "tcp":
-    StartTcpServer(context=ctx, address=("127.0.0.1", int(where)))
+    StartTcpServer(context=ctx, address=("127.0.0.1", int(where)), trace_packet=trace_packet)
 elif kind == "udp":
     StartUdpServer(context=ctx, address=("127.0.0.1", int(where)))
 else:

@@ -182,6 +182,7 @@ async def main():
         start = asyncio.get_running_loop().time()
         added = False
         tick = 0
+        next_tick = start
         while True:
             tick += 1
             for n, (v, tag_nodes) in enumerate(devices):
@@ -194,13 +195,15 @@ async def main():
                 value = ua.DataValue(ua.Variant(float(tick), ua.VariantType.Double))
                 for node in tag_nodes:
                     await server.write_attribute_value(node.nodeid, value)
-            if tick % 100 == 0 and tag_nodes:
+            if tick % 10 == 0 and args.tags:
                 print(f"tick {tick}", flush=True)
             if args.add_device_after and not added and asyncio.get_running_loop().time() - start >= args.add_device_after:
                 added = True
                 devices.append(await add_device(server, objects, idx, len(devices) + 1, args.tags))
                 print(f"added Device{len(devices)}", flush=True)
-            await asyncio.sleep(args.period)
+            # Keep the schedule: the next tick is due one period after the previous one.
+            next_tick += args.period
+            await asyncio.sleep(max(0.0, next_tick - asyncio.get_running_loop().time()))
 
 
 if __name__ == "__main__":

@@ -224,12 +224,15 @@ fn rtu_response_lengths_follow_the_function_code() {
     }
 }
 
+/// (type, objects count, byte order, word order, registers, expected value).
+type DecodeCase = (&'static str, u16, Order, Order, Vec<u16>, Value);
+
 #[test]
 fn register_values_decode_for_every_type_and_order() {
     use Order::{Big as B, Little as L};
     let f32_bits = 1.5f32.to_bits();
     let (hi, lo) = ((f32_bits >> 16) as u16, f32_bits as u16);
-    let cases: Vec<(&str, u16, Order, Order, Vec<u16>, Value)> = vec![
+    let cases: Vec<DecodeCase> = vec![
         ("16int", 1, B, L, vec![0xFFFE], Value::Int(-2)),
         ("16uint", 1, B, L, vec![0xFFFE], Value::Int(65534)),
         ("16int", 1, L, L, vec![0x0100], Value::Int(1)),

@@ -1080,3 +1080,30 @@ fn a_key_template_without_a_match_is_reported() {
     .unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
 }
+
+#[test]
+fn hex_mode_renders_slices_as_hex_in_keys_and_values() {
+    let c = build(json!({
+        "type": "bytes",
+        "deviceInfo": {"deviceNameExpressionSource": "message", "deviceNameExpression": "[0:2]"},
+        "timeseries": [
+            {"type": "string", "key": "raw", "value": "[2:4]", "hexMode": true},
+            {"type": "string", "key": "k[4:5]", "value": "[5:]"}
+        ]
+    }));
+    let out = convert_ok(&c, "t", b"ab\x01\xffXyz");
+    assert_eq!(out[0].device_name, "ab");
+    let values: Vec<_> = out[0]
+        .telemetry
+        .iter()
+        .flat_map(|t| t.values.iter().map(|(k, v)| (k.to_string(), v.clone())))
+        .collect();
+    assert!(
+        values.contains(&("raw".to_string(), Value::String("01ff".into()))),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&("kX".to_string(), Value::String("yz".into()))),
+        "{values:?}"
+    );
+}
