@@ -19,6 +19,10 @@
 pub mod codec;
 mod file;
 mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocksdb;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::sync::Arc;
 
@@ -27,6 +31,10 @@ use serde::Deserialize;
 
 pub use file::{dump as dump_file_storage, FileStorage, FileStorageOptions};
 pub use memory::MemoryStorage;
+#[cfg(feature = "rocksdb")]
+pub use rocksdb::{RocksDbOptions, RocksDbStorage};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStorage, SqliteSynchronous};
 
 use crate::model::DeviceData;
 
@@ -48,11 +56,15 @@ pub enum FullPolicy {
 }
 
 /// A batch handed out by [`EventStorage::read`].
+///
+/// Acknowledge it with [`Batch::last_seq`]. Durable storages may skip records inside a batch
+/// (corrupt, expired); their `first_seq` is then `last_seq + 1 - records.len()`, so that
+/// `last_seq()` is exact, and sequence numbers inside are not meant to be derived from it.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Sequence number of the first record.
+    /// Sequence number of the first record (see above when records were skipped).
     pub first_seq: u64,
-    /// The records, in order; their sequence numbers are consecutive from `first_seq`.
+    /// The records, in order.
     pub records: Vec<Record>,
 }
 
@@ -177,6 +189,10 @@ pub fn from_config(
             o.ttl = cfg.ttl();
             Ok(Arc::new(FileStorage::open(o)?))
         }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(SqliteStorage::open(SqliteOptions::from_config(cfg, config_dir))?)),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Ok(Arc::new(RocksDbStorage::open(RocksDbOptions::from_config(cfg, config_dir))?)),
         _ => Ok(Arc::new(MemoryStorage::new(
             cfg.max_records_count,
             cfg.read_records_count,

@@ -47,6 +47,13 @@ pub const DB_FILE: &str = "data.db";
 /// Estimated bytes a row costs besides its blob (rowid, timestamp, index entry, cell header).
 const ROW_OVERHEAD: u64 = 32;
 
+/// Estimated bytes of database pages a row with a blob of `len` bytes takes: pages are not
+/// filled completely, so a quarter is added.
+fn row_cost(len: usize) -> u64 {
+    let len = len as u64;
+    len + len / 4 + ROW_OVERHEAD
+}
+
 /// Pages freed per incremental vacuum step.
 const VACUUM_PAGES: u32 = 2048;
 
@@ -116,7 +123,10 @@ impl SqliteOptions {
     /// The options the `storage` section describes; a relative `data_file_path` is taken
     /// relative to `config_dir`. Keys that are not set keep upstream's defaults.
     pub fn from_config(cfg: &crate::config::StorageConfig, config_dir: &Path) -> Self {
-        let dir = crate::config::StorageConfig::folder(config_dir, cfg.data_file_path.as_deref().or(Some("./")));
+        let dir = crate::config::StorageConfig::folder(
+            config_dir,
+            cfg.data_file_path.as_deref().or(Some("./")),
+        );
         let mut o = SqliteOptions::new(dir);
         if let Some(n) = cfg.max_read_records_count {
             o.max_read_records_count = n;
@@ -148,12 +158,19 @@ impl SqliteOptions {
 
     fn ttl_check_interval(&self) -> Duration {
         let h = self.messages_ttl_check_in_hours;
-        let secs = if h.is_finite() && h > 0.0 { (h * 3600.0).min(1e9) } else { 3600.0 };
+        let secs = if h.is_finite() && h > 0.0 {
+            (h * 3600.0).min(1e9)
+        } else {
+            3600.0
+        };
         Duration::from_secs_f64(secs).max(Duration::from_millis(1))
     }
 
     fn byte_budget(&self) -> u64 {
-        self.size_limit.max(1).saturating_mul(self.max_db_amount.max(1)).saturating_mul(1024 * 1024)
+        self.size_limit
+            .max(1)
+            .saturating_mul(self.max_db_amount.max(1))
+            .saturating_mul(1024 * 1024)
     }
 
     fn record_budget(&self) -> u64 {
@@ -209,7 +226,9 @@ struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("db_path", &self.db_path).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("db_path", &self.db_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -243,8 +262,10 @@ fn used_bytes(c: &Connection) -> rusqlite::Result<u64> {
 
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection, StorageError> {
     let shown = path.display();
-    let c = Connection::open(path).map_err(|e| db_err(&format!("cannot open {shown} (is the folder writable?)"), e))?;
-    c.busy_timeout(opts.busy_timeout).map_err(|e| db_err("cannot set the busy timeout", e))?;
+    let c = Connection::open(path)
+        .map_err(|e| db_err(&format!("cannot open {shown} (is the folder writable?)"), e))?;
+    c.busy_timeout(opts.busy_timeout)
+        .map_err(|e| db_err("cannot set the busy timeout", e))?;
     // Only takes effect on a new database, before the table exists.
     c.pragma_update(None, "auto_vacuum", "INCREMENTAL")
         .map_err(|e| db_err(&format!("{shown} is not a usable SQLite database"), e))?;
@@ -252,13 +273,16 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection, Stor
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| db_err(&format!("{shown} is not a usable SQLite database"), e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StorageError::Database(format!("{shown}: cannot switch to WAL mode (journal mode is {mode})")));
+        return Err(StorageError::Database(format!(
+            "{shown}: cannot switch to WAL mode (journal mode is {mode})"
+        )));
     }
     let sync = match opts.synchronous {
         SqliteSynchronous::Normal => "NORMAL",
         SqliteSynchronous::Full => "FULL",
     };
-    c.pragma_update(None, "synchronous", sync).map_err(|e| db_err("cannot set synchronous", e))?;
+    c.pragma_update(None, "synchronous", sync)
+        .map_err(|e| db_err("cannot set synchronous", e))?;
     c.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024_i64)
         .map_err(|e| db_err("cannot set journal_size_limit", e))?;
     Ok(c)
@@ -269,7 +293,12 @@ impl SqliteStorage {
     /// acknowledged row.
     pub fn open(opts: SqliteOptions) -> Result<SqliteStorage, StorageError> {
         let dir = opts.data_file_path.clone();
-        fs::create_dir_all(&dir).map_err(|e| std::io::Error::new(e.kind(), format!("cannot create the storage folder {}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create the storage folder {}: {e}", dir.display()),
+            )
+        })?;
         let db_path = dir.join(DB_FILE);
         let writer = open_connection(&db_path, &opts)?;
         writer
@@ -280,17 +309,35 @@ impl SqliteStorage {
                      message BLOB NOT NULL);
                  CREATE INDEX IF NOT EXISTS messages_timestamp ON messages(timestamp);",
             )
-            .map_err(|e| db_err(&format!("cannot create the table in {} (is the folder writable?)", db_path.display()), e))?;
+            .map_err(|e| {
+                db_err(
+                    &format!(
+                        "cannot create the table in {} (is the folder writable?)",
+                        db_path.display()
+                    ),
+                    e,
+                )
+            })?;
         let (min_id, max_id, rows): (i64, i64, i64) = writer
-            .query_row("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0), COUNT(*) FROM messages", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0), COUNT(*) FROM messages",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .map_err(|e| db_err(&format!("cannot read {}", db_path.display()), e))?;
         let seq: i64 = writer
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| db_err(&format!("cannot read {}", db_path.display()), e))?;
         let last_seq = seq.max(max_id).max(0) as u64;
-        let acked_seq = if rows > 0 { (min_id.max(1) - 1) as u64 } else { last_seq };
+        let acked_seq = if rows > 0 {
+            (min_id.max(1) - 1) as u64
+        } else {
+            last_seq
+        };
         let used = used_bytes(&writer).map_err(|e| db_err("cannot measure the database", e))?;
         let reader = open_connection(&db_path, &opts)?;
         if rows > 0 {
@@ -370,7 +417,12 @@ impl Shared {
 
     /// Inserts what fits of `pending`, applying the full policy; returns true when the `block`
     /// policy has to wait for space.
-    fn put_some(&self, pending: &mut VecDeque<Vec<u8>>, now: i64, report: &mut PutReport) -> Result<bool, StorageError> {
+    fn put_some(
+        &self,
+        pending: &mut VecDeque<Vec<u8>>,
+        now: i64,
+        report: &mut PutReport,
+    ) -> Result<bool, StorageError> {
         let mut w = lock(&self.writer);
         let rec_budget = self.opts.record_budget();
         let byte_budget = self.opts.byte_budget();
@@ -386,7 +438,7 @@ impl Shared {
             let mut n = 0usize;
             let mut extra = 0u64;
             for b in pending.iter().take(chunk) {
-                let cost = b.len() as u64 + ROW_OVERHEAD;
+                let cost = row_cost(b.len());
                 if rows + n as u64 >= rec_budget || used + extra + cost > byte_budget {
                     break;
                 }
@@ -402,11 +454,13 @@ impl Shared {
                         .prepare_cached("INSERT INTO messages (timestamp, message) VALUES (?1, ?2)")
                         .map_err(|e| db_err("cannot prepare the insert", e))?;
                     for b in pending.iter().take(n) {
-                        st.execute(params![now, b]).map_err(|e| db_err("cannot insert a record", e))?;
+                        st.execute(params![now, b])
+                            .map_err(|e| db_err("cannot insert a record", e))?;
                     }
                 }
                 let last = tx.last_insert_rowid().max(0) as u64;
-                tx.commit().map_err(|e| db_err("cannot commit the inserted records", e))?;
+                tx.commit()
+                    .map_err(|e| db_err("cannot commit the inserted records", e))?;
                 pending.drain(..n);
                 let used = used_bytes(&w).unwrap_or(used + extra);
                 {
@@ -437,10 +491,13 @@ impl Shared {
                     pending.clear();
                     self.lock().dropped += k as u64;
                     report.dropped += k;
-                    tracing::warn!(records = k, "The SQLite storage is full; dropped the newest records.");
+                    tracing::warn!(
+                        records = k,
+                        "The SQLite storage is full; dropped the newest records."
+                    );
                 }
                 FullPolicy::DropOldest => {
-                    let next_cost = pending.front().map_or(0, |b| b.len() as u64 + ROW_OVERHEAD);
+                    let next_cost = pending.front().map_or(0, |b| row_cost(b.len()));
                     let mut k = 1u64;
                     if rows + 1 > rec_budget {
                         k = k.max(rows + 1 - rec_budget);
@@ -472,23 +529,34 @@ impl Shared {
     }
 
     /// Selects up to `max` rows after `cursor`: (id, row).
-    fn fetch(&self, cursor: u64, max: usize, ttl_cutoff: Option<i64>) -> Result<Vec<(u64, Row)>, StorageError> {
+    fn fetch(
+        &self,
+        cursor: u64,
+        max: usize,
+        ttl_cutoff: Option<i64>,
+    ) -> Result<Vec<(u64, Row)>, StorageError> {
         let r = lock(&self.reader);
         let mut st = r
-            .prepare_cached("SELECT id, timestamp, message FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .prepare_cached(
+                "SELECT id, timestamp, message FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
             .map_err(|e| db_err("cannot prepare the select", e))?;
         let mut rows = st
             .query(params![cursor as i64, max.min(i64::MAX as usize) as i64])
             .map_err(|e| db_err("cannot read records", e))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(|e| db_err("cannot read records", e))? {
-            let id: i64 = row.get(0).map_err(|e| db_err("cannot read a record id", e))?;
+            let id: i64 = row
+                .get(0)
+                .map_err(|e| db_err("cannot read a record id", e))?;
             let ts: Option<i64> = row.get(1).unwrap_or(None);
             let item = if ttl_cutoff.is_some_and(|c| ts.is_some_and(|t| t < c)) {
                 Row::Expired
             } else {
                 match row.get_ref(2) {
-                    Ok(rusqlite::types::ValueRef::Blob(b)) => codec::decode(b).map_or(Row::Corrupt, Row::Record),
+                    Ok(rusqlite::types::ValueRef::Blob(b)) => {
+                        codec::decode(b).map_or(Row::Corrupt, Row::Record)
+                    }
                     _ => Row::Corrupt,
                 }
             };
@@ -498,24 +566,32 @@ impl Shared {
     }
 
     fn ttl_cutoff(&self) -> Option<i64> {
-        self.opts.ttl().map(|t| now_millis().saturating_sub(t.as_millis().min(i64::MAX as u128) as i64))
+        self.opts
+            .ttl()
+            .map(|t| now_millis().saturating_sub(t.as_millis().min(i64::MAX as u128) as i64))
     }
 
     /// Deletes rows older than the TTL; returns the number deleted.
     fn sweep(&self) -> Result<u64, StorageError> {
-        let Some(cut) = self.ttl_cutoff() else { return Ok(0) };
+        let Some(cut) = self.ttl_cutoff() else {
+            return Ok(0);
+        };
         let mut w = lock(&self.writer);
         let counted = self.lock().counted_through;
         let tx = w
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| db_err("cannot begin the TTL sweep", e))?;
         let fresh = tx
-            .execute("DELETE FROM messages WHERE timestamp < ?1 AND id > ?2", params![cut, counted as i64])
+            .execute(
+                "DELETE FROM messages WHERE timestamp < ?1 AND id > ?2",
+                params![cut, counted as i64],
+            )
             .map_err(|e| db_err("cannot delete expired records", e))? as u64;
         let seen = tx
             .execute("DELETE FROM messages WHERE timestamp < ?1", params![cut])
             .map_err(|e| db_err("cannot delete expired records", e))? as u64;
-        tx.commit().map_err(|e| db_err("cannot commit the TTL sweep", e))?;
+        tx.commit()
+            .map_err(|e| db_err("cannot commit the TTL sweep", e))?;
         let total = fresh + seen;
         if total > 0 {
             let used = used_bytes(&w).ok();
@@ -527,7 +603,10 @@ impl Shared {
                 g.used_bytes = u;
             }
             drop(g);
-            tracing::info!(records = total, "Deleted expired records from the SQLite storage.");
+            tracing::info!(
+                records = total,
+                "Deleted expired records from the SQLite storage."
+            );
             self.space.notify_waiters();
         }
         Ok(total)
@@ -537,7 +616,9 @@ impl Shared {
         let w = lock(&self.writer);
         w.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
             .map_err(|e| db_err("incremental vacuum failed", e))?;
-        let free: i64 = w.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap_or(0);
+        let free: i64 = w
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(0);
         let used = used_bytes(&w).ok();
         let mut g = self.lock();
         g.vacuum_pending = free > 0;
@@ -552,7 +633,14 @@ impl Shared {
         if wal.is_none() {
             let mut p = self.db_path.clone().into_os_string();
             p.push("-wal");
-            let f = File::open(PathBuf::from(p))?;
+            let f = match File::open(PathBuf::from(p)) {
+                Ok(f) => f,
+                // No WAL (yet, or any more): everything committed is in the database file.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return File::open(&self.db_path)?.sync_data()
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(dir) = self.db_path.parent() {
                 File::open(dir)?.sync_all()?;
             }
@@ -577,9 +665,15 @@ fn maintenance(sh: &Shared) {
     let mut g = sh.lock();
     loop {
         let now = Instant::now();
-        let unsynced = g.last_seq > g.synced_seq && sh.opts.synchronous == SqliteSynchronous::Normal;
+        let unsynced =
+            g.last_seq > g.synced_seq && sh.opts.synchronous == SqliteSynchronous::Normal;
         let sync_at = g.unsynced_since.map(|t| t + interval);
-        if unsynced && (g.flush_requested || g.closed || sync_at.is_some_and(|t| now >= t) || sync_at.is_none()) {
+        if unsynced
+            && (g.flush_requested
+                || g.closed
+                || sync_at.is_some_and(|t| now >= t)
+                || sync_at.is_none())
+        {
             let target = g.last_seq;
             g.flush_requested = false;
             g.unsynced_since = None;
@@ -598,7 +692,11 @@ fn maintenance(sh: &Shared) {
                     if g.closed {
                         return;
                     }
-                    g = sh.cv.wait_timeout(g, Duration::from_millis(500)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                    g = sh
+                        .cv
+                        .wait_timeout(g, Duration::from_millis(500))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
                 }
             }
             continue;
@@ -634,8 +732,14 @@ fn maintenance(sh: &Shared) {
         if let Some(t) = sync_at.filter(|_| unsynced) {
             wake = wake.min(t);
         }
-        let timeout = wake.saturating_duration_since(now).max(Duration::from_millis(1));
-        g = sh.cv.wait_timeout(g, timeout).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        let timeout = wake
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        g = sh
+            .cv
+            .wait_timeout(g, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
     }
 }
 
@@ -708,7 +812,9 @@ impl EventStorage for SqliteStorage {
             }
             let cutoff = sh.ttl_cutoff();
             let sh2 = sh.clone();
-            let rows = tokio::task::spawn_blocking(move || sh2.fetch(cursor, max, cutoff)).await.map_err(join_err)??;
+            let rows = tokio::task::spawn_blocking(move || sh2.fetch(cursor, max, cutoff))
+                .await
+                .map_err(join_err)??;
             // From here on nothing awaits: the cursor moves only if this read returns.
             let mut g = sh.lock();
             if g.epoch != epoch {
@@ -736,7 +842,10 @@ impl EventStorage for SqliteStorage {
             g.expired += expired;
             drop(g);
             if corrupt > 0 {
-                tracing::warn!(records = corrupt, "Skipped corrupt records in the SQLite storage.");
+                tracing::warn!(
+                    records = corrupt,
+                    "Skipped corrupt records in the SQLite storage."
+                );
             }
             if !records.is_empty() {
                 // Ids in a batch may have gaps (deleted or skipped rows); the batch ends at the
@@ -770,7 +879,8 @@ impl EventStorage for SqliteStorage {
             let w = lock(&sh2.writer);
             let n = w
                 .execute("DELETE FROM messages WHERE id <= ?1", [through as i64])
-                .map_err(|e| db_err("cannot delete acknowledged records", e))? as u64;
+                .map_err(|e| db_err("cannot delete acknowledged records", e))?
+                as u64;
             let used = used_bytes(&w).ok();
             let mut g = sh2.lock();
             g.rows = g.rows.saturating_sub(n);

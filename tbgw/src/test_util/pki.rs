@@ -20,18 +20,45 @@ impl Pki {
     /// When `openssl` is missing or fails (tests only).
     pub fn generate(dir: &Path, prefix: &str) -> Pki {
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let ca_key = format!("{prefix}ca.key");
         let ca_crt = format!("{prefix}ca.crt");
         let mut a = vec!["req", "-x509"];
         a.extend(ec);
-        a.extend(["-keyout", &ca_key, "-out", &ca_crt, "-days", "2", "-subj", "/CN=tbgw test CA"]);
+        a.extend([
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_crt,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tbgw test CA",
+        ]);
         run(&a);
         let ext = format!("{prefix}san.ext");
-        std::fs::write(dir.join(&ext), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write san.ext");
+        std::fs::write(
+            dir.join(&ext),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write san.ext");
         for name in ["server", "client"] {
             let key = format!("{prefix}{name}.key");
             let csr = format!("{prefix}{name}.csr");
@@ -42,8 +69,21 @@ impl Pki {
             r.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
             run(&r);
             run(&[
-                "x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial", "-out", &crt, "-days", "2",
-                "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
             ]);
         }
         Pki {

@@ -314,6 +314,9 @@ impl FileStorage {
             g.closed = true;
         }
         self.shared.sync_cv.notify_all();
+        // Wake readers and blocked writers: they return `Closed`.
+        self.shared.data.notify_waiters();
+        self.shared.space.notify_waiters();
         let handle = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
@@ -511,7 +514,9 @@ impl Shared {
             }
         }
         g.outstanding.retain(|(s, _)| *s > old.last_seq);
-        let _ = write_checkpoint(&self.opts.dir, g.acked_seq);
+        if let Err(e) = write_checkpoint(&self.opts.dir, g.acked_seq) {
+            tracing::warn!(error = %e, "Cannot write the storage checkpoint; dropped records may be sent after a restart.");
+        }
         Ok(lost)
     }
 
@@ -862,6 +867,9 @@ impl EventStorage for FileStorage {
         loop {
             if *rx.borrow_and_update() >= seq {
                 return Ok(());
+            }
+            if self.shared.lock().closed {
+                return Err(StorageError::Closed);
             }
             if rx.changed().await.is_err() {
                 return Err(StorageError::Closed);
