@@ -34,6 +34,8 @@ struct Args {
     seconds: u64,
     storage: String,
     payload: usize,
+    /// ThingsBoard is away for the whole publishing phase (0: no outage).
+    outage: bool,
 }
 
 fn parse_args() -> anyhow::Result<(Option<(u16, u16)>, Args)> {
@@ -59,6 +61,7 @@ fn parse_args() -> anyhow::Result<(Option<(u16, u16)>, Args)> {
             "--seconds" => a.seconds = v()?.parse()?,
             "--storage" => a.storage = v()?,
             "--payload" => a.payload = v()?.parse()?,
+            "--outage" => a.outage = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -302,7 +305,8 @@ async fn run_case(
     spawn: impl FnOnce(u16, u16, &Path) -> anyhow::Result<Child>,
 ) -> anyhow::Result<Result1> {
     let dev = Mosquitto::start_with("max_inflight_messages 1000\nmax_queued_messages 0\n").await?;
-    let tb = Mosquitto::start_with("max_inflight_messages 1000\nmax_queued_messages 0\n").await?;
+    let mut tb =
+        Mosquitto::start_with("max_inflight_messages 1000\nmax_queued_messages 0\n").await?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (rtx, rrx) = tokio::sync::oneshot::channel();
     let counter_task = tokio::spawn(counter(tb.port(), tally.clone(), rtx));
@@ -339,8 +343,67 @@ async fn run_case(
     *tally.lock().unwrap_or_else(|e| e.into_inner()) = Tally::default();
     let (cpu0, _) = proc_usage(pid);
     let started = Instant::now();
+    if a.outage {
+        tb.stop().await?;
+    }
+    // During an outage, sample the forwarder's RSS as the backlog grows.
+    let samples = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let samples2 = samples.clone();
+    let tally2 = tally.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let seen = tally2.lock().unwrap_or_else(|e| e.into_inner()).seen.len() as u64;
+            samples2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((rss, seen));
+        }
+    });
     let published = devices(dev.port(), a).await;
     let offered: u64 = published.iter().sum();
+    let mut drain_secs = None;
+    if a.outage {
+        sampler.abort();
+        let sm = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let at = |i: usize| sm.get(i).map(|x| x.0 as f64 / 1024.0).unwrap_or(f64::NAN);
+        println!(
+            "  RSS during the outage: {:.1} MB after 1 s, {:.1} MB after {} s (backlog growing at the offered rate)",
+            at(0),
+            at(sm.len().saturating_sub(1)),
+            sm.len()
+        );
+        let up = Instant::now();
+        tb.restart().await?;
+        // Drained when everything arrived.
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tally.lock().unwrap_or_else(|e| e.into_inner()).seen.len() as u64 >= offered {
+                drain_secs = Some(up.elapsed().as_secs_f64());
+                break;
+            }
+            if up.elapsed() > Duration::from_secs(300) {
+                break;
+            }
+        }
+        println!(
+            "  outage of {:.1} s: backlog {} messages; drained in {:.1} s ({:.0} msg/s, produced at {:.0} msg/s)",
+            started.elapsed().as_secs_f64() - up.elapsed().as_secs_f64(),
+            offered,
+            drain_secs.unwrap_or(f64::NAN),
+            offered as f64 / drain_secs.unwrap_or(f64::NAN),
+            offered as f64 / a.seconds as f64
+        );
+    } else {
+        sampler.abort();
+    }
     // Drain: wait until everything arrived or nothing moved for 3 s.
     let mut last = 0;
     let mut still = Instant::now();
@@ -358,7 +421,6 @@ async fn run_case(
         }
     }
     let (cpu1, rss) = proc_usage(pid);
-    let _ = started;
     let _ = child.kill().await;
     counter_task.abort();
     let t = tally.lock().unwrap_or_else(|e| e.into_inner());

@@ -910,7 +910,18 @@ impl Connector for MqttConnector {
         > = FuturesOrdered::new();
         let mut delay = Duration::from_millis(500);
         let cancel = cx.cancellation().clone();
+        // PUBACKs due but not yet handed to rumqttc because its request channel was full.
+        // Only the event loop drains that channel, so while this backlog exists the loop below
+        // stops taking new receipts and polls the event loop instead; no PUBACK is dropped.
+        let mut unsent: std::collections::VecDeque<SourcePublish> =
+            std::collections::VecDeque::new();
         loop {
+            while let Some(p) = unsent.front() {
+                if s.client.ack(p).is_err() {
+                    break;
+                }
+                unsent.pop_front();
+            }
             let deadline = s.next_deadline();
             tokio::select! {
                 biased;
@@ -926,21 +937,21 @@ impl Connector for MqttConnector {
                     let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
                     return Ok(());
                 }
-                Some((e, p, outcome)) = pending.next(), if !pending.is_empty() => {
+                Some((e, p, outcome)) = pending.next(), if !pending.is_empty() && unsent.is_empty() => {
                     // A failed store is not acknowledged: the broker redelivers it on reconnect
                     // (persistent sessions) and the connector restarts to get there.
                     if outcome == StoreOutcome::Failed {
                         return Err(ConnectorError::Other("storage failed; reconnecting so the broker redelivers".into()));
                     }
-                    if e == epoch {
-                        if let Err(err) = s.client.ack(&p) {
-                            tracing::warn!(connector = %self.name, error = %err, "Cannot queue a PUBACK to the broker.");
-                        }
+                    if e == epoch && s.client.ack(&p).is_err() {
+                        unsent.push_back(p);
                     }
                 }
                 ev = events.poll() => match ev {
                     Ok(SourceEvent::Connected { session_present }) => {
                         epoch += 1;
+                        // PUBACKs of the previous connection must not go out on this one.
+                        unsent.clear();
                         delay = Duration::from_millis(500);
                         s.connected = true;
                         s.publishes.connected(session_present);
