@@ -2,6 +2,7 @@
 //! lines (RTU and ASCII over socat PTY pairs), pymodbus as the client of slave mode, and
 //! misbehaving devices (silent, late, exceptions, dropped connections).
 
+#![cfg_attr(not(feature = "modbus"), allow(missing_docs))]
 #![cfg(feature = "modbus")]
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! storage has the data, malformed payloads are counted, and the connector survives a broker
 //! restart.
 
+#![cfg_attr(not(feature = "mqtt"), allow(missing_docs))]
 #![cfg(feature = "mqtt")]
 
 use std::sync::atomic::Ordering;

@@ -4,6 +4,9 @@
 //! connector RPCs), several mappings for one message, shared subscriptions, TLS with
 //! generated certificates, back-pressure from a blocking storage, and upstream's sample file.
 
+#![cfg_attr(not(feature = "mqtt"), allow(missing_docs))]
+#![cfg(feature = "mqtt")]
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;

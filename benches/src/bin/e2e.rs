@@ -45,6 +45,7 @@ fn parse_args() -> anyhow::Result<(Option<(u16, u16)>, Args)> {
         seconds: 10,
         storage: "memory".into(),
         payload: 100,
+        outage: false,
     };
     let mut it = std::env::args().skip(1);
     let mut forwarder = None;

@@ -43,6 +43,15 @@ pub enum HttpError {
         /// Why.
         reason: String,
     },
+    /// The connection failed before any response arrived (reset, closed, or a TLS alert such
+    /// as a refused client certificate under TLS 1.3).
+    #[error("no response from {origin}: {reason}")]
+    NoResponse {
+        /// `scheme://host:port`.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
     /// No complete response within the timeout.
     #[error("no response within {0:?}")]
     Timeout(Duration),
@@ -55,11 +64,11 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// True when the server was never reached (so the device counts as unreachable).
+    /// True when no answer came from the server (so the device counts as unreachable).
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            HttpError::Connect { .. } | HttpError::InvalidUrl { .. }
+            HttpError::Connect { .. } | HttpError::InvalidUrl { .. } | HttpError::NoResponse { .. }
         )
     }
 }
@@ -214,55 +223,66 @@ impl HttpClient {
         req: &Outbound,
         body: &Bytes,
     ) -> Result<(StatusCode, Option<String>, Reply), HttpError> {
-        let mut sender = self.connection(&target.key).await?;
-        let path = target
+        let (mut sender, reused) = match self.take_idle(&target.key) {
+            Some(s) => (s, true),
+            None => (self.connect(&target.key).await?, false),
+        };
+        let path: Uri = target
             .uri
             .path_and_query()
             .map(|p| p.as_str())
-            .unwrap_or("/");
-        let mut builder = Request::builder().method(method.clone()).uri(path);
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Protocol(e.to_string()))?;
         let default_port = if target.key.https { 443 } else { 80 };
         let host_header = if target.key.port == default_port {
             target.uri.host().unwrap_or("").to_string()
         } else {
             format!("{}:{}", target.uri.host().unwrap_or(""), target.key.port)
         };
-        let mut has_content_type = false;
-        if let Some(h) = builder.headers_mut() {
-            if let Ok(v) = HeaderValue::from_str(&host_header) {
-                h.insert(hyper::header::HOST, v);
-            }
-            for (k, v) in &req.headers {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) else {
-                    return Err(HttpError::Protocol(format!("invalid header {k}: {v:?}")));
-                };
-                if name == hyper::header::CONTENT_TYPE {
-                    has_content_type = true;
-                }
-                h.append(name, value);
-            }
-            if let Some((u, p)) = &req.basic {
-                if let Ok(v) = HeaderValue::from_str(&super::auth::basic_header(u, p)) {
-                    h.insert(hyper::header::AUTHORIZATION, v);
-                }
-            }
-            if !body.is_empty() && !has_content_type {
-                h.insert(
-                    hyper::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
+        let mut headers = hyper::HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&host_header) {
+            headers.insert(hyper::header::HOST, v);
+        }
+        for (k, v) in &req.headers {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) else {
+                return Err(HttpError::Protocol(format!("invalid header {k}: {v:?}")));
+            };
+            headers.append(name, value);
+        }
+        if let Some((u, p)) = &req.basic {
+            if let Ok(v) = HeaderValue::from_str(&super::auth::basic_header(u, p)) {
+                headers.insert(hyper::header::AUTHORIZATION, v);
             }
         }
-        let request = builder
-            .body(Full::new(body.clone()))
-            .map_err(|e| HttpError::Protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| HttpError::Protocol(e.to_string()))?;
+        if !body.is_empty() && !headers.contains_key(hyper::header::CONTENT_TYPE) {
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let make = || {
+            let mut r = Request::new(Full::new(body.clone()));
+            *r.method_mut() = method.clone();
+            *r.uri_mut() = path.clone();
+            *r.headers_mut() = headers.clone();
+            r
+        };
+        let response = match sender.send_request(make()).await {
+            Ok(r) => r,
+            // An idle connection the server closed meanwhile: once more on a new one.
+            Err(e) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+                sender = self.connect(&target.key).await?;
+                sender
+                    .send_request(make())
+                    .await
+                    .map_err(|e| no_response(&target.key, &e))?
+            }
+            Err(e) => return Err(no_response(&target.key, &e)),
+        };
         let status = response.status();
         let headers = response.headers().clone();
         let keep = !headers
@@ -335,16 +355,8 @@ impl HttpClient {
         Ok(cfg)
     }
 
-    async fn connection(&self, key: &PoolKey) -> Result<SendRequest<Full<Bytes>>, HttpError> {
-        if let Some(s) = self.take_idle(key) {
-            return Ok(s);
-        }
-        let origin = format!(
-            "{}://{}:{}",
-            if key.https { "https" } else { "http" },
-            key.host,
-            key.port
-        );
+    async fn connect(&self, key: &PoolKey) -> Result<SendRequest<Full<Bytes>>, HttpError> {
+        let origin = origin(key);
         let connect_err = |reason: String| HttpError::Connect {
             origin: origin.clone(),
             reason,
@@ -365,6 +377,30 @@ impl HttpClient {
         } else {
             handshake(TokioIo::new(tcp)).await.map_err(connect_err)
         }
+    }
+}
+
+fn origin(key: &PoolKey) -> String {
+    format!(
+        "{}://{}:{}",
+        if key.https { "https" } else { "http" },
+        key.host,
+        key.port
+    )
+}
+
+/// A failure of `send_request`: the connection broke before a response.
+fn no_response(key: &PoolKey, e: &hyper::Error) -> HttpError {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    HttpError::NoResponse {
+        origin: origin(key),
+        reason,
     }
 }
 

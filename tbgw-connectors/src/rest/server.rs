@@ -194,7 +194,11 @@ pub struct Server {
     pub stats: Arc<ConnectorStats>,
     waiters: Mutex<HashMap<String, Vec<Waiter>>>,
     next_waiter: std::sync::atomic::AtomicU64,
+    logged: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct problems logged at warn level; later ones are only counted (and logged at debug).
+const MAX_LOGGED: usize = 100;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -243,6 +247,24 @@ impl Server {
             stats,
             waiters: Mutex::new(HashMap::new()),
             next_waiter: Default::default(),
+            logged: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Logs a refused request: at warn level the first time each distinct reason is seen (up
+    /// to [`MAX_LOGGED`] reasons), at debug level after that; every one is counted by the
+    /// caller.
+    fn refused(&self, status: StatusCode, path: &str, reason: &str) {
+        let key = format!("{} {path}: {reason}", status.as_u16());
+        let first = self
+            .logged
+            .lock()
+            .map(|mut l| l.len() < MAX_LOGGED && l.insert(key))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(connector = %self.name, status = status.as_u16(), path, error = reason, "Request refused (logged once per distinct reason; all are counted).");
+        } else {
+            tracing::debug!(connector = %self.name, status = status.as_u16(), path, error = reason, "Request refused.");
         }
     }
 
@@ -256,9 +278,10 @@ impl Server {
             .next_waiter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut w) = self.waiters.lock() {
-            w.entry(device.to_string())
-                .or_default()
-                .push(Waiter { id, attribute, tx });
+            let list = w.entry(device.to_string()).or_default();
+            // Requests whose client went away leave closed senders behind.
+            list.retain(|x| !x.tx.is_closed());
+            list.push(Waiter { id, attribute, tx });
         }
         (id, rx)
     }
@@ -305,13 +328,11 @@ impl Server {
         let mut delivered = 0;
         let mut keep = Vec::new();
         for waiter in list.drain(..) {
-            match waiter.attribute.as_deref().and_then(|a| values.get(a)) {
-                Some(v) => {
-                    if waiter.tx.send(v.clone()).is_ok() {
-                        delivered += 1;
-                    }
-                }
-                None => keep.push(waiter),
+            let answer = waiter.attribute.as_deref().and_then(|a| values.get(a));
+            if let Some(v) = answer {
+                delivered += usize::from(waiter.tx.send(v.clone()).is_ok());
+            } else if !waiter.tx.is_closed() {
+                keep.push(waiter);
             }
         }
         *list = keep;
@@ -363,6 +384,12 @@ impl Server {
                 .get(hyper::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
             if !auth.check(header) {
+                self.stats.add_errors(1);
+                self.refused(
+                    StatusCode::UNAUTHORIZED,
+                    parts.uri.path(),
+                    "missing or wrong credentials",
+                );
                 let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized");
                 r.headers_mut().insert(
                     WWW_AUTHENTICATE,
@@ -377,6 +404,12 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
+            self.stats.add_errors(1);
+            self.refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                parts.uri.path(),
+                "body above the limit",
+            );
             return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
         }
         if let Some(q) = parts.uri.query() {
@@ -390,17 +423,29 @@ impl Server {
         let body = match Limited::new(incoming, self.max_body).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
+                self.stats.add_errors(1);
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
+                    self.refused(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        parts.uri.path(),
+                        "body above the limit",
+                    );
                     return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
                 }
+                self.refused(
+                    StatusCode::BAD_REQUEST,
+                    parts.uri.path(),
+                    &format!("cannot read the body: {e}"),
+                );
                 return text(StatusCode::BAD_REQUEST, "Cannot read the request body");
             }
         };
         self.stats.add_messages_received(1);
         if let Err(e) = merge_body(content_type.as_deref(), &body, &mut params) {
             self.stats.add_convert_errors(1);
+            self.refused(StatusCode::BAD_REQUEST, parts.uri.path(), &e.to_string());
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
         let data = Json::Object(params);
@@ -437,6 +482,11 @@ impl Server {
             Ok(d) => d,
             Err(e) => {
                 self.stats.add_convert_errors(1);
+                self.refused(
+                    StatusCode::BAD_REQUEST,
+                    &format!("/{}", path.join("/")),
+                    &e.to_string(),
+                );
                 return text(StatusCode::BAD_REQUEST, e.to_string());
             }
         };
@@ -460,10 +510,18 @@ impl Server {
             Ok(StoreOutcome::Stored) => None,
             Ok(StoreOutcome::Dropped(_)) | Err(_) => {
                 self.stats.add_errors(1);
+                let path = format!("/{}", path.join("/"));
+                self.refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &path,
+                    "storage did not take the data in time",
+                );
                 Some(StatusCode::SERVICE_UNAVAILABLE)
             }
             Ok(StoreOutcome::Failed) => {
                 self.stats.add_errors(1);
+                let path = format!("/{}", path.join("/"));
+                self.refused(StatusCode::INTERNAL_SERVER_ERROR, &path, "storage failed");
                 Some(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };

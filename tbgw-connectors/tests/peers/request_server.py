@@ -1,6 +1,7 @@
 """HTTP(S) test peer for the tbgw Request and REST connectors (Python standard library only).
 
-Usage: request_server.py PORT [CERT KEY]
+Usage: request_server.py PORT [CERT KEY [CLIENT_CA]]   (https; with CLIENT_CA, client
+certificates signed by it are required)
 
 Endpoints:
   GET  /data                 a JSON reading
@@ -134,6 +135,9 @@ def main():
     if len(sys.argv) >= 4:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        if len(sys.argv) >= 5:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(sys.argv[4])
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("READY", flush=True)
     server.serve_forever()

@@ -190,9 +190,13 @@ pub fn from_config(
             Ok(Arc::new(FileStorage::open(o)?))
         }
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Arc::new(SqliteStorage::open(SqliteOptions::from_config(cfg, config_dir))?)),
+        "sqlite" => Ok(Arc::new(SqliteStorage::open(SqliteOptions::from_config(
+            cfg, config_dir,
+        ))?)),
         #[cfg(feature = "rocksdb")]
-        "rocksdb" => Ok(Arc::new(RocksDbStorage::open(RocksDbOptions::from_config(cfg, config_dir))?)),
+        "rocksdb" => Ok(Arc::new(RocksDbStorage::open(
+            RocksDbOptions::from_config(cfg, config_dir),
+        )?)),
         _ => Ok(Arc::new(MemoryStorage::new(
             cfg.max_records_count,
             cfg.read_records_count,
