@@ -138,7 +138,7 @@ async fn wait_until_flowing(dev: &AsyncClient, tb: &TbStandIn) {
             "sensor/probe/data",
             QoS::AtLeastOnce,
             false,
-            json!({"seq": -1}).to_string(),
+            json!({"seq": -1, "temp": 0, "relay": false, "model": "probe"}).to_string(),
         )
         .await
         .unwrap();
