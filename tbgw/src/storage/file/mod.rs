@@ -46,6 +46,8 @@ use crate::model::{now_millis, DeviceData};
 use segment::{Scanner, Step};
 
 const CHECKPOINT: &str = "checkpoint";
+/// Least time between two checkpoint writes.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Settings of a [`FileStorage`].
 #[derive(Debug, Clone)]
@@ -128,6 +130,9 @@ struct State {
     corrupt: u64,
     expired: u64,
     checkpoint_failed: bool,
+    /// When the checkpoint was last written, and whether it is behind `acked_seq`.
+    checkpoint_at: Instant,
+    checkpoint_dirty: bool,
 }
 
 #[derive(Debug)]
@@ -278,6 +283,8 @@ impl FileStorage {
             corrupt,
             expired: 0,
             checkpoint_failed: false,
+            checkpoint_at: Instant::now(),
+            checkpoint_dirty: false,
         };
         if corrupt > 0 {
             tracing::warn!(dir = %opts.dir.display(), records = corrupt, "Skipped corrupt or missing records while opening the file storage.");
@@ -312,6 +319,9 @@ impl FileStorage {
         {
             let mut g = self.shared.lock();
             g.closed = true;
+            if g.checkpoint_dirty {
+                self.shared.write_checkpoint_now(&mut g);
+            }
         }
         self.shared.sync_cv.notify_all();
         // Wake readers and blocked writers: they return `Closed`.
@@ -474,6 +484,22 @@ fn group_commit(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    fn write_checkpoint_now(&self, g: &mut State) {
+        match write_checkpoint(&self.opts.dir, g.acked_seq) {
+            Ok(()) => {
+                g.checkpoint_failed = false;
+                g.checkpoint_dirty = false;
+            }
+            Err(e) => {
+                if !g.checkpoint_failed {
+                    tracing::warn!(error = %e, "Cannot write the storage checkpoint; delivered records may be sent again after a restart.");
+                }
+                g.checkpoint_failed = true;
+            }
+        }
+        g.checkpoint_at = Instant::now();
+    }
+
     fn unacked(&self, g: &State) -> u64 {
         g.next_seq - 1 - g.acked_seq
     }
@@ -812,14 +838,12 @@ impl EventStorage for FileStorage {
                 g.outstanding.pop_front();
             }
             sh.delete_acked_segments(&mut g);
-            match write_checkpoint(&sh.opts.dir, g.acked_seq) {
-                Ok(()) => g.checkpoint_failed = false,
-                Err(e) => {
-                    if !g.checkpoint_failed {
-                        tracing::warn!(error = %e, "Cannot write the storage checkpoint; delivered records may be sent again after a restart.");
-                    }
-                    g.checkpoint_failed = true;
-                }
+            // The checkpoint is written at most every CHECKPOINT_INTERVAL: a stale one only
+            // means records are sent again after a crash, and writing it on every ack costs a
+            // file create + rename per batch on the delivery path.
+            g.checkpoint_dirty = true;
+            if g.checkpoint_at.elapsed() >= CHECKPOINT_INTERVAL {
+                sh.write_checkpoint_now(&mut g);
             }
         }
         sh.space.notify_waiters();
