@@ -126,12 +126,14 @@ impl Tally {
 /// (`{"dev-N": [{"ts", "values": {"seq", "sent"}}]}`) or raw device payloads (forwarder).
 async fn counter(port: u16, tally: Arc<Mutex<Tally>>, ready: tokio::sync::oneshot::Sender<()>) {
     let (c, mut ev) = client("bench-counter", port, 1000);
-    let _ = c
-        .subscribe_many([Filter::new("v1/gateway/telemetry", QoS::AtLeastOnce)])
-        .await;
     let mut ready = Some(ready);
     loop {
         match ev.poll().await {
+            // (Re)subscribe on every connection: ThingsBoard may restart (--outage).
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ =
+                    c.try_subscribe_many([Filter::new("v1/gateway/telemetry", QoS::AtLeastOnce)]);
+            }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
