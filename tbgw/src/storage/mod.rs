@@ -156,6 +156,59 @@ pub trait EventStorage: Send + Sync + 'static {
     fn read_batch_size(&self) -> usize;
 }
 
+/// One stored record as a database backend read it.
+#[cfg(any(feature = "sqlite", feature = "rocksdb"))]
+pub(crate) enum Fetched {
+    /// A decoded record.
+    Record(DeviceData),
+    /// Older than the TTL: skipped.
+    Expired,
+    /// Does not decode: skipped.
+    Corrupt,
+}
+
+/// Splits a fetched page into the records to hand out and the numbers of expired and corrupt
+/// ones skipped. A skipped row at or below `counted_through` was counted by an earlier read
+/// (before a rewind) and is not counted again.
+#[cfg(any(feature = "sqlite", feature = "rocksdb"))]
+pub(crate) fn sort_fetched(
+    rows: Vec<(u64, Fetched)>,
+    counted_through: u64,
+) -> (Vec<Record>, u64, u64) {
+    let (mut corrupt, mut expired) = (0u64, 0u64);
+    let mut records = Vec::with_capacity(rows.len());
+    for (seq, row) in rows {
+        let fresh = u64::from(seq > counted_through);
+        match row {
+            Fetched::Record(d) => records.push(Arc::new(d)),
+            Fetched::Expired => expired += fresh,
+            Fetched::Corrupt => corrupt += fresh,
+        }
+    }
+    (records, expired, corrupt)
+}
+
+/// Records shared by the storage backends' unit tests: `rec(n)` carries `n`, `n_of` reads it.
+#[cfg(test)]
+pub(crate) mod test_records {
+    use crate::model::{DeviceData, Value};
+
+    /// A record for one of three devices carrying the number `n`.
+    pub(crate) fn rec(n: i64) -> DeviceData {
+        let mut d = DeviceData::new(format!("dev-{}", n % 3), "t");
+        d.push_telemetry(1_700_000_000_000 + n, "n", Value::Int(n));
+        d
+    }
+
+    /// The number a [`rec`] carries.
+    pub(crate) fn n_of(d: &DeviceData) -> i64 {
+        match d.telemetry[0].values[0].1 {
+            Value::Int(n) => n,
+            _ => panic!("not a test record"),
+        }
+    }
+}
+
 /// Opens the storage the `storage` section describes; relative folders are taken relative to
 /// `config_dir`. Durable storages recover what is on disk.
 pub fn from_config(

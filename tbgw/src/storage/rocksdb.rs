@@ -37,7 +37,9 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, Write
 use tokio::sync::{watch, Notify};
 
 use super::codec;
-use super::{Batch, EventStorage, FullPolicy, PutReport, Record, StorageError, StorageStats};
+use super::{
+    sort_fetched, Batch, EventStorage, Fetched, FullPolicy, PutReport, StorageError, StorageStats,
+};
 use crate::model::{now_millis, DeviceData};
 
 const CF_RECORDS: &str = "records";
@@ -212,13 +214,6 @@ fn parse_value(v: &[u8]) -> Option<(i64, u64, &[u8])> {
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
     db.cf_handle(name)
         .ok_or_else(|| StorageError::Database(format!("column family `{name}` is missing")))
-}
-
-/// One record as read.
-enum Item {
-    Record(DeviceData),
-    Expired,
-    Corrupt,
 }
 
 impl RocksDbStorage {
@@ -520,7 +515,7 @@ impl Shared {
         cursor: u64,
         max: usize,
         cutoff: Option<i64>,
-    ) -> Result<Vec<(u64, Item)>, StorageError> {
+    ) -> Result<Vec<(u64, Fetched)>, StorageError> {
         self.with_db(|db| {
             let recs = cf(db, CF_RECORDS)?;
             let from = key(cursor + 1);
@@ -529,9 +524,11 @@ impl Shared {
                 let (k, v) = kv.map_err(|e| db_err("cannot read records", e))?;
                 let Some(seq) = seq_of(&k) else { continue };
                 let item = match parse_value(&v) {
-                    None => Item::Corrupt,
-                    Some((ts, _, _)) if cutoff.is_some_and(|c| ts < c) => Item::Expired,
-                    Some((_, _, body)) => codec::decode(body).map_or(Item::Corrupt, Item::Record),
+                    None => Fetched::Corrupt,
+                    Some((ts, _, _)) if cutoff.is_some_and(|c| ts < c) => Fetched::Expired,
+                    Some((_, _, body)) => {
+                        codec::decode(body).map_or(Fetched::Corrupt, Fetched::Record)
+                    }
                 };
                 out.push((seq, item));
                 if out.len() >= max {
@@ -770,16 +767,7 @@ impl EventStorage for RocksDbStorage {
                 g.cursor = g.cursor.max(last_seq);
                 continue;
             };
-            let (mut corrupt, mut expired) = (0u64, 0u64);
-            let mut records: Vec<Record> = Vec::with_capacity(items.len());
-            for (seq, item) in items {
-                let fresh = seq > g.counted_through;
-                match item {
-                    Item::Record(d) => records.push(Arc::new(d)),
-                    Item::Expired => expired += u64::from(fresh),
-                    Item::Corrupt => corrupt += u64::from(fresh),
-                }
-            }
+            let (records, expired, corrupt) = sort_fetched(items, g.counted_through);
             g.counted_through = g.counted_through.max(last);
             g.cursor = last;
             g.corrupt += corrupt;

@@ -38,7 +38,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{watch, Notify};
 
 use super::codec;
-use super::{Batch, EventStorage, FullPolicy, PutReport, Record, StorageError, StorageStats};
+use super::{
+    sort_fetched, Batch, EventStorage, Fetched, FullPolicy, PutReport, StorageError, StorageStats,
+};
 use crate::model::{now_millis, DeviceData};
 
 /// Name of the database file in the data folder (as upstream).
@@ -403,13 +405,6 @@ impl Drop for SqliteStorage {
     }
 }
 
-/// One row as read: its id and what became of it.
-enum Row {
-    Record(DeviceData),
-    Expired,
-    Corrupt,
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
@@ -534,7 +529,7 @@ impl Shared {
         cursor: u64,
         max: usize,
         ttl_cutoff: Option<i64>,
-    ) -> Result<Vec<(u64, Row)>, StorageError> {
+    ) -> Result<Vec<(u64, Fetched)>, StorageError> {
         let r = lock(&self.reader);
         let mut st = r
             .prepare_cached(
@@ -551,13 +546,13 @@ impl Shared {
                 .map_err(|e| db_err("cannot read a record id", e))?;
             let ts: Option<i64> = row.get(1).unwrap_or(None);
             let item = if ttl_cutoff.is_some_and(|c| ts.is_some_and(|t| t < c)) {
-                Row::Expired
+                Fetched::Expired
             } else {
                 match row.get_ref(2) {
                     Ok(rusqlite::types::ValueRef::Blob(b)) => {
-                        codec::decode(b).map_or(Row::Corrupt, Row::Record)
+                        codec::decode(b).map_or(Fetched::Corrupt, Fetched::Record)
                     }
-                    _ => Row::Corrupt,
+                    _ => Fetched::Corrupt,
                 }
             };
             out.push((id.max(0) as u64, item));
@@ -826,16 +821,7 @@ impl EventStorage for SqliteStorage {
                 g.cursor = g.cursor.max(last_seq);
                 continue;
             };
-            let (mut corrupt, mut expired) = (0u64, 0u64);
-            let mut records: Vec<Record> = Vec::with_capacity(rows.len());
-            for (id, row) in rows {
-                let fresh = id > g.counted_through;
-                match row {
-                    Row::Record(d) => records.push(Arc::new(d)),
-                    Row::Expired => expired += u64::from(fresh),
-                    Row::Corrupt => corrupt += u64::from(fresh),
-                }
-            }
+            let (records, expired, corrupt) = sort_fetched(rows, g.counted_through);
             g.counted_through = g.counted_through.max(last_id);
             g.cursor = last_id;
             g.corrupt += corrupt;

@@ -1,19 +1,7 @@
 use super::*;
-use crate::model::Value;
 use proptest::prelude::*;
 
-fn rec(n: i64) -> DeviceData {
-    let mut d = DeviceData::new(format!("dev-{}", n % 3), "t");
-    d.push_telemetry(1_700_000_000_000 + n, "n", Value::Int(n));
-    d
-}
-
-fn n_of(d: &DeviceData) -> i64 {
-    match d.telemetry[0].values[0].1 {
-        Value::Int(n) => n,
-        _ => panic!("not a test record"),
-    }
-}
+use crate::storage::test_records::{n_of, rec};
 
 fn opts(dir: &Path) -> RocksDbOptions {
     let mut o = RocksDbOptions::new(dir);
