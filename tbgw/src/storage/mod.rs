@@ -188,27 +188,6 @@ pub(crate) fn sort_fetched(
     (records, expired, corrupt)
 }
 
-/// Records shared by the storage backends' unit tests: `rec(n)` carries `n`, `n_of` reads it.
-#[cfg(test)]
-pub(crate) mod test_records {
-    use crate::model::{DeviceData, Value};
-
-    /// A record for one of three devices carrying the number `n`.
-    pub(crate) fn rec(n: i64) -> DeviceData {
-        let mut d = DeviceData::new(format!("dev-{}", n % 3), "t");
-        d.push_telemetry(1_700_000_000_000 + n, "n", Value::Int(n));
-        d
-    }
-
-    /// The number a [`rec`] carries.
-    pub(crate) fn n_of(d: &DeviceData) -> i64 {
-        match d.telemetry[0].values[0].1 {
-            Value::Int(n) => n,
-            _ => panic!("not a test record"),
-        }
-    }
-}
-
 /// Opens the storage the `storage` section describes; relative folders are taken relative to
 /// `config_dir`. Durable storages recover what is on disk.
 pub fn from_config(
@@ -255,5 +234,26 @@ pub fn from_config(
             cfg.read_records_count,
             cfg.full_policy,
         ))),
+    }
+}
+
+/// Records shared by the storage backends' unit tests: `rec(n)` carries `n`, `n_of` reads it.
+#[cfg(test)]
+pub(crate) mod test_records {
+    use crate::model::{DeviceData, Value};
+
+    /// A record for one of three devices carrying the number `n`.
+    pub(crate) fn rec(n: i64) -> DeviceData {
+        let mut d = DeviceData::new(format!("dev-{}", n % 3), "t");
+        d.push_telemetry(1_700_000_000_000 + n, "n", Value::Int(n));
+        d
+    }
+
+    /// The number a [`rec`] carries.
+    pub(crate) fn n_of(d: &DeviceData) -> i64 {
+        match d.telemetry[0].values[0].1 {
+            Value::Int(n) => n,
+            _ => panic!("not a test record"),
+        }
     }
 }
