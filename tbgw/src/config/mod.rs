@@ -11,6 +11,7 @@
 mod env;
 mod error;
 pub mod parse;
+mod services;
 mod storage;
 mod thingsboard;
 
@@ -21,6 +22,10 @@ use serde::Deserialize;
 
 pub use env::apply_env_overrides;
 pub use error::{ConfigError, ConfigErrors, IgnoredKey};
+pub use services::{
+    AggregationFunction, DeviceActivityConfig, DeviceFilteringConfig, ProvisioningConfig,
+    ReportStrategyConfig, ReportType, StatisticsConfig,
+};
 pub use storage::{StorageConfig, STORAGE_TYPES};
 pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
 

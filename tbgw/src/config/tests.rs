@@ -191,18 +191,8 @@ fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
     let file = upstream_dir().join("tb_gateway.json");
     let loaded = load_with_env(&file, &no_env()).expect("upstream's sample must load");
     for key in [
-        "thingsboard.remoteShell",
-        "thingsboard.remoteConfiguration",
         "thingsboard.latencyDebugMode",
-        "thingsboard.statistics",
-        "thingsboard.deviceFiltering",
         "thingsboard.minPackSizeToSend",
-        "thingsboard.checkConnectorsConfigurationInSeconds",
-        "thingsboard.handleDeviceRenaming",
-        "thingsboard.reportStrategy",
-        "thingsboard.checkingDeviceActivity",
-        "thingsboard.rateLimits",
-        "thingsboard.dpRateLimits",
         "grpc",
         // Keys of the other storage types, meaningless for `memory`.
         "storage.data_folder_path",
@@ -285,8 +275,8 @@ connectors:
     assert_eq!(loaded.connectors[0].name, "MQTT Broker Connector");
     assert_eq!(loaded.connectors[0].connector_type, "mqtt");
     assert_eq!(loaded.connectors[0].config, mqtt_connector_file());
-    assert_ignored(&loaded, &file, "thingsboard.remoteShell");
-    assert_ignored(&loaded, &file, "thingsboard.rateLimits");
+    assert!(!loaded.gateway.thingsboard.remote_shell);
+    assert_not_ignored(&loaded, "thingsboard.remoteShell");
     assert_ignored(&loaded, &file, "storage.data_folder_path");
     assert_ignored(&loaded, &file, "grpc");
 }
@@ -768,8 +758,7 @@ fn tb_gw_rate_limits_sets_every_message_and_telemetry_limit() {
     assert_eq!(raw["thingsboard"]["deviceRateLimits"], json!("5:1"));
     assert_eq!(raw["thingsboard"]["dpRateLimits"], json!("100:1"));
 
-    // Through the loader the limits are accepted (and reported as not used by tbgw, which
-    // follows the limits ThingsBoard announces).
+    // Through the loader the limits land in the typed section.
     let dir = TempDir::new().expect("tempdir");
     let file = write(
         dir.path(),
@@ -778,14 +767,16 @@ fn tb_gw_rate_limits_sets_every_message_and_telemetry_limit() {
     );
     let loaded = load_with_env(&file, &env(&[("TB_GW_RATE_LIMITS", "10:1,300:60")]))
         .unwrap_or_else(|e| panic!("must load, got:\n{e}"));
-    for key in [
-        "thingsboard.rateLimits",
-        "thingsboard.messagesRateLimits",
-        "thingsboard.deviceRateLimits",
-        "thingsboard.deviceMessagesRateLimits",
+    let tb = &loaded.gateway.thingsboard;
+    for v in [
+        &tb.rate_limits,
+        &tb.messages_rate_limits,
+        &tb.device_rate_limits,
+        &tb.device_messages_rate_limits,
     ] {
-        assert_ignored(&loaded, &file, key);
+        assert_eq!(v.as_deref(), Some("10:1,300:60"));
     }
+    assert!(loaded.ignored.iter().all(|k| !k.key.contains("RateLimits")));
 }
 
 #[test]

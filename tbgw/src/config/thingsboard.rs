@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::services::{
+    DeviceActivityConfig, DeviceFilteringConfig, ProvisioningConfig, ReportStrategyConfig,
+    StatisticsConfig,
+};
 use super::ConfigError;
 
 /// The `thingsboard` section: where ThingsBoard is and how to talk to it.
@@ -41,6 +45,67 @@ pub struct ThingsBoardConfig {
     /// ThingsBoard's `maxInflightMessages`).
     #[serde(default = "default_inflight")]
     pub max_inflight_messages: usize,
+    /// General report strategy (`ON_RECEIVED` when absent).
+    #[serde(default)]
+    pub report_strategy: Option<ReportStrategyConfig>,
+    /// Statistics published to the gateway device.
+    #[serde(default)]
+    pub statistics: StatisticsConfig,
+    /// Allow and deny lists of device names per connector.
+    #[serde(default)]
+    pub device_filtering: DeviceFilteringConfig,
+    /// Disconnecting idle devices.
+    #[serde(default)]
+    pub checking_device_activity: DeviceActivityConfig,
+    /// Accept configuration from ThingsBoard's shared attributes (default false here; upstream's
+    /// sample turns it on).
+    #[serde(default)]
+    pub remote_configuration: bool,
+    /// Remote shell RPCs. Off unless `true`: they run any command as the gateway's user.
+    #[serde(default)]
+    pub remote_shell: bool,
+    /// tbgw extension: allow the `gateway_reboot` RPC to reboot the machine (default false).
+    #[serde(default)]
+    pub allow_reboot: bool,
+    /// Apply ThingsBoard's `gateway_device_renamed` notifications (default true). Upstream
+    /// reads this key from the wrong level, so it is always on there; tbgw honours it here.
+    #[serde(default = "yes")]
+    pub handle_device_renaming: bool,
+    /// Request a device's shared attributes when it connects and hand them to its connector
+    /// (default true).
+    #[serde(default = "yes")]
+    pub sync_devices_shared_attributes_on_connect: bool,
+    /// How often connector files are checked for changes, in seconds (default 60; 0: never).
+    #[serde(default = "default_check_connectors")]
+    pub check_connectors_configuration_in_seconds: u64,
+    /// Client-side limit of the gateway's own non-telemetry messages (`"10:1,300:60"`).
+    #[serde(default)]
+    pub messages_rate_limits: Option<String>,
+    /// Client-side limit of the gateway's own telemetry messages.
+    #[serde(default)]
+    pub rate_limits: Option<String>,
+    /// Client-side limit of the gateway's own telemetry datapoints.
+    #[serde(default)]
+    pub dp_rate_limits: Option<String>,
+    /// Client-side limit of devices' non-telemetry messages.
+    #[serde(default)]
+    pub device_messages_rate_limits: Option<String>,
+    /// Client-side limit of devices' telemetry and attribute messages.
+    #[serde(default)]
+    pub device_rate_limits: Option<String>,
+    /// Client-side limit of devices' datapoints.
+    #[serde(default)]
+    pub device_dp_rate_limits: Option<String>,
+    /// Device-key provisioning, used when no `security` section is given.
+    #[serde(default)]
+    pub provisioning: Option<ProvisioningConfig>,
+}
+
+const fn yes() -> bool {
+    true
+}
+const fn default_check_connectors() -> u64 {
+    60
 }
 
 fn default_host() -> String {
@@ -80,6 +145,23 @@ impl Default for ThingsBoardConfig {
             keep_alive: default_keep_alive(),
             session_limits_timeout_ms: default_session_limits_timeout(),
             max_inflight_messages: default_inflight(),
+            report_strategy: None,
+            statistics: StatisticsConfig::default(),
+            device_filtering: DeviceFilteringConfig::default(),
+            checking_device_activity: DeviceActivityConfig::default(),
+            remote_configuration: false,
+            remote_shell: false,
+            allow_reboot: false,
+            handle_device_renaming: true,
+            sync_devices_shared_attributes_on_connect: true,
+            check_connectors_configuration_in_seconds: default_check_connectors(),
+            messages_rate_limits: None,
+            rate_limits: None,
+            dp_rate_limits: None,
+            device_messages_rate_limits: None,
+            device_rate_limits: None,
+            device_dp_rate_limits: None,
+            provisioning: None,
         }
     }
 }
