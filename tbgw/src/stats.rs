@@ -17,6 +17,12 @@ macro_rules! counters {
                 #[doc = concat!("Adds `n` to `", stringify!($field), "`.")]
                 pub fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
             )*
+
+            /// Every counter with its field name, in declaration order (for statistics
+            /// telemetry and the Prometheus endpoint).
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(Relaxed)),)*]
+            }
         }
     };
 }
@@ -64,6 +70,24 @@ counters! {
         rpc_timeouts => add_rpc_timeouts,
         /// Messages from ThingsBoard that were our own publishes echoed back by the broker.
         echoes_ignored => add_echoes_ignored,
+        /// Device data records dropped by device filtering (deny/allow lists).
+        devices_filtered => add_devices_filtered,
+        /// Devices disconnected by the inactivity checker.
+        inactivity_disconnects => add_inactivity_disconnects,
+        /// Values held back by a report strategy (not changed, or waiting for their period).
+        report_suppressed => add_report_suppressed,
+        /// Periodic reports emitted by a report strategy.
+        report_periodic => add_report_periodic,
+        /// Service RPCs to the gateway device handled (`gateway_*`).
+        service_rpcs => add_service_rpcs,
+        /// Remote configuration updates applied.
+        remote_config_applied => add_remote_config_applied,
+        /// Remote configuration updates rejected or rolled back.
+        remote_config_rejected => add_remote_config_rejected,
+        /// Log records sent to ThingsBoard by remote logging.
+        remote_log_records => add_remote_log_records,
+        /// Log records dropped by remote logging (queue full).
+        remote_log_dropped => add_remote_log_dropped,
     }
 }
 
