@@ -21,6 +21,12 @@ pub struct DeviceEntry {
     pub device_type: String,
     /// The connector reported the device offline.
     pub disconnected: bool,
+    /// The name ThingsBoard knows the device by, after a `gateway_device_renamed`
+    /// notification (`None`: not renamed).
+    pub renamed_to: Option<String>,
+    /// When data or a connect for the device was last seen (ms since the epoch; 0: not since
+    /// the gateway started). Not persisted.
+    pub last_seen_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,6 +63,10 @@ pub enum Observed {
 pub struct DeviceRegistry {
     path: Option<PathBuf>,
     devices: HashMap<String, DeviceEntry>,
+    /// ThingsBoard name → original name, for every renamed device.
+    reverse: HashMap<String, String>,
+    /// Renames for devices not seen yet.
+    pending_renames: HashMap<String, String>,
     dirty: bool,
 }
 
@@ -96,6 +106,8 @@ impl DeviceRegistry {
                                 .unwrap_or("default")
                                 .to_string(),
                             disconnected: false,
+                            renamed_to: a.get(2).and_then(Json::as_str).map(str::to_string),
+                            last_seen_ms: 0,
                         }),
                         other => {
                             serde_json::from_value::<StoredEntry>(other)
@@ -104,6 +116,8 @@ impl DeviceRegistry {
                                     connector: Arc::from(s.connector_name.as_str()),
                                     device_type: s.device_type,
                                     disconnected: s.disconnected,
+                                    renamed_to: s.renaming,
+                                    last_seen_ms: 0,
                                 })
                         }
                     };
@@ -121,13 +135,30 @@ impl DeviceRegistry {
                 tracing::warn!(file = %path.display(), error = %e, "The device registry is not valid JSON; starting empty.")
             }
         }
+        reg.reverse = reg
+            .devices
+            .iter()
+            .filter_map(|(n, e)| e.renamed_to.as_ref().map(|r| (r.clone(), n.clone())))
+            .collect();
         reg
     }
 
     /// Records that `connector` sent data for (or connected) `device`.
     pub fn observe(&mut self, device: &str, device_type: &str, connector: &Arc<str>) -> Observed {
+        self.observe_at(device, device_type, connector, 0)
+    }
+
+    /// Like [`observe`](Self::observe), and records `now_ms` as the device's last activity.
+    pub fn observe_at(
+        &mut self,
+        device: &str,
+        device_type: &str,
+        connector: &Arc<str>,
+        now_ms: i64,
+    ) -> Observed {
         match self.devices.get_mut(device) {
             Some(e) => {
+                e.last_seen_ms = e.last_seen_ms.max(now_ms);
                 let type_changed = !device_type.is_empty() && e.device_type != device_type;
                 if e.connector != *connector || type_changed || e.disconnected {
                     e.connector = connector.clone();
@@ -152,6 +183,8 @@ impl DeviceRegistry {
                             device_type.to_string()
                         },
                         disconnected: false,
+                        renamed_to: self.pending_renames.remove(device),
+                        last_seen_ms: now_ms,
                     },
                 );
                 self.dirty = true;
@@ -184,13 +217,18 @@ impl DeviceRegistry {
         self.devices.get(device)
     }
 
-    /// Devices that are not marked offline, with their profiles.
+    /// Devices that are not marked offline, by ThingsBoard name, with their profiles.
     pub fn connected(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self
             .devices
             .iter()
             .filter(|(_, e)| !e.disconnected)
-            .map(|(n, e)| (n.clone(), e.device_type.clone()))
+            .map(|(n, e)| {
+                (
+                    e.renamed_to.clone().unwrap_or_else(|| n.clone()),
+                    e.device_type.clone(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -204,6 +242,87 @@ impl DeviceRegistry {
     /// True when no device is known.
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    /// The name ThingsBoard knows `device` by: its new name if it was renamed.
+    pub fn tb_name<'a>(&'a self, device: &'a str) -> &'a str {
+        match self.devices.get(device).and_then(|e| e.renamed_to.as_deref()) {
+            Some(n) => n,
+            None => device,
+        }
+    }
+
+    /// True when some device is renamed (the publish path only maps names then).
+    pub fn has_renames(&self) -> bool {
+        !self.reverse.is_empty()
+    }
+
+    /// The connector's name for a device ThingsBoard calls `tb_name` (the original name of a
+    /// renamed device, otherwise the name itself).
+    pub fn original_name<'a>(&'a self, tb_name: &'a str) -> &'a str {
+        self.reverse.get(tb_name).map_or(tb_name, String::as_str)
+    }
+
+    /// Applies ThingsBoard's `gateway_device_renamed`: `old` (the name ThingsBoard knew, which
+    /// may itself be a rename) is now `new`. A device not seen yet keeps the rename for when it
+    /// appears. Returns the original (connector-side) name.
+    pub fn rename(&mut self, old: &str, new: &str) -> String {
+        let original = self.original_name(old).to_string();
+        self.reverse.remove(old);
+        match self.devices.get_mut(&original) {
+            Some(e) => {
+                e.renamed_to = (new != original).then(|| new.to_string());
+            }
+            None => {
+                self.pending_renames.insert(original.clone(), new.to_string());
+            }
+        }
+        if new != original {
+            self.reverse.insert(new.to_string(), original.clone());
+        }
+        self.dirty = true;
+        original
+    }
+
+    /// Applies ThingsBoard's `gateway_device_deleted`: forgets the device (by its ThingsBoard
+    /// name) and any rename. Its next data announces it again. Returns false if unknown.
+    pub fn remove(&mut self, tb_name: &str) -> bool {
+        let original = self.original_name(tb_name).to_string();
+        self.reverse.remove(tb_name);
+        self.pending_renames.remove(&original);
+        let found = self.devices.remove(&original).is_some();
+        self.dirty |= found;
+        found
+    }
+
+    /// Every known device with its owner, by ThingsBoard name (for `gateway_devices`).
+    pub fn owners(&self) -> Vec<(String, Arc<str>)> {
+        let mut v: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(n, e)| (e.renamed_to.clone().unwrap_or_else(|| n.clone()), e.connector.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Connected devices whose last activity is older than `cutoff_ms` and that were seen
+    /// since the gateway started (original names).
+    pub fn idle_since(&self, cutoff_ms: i64) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|(_, e)| !e.disconnected && e.last_seen_ms > 0 && e.last_seen_ms < cutoff_ms)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Devices owned by `connector` (original names).
+    pub fn devices_of(&self, connector: &str) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|(_, e)| &*e.connector == connector)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Writes the file if something changed since the last write (atomically: a temporary
@@ -227,7 +346,7 @@ impl DeviceRegistry {
                         connector_id: None,
                         device_type: e.device_type.clone(),
                         disconnected: e.disconnected,
-                        renaming: None,
+                        renaming: e.renamed_to.clone(),
                     },
                 )
             })

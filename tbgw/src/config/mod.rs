@@ -163,7 +163,7 @@ pub fn load_with_env(
             });
         }
         let cfile = dir.join(&entry.configuration);
-        let mut value = match parse::read_file(&cfile) {
+        let value = match parse::read_file(&cfile) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(ConfigError::new(
@@ -174,32 +174,13 @@ pub fn load_with_env(
                 continue;
             }
         };
-        if let Some(obj) = value.as_object_mut() {
-            for k in COMMON_CONNECTOR_KEYS {
-                obj.remove(*k);
+        match connector_spec(&entry.name, &entry.connector_type, &cfile, value) {
+            Ok((spec, ign)) => {
+                ignored.extend(ign);
+                connectors.push(spec);
             }
-            for k in COMMON_CONNECTOR_KEYS_IGNORED {
-                if obj.remove(*k).is_some() {
-                    ignored.push(IgnoredKey {
-                        file: cfile.clone(),
-                        key: (*k).to_string(),
-                    });
-                }
-            }
-        } else {
-            errors.push(ConfigError::new(
-                &cfile,
-                "",
-                "a connector file must be a JSON object",
-            ));
-            continue;
+            Err(e) => errors.push(e),
         }
-        connectors.push(ConnectorSpec {
-            name: entry.name.clone(),
-            connector_type: entry.connector_type.clone(),
-            file: cfile,
-            config: value,
-        });
     }
 
     match (errors.is_empty(), credentials) {
@@ -213,6 +194,45 @@ pub fn load_with_env(
         }),
         _ => Err(ConfigErrors(errors)),
     }
+}
+
+/// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
+/// connector file may carry (`name`, `id`, ...) and reports the common keys tbgw does not use.
+/// Used at load, by hot reload and by remote configuration.
+pub fn connector_spec(
+    name: &str,
+    connector_type: &str,
+    file: &Path,
+    mut value: serde_json::Value,
+) -> Result<(ConnectorSpec, Vec<IgnoredKey>), ConfigError> {
+    let mut ignored = Vec::new();
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ConfigError::new(
+            file,
+            "",
+            "a connector file must be a JSON object",
+        ));
+    };
+    for k in COMMON_CONNECTOR_KEYS {
+        obj.remove(*k);
+    }
+    for k in COMMON_CONNECTOR_KEYS_IGNORED {
+        if obj.remove(*k).is_some() {
+            ignored.push(IgnoredKey {
+                file: file.to_path_buf(),
+                key: (*k).to_string(),
+            });
+        }
+    }
+    Ok((
+        ConnectorSpec {
+            name: name.to_string(),
+            connector_type: connector_type.to_string(),
+            file: file.to_path_buf(),
+            config: value,
+        },
+        ignored,
+    ))
 }
 
 #[cfg(test)]
