@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tbgw::config;
+use tbgw::service::remote_log::{remote_logging, RemoteLogHandle};
 use tbgw::Gateway;
 
 #[derive(Parser, Debug)]
@@ -52,13 +53,19 @@ enum Command {
     },
 }
 
-fn init_logging(level: &str) {
+/// Logs to stderr, and to ThingsBoard when it sets `RemoteLoggingLevel` (the returned handle).
+fn init_logging(level: &str) -> RemoteLogHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let (remote, handle) = remote_logging();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(remote)
         .try_init();
+    handle
 }
 
 fn main() -> ExitCode {
@@ -67,7 +74,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info",
     };
-    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    let remote_log = init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async {
         match cli.command {
-            Command::Run { config } => run(&config).await,
+            Command::Run { config } => run(&config, remote_log).await,
             Command::Check { config } => check(&config),
             Command::Demo { duration } => match demo::run(duration).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -131,7 +138,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(path: &Path) -> ExitCode {
+async fn run(path: &Path, remote_log: RemoteLogHandle) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -142,6 +149,7 @@ async fn run(path: &Path) -> ExitCode {
     let gateway = match Gateway::builder()
         .factories(tbgw_connectors::factories())
         .config(loaded)
+        .remote_logging(remote_log)
         .build()
     {
         Ok(g) => g,
@@ -156,10 +164,32 @@ async fn run(path: &Path) -> ExitCode {
     };
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "tbgw starting.");
     let report = gateway.run(shutdown_signal()).await;
+    if report.restart_requested {
+        restart_self();
+    }
     if report.clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    }
+}
+
+/// `gateway_restart`: replaces this process with a fresh copy of itself, same arguments.
+/// Returns only if that fails (the caller then exits and a service manager may restart it).
+fn restart_self() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let exe = std::env::current_exe()
+            .ok()
+            .or_else(|| args.next().map(PathBuf::from));
+        let rest: Vec<_> = std::env::args_os().skip(1).collect();
+        if let Some(exe) = exe {
+            tracing::warn!(exe = %exe.display(), "Restarting.");
+            let e = std::process::Command::new(&exe).args(rest).exec();
+            eprintln!("tbgw: restart failed: {e}");
+        }
     }
 }
 

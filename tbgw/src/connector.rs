@@ -43,6 +43,14 @@ pub trait Connector: Send + 'static {
     /// error the connector cannot recover from by itself (then returns `Err`, and the gateway
     /// calls `run` again after a backoff).
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError>;
+
+    /// Shared attribute keys of its devices the connector acts on (its attribute-update
+    /// keys). When a device connects, the gateway requests these from ThingsBoard and hands
+    /// them to the connector as an attribute update (`syncDevicesSharedAttributesOnConnect`).
+    /// Empty (the default): no sync.
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a connector's configuration looks like to a factory: the entry of `connectors[]` in the
@@ -123,6 +131,11 @@ impl ConnectorContext {
     /// Fires when the connector must stop.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// A new token for the next run (the supervisor stops one run to replace the connector).
+    pub(crate) fn set_cancellation(&mut self, token: CancellationToken) {
+        self.cancel = token;
     }
 
     /// The connector's counters.

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
 use crate::connector::{Connector, ConnectorContext, ConnectorFactory};
-use crate::registry::DeviceRegistry;
+use crate::registry::{DeviceRegistry, Observed};
+use crate::service::filter::DeviceFilter;
+use crate::service::manager::{ConnectorCommand, Manager, PROBATION};
+use crate::service::remote_log::RemoteLogHandle;
+use crate::service::{ServiceEvent, Services};
 use crate::stats::{ConnectorStats, GatewayStats};
 use crate::storage::{EventStorage, MemoryStorage};
 use crate::tb::{Control, Routes, Shared, TbClient, TbOptions};
@@ -39,6 +44,8 @@ const UPLINK_CAPACITY: usize = 1024;
 const DOWNLINK_CAPACITY: usize = 256;
 /// Capacity of the control channel to the ThingsBoard client.
 const CONTROL_CAPACITY: usize = 1024;
+/// Capacity of the channel to the services task.
+const SERVICE_CAPACITY: usize = 256;
 /// Most uplink messages the ingest task writes to storage in one `put`.
 const INGEST_BATCH: usize = 512;
 
@@ -55,6 +62,9 @@ struct ConnectorSlot {
     name: Arc<str>,
     connector_type: Arc<str>,
     connector: Box<dyn Connector>,
+    /// The connector file and its content, for connectors from the configuration.
+    file: Option<PathBuf>,
+    config: serde_json::Value,
 }
 
 /// Builds a [`Gateway`].
@@ -77,6 +87,7 @@ pub struct GatewayBuilder {
     shutdown_timeout: Option<Duration>,
     rpc_timeout: Option<Duration>,
     tb_options: Option<TbOptions>,
+    remote_log: Option<RemoteLogHandle>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -122,7 +133,17 @@ impl GatewayBuilder {
             name: Arc::from(name),
             connector_type: Arc::from(connector_type),
             connector,
+            file: None,
+            config: serde_json::Value::Null,
         });
+        self
+    }
+
+    /// Sends log records to ThingsBoard at the level it sets (`RemoteLoggingLevel`); install
+    /// the matching layer from [`remote_logging`](crate::service::remote_log::remote_logging)
+    /// in the application's `tracing` subscriber.
+    pub fn remote_logging(mut self, handle: RemoteLogHandle) -> Self {
+        self.remote_log = Some(handle);
         self
     }
 
@@ -231,6 +252,8 @@ impl GatewayBuilder {
                             name: Arc::from(spec.name.as_str()),
                             connector_type: Arc::from(spec.connector_type.as_str()),
                             connector: c,
+                            file: Some(spec.file.clone()),
+                            config: spec.config.clone(),
                         });
                     }
                     Err(e) => errors.push(e),
@@ -257,6 +280,43 @@ impl GatewayBuilder {
             .iter()
             .map(|c| (c.name.to_string(), Arc::new(ConnectorStats::default())))
             .collect();
+        let (tb_config, config_file, config_dir) = match &self.config {
+            Some(c) => (
+                c.gateway.thingsboard.clone(),
+                Some(c.file.clone()),
+                Some(c.dir.clone()),
+            ),
+            None => {
+                // Without a configuration file: statistics telemetry and file-based services
+                // are off; service RPCs still work.
+                let mut t = crate::config::ThingsBoardConfig::default();
+                t.statistics.enable = false;
+                t.check_connectors_configuration_in_seconds = 0;
+                (t, None, None)
+            }
+        };
+        let device_filter = if tb_config.device_filtering.enable {
+            let dir = config_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            let name = tb_config
+                .device_filtering
+                .filter_file
+                .clone()
+                .unwrap_or_else(|| "list.json".into());
+            let path = crate::config::resolve_path(&dir, &name);
+            match DeviceFilter::load(&path) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return Err(ConfigErrors(vec![ConfigError::new(
+                        config_file.clone().unwrap_or_default(),
+                        "thingsboard.deviceFiltering.filterFile",
+                        e.to_string(),
+                    )])
+                    .into())
+                }
+            }
+        } else {
+            None
+        };
         let gateway = Gateway {
             tb_options,
             storage,
@@ -266,6 +326,12 @@ impl GatewayBuilder {
             shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             rpc_timeout: self.rpc_timeout.unwrap_or(Duration::from_secs(30)),
             connector_stats,
+            factories: Arc::new(self.factories),
+            tb_config,
+            config_file,
+            config_dir,
+            device_filter,
+            remote_log: self.remote_log,
         };
         Ok((gateway, all_ignored))
     }
@@ -281,6 +347,12 @@ pub struct Gateway {
     connector_stats: HashMap<String, Arc<ConnectorStats>>,
     shutdown_timeout: Duration,
     rpc_timeout: Duration,
+    factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
+    tb_config: crate::config::ThingsBoardConfig,
+    config_file: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
+    device_filter: Option<DeviceFilter>,
+    remote_log: Option<RemoteLogHandle>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -303,6 +375,9 @@ pub struct ShutdownReport {
     pub clean: bool,
     /// Records still in storage, not confirmed by ThingsBoard.
     pub undelivered: usize,
+    /// ThingsBoard asked for a restart (`gateway_restart`): the application should start the
+    /// gateway again (the `tbgw` binary re-executes itself).
+    pub restart_requested: bool,
 }
 
 impl Gateway {
@@ -337,17 +412,29 @@ impl Gateway {
             mut connector_stats,
             shutdown_timeout,
             rpc_timeout,
+            factories,
+            tb_config,
+            config_file,
+            config_dir,
+            device_filter,
+            remote_log,
         } = self;
         let tasks = TaskTracker::new();
         let root = CancellationToken::new();
         let connectors_token = root.child_token();
         let client_token = CancellationToken::new();
+        let services_token = CancellationToken::new();
+        let restart = CancellationToken::new();
+        let restart_requested = Arc::new(AtomicBool::new(false));
 
         let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CAPACITY);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let (service_tx, service_rx) = mpsc::channel(SERVICE_CAPACITY);
 
         let mut routes = Routes::default();
         let mut contexts = Vec::new();
+        let mut manager = Manager::new(factories);
+        let mut shared_keys = HashMap::new();
         for slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
             routes
@@ -370,7 +457,19 @@ impl Gateway {
                 connectors_token.child_token(),
                 cstats,
             );
-            contexts.push((slot, cx));
+            let (ctx, crx) = mpsc::channel(4);
+            manager.add(
+                slot.name.clone(),
+                slot.connector_type.clone(),
+                slot.file.clone(),
+                slot.config.clone(),
+                ctx,
+            );
+            let keys = slot.connector.shared_attribute_keys();
+            if !keys.is_empty() {
+                shared_keys.insert(slot.name.clone(), keys);
+            }
+            contexts.push((slot, cx, crx));
         }
         drop(uplink_tx);
 
@@ -379,14 +478,58 @@ impl Gateway {
             routes,
             stats: stats.clone(),
             rpc_timeout,
+            service: Some(service_tx.clone()),
         });
+
+        let mut cstats_list: Vec<(String, Arc<ConnectorStats>)> = connector_stats
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        cstats_list.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(addr) = tb_config.statistics.prometheus_address.clone() {
+            let sources = crate::service::prometheus::Sources {
+                gateway: stats.clone(),
+                connectors: cstats_list.clone(),
+                storage: storage.clone(),
+            };
+            match crate::service::prometheus::serve(&addr, sources, services_token.clone()).await {
+                Ok(a) => tracing::info!(address = %a, "Prometheus metrics served on /metrics."),
+                Err(e) => {
+                    tracing::error!(address = %addr, error = %e, "Cannot serve Prometheus metrics.")
+                }
+            }
+        }
 
         let ingest = tokio::spawn(ingest(
             uplink_rx,
             storage.clone(),
             shared.clone(),
             control_tx.clone(),
+            Ingest {
+                filter: device_filter,
+                service: service_tx,
+                sync_shared: !shared_keys.is_empty()
+                    && tb_config.sync_devices_shared_attributes_on_connect,
+            },
         ));
+        let services = Services {
+            cfg: tb_config,
+            config_file,
+            config_dir,
+            shared: shared.clone(),
+            control: control_tx.clone(),
+            events: service_rx,
+            storage: storage.clone(),
+            stats: stats.clone(),
+            connector_stats: cstats_list,
+            manager,
+            shared_keys,
+            remote_log,
+            restart: restart.clone(),
+            restart_requested: restart_requested.clone(),
+            cancel: services_token.clone(),
+        };
+        let services_task = tokio::spawn(services.run());
         let client = TbClient {
             opts: tb_options,
             storage: storage.clone(),
@@ -399,16 +542,21 @@ impl Gateway {
         let client_task = tokio::spawn(client.run());
 
         let mut connector_tasks = Vec::new();
-        for (slot, cx) in contexts {
-            connector_tasks.push(tokio::spawn(supervise(slot, cx)));
+        for (slot, cx, crx) in contexts {
+            connector_tasks.push(tokio::spawn(supervise(slot, cx, crx)));
         }
 
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = restart.cancelled() => tracing::warn!("Restarting the gateway as ThingsBoard asked."),
+        }
         tracing::info!("Shutting down.");
         let deadline = Instant::now() + shutdown_timeout;
         let mut clean = true;
 
-        // 1. Connectors.
+        // 1. Services (no more connector replacements), then connectors.
+        services_token.cancel();
+        let _ = tokio::time::timeout_at(deadline, services_task).await;
         connectors_token.cancel();
         for t in connector_tasks {
             if tokio::time::timeout_at(deadline, t).await.is_err() {
@@ -444,28 +592,130 @@ impl Gateway {
         }
         let undelivered = storage.stats().len;
         tracing::info!(clean, undelivered, "Gateway stopped.");
-        ShutdownReport { clean, undelivered }
+        ShutdownReport {
+            clean,
+            undelivered,
+            restart_requested: restart_requested.load(Ordering::SeqCst),
+        }
     }
 }
 
-/// Runs one connector, restarting it with backoff after an error or a panic.
-async fn supervise(slot: ConnectorSlot, mut cx: ConnectorContext) {
+/// A replacement connector on probation: the previous connector, who waits for the verdict,
+/// and when probation ends.
+type Probation = (
+    Box<dyn Connector>,
+    oneshot::Sender<Result<(), String>>,
+    Instant,
+);
+
+/// What a connector's run ended with.
+enum RunEnd {
+    Finished(std::thread::Result<Result<(), crate::connector::ConnectorError>>),
+    Command(ConnectorCommand),
+}
+
+/// Runs one connector, restarting it with backoff after an error or a panic, and applies
+/// replace / stop / start commands (hot reload, remote configuration, `active_connectors`).
+async fn supervise(
+    slot: ConnectorSlot,
+    mut cx: ConnectorContext,
+    mut commands: mpsc::Receiver<ConnectorCommand>,
+) {
     let ConnectorSlot {
         name,
         mut connector,
         ..
     } = slot;
+    let parent = cx.cancellation().clone();
     let span = tracing::info_span!("connector", name = %name);
     let mut delay = Duration::from_secs(1);
+    let mut stopped = false;
+    // A replacement on probation: the previous connector and who waits for the verdict.
+    let mut probation: Option<Probation> = None;
     loop {
-        let started = Instant::now();
-        let result = {
-            let _enter = span.enter();
-            std::panic::AssertUnwindSafe(connector.run(&mut cx)).catch_unwind()
+        if stopped {
+            tokio::select! {
+                _ = parent.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    None => break,
+                    Some(ConnectorCommand::Start) => stopped = false,
+                    Some(ConnectorCommand::Stop(tx)) => { let _ = tx.send(()); continue; }
+                    Some(ConnectorCommand::Replace(c, tx)) => {
+                        connector = c;
+                        stopped = false;
+                        let _ = tx.send(Ok(()));
+                    }
+                },
+            }
         }
-        .await;
-        if cx.cancellation().is_cancelled() {
+        let run_token = parent.child_token();
+        cx.set_cancellation(run_token.clone());
+        let started = Instant::now();
+        let end = {
+            let fut = {
+                let _enter = span.enter();
+                std::panic::AssertUnwindSafe(connector.run(&mut cx)).catch_unwind()
+            };
+            tokio::pin!(fut);
+            let probation_end = probation.as_ref().map(|p| p.2).unwrap_or_else(Instant::now);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break RunEnd::Finished(r),
+                    _ = tokio::time::sleep_until(probation_end), if probation.is_some() => {
+                        if let Some((_, tx, _)) = probation.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    cmd = commands.recv(), if !parent.is_cancelled() => {
+                        let Some(cmd) = cmd else { continue };
+                        run_token.cancel();
+                        if tokio::time::timeout(Duration::from_secs(10), &mut fut).await.is_err() {
+                            tracing::warn!(connector = %name, "Connector did not stop within 10 s; dropping it.");
+                        }
+                        break RunEnd::Command(cmd);
+                    }
+                }
+            }
+        };
+        if parent.is_cancelled() {
+            if let Some((_, tx, _)) = probation.take() {
+                let _ = tx.send(Err("the gateway is shutting down".into()));
+            }
             break;
+        }
+        let result = match end {
+            RunEnd::Command(cmd) => {
+                if let Some((_, tx, _)) = probation.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                match cmd {
+                    ConnectorCommand::Replace(c, tx) => {
+                        let old = std::mem::replace(&mut connector, c);
+                        probation = Some((old, tx, Instant::now() + PROBATION));
+                    }
+                    ConnectorCommand::Stop(tx) => {
+                        stopped = true;
+                        let _ = tx.send(());
+                    }
+                    ConnectorCommand::Start => {}
+                }
+                delay = Duration::from_secs(1);
+                continue;
+            }
+            RunEnd::Finished(r) => r,
+        };
+        let reason = match &result {
+            Ok(Ok(())) => "stopped by itself".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "panicked".to_string(),
+        };
+        if let Some((old, tx, _)) = probation.take() {
+            // The replacement failed on probation: put the previous connector back at once.
+            tracing::error!(connector = %name, reason = %reason, "New connector configuration failed; rolled back to the previous one.");
+            connector = old;
+            cx.stats().add_restarts(1);
+            let _ = tx.send(Err(format!("the new configuration failed: {reason}")));
+            continue;
         }
         match result {
             Ok(Ok(())) => {
@@ -484,11 +734,19 @@ async fn supervise(slot: ConnectorSlot, mut cx: ConnectorContext) {
         }
         let wait = delay + delay.mul_f64(fastrand::f64() * 0.3);
         tokio::select! {
-            _ = cx.cancellation().cancelled() => break,
+            _ = parent.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(60));
     }
+}
+
+/// Data-path services of the ingest task.
+struct Ingest {
+    filter: Option<DeviceFilter>,
+    service: mpsc::Sender<ServiceEvent>,
+    /// Some connector wants shared attributes synced when its devices connect.
+    sync_shared: bool,
 }
 
 /// Takes uplink messages, registers devices and writes data to storage, in batches.
@@ -502,6 +760,7 @@ async fn ingest(
     storage: Arc<dyn EventStorage>,
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
+    mut ing: Ingest,
 ) {
     let mut msgs = Vec::with_capacity(INGEST_BATCH);
     let mut pending: VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)> = VecDeque::new();
@@ -512,7 +771,7 @@ async fn ingest(
                 if n == 0 {
                     break;
                 }
-                absorb(&mut msgs, &storage, &shared, &control, &mut pending).await;
+                absorb(&mut msgs, &storage, &shared, &control, &mut pending, &mut ing).await;
             }
             r = storage.wait_durable(front.unwrap_or(0)), if front.is_some() => {
                 let seq = front.unwrap_or(0);
@@ -552,9 +811,12 @@ async fn absorb(
     shared: &Shared,
     control: &mpsc::Sender<Control>,
     pending: &mut VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)>,
+    ing: &mut Ingest,
 ) {
     let mut records = Vec::new();
     let mut acks = Vec::new();
+    let now = crate::model::now_millis();
+    let mut connected = Vec::new();
     {
         let mut reg = shared.registry();
         for m in msgs.drain(..) {
@@ -566,7 +828,16 @@ async fn absorb(
                 } => {
                     let n = data.len();
                     for d in data {
-                        reg.observe(&d.device_name, &d.device_type, &connector);
+                        if let Some(f) = &mut ing.filter {
+                            if !f.allows(&connector, &d.device_name) {
+                                shared.stats.add_devices_filtered(1);
+                                continue;
+                            }
+                        }
+                        let o = reg.observe_at(&d.device_name, &d.device_type, &connector, now);
+                        if ing.sync_shared && o != Observed::Known {
+                            connected.push((d.device_name.clone(), connector.clone()));
+                        }
                         records.push(d);
                     }
                     if let Some(a) = ack {
@@ -578,7 +849,16 @@ async fn absorb(
                     device,
                     device_type,
                 } => {
-                    reg.observe(&device, &device_type, &connector);
+                    if let Some(f) = &mut ing.filter {
+                        if !f.allows(&connector, &device) {
+                            shared.stats.add_devices_filtered(1);
+                            continue;
+                        }
+                    }
+                    let o = reg.observe_at(&device, &device_type, &connector, now);
+                    if ing.sync_shared && o != Observed::Known {
+                        connected.push((device.clone(), connector.clone()));
+                    }
                     let _ = control.try_send(Control::Connect {
                         device,
                         device_type,
@@ -608,6 +888,11 @@ async fn absorb(
         if let Err(e) = reg.persist_if_dirty() {
             tracing::warn!(error = %e, "Cannot write the device registry.");
         }
+    }
+    for (device, connector) in connected {
+        let _ = ing
+            .service
+            .try_send(ServiceEvent::DeviceConnected { device, connector });
     }
     // Receipts of messages with no records are due as soon as everything before them is.
     let durable_floor = pending.back().map(|p| p.0).unwrap_or(0);

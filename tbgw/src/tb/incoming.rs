@@ -50,6 +50,9 @@ impl TbClient {
             }
             topic::ME_ATTRIBUTES => {
                 tracing::debug!(attributes = %json, "Shared attributes of the gateway device changed.");
+                // The gateway's own client attributes echoed by a plain broker carry no shared
+                // key the services act on; they ignore unknown keys and unchanged values.
+                self.to_service(crate::service::ServiceEvent::SharedAttributes(json));
             }
             t if t.starts_with(topic::ME_RPC_RESPONSE) => {
                 let id: Option<u64> = t[topic::ME_RPC_RESPONSE.len()..].parse().ok();
@@ -64,6 +67,7 @@ impl TbClient {
             }
             t if t.starts_with(topic::ME_ATTRIBUTES_RESPONSE) => {
                 tracing::debug!(response = %json, "Attribute response for the gateway device.");
+                self.to_service(crate::service::ServiceEvent::AttributesResponse(json));
             }
             _ => tracing::debug!(topic, "Ignoring a message on an unexpected topic."),
         }
@@ -101,6 +105,8 @@ impl TbClient {
             self.shared.stats.add_echoes_ignored(1);
             return;
         };
+        let device = self.shared.registry().original_name(device).to_string();
+        let device = device.as_str();
         let Some(route) = self.route_for(device) else {
             self.shared.stats.add_downlink_errors(1);
             tracing::warn!(
@@ -137,7 +143,7 @@ impl TbClient {
         };
         let params = data.get("params").cloned().unwrap_or(Json::Null);
         let timeout = rpc_timeout(&params, data, self.shared.rpc_timeout);
-        let device = device.to_string();
+        let device = self.shared.registry().original_name(device).to_string();
         let Some(route) = self.route_for(&device) else {
             self.reply(
                 Some(device.clone()),
@@ -184,6 +190,14 @@ impl TbClient {
         let method = method.strip_prefix("gateway_").map_or(method, |m| m);
         if method == "ping" {
             self.reply(None, id, json!({"code": 200, "resp": "pong"}));
+            return;
+        }
+        if crate::service::SERVICE_METHODS.contains(&method) && self.shared.service.is_some() {
+            self.to_service(crate::service::ServiceEvent::Rpc {
+                id,
+                method: method.to_string(),
+                params,
+            });
             return;
         }
         // Connector RPC: `<connectorType>_<method>` goes to the first connector of that type.

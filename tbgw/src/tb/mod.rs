@@ -55,6 +55,8 @@ pub(crate) mod topic {
     pub const ME_ATTRIBUTES_RESPONSE: &str = "v1/devices/me/attributes/response/";
     pub const ME_RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
     pub const ME_RPC_RESPONSE: &str = "v1/devices/me/rpc/response/";
+    pub const ME_TELEMETRY: &str = "v1/devices/me/telemetry";
+    pub const ME_ATTRIBUTES_REQUEST: &str = "v1/devices/me/attributes/request/";
 }
 
 /// Settings of the ThingsBoard client, from the `thingsboard` section.
@@ -138,6 +140,16 @@ pub(crate) enum Control {
         keys: Vec<String>,
         reply: oneshot::Sender<Json>,
     },
+    /// A message of the gateway device itself (statistics, client attributes, logs, its own
+    /// attribute requests). Dropped while ThingsBoard is not connected.
+    MePublish {
+        topic: String,
+        payload: Json,
+    },
+    /// ThingsBoard deleted the device: announce it again when it next sends data.
+    Forget {
+        device: String,
+    },
 }
 
 /// Where downlink requests go: connector name → (type, sender).
@@ -154,6 +166,8 @@ pub(crate) struct Shared {
     pub stats: Arc<GatewayStats>,
     /// How long a connector gets to answer an RPC.
     pub rpc_timeout: Duration,
+    /// The gateway services task (service RPCs, gateway shared attributes, session ready).
+    pub service: Option<mpsc::Sender<crate::service::ServiceEvent>>,
 }
 
 impl Shared {
@@ -447,6 +461,7 @@ impl TbClient {
     /// Session limits received or timed out: announce devices and start draining storage.
     fn become_ready(&mut self, s: &mut Session) -> Result<(), String> {
         s.ready = true;
+        self.to_service(crate::service::ServiceEvent::Ready);
         self.storage.rewind();
         let devices = self.shared.registry().connected();
         for (device, device_type) in devices {
@@ -486,6 +501,7 @@ impl TbClient {
         s: &mut Session,
         batch: crate::storage::Batch,
     ) -> Result<(), String> {
+        let batch = self.renamed(batch);
         // Devices seen for the first time in this session are announced first; MQTT keeps the
         // order of publishes on one connection, so ThingsBoard knows the device before its data.
         for r in &batch.records {
@@ -521,6 +537,30 @@ impl TbClient {
         let done = s.tracker.drain_empty();
         self.ack_storage(done).await;
         Ok(())
+    }
+
+    /// Records of renamed devices carry the name ThingsBoard knows them by.
+    fn renamed(&self, mut batch: crate::storage::Batch) -> crate::storage::Batch {
+        let reg = self.shared.registry();
+        if reg.has_renames() {
+            for r in &mut batch.records {
+                let n = reg.tb_name(&r.device_name);
+                if n != r.device_name {
+                    let n = n.to_string();
+                    std::sync::Arc::make_mut(r).device_name = n;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Hands an event to the services task (dropped if it is busy).
+    pub(crate) fn to_service(&self, ev: crate::service::ServiceEvent) {
+        if let Some(tx) = &self.shared.service {
+            if tx.try_send(ev).is_err() {
+                tracing::debug!("The services task is busy; event dropped.");
+            }
+        }
     }
 
     async fn ack_storage(&self, done: Vec<tracker::Completed>) {
@@ -577,11 +617,13 @@ impl TbClient {
                 device,
                 device_type,
             } => {
+                let device = self.shared.registry().tb_name(&device).to_string();
                 if s.ready {
                     self.announce(s, &device, &device_type)?;
                 }
             }
             Control::Disconnect { device } => {
+                let device = self.shared.registry().tb_name(&device).to_string();
                 if s.ready {
                     let payload = json!({ "device": device }).to_string().into_bytes();
                     let qos = s.qos;
@@ -590,6 +632,7 @@ impl TbClient {
                 s.announced.remove(&device);
             }
             Control::RpcReply { device, id, data } => {
+                let device = device.map(|d| self.shared.registry().tb_name(&d).to_string());
                 let (topic, payload) = match device {
                     Some(device) => (
                         topic::RPC.to_string(),
@@ -615,6 +658,7 @@ impl TbClient {
                 s.next_attr_id += 1;
                 s.pending_attr.retain(|_, tx| !tx.is_closed());
                 s.pending_attr.insert(id, reply);
+                let device = self.shared.registry().tb_name(&device).to_string();
                 let payload = json!({"id": id, "device": device, "client": client, "keys": keys});
                 self.publish(
                     s,
@@ -623,6 +667,21 @@ impl TbClient {
                     QoS::AtLeastOnce,
                     Token::Other,
                 )?;
+            }
+            Control::MePublish { topic, payload } => {
+                if s.ready {
+                    let qos = s.qos;
+                    self.publish(
+                        s,
+                        topic,
+                        payload.to_string().into_bytes(),
+                        qos,
+                        Token::Other,
+                    )?;
+                }
+            }
+            Control::Forget { device } => {
+                s.announced.remove(&device);
             }
         }
         Ok(())

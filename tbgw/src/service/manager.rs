@@ -1,0 +1,224 @@
+//! Running connectors can be replaced, stopped and started while the gateway runs: by hot
+//! reload (a changed connector file), by remote configuration and by `active_connectors`.
+//!
+//! Each connector's supervisor task takes [`ConnectorCommand`]s. A replacement runs on
+//! probation: if the new connector fails or panics within [`PROBATION`], the supervisor puts
+//! the old one back and the command is answered with the error (roll back). Buffered data is
+//! never touched: it is in storage, and the connector's downlink channel and counters stay the
+//! same across replacements.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{connector_spec, parse, IgnoredKey};
+use crate::connector::{Connector, ConnectorFactory};
+
+/// How long a replacement connector must run without failing before it is kept.
+pub(crate) const PROBATION: Duration = Duration::from_secs(3);
+
+/// A request to a connector's supervisor.
+pub(crate) enum ConnectorCommand {
+    /// Run this connector instead; answer once it survived probation (or was rolled back).
+    Replace(Box<dyn Connector>, oneshot::Sender<Result<(), String>>),
+    /// Stop the connector (it stays stopped until `Start` or `Replace`).
+    Stop(oneshot::Sender<()>),
+    /// Start a stopped connector again.
+    Start,
+}
+
+impl std::fmt::Debug for ConnectorCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectorCommand::Replace(..) => "Replace",
+            ConnectorCommand::Stop(_) => "Stop",
+            ConnectorCommand::Start => "Start",
+        })
+    }
+}
+
+/// The manager's view of one connector.
+#[derive(Debug)]
+pub(crate) struct ConnectorHandle {
+    pub name: Arc<str>,
+    pub connector_type: Arc<str>,
+    /// The connector file, for connectors from the configuration.
+    pub file: Option<PathBuf>,
+    /// The file's content as last applied (for remote configuration echoes).
+    pub config: serde_json::Value,
+    pub modified: Option<SystemTime>,
+    pub commands: mpsc::Sender<ConnectorCommand>,
+    pub running: bool,
+}
+
+/// Builds, replaces, stops and starts connectors.
+pub(crate) struct Manager {
+    pub factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
+    pub handles: Vec<ConnectorHandle>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("handles", &self.handles)
+            .finish_non_exhaustive()
+    }
+}
+
+fn modified(p: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl Manager {
+    pub(crate) fn new(factories: Arc<Vec<Box<dyn ConnectorFactory>>>) -> Self {
+        Manager {
+            factories,
+            handles: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        name: Arc<str>,
+        connector_type: Arc<str>,
+        file: Option<PathBuf>,
+        config: serde_json::Value,
+        commands: mpsc::Sender<ConnectorCommand>,
+    ) {
+        let m = file.as_deref().and_then(modified);
+        self.handles.push(ConnectorHandle {
+            name,
+            connector_type,
+            file,
+            config,
+            modified: m,
+            commands,
+            running: true,
+        });
+    }
+
+    /// Validates a connector file's content and builds the connector. Errors are
+    /// `file: key: reason` lines.
+    pub(crate) fn build(
+        &self,
+        handle: &ConnectorHandle,
+        file: &std::path::Path,
+        value: serde_json::Value,
+    ) -> Result<(Box<dyn Connector>, Vec<IgnoredKey>), String> {
+        let (spec, mut ignored) = connector_spec(&handle.name, &handle.connector_type, file, value)
+            .map_err(|e| e.to_string())?;
+        let factory = self
+            .factories
+            .iter()
+            .find(|f| f.connector_type() == &*handle.connector_type)
+            .ok_or_else(|| {
+                format!(
+                    "connector type `{}` is not available in this build",
+                    handle.connector_type
+                )
+            })?;
+        let mut keys = Vec::new();
+        let c = factory.build(&spec, &mut keys).map_err(|e| e.to_string())?;
+        ignored.extend(keys.into_iter().map(|key| IgnoredKey {
+            file: file.to_path_buf(),
+            key,
+        }));
+        Ok((c, ignored))
+    }
+
+    /// Replaces connector `idx` with one built from `value`; waits for probation.
+    pub(crate) async fn replace(
+        &mut self,
+        idx: usize,
+        value: serde_json::Value,
+    ) -> Result<(), String> {
+        let handle = &self.handles[idx];
+        let file = handle
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.json", handle.name)));
+        let (connector, ignored) = self.build(handle, &file, value.clone())?;
+        for ig in ignored {
+            tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
+        }
+        let (tx, rx) = oneshot::channel();
+        handle
+            .commands
+            .send(ConnectorCommand::Replace(connector, tx))
+            .await
+            .map_err(|_| "the connector's supervisor is gone".to_string())?;
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err("the connector's supervisor is gone".into()));
+        if r.is_ok() {
+            let h = &mut self.handles[idx];
+            h.config = value;
+            h.running = true;
+        }
+        r
+    }
+
+    /// Stops or starts connectors so that exactly those named in `active` run. Returns the
+    /// names stopped.
+    pub(crate) async fn set_active(&mut self, active: &[String]) -> Vec<Arc<str>> {
+        let mut stopped = Vec::new();
+        for h in &mut self.handles {
+            let want = active.iter().any(|a| a.as_str() == &*h.name);
+            if want && !h.running {
+                if h.commands.send(ConnectorCommand::Start).await.is_ok() {
+                    h.running = true;
+                    tracing::info!(connector = %h.name, "Connector started (active_connectors).");
+                }
+            } else if !want && h.running {
+                let (tx, rx) = oneshot::channel();
+                if h.commands.send(ConnectorCommand::Stop(tx)).await.is_ok() {
+                    let _ = rx.await;
+                    h.running = false;
+                    stopped.push(h.name.clone());
+                    tracing::info!(connector = %h.name, "Connector stopped (active_connectors).");
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Hot reload: every connector whose file changed since it was last applied is rebuilt
+    /// and replaced. A file that does not parse or validate, or a connector that fails on
+    /// probation, leaves the running one in place (logged with file, key and reason).
+    /// Returns (applied, rejected).
+    pub(crate) async fn reload_changed(&mut self) -> (usize, usize) {
+        let (mut applied, mut rejected) = (0, 0);
+        for idx in 0..self.handles.len() {
+            let Some(file) = self.handles[idx].file.clone() else {
+                continue;
+            };
+            let now = modified(&file);
+            if now.is_none() || now == self.handles[idx].modified {
+                continue;
+            }
+            self.handles[idx].modified = now;
+            let name = self.handles[idx].name.clone();
+            let value = match parse::read_file(&file) {
+                Ok(v) => v,
+                Err(e) => {
+                    rejected += 1;
+                    tracing::error!(connector = %name, error = %e, "Changed connector file rejected; the connector keeps its previous configuration.");
+                    continue;
+                }
+            };
+            match self.replace(idx, value).await {
+                Ok(()) => {
+                    applied += 1;
+                    tracing::info!(connector = %name, file = %file.display(), "Connector file changed; connector restarted with the new configuration.");
+                }
+                Err(e) => {
+                    rejected += 1;
+                    tracing::error!(connector = %name, error = %e, "Changed connector file rejected; the connector keeps its previous configuration.");
+                }
+            }
+        }
+        (applied, rejected)
+    }
+}

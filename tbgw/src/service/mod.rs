@@ -1,0 +1,559 @@
+//! Gateway services: what makes tbgw a ThingsBoard gateway rather than a forwarder.
+//!
+//! One task ([`Services::run`]) owns them and talks to the ThingsBoard client through its
+//! control channel:
+//! * statistics telemetry of the gateway device every `statsSendPeriodInSeconds`, machine
+//!   attributes after each connect, and the Prometheus endpoint ([`prometheus`]);
+//! * service RPCs to the gateway device (`gateway_devices`, `gateway_stats`, `gateway_version`,
+//!   `gateway_restart`, `gateway_reboot`, `gateway_device_renamed`, `gateway_device_deleted`,
+//!   remote shell when enabled);
+//! * device inactivity, shared-attribute sync on connect;
+//! * hot reload of connector files and remote configuration ([`manager`], [`remote_config`]);
+//! * remote logging ([`remote_log`]).
+//!
+//! Device filtering ([`filter`]) runs in the ingest task, on the data path.
+
+pub mod filter;
+pub(crate) mod machine;
+pub(crate) mod manager;
+pub(crate) mod prometheus;
+pub(crate) mod remote_config;
+pub mod remote_log;
+mod shell;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ThingsBoardConfig;
+use crate::downlink::{AttributeUpdate, Downlink};
+use crate::stats::{ConnectorStats, GatewayStats};
+use crate::storage::EventStorage;
+use crate::tb::{topic, Control, Shared};
+use manager::Manager;
+use remote_log::RemoteLogHandle;
+
+/// Service RPC methods (after the `gateway_` prefix) the service task answers.
+pub(crate) const SERVICE_METHODS: &[&str] = &[
+    "devices",
+    "stats",
+    "version",
+    "restart",
+    "reboot",
+    "device_renamed",
+    "device_deleted",
+    "remove_provisioned_credentials",
+    "getTermInfo",
+    "sendCommand",
+    "getCommandStatus",
+    "terminateCommand",
+];
+
+/// Events from the ThingsBoard client and the ingest task.
+#[derive(Debug)]
+pub(crate) enum ServiceEvent {
+    /// A session is ready (after every connect).
+    Ready,
+    /// A service RPC to the gateway device.
+    Rpc {
+        id: i64,
+        method: String,
+        params: Json,
+    },
+    /// Shared attributes of the gateway device changed (`v1/devices/me/attributes`).
+    SharedAttributes(Json),
+    /// Answer to the gateway device's own attribute request.
+    AttributesResponse(Json),
+    /// A device became connected (new, or back from disconnected).
+    DeviceConnected { device: String, connector: Arc<str> },
+}
+
+/// Settings and handles the service task needs.
+pub(crate) struct Services {
+    pub cfg: ThingsBoardConfig,
+    /// The main config file and directory (None when built without a config).
+    pub config_file: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
+    pub shared: Arc<Shared>,
+    pub control: mpsc::Sender<Control>,
+    pub events: mpsc::Receiver<ServiceEvent>,
+    pub storage: Arc<dyn EventStorage>,
+    pub stats: Arc<GatewayStats>,
+    pub connector_stats: Vec<(String, Arc<ConnectorStats>)>,
+    pub manager: Manager,
+    /// Shared attribute keys each connector wants synced on connect (`*` = all).
+    pub shared_keys: HashMap<Arc<str>, Vec<String>>,
+    pub remote_log: Option<RemoteLogHandle>,
+    /// Cancelled to stop the gateway for `gateway_restart`.
+    pub restart: CancellationToken,
+    pub restart_requested: Arc<AtomicBool>,
+    pub cancel: CancellationToken,
+}
+
+/// Counter values at the last statistics message, for per-period deltas.
+#[derive(Default)]
+struct Last {
+    gateway: HashMap<&'static str, u64>,
+    connectors: HashMap<(String, &'static str), u64>,
+    cpu: Option<f64>,
+    machine_cpu: Option<(u64, u64)>,
+}
+
+impl Services {
+    pub(crate) async fn run(mut self) {
+        let stats_cfg = self.cfg.statistics.clone();
+        let mut stats_tick = tokio::time::interval(Duration::from_secs(
+            stats_cfg.stats_send_period_in_seconds.max(10),
+        ));
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stats_tick.reset();
+        let activity = self.cfg.checking_device_activity.clone();
+        let mut activity_tick = tokio::time::interval(Duration::from_secs(
+            activity.inactivity_check_period_seconds.max(1),
+        ));
+        activity_tick.reset();
+        let reload_period = self.cfg.check_connectors_configuration_in_seconds;
+        let mut reload_tick = tokio::time::interval(Duration::from_secs(reload_period.max(1)));
+        reload_tick.reset();
+        let mut log_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = Last::default();
+        let mut remote = remote_config::RemoteConfig::default();
+        let mut shell = shell::Shell::default();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                ev = self.events.recv() => match ev {
+                    None => break,
+                    Some(ev) => self.on_event(ev, &mut remote, &mut shell).await,
+                },
+                _ = stats_tick.tick(), if stats_cfg.enable => {
+                    let payload = self.statistics(&mut last);
+                    self.publish(topic::ME_TELEMETRY, payload);
+                }
+                _ = activity_tick.tick(), if activity.check_device_inactivity => {
+                    self.check_inactivity(activity.inactivity_timeout_seconds);
+                }
+                _ = reload_tick.tick(), if reload_period > 0 => {
+                    let (ok, bad) = self.manager.reload_changed().await;
+                    if ok + bad > 0 {
+                        self.stats.add_remote_config_applied(ok as u64);
+                        self.stats.add_remote_config_rejected(bad as u64);
+                    }
+                }
+                _ = log_tick.tick(), if self.remote_log.is_some() => self.flush_remote_logs(),
+            }
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: Json) {
+        if self
+            .control
+            .try_send(Control::MePublish {
+                topic: topic.to_string(),
+                payload,
+            })
+            .is_err()
+        {
+            tracing::debug!(
+                topic,
+                "Gateway device message dropped: the client's queue is full."
+            );
+        }
+    }
+
+    fn reply(&self, id: i64, data: Json) {
+        let _ = self.control.try_send(Control::RpcReply {
+            device: None,
+            id,
+            data,
+        });
+    }
+
+    async fn on_event(
+        &mut self,
+        ev: ServiceEvent,
+        remote: &mut remote_config::RemoteConfig,
+        shell: &mut shell::Shell,
+    ) {
+        match ev {
+            ServiceEvent::Ready => {
+                self.publish(topic::ME_ATTRIBUTES, self.machine_attributes());
+                if self.cfg.remote_configuration {
+                    remote.on_ready(self).await;
+                }
+            }
+            ServiceEvent::Rpc { id, method, params } => {
+                self.stats.add_service_rpcs(1);
+                let reply = self.rpc(&method, params, shell).await;
+                self.reply(id, reply);
+            }
+            ServiceEvent::SharedAttributes(j) => {
+                if let Some(level) = j.get("RemoteLoggingLevel").and_then(Json::as_str) {
+                    self.set_remote_log_level(level);
+                }
+                if self.cfg.remote_configuration {
+                    remote.on_shared(self, &j).await;
+                }
+            }
+            ServiceEvent::AttributesResponse(j) => {
+                let shared = j.get("shared").cloned().unwrap_or(Json::Null);
+                if let Some(level) = shared.get("RemoteLoggingLevel").and_then(Json::as_str) {
+                    self.set_remote_log_level(level);
+                }
+                if self.cfg.remote_configuration && shared.is_object() {
+                    remote.on_shared(self, &shared).await;
+                }
+            }
+            ServiceEvent::DeviceConnected { device, connector } => {
+                self.sync_shared_attributes(device, connector);
+            }
+        }
+    }
+
+    fn set_remote_log_level(&self, level: &str) {
+        match &self.remote_log {
+            Some(h) => {
+                if h.set_level(level) {
+                    tracing::info!(level, "Remote logging level set by ThingsBoard.");
+                } else {
+                    tracing::warn!(level, "Unknown RemoteLoggingLevel; ignored.");
+                }
+            }
+            None => {
+                tracing::debug!("RemoteLoggingLevel received but remote logging is not installed.")
+            }
+        }
+    }
+
+    fn flush_remote_logs(&self) {
+        let Some(h) = &self.remote_log else { return };
+        for _ in 0..10 {
+            let batch = h.drain(remote_log::BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            self.stats.add_remote_log_records(batch.len() as u64);
+            self.publish(topic::ME_TELEMETRY, remote_log::payload(&batch));
+        }
+        let dropped = h.dropped();
+        let seen = self.stats.remote_log_dropped.load(Ordering::Relaxed);
+        if dropped > seen {
+            self.stats.add_remote_log_dropped(dropped - seen);
+        }
+    }
+
+    /// Requests a newly connected device's shared attributes and hands them to its connector
+    /// as an attribute update (`syncDevicesSharedAttributesOnConnect`).
+    fn sync_shared_attributes(&self, device: String, connector: Arc<str>) {
+        if !self.cfg.sync_devices_shared_attributes_on_connect {
+            return;
+        }
+        let Some(keys) = self.shared_keys.get(&connector).filter(|k| !k.is_empty()) else {
+            return;
+        };
+        let Some(route) = self
+            .shared
+            .routes
+            .by_name
+            .get(&connector)
+            .map(|r| r.1.clone())
+        else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let keys: Vec<String> = keys.iter().filter(|k| *k != "*").cloned().collect();
+        if self
+            .control
+            .try_send(Control::AttributeRequest {
+                device: device.clone(),
+                client: false,
+                keys,
+                reply: tx,
+            })
+            .is_err()
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            let Ok(Ok(values)) = tokio::time::timeout(Duration::from_secs(20), rx).await else {
+                tracing::debug!(device, "No answer to the shared attribute sync request.");
+                return;
+            };
+            let values = match values {
+                Json::Object(m) => m,
+                Json::Null => return,
+                v => {
+                    // A single-key answer carries only the value.
+                    tracing::debug!(device, value = %v, "Single-value shared attribute answer ignored.");
+                    return;
+                }
+            };
+            if values.is_empty() {
+                return;
+            }
+            let _ = route
+                .send(Downlink::AttributeUpdate(AttributeUpdate {
+                    device,
+                    values,
+                }))
+                .await;
+        });
+    }
+
+    fn check_inactivity(&self, timeout_s: u64) {
+        let cutoff = crate::model::now_millis() - (timeout_s as i64) * 1000;
+        let idle = {
+            let mut reg = self.shared.registry();
+            let idle = reg.idle_since(cutoff);
+            let mut out = Vec::new();
+            for d in idle {
+                reg.set_disconnected(&d);
+                out.push(reg.tb_name(&d).to_string());
+            }
+            if let Err(e) = reg.persist_if_dirty() {
+                tracing::warn!(error = %e, "Cannot write the device registry.");
+            }
+            out
+        };
+        for device in idle {
+            self.stats.add_inactivity_disconnects(1);
+            tracing::info!(
+                device,
+                timeout_s,
+                "Device inactive; disconnected in ThingsBoard."
+            );
+            let _ = self.control.try_send(Control::Disconnect { device });
+        }
+    }
+
+    fn machine_attributes(&self) -> Json {
+        let dir = self
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut m = Map::new();
+        if let Some(t) = machine::meminfo("MemTotal") {
+            m.insert("totalMemory".into(), t.into());
+        }
+        if let Some((total, _)) = machine::disk(&dir) {
+            m.insert("totalDisk".into(), total.into());
+        }
+        m.insert("cpuCount".into(), machine::cpu_count().into());
+        m.insert("Version".into(), env!("CARGO_PKG_VERSION").into());
+        m.insert("gatewayImplementation".into(), "tbgw".into());
+        Json::Object(m)
+    }
+
+    /// The statistics telemetry message (upstream's shape; counters are per period, as
+    /// upstream resets them after each send).
+    fn statistics(&self, last: &mut Last) -> Json {
+        let period = self.cfg.statistics.stats_send_period_in_seconds.max(10) as f64;
+        let mut delta = |k: &'static str, v: u64| {
+            let prev = last.gateway.insert(k, v).unwrap_or(0);
+            v.saturating_sub(prev)
+        };
+        let g: HashMap<&'static str, u64> = self.stats.values().into_iter().collect();
+        let get = |k: &str| g.get(k).copied().unwrap_or(0);
+        let sent = delta("publishes", get("publishes"));
+        let received = delta("downlink_received", get("downlink_received"));
+        let stored = delta("stored", get("stored"));
+        let delivered = delta("delivered", get("delivered"));
+        let dropped = delta("storage_dropped", get("storage_dropped"));
+        let cpu = machine::process_cpu_seconds();
+        let gw_cpu = match (cpu, last.cpu) {
+            (Some(now), Some(before)) => (now - before) / period * 100.0,
+            _ => 0.0,
+        };
+        last.cpu = cpu;
+        let mcpu = machine::machine_cpu_ticks();
+        let total_cpu = match (mcpu, last.machine_cpu) {
+            (Some((b1, t1)), Some((b0, t0))) if t1 > t0 => {
+                (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0
+            }
+            _ => 0.0,
+        };
+        last.machine_cpu = mcpu;
+        let dir = self
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+        let (disk_total, disk_free) = machine::disk(&dir).unwrap_or((0, 0));
+        let machine = json!({
+            "totalCpuUsage": round2(total_cpu),
+            "gwProcessCpuUsage": round2(gw_cpu),
+            "gwMemory": machine::process_memory("VmRSS").unwrap_or(0),
+            "freeMemory": machine::meminfo("MemAvailable").unwrap_or(0),
+            "diskUsage": if disk_total > 0 { round2((disk_total - disk_free) as f64 / disk_total as f64 * 100.0) } else { 0.0 },
+            "freeDisk": disk_free,
+            "msgsSentToPlatform": sent,
+            "msgsReceivedFromPlatform": received,
+        });
+        let service = json!({
+            "storageMsgPushed": stored,
+            "storageMsgPulled": delivered,
+            "storageMsgCount": self.storage.stats().len,
+            "storageMsgDropped": dropped,
+            "platformMsgPushed": sent,
+        });
+        let mut connectors = Map::new();
+        for (name, cs) in &self.connector_stats {
+            let vals: HashMap<&'static str, u64> = cs.values().into_iter().collect();
+            let mut d = |k: &'static str| {
+                let v = vals.get(k).copied().unwrap_or(0);
+                let prev = last.connectors.insert((name.clone(), k), v).unwrap_or(0);
+                v.saturating_sub(prev)
+            };
+            connectors.insert(
+                name.clone(),
+                json!({
+                    "connectorMsgsReceived": d("messages_received"),
+                    "storageMsgPushed": d("sent_to_storage"),
+                    "convertersErrors": d("convert_errors"),
+                    "connectorsErrors": d("errors"),
+                    "connectorRestarts": d("restarts"),
+                }),
+            );
+        }
+        json!({
+            "machineStats": machine,
+            "serviceStats": service,
+            "connectorsStats": connectors,
+        })
+    }
+
+    async fn rpc(&mut self, method: &str, params: Json, shell: &mut shell::Shell) -> Json {
+        match method {
+            "devices" => {
+                let owners = self.shared.registry().owners();
+                let resp: Map<String, Json> = owners
+                    .into_iter()
+                    .map(|(d, c)| (d, Json::String(c.to_string())))
+                    .collect();
+                json!({"code": 200, "resp": resp})
+            }
+            "stats" => {
+                let mut resp = Map::new();
+                let (mut produced, mut sent) = (0, 0);
+                for (name, cs) in &self.connector_stats {
+                    let p = ConnectorStats::get(&cs.sent_to_storage);
+                    produced += p;
+                    resp.insert(format!("{name}EventsProduced"), p.into());
+                }
+                sent += self.stats.delivered.load(Ordering::Relaxed);
+                resp.insert("eventsProduced".into(), produced.into());
+                resp.insert("eventsSent".into(), sent.into());
+                resp.insert("storageMsgCount".into(), self.storage.stats().len.into());
+                for (k, v) in self.stats.values() {
+                    resp.insert(k.into(), v.into());
+                }
+                json!({"code": 200, "resp": resp})
+            }
+            "version" => json!({"code": 200, "resp": {
+                "current_version": env!("CARGO_PKG_VERSION"),
+                "latest_version": env!("CARGO_PKG_VERSION"),
+            }}),
+            "restart" => {
+                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let token = self.restart.clone();
+                let flag = self.restart_requested.clone();
+                tracing::warn!(seconds = secs, "Restart requested by ThingsBoard.");
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    flag.store(true, Ordering::SeqCst);
+                    token.cancel();
+                });
+                json!({"success": true})
+            }
+            "reboot" => {
+                if !self.cfg.allow_reboot {
+                    return json!({"error": "reboot is disabled; set thingsboard.allowReboot to true to allow it", "code": 403});
+                }
+                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                tracing::warn!(seconds = secs, "Machine reboot requested by ThingsBoard.");
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    match tokio::process::Command::new("shutdown")
+                        .args(["-r", "now"])
+                        .status()
+                        .await
+                    {
+                        Ok(s) if s.success() => {}
+                        other => tracing::error!(result = ?other, "Reboot command failed."),
+                    }
+                });
+                json!({"success": true})
+            }
+            "device_renamed" => {
+                if !self.cfg.handle_device_renaming {
+                    return json!({"success": false, "error": "device renaming is disabled (thingsboard.handleDeviceRenaming)"});
+                }
+                let Some(map) = params.as_object() else {
+                    return json!({"error": "params must be {\"<old name>\": \"<new name>\"}", "code": 400});
+                };
+                let mut reg = self.shared.registry();
+                for (old, new) in map {
+                    if let Some(new) = new.as_str() {
+                        let original = reg.rename(old, new);
+                        tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                    }
+                }
+                if let Err(e) = reg.persist_if_dirty() {
+                    tracing::warn!(error = %e, "Cannot write the device registry.");
+                }
+                json!({"success": true})
+            }
+            "device_deleted" => {
+                let Some(name) = params.as_str().map(str::to_string) else {
+                    return json!({"error": "params must be the device name", "code": 400});
+                };
+                let found = {
+                    let mut reg = self.shared.registry();
+                    let f = reg.remove(&name);
+                    if let Err(e) = reg.persist_if_dirty() {
+                        tracing::warn!(error = %e, "Cannot write the device registry.");
+                    }
+                    f
+                };
+                let _ = self.control.try_send(Control::Forget {
+                    device: name.clone(),
+                });
+                tracing::info!(device = %name, found, "Device deleted in ThingsBoard; forgotten.");
+                json!({"success": true})
+            }
+            "remove_provisioned_credentials" => remove_credentials(self.config_dir.as_deref()),
+            m @ ("getTermInfo" | "sendCommand" | "getCommandStatus" | "terminateCommand") => {
+                if !self.cfg.remote_shell {
+                    return json!({"error": "Method not found", "code": 404});
+                }
+                shell.rpc(m, &params).await
+            }
+            _ => json!({"error": "Method not found", "code": 404}),
+        }
+    }
+}
+
+fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
+    let Some(dir) = dir else {
+        return json!({"code": 404, "error": "no configuration directory"});
+    };
+    let file = dir.join(".credentials");
+    match std::fs::remove_file(&file) {
+        Ok(()) => {
+            json!({"code": 200, "resp": "removed; they are requested again at the next start"})
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            json!({"code": 404, "error": "no provisioned credentials"})
+        }
+        Err(e) => json!({"code": 500, "error": e.to_string()}),
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

@@ -1,0 +1,250 @@
+//! Remote configuration (`thingsboard.remoteConfiguration`): ThingsBoard's shared attributes
+//! of the gateway device are the desired configuration, client attributes the reported one.
+//!
+//! After each connect the gateway reports `active_connectors`, one attribute per connector
+//! (`{name, type, configuration, configurationJson}`), `general_configuration` and
+//! `storage_configuration`, and requests the shared attributes with the same names.
+//!
+//! * A connector attribute whose `configurationJson` differs from what runs is validated and
+//!   built; the new connector replaces the running one on probation, and only when it survived
+//!   is the file written to disk (after a backup in `backup/`, newest 10 kept). A configuration
+//!   that does not validate, or a connector that fails on probation, is rolled back: the old
+//!   connector keeps running, the file is untouched, and the reason is reported as the client
+//!   attribute `remoteConfigurationError`. Buffered data is never touched.
+//! * `active_connectors` stops connectors that are not listed and starts listed ones that were
+//!   stopped; devices of a stopped connector are disconnected in ThingsBoard.
+//! * An unchanged attribute is not applied again (upstream re-creates its storage on every
+//!   reconnect, #2124).
+//! * `general_configuration` and `storage_configuration` are validated and reported but not
+//!   applied while running (see docs/COMPATIBILITY.md).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value as Json};
+
+use super::Services;
+use crate::config::parse;
+use crate::tb::{topic, Control};
+
+/// Backups kept per file.
+const BACKUPS: usize = 10;
+
+#[derive(Debug, Default)]
+pub(crate) struct RemoteConfig {
+    next_request: u64,
+}
+
+fn main_file_section(file: Option<&Path>, key: &str) -> Json {
+    file.and_then(|f| parse::read_file(f).ok())
+        .and_then(|v| v.get(key).cloned())
+        .unwrap_or(Json::Null)
+}
+
+/// Copies `file` to `<dir>/backup/<name>.backup.<unix>.json`, keeping the newest [`BACKUPS`].
+pub(crate) fn backup(dir: &Path, file: &Path) -> std::io::Result<Option<PathBuf>> {
+    if !file.exists() {
+        return Ok(None);
+    }
+    let bdir = dir.join("backup");
+    std::fs::create_dir_all(&bdir)?;
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let target = bdir.join(format!("{stem}.backup.{now}.json"));
+    std::fs::copy(file, &target)?;
+    let prefix = format!("{stem}.backup.");
+    let mut olds: Vec<PathBuf> = std::fs::read_dir(&bdir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect();
+    olds.sort();
+    while olds.len() > BACKUPS {
+        let _ = std::fs::remove_file(olds.remove(0));
+    }
+    Ok(Some(target))
+}
+
+/// Writes `value` to `file` atomically (temporary file renamed over it).
+fn write_json(file: &Path, value: &Json) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let tmp = file.with_extension("json.tbgw-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file)
+}
+
+impl RemoteConfig {
+    pub(crate) async fn on_ready(&mut self, s: &mut Services) {
+        s.publish(topic::ME_ATTRIBUTES, self.reported(s));
+        let mut keys = vec![
+            "RemoteLoggingLevel".to_string(),
+            "general_configuration".into(),
+            "storage_configuration".into(),
+            "active_connectors".into(),
+        ];
+        keys.extend(s.manager.handles.iter().map(|h| h.name.to_string()));
+        self.next_request += 1;
+        s.publish(
+            &format!("{}{}", topic::ME_ATTRIBUTES_REQUEST, self.next_request),
+            json!({"sharedKeys": keys.join(",")}),
+        );
+    }
+
+    /// The configuration as it runs, as client attributes.
+    fn reported(&self, s: &Services) -> Json {
+        let mut m = Map::new();
+        let active: Vec<Json> = s
+            .manager
+            .handles
+            .iter()
+            .filter(|h| h.running)
+            .map(|h| Json::String(h.name.to_string()))
+            .collect();
+        m.insert("active_connectors".into(), Json::Array(active));
+        for h in &s.manager.handles {
+            m.insert(h.name.to_string(), connector_attr(h));
+        }
+        m.insert(
+            "general_configuration".into(),
+            main_file_section(s.config_file.as_deref(), "thingsboard"),
+        );
+        m.insert(
+            "storage_configuration".into(),
+            main_file_section(s.config_file.as_deref(), "storage"),
+        );
+        Json::Object(m)
+    }
+
+    pub(crate) async fn on_shared(&mut self, s: &mut Services, attrs: &Json) {
+        let Some(map) = attrs.as_object() else { return };
+        // Connector configurations.
+        for idx in 0..s.manager.handles.len() {
+            let name = s.manager.handles[idx].name.clone();
+            let Some(desired) = map.get(&*name) else {
+                continue;
+            };
+            let Some(cfg) = desired.get("configurationJson").cloned() else {
+                s.stats.add_remote_config_rejected(1);
+                report_error(s, &format!("{name}: configurationJson is missing"));
+                continue;
+            };
+            if cfg == s.manager.handles[idx].config {
+                continue;
+            }
+            match s.manager.replace(idx, cfg.clone()).await {
+                Ok(()) => {
+                    s.stats.add_remote_config_applied(1);
+                    tracing::info!(connector = %name, "Remote configuration applied to the connector.");
+                    if let (Some(dir), Some(file)) =
+                        (s.config_dir.clone(), s.manager.handles[idx].file.clone())
+                    {
+                        if let Err(e) = backup(&dir, &file).and_then(|_| write_json(&file, &cfg)) {
+                            tracing::error!(file = %file.display(), error = %e, "Cannot write the new connector configuration; it runs but is not saved.");
+                        }
+                        s.manager.handles[idx].modified =
+                            std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+                    }
+                    let echo = json!({ name.to_string(): connector_attr(&s.manager.handles[idx]) });
+                    s.publish(topic::ME_ATTRIBUTES, echo);
+                }
+                Err(e) => {
+                    s.stats.add_remote_config_rejected(1);
+                    tracing::error!(connector = %name, error = %e, "Remote configuration rejected; the connector keeps its previous configuration.");
+                    report_error(s, &format!("{name}: {e}"));
+                    let echo = json!({ name.to_string(): connector_attr(&s.manager.handles[idx]) });
+                    s.publish(topic::ME_ATTRIBUTES, echo);
+                }
+            }
+        }
+        // Which connectors run.
+        if let Some(list) = map.get("active_connectors").and_then(Json::as_array) {
+            let names: Vec<String> = list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            let stopped = s.manager.set_active(&names).await;
+            for c in &stopped {
+                let devices = {
+                    let mut reg = s.shared.registry();
+                    let ds = reg.devices_of(c);
+                    let mut out = Vec::new();
+                    for d in ds {
+                        reg.set_disconnected(&d);
+                        out.push(reg.tb_name(&d).to_string());
+                    }
+                    let _ = reg.persist_if_dirty();
+                    out
+                };
+                for device in devices {
+                    let _ = s.control.try_send(Control::Disconnect { device });
+                }
+            }
+            let active: Vec<Json> = s
+                .manager
+                .handles
+                .iter()
+                .filter(|h| h.running)
+                .map(|h| Json::String(h.name.to_string()))
+                .collect();
+            s.publish(topic::ME_ATTRIBUTES, json!({"active_connectors": active}));
+        }
+        for key in ["general_configuration", "storage_configuration"] {
+            if let Some(v) = map.get(key) {
+                let section = if key == "general_configuration" {
+                    "thingsboard"
+                } else {
+                    "storage"
+                };
+                if *v != main_file_section(s.config_file.as_deref(), section) && !v.is_null() {
+                    tracing::warn!(key, "Remote {key} received; tbgw applies connector configurations live but not this one (see docs/COMPATIBILITY.md).");
+                    report_error(s, &format!("{key}: not applied remotely by tbgw; change tb_gateway.json and restart"));
+                }
+            }
+        }
+    }
+}
+
+fn report_error(s: &Services, text: &str) {
+    s.publish(
+        topic::ME_ATTRIBUTES,
+        json!({"remoteConfigurationError": text}),
+    );
+}
+
+fn connector_attr(h: &super::manager::ConnectorHandle) -> Json {
+    json!({
+        "name": &*h.name,
+        "type": &*h.connector_type,
+        "configuration": h.file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        "configurationJson": h.config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_keep_the_newest_ten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("mqtt.json");
+        std::fs::write(&file, "{}").expect("write");
+        for _ in 0..13 {
+            backup(dir.path(), &file).expect("backup");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let n = std::fs::read_dir(dir.path().join("backup"))
+            .expect("dir")
+            .count();
+        assert_eq!(n, BACKUPS);
+        assert!(backup(dir.path(), &dir.path().join("absent.json"))
+            .expect("no error")
+            .is_none());
+    }
+}
