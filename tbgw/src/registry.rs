@@ -246,7 +246,11 @@ impl DeviceRegistry {
 
     /// The name ThingsBoard knows `device` by: its new name if it was renamed.
     pub fn tb_name<'a>(&'a self, device: &'a str) -> &'a str {
-        match self.devices.get(device).and_then(|e| e.renamed_to.as_deref()) {
+        match self
+            .devices
+            .get(device)
+            .and_then(|e| e.renamed_to.as_deref())
+        {
             Some(n) => n,
             None => device,
         }
@@ -274,7 +278,8 @@ impl DeviceRegistry {
                 e.renamed_to = (new != original).then(|| new.to_string());
             }
             None => {
-                self.pending_renames.insert(original.clone(), new.to_string());
+                self.pending_renames
+                    .insert(original.clone(), new.to_string());
             }
         }
         if new != original {
@@ -300,7 +305,12 @@ impl DeviceRegistry {
         let mut v: Vec<_> = self
             .devices
             .iter()
-            .map(|(n, e)| (e.renamed_to.clone().unwrap_or_else(|| n.clone()), e.connector.clone()))
+            .map(|(n, e)| {
+                (
+                    e.renamed_to.clone().unwrap_or_else(|| n.clone()),
+                    e.connector.clone(),
+                )
+            })
             .collect();
         v.sort();
         v
