@@ -90,7 +90,8 @@ pub struct StatisticsConfig {
     /// Publish statistics to the gateway device (default true).
     #[serde(default = "yes")]
     pub enable: bool,
-    /// Period of the statistics telemetry, in seconds (default 60, at least 10).
+    /// Period of the statistics telemetry, in seconds (default 60; upstream enforces at least
+    /// 10, tbgw at least 1).
     #[serde(default = "default_stats_period")]
     pub stats_send_period_in_seconds: u64,
     /// Run the custom statistics commands.

@@ -109,7 +109,7 @@ impl Services {
     pub(crate) async fn run(mut self) {
         let stats_cfg = self.cfg.statistics.clone();
         let mut stats_tick = tokio::time::interval(Duration::from_secs(
-            stats_cfg.stats_send_period_in_seconds.max(10),
+            stats_cfg.stats_send_period_in_seconds.max(1),
         ));
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         stats_tick.reset();
@@ -353,7 +353,7 @@ impl Services {
     /// The statistics telemetry message (upstream's shape; counters are per period, as
     /// upstream resets them after each send).
     fn statistics(&self, last: &mut Last) -> Json {
-        let period = self.cfg.statistics.stats_send_period_in_seconds.max(10) as f64;
+        let period = self.cfg.statistics.stats_send_period_in_seconds.max(1) as f64;
         let mut delta = |k: &'static str, v: u64| {
             let prev = last.gateway.insert(k, v).unwrap_or(0);
             v.saturating_sub(prev)
@@ -499,6 +499,10 @@ impl Services {
                 let mut reg = self.shared.registry();
                 for (old, new) in map {
                     if let Some(new) = new.as_str() {
+                        // The old name is announced again if data ever goes out under it.
+                        let _ = self.control.try_send(Control::Forget {
+                            device: old.clone(),
+                        });
                         let original = reg.rename(old, new);
                         tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
                     }
