@@ -426,6 +426,7 @@ impl Gateway {
         let services_token = CancellationToken::new();
         let restart = CancellationToken::new();
         let restart_requested = Arc::new(AtomicBool::new(false));
+        let migrate_to: Arc<Mutex<Option<Arc<dyn EventStorage>>>> = Arc::new(Mutex::new(None));
 
         let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CAPACITY);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
@@ -528,6 +529,9 @@ impl Gateway {
             restart: restart.clone(),
             restart_requested: restart_requested.clone(),
             cancel: services_token.clone(),
+            tb_options: tb_options.clone(),
+            reconfigure: false,
+            migrate_to: migrate_to.clone(),
         };
         let services_task = tokio::spawn(services.run());
         let client = TbClient {
@@ -538,6 +542,9 @@ impl Gateway {
             control_tx,
             cancel: client_token.clone(),
             tasks: tasks.clone(),
+            trial: None,
+            reconnect_now: false,
+            reverted: None,
         };
         let client_task = tokio::spawn(client.run());
 
@@ -587,6 +594,10 @@ impl Gateway {
         }
         tasks.close();
         let _ = tokio::time::timeout_at(deadline, tasks.wait()).await;
+        let target = migrate_to.lock().ok().and_then(|mut m| m.take());
+        if let Some(target) = target {
+            clean &= migrate(&storage, &target).await;
+        }
         if let Err(e) = shared.registry().persist_if_dirty() {
             tracing::warn!(error = %e, "Cannot write the device registry.");
         }
@@ -598,6 +609,45 @@ impl Gateway {
             restart_requested: restart_requested.load(Ordering::SeqCst),
         }
     }
+}
+
+/// Moves every unacknowledged record from `from` into `to` (remote storage configuration),
+/// acknowledging in `from` only what `to` has made durable.
+async fn migrate(from: &Arc<dyn EventStorage>, to: &Arc<dyn EventStorage>) -> bool {
+    from.rewind();
+    let mut moved = 0usize;
+    while from.stats().len > 0 {
+        let batch = match tokio::time::timeout(Duration::from_secs(5), from.read(1000)).await {
+            Ok(Ok(b)) if !b.records.is_empty() => b,
+            Ok(Ok(_)) | Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Reading the old storage failed; the rest stays there.");
+                return false;
+            }
+        };
+        let last = batch.last_seq();
+        let records: Vec<_> = batch
+            .records
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        let n = records.len();
+        if let Err(e) = to.put(records).await {
+            tracing::error!(error = %e, "Writing to the new storage failed; the rest stays in the old one.");
+            return false;
+        }
+        if let Err(e) = to.flush().await {
+            tracing::error!(error = %e, "Flushing the new storage failed; the rest stays in the old one.");
+            return false;
+        }
+        if from.ack(last).await.is_err() {
+            return false;
+        }
+        moved += n;
+    }
+    let _ = to.flush().await;
+    tracing::info!(moved, "Buffered records moved to the new storage.");
+    true
 }
 
 /// A replacement connector on probation: the previous connector, who waits for the verdict,
@@ -953,4 +1003,40 @@ async fn absorb(
 fn storage_policy_drops_newest(r: &crate::storage::PutReport, total: usize) -> bool {
     // Stored + dropped == total only when the new records themselves were dropped.
     r.dropped > 0 && r.stored + r.dropped == total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceData, Value};
+    use crate::storage::{FileStorage, FileStorageOptions};
+
+    #[tokio::test]
+    async fn migration_moves_every_unacknowledged_record_and_acks_the_old_storage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let from: Arc<dyn EventStorage> =
+            Arc::new(MemoryStorage::new(10_000, 100, Default::default()));
+        let records: Vec<DeviceData> = (0..2500)
+            .map(|i| {
+                let mut d = DeviceData::new(format!("d{}", i % 7), "t");
+                d.push_telemetry(i, "n", Value::Int(i));
+                d
+            })
+            .collect();
+        from.put(records).await.expect("put");
+        // Some were read (in flight) but not acknowledged: they move too.
+        let _ = from.read(300).await.expect("read");
+        let to: Arc<dyn EventStorage> = Arc::new(
+            FileStorage::open(FileStorageOptions::new(dir.path().join("data"))).expect("open"),
+        );
+        assert!(migrate(&from, &to).await);
+        assert_eq!(from.stats().len, 0);
+        assert_eq!(to.stats().len, 2500);
+        let mut seen = Vec::new();
+        while seen.len() < 2500 {
+            let b = to.read(1000).await.expect("read");
+            seen.extend(b.records.iter().map(|r| r.telemetry[0].ts));
+        }
+        assert_eq!(seen, (0..2500).collect::<Vec<i64>>(), "all, in order");
+    }
 }

@@ -630,3 +630,79 @@ async fn remote_logging_level_shell_and_restart() {
         .unwrap();
     assert!(report.restart_requested, "{report:?}");
 }
+
+#[tokio::test]
+async fn remote_general_configuration_applies_or_rolls_back_and_storage_change_restarts() {
+    let mut r = start(
+        json!({"remoteConfiguration": true, "remoteConfigurationTrialSeconds": 2}),
+        json!({"devices": ["d1"], "tag": "t"}),
+        None,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "t", t0).await);
+    let main = |r: &Running| -> Json {
+        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap()).unwrap()
+    };
+    let current = main(&r)["thingsboard"].clone();
+
+    // New settings that cannot connect (nothing listens on that port): tried for 2 s, then
+    // the old ones are restored, the file is untouched and the error is reported.
+    let mut bad = current.clone();
+    bad["port"] = json!(free_tcp_port());
+    let t1 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({"general_configuration": bad}))
+        .await
+        .unwrap();
+    let err =
+        r.tb.wait_for(Duration::from_secs(30), |m| {
+            m.topic == "v1/devices/me/attributes"
+                && m.received_at >= t1
+                && m.json.as_ref().is_some_and(|j| {
+                    j["remoteConfigurationError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("general_configuration"))
+                })
+        })
+        .await;
+    assert!(err.is_some(), "rollback reported");
+    assert_eq!(main(&r)["thingsboard"], current, "file untouched");
+    let t2 = std::time::Instant::now();
+    assert!(
+        r.telemetry("d1", "t", t2).await,
+        "data flows with the old settings"
+    );
+
+    // Settings that work (another client id, statistics on a short period): applied, saved.
+    let mut good = current.clone();
+    good["security"]["clientId"] = json!("tbgw-remote");
+    good["statistics"] = json!({"enable": true, "statsSendPeriodInSeconds": 1});
+    let t3 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({"general_configuration": good.clone()}))
+        .await
+        .unwrap();
+    let stats =
+        r.tb.wait_for(Duration::from_secs(30), |m| {
+            m.topic == "v1/devices/me/telemetry"
+                && m.received_at >= t3
+                && m.json
+                    .as_ref()
+                    .is_some_and(|j| j.get("machineStats").is_some())
+        })
+        .await;
+    assert!(stats.is_some(), "new statistics settings applied");
+    assert_eq!(main(&r)["thingsboard"], good, "saved once it worked");
+    assert!(r.path("backup").read_dir().unwrap().count() >= 1);
+
+    // A storage change is saved and applied by a restart.
+    let storage = json!({"type": "file", "data_folder_path": "./data/"});
+    r.tb.send_gateway_attributes(json!({"storage_configuration": storage.clone()}))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(WAIT, &mut r.gateway)
+        .await
+        .expect("restarts")
+        .unwrap();
+    assert!(report.restart_requested, "{report:?}");
+    assert_eq!(main(&r)["storage"], storage);
+}

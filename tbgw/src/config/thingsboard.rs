@@ -61,6 +61,10 @@ pub struct ThingsBoardConfig {
     /// sample turns it on).
     #[serde(default)]
     pub remote_configuration: bool,
+    /// tbgw extension: how long new connection settings from remote configuration get to
+    /// connect before the previous ones are restored, in seconds (default 30, as upstream).
+    #[serde(default = "default_trial")]
+    pub remote_configuration_trial_seconds: u64,
     /// Remote shell RPCs. Off unless `true`: they run any command as the gateway's user.
     #[serde(default)]
     pub remote_shell: bool,
@@ -103,6 +107,9 @@ pub struct ThingsBoardConfig {
 
 const fn yes() -> bool {
     true
+}
+const fn default_trial() -> u64 {
+    30
 }
 const fn default_check_connectors() -> u64 {
     60
@@ -150,6 +157,7 @@ impl Default for ThingsBoardConfig {
             device_filtering: DeviceFilteringConfig::default(),
             checking_device_activity: DeviceActivityConfig::default(),
             remote_configuration: false,
+            remote_configuration_trial_seconds: default_trial(),
             remote_shell: false,
             allow_reboot: false,
             handle_device_renaming: true,

@@ -94,6 +94,13 @@ pub(crate) struct Services {
     pub restart: CancellationToken,
     pub restart_requested: Arc<AtomicBool>,
     pub cancel: CancellationToken,
+    /// The client's current connection settings (remote configuration compares against them).
+    pub tb_options: crate::TbOptions,
+    /// Set by remote configuration: timers are rebuilt from `cfg`.
+    pub reconfigure: bool,
+    /// A storage that buffered records move into during the restart that applies a remote
+    /// storage configuration.
+    pub migrate_to: Arc<std::sync::Mutex<Option<Arc<dyn EventStorage>>>>,
 }
 
 /// Counter values at the last statistics message, for per-period deltas.
@@ -107,6 +114,24 @@ struct Last {
 
 impl Services {
     pub(crate) async fn run(mut self) {
+        let mut remote = remote_config::RemoteConfig::default();
+        let mut shell = shell::Shell::default();
+        let mut last = Last::default();
+        while self
+            .run_with_settings(&mut remote, &mut shell, &mut last)
+            .await
+        {}
+    }
+
+    /// Runs with the timers of the current settings; returns true when remote configuration
+    /// changed them (run again), false at shutdown.
+    async fn run_with_settings(
+        &mut self,
+        remote: &mut remote_config::RemoteConfig,
+        shell: &mut shell::Shell,
+        last: &mut Last,
+    ) -> bool {
+        self.reconfigure = false;
         let stats_cfg = self.cfg.statistics.clone();
         let mut stats_tick = tokio::time::interval(Duration::from_secs(
             stats_cfg.stats_send_period_in_seconds.max(1),
@@ -122,18 +147,18 @@ impl Services {
         let mut reload_tick = tokio::time::interval(Duration::from_secs(reload_period.max(1)));
         reload_tick.reset();
         let mut log_tick = tokio::time::interval(Duration::from_secs(1));
-        let mut last = Last::default();
-        let mut remote = remote_config::RemoteConfig::default();
-        let mut shell = shell::Shell::default();
         loop {
+            if self.reconfigure {
+                return true;
+            }
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
+                _ = self.cancel.cancelled() => return false,
                 ev = self.events.recv() => match ev {
-                    None => break,
-                    Some(ev) => self.on_event(ev, &mut remote, &mut shell).await,
+                    None => return false,
+                    Some(ev) => self.on_event(ev, remote, shell).await,
                 },
                 _ = stats_tick.tick(), if stats_cfg.enable => {
-                    let payload = self.statistics(&mut last);
+                    let payload = self.statistics(last);
                     self.publish(topic::ME_TELEMETRY, payload);
                 }
                 _ = activity_tick.tick(), if activity.check_device_inactivity => {

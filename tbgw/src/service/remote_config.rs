@@ -15,16 +15,25 @@
 //!   stopped; devices of a stopped connector are disconnected in ThingsBoard.
 //! * An unchanged attribute is not applied again (upstream re-creates its storage on every
 //!   reconnect, #2124).
-//! * `general_configuration` and `storage_configuration` are validated and reported but not
-//!   applied while running (see docs/COMPATIBILITY.md).
+//! * `general_configuration` (the `thingsboard` section): validated; when the connection
+//!   settings changed, the client tries the new ones for 30 s and restores the old ones if no
+//!   session becomes ready; only then is `tb_gateway.json` written (after a backup) and the
+//!   other service settings (statistics, inactivity, ...) applied.
+//! * `storage_configuration`: validated, written, and applied by a graceful restart of the
+//!   gateway during which every buffered record is moved into the new storage (a memory
+//!   storage cannot carry records across the restart, so switching *to* memory is refused
+//!   while records are buffered).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value as Json};
 
+use tokio::sync::oneshot;
+
 use super::Services;
-use crate::config::parse;
+use crate::config::{parse, StorageConfig, ThingsBoardConfig};
 use crate::tb::{topic, Control};
+use crate::TbOptions;
 
 /// Backups kept per file.
 const BACKUPS: usize = 10;
@@ -32,6 +41,9 @@ const BACKUPS: usize = 10;
 #[derive(Debug, Default)]
 pub(crate) struct RemoteConfig {
     next_request: u64,
+    /// The last value rejected per key: ThingsBoard sends the desired state again after every
+    /// reconnect, and a rejected one is not tried again until it changes.
+    rejected: std::collections::HashMap<String, Json>,
 }
 
 fn main_file_section(file: Option<&Path>, key: &str) -> Json {
@@ -134,7 +146,7 @@ impl RemoteConfig {
                 report_error(s, &format!("{name}: configurationJson is missing"));
                 continue;
             };
-            if cfg == s.manager.handles[idx].config {
+            if cfg == s.manager.handles[idx].config || self.rejected.get(&*name) == Some(&cfg) {
                 continue;
             }
             match s.manager.replace(idx, cfg.clone()).await {
@@ -154,6 +166,7 @@ impl RemoteConfig {
                     s.publish(topic::ME_ATTRIBUTES, echo);
                 }
                 Err(e) => {
+                    self.rejected.insert(name.to_string(), cfg.clone());
                     s.stats.add_remote_config_rejected(1);
                     tracing::error!(connector = %name, error = %e, "Remote configuration rejected; the connector keeps its previous configuration.");
                     report_error(s, &format!("{name}: {e}"));
@@ -194,20 +207,126 @@ impl RemoteConfig {
                 .collect();
             s.publish(topic::ME_ATTRIBUTES, json!({"active_connectors": active}));
         }
-        for key in ["general_configuration", "storage_configuration"] {
-            if let Some(v) = map.get(key) {
-                let section = if key == "general_configuration" {
-                    "thingsboard"
-                } else {
-                    "storage"
-                };
-                if *v != main_file_section(s.config_file.as_deref(), section) && !v.is_null() {
-                    tracing::warn!(key, "Remote {key} received; tbgw applies connector configurations live but not this one (see docs/COMPATIBILITY.md).");
-                    report_error(s, &format!("{key}: not applied remotely by tbgw; change tb_gateway.json and restart"));
+        for (key, section) in [
+            ("general_configuration", "thingsboard"),
+            ("storage_configuration", "storage"),
+        ] {
+            let Some(v) = map.get(key).filter(|v| v.is_object()) else {
+                continue;
+            };
+            if *v == main_file_section(s.config_file.as_deref(), section)
+                || self.rejected.get(key) == Some(v)
+            {
+                continue;
+            }
+            let r = if section == "thingsboard" {
+                apply_general(s, v).await
+            } else {
+                apply_storage(s, v).await
+            };
+            match r {
+                Ok(()) => {
+                    s.stats.add_remote_config_applied(1);
+                    tracing::info!(key, "Remote configuration applied.");
+                    s.publish(topic::ME_ATTRIBUTES, json!({ key: v }));
+                }
+                Err(e) => {
+                    self.rejected.insert(key.to_string(), v.clone());
+                    s.stats.add_remote_config_rejected(1);
+                    tracing::error!(key, error = %e, "Remote configuration rejected; the previous one stays.");
+                    report_error(s, &format!("{key}: {e}"));
+                    let current = main_file_section(s.config_file.as_deref(), section);
+                    s.publish(topic::ME_ATTRIBUTES, json!({ key: current }));
                 }
             }
         }
     }
+}
+
+fn paths(s: &Services) -> Result<(PathBuf, PathBuf), String> {
+    match (&s.config_file, &s.config_dir) {
+        (Some(f), Some(d)) => Ok((f.clone(), d.clone())),
+        _ => Err("the gateway was not started from a configuration file".into()),
+    }
+}
+
+/// Writes `value` as `section` of the main file, after a backup.
+fn save_section(file: &Path, dir: &Path, section: &str, value: &Json) -> Result<(), String> {
+    let mut main = parse::read_file(file).map_err(|e| e.to_string())?;
+    main[section] = value.clone();
+    backup(dir, file)
+        .and_then(|_| write_json(file, &main))
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+async fn apply_general(s: &mut Services, v: &Json) -> Result<(), String> {
+    let (file, dir) = paths(s)?;
+    let mut ignored = Vec::new();
+    let cfg: ThingsBoardConfig =
+        parse::from_value(&file, "thingsboard", v, &mut ignored).map_err(|e| e.to_string())?;
+    cfg.validate(&file).map_err(|e| e.to_string())?;
+    let creds = cfg
+        .security
+        .resolve(&file, &dir, cfg.port)
+        .map_err(|e| e.to_string())?;
+    let opts = TbOptions::new(&cfg, creds);
+    if opts != s.tb_options {
+        let (tx, rx) = oneshot::channel();
+        s.control
+            .send(Control::Switch {
+                opts: Box::new(opts.clone()),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the ThingsBoard client is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the ThingsBoard client is gone".to_string())??;
+        s.tb_options = opts;
+    }
+    save_section(&file, &dir, "thingsboard", v)?;
+    s.cfg = cfg;
+    s.reconfigure = true;
+    Ok(())
+}
+
+async fn apply_storage(s: &mut Services, v: &Json) -> Result<(), String> {
+    let (file, dir) = paths(s)?;
+    let mut ignored = Vec::new();
+    let new: StorageConfig =
+        parse::from_value(&file, "storage", v, &mut ignored).map_err(|e| e.to_string())?;
+    new.validate(&file).map_err(|e| e.to_string())?;
+    let old_json = main_file_section(Some(&file), "storage");
+    let mut ig = Vec::new();
+    let old: Option<StorageConfig> = parse::from_value(&file, "storage", &old_json, &mut ig).ok();
+    let buffered = s.storage.stats().len;
+    let same_place = old.as_ref().is_some_and(|o| {
+        o.kind == new.kind
+            && o.data_folder_path == new.data_folder_path
+            && o.data_file_path == new.data_file_path
+    });
+    if new.kind == "memory" && buffered > 0 {
+        return Err(format!(
+            "{buffered} records are buffered; a memory storage cannot carry them across the restart that applies it. Deliver them first or choose file, sqlite or rocksdb"
+        ));
+    }
+    let target = if same_place || buffered == 0 {
+        None
+    } else {
+        // Opened now so that a storage that cannot open is rejected before anything changes.
+        Some(
+            crate::storage::from_config(&new, &dir)
+                .map_err(|e| format!("cannot open the new storage: {e}"))?,
+        )
+    };
+    save_section(&file, &dir, "storage", v)?;
+    if let Ok(mut m) = s.migrate_to.lock() {
+        *m = target;
+    }
+    tracing::warn!(buffered, "Storage configuration changed: restarting the gateway to apply it; buffered records move to the new storage.");
+    s.restart_requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    s.restart.cancel();
+    Ok(())
 }
 
 fn report_error(s: &Services, text: &str) {

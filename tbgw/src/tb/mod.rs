@@ -60,7 +60,7 @@ pub(crate) mod topic {
 }
 
 /// Settings of the ThingsBoard client, from the `thingsboard` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TbOptions {
     /// Host.
     pub host: String,
@@ -82,6 +82,8 @@ pub struct TbOptions {
     pub reconnect_min: Duration,
     /// Upper bound of the backoff.
     pub reconnect_max: Duration,
+    /// How long new settings from remote configuration get to connect.
+    pub switch_trial: Duration,
 }
 
 impl TbOptions {
@@ -115,6 +117,7 @@ impl TbOptions {
             max_inflight: cfg.max_inflight_messages.max(1),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
+            switch_trial: Duration::from_secs(cfg.remote_configuration_trial_seconds.max(1)),
         }
     }
 }
@@ -150,6 +153,22 @@ pub(crate) enum Control {
     Forget {
         device: String,
     },
+    /// Remote configuration: connect with these settings instead; answered `Ok` once a session
+    /// with them is ready, or `Err` after their `switch_trial` without one (the old settings
+    /// are then restored).
+    Switch {
+        opts: Box<TbOptions>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// New connection settings being tried.
+#[derive(Debug)]
+pub(crate) struct Trial {
+    old: TbOptions,
+    deadline: Instant,
+    trial: Duration,
+    reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// Where downlink requests go: connector name → (type, sender).
@@ -191,6 +210,12 @@ pub(crate) struct TbClient {
     pub control_tx: mpsc::Sender<Control>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
+    /// New settings on trial (remote configuration).
+    pub trial: Option<Trial>,
+    /// End the current session and connect again at once (a switch began).
+    pub reconnect_now: bool,
+    /// A failed trial, answered when the restored settings are connected.
+    pub reverted: Option<(oneshot::Sender<Result<(), String>>, String)>,
 }
 
 /// Per-session state.
@@ -218,6 +243,31 @@ impl TbClient {
             match self.session().await {
                 SessionEnd::Cancelled => break,
                 SessionEnd::Lost(reason) => {
+                    if std::mem::take(&mut self.reconnect_now) {
+                        delay = self.opts.reconnect_min;
+                        continue;
+                    }
+                    if self
+                        .trial
+                        .as_ref()
+                        .is_some_and(|t| Instant::now() >= t.deadline)
+                    {
+                        if let Some(t) = self.trial.take() {
+                            tracing::error!(error = %reason, "The new ThingsBoard connection settings did not connect; restoring the previous ones.");
+                            self.opts = t.old;
+                            // Answered once the old settings are connected again, so the
+                            // error can be reported to ThingsBoard.
+                            self.reverted = Some((
+                                t.reply,
+                                format!(
+                                    "no connection with the new settings within {} s: {reason}",
+                                    t.trial.as_secs()
+                                ),
+                            ));
+                            delay = self.opts.reconnect_min;
+                            continue;
+                        }
+                    }
                     self.shared.stats.add_connection_errors(1);
                     if started.elapsed() > Duration::from_secs(60) {
                         delay = self.opts.reconnect_min;
@@ -234,10 +284,16 @@ impl TbClient {
                             biased;
                             _ = self.cancel.cancelled() => return,
                             _ = tokio::time::sleep_until(deadline) => break,
-                            Some(c) = self.control_rx.recv() => {
-                                if let Control::RpcReply { id, .. } = c {
+                            Some(c) = self.control_rx.recv() => match c {
+                                Control::RpcReply { id, .. } => {
                                     tracing::warn!(id, "Dropping an RPC reply: ThingsBoard is not connected.");
                                 }
+                                Control::Switch { opts, reply } => {
+                                    self.begin_trial(*opts, reply);
+                                    self.reconnect_now = false;
+                                    break;
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -459,8 +515,37 @@ impl TbClient {
     }
 
     /// Session limits received or timed out: announce devices and start draining storage.
+    /// Starts trying new connection settings (remote configuration).
+    fn begin_trial(&mut self, opts: TbOptions, reply: oneshot::Sender<Result<(), String>>) {
+        tracing::info!(host = %opts.host, port = opts.port, "Trying new ThingsBoard connection settings.");
+        let old = std::mem::replace(&mut self.opts, opts);
+        // A trial already running keeps the settings it would restore.
+        let old = match self.trial.take() {
+            Some(t) => {
+                let _ = t.reply.send(Err("superseded by newer settings".into()));
+                t.old
+            }
+            None => old,
+        };
+        let trial = self.opts.switch_trial;
+        self.trial = Some(Trial {
+            old,
+            deadline: Instant::now() + trial,
+            trial,
+            reply,
+        });
+        self.reconnect_now = true;
+    }
+
     fn become_ready(&mut self, s: &mut Session) -> Result<(), String> {
         s.ready = true;
+        if let Some(t) = self.trial.take() {
+            tracing::info!("New ThingsBoard connection settings work; keeping them.");
+            let _ = t.reply.send(Ok(()));
+        }
+        if let Some((reply, reason)) = self.reverted.take() {
+            let _ = reply.send(Err(reason));
+        }
         self.to_service(crate::service::ServiceEvent::Ready);
         self.storage.rewind();
         let devices = self.shared.registry().connected();
@@ -682,6 +767,11 @@ impl TbClient {
             }
             Control::Forget { device } => {
                 s.announced.remove(&device);
+            }
+            Control::Switch { opts, reply } => {
+                self.begin_trial(*opts, reply);
+                let _ = s.client.try_disconnect();
+                return Err("switching to new ThingsBoard connection settings".into());
             }
         }
         Ok(())
