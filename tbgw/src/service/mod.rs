@@ -13,6 +13,7 @@
 //!
 //! Device filtering ([`filter`]) runs in the ingest task, on the data path.
 
+mod custom_stats;
 pub mod filter;
 pub(crate) mod machine;
 pub(crate) mod manager;
@@ -147,6 +148,10 @@ impl Services {
         let mut reload_tick = tokio::time::interval(Duration::from_secs(reload_period.max(1)));
         reload_tick.reset();
         let mut log_tick = tokio::time::interval(Duration::from_secs(1));
+        let custom = self.custom_statistics();
+        let mut custom_tick = tokio::time::interval(Duration::from_secs(
+            stats_cfg.custom_stats_send_period_in_seconds.max(1),
+        ));
         loop {
             if self.reconfigure {
                 return true;
@@ -172,6 +177,35 @@ impl Services {
                     }
                 }
                 _ = log_tick.tick(), if self.remote_log.is_some() => self.flush_remote_logs(),
+                _ = custom_tick.tick(), if !custom.is_empty() => {
+                    let values = custom_stats::collect(&custom).await;
+                    if values.as_object().is_some_and(|m| !m.is_empty()) {
+                        self.publish(topic::ME_TELEMETRY, values);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The custom statistics commands, when enabled (a bad file is logged and skipped).
+    fn custom_statistics(&self) -> Vec<custom_stats::CustomStat> {
+        let st = &self.cfg.statistics;
+        if !st.enable_custom {
+            return Vec::new();
+        }
+        let Some(name) = &st.configuration else {
+            tracing::warn!("statistics.enableCustom is set without statistics.configuration; no custom statistics.");
+            return Vec::new();
+        };
+        let dir = self
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+        match custom_stats::load(&crate::config::resolve_path(&dir, name)) {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(error = %e, "Custom statistics file rejected; no custom statistics.");
+                Vec::new()
             }
         }
     }
