@@ -88,6 +88,8 @@ counters! {
         remote_log_records => add_remote_log_records,
         /// Log records dropped by remote logging (queue full).
         remote_log_dropped => add_remote_log_dropped,
+        /// 1 while a session with ThingsBoard is ready, else 0 (a gauge, set by the client).
+        thingsboard_connected => add_thingsboard_connected,
     }
 }
 

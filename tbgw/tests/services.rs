@@ -336,7 +336,16 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         .expect("statistics telemetry");
     let s = s.json.unwrap();
     assert!(s["machineStats"]["gwMemory"].as_u64().unwrap() > 0);
-    assert!(s["connectorsStats"]["Test"].is_object(), "{s}");
+    assert_eq!(
+        s["connectorsStats"]["Test"]["devicesConnected"],
+        json!(1),
+        "{s}"
+    );
+    assert_eq!(
+        s["serviceStats"]["thingsboardConnected"],
+        json!(true),
+        "{s}"
+    );
     assert!(r
         .tb
         .wait_for(WAIT, |m| m.topic == "v1/devices/me/attributes"
@@ -350,6 +359,7 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
     let body = http_get(metrics_port, "/metrics").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("tbgw_stored_total "), "{body}");
+    assert!(body.contains("tbgw_thingsboard_connected 1"), "{body}");
     assert!(body.contains("tbgw_connector_messages_received_total{connector=\"Test\"}"));
     assert!(http_get(metrics_port, "/other")
         .await

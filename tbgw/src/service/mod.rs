@@ -459,9 +459,26 @@ impl Services {
             "storageMsgCount": self.storage.stats().len,
             "storageMsgDropped": dropped,
             "platformMsgPushed": sent,
+            "thingsboardConnected": get("thingsboard_connected") == 1,
         });
         let mut connectors = Map::new();
+        let devices: HashMap<String, (u64, u64)> = {
+            let reg = self.shared.registry();
+            let mut m: HashMap<String, (u64, u64)> = HashMap::new();
+            for (name, owner) in reg.owners() {
+                let e = m.entry(owner.to_string()).or_default();
+                e.0 += 1;
+                if reg
+                    .get(reg.original_name(&name))
+                    .is_some_and(|d| !d.disconnected)
+                {
+                    e.1 += 1;
+                }
+            }
+            m
+        };
         for (name, cs) in &self.connector_stats {
+            let (known, online) = devices.get(name).copied().unwrap_or((0, 0));
             let vals: HashMap<&'static str, u64> = cs.values().into_iter().collect();
             let mut d = |k: &'static str| {
                 let v = vals.get(k).copied().unwrap_or(0);
@@ -476,6 +493,8 @@ impl Services {
                     "convertersErrors": d("convert_errors"),
                     "connectorsErrors": d("errors"),
                     "connectorRestarts": d("restarts"),
+                    "devices": known,
+                    "devicesConnected": online,
                 }),
             );
         }

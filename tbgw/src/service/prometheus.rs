@@ -29,10 +29,14 @@ pub(crate) struct Sources {
 pub(crate) fn render(s: &Sources) -> String {
     let mut out = String::with_capacity(4096);
     for (name, v) in s.gateway.values() {
-        let _ = writeln!(
-            out,
-            "# TYPE tbgw_{name}_total counter\ntbgw_{name}_total {v}"
-        );
+        if name == "thingsboard_connected" {
+            let _ = writeln!(out, "# TYPE tbgw_{name} gauge\ntbgw_{name} {v}");
+        } else {
+            let _ = writeln!(
+                out,
+                "# TYPE tbgw_{name}_total counter\ntbgw_{name}_total {v}"
+            );
+        }
     }
     let st = s.storage.stats();
     let _ = writeln!(

@@ -240,7 +240,12 @@ impl TbClient {
                 break;
             }
             let started = Instant::now();
-            match self.session().await {
+            let end = self.session().await;
+            self.shared
+                .stats
+                .thingsboard_connected
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            match end {
                 SessionEnd::Cancelled => break,
                 SessionEnd::Lost(reason) => {
                     if std::mem::take(&mut self.reconnect_now) {
@@ -539,6 +544,10 @@ impl TbClient {
 
     fn become_ready(&mut self, s: &mut Session) -> Result<(), String> {
         s.ready = true;
+        self.shared
+            .stats
+            .thingsboard_connected
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.trial.take() {
             tracing::info!("New ThingsBoard connection settings work; keeping them.");
             let _ = t.reply.send(Ok(()));
