@@ -1,5 +1,6 @@
 //! Hot paths of the uplink: expression evaluation, JSON conversion of a ~100-byte message,
-//! storage put/read/ack, and packing many devices into gateway payloads.
+//! storage put/read/ack, packing many devices into gateway payloads, and the report
+//! strategy filter.
 //!
 //! Run: `cargo bench -p tbgw-benches`.
 
@@ -8,9 +9,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
+use tbgw::config::{ReportStrategyConfig, ReportType};
 use tbgw::convert::{UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::{DeviceData, Value};
+use tbgw::report::ReportFilter;
 use tbgw::storage::{EventStorage, FullPolicy, MemoryStorage};
 use tbgw_connectors::mqtt::config::ConverterConfig;
 use tbgw_connectors::mqtt::uplink::MqttUplinkConverter;
@@ -111,5 +114,43 @@ fn packing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, expressions, json_converter, storage, packing);
+/// ON_CHANGE over a 10-key device record in which one key changes per record (the other nine
+/// are dropped): the per-record cost the ingest task pays when a strategy is configured.
+fn report_filter(c: &mut Criterion) {
+    let general = ReportStrategyConfig {
+        kind: ReportType::OnChange,
+        ..ReportStrategyConfig::default()
+    };
+    let mut filter = ReportFilter::new(Some(general), Default::default());
+    let keys: Vec<String> = (0..10).map(|k| format!("key_{k}")).collect();
+    let mut n = 0i64;
+    let mut g = c.benchmark_group("report_filter");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("on_change", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let ts = 1_700_000_000_000 + n;
+                let mut d = DeviceData::new("device-0001", "thermometer");
+                d.push_telemetry(ts, keys[0].as_str(), Value::Int(n));
+                for k in &keys[1..] {
+                    d.push_telemetry(ts, k.as_str(), Value::Float(21.5));
+                }
+                (d, ts)
+            },
+            |(d, ts)| filter.apply("MQTT", d, ts),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    expressions,
+    json_converter,
+    storage,
+    packing,
+    report_filter
+);
 criterion_main!(benches);

@@ -74,6 +74,7 @@ pub mod payload {
     pub use crate::tb::pack::{pack, Packed};
 }
 pub mod registry;
+pub mod report;
 pub mod service;
 pub mod stats;
 pub mod storage;

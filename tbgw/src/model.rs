@@ -127,6 +127,12 @@ pub struct DeviceData {
     pub telemetry: Vec<TelemetryEntry>,
     /// Client-side attributes.
     pub attributes: KeyValues,
+    /// The device and datapoint levels of the report strategy, set by the connector that
+    /// produced the data (shared by every record of a device or mapping). The gateway's
+    /// [`ReportFilter`](crate::report::ReportFilter) reads and removes it before storage;
+    /// storage does not keep it.
+    #[serde(skip)]
+    pub report: Option<std::sync::Arc<crate::report::ReportOverrides>>,
 }
 
 impl DeviceData {
@@ -137,6 +143,7 @@ impl DeviceData {
             device_type: device_type.into(),
             telemetry: Vec::new(),
             attributes: Vec::new(),
+            report: None,
         }
     }
 
@@ -166,8 +173,12 @@ impl DeviceData {
         self.attributes.len() + self.telemetry.iter().map(|e| e.values.len()).sum::<usize>()
     }
 
-    /// Appends another conversion result for the same device.
+    /// Appends another conversion result for the same device. Report overrides: the first
+    /// that is set is kept.
     pub fn merge(&mut self, other: DeviceData) {
+        if self.report.is_none() {
+            self.report = other.report;
+        }
         for entry in other.telemetry {
             match self.telemetry.iter_mut().find(|e| e.ts == entry.ts) {
                 Some(existing) => existing.values.extend(entry.values),

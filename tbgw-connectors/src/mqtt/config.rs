@@ -30,6 +30,12 @@ pub struct MqttConnectorConfig {
     /// Old file format: `serverSideRpc` at the top level.
     #[serde(default)]
     pub server_side_rpc: Vec<RpcConfig>,
+    /// Connector-level `reportStrategy`: read by the gateway
+    /// ([`tbgw::report::connector_strategy`]), declared here so it is not an unknown key.
+    pub report_strategy: Option<serde_json::Value>,
+    /// Legacy connector-level `sendDataOnlyOnChange` (`true` = `ON_CHANGE`), read by the
+    /// gateway like `reportStrategy`.
+    pub send_data_only_on_change: Option<serde_json::Value>,
 }
 
 /// `requestsMapping`.
@@ -268,6 +274,9 @@ pub struct MappingConfig {
     pub subscription_qos: u8,
     /// The converter.
     pub converter: ConverterConfig,
+    /// Device-level report strategy of this mapping, where upstream's JSON converter reads
+    /// it; `converter.reportStrategy` (where its bytes converter reads it) wins.
+    pub report_strategy: Option<serde_json::Value>,
 }
 
 const fn default_sub_qos() -> u8 {
@@ -305,6 +314,12 @@ pub struct ConverterConfig {
     /// Configuration handed to the custom converter.
     #[serde(alias = "extension-config")]
     pub extension_config: Option<serde_json::Value>,
+    /// Device-level report strategy of the devices this mapping produces.
+    pub report_strategy: Option<serde_json::Value>,
+    /// Legacy: `true` is a device-level `ON_CHANGE` when no `reportStrategy` is given (old
+    /// upstream versions dropped a message equal to the previous one on its topic; tbgw
+    /// compares key by key).
+    pub send_data_only_on_change: Option<serde_json::Value>,
 }
 
 fn default_converter() -> String {
@@ -376,6 +391,8 @@ pub struct DatapointConfig {
     /// Bytes converter: render byte slices as lowercase hex instead of UTF-8 text.
     #[serde(default)]
     pub hex_mode: bool,
+    /// Datapoint-level report strategy: wins over the mapping's for this key.
+    pub report_strategy: Option<serde_json::Value>,
 }
 
 fn default_dp_type() -> String {

@@ -15,6 +15,7 @@ use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::now_millis;
+use tbgw::report::{self, ReportOverrides};
 use tbgw::uplink::{StoreOutcome, StoreReceipt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -23,7 +24,7 @@ use super::config::{BrokerConfig, Datapoints, MqttConnectorConfig};
 use super::publish::PublishTracker;
 use super::requests::{AskedAttributes, RenderedRpc, Requests, RpcSpec};
 use super::topic;
-use super::uplink::MqttUplinkConverter;
+use super::uplink::{self, MqttUplinkConverter};
 
 /// Most distinct error keys logged per connector run; after that errors are only counted.
 const MAX_LOGGED_ERRORS: usize = 1000;
@@ -35,6 +36,9 @@ struct Mapping {
     qos: u8,
     /// `None`: a custom converter that nobody registered; messages are counted and dropped.
     converter: Option<Arc<dyn UplinkConverter>>,
+    /// Report strategy overrides attached to records that come without any (those of a
+    /// custom converter; the json and bytes converters attach their own).
+    report: Option<Arc<ReportOverrides>>,
 }
 
 /// A running MQTT connector. Build it with [`MqttFactory`](super::MqttFactory).
@@ -106,12 +110,19 @@ impl EventLoop {
                         session_present: c.session_present,
                     })
                 }
-                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Ok(SourceEvent::Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
-                    qos: p.qos as u8,
-                    publish: SourcePublish::V4(p),
-                }),
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(mut p)) => {
+                    // The packet is kept until its PUBACK is due; keep only what the PUBACK
+                    // needs, so it does not pin rumqttc's whole read buffer (the payload is a
+                    // slice of it) while storage makes the data durable.
+                    let topic = std::mem::take(&mut p.topic);
+                    let payload = std::mem::take(&mut p.payload);
+                    Ok(SourceEvent::Message {
+                        topic,
+                        payload,
+                        qos: p.qos as u8,
+                        publish: SourcePublish::V4(p),
+                    })
+                }
                 rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) => {
                     Ok(SourceEvent::Acked(a.pkid))
                 }
@@ -125,12 +136,19 @@ impl EventLoop {
                 rumqttc::v5::Event::Incoming(Packet5::ConnAck(c)) => Ok(SourceEvent::Connected {
                     session_present: c.session_present,
                 }),
-                rumqttc::v5::Event::Incoming(Packet5::Publish(p)) => Ok(SourceEvent::Message {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.clone(),
-                    qos: p.qos as u8,
-                    publish: SourcePublish::V5(p),
-                }),
+                rumqttc::v5::Event::Incoming(Packet5::Publish(mut p)) => {
+                    // As above: the kept packet must not pin the read buffer.
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let payload = std::mem::take(&mut p.payload);
+                    p.topic = Bytes::new();
+                    p.properties = None;
+                    Ok(SourceEvent::Message {
+                        topic,
+                        payload,
+                        qos: p.qos as u8,
+                        publish: SourcePublish::V5(p),
+                    })
+                }
                 rumqttc::v5::Event::Incoming(Packet5::PubAck(a)) => Ok(SourceEvent::Acked(a.pkid)),
                 rumqttc::v5::Event::Incoming(Packet5::PubRec(a)) => Ok(SourceEvent::Acked(a.pkid)),
                 rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -316,8 +334,16 @@ impl MqttConnector {
                     "must be 0, 1 or 2",
                 ));
             }
+            let (mapping_level, converter_level) = mapping_report(file, &prefix, m, ignored)?;
+            let mut report = None;
             let converter: Option<Arc<dyn UplinkConverter>> = match m.converter.kind.as_str() {
                 "custom" => {
+                    report = converter_level.or(mapping_level).map(|s| {
+                        Arc::new(ReportOverrides {
+                            device: Some(s),
+                            keys: HashMap::new(),
+                        })
+                    });
                     let ext = m.converter.extension.clone().unwrap_or_default();
                     match custom.get(&ext) {
                         Some(c) => Some(c.clone()),
@@ -327,11 +353,16 @@ impl MqttConnector {
                         }
                     }
                 }
-                "json" | "bytes" => Some(Arc::new(MqttUplinkConverter::build(
-                    file,
-                    &format!("{prefix}.converter"),
-                    &m.converter,
-                )?)),
+                "json" | "bytes" => {
+                    let c = MqttUplinkConverter::build(
+                        file,
+                        &format!("{prefix}.converter"),
+                        &m.converter,
+                    )?
+                    .with_mapping_strategy(mapping_level);
+                    note_report_conflicts(&prefix, m, &c, ignored);
+                    Some(Arc::new(c))
+                }
                 other => {
                     return Err(ConfigError::new(
                         file,
@@ -358,6 +389,7 @@ impl MqttConnector {
                 filter: m.topic_filter.clone(),
                 qos: m.subscription_qos,
                 converter,
+                report,
             });
         }
         let requests = Requests::build(file, &cfg, ignored)?;
@@ -469,7 +501,14 @@ impl MqttConnector {
             let Some(conv) = &m.converter else { continue };
             let mut errors = Vec::new();
             match conv.convert(input, &mut errors) {
-                Ok(data) => out.extend(data),
+                Ok(mut data) => {
+                    if let Some(r) = &m.report {
+                        for d in data.iter_mut().filter(|d| d.report.is_none()) {
+                            d.report = Some(r.clone());
+                        }
+                    }
+                    out.extend(data)
+                }
                 Err(e) => errors.push(e),
             }
             problems.extend(errors.into_iter().map(|e| (i, e)));
@@ -1021,6 +1060,86 @@ impl Connector for MqttConnector {
                     Downlink::AttributeUpdate(u) => self.handle_attribute_update(cx, &mut s, u),
                     _ => {}
                 },
+            }
+        }
+    }
+}
+
+/// Reads the report strategies of `mapping[i]` (`prefix`): returns the mapping level
+/// (`mapping[i].reportStrategy`) and the converter level (`converter.reportStrategy`, or
+/// `ON_CHANGE` for the legacy `converter.sendDataOnlyOnChange: true`), checks every
+/// datapoint's, and lists unused keys inside them. The converter level wins; a mapping
+/// level it hides is reported as ignored.
+fn mapping_report(
+    file: &Path,
+    prefix: &str,
+    m: &super::config::MappingConfig,
+    ignored: &mut Vec<String>,
+) -> Result<
+    (
+        Option<tbgw::config::ReportStrategyConfig>,
+        Option<tbgw::config::ReportStrategyConfig>,
+    ),
+    ConfigError,
+> {
+    let mapping_level = match &m.report_strategy {
+        Some(v) => report::parse_strategy(v, file, &format!("{prefix}.reportStrategy"), ignored)?,
+        None => None,
+    };
+    let converter_level =
+        uplink::device_strategy(file, &format!("{prefix}.converter"), &m.converter, ignored)?;
+    if mapping_level.is_some() && converter_level.is_some() {
+        ignored.push(format!(
+            "{prefix}.reportStrategy (converter.reportStrategy or converter.sendDataOnlyOnChange takes precedence)"
+        ));
+    }
+    for (section, points) in [
+        ("attributes", &m.converter.attributes),
+        ("timeseries", &m.converter.timeseries),
+    ] {
+        if let Datapoints::List(list) = points {
+            for (j, p) in list.iter().enumerate() {
+                if let Some(v) = &p.report_strategy {
+                    let path = format!("{prefix}.converter.{section}[{j}].reportStrategy");
+                    report::parse_strategy(v, file, &path, ignored)?;
+                }
+            }
+        }
+    }
+    Ok((mapping_level, converter_level))
+}
+
+/// A constant key listed in both `attributes` and `timeseries` with different strategies:
+/// the overrides hold one strategy per name (the first listed), so the other is reported.
+fn note_report_conflicts(
+    prefix: &str,
+    m: &super::config::MappingConfig,
+    c: &MqttUplinkConverter,
+    ignored: &mut Vec<String>,
+) {
+    let Some(o) = c.report_overrides() else {
+        return;
+    };
+    for (section, points) in [
+        ("attributes", &m.converter.attributes),
+        ("timeseries", &m.converter.timeseries),
+    ] {
+        let Datapoints::List(list) = points else {
+            continue;
+        };
+        for (j, p) in list.iter().enumerate() {
+            let Some(v) = &p.report_strategy else {
+                continue;
+            };
+            let Ok(Some(s)) = report::parse_strategy(v, Path::new(""), "", &mut Vec::new()) else {
+                continue;
+            };
+            if o.keys.get(&p.key).is_some_and(|kept| *kept != s) {
+                ignored.push(format!(
+                    "{prefix}.converter.{section}[{j}].reportStrategy (another datapoint named `{}` \
+                     comes first; one strategy per key name)",
+                    p.key
+                ));
             }
         }
     }

@@ -1,14 +1,17 @@
 //! The MQTT connector's uplink converters: `json` and `bytes`, built once from the mapping's
 //! `converter` section, run for every message.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use fancy_regex::Regex;
 use serde_json::Value as Json;
-use tbgw::config::ConfigError;
+use tbgw::config::{ConfigError, ReportStrategyConfig};
 use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::expr::{self, ByteSlices, DataType, Template, TsOptions};
 use tbgw::model::{DeviceData, Value};
+use tbgw::report::{self, ReportOverrides};
 
 use super::config::{ConverterConfig, DatapointConfig, Datapoints};
 
@@ -113,6 +116,19 @@ struct Datapoint {
     ts: Option<(Template, TsOptions)>,
     /// Render byte slices as hex (`hexMode`).
     hex: bool,
+    /// The datapoint's own `reportStrategy`. A constant key's is also in the converter's
+    /// overrides; any other key is only known per message, so its strategy is added then.
+    report: Option<ReportStrategyConfig>,
+}
+
+impl Datapoint {
+    /// The strategy to add per message: set, and the key is not a constant.
+    fn dynamic_report(&self) -> Option<&ReportStrategyConfig> {
+        match self.key {
+            KeySource::Constant(_) => None,
+            _ => self.report.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,6 +146,8 @@ pub struct MqttUplinkConverter {
     attributes: Points,
     timeseries: Points,
     use_received_ts: bool,
+    /// Device and datapoint report strategies, attached to every record (`None`: none set).
+    report: Option<Arc<ReportOverrides>>,
 }
 
 impl MqttUplinkConverter {
@@ -214,14 +232,53 @@ impl MqttUplinkConverter {
                 (name, profile)
             }
         };
+        let attributes = build_points(file, &format!("{prefix}.attributes"), &c.attributes, bytes)?;
+        let timeseries = build_points(file, &format!("{prefix}.timeseries"), &c.timeseries, bytes)?;
+        let mut overrides = ReportOverrides {
+            device: device_strategy(file, prefix, c, &mut Vec::new())?,
+            keys: HashMap::new(),
+        };
+        for points in [&attributes, &timeseries] {
+            let Points::List(points) = points else {
+                continue;
+            };
+            for p in points {
+                if let (KeySource::Constant(k), Some(s)) = (&p.key, &p.report) {
+                    // The same name in attributes and timeseries: the first one wins
+                    // (MqttConnector::build reports the other as ignored).
+                    overrides.keys.entry(k.clone()).or_insert_with(|| s.clone());
+                }
+            }
+        }
         Ok(MqttUplinkConverter {
             bytes,
             device_name: name,
             device_profile: profile,
-            attributes: build_points(file, &format!("{prefix}.attributes"), &c.attributes, bytes)?,
-            timeseries: build_points(file, &format!("{prefix}.timeseries"), &c.timeseries, bytes)?,
+            attributes,
+            timeseries,
             use_received_ts: c.use_received_ts,
+            report: (!overrides.is_empty()).then(|| Arc::new(overrides)),
         })
+    }
+
+    /// Sets the device-level report strategy from the mapping (`mapping[].reportStrategy`)
+    /// unless the converter section has its own (`reportStrategy` or
+    /// `sendDataOnlyOnChange: true`).
+    pub fn with_mapping_strategy(mut self, s: Option<ReportStrategyConfig>) -> Self {
+        let Some(s) = s else { return self };
+        let mut o = self.report.as_deref().cloned().unwrap_or_default();
+        if o.device.is_none() {
+            o.device = Some(s);
+            self.report = Some(Arc::new(o));
+        }
+        self
+    }
+
+    /// The device and datapoint report strategies attached to every record this converter
+    /// produces (`None` when none is configured). Datapoints whose key is a template add
+    /// theirs per message.
+    pub fn report_overrides(&self) -> Option<&Arc<ReportOverrides>> {
+        self.report.as_ref()
     }
 
     fn convert_one(
@@ -245,6 +302,7 @@ impl MqttUplinkConverter {
             .resolve(topic, json, payload)
             .unwrap_or_else(|| "default".into());
         let mut data = DeviceData::new(name, profile);
+        let mut dynamic: Vec<(String, ReportStrategyConfig)> = Vec::new();
         let ts = if self.use_received_ts {
             received_ts
         } else {
@@ -259,6 +317,9 @@ impl MqttUplinkConverter {
             Points::List(points) => {
                 for p in points {
                     if let Some((k, v, _)) = self.eval(p, topic, json, payload, errors) {
+                        if let Some(s) = p.dynamic_report() {
+                            dynamic.push((k.clone(), s.clone()));
+                        }
                         data.push_attribute(k, v);
                     }
                 }
@@ -275,6 +336,9 @@ impl MqttUplinkConverter {
             Points::List(points) => {
                 for p in points {
                     if let Some((k, v, own_ts)) = self.eval(p, topic, json, payload, errors) {
+                        if let Some(s) = p.dynamic_report() {
+                            dynamic.push((k.clone(), s.clone()));
+                        }
                         let t = if self.use_received_ts {
                             received_ts
                         } else {
@@ -285,6 +349,17 @@ impl MqttUplinkConverter {
                 }
             }
         }
+        data.report = if dynamic.is_empty() {
+            self.report.clone()
+        } else {
+            // Keys known only now: overrides of this message (allocated only for mappings
+            // that give a template key its own strategy).
+            let mut o = self.report.as_deref().cloned().unwrap_or_default();
+            for (k, s) in dynamic {
+                o.keys.entry(k).or_insert(s);
+            }
+            Some(Arc::new(o))
+        };
         Ok(data)
     }
 
@@ -442,13 +517,46 @@ fn build_point(
         )),
         None => None,
     };
+    let report = match &p.report_strategy {
+        None => None,
+        Some(v) => report::parse_strategy(
+            v,
+            file,
+            &format!("{prefix}.reportStrategy"),
+            &mut Vec::new(),
+        )?,
+    };
     Ok(Datapoint {
         key,
         value,
         ty,
         ts,
         hex: p.hex_mode,
+        report,
     })
+}
+
+/// The device level of a converter section: its `reportStrategy`, else `ON_CHANGE` for the
+/// legacy `sendDataOnlyOnChange: true`. `prefix` is the section's key path.
+pub(super) fn device_strategy(
+    file: &Path,
+    prefix: &str,
+    c: &ConverterConfig,
+    ignored: &mut Vec<String>,
+) -> Result<Option<ReportStrategyConfig>, ConfigError> {
+    let legacy = report::legacy_on_change(
+        c.send_data_only_on_change.as_ref(),
+        file,
+        &format!("{prefix}.sendDataOnlyOnChange"),
+    )?;
+    if let Some(v) = &c.report_strategy {
+        if let Some(s) =
+            report::parse_strategy(v, file, &format!("{prefix}.reportStrategy"), ignored)?
+        {
+            return Ok(Some(s));
+        }
+    }
+    Ok(legacy)
 }
 
 impl UplinkConverter for MqttUplinkConverter {

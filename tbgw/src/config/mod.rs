@@ -81,8 +81,10 @@ pub struct LoadedConfig {
 /// Keys every connector file may carry that the gateway (not the connector) handles.
 const COMMON_CONNECTOR_KEYS: &[&str] = &["name", "id", "configVersion"];
 /// Common keys tbgw accepts and does not act on yet.
-const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] =
-    &["logLevel", "enableRemoteLogging", "reportStrategy"];
+const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel", "enableRemoteLogging"];
+/// Common keys the report strategy service reads: validated here, left in
+/// `ConnectorSpec::config` for [`crate::report::connector_strategy`] (the connector level).
+const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = crate::report::CONNECTOR_KEYS;
 
 /// Loads the main file and every connector file named in it, using the process environment
 /// for `TB_GW_*` overrides.
@@ -197,7 +199,8 @@ pub fn load_with_env(
 }
 
 /// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
-/// connector file may carry (`name`, `id`, ...) and reports the common keys tbgw does not use.
+/// connector file may carry (`name`, `id`, ...), reports the common keys tbgw does not use, and
+/// validates the connector-level `reportStrategy` / `sendDataOnlyOnChange` (left in the config).
 /// Used at load, by hot reload and by remote configuration.
 pub fn connector_spec(
     name: &str,
@@ -223,6 +226,17 @@ pub fn connector_spec(
                 key: (*k).to_string(),
             });
         }
+    }
+    if COMMON_CONNECTOR_KEYS_REPORT
+        .iter()
+        .any(|k| obj.contains_key(*k))
+    {
+        let mut keys = Vec::new();
+        crate::report::connector_strategy_checked(&value, file, &mut keys)?;
+        ignored.extend(keys.into_iter().map(|key| IgnoredKey {
+            file: file.to_path_buf(),
+            key,
+        }));
     }
     Ok((
         ConnectorSpec {

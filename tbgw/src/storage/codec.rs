@@ -174,6 +174,7 @@ pub fn decode(buf: &[u8]) -> Result<DeviceData, CodecError> {
         device_type,
         telemetry,
         attributes,
+        report: None,
     })
 }
 

@@ -1107,3 +1107,178 @@ fn hex_mode_renders_slices_as_hex_in_keys_and_values() {
         "{values:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Report strategy overrides
+// ---------------------------------------------------------------------------------------------
+
+mod report_strategy {
+    use super::*;
+    use tbgw::config::{AggregationFunction, ReportType};
+
+    fn on_change() -> ReportStrategyConfig {
+        ReportStrategyConfig {
+            kind: ReportType::OnChange,
+            ..ReportStrategyConfig::default()
+        }
+    }
+
+    #[test]
+    fn without_strategies_records_carry_no_overrides() {
+        let c = json_converter(
+            json!([]),
+            json!([{"type": "integer", "key": "t", "value": "${t}"}]),
+        );
+        assert!(c.report_overrides().is_none());
+        let d = single(convert_json(&c, "x", json!({"t": 1})));
+        assert!(d.report.is_none());
+    }
+
+    #[test]
+    fn device_and_datapoint_strategies_are_shared_by_every_record() {
+        let c = build(json!({
+            "type": "json",
+            "deviceInfo": {"deviceNameExpressionSource": "message", "deviceNameExpression": "${id}"},
+            "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 5000, "aggregationFunction": "AVERAGE"},
+            "attributes": [{"type": "string", "key": "fw", "value": "${fw}", "reportStrategy": {"type": "ON_CHANGE"}}],
+            "timeseries": [{"type": "double", "key": "t", "value": "${t}"}]
+        }));
+        let o = c.report_overrides().expect("overrides").clone();
+        let device = o.device.clone().expect("device level");
+        assert_eq!(device.kind, ReportType::OnReportPeriod);
+        assert_eq!(device.report_period, 5000);
+        assert_eq!(device.aggregation_function, AggregationFunction::Average);
+        assert_eq!(o.keys.get("fw"), Some(&on_change()));
+        assert!(!o.keys.contains_key("t"));
+        let out = convert_json(
+            &c,
+            "x",
+            json!([{"id": "a", "t": 1.5, "fw": "1"}, {"id": "b", "t": 2, "fw": "2"}]),
+        );
+        assert_eq!(out.len(), 2);
+        for d in &out {
+            assert!(
+                Arc::ptr_eq(d.report.as_ref().expect("attached"), &o),
+                "one Arc for all"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bytes_converter_attaches_the_same_overrides() {
+        let c = build(json!({
+            "type": "bytes",
+            "deviceInfo": {"deviceNameExpressionSource": "constant", "deviceNameExpression": "B"},
+            "timeseries": [{"type": "raw", "key": "v", "value": "[0:2]", "reportStrategy": {"type": "ON_CHANGE"}}]
+        }));
+        let d = single(convert_ok(&c, "x", b"ab"));
+        assert_eq!(
+            d.report.expect("attached").keys.get("v"),
+            Some(&on_change())
+        );
+    }
+
+    #[test]
+    fn a_template_key_gets_its_strategy_under_the_key_of_each_message() {
+        let c = json_converter(
+            json!([]),
+            json!([
+                {"type": "integer", "key": "${name}", "value": "${v}", "reportStrategy": {"type": "ON_CHANGE"}},
+                {"type": "integer", "key": "fixed", "value": "${v}"}
+            ]),
+        );
+        assert!(
+            c.report_overrides().is_none(),
+            "nothing is known before a message"
+        );
+        let d = single(convert_json(&c, "x", json!({"name": "speed", "v": 3})));
+        let o = d.report.expect("per-message overrides");
+        assert_eq!(o.keys.get("speed"), Some(&on_change()));
+        assert_eq!(o.keys.len(), 1);
+        assert_eq!(o.device, None);
+    }
+
+    #[test]
+    fn the_legacy_send_data_only_on_change_is_a_device_level_on_change() {
+        let c = json_converter_with(json!({"sendDataOnlyOnChange": true}));
+        assert_eq!(
+            c.report_overrides().and_then(|o| o.device.clone()),
+            Some(on_change())
+        );
+        let c = json_converter_with(json!({"sendDataOnlyOnChange": false}));
+        assert!(c.report_overrides().is_none());
+        // reportStrategy wins over the legacy flag.
+        let c = json_converter_with(
+            json!({"sendDataOnlyOnChange": true, "reportStrategy": {"type": "ON_RECEIVED"}}),
+        );
+        assert_eq!(
+            c.report_overrides()
+                .and_then(|o| o.device.as_ref().map(|s| s.kind)),
+            Some(ReportType::OnReceived)
+        );
+    }
+
+    #[test]
+    fn the_mapping_level_applies_when_the_converter_has_none() {
+        let c = json_converter(json!([]), json!([])).with_mapping_strategy(Some(on_change()));
+        assert_eq!(
+            c.report_overrides().and_then(|o| o.device.clone()),
+            Some(on_change())
+        );
+        let own = ReportStrategyConfig {
+            kind: ReportType::OnReceived,
+            ..ReportStrategyConfig::default()
+        };
+        let c = json_converter_with(json!({"reportStrategy": {"type": "ON_RECEIVED"}}))
+            .with_mapping_strategy(Some(on_change()));
+        assert_eq!(
+            c.report_overrides().and_then(|o| o.device.clone()),
+            Some(own)
+        );
+    }
+
+    #[test]
+    fn bad_strategies_are_config_errors_with_their_key_path() {
+        let cases = [
+            (
+                json!({"reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 0}}),
+                "mapping[0].converter.reportStrategy.reportPeriod",
+            ),
+            (
+                json!({"sendDataOnlyOnChange": "yes"}),
+                "mapping[0].converter.sendDataOnlyOnChange",
+            ),
+            (
+                json!({"timeseries": [{"type": "raw", "key": "k", "value": "${k}", "reportStrategy": {"type": "NEVER"}}]}),
+                "mapping[0].converter.timeseries[0].reportStrategy.type",
+            ),
+            (
+                json!({"attributes": [{"type": "raw", "key": "${k}", "value": "${k}", "reportStrategy": {"ttl": 5}}]}),
+                "mapping[0].converter.attributes[0].reportStrategy.type",
+            ),
+        ];
+        for (extra, key) in cases {
+            let mut cfg = json!({
+                "type": "json",
+                "deviceInfo": {"deviceNameExpressionSource": "constant", "deviceNameExpression": "Dev"}
+            });
+            for (k, v) in extra.as_object().expect("object") {
+                cfg[k] = v.clone();
+            }
+            let e = build_err(cfg);
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    fn json_converter_with(extra: Json) -> MqttUplinkConverter {
+        let mut cfg = json!({
+            "type": "json",
+            "deviceInfo": {"deviceNameExpressionSource": "constant", "deviceNameExpression": "Dev"},
+            "timeseries": [{"type": "integer", "key": "t", "value": "${t}"}]
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            cfg[k] = v.clone();
+        }
+        build(cfg)
+    }
+}
