@@ -128,9 +128,11 @@ fn upstreams_sample_tb_gateway_json_passes() {
         describe(&out)
     );
     let err = stderr(&out);
+    // Service keys are used now; gRPC is not.
+    assert!(!err.contains("thingsboard.remoteShell"), "{}", describe(&out));
     assert!(
         err.contains(&format!(
-            "warning: {}: thingsboard.remoteShell: ignored",
+            "warning: {}: thingsboard.latencyDebugMode: ignored",
             file.display()
         )),
         "{}",
@@ -166,11 +168,7 @@ fn a_main_file_naming_upstreams_mqtt_json_by_absolute_path_passes_with_warnings(
     let err = stderr(&out);
     // Keys of upstream's sample that tbgw does not use are named with their full path, in
     // the same `mapping[0]` syntax errors use.
-    for key in [
-        "broker.maxNumberOfWorkers",
-        "mapping[0].converter.sendDataOnlyOnChange",
-        "mapping[1].converter.timeout",
-    ] {
+    for key in ["broker.maxNumberOfWorkers", "mapping[1].converter.timeout"] {
         let warning = format!("warning: {}: {key}: ignored", mqtt.display());
         assert!(
             err.contains(&warning),

@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
 use crate::connector::{Connector, ConnectorContext, ConnectorFactory};
+use crate::model::DeviceData;
 use crate::registry::{DeviceRegistry, Observed};
+use crate::report::ReportFilter;
 use crate::service::filter::DeviceFilter;
 use crate::service::manager::{ConnectorCommand, Manager, PROBATION};
 use crate::service::remote_log::RemoteLogHandle;
@@ -432,9 +434,11 @@ impl Gateway {
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
         let (service_tx, service_rx) = mpsc::channel(SERVICE_CAPACITY);
 
+        let (ingest_cmd_tx, ingest_cmd_rx) = mpsc::channel(64);
         let mut routes = Routes::default();
         let mut contexts = Vec::new();
-        let mut manager = Manager::new(factories);
+        let mut manager = Manager::new(factories, ingest_cmd_tx);
+        let mut connector_reports = HashMap::new();
         let mut shared_keys = HashMap::new();
         for slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
@@ -466,6 +470,11 @@ impl Gateway {
                 slot.config.clone(),
                 ctx,
             );
+            if let Some(file) = &slot.file {
+                if let Ok(Some(st)) = crate::report::connector_strategy(&slot.config, file) {
+                    connector_reports.insert(slot.name.to_string(), st);
+                }
+            }
             let keys = slot.connector.shared_attribute_keys();
             if !keys.is_empty() {
                 shared_keys.insert(slot.name.clone(), keys);
@@ -511,6 +520,8 @@ impl Gateway {
                 service: service_tx,
                 sync_shared: !shared_keys.is_empty()
                     && tb_config.sync_devices_shared_attributes_on_connect,
+                report: ReportFilter::new(tb_config.report_strategy.clone(), connector_reports),
+                commands: ingest_cmd_rx,
             },
         ));
         let services = Services {
@@ -797,6 +808,18 @@ struct Ingest {
     service: mpsc::Sender<ServiceEvent>,
     /// Some connector wants shared attributes synced when its devices connect.
     sync_shared: bool,
+    /// Report strategies (skipped entirely while nothing can be filtered).
+    report: ReportFilter,
+    commands: mpsc::Receiver<IngestCommand>,
+}
+
+/// Requests from the services task to the ingest task.
+#[derive(Debug)]
+pub(crate) enum IngestCommand {
+    /// A connector stopped: forget its cached report-strategy values.
+    Purge(String),
+    /// A connector's configuration changed: its connector-level report strategy.
+    SetStrategy(String, Option<crate::config::ReportStrategyConfig>),
 }
 
 /// Takes uplink messages, registers devices and writes data to storage, in batches.
@@ -816,7 +839,30 @@ async fn ingest(
     let mut pending: VecDeque<(u64, oneshot::Sender<StoreOutcome>, StoreOutcome)> = VecDeque::new();
     loop {
         let front = pending.front().map(|p| p.0);
+        let next_report = ing.report.next_due().map(|due| {
+            let wait = (due - crate::model::now_millis()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
         tokio::select! {
+            _ = tokio::time::sleep_until(next_report.unwrap_or_else(Instant::now)), if next_report.is_some() => {
+                let due = ing.report.due(crate::model::now_millis());
+                if !due.is_empty() {
+                    shared.stats.add_report_periodic(due.len() as u64);
+                    let records: Vec<_> = due.into_iter().map(|(_, d)| d).collect();
+                    let n = records.len();
+                    match storage.put(records).await {
+                        Ok(r) => shared.stats.add_stored(r.stored as u64),
+                        Err(e) => {
+                            shared.stats.add_storage_errors(1);
+                            tracing::error!(error = %e, records = n, "Writing periodic reports to storage failed.");
+                        }
+                    }
+                }
+            }
+            Some(cmd) = ing.commands.recv() => match cmd {
+                IngestCommand::Purge(c) => ing.report.purge_connector(&c),
+                IngestCommand::SetStrategy(c, st) => ing.report.set_connector_strategy(&c, st),
+            },
             n = rx.recv_many(&mut msgs, INGEST_BATCH) => {
                 if n == 0 {
                     break;
@@ -876,7 +922,7 @@ async fn absorb(
                     data,
                     ack,
                 } => {
-                    let n = data.len();
+                    let mut n = 0;
                     for d in data {
                         if let Some(f) = &mut ing.filter {
                             if !f.allows(&connector, &d.device_name) {
@@ -888,7 +934,21 @@ async fn absorb(
                         if ing.sync_shared && o != Observed::Known {
                             connected.push((d.device_name.clone(), connector.clone()));
                         }
-                        records.push(d);
+                        let d = if ing.report.is_passthrough() && d.report.is_none() {
+                            Some(d)
+                        } else {
+                            let before = d.datapoints();
+                            let out = ing.report.apply(&connector, d, now);
+                            let after = out.as_ref().map_or(0, DeviceData::datapoints);
+                            if before > after {
+                                shared.stats.add_report_suppressed((before - after) as u64);
+                            }
+                            out
+                        };
+                        if let Some(d) = d {
+                            records.push(d);
+                            n += 1;
+                        }
                     }
                     if let Some(a) = ack {
                         acks.push((a, n));

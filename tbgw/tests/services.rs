@@ -716,3 +716,59 @@ async fn remote_general_configuration_applies_or_rolls_back_and_storage_change_r
     assert!(report.restart_requested, "{report:?}");
     assert_eq!(main(&r)["storage"], storage);
 }
+
+/// Telemetry entries ThingsBoard received for `device`.
+fn entries(r: &Running, device: &str) -> Vec<Json> {
+    r.tb.messages_on("v1/gateway/telemetry")
+        .iter()
+        .filter_map(|m| m.json.as_ref()?.get(device)?.as_array().cloned())
+        .flatten()
+        .collect()
+}
+
+#[tokio::test]
+async fn report_strategies_from_the_general_and_connector_levels_apply_on_the_data_path() {
+    // General ON_CHANGE: a device sending the same value every 100 ms is reported once.
+    let r = start(
+        json!({"reportStrategy": {"type": "ON_CHANGE"}}),
+        json!({"devices": ["d1"], "tag": "same"}),
+        None,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "same", t0).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(entries(&r, "d1").len(), 1, "{:?}", entries(&r, "d1"));
+    assert!(
+        r.stats
+            .report_suppressed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
+    drop(r);
+
+    // Connector level ON_REPORT_PERIOD overrides the general one: the latest value is
+    // re-sent every period with the report time.
+    let r = start(
+        json!({"reportStrategy": {"type": "ON_CHANGE"}}),
+        json!({"devices": ["d1"], "tag": "same",
+               "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 300}}),
+        None,
+    )
+    .await;
+    assert!(r.telemetry("d1", "same", std::time::Instant::now()).await);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let e = entries(&r, "d1");
+    assert!(e.len() >= 3, "re-sent every period: {e:?}");
+    let ts: Vec<i64> = e.iter().filter_map(|x| x["ts"].as_i64()).collect();
+    assert!(
+        ts.windows(2).all(|w| w[1] > w[0]),
+        "report times advance: {ts:?}"
+    );
+    assert!(
+        r.stats
+            .report_periodic
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+}

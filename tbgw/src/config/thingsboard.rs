@@ -330,6 +330,9 @@ impl ThingsBoardConfig {
                 "must not be empty",
             ));
         }
+        if let Some(rs) = &self.report_strategy {
+            crate::report::validate(rs, file, "thingsboard.reportStrategy")?;
+        }
         if self.max_payload_size_bytes < 256 {
             return Err(ConfigError::new(
                 file,

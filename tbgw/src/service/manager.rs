@@ -57,6 +57,8 @@ pub(crate) struct ConnectorHandle {
 pub(crate) struct Manager {
     pub factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
     pub handles: Vec<ConnectorHandle>,
+    /// Tells the ingest task about stopped connectors and new report strategies.
+    pub ingest: mpsc::Sender<crate::gateway::IngestCommand>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -72,10 +74,14 @@ fn modified(p: &std::path::Path) -> Option<SystemTime> {
 }
 
 impl Manager {
-    pub(crate) fn new(factories: Arc<Vec<Box<dyn ConnectorFactory>>>) -> Self {
+    pub(crate) fn new(
+        factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
+        ingest: mpsc::Sender<crate::gateway::IngestCommand>,
+    ) -> Self {
         Manager {
             factories,
             handles: Vec::new(),
+            ingest,
         }
     }
 
@@ -153,7 +159,17 @@ impl Manager {
             .await
             .unwrap_or_else(|_| Err("the connector's supervisor is gone".into()));
         if r.is_ok() {
+            let strategy = crate::report::connector_strategy(&value, &file)
+                .ok()
+                .flatten();
             let h = &mut self.handles[idx];
+            let _ = self
+                .ingest
+                .send(crate::gateway::IngestCommand::SetStrategy(
+                    h.name.to_string(),
+                    strategy,
+                ))
+                .await;
             h.config = value;
             h.running = true;
         }
@@ -176,6 +192,10 @@ impl Manager {
                 if h.commands.send(ConnectorCommand::Stop(tx)).await.is_ok() {
                     let _ = rx.await;
                     h.running = false;
+                    let _ = self
+                        .ingest
+                        .send(crate::gateway::IngestCommand::Purge(h.name.to_string()))
+                        .await;
                     stopped.push(h.name.clone());
                     tracing::info!(connector = %h.name, "Connector stopped (active_connectors).");
                 }
