@@ -238,6 +238,16 @@ fn gateway_config(
             json!({"type": "memory", "max_records_count": 200000, "read_records_count": 1000, "full_policy": "block"})
         }
     };
+    // Extra storage keys for experiments, e.g. TBGW_E2E_STORAGE='{"max_records_between_fsync": 1000}'.
+    let mut storage = storage;
+    if let Ok(extra) = std::env::var("TBGW_E2E_STORAGE") {
+        let extra: serde_json::Value = serde_json::from_str(&extra)?;
+        if let (Some(s), Some(e)) = (storage.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+    }
     let main = json!({
         "thingsboard": {"host": "127.0.0.1", "port": tb_port, "security": {"type": "accessToken", "accessToken": "bench"},
                          "maxPayloadSizeBytes": 65536, "sessionLimitsTimeoutMs": 200, "maxInflightMessages": 100},
