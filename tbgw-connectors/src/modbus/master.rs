@@ -25,8 +25,50 @@ use super::codec::{self, exception_text, Request, Response, ValueSpec, ValueType
 use super::plan::{ConnectionPlan, Datapoint, Section, SlavePlan};
 use super::transport::{Transport, TransportError};
 
+/// Buckets of the lateness histogram (see [`late_bucket`]).
+pub const LATE_BUCKETS: usize = 256;
+
+/// The histogram bucket of a lateness of `us` microseconds: exact below 8 µs, then eight
+/// buckets per power of two (at most 12.5 % wide); the last bucket takes everything above
+/// about 2.4 hours.
+pub fn late_bucket(us: u64) -> usize {
+    if us < 8 {
+        return us as usize;
+    }
+    let e = 63 - us.leading_zeros() as usize; // 2^e <= us, e >= 3
+    let sub = ((us >> (e - 3)) & 7) as usize;
+    ((e - 2) * 8 + sub).min(LATE_BUCKETS - 1)
+}
+
+/// The largest lateness (µs) that falls into bucket `i` of [`late_bucket`].
+pub fn late_bucket_upper_us(i: usize) -> u64 {
+    if i < 8 {
+        return i as u64;
+    }
+    let (e, sub) = (i / 8 + 2, (i % 8) as u64);
+    ((9 + sub) << (e - 3)) - 1
+}
+
+/// Upper bound (µs) of the `q` quantile (0..1) of a lateness histogram with
+/// [`LATE_BUCKETS`] buckets; 0 when it is empty.
+pub fn late_quantile_of(hist: &[u64], q: f64) -> u64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let target = ((total as f64 * q).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, c) in hist.iter().enumerate() {
+        seen += c;
+        if seen >= target {
+            return late_bucket_upper_us(i);
+        }
+    }
+    0
+}
+
 /// Lateness of poll starts against their schedule, for all connections of the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PollMetrics {
     /// Poll cycles started.
     pub polls: AtomicU64,
@@ -38,9 +80,21 @@ pub struct PollMetrics {
     pub late_sum_us: AtomicU64,
     /// Largest lateness in microseconds.
     pub late_max_us: AtomicU64,
-    /// Histogram of lateness: bucket `i` counts starts late by less than `2^i` µs
-    /// (the last bucket takes the rest).
-    pub late_hist: [AtomicU64; 24],
+    /// Histogram of lateness, bucketed by [`late_bucket`].
+    pub late_hist: [AtomicU64; LATE_BUCKETS],
+}
+
+impl Default for PollMetrics {
+    fn default() -> Self {
+        PollMetrics {
+            polls: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            late_sum_us: AtomicU64::new(0),
+            late_max_us: AtomicU64::new(0),
+            late_hist: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl PollMetrics {
@@ -49,23 +103,17 @@ impl PollMetrics {
         self.polls.fetch_add(1, Relaxed);
         self.late_sum_us.fetch_add(us, Relaxed);
         self.late_max_us.fetch_max(us, Relaxed);
-        let bucket = (64 - us.leading_zeros()) as usize;
-        self.late_hist[bucket.min(23)].fetch_add(1, Relaxed);
+        self.late_hist[late_bucket(us)].fetch_add(1, Relaxed);
     }
 
-    /// An upper bound of the `q` quantile (0..1) of lateness, in microseconds.
+    /// A snapshot of the lateness histogram.
+    pub fn late_histogram(&self) -> Vec<u64> {
+        self.late_hist.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    /// An upper bound (within 12.5 %) of the `q` quantile (0..1) of lateness, in microseconds.
     pub fn late_quantile_us(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self.late_hist.iter().map(|c| c.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        let target = (total as f64 * q).ceil() as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target && *c > 0 {
-                return 1u64 << i;
-            }
-        }
-        0
+        late_quantile_of(&self.late_histogram(), q)
     }
 }
 
@@ -599,4 +647,43 @@ pub async fn run_op(t: &mut Transport, slave: &SlavePlan, op: &Op) -> Result<Jso
 
 fn registers_to_bytes(regs: &[u16]) -> Vec<u8> {
     regs.iter().flat_map(|r| r.to_be_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_buckets_bound_every_value_within_an_eighth() {
+        let mut us = 0u64;
+        while us < 1 << 33 {
+            let b = late_bucket(us);
+            let upper = late_bucket_upper_us(b);
+            assert!(upper >= us, "{us} in bucket {b} with upper bound {upper}");
+            assert!(
+                b == 0 || late_bucket_upper_us(b - 1) < us,
+                "{us}: bucket {b} too high"
+            );
+            assert!(upper - us <= us / 8, "{us}: bound {upper} too loose");
+            us = us * 17 / 16 + 1;
+        }
+        assert_eq!(late_bucket(u64::MAX), LATE_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_of_a_histogram() {
+        let mut hist = vec![0u64; LATE_BUCKETS];
+        assert_eq!(late_quantile_of(&hist, 0.5), 0);
+        for us in [100u64, 100, 100, 1000] {
+            hist[late_bucket(us)] += 1;
+        }
+        assert_eq!(
+            late_quantile_of(&hist, 0.5),
+            late_bucket_upper_us(late_bucket(100))
+        );
+        assert_eq!(
+            late_quantile_of(&hist, 0.99),
+            late_bucket_upper_us(late_bucket(1000))
+        );
+    }
 }
