@@ -1,6 +1,6 @@
 //! The Modbus connector against real peers: pymodbus as the server over TCP, UDP and serial
-//! lines (RTU and ASCII over socat PTY pairs), pymodbus as the client of slave mode, and
-//! misbehaving devices (silent, late, exceptions, dropped connections).
+//! lines (RTU and ASCII over socat PTY pairs), pymodbus as the client of slave mode (TCP, UDP,
+//! RTU and ASCII), and misbehaving devices (silent, late, exceptions, dropped connections).
 
 #![cfg_attr(not(feature = "modbus"), allow(missing_docs))]
 #![cfg(feature = "modbus")]
@@ -551,6 +551,30 @@ async fn silent_and_late_devices_do_not_delay_a_healthy_one() {
     silent_task.abort();
 }
 
+/// Runs `modbus_client.py WHERE ARGS...` until it succeeds (the server may not be up yet) and
+/// returns its JSON output.
+async fn pymodbus_client(where_: String, args: Vec<String>) -> Json {
+    let mut full = vec![
+        peer_script("modbus_client.py").display().to_string(),
+        where_,
+    ];
+    full.extend(args);
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = tokio::process::Command::new(tbgw::test_util::peers_python())
+            .args(&full)
+            .output()
+            .await
+            .expect("python runs");
+        if out.status.success() {
+            return serde_json::from_slice::<Json>(&out.stdout).expect("json");
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pymodbus client failed: {full:?}\n{last}");
+}
+
 #[tokio::test]
 async fn slave_mode_serves_pymodbus_and_reports_its_writes() {
     let port = free_tcp_port();
@@ -579,25 +603,8 @@ async fn slave_mode_serves_pymodbus_and_reports_its_writes() {
         )
         .await
     );
-    let client = |args: Vec<String>| async move {
-        let mut full = vec![
-            peer_script("modbus_client.py").display().to_string(),
-            port.to_string(),
-        ];
-        full.extend(args);
-        for _ in 0..50 {
-            let out = tokio::process::Command::new(tbgw::test_util::peers_python())
-                .args(&full)
-                .output()
-                .await
-                .expect("python runs");
-            if out.status.success() {
-                return serde_json::from_slice::<Json>(&out.stdout).expect("json");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("pymodbus client failed: {full:?}");
-    };
+    let where_ = port.to_string();
+    let client = |args: Vec<String>| pymodbus_client(where_.clone(), args);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     // Initial values: "ON", 12334, 1243 as 32int low word first, 22.
     assert_eq!(
@@ -640,6 +647,80 @@ async fn slave_mode_serves_pymodbus_and_reports_its_writes() {
         json!([70000 & 0xFFFF, 70000 >> 16, 0xFFFB])
     );
     h.abort();
+}
+
+/// Slave mode over one transport: every table read by pymodbus, a register write reported.
+async fn check_slave_transport(conn: Json, where_: String) {
+    let mut slave = json!({
+        "unitId": 1, "deviceName": "Slave", "deviceType": "plc", "pollPeriod": 5000,
+        "byteOrder": "BIG", "wordOrder": "LITTLE",
+        "values": {
+            "holding_registers": {
+                "timeseries": [{"address": 2, "type": "16int", "tag": "level", "objectsCount": 1, "value": -7}]
+            },
+            "input_registers": {
+                "attributes": [{"address": 0, "type": "32uint", "tag": "serial", "objectsCount": 2, "value": 70000}]
+            },
+            "coils_initializer": {
+                "attributes": [{"address": 5, "type": "bits", "tag": "relay", "objectsCount": 1, "value": true}]
+            },
+            "discrete_inputs": {
+                "attributes": [{"address": 1, "type": "bits", "tag": "door", "objectsCount": 1, "value": true}]
+            }
+        }
+    });
+    for (k, v) in conn.as_object().expect("object") {
+        slave[k] = v.clone();
+    }
+    let (h, mut ends, _) = start(json!({ "slave": slave }));
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let client = |args: Vec<String>| pymodbus_client(where_.clone(), args);
+    assert_eq!(client(s(&["read-hr", "2", "1"])).await, json!([0xFFF9]));
+    assert_eq!(
+        client(s(&["read-ir", "0", "2"])).await,
+        json!([70000 & 0xFFFF, 70000 >> 16])
+    );
+    assert_eq!(
+        client(s(&["read-co", "4", "2"])).await,
+        json!([false, true])
+    );
+    assert_eq!(client(s(&["read-di", "1", "1"])).await, json!([true]));
+    assert_eq!(client(s(&["write-hr", "2", "321"])).await, json!(true));
+    let d = next_data(&mut ends, "Slave").await;
+    assert_eq!(values(&d)["level"], json!(321));
+    h.abort();
+}
+
+#[tokio::test]
+async fn slave_mode_serves_pymodbus_over_udp() {
+    let port = free_udp_port();
+    check_slave_transport(
+        json!({"type": "udp", "host": "127.0.0.1", "port": port}),
+        format!("udp:{port}"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn slave_mode_serves_pymodbus_over_serial_rtu() {
+    let line = pty().await;
+    check_slave_transport(
+        json!({"type": "serial", "port": line.a, "method": "rtu", "baudrate": 19200}),
+        format!("rtu:{}", line.b),
+    )
+    .await;
+    drop(line);
+}
+
+#[tokio::test]
+async fn slave_mode_serves_pymodbus_over_serial_ascii() {
+    let line = pty().await;
+    check_slave_transport(
+        json!({"type": "serial", "port": line.a, "method": "ascii", "baudrate": 19200}),
+        format!("ascii:{}", line.b),
+    )
+    .await;
+    drop(line);
 }
 
 #[test]
