@@ -524,6 +524,14 @@ impl Gateway {
                 commands: ingest_cmd_rx,
             },
         ));
+        if let Some(h) = &remote_log {
+            // Upstream's per-connector `enableRemoteLogging` (default false).
+            h.set_connectors(manager.handles.iter().filter_map(|c| {
+                let raw = crate::config::parse::read_file(c.file.as_deref()?).ok()?;
+                (raw.get("enableRemoteLogging") == Some(&serde_json::Value::Bool(true)))
+                    .then(|| c.name.to_string())
+            }));
+        }
         let services = Services {
             cfg: tb_config,
             config_file,

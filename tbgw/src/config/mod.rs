@@ -81,7 +81,9 @@ pub struct LoadedConfig {
 /// Keys every connector file may carry that the gateway (not the connector) handles.
 const COMMON_CONNECTOR_KEYS: &[&str] = &["name", "id", "configVersion"];
 /// Common keys tbgw accepts and does not act on yet.
-const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel", "enableRemoteLogging"];
+const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel"];
+/// Common keys the gateway reads from the raw connector file (remote logging).
+const COMMON_CONNECTOR_KEYS_GATEWAY: &[&str] = &["enableRemoteLogging"];
 /// Common keys the report strategy service reads: validated here, left in
 /// `ConnectorSpec::config` for [`crate::report::connector_strategy`] (the connector level).
 const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = crate::report::CONNECTOR_KEYS;
@@ -217,6 +219,9 @@ pub fn connector_spec(
         ));
     };
     for k in COMMON_CONNECTOR_KEYS {
+        obj.remove(*k);
+    }
+    for k in COMMON_CONNECTOR_KEYS_GATEWAY {
         obj.remove(*k);
     }
     for k in COMMON_CONNECTOR_KEYS_IGNORED {

@@ -874,7 +874,8 @@ fn common_connector_keys_are_stripped_and_log_level_is_reported_ignored() {
         "only the connector's own keys remain"
     );
     assert_ignored(&loaded, &cfile, "logLevel");
-    assert_ignored(&loaded, &cfile, "enableRemoteLogging");
+    // Read by the gateway for remote logging, not reported.
+    assert_not_ignored(&loaded, "enableRemoteLogging");
     // `name`, `id` and `configVersion` are handled by the gateway: stripped silently.
     for key in ["name", "id", "configVersion"] {
         assert!(

@@ -41,6 +41,9 @@ struct Inner {
     level: AtomicU8,
     queue: Mutex<VecDeque<LogRecord>>,
     dropped: AtomicU64,
+    /// Connectors whose records are sent (`enableRemoteLogging: true` in their file); `None`:
+    /// every connector's.
+    connectors: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
 }
 
 /// The gateway's end of remote logging: the level and the queue.
@@ -101,6 +104,14 @@ impl RemoteLogHandle {
     pub fn level(&self) -> &'static str {
         ["NONE", "ERROR", "WARNING", "INFO", "DEBUG", "TRACE"]
             [usize::from(self.inner.level.load(Relaxed).min(5))]
+    }
+
+    /// Sends the records of these connectors only (upstream's per-connector
+    /// `enableRemoteLogging`); the gateway's own records are always sent.
+    pub fn set_connectors(&self, names: impl IntoIterator<Item = String>) {
+        if let Ok(mut c) = self.inner.connectors.write() {
+            *c = Some(names.into_iter().collect());
+        }
     }
 
     /// Records dropped because the queue was full.
@@ -195,6 +206,17 @@ where
                 .from_root()
                 .find_map(|s| s.extensions().get::<ConnectorName>().map(|c| c.0.clone()))
         });
+        if let Some(c) = &connector {
+            let allowed = self
+                .inner
+                .connectors
+                .read()
+                .map(|set| set.as_ref().is_none_or(|s| s.contains(c)))
+                .unwrap_or(true);
+            if !allowed {
+                return;
+            }
+        }
         let key = match connector {
             Some(c) => format!("{c}_LOGS"),
             None if target.starts_with("tbgw::tb") => "CONNECTION_LOGS".into(),
@@ -246,6 +268,22 @@ mod tests {
         let p = payload(&got);
         assert_eq!(p[1]["values"]["MQTT A_LOGS"], p[1]["values"]["LOGS"]);
         assert_eq!(handle.level(), "WARNING");
+
+        // Only connectors with enableRemoteLogging send their records.
+        handle.set_connectors(["Other".to_string()]);
+        let sub = tracing_subscriber::registry().with(RemoteLogLayer {
+            inner: handle.inner.clone(),
+        });
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("connector", name = "MQTT A");
+            let _g = span.enter();
+            tracing::error!("not sent");
+            drop(_g);
+            tracing::error!("gateway record, sent");
+        });
+        let got = handle.drain(100);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].key, "SERVICE_LOGS");
     }
 
     #[test]
