@@ -564,6 +564,8 @@ impl Gateway {
             trial: None,
             reconnect_now: false,
             reverted: None,
+            limits: Default::default(),
+            dp_per_record: 0,
         };
         let client_task = tokio::spawn(client.run());
 

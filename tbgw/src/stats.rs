@@ -88,6 +88,10 @@ counters! {
         remote_log_records => add_remote_log_records,
         /// Log records dropped by remote logging (queue full).
         remote_log_dropped => add_remote_log_dropped,
+        /// Times device data waited for a client-side rate limit window.
+        rate_limited => add_rate_limited,
+        /// Times ThingsBoard said a rate limit was hit (reason 150, quota exceeded).
+        server_throttled => add_server_throttled,
         /// 1 while a session with ThingsBoard is ready, else 0 (a gauge, set by the client).
         thingsboard_connected => add_thingsboard_connected,
     }

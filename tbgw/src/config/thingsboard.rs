@@ -330,6 +330,21 @@ impl ThingsBoardConfig {
                 "must not be empty",
             ));
         }
+        for (key, v) in [
+            ("messagesRateLimits", &self.messages_rate_limits),
+            ("rateLimits", &self.rate_limits),
+            ("dpRateLimits", &self.dp_rate_limits),
+            (
+                "deviceMessagesRateLimits",
+                &self.device_messages_rate_limits,
+            ),
+            ("deviceRateLimits", &self.device_rate_limits),
+            ("deviceDpRateLimits", &self.device_dp_rate_limits),
+        ] {
+            if let Some(v) = v {
+                crate::tb::throttle::validate(file, key, v)?;
+            }
+        }
         if let Some(rs) = &self.report_strategy {
             crate::report::validate(rs, file, "thingsboard.reportStrategy")?;
         }

@@ -46,7 +46,17 @@ impl TbClient {
                 }
             }
             topic::DISCONNECT => {
-                tracing::warn!(message = %json, "ThingsBoard disconnected a device.");
+                if json.get("reason").and_then(Json::as_i64) == Some(150) {
+                    // A rate limit was hit: pause device data until the windows refill.
+                    self.shared.stats.add_server_throttled(1);
+                    self.limits.server_throttled(tokio::time::Instant::now());
+                    tracing::warn!(message = %json, "ThingsBoard reports a rate limit (reason 150); device data paused.");
+                } else if json.get("reason").is_some() {
+                    tracing::warn!(message = %json, "ThingsBoard disconnected a device.");
+                } else {
+                    // Our own disconnect notice echoed by a plain broker.
+                    self.shared.stats.add_echoes_ignored(1);
+                }
             }
             topic::ME_ATTRIBUTES => {
                 tracing::debug!(attributes = %json, "Shared attributes of the gateway device changed.");
@@ -86,7 +96,7 @@ impl TbClient {
             }
         }
         if limits.get("rateLimits").is_some() || limits.get("gatewayRateLimits").is_some() {
-            tracing::debug!(limits = %limits, "Session rate limits received; tbgw does not throttle by them yet.");
+            self.limits.apply_session(limits);
         }
         tracing::info!(
             payload_limit = s.payload_limit,

@@ -19,6 +19,7 @@
 
 mod incoming;
 pub mod pack;
+pub mod throttle;
 mod tracker;
 
 use std::collections::{HashMap, HashSet};
@@ -84,6 +85,8 @@ pub struct TbOptions {
     pub reconnect_max: Duration,
     /// How long new settings from remote configuration get to connect.
     pub switch_trial: Duration,
+    /// The six client-side rate limit strings.
+    pub rate_limits: throttle::LimitStrings,
 }
 
 impl TbOptions {
@@ -118,6 +121,14 @@ impl TbOptions {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
             switch_trial: Duration::from_secs(cfg.remote_configuration_trial_seconds.max(1)),
+            rate_limits: throttle::LimitStrings {
+                messages: cfg.messages_rate_limits.clone(),
+                telemetry: cfg.rate_limits.clone(),
+                datapoints: cfg.dp_rate_limits.clone(),
+                device_messages: cfg.device_messages_rate_limits.clone(),
+                device_telemetry: cfg.device_rate_limits.clone(),
+                device_datapoints: cfg.device_dp_rate_limits.clone(),
+            },
         }
     }
 }
@@ -216,6 +227,11 @@ pub(crate) struct TbClient {
     pub reconnect_now: bool,
     /// A failed trial, answered when the restored settings are connected.
     pub reverted: Option<(oneshot::Sender<Result<(), String>>, String)>,
+    /// Client-side rate limits (configured, replaced by the session limits).
+    pub limits: throttle::Limits,
+    /// Most datapoints per record in the last batch (0: none read yet), to size batches so
+    /// they fit the datapoint window.
+    pub dp_per_record: usize,
 }
 
 /// Per-session state.
@@ -235,6 +251,7 @@ struct Session {
 impl TbClient {
     pub(crate) async fn run(mut self) {
         let mut delay = self.opts.reconnect_min;
+        self.limits = throttle::Limits::from_config(&self.opts.rate_limits, &self.opts.host);
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -456,11 +473,20 @@ impl TbClient {
         }
         let limits_deadline = Instant::now() + self.opts.session_limits_timeout;
         let mut drain_deadline: Option<Instant> = None;
-        let batch_size = self.storage.read_batch_size();
 
         loop {
+            let batch_size = match self.limits.max_batch() {
+                // Under a datapoint limit: one record first, then as many as fit the window.
+                Some(m) => match self.dp_per_record {
+                    0 => 1,
+                    k => self.storage.read_batch_size().min((m / k).max(1)),
+                },
+                None => self.storage.read_batch_size(),
+            };
+            let throttle = self.limits.data_wait(Instant::now());
             let can_read = s.ready
                 && drain_deadline.is_none()
+                && throttle.is_zero()
                 && s.tracker.pending() < s.window
                 && s.tracker.pending_batches() < 4;
             tokio::select! {
@@ -493,6 +519,9 @@ impl TbClient {
                     if let Err(reason) = self.become_ready(&mut s) {
                         return SessionEnd::Lost(reason);
                     }
+                }
+                _ = tokio::time::sleep(throttle), if !throttle.is_zero() && s.ready && drain_deadline.is_none() => {
+                    self.shared.stats.add_rate_limited(1);
                 }
                 r = self.storage.read(batch_size), if can_read => match r {
                     Ok(batch) => {
@@ -565,6 +594,7 @@ impl TbClient {
     }
 
     fn announce(&mut self, s: &mut Session, device: &str, device_type: &str) -> Result<(), String> {
+        self.limits.took_control(Instant::now());
         let payload = json!({"device": device, "type": device_type})
             .to_string()
             .into_bytes();
@@ -618,6 +648,15 @@ impl TbClient {
             );
         }
         let n = packed.telemetry.len() + packed.attributes.len();
+        let datapoints: usize = batch.records.iter().map(|r| r.datapoints()).sum();
+        self.dp_per_record = batch
+            .records
+            .iter()
+            .map(|r| r.datapoints())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        self.limits.took_data(n, datapoints, Instant::now());
         let id = s
             .tracker
             .begin_batch(batch.last_seq(), batch.records.len(), n);
@@ -679,7 +718,11 @@ impl TbClient {
                 match ack.reason {
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {}
                     PubAckReason::QuotaExceeded => {
-                        // Throttled by ThingsBoard: reconnect after a backoff and send again.
+                        // Throttled by ThingsBoard: pause device data, reconnect after a
+                        // backoff and send again (the batch is not acknowledged, so nothing
+                        // is lost).
+                        self.shared.stats.add_server_throttled(1);
+                        self.limits.server_throttled(Instant::now());
                         return Err("ThingsBoard rejected a publish: quota exceeded".into());
                     }
                     other => {
@@ -764,6 +807,7 @@ impl TbClient {
             }
             Control::MePublish { topic, payload } => {
                 if s.ready {
+                    self.limits.took_own(Instant::now());
                     let qos = s.qos;
                     self.publish(
                         s,
