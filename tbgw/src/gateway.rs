@@ -207,10 +207,13 @@ impl GatewayBuilder {
         if let Some(cfg) = &self.config {
             all_ignored.extend(cfg.ignored.iter().cloned());
             if tb_options.is_none() {
-                tb_options = Some(TbOptions::new(
-                    &cfg.gateway.thingsboard,
-                    cfg.credentials.clone(),
-                ));
+                let mut o = TbOptions::new(&cfg.gateway.thingsboard, cfg.credentials.clone());
+                if let Some(p) = &cfg.gateway.thingsboard.provisioning {
+                    if cfg.credentials.username.is_none() && cfg.credentials.tls.is_none() {
+                        o.provisioning = Some((p.clone(), cfg.dir.clone()));
+                    }
+                }
+                tb_options = Some(o);
             }
             // `check` validates without touching the disk: durable storages are opened only
             // when the gateway is really built.

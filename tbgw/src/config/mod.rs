@@ -128,18 +128,36 @@ pub fn load_with_env(
     if let Err(e) = gateway.storage.validate(file) {
         errors.push(e);
     }
-    let credentials =
-        match gateway
-            .thingsboard
-            .security
-            .resolve(file, &dir, gateway.thingsboard.port)
-        {
+    let sec = &gateway.thingsboard.security;
+    let no_security = sec.kind.is_none()
+        && sec.access_token.is_none()
+        && sec.username.is_none()
+        && sec.cert.is_none();
+    let credentials = match (&gateway.thingsboard.provisioning, no_security) {
+        // No credentials but a provisioning section: the saved credentials of an earlier
+        // provisioning, or none yet (the client provisions before it connects).
+        (Some(p), true) => match crate::tb::provision::validate(p, file) {
+            Ok(()) => Some(
+                crate::tb::provision::saved_credentials(&dir).unwrap_or(Credentials {
+                    client_id: String::new(),
+                    username: None,
+                    password: None,
+                    tls: None,
+                }),
+            ),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        _ => match sec.resolve(file, &dir, gateway.thingsboard.port) {
             Ok(c) => Some(c),
             Err(e) => {
                 errors.push(e);
                 None
             }
-        };
+        },
+    };
     ignored_paths.extend(gateway.storage.unused_keys(raw.get("storage")));
     let mut ignored: Vec<IgnoredKey> = ignored_paths
         .into_iter()

@@ -19,6 +19,7 @@
 
 mod incoming;
 pub mod pack;
+pub mod provision;
 pub mod throttle;
 mod tracker;
 
@@ -87,6 +88,9 @@ pub struct TbOptions {
     pub switch_trial: Duration,
     /// The six client-side rate limit strings.
     pub rate_limits: throttle::LimitStrings,
+    /// Provision the gateway device first (no credentials yet): the section and the config
+    /// directory the credentials are saved in.
+    pub provisioning: Option<(crate::config::ProvisioningConfig, std::path::PathBuf)>,
 }
 
 impl TbOptions {
@@ -129,6 +133,7 @@ impl TbOptions {
                 device_telemetry: cfg.device_rate_limits.clone(),
                 device_datapoints: cfg.device_dp_rate_limits.clone(),
             },
+            provisioning: None,
         }
     }
 }
@@ -251,6 +256,26 @@ struct Session {
 impl TbClient {
     pub(crate) async fn run(mut self) {
         let mut delay = self.opts.reconnect_min;
+        while let Some((p, dir)) = self.opts.provisioning.clone() {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = provision::provision(&self.opts.host, self.opts.port, &p, &dir) => match r {
+                    Ok(c) => {
+                        self.opts.credentials = c;
+                        self.opts.provisioning = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Provisioning the gateway device failed; retrying.");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(self.opts.reconnect_max);
+                    }
+                },
+            }
+        }
+        delay = self.opts.reconnect_min;
         self.limits = throttle::Limits::from_config(&self.opts.rate_limits, &self.opts.host);
         loop {
             if self.cancel.is_cancelled() {
