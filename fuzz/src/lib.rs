@@ -1,0 +1,133 @@
+//! Fuzzed entry points of tbgw, shared by the libFuzzer targets (`fuzz_targets/`) and the
+//! stable-Rust driver (`src/bin/`).
+
+use tbgw_connectors::modbus::codec::{
+    decode_bits, decode_frame, decode_registers, decode_response, Direction, Framing, Order,
+    Request, Response, ValueSpec, ValueType,
+};
+
+/// Every value type, with a register count that suits it.
+const TYPES: [(ValueType, u16); 14] = [
+    (ValueType::Bits, 1),
+    (ValueType::Bits, 20),
+    (ValueType::String, 3),
+    (ValueType::Bytes, 2),
+    (ValueType::Int(8), 1),
+    (ValueType::UInt(8), 1),
+    (ValueType::Int(16), 1),
+    (ValueType::UInt(16), 1),
+    (ValueType::Float(16), 1),
+    (ValueType::Int(32), 2),
+    (ValueType::Float(32), 2),
+    (ValueType::Int(64), 4),
+    (ValueType::UInt(64), 4),
+    (ValueType::Float(64), 4),
+];
+
+/// The request a response answers, built from (up to) five input bytes: function code
+/// selector, address, count or value.
+pub fn request(b: &[u8]) -> Request {
+    let byte = |i: usize| b.get(i).copied().unwrap_or(0);
+    let address = u16::from_be_bytes([byte(1), byte(2)]);
+    let n = u16::from_be_bytes([byte(3), byte(4)]);
+    match byte(0) % 8 {
+        k @ 0..=3 => Request::Read {
+            fc: k + 1,
+            address,
+            // Counts a master really sends (1..=2000 bits, 1..=125 registers).
+            count: if k < 2 { n % 2000 + 1 } else { n % 125 + 1 },
+        },
+        4 => Request::WriteSingleCoil {
+            address,
+            value: n & 1 == 1,
+        },
+        5 => Request::WriteSingleRegister { address, value: n },
+        6 => Request::WriteMultipleCoils {
+            address,
+            values: vec![true; usize::from(n % 64) + 1],
+        },
+        _ => Request::WriteMultipleRegisters {
+            address,
+            values: vec![n; usize::from(n % 16) + 1],
+        },
+    }
+}
+
+/// Decodes every value type, in every order, from what a device answered.
+fn decode_values(resp: &Response, scale: u8) {
+    for (ty, count) in TYPES {
+        for (byte_order, word_order) in [(Order::Big, Order::Little), (Order::Little, Order::Big)] {
+            let mut spec = ValueSpec::new(ty, count);
+            spec.byte_order = byte_order;
+            spec.word_order = word_order;
+            spec.bit = (scale & 0x80 != 0).then_some(u16::from(scale & 0x3F));
+            spec.bits_as_int = scale & 1 == 1;
+            spec.divider = (scale & 2 != 0).then_some(f64::from(scale));
+            spec.multiplier = (scale & 4 != 0).then_some(-f64::from(scale));
+            match resp {
+                Response::Registers(r) => {
+                    let _ = decode_registers(r, &spec);
+                }
+                Response::Bits(b) => {
+                    let _ = decode_bits(b, &spec);
+                }
+                Response::Written => {}
+            }
+        }
+    }
+}
+
+/// One fuzz input: byte 0 picks the framing and the value options, bytes 1..6 the request, the
+/// rest is what arrived on the wire. Frames are decoded one after the other as the master's
+/// transport does, each PDU as the answer to the request and each answer into values. Panics
+/// (the fuzzer's finding) when a decoder panics or breaks its documented contract.
+pub fn modbus_response(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let framing = [Framing::Mbap, Framing::Rtu, Framing::Ascii][usize::from(sel % 3)];
+    let (req, wire) = rest.split_at(rest.len().min(5));
+    let req = request(req);
+    // The PDU decoder alone on raw bytes.
+    check(&req, decode_response(&req, wire), sel);
+    let mut buf = wire;
+    while !buf.is_empty() {
+        match decode_frame(framing, Direction::Response, buf) {
+            Ok(Some(frame)) => {
+                assert!(
+                    frame.len > 0 && frame.len <= buf.len(),
+                    "frame length {} out of a {}-byte buffer",
+                    frame.len,
+                    buf.len()
+                );
+                check(&req, decode_response(&req, &frame.pdu), sel);
+                buf = &buf[frame.len..];
+            }
+            Ok(None) => break,
+            // The transport drops what it cannot decode; go on after one byte to reach more.
+            Err(_) => buf = &buf[1..],
+        }
+    }
+}
+
+fn check(
+    req: &Request,
+    r: Result<Result<Response, u8>, tbgw_connectors::modbus::codec::CodecError>,
+    sel: u8,
+) {
+    let Ok(Ok(resp)) = r else { return };
+    match (req, &resp) {
+        (Request::Read { fc, count, .. }, Response::Bits(b)) => {
+            assert!(*fc <= 2, "bits answer a function code {fc} read");
+            assert_eq!(b.len(), usize::from(*count), "bit count");
+        }
+        (Request::Read { fc, count, .. }, Response::Registers(r)) => {
+            assert!(*fc >= 3, "registers answer a function code {fc} read");
+            assert_eq!(r.len(), usize::from(*count), "register count");
+        }
+        (Request::Read { .. }, Response::Written) => panic!("a read answered as a write"),
+        (_, Response::Written) => {}
+        (_, other) => panic!("a write answered with {other:?}"),
+    }
+    decode_values(&resp, sel);
+}
