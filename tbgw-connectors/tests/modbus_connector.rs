@@ -723,6 +723,139 @@ async fn slave_mode_serves_pymodbus_over_serial_ascii() {
     drop(line);
 }
 
+/// pymodbus's Modbus/TCP-over-TLS server with certificates from a test CA.
+async fn tls_server(
+    pki: &tbgw::test_util::Pki,
+    port: u16,
+    values: &Json,
+    client_ca: bool,
+) -> PythonPeer {
+    let mut where_ = format!(
+        "{port}:{}:{}",
+        pki.server_cert().display(),
+        pki.server_key().display()
+    );
+    if client_ca {
+        where_.push_str(&format!(":{}", pki.ca_cert().display()));
+    }
+    let mut p = PythonPeer::spawn([
+        peer_script("modbus_server.py").display().to_string(),
+        "tls".into(),
+        where_,
+        values.to_string(),
+    ])
+    .expect("pymodbus starts");
+    p.wait_output("READY", WAIT).await.expect("pymodbus ready");
+    p.wait_tcp(port, WAIT).await.expect("pymodbus listens");
+    p
+}
+
+#[tokio::test]
+async fn master_polls_pymodbus_over_mutual_tls_and_refuses_a_wrong_server_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = tbgw::test_util::Pki::generate(dir.path(), "");
+    let port = free_tcp_port();
+    let mut peer = tls_server(&pki, port, &json!({"hr": {"0": 1234, "1": 0xFFFF}}), true).await;
+    let tls = json!({
+        "certfile": pki.client_cert(), "keyfile": pki.client_key(), "cafile": pki.ca_cert()
+    });
+    let mut wrong = tls.clone();
+    wrong["serverHostname"] = json!("not-the-server.example");
+    let points = json!([
+        {"tag": "a", "type": "16uint", "functionCode": 3, "objectsCount": 1, "address": 0},
+        {"tag": "b", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 1}
+    ]);
+    let (h, mut ends, _) = start(json!({"master": {"slaves": [
+        {"type": "tcp", "method": "tls", "host": "127.0.0.1", "port": port, "unitId": 1,
+         "deviceName": "Secure", "pollPeriod": 100, "timeout": 2, "tls": tls, "timeseries": points},
+        // Same server, a name its certificate does not carry: the handshake must fail.
+        {"type": "tcp", "method": "tls", "host": "127.0.0.1", "port": port, "unitId": 1,
+         "deviceName": "Impostor", "pollPeriod": 100, "timeout": 2, "tls": wrong, "timeseries": points},
+        // Without `cafile` the server's certificate is not checked, as upstream does.
+        {"type": "tcp", "method": "tls", "host": "127.0.0.1", "port": port, "unitId": 1,
+         "deviceName": "Unchecked", "pollPeriod": 100, "timeout": 2,
+         "tls": {"certfile": pki.client_cert(), "keyfile": pki.client_key(), "serverHostname": "any.example"},
+         "timeseries": points}
+    ]}}));
+    // Several polls of the good devices, and never a value from the impostor.
+    let (mut secure, mut unchecked) = (0, 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while secure < 5 || unchecked < 1 {
+        let m = tokio::time::timeout_at(deadline, ends.uplink.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "not enough data over TLS ({secure}, {unchecked}); peer log:\n{}",
+                    peer.log()
+                )
+            })
+            .expect("channel open");
+        match m {
+            UplinkMessage::Data { data, .. } => {
+                for d in &data {
+                    assert_ne!(
+                        d.device_name, "Impostor",
+                        "data from a server with the wrong name"
+                    );
+                    assert_eq!(Json::Object(values(d)), json!({"a": 1234, "b": -1}));
+                    secure += usize::from(d.device_name == "Secure");
+                    unchecked += usize::from(d.device_name == "Unchecked");
+                }
+            }
+            UplinkMessage::Connect { device, .. } => assert_ne!(device, "Impostor"),
+            _ => {}
+        }
+    }
+    h.abort();
+    peer.stop().await;
+}
+
+#[tokio::test]
+async fn slave_mode_serves_pymodbus_over_tls_and_requires_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = tbgw::test_util::Pki::generate(dir.path(), "");
+    let port = free_tcp_port();
+    let (h, mut ends, _) = start(json!({"slave": {
+        "type": "tcp", "method": "socket", "host": "127.0.0.1", "port": port, "unitId": 1,
+        "deviceName": "Secure Slave",
+        "security": {"certfile": pki.server_cert(), "keyfile": pki.server_key(), "cafile": pki.ca_cert()},
+        "values": {"holding_registers": {
+            "timeseries": [{"address": 3, "type": "16uint", "tag": "level", "objectsCount": 1, "value": 4321}]
+        }}
+    }}));
+    let with_cert = format!(
+        "tls:{port}:{}:{}:{}",
+        pki.ca_cert().display(),
+        pki.client_cert().display(),
+        pki.client_key().display()
+    );
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        pymodbus_client(with_cert.clone(), s(&["read-hr", "3", "1"])).await,
+        json!([4321])
+    );
+    assert_eq!(
+        pymodbus_client(with_cert, s(&["write-hr", "3", "5"])).await,
+        json!(true)
+    );
+    let d = next_data(&mut ends, "Secure Slave").await;
+    assert_eq!(values(&d)["level"], json!(5));
+    // The server is up; a client without a certificate is turned away.
+    let out = tokio::process::Command::new(tbgw::test_util::peers_python())
+        .arg(peer_script("modbus_client.py"))
+        .arg(format!("tls:{port}:{}", pki.ca_cert().display()))
+        .args(["read-hr", "3", "1"])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was served: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    h.abort();
+}
+
 #[test]
 fn upstream_sample_configs_build() {
     for name in ["modbus.json", "modbus_serial.json"] {
@@ -769,8 +902,24 @@ fn config_errors_name_the_key_path() {
             "master.slaves[0].port",
         ),
         (
-            json!({"master": {"slaves": [{"type": "tcp", "port": 1, "method": "tls"}]}}),
+            json!({"master": {"slaves": [{"type": "udp", "port": 1, "method": "tls"}]}}),
             "master.slaves[0].method",
+        ),
+        (
+            json!({"master": {"slaves": [{"type": "tcp", "port": 1, "method": "tls", "tls": {"certfile": "/nonexistent/c.pem", "keyfile": "/nonexistent/k.pem"}}]}}),
+            "master.slaves[0].tls.certfile",
+        ),
+        (
+            json!({"master": {"slaves": [{"type": "serial", "port": "/dev/null", "tls": {"cafile": "/nonexistent/ca.pem"}}]}}),
+            "master.slaves[0].tls",
+        ),
+        (
+            json!({"slave": {"type": "tcp", "port": 1, "method": "tls"}}),
+            "slave.security.certfile",
+        ),
+        (
+            json!({"slave": {"type": "tcp", "port": 1, "security": {"certfile": "/nonexistent/c.pem"}}}),
+            "slave.security.keyfile",
         ),
         (
             json!({"master": {"slaves": [{"type": "tcp", "port": 1, "byteOrder": "MIDDLE"}]}}),

@@ -110,6 +110,8 @@ pub struct SlaveConfig {
     pub handle_local_echo: Option<bool>,
     /// Accepted and ignored: tbgw decodes the registers itself.
     pub repack: Option<bool>,
+    /// TLS client settings for `method: "tls"` (Modbus/TCP over TLS).
+    pub tls: Option<TlsConfig>,
     /// Datapoints sent as attributes.
     #[serde(default)]
     pub attributes: Vec<DatapointConfig>,
@@ -177,8 +179,8 @@ pub struct SlaveServerConfig {
     pub send_data_to_thingsboard: Option<bool>,
     /// Device identification (accepted and ignored: function code 43 is not served).
     pub identity: Option<Json>,
-    /// TLS for the server (not supported: an error when set).
-    pub security: Option<Json>,
+    /// TLS for the server: with `certfile` and `keyfile`, the slave serves Modbus/TCP over TLS.
+    pub security: Option<TlsConfig>,
     /// Register blocks and their initial values.
     #[serde(default)]
     pub values: SlaveValues,
@@ -217,4 +219,32 @@ pub struct SlaveBlock {
     /// Values RPCs set (method = tag).
     #[serde(default)]
     pub rpc: Vec<DatapointConfig>,
+}
+
+/// `master.slaves[].tls` (upstream passes it to pymodbus's TLS client) and `slave.security`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// Certificate (PEM): the client certificate of a master, the server certificate of a slave.
+    pub certfile: Option<String>,
+    /// Private key (PEM) of `certfile`.
+    pub keyfile: Option<String>,
+    /// Password of an encrypted key: tbgw reads unencrypted keys only (an encrypted key is a
+    /// configuration error that says so).
+    pub password: Option<String>,
+    /// tbgw addition. Master: CA certificates (PEM) the device's certificate is checked against
+    /// (chain and host name); without it, like upstream, the device's certificate is not
+    /// checked. Slave: CA certificates of the masters; when set, a master must present a
+    /// certificate signed by one of them.
+    pub cafile: Option<String>,
+    /// tbgw addition (master): the name the device's certificate must carry, when it differs
+    /// from `host`.
+    pub server_hostname: Option<String>,
+}
+
+impl TlsConfig {
+    /// True when nothing is set (`"tls": {}`).
+    pub fn is_empty(&self) -> bool {
+        self == &TlsConfig::default()
+    }
 }

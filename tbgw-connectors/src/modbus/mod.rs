@@ -9,6 +9,7 @@
 //! * [`transport`]: the client side of the three transports.
 //! * [`master`]: one task per connection.
 //! * [`slave`]: the server.
+//! * [`tls`]: Modbus/TCP over TLS (rustls), for both.
 
 pub mod codec;
 pub mod config;
@@ -16,6 +17,7 @@ mod connector;
 pub mod master;
 pub mod plan;
 pub mod slave;
+pub mod tls;
 pub mod transport;
 
 use tbgw::config::{parse, ConfigError};
@@ -54,6 +56,7 @@ const SLAVE_KEYS: &[&str] = &[
     "maxRegistersPerRequest",
     "handleLocalEcho",
     "repack",
+    "tls",
     "attributes",
     "timeseries",
     "attributeUpdates",

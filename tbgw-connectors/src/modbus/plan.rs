@@ -9,7 +9,8 @@ use serde_json::Value as Json;
 use tbgw::config::ConfigError;
 
 use super::codec::{self, Framing, Order, ValueSpec, ValueType};
-use super::config::{ConnectionConfig, DatapointConfig, SlaveConfig};
+use super::config::{ConnectionConfig, DatapointConfig, SlaveConfig, TlsConfig};
+use super::tls;
 use super::transport::{Endpoint, SerialSettings};
 
 /// Where a datapoint's value goes.
@@ -172,16 +173,18 @@ pub fn endpoint(
         Some("socket") | Some("tcp") => Framing::Mbap,
         Some("rtu") => Framing::Rtu,
         Some("ascii") => Framing::Ascii,
+        // Modbus/TCP inside TLS: MBAP framing; the callers add the TLS settings.
+        Some("tls") if kind == "tcp" => Framing::Mbap,
         Some("tls") => {
             return Err(err(
                 "method",
-                "`tls` (Modbus over TLS) is not supported by tbgw".into(),
+                format!("`tls` (Modbus/TCP over TLS) needs `type: tcp`, not `{kind}`"),
             ))
         }
         Some(other) => {
             return Err(err(
                 "method",
-                format!("unknown method `{other}`; expected socket, rtu or ascii"),
+                format!("unknown method `{other}`; expected socket, rtu, ascii or tls"),
             ))
         }
     };
@@ -256,6 +259,50 @@ pub fn endpoint(
         }
     };
     Ok((ep, framing))
+}
+
+/// Turns a TCP endpoint into Modbus/TCP over TLS when `method` is `tls` or a non-empty TLS
+/// section (`master.slaves[].tls`, `slave.security`) asks for it. `section` is the key of that
+/// section, for errors. Returns the TLS section to use, `None` for plain connections.
+pub fn tls_section<'a>(
+    file: &Path,
+    prefix: &str,
+    section: &str,
+    c: &ConnectionConfig,
+    ep: &Endpoint,
+    t: Option<&'a TlsConfig>,
+) -> Result<Option<std::borrow::Cow<'a, TlsConfig>>, ConfigError> {
+    let by_method = c
+        .method
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("tls"));
+    let t = t.filter(|t| !t.is_empty());
+    if !by_method && t.is_none() {
+        return Ok(None);
+    }
+    if !matches!(ep, Endpoint::Tcp { .. })
+        || c.method
+            .as_deref()
+            .is_some_and(|m| matches!(m.to_ascii_lowercase().as_str(), "rtu" | "ascii"))
+    {
+        return Err(ConfigError::new(
+            file,
+            format!("{prefix}.{section}"),
+            "TLS is only for `type: tcp` with `method` `socket` or `tls`",
+        ));
+    }
+    Ok(Some(match t {
+        Some(t) => std::borrow::Cow::Borrowed(t),
+        None => std::borrow::Cow::Owned(TlsConfig::default()),
+    }))
+}
+
+/// The directory relative paths of a connector file are taken from.
+pub fn config_dir(file: &Path) -> &Path {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Parses an order key.
@@ -457,7 +504,17 @@ pub fn slave(
 ) -> Result<(Endpoint, Framing, SlavePlan), ConfigError> {
     let prefix = format!("master.slaves[{i}]");
     let c = &s.connection;
-    let (ep, framing) = endpoint(file, &prefix, c)?;
+    let (mut ep, framing) = endpoint(file, &prefix, c)?;
+    if let Some(t) = tls_section(file, &prefix, "tls", c, &ep, s.tls.as_ref())? {
+        if let Endpoint::Tcp { host, port } = ep {
+            let tls = tls::client(config_dir(file), &host, &t)
+                .map_err(|e| ConfigError::new(file, format!("{prefix}.tls.{}", e.key), e.reason))?;
+            if !tls.verifies_server() {
+                tracing::warn!(file = %file.display(), key = %format!("{prefix}.tls"), "Modbus/TCP over TLS without `cafile`: the device's certificate is not checked (as upstream does).");
+            }
+            ep = Endpoint::Tls { host, port, tls };
+        }
+    }
     let unit = c.unit_id.unwrap_or(1);
     let orders = (
         order(
@@ -580,6 +637,9 @@ pub fn connections(
     file: &Path,
     slaves: Vec<(Endpoint, Framing, SlavePlan)>,
 ) -> Result<Vec<ConnectionPlan>, ConfigError> {
+    // `Endpoint::Tls` holds a rustls configuration behind an `Arc`, but hashes and compares by
+    // its settings only, which never change.
+    #[allow(clippy::mutable_key_type)]
     let mut index: HashMap<Endpoint, usize> = HashMap::new();
     let mut out: Vec<ConnectionPlan> = Vec::new();
     for (i, (ep, framing, plan)) in slaves.into_iter().enumerate() {

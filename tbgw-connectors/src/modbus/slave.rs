@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{self, Direction, Framing, Order, Request, Response, ValueType};
 use super::config::{SlaveBlock, SlaveServerConfig};
 use super::plan::{self, Datapoint, Section, Use};
+use super::tls;
 use super::transport::{open_serial, Endpoint};
 
 /// Which register table an entry lives in.
@@ -63,6 +64,8 @@ pub struct SlaveServerPlan {
     pub endpoint: Endpoint,
     /// Framing.
     pub framing: Framing,
+    /// TLS server settings (Modbus/TCP over TLS), from `slave.security`.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Unit id answered (0: every unit id).
     pub unit: u8,
     /// Device name in ThingsBoard.
@@ -237,16 +240,13 @@ impl Store {
 pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan, ConfigError> {
     let c = &s.connection;
     let (endpoint, framing) = plan::endpoint(file, "slave", c)?;
-    if s.security
-        .as_ref()
-        .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
-    {
-        return Err(ConfigError::new(
-            file,
-            "slave.security",
-            "a TLS Modbus server is not supported by tbgw",
-        ));
-    }
+    let tls =
+        match plan::tls_section(file, "slave", "security", c, &endpoint, s.security.as_ref())? {
+            Some(t) => Some(tls::server(plan::config_dir(file), &t).map_err(|e| {
+                ConfigError::new(file, format!("slave.security.{}", e.key), e.reason)
+            })?),
+            None => None,
+        };
     let unit = c.unit_id.unwrap_or(0);
     let orders = (
         plan::order(file, "slave.byteOrder", c.byte_order.as_deref(), Order::Big)?,
@@ -327,6 +327,7 @@ pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan,
     Ok(SlaveServerPlan {
         endpoint,
         framing,
+        tls,
         unit,
         device: c
             .device_name
@@ -348,6 +349,9 @@ pub struct SlaveServer {
     uplink: UplinkSender,
     connector: Arc<str>,
 }
+
+/// Time a master has to finish the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Written ranges waiting to be reported; when full, further reports are dropped (logged).
 const WRITE_REPORTS: usize = 1024;
@@ -549,6 +553,11 @@ impl SlaveServer {
                         .await
                 }
                 Endpoint::Udp { host, port } => self.serve_udp(host, *port, writes.clone()).await,
+                // Slave mode keeps `Tcp` and carries its TLS settings in the plan.
+                Endpoint::Tls { host, port, .. } => {
+                    self.serve_tcp(host, *port, writes.clone(), cancel.clone())
+                        .await
+                }
                 Endpoint::Serial(s) => match open_serial(s) {
                     Ok(port) => self.serve_stream(port, writes.clone()).await,
                     Err(e) => Err(e),
@@ -583,8 +592,25 @@ impl SlaveServer {
                     let _ = stream.set_nodelay(true);
                     let me = SlaveServer { plan: self.plan.clone(), store: self.store.clone(), uplink: self.uplink.clone(), connector: self.connector.clone() };
                     let w = writes.clone();
+                    let tls = self.plan.tls.clone();
                     clients.spawn(async move {
-                        let _ = me.serve_stream(stream, w).await;
+                        match tls {
+                            None => {
+                                let _ = me.serve_stream(stream, w).await;
+                            }
+                            Some(cfg) => {
+                                // The handshake runs in the client's task, so a slow or
+                                // failing client does not hold up the others.
+                                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => {
+                                        let _ = me.serve_stream(s, w).await;
+                                    }
+                                    Ok(Err(e)) => tracing::warn!(connector = %me.connector, error = %e, "TLS handshake with a Modbus master failed."),
+                                    Err(_) => tracing::warn!(connector = %me.connector, "TLS handshake with a Modbus master timed out."),
+                                }
+                            }
+                        }
                     });
                 }
             }
@@ -626,6 +652,8 @@ impl SlaveServer {
                         buf.drain(..frame.len);
                         if let Some(out) = self.answer(&frame, &writes) {
                             s.write_all(&out).await?;
+                            // TLS streams hold the record until flushed.
+                            s.flush().await?;
                         }
                     }
                     Err(_) => {

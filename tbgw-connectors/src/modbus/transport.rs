@@ -1,4 +1,5 @@
-//! Client transports: TCP, UDP and serial lines, each with any of the three framings.
+//! Client transports: TCP, UDP and serial lines, each with any of the three framings, and
+//! Modbus/TCP over TLS.
 //!
 //! tokio-modbus 0.17 has neither a UDP transport nor ASCII framing, so the connector speaks
 //! the protocol itself over tokio sockets and tokio-serial, with the pure [`codec`](super::codec):
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 use tokio_serial::SerialPort;
 
 use super::codec::{self, CodecError, Direction, Framing, Request, Response};
+use super::tls::ClientTls;
 
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,6 +25,15 @@ pub enum Endpoint {
         host: String,
         /// Port.
         port: u16,
+    },
+    /// Modbus/TCP inside TLS.
+    Tls {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS settings.
+        tls: ClientTls,
     },
     /// Modbus over UDP datagrams.
     Udp {
@@ -39,6 +50,7 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Tls { host, port, .. } => write!(f, "tls://{host}:{port}"),
             Endpoint::Udp { host, port } => write!(f, "udp://{host}:{port}"),
             Endpoint::Serial(s) => write!(f, "serial://{}", s.path),
         }
@@ -84,6 +96,7 @@ impl TransportError {
 
 enum Io {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Udp(UdpSocket),
     Serial(tokio_serial::SerialStream),
 }
@@ -136,6 +149,14 @@ impl Transport {
                 s.set_nodelay(true)?;
                 Io::Tcp(s)
             }
+            Endpoint::Tls { host, port, tls } => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                let s = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), s)
+                    .await?;
+                Io::Tls(Box::new(s))
+            }
             Endpoint::Udp { host, port } => {
                 let addr = tokio::net::lookup_host((host.as_str(), *port))
                     .await?
@@ -179,6 +200,10 @@ impl Transport {
             Io::Tcp(s) => {
                 s.write_all(&self.out).await?;
             }
+            Io::Tls(s) => {
+                s.write_all(&self.out).await?;
+                s.flush().await?;
+            }
             Io::Udp(s) => {
                 self.buf.clear();
                 s.send(&self.out).await?;
@@ -210,7 +235,7 @@ impl Transport {
                     }
                     Err(e) => {
                         self.buf.clear();
-                        if matches!(self.io, Io::Tcp(_)) {
+                        if matches!(self.io, Io::Tcp(_) | Io::Tls(_)) {
                             // The stream is out of step: only a new connection recovers it.
                             return Err(TransportError::Io(std::io::Error::other(format!(
                                 "stream out of step: {e}"
@@ -224,6 +249,7 @@ impl Transport {
             let read = async {
                 match &mut self.io {
                     Io::Tcp(s) => s.read(&mut tmp).await,
+                    Io::Tls(s) => s.read(&mut tmp).await,
                     Io::Udp(s) => s.recv(&mut tmp).await,
                     Io::Serial(s) => s.read(&mut tmp).await,
                 }
