@@ -654,6 +654,9 @@ async fn check_slave_transport(conn: Json, where_: String) {
     let mut slave = json!({
         "unitId": 1, "deviceName": "Slave", "deviceType": "plc", "pollPeriod": 5000,
         "byteOrder": "BIG", "wordOrder": "LITTLE",
+        // Upstream's keys (sic: `ModelName`).
+        "identity": {"vendorName": "ThingsBoard", "productCode": 42, "vendorUrl": "https://thingsboard.io",
+                     "productName": "tbgw", "ModelName": "Modbus slave"},
         "values": {
             "holding_registers": {
                 "timeseries": [{"address": 2, "type": "16int", "tag": "level", "objectsCount": 1, "value": -7}]
@@ -685,10 +688,31 @@ async fn check_slave_transport(conn: Json, where_: String) {
         json!([false, true])
     );
     assert_eq!(client(s(&["read-di", "1", "1"])).await, json!([true]));
+    // Read Device Identification (function code 43 / MEI 14): basic, then regular objects.
+    let revision = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        client(s(&["device-id", "1"])).await,
+        json!({"0": "ThingsBoard", "1": "42", "2": revision})
+    );
+    assert_eq!(
+        client(s(&["device-id", "2"])).await,
+        json!({"0": "ThingsBoard", "1": "42", "2": revision, "3": "https://thingsboard.io",
+               "4": "tbgw", "5": "Modbus slave"})
+    );
     assert_eq!(client(s(&["write-hr", "2", "321"])).await, json!(true));
     let d = next_data(&mut ends, "Slave").await;
     assert_eq!(values(&d)["level"], json!(321));
     h.abort();
+}
+
+#[tokio::test]
+async fn slave_mode_serves_every_table_and_device_identification_over_tcp() {
+    let port = free_tcp_port();
+    check_slave_transport(
+        json!({"type": "tcp", "host": "127.0.0.1", "port": port}),
+        format!("tcp:{port}"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -912,6 +936,10 @@ fn config_errors_name_the_key_path() {
         (
             json!({"master": {"slaves": [{"type": "serial", "port": "/dev/null", "tls": {"cafile": "/nonexistent/ca.pem"}}]}}),
             "master.slaves[0].tls",
+        ),
+        (
+            json!({"slave": {"type": "tcp", "port": 1, "identity": {"VendorName": {"a": 1}}}}),
+            "slave.identity.vendorName",
         ),
         (
             json!({"slave": {"type": "tcp", "port": 1, "method": "tls"}}),

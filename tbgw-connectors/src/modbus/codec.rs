@@ -219,6 +219,78 @@ pub const ILLEGAL_DATA_ADDRESS: u8 = 2;
 /// Exception code 3: illegal data value.
 pub const ILLEGAL_DATA_VALUE: u8 = 3;
 
+// ----------------------------------------------------------------------------------------------
+// Read Device Identification (function code 43, MEI type 14), served in slave mode
+
+/// Function code 43: encapsulated interface transport.
+pub const FC_ENCAPSULATED: u8 = 0x2B;
+/// MEI type 14: Read Device Identification.
+pub const MEI_READ_DEVICE_ID: u8 = 0x0E;
+/// Largest Modbus PDU.
+pub const MAX_PDU: usize = 253;
+/// Largest identification object value that always fits in an answer on its own.
+pub const MAX_DEVICE_ID_OBJECT: usize = MAX_PDU - 9;
+
+/// Answers a Read Device Identification request PDU (`2B 0E <read code> <object id>`).
+/// `objects` are the server's objects as (id, value), sorted by id: 0 `VendorName`,
+/// 1 `ProductCode`, 2 `MajorMinorRevision` (basic), 3 `VendorUrl`, 4 `ProductName`,
+/// 5 `ModelName`, 6 `UserApplicationName` (regular), 0x80.. (extended). Read codes 1, 2 and 3
+/// stream the basic, regular or extended objects from the object id on (an unknown id starts
+/// over at 0); objects that do not fit in one answer are announced with "more follows" and the
+/// next object id. Read code 4 returns one object. Errors are exception codes: 2 for an
+/// unknown object with read code 4, 3 for a malformed request or read code.
+pub fn read_device_identification(pdu: &[u8], objects: &[(u8, Vec<u8>)]) -> Result<Vec<u8>, u8> {
+    let [FC_ENCAPSULATED, MEI_READ_DEVICE_ID, code, start] = *pdu else {
+        return Err(ILLEGAL_DATA_VALUE);
+    };
+    let extended = objects.iter().any(|(id, _)| *id >= 0x80);
+    // Stream and individual access, regular or extended identification.
+    let conformity = 0x80 | if extended { 0x03 } else { 0x02 };
+    let selected: Vec<&(u8, Vec<u8>)> = match code {
+        1..=3 => {
+            let last = [0x02, 0x7F, 0xFF][usize::from(code - 1)];
+            let start = if start <= last && objects.iter().any(|(id, _)| *id == start) {
+                start
+            } else {
+                0
+            };
+            objects
+                .iter()
+                .filter(|(id, _)| (start..=last).contains(id))
+                .collect()
+        }
+        4 => match objects.iter().find(|(id, _)| *id == start) {
+            Some(o) => vec![o],
+            None => return Err(ILLEGAL_DATA_ADDRESS),
+        },
+        _ => return Err(ILLEGAL_DATA_VALUE),
+    };
+    let mut out = vec![
+        FC_ENCAPSULATED,
+        MEI_READ_DEVICE_ID,
+        code,
+        conformity,
+        0,
+        0,
+        0,
+    ];
+    let mut n = 0u8;
+    for (id, value) in selected {
+        let value = &value[..value.len().min(MAX_DEVICE_ID_OBJECT)];
+        if out.len() + 2 + value.len() > MAX_PDU {
+            out[4] = 0xFF;
+            out[5] = *id;
+            break;
+        }
+        out.push(*id);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+        n += 1;
+    }
+    out[6] = n;
+    Ok(out)
+}
+
 /// A device's successful answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -482,6 +554,8 @@ fn rtu_pdu_len(dir: Direction, pdu: &[u8]) -> Result<Option<usize>, CodecError> 
         (Direction::Response, 5 | 6 | 15 | 16) => Some(5),
         (Direction::Request, 1..=6) => Some(5),
         (Direction::Request, 15 | 16) => byte_count_at(5, 0),
+        // Read Device Identification: MEI type, read code, object id.
+        (Direction::Request, FC_ENCAPSULATED) => Some(4),
         _ => {
             return Err(malformed(
                 "RTU frame",

@@ -177,8 +177,8 @@ pub struct SlaveServerConfig {
     /// Also report the served values to ThingsBoard every `pollPeriod`.
     #[serde(rename = "sendDataToThingsBoard")]
     pub send_data_to_thingsboard: Option<bool>,
-    /// Device identification (accepted and ignored: function code 43 is not served).
-    pub identity: Option<Json>,
+    /// Device identification, served with function code 43 / MEI type 14.
+    pub identity: Option<IdentityConfig>,
     /// TLS for the server: with `certfile` and `keyfile`, the slave serves Modbus/TCP over TLS.
     pub security: Option<TlsConfig>,
     /// Register blocks and their initial values.
@@ -247,4 +247,33 @@ impl TlsConfig {
     pub fn is_empty(&self) -> bool {
         self == &TlsConfig::default()
     }
+}
+
+/// `slave.identity`: the objects of Read Device Identification (function code 43, MEI type 14).
+/// Upstream's keys (`vendorName`, `productCode`, `vendorUrl`, `productName`, `ModelName`) and
+/// pymodbus's names (`VendorName`, ...) are both accepted. Values are text (numbers are written
+/// out).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IdentityConfig {
+    /// Object 0 (basic).
+    #[serde(rename = "vendorName", alias = "VendorName")]
+    pub vendor_name: Option<Json>,
+    /// Object 1 (basic).
+    #[serde(rename = "productCode", alias = "ProductCode")]
+    pub product_code: Option<Json>,
+    /// Object 2 (basic); tbgw's version when not set.
+    #[serde(rename = "majorMinorRevision", alias = "MajorMinorRevision")]
+    pub major_minor_revision: Option<Json>,
+    /// Object 3 (regular).
+    #[serde(rename = "vendorUrl", alias = "VendorUrl")]
+    pub vendor_url: Option<Json>,
+    /// Object 4 (regular).
+    #[serde(rename = "productName", alias = "ProductName")]
+    pub product_name: Option<Json>,
+    /// Object 5 (regular).
+    #[serde(rename = "modelName", alias = "ModelName")]
+    pub model_name: Option<Json>,
+    /// Object 6 (regular).
+    #[serde(rename = "userApplicationName", alias = "UserApplicationName")]
+    pub user_application_name: Option<Json>,
 }

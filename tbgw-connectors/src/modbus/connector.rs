@@ -63,9 +63,6 @@ impl ModbusConnector {
         }
         let server = match &cfg.slave {
             Some(s) => {
-                if s.identity.is_some() {
-                    ignored.push("slave.identity".into());
-                }
                 let p = slave::build_plan(file, s)?;
                 if devices.contains_key(&p.device) {
                     return Err(ConfigError::new(

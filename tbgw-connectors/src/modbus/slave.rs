@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Direction, Framing, Order, Request, Response, ValueType};
-use super::config::{SlaveBlock, SlaveServerConfig};
+use super::config::{IdentityConfig, SlaveBlock, SlaveServerConfig};
 use super::plan::{self, Datapoint, Section, Use};
 use super::tls;
 use super::transport::{open_serial, Endpoint};
@@ -66,6 +66,8 @@ pub struct SlaveServerPlan {
     pub framing: Framing,
     /// TLS server settings (Modbus/TCP over TLS), from `slave.security`.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Read Device Identification objects (id, value), sorted by id.
+    pub identity: Vec<(u8, Vec<u8>)>,
     /// Unit id answered (0: every unit id).
     pub unit: u8,
     /// Device name in ThingsBoard.
@@ -236,6 +238,62 @@ impl Store {
     }
 }
 
+/// The identification objects of `slave.identity`: the three basic ones always (the revision
+/// defaults to tbgw's version), the regular ones when set.
+fn identity_objects(
+    file: &Path,
+    identity: Option<&IdentityConfig>,
+) -> Result<Vec<(u8, Vec<u8>)>, ConfigError> {
+    let default = IdentityConfig::default();
+    let i = identity.unwrap_or(&default);
+    let version = Json::String(env!("CARGO_PKG_VERSION").into());
+    let fields: [(u8, &str, Option<&Json>); 7] = [
+        (0, "vendorName", i.vendor_name.as_ref()),
+        (1, "productCode", i.product_code.as_ref()),
+        (
+            2,
+            "majorMinorRevision",
+            i.major_minor_revision.as_ref().or(Some(&version)),
+        ),
+        (3, "vendorUrl", i.vendor_url.as_ref()),
+        (4, "productName", i.product_name.as_ref()),
+        (5, "modelName", i.model_name.as_ref()),
+        (6, "userApplicationName", i.user_application_name.as_ref()),
+    ];
+    let mut out = Vec::new();
+    for (id, key, v) in fields {
+        let text = match v {
+            None | Some(Json::Null) => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(v @ (Json::Number(_) | Json::Bool(_))) => Some(v.to_string()),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    file,
+                    format!("slave.identity.{key}"),
+                    "expected text",
+                ))
+            }
+        };
+        if text
+            .as_ref()
+            .is_some_and(|t| t.len() > codec::MAX_DEVICE_ID_OBJECT)
+        {
+            return Err(ConfigError::new(
+                file,
+                format!("slave.identity.{key}"),
+                format!("longer than {} bytes", codec::MAX_DEVICE_ID_OBJECT),
+            ));
+        }
+        match text {
+            Some(t) => out.push((id, t.into_bytes())),
+            // The basic objects are mandatory.
+            None if id <= 2 => out.push((id, Vec::new())),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Validates the `slave` section.
 pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan, ConfigError> {
     let c = &s.connection;
@@ -247,6 +305,7 @@ pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan,
             })?),
             None => None,
         };
+    let identity = identity_objects(file, s.identity.as_ref())?;
     let unit = c.unit_id.unwrap_or(0);
     let orders = (
         plan::order(file, "slave.byteOrder", c.byte_order.as_deref(), Order::Big)?,
@@ -328,6 +387,7 @@ pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan,
         endpoint,
         framing,
         tls,
+        identity,
         unit,
         device: c
             .device_name
@@ -504,6 +564,19 @@ impl SlaveServer {
     fn answer(&self, frame: &codec::Frame, writes: &Writes) -> Option<Vec<u8>> {
         if self.plan.unit != 0 && frame.unit != self.plan.unit {
             return None;
+        }
+        if frame.pdu.first() == Some(&codec::FC_ENCAPSULATED) {
+            let pdu = codec::read_device_identification(&frame.pdu, &self.plan.identity)
+                .unwrap_or_else(|code| vec![codec::FC_ENCAPSULATED | 0x80, code]);
+            let mut out = Vec::with_capacity(pdu.len() + 10);
+            codec::encode_frame(
+                self.plan.framing,
+                frame.transaction,
+                frame.unit,
+                &pdu,
+                &mut out,
+            );
+            return Some(out);
         }
         let (req, resp) = match Request::decode(&frame.pdu) {
             Ok(req) => {

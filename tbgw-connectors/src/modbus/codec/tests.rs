@@ -492,3 +492,70 @@ fn fuzz_decoders_never_panic_on_random_or_truncated_input() {
         }
     }
 }
+
+#[test]
+fn device_identification_answers_follow_the_specification() {
+    let objects: Vec<(u8, Vec<u8>)> = vec![
+        (0, b"ACME".to_vec()),
+        (1, b"P1".to_vec()),
+        (2, b"1.0".to_vec()),
+        (4, b"Gw".to_vec()),
+    ];
+    let head = |code: u8, more: u8, next: u8, n: u8| vec![0x2B, 0x0E, code, 0x82, more, next, n];
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let basic = cat(&[
+        &head(1, 0, 0, 3),
+        &[0, 4],
+        b"ACME",
+        &[1, 2],
+        b"P1",
+        &[2, 3],
+        b"1.0",
+    ]);
+    type Case = (Vec<u8>, Result<Vec<u8>, u8>);
+    let cases: Vec<Case> = vec![
+        // Basic stream from object 0.
+        (vec![0x2B, 0x0E, 1, 0], Ok(basic.clone())),
+        // An unknown start object starts over at 0.
+        (vec![0x2B, 0x0E, 1, 0x33], Ok(basic)),
+        // Regular stream from object 2.
+        (
+            vec![0x2B, 0x0E, 2, 2],
+            Ok(cat(&[&head(2, 0, 0, 2), &[2, 3], b"1.0", &[4, 2], b"Gw"])),
+        ),
+        // One object.
+        (
+            vec![0x2B, 0x0E, 4, 4],
+            Ok(cat(&[&head(4, 0, 0, 1), &[4, 2], b"Gw"])),
+        ),
+        (vec![0x2B, 0x0E, 4, 3], Err(ILLEGAL_DATA_ADDRESS)),
+        (vec![0x2B, 0x0E, 5, 0], Err(ILLEGAL_DATA_VALUE)),
+        (vec![0x2B, 0x0E, 0, 0], Err(ILLEGAL_DATA_VALUE)),
+        (vec![0x2B, 0x0E, 1], Err(ILLEGAL_DATA_VALUE)),
+        (vec![0x2B, 0x0D, 1, 0], Err(ILLEGAL_DATA_VALUE)),
+    ];
+    for (req, want) in cases {
+        assert_eq!(
+            read_device_identification(&req, &objects),
+            want,
+            "{req:02X?}"
+        );
+    }
+}
+
+#[test]
+fn device_identification_splits_long_streams_with_more_follows() {
+    let objects: Vec<(u8, Vec<u8>)> = (0..7u8).map(|id| (id, vec![b'a' + id; 100])).collect();
+    let first = read_device_identification(&[0x2B, 0x0E, 2, 0], &objects).expect("answer");
+    // Two 100-byte objects fit in 253 bytes, a third does not.
+    assert_eq!(&first[..7], &[0x2B, 0x0E, 2, 0x82, 0xFF, 2, 2]);
+    assert!(first.len() <= MAX_PDU);
+    let next = read_device_identification(&[0x2B, 0x0E, 2, 2], &objects).expect("answer");
+    assert_eq!(&next[..7], &[0x2B, 0x0E, 2, 0x82, 0xFF, 4, 2]);
+    let last = read_device_identification(&[0x2B, 0x0E, 2, 6], &objects).expect("answer");
+    assert_eq!(&last[..7], &[0x2B, 0x0E, 2, 0x82, 0, 0, 1]);
+    // An oversized object is cut so that it always fits alone.
+    let huge = vec![(0u8, vec![b'x'; 1000])];
+    let a = read_device_identification(&[0x2B, 0x0E, 4, 0], &huge).expect("answer");
+    assert_eq!(a.len(), MAX_PDU);
+}
