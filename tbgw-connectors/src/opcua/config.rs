@@ -16,6 +16,13 @@ pub struct OpcUaConnectorConfig {
     /// Which nodes are devices and what to read from them.
     #[serde(default)]
     pub mapping: Vec<MappingConfig>,
+    /// Connector-level report strategy (read by the gateway; declared so it is not reported
+    /// as unknown).
+    #[serde(default)]
+    pub report_strategy: Option<Json>,
+    /// Legacy connector-level ON_CHANGE flag (read by the gateway).
+    #[serde(default)]
+    pub send_data_only_on_change: Option<Json>,
 }
 
 const fn d_timeout() -> u64 {
@@ -190,6 +197,9 @@ pub struct MappingConfig {
     /// Shared attributes written to nodes.
     #[serde(default, rename = "attributes_updates")]
     pub attributes_updates: Vec<AttributeUpdateConfig>,
+    /// Device-level report strategy.
+    #[serde(default)]
+    pub report_strategy: Option<Json>,
 }
 
 /// `deviceInfo`.
@@ -221,6 +231,9 @@ pub struct DatapointConfig {
     pub value: Json,
     /// `gateway` (default), `source`/`sourceTimestamp`, `server`/`serverTimestamp`.
     pub timestamp_location: Option<String>,
+    /// Datapoint-level report strategy.
+    #[serde(default)]
+    pub report_strategy: Option<Json>,
 }
 
 /// One `rpc_methods[]` entry.

@@ -106,6 +106,8 @@ pub(crate) struct Mapping {
     pub points: Vec<Point>,
     pub rpc: Vec<RpcMethodConfig>,
     pub updates: Vec<(String, NodeRef)>,
+    /// Device and datapoint report strategies, attached to every record of these devices.
+    pub report: Option<Arc<tbgw::report::ReportOverrides>>,
 }
 
 /// Client identity.
@@ -153,6 +155,16 @@ fn name_expr(file: &Path, key: &str, text: &str, source: &str) -> Result<NameExp
 }
 
 impl OpcUaConnector {
+    /// An empty record of `dev`, carrying its mapping's report strategies.
+    fn device_data(&self, dev: &Device) -> DeviceData {
+        let mut d = DeviceData::new(dev.name.to_string(), dev.profile.clone());
+        d.report = self
+            .mappings
+            .get(dev.mapping)
+            .and_then(|m| m.report.clone());
+        d
+    }
+
     pub(super) fn build(
         file: &Path,
         name: &str,
@@ -367,12 +379,28 @@ fn build_mapping(file: &Path, key: &str, m: &MappingConfig) -> Result<Mapping, C
         &di.device_profile_expression_source,
     )?;
     let mut points = Vec::new();
+    let mut overrides = tbgw::report::ReportOverrides::default();
+    let mut unused = Vec::new();
+    if let Some(v) = &m.report_strategy {
+        overrides.device =
+            tbgw::report::parse_strategy(v, file, &format!("{key}.reportStrategy"), &mut unused)?;
+    }
     for (section, list, attribute) in [
         ("attributes", &m.attributes, true),
         ("timeseries", &m.timeseries, false),
     ] {
         for (j, p) in list.iter().enumerate() {
             let pkey = format!("{key}.{section}[{j}]");
+            if let Some(v) = &p.report_strategy {
+                if let Some(st) = tbgw::report::parse_strategy(
+                    v,
+                    file,
+                    &format!("{pkey}.reportStrategy"),
+                    &mut unused,
+                )? {
+                    overrides.keys.entry(p.key.clone()).or_insert(st);
+                }
+            }
             let ts = match p.timestamp_location.as_deref() {
                 None => TimestampLocation::Gateway,
                 Some(t) => TimestampLocation::parse(t).ok_or_else(|| {
@@ -424,6 +452,7 @@ fn build_mapping(file: &Path, key: &str, m: &MappingConfig) -> Result<Mapping, C
         points,
         rpc: m.rpc_methods.clone(),
         updates,
+        report: (!overrides.is_empty()).then(|| Arc::new(overrides)),
     })
 }
 
@@ -902,7 +931,7 @@ impl OpcUaConnector {
         }
         let d = out
             .entry(tag.device.clone())
-            .or_insert_with(|| DeviceData::new(dev.name.to_string(), dev.profile.clone()));
+            .or_insert_with(|| self.device_data(dev));
         if tag.attribute {
             d.push_attribute(tag.key.clone(), value);
         } else {
@@ -945,7 +974,7 @@ impl OpcUaConnector {
             }
             let d = out
                 .entry(key.clone())
-                .or_insert_with(|| DeviceData::new(dev.name.to_string(), dev.profile.clone()));
+                .or_insert_with(|| self.device_data(dev));
             push_constants(d, dev, now);
         }
         send_all(cx, &mut out).await.map_err(|_| PollError::Closed)
@@ -1096,7 +1125,7 @@ impl OpcUaConnector {
                 constants,
             };
             if !dev.constants.is_empty() {
-                let mut d = DeviceData::new(dev.name.to_string(), dev.profile.clone());
+                let mut d = self.device_data(&dev);
                 push_constants(&mut d, &dev, now_millis());
                 cx.uplink()
                     .send(d)
@@ -1306,5 +1335,57 @@ async fn read_limits(session: &Session) -> Limits {
         read: get(0),
         browse: get(1),
         monitored: get(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(v: serde_json::Value) -> Result<Mapping, ConfigError> {
+        let m: MappingConfig = serde_json::from_value(v).expect("mapping parses");
+        build_mapping(Path::new("opcua.json"), "mapping[0]", &m)
+    }
+
+    #[test]
+    fn device_and_datapoint_report_strategies_are_attached_to_the_mapping() {
+        let m = mapping(serde_json::json!({
+            "deviceNodePattern": "Root\\.Objects\\.Device1",
+            "deviceInfo": {"deviceNameExpression": "Device 1"},
+            "reportStrategy": {"type": "ON_CHANGE"},
+            "timeseries": [
+                {"key": "t", "type": "path", "value": "${Temperature}",
+                 "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 500}},
+                {"key": "h", "type": "path", "value": "${Humidity}"}
+            ]
+        }))
+        .expect("builds");
+        let r = m.report.expect("overrides");
+        assert_eq!(
+            r.device.as_ref().map(|s| s.kind),
+            Some(tbgw::config::ReportType::OnChange)
+        );
+        assert_eq!(r.keys["t"].report_period, 500);
+        assert!(!r.keys.contains_key("h"));
+
+        let none = mapping(serde_json::json!({
+            "deviceNodePattern": "Root\\.Objects\\.Device1",
+            "deviceInfo": {"deviceNameExpression": "Device 1"},
+        }))
+        .expect("builds");
+        assert!(none.report.is_none());
+
+        let Err(e) = mapping(serde_json::json!({
+            "deviceNodePattern": "Root\\.Objects\\.Device1",
+            "deviceInfo": {"deviceNameExpression": "Device 1"},
+            "timeseries": [{"key": "t", "value": "${T}", "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 0}}]
+        })) else {
+            panic!("period 0 is an error");
+        };
+        assert!(
+            e.to_string()
+                .contains("mapping[0].timeseries[0].reportStrategy"),
+            "{e}"
+        );
     }
 }
