@@ -443,7 +443,7 @@ impl Gateway {
         let mut manager = Manager::new(factories, ingest_cmd_tx);
         let mut connector_reports = HashMap::new();
         let mut shared_keys = HashMap::new();
-        for slot in connectors {
+        for mut slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
             routes
                 .by_name
@@ -466,11 +466,17 @@ impl Gateway {
                 cstats,
             );
             let (ctx, crx) = mpsc::channel(4);
+            // Connectors with a file are re-read from it when needed, not kept twice.
+            let kept = if slot.file.is_some() {
+                serde_json::Value::Null
+            } else {
+                slot.config.clone()
+            };
             manager.add(
                 slot.name.clone(),
                 slot.connector_type.clone(),
                 slot.file.clone(),
-                slot.config.clone(),
+                kept,
                 ctx,
             );
             if let Some(file) = &slot.file {
@@ -482,6 +488,8 @@ impl Gateway {
             if !keys.is_empty() {
                 shared_keys.insert(slot.name.clone(), keys);
             }
+            // The connector is built; its configuration tree is not needed any more.
+            slot.config = serde_json::Value::Null;
             contexts.push((slot, cx, crx));
         }
         drop(uplink_tx);

@@ -46,7 +46,9 @@ pub(crate) struct ConnectorHandle {
     pub connector_type: Arc<str>,
     /// The connector file, for connectors from the configuration.
     pub file: Option<PathBuf>,
-    /// The file's content as last applied (for remote configuration echoes).
+    /// The configuration of a connector without a file (for remote configuration echoes);
+    /// connectors with a file are read from it when needed, so a large configuration is not
+    /// held in memory twice.
     pub config: serde_json::Value,
     pub modified: Option<SystemTime>,
     pub commands: mpsc::Sender<ConnectorCommand>,
@@ -66,6 +68,17 @@ impl std::fmt::Debug for Manager {
         f.debug_struct("Manager")
             .field("handles", &self.handles)
             .finish_non_exhaustive()
+    }
+}
+
+impl ConnectorHandle {
+    /// The configuration as it is now: the connector file's content, or the one kept in
+    /// memory for connectors without a file.
+    pub(crate) fn current_config(&self) -> serde_json::Value {
+        match &self.file {
+            Some(f) => parse::read_file(f).unwrap_or(serde_json::Value::Null),
+            None => self.config.clone(),
+        }
     }
 }
 
@@ -94,6 +107,11 @@ impl Manager {
         commands: mpsc::Sender<ConnectorCommand>,
     ) {
         let m = file.as_deref().and_then(modified);
+        let config = if file.is_some() {
+            serde_json::Value::Null
+        } else {
+            config
+        };
         self.handles.push(ConnectorHandle {
             name,
             connector_type,
@@ -170,7 +188,9 @@ impl Manager {
                     strategy,
                 ))
                 .await;
-            h.config = value;
+            if h.file.is_none() {
+                h.config = value;
+            }
             h.running = true;
         }
         r

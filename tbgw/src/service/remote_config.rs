@@ -146,7 +146,9 @@ impl RemoteConfig {
                 report_error(s, &format!("{name}: configurationJson is missing"));
                 continue;
             };
-            if cfg == s.manager.handles[idx].config || self.rejected.get(&*name) == Some(&cfg) {
+            if cfg == s.manager.handles[idx].current_config()
+                || self.rejected.get(&*name) == Some(&cfg)
+            {
                 continue;
             }
             match s.manager.replace(idx, cfg.clone()).await {
@@ -341,7 +343,7 @@ fn connector_attr(h: &super::manager::ConnectorHandle) -> Json {
         "name": &*h.name,
         "type": &*h.connector_type,
         "configuration": h.file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()),
-        "configurationJson": h.config,
+        "configurationJson": h.current_config(),
     })
 }
 
