@@ -14,6 +14,13 @@ pub struct ModbusConnectorConfig {
     pub master: Option<MasterConfig>,
     /// Slave mode: the gateway serves registers to a Modbus master.
     pub slave: Option<SlaveServerConfig>,
+    /// Connector-level report strategy (read by the gateway; declared so it is not reported
+    /// as unknown).
+    #[serde(default)]
+    pub report_strategy: Option<Json>,
+    /// Legacy connector-level ON_CHANGE flag (read by the gateway).
+    #[serde(default)]
+    pub send_data_only_on_change: Option<Json>,
 }
 
 /// `master`.
@@ -110,6 +117,12 @@ pub struct SlaveConfig {
     pub handle_local_echo: Option<bool>,
     /// Accepted and ignored: tbgw decodes the registers itself.
     pub repack: Option<bool>,
+    /// Device-level report strategy of this slave.
+    #[serde(default)]
+    pub report_strategy: Option<Json>,
+    /// Legacy device-level ON_CHANGE flag.
+    #[serde(default)]
+    pub send_data_only_on_change: Option<Json>,
     /// TLS client settings for `method: "tls"` (Modbus/TCP over TLS).
     pub tls: Option<TlsConfig>,
     /// Datapoints sent as attributes.

@@ -98,13 +98,6 @@ fn note_ignored(i: usize, s: &SlaveConfig, ignored: &mut Vec<String>) {
     if s.repack.is_some() {
         ignored.push(format!("{p}.repack"));
     }
-    for (name, list) in [("attributes", &s.attributes), ("timeseries", &s.timeseries)] {
-        for (j, d) in list.iter().enumerate() {
-            if d.report_strategy.is_some() {
-                ignored.push(format!("{p}.{name}[{j}].reportStrategy"));
-            }
-        }
-    }
 }
 
 /// Parses RPC params: a `key=value;` string (reserved get/set) or a JSON object.

@@ -394,6 +394,7 @@ impl ConnectionTask {
         let slave = &self.plan.slaves[i];
         let ts = now_millis();
         let mut data = DeviceData::new(slave.device.clone(), slave.device_type.clone());
+        data.report = slave.report.clone();
         let mut answered = false;
         for (n, block) in slave.blocks.iter().enumerate() {
             if n > 0 && !slave.delay_between.is_zero() {

@@ -56,6 +56,8 @@ const SLAVE_KEYS: &[&str] = &[
     "maxRegistersPerRequest",
     "handleLocalEcho",
     "repack",
+    "reportStrategy",
+    "sendDataOnlyOnChange",
     "tls",
     "attributes",
     "timeseries",

@@ -133,6 +133,8 @@ pub struct SlavePlan {
     pub wait_after_failed: Duration,
     /// Polled datapoints with their section.
     pub reads: Vec<(Section, Datapoint)>,
+    /// Device and datapoint report strategies, attached to every record of this slave.
+    pub report: Option<std::sync::Arc<tbgw::report::ReportOverrides>>,
     /// The coalesced read plan over `reads`.
     pub blocks: Vec<ReadBlock>,
     /// `attributeUpdates`.
@@ -531,11 +533,35 @@ pub fn slave(
         )?,
     );
     let mut reads = Vec::new();
+    let mut overrides = tbgw::report::ReportOverrides::default();
+    let mut unused = Vec::new();
+    overrides.device = match &s.report_strategy {
+        Some(v) => {
+            tbgw::report::parse_strategy(v, file, &format!("{prefix}.reportStrategy"), &mut unused)?
+        }
+        None => None,
+    };
+    if overrides.device.is_none() {
+        overrides.device = tbgw::report::legacy_on_change(
+            s.send_data_only_on_change.as_ref(),
+            file,
+            &format!("{prefix}.sendDataOnlyOnChange"),
+        )?;
+    }
     for (section, list, name) in [
         (Section::Attribute, &s.attributes, "attributes"),
         (Section::Telemetry, &s.timeseries, "timeseries"),
     ] {
         for (j, d) in list.iter().enumerate() {
+            let strategy = match &d.report_strategy {
+                Some(v) => tbgw::report::parse_strategy(
+                    v,
+                    file,
+                    &format!("{prefix}.{name}[{j}].reportStrategy"),
+                    &mut unused,
+                )?,
+                None => None,
+            };
             for p in datapoints(
                 file,
                 &format!("{prefix}.{name}[{j}]"),
@@ -544,6 +570,13 @@ pub fn slave(
                 unit,
                 Use::Read,
             )? {
+                // Range templates expand to several keys: each gets the entry's strategy.
+                if let Some(st) = &strategy {
+                    overrides
+                        .keys
+                        .entry(p.key.clone())
+                        .or_insert_with(|| st.clone());
+                }
                 reads.push((section, p));
             }
         }
@@ -627,6 +660,7 @@ pub fn slave(
         attribute_updates,
         rpc,
         orders,
+        report: (!overrides.is_empty()).then(|| std::sync::Arc::new(overrides)),
     };
     Ok((ep, framing, plan))
 }
@@ -680,6 +714,32 @@ mod tests {
             variants: None,
             max_per_request: None,
         }
+    }
+
+    #[test]
+    fn slave_and_datapoint_report_strategies_cover_every_generated_key() {
+        let cfg: SlaveConfig = serde_json::from_value(serde_json::json!({
+            "type": "tcp", "host": "127.0.0.1", "port": 5020, "unitId": 1,
+            "deviceName": "m1", "pollPeriod": 1000,
+            "sendDataOnlyOnChange": true,
+            "timeseries": [
+                {"tag": "r_${address}", "type": "16uint", "functionCode": 3,
+                 "objectsCount": 1, "address": "0-2",
+                 "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 1000}},
+                {"tag": "plain", "type": "16uint", "functionCode": 3, "objectsCount": 1, "address": 10}
+            ]
+        }))
+        .expect("slave config");
+        let (_, _, plan) = slave(Path::new("modbus.json"), 0, &cfg).expect("plan");
+        let r = plan.report.expect("overrides");
+        assert_eq!(
+            r.device.as_ref().map(|s| s.kind),
+            Some(tbgw::config::ReportType::OnChange),
+            "legacy sendDataOnlyOnChange is the device level"
+        );
+        let mut keys: Vec<_> = r.keys.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["r_0", "r_1", "r_2"]);
     }
 
     #[test]
