@@ -129,7 +129,11 @@ fn upstreams_sample_tb_gateway_json_passes() {
     );
     let err = stderr(&out);
     // Service keys are used now; gRPC is not.
-    assert!(!err.contains("thingsboard.remoteShell"), "{}", describe(&out));
+    assert!(
+        !err.contains("thingsboard.remoteShell"),
+        "{}",
+        describe(&out)
+    );
     assert!(
         err.contains(&format!(
             "warning: {}: thingsboard.latencyDebugMode: ignored",
