@@ -13,11 +13,7 @@ use std::sync::Arc;
 use tokio_rustls::rustls;
 
 use super::config::TlsConfig;
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// A master's TLS settings, ready to connect. Compared and hashed by its configuration, so
 /// slaves with the same host, port and TLS settings share one connection.
@@ -183,7 +179,7 @@ pub fn client(dir: &Path, host: &str, t: &TlsConfig) -> Result<ClientTls, TlsCon
         Some(ca) => builder.with_root_certificates(roots(dir, ca)?),
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider()))),
+            .with_custom_certificate_verifier(Arc::new(crate::tls_util::AnyServerCert(provider()))),
     };
     let config = match cert_pair(dir, t)? {
         Some((certs, key)) => builder
@@ -225,54 +221,4 @@ pub fn server(dir: &Path, t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
         .with_single_cert(certs, key)
         .map_err(|e| bad("keyfile", format!("certificate and key do not match: {e}")))?;
     Ok(Arc::new(config))
-}
-
-/// Accepts the device's certificate without checking it (no `cafile`, as upstream does);
-/// the handshake signatures are still verified.
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
