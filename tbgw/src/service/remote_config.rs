@@ -111,14 +111,7 @@ impl RemoteConfig {
     /// The configuration as it runs, as client attributes.
     fn reported(&self, s: &Services) -> Json {
         let mut m = Map::new();
-        let active: Vec<Json> = s
-            .manager
-            .handles
-            .iter()
-            .filter(|h| h.running)
-            .map(|h| Json::String(h.name.to_string()))
-            .collect();
-        m.insert("active_connectors".into(), Json::Array(active));
+        m.insert("active_connectors".into(), active_connectors(s));
         for h in &s.manager.handles {
             m.insert(h.name.to_string(), connector_attr(h));
         }
@@ -200,14 +193,10 @@ impl RemoteConfig {
                     let _ = s.control.try_send(Control::Disconnect { device });
                 }
             }
-            let active: Vec<Json> = s
-                .manager
-                .handles
-                .iter()
-                .filter(|h| h.running)
-                .map(|h| Json::String(h.name.to_string()))
-                .collect();
-            s.publish(topic::ME_ATTRIBUTES, json!({"active_connectors": active}));
+            s.publish(
+                topic::ME_ATTRIBUTES,
+                json!({"active_connectors": active_connectors(s)}),
+            );
         }
         for (key, section) in [
             ("general_configuration", "thingsboard"),
@@ -329,6 +318,18 @@ async fn apply_storage(s: &mut Services, v: &Json) -> Result<(), String> {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     s.restart.cancel();
     Ok(())
+}
+
+/// The names of the running connectors.
+fn active_connectors(s: &Services) -> Json {
+    Json::Array(
+        s.manager
+            .handles
+            .iter()
+            .filter(|h| h.running)
+            .map(|h| Json::String(h.name.to_string()))
+            .collect(),
+    )
 }
 
 fn report_error(s: &Services, text: &str) {
