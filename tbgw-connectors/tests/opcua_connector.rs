@@ -502,6 +502,66 @@ async fn a_server_restart_mid_stream_disconnects_devices_and_resumes() {
     peer.stop().await;
 }
 
+/// One Publish response for 1,500 changing tags carries more than async-opcua's default
+/// limit of 1,000 array elements; the session used to fail with BadDecodingError and reconnect
+/// forever without delivering a value.
+#[tokio::test]
+async fn a_publish_with_more_than_a_thousand_values_is_decoded() {
+    const TAGS: usize = 1500;
+    let port = free_tcp_port();
+    let mut peer = start_peer(
+        port,
+        &[
+            "--devices",
+            "1",
+            "--tags",
+            &TAGS.to_string(),
+            "--period",
+            "0.2",
+        ],
+    )
+    .await;
+    let timeseries: Vec<Json> = (0..TAGS)
+        .map(|t| json!({"key": format!("tag{t}"), "type": "path", "value": format!("${{Tag{t}}}")}))
+        .collect();
+    let spec = spec(
+        json!({"url": url(port), "enableSubscriptions": true,
+               // One publish a second: every tag has changed several times in between.
+               "subCheckPeriodInMillis": 1000}),
+        json!({"deviceNodeSource": "path",
+               "deviceNodePattern": "Root\\.Objects\\.Device1",
+               "deviceInfo": {"deviceNameExpression": "Device 1",
+                              "deviceNameExpressionSource": "constant"},
+               "timeseries": timeseries}),
+    );
+    let (task, mut ends, stats) = start(&spec);
+    let mut seen = Seen::default();
+    let every_tag_twice = |s: &Seen| {
+        (0..TAGS).all(|t| {
+            s.values
+                .get(&("Device 1".to_string(), format!("tag{t}")))
+                .is_some_and(|v| v.len() >= 2)
+        })
+    };
+    let ok = collect_until(&mut ends, &mut seen, every_tag_twice).await;
+    assert!(
+        ok,
+        "{} of {TAGS} tags delivered twice; errors {}\n{}",
+        (0..TAGS)
+            .filter(|t| seen
+                .values
+                .get(&("Device 1".to_string(), format!("tag{t}")))
+                .is_some_and(|v| v.len() >= 2))
+            .count(),
+        stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        peer.log()
+    );
+    assert!(seen.disconnected.is_empty(), "the session was never lost");
+    ends.cancel.cancel();
+    task.await.unwrap();
+    peer.stop().await;
+}
+
 #[tokio::test]
 async fn basic256sha256_sign_and_encrypt_with_a_user_name() {
     let port = free_tcp_port();

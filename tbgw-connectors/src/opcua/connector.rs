@@ -47,6 +47,12 @@ const MAX_BUFFERED_VALUES: usize = 200_000;
 /// Queue size of each monitored item on the server: several changes within one publishing
 /// interval are all delivered.
 const MONITORED_QUEUE_SIZE: u32 = 10;
+/// Most elements of one array in a response (Publish responses carry one per sample).
+const MAX_ARRAY_LENGTH: usize = 1_000_000;
+/// Most chunks of one response (of 64 KiB each, so 64 MiB).
+const MAX_CHUNK_COUNT: usize = 1024;
+/// Largest response accepted.
+const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Capacity of the session-event channel (connection lost / connected); events are rare.
 const EVENT_CAPACITY: usize = 16;
 /// Longest reconnect delay.
@@ -682,13 +688,22 @@ impl OpcUaConnector {
             .max_failed_keep_alive_count(3)
             .recreate_subscriptions(false)
             .trust_server_certs(self.ca_cert.is_none())
-            .verify_server_certs(false);
+            .verify_server_certs(false)
+            // async-opcua's defaults (1,000 array elements, 5 chunks per message) are below
+            // what one Publish response carries for a subscription of 1,000 tags with queued
+            // samples; the session was dropped with BadDecodingError and nothing was delivered.
+            .max_array_length(MAX_ARRAY_LENGTH)
+            .max_chunk_count(MAX_CHUNK_COUNT)
+            .max_message_size(MAX_MESSAGE_SIZE);
         builder = match &self.own_cert {
             Some((cert, key)) => builder
                 .certificate_path(cert.clone())
                 .private_key_path(key.clone())
                 .create_sample_keypair(false),
-            None => builder.create_sample_keypair(self.mode != MessageSecurityMode::None),
+            // Also without security: the client then has an application instance
+            // certificate like every OPC-UA application (created once in the PKI folder), and
+            // async-opcua does not log errors about a missing one on every connect.
+            None => builder.create_sample_keypair(true),
         };
         let mut client = builder.client().map_err(|e| e.join("; "))?;
         if let Some(ca) = &self.ca_cert {
