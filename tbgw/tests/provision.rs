@@ -13,7 +13,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::{json, Value as Json};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::model::{DeviceData, Value};
-use tbgw::test_util::{Mosquitto, TbStandIn};
+use tbgw::test_util::{free_tcp_port, Mosquitto, Pki, TbStandIn};
 use tbgw::Gateway;
 use tokio::sync::oneshot;
 
@@ -51,11 +51,14 @@ async fn provisioning_endpoint(
                 requests.fetch_add(1, Ordering::SeqCst);
                 let req: Json = serde_json::from_slice(&m.payload).unwrap_or(Json::Null);
                 *last.lock().unwrap() = req.clone();
-                let answer = if req["provisionDeviceSecret"] == json!("secret") {
+                let answer = if req["provisionDeviceSecret"] != json!("secret") {
+                    json!({"status": "FAILURE", "errorMsg": "bad secret"})
+                } else if req["credentialsType"] == json!("X509_CERTIFICATE") {
+                    json!({"status": "SUCCESS", "credentialsType": "X509_CERTIFICATE",
+                           "credentialsValue": req["hash"]})
+                } else {
                     json!({"status": "SUCCESS", "credentialsType": "ACCESS_TOKEN",
                            "credentialsValue": req["token"]})
-                } else {
-                    json!({"status": "FAILURE", "errorMsg": "bad secret"})
                 };
                 let _ = client.try_publish(
                     "/provision/response",
@@ -71,6 +74,14 @@ async fn provisioning_endpoint(
 }
 
 async fn run_once(dir: &std::path::Path, tb: &TbStandIn) {
+    assert!(
+        delivers(dir, tb, Duration::from_secs(20)).await,
+        "data flows with the provisioned credentials"
+    );
+}
+
+/// Runs the gateway of `dir` until its telemetry reaches `tb` or `within` passes.
+async fn delivers(dir: &std::path::Path, tb: &TbStandIn, within: Duration) -> bool {
     let loaded = tbgw::config::load(&dir.join("tb_gateway.json")).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::builder()
         .config(loaded)
@@ -82,16 +93,15 @@ async fn run_once(dir: &std::path::Path, tb: &TbStandIn) {
         let _ = stop_rx.await;
     }));
     let since = std::time::Instant::now();
-    assert!(
-        tb.wait_for(Duration::from_secs(20), |m| m.topic
-            == "v1/gateway/telemetry"
-            && m.received_at >= since)
-            .await
-            .is_some(),
-        "data flows with the provisioned credentials"
-    );
+    let got = tb
+        .wait_for(within, |m| {
+            m.topic == "v1/gateway/telemetry" && m.received_at >= since
+        })
+        .await
+        .is_some();
     let _ = stop.send(());
     let _ = task.await;
+    got
 }
 
 #[tokio::test]
@@ -139,19 +149,129 @@ async fn provisions_once_saves_the_token_and_reuses_it() {
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn x509_provisioning_and_missing_keys_are_config_errors() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("tb_gateway.json");
+/// mosquitto with a TLS listener (server certificate of `pki`, client certificates checked
+/// against `client_ca` when given) on its main port and a plain one for the stand-in and the
+/// provisioning endpoint.
+async fn tls_broker(pki: &Pki, client_ca: Option<&std::path::Path>) -> (Mosquitto, u16) {
+    let plain = free_tcp_port();
+    let tls = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+        client_ca.unwrap_or(&pki.ca_cert()).display(),
+        pki.server_cert().display(),
+        pki.server_key().display(),
+        client_ca.is_some()
+    );
+    let broker = Mosquitto::start_with(&format!("{tls}listener {plain} 127.0.0.1\n"))
+        .await
+        .expect("mosquitto with TLS");
+    (broker, plain)
+}
+
+fn write_x509_config(dir: &std::path::Path, port: u16) {
     std::fs::write(
-        &file,
-        json!({"thingsboard": {"host": "h", "provisioning": {"provisionDeviceKey": "k",
-            "provisionDeviceSecret": "s", "type": "X509_CERTIFICATE"}}})
+        dir.join("tb_gateway.json"),
+        json!({
+            "thingsboard": {
+                "host": "127.0.0.1", "port": port, "sessionLimitsTimeoutMs": 300,
+                "provisioning": {"provisionDeviceKey": "key", "provisionDeviceSecret": "secret",
+                                 "deviceName": "x509-gateway", "type": "X509_CERTIFICATE",
+                                 "caCert": "ca.pem"}
+            },
+            "storage": {"type": "memory"},
+            "connectors": []
+        })
         .to_string(),
     )
     .unwrap();
-    let e = tbgw::config::load(&file)
-        .expect_err("x509 refused")
-        .to_string();
-    assert!(e.contains("thingsboard.provisioning.type"), "{e}");
+}
+
+#[tokio::test]
+async fn x509_provisioning_generates_a_certificate_and_connects_with_mutual_tls() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate(pki_dir.path(), "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `caCert` is a file name in the config directory, as upstream resolves it.
+    std::fs::copy(pki.ca_cert(), dir.path().join("ca.pem")).unwrap();
+
+    // Provisioning goes over TLS (server verified with caCert, no client certificate yet).
+    let (broker, plain) = tls_broker(&pki, None).await;
+    let tb = TbStandIn::connect(plain).await.expect("stand-in");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(std::sync::Mutex::new(Json::Null));
+    let endpoint = tokio::spawn(provisioning_endpoint(plain, requests.clone(), last.clone()));
+    write_x509_config(dir.path(), broker.port());
+    assert!(
+        delivers(dir.path(), &tb, Duration::from_secs(20)).await,
+        "provisioned and delivering over TLS; broker log:\n{}",
+        broker.log()
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let req = last.lock().unwrap().clone();
+    assert_eq!(req["credentialsType"], json!("X509_CERTIFICATE"));
+    let cert = std::fs::read_to_string(dir.path().join("cert.pem")).expect("cert.pem saved");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    assert_eq!(
+        req["hash"],
+        json!(cert),
+        "the request carries the saved certificate"
+    );
+    let key = std::fs::metadata(dir.path().join("key.pem")).expect("key.pem saved");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+    let _ = key;
+    let saved = std::fs::read_to_string(dir.path().join(".credentials")).expect("saved");
+    assert!(
+        saved.contains("X509_CERTIFICATE") && saved.contains("ca.pem"),
+        "{saved}"
+    );
+    endpoint.abort();
+    drop(tb);
+    drop(broker);
+
+    // The next start reuses the certificate: a broker that only admits clients with exactly
+    // that certificate lets the gateway in, without a new provisioning request.
+    let (broker, plain) = tls_broker(&pki, Some(&dir.path().join("cert.pem"))).await;
+    let tb = TbStandIn::connect(plain).await.expect("stand-in");
+    write_x509_config(dir.path(), broker.port());
+    assert!(
+        delivers(dir.path(), &tb, Duration::from_secs(20)).await,
+        "mutual TLS with the provisioned certificate; broker log:\n{}",
+        broker.log()
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    drop(tb);
+    drop(broker);
+
+    // Control: a broker that admits only another client certificate keeps the gateway out,
+    // so the certificate above was really checked.
+    let (broker, plain) = tls_broker(&pki, Some(&pki.client_cert())).await;
+    let tb = TbStandIn::connect(plain).await.expect("stand-in");
+    write_x509_config(dir.path(), broker.port());
+    assert!(
+        !delivers(dir.path(), &tb, Duration::from_secs(3)).await,
+        "a certificate the broker does not trust is refused"
+    );
+}
+
+#[test]
+fn x509_provisioning_without_a_ca_and_unknown_types_are_config_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tb_gateway.json");
+    for (kind, key) in [
+        ("X509_CERTIFICATE", "thingsboard.provisioning.caCert"),
+        ("PSK", "thingsboard.provisioning.type"),
+    ] {
+        std::fs::write(
+            &file,
+            json!({"thingsboard": {"host": "h", "provisioning": {"provisionDeviceKey": "k",
+                "provisionDeviceSecret": "s", "type": kind}}})
+            .to_string(),
+        )
+        .unwrap();
+        let e = tbgw::config::load(&file).expect_err("refused").to_string();
+        assert!(e.contains(key), "{kind}: {e}");
+    }
 }

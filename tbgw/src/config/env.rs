@@ -28,6 +28,41 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("TB_GW_DEVICE_DP_RATE_LIMITS", "deviceDpRateLimits"),
 ];
 
+/// The `provisioning` section `TB_GW_PROVISIONING_DEVICE_*` describe, as upstream builds it:
+/// only when both `..._KEY` and `..._SECRET` are set; the type is ACCESS_TOKEN when
+/// `..._ACCESS_TOKEN` is set, else MQTT_BASIC when any of `..._USERNAME` / `..._PASSWORD` /
+/// `..._CLIENT_ID` is, else X509_CERTIFICATE when `..._CA_CERT_FILENAME` is, else the default
+/// (ACCESS_TOKEN with a random token). It replaces the file's section.
+fn provisioning_from_env(env: &HashMap<String, String>) -> Option<Value> {
+    let var = |k: &str| env.get(&format!("TB_GW_PROVISIONING_DEVICE_{k}")).cloned();
+    let mut p = Map::new();
+    p.insert("provisionDeviceKey".into(), var("KEY")?.into());
+    p.insert("provisionDeviceSecret".into(), var("SECRET")?.into());
+    if let Some(n) = var("NAME") {
+        p.insert("deviceName".into(), n.into());
+    }
+    let basic = [
+        ("USERNAME", "username"),
+        ("PASSWORD", "password"),
+        ("CLIENT_ID", "clientId"),
+    ];
+    if let Some(t) = var("ACCESS_TOKEN") {
+        p.insert("type".into(), "ACCESS_TOKEN".into());
+        p.insert("accessToken".into(), t.into());
+    } else if basic.iter().any(|(v, _)| var(v).is_some()) {
+        p.insert("type".into(), "MQTT_BASIC".into());
+        for (v, k) in basic {
+            if let Some(x) = var(v) {
+                p.insert(k.into(), x.into());
+            }
+        }
+    } else if let Some(ca) = var("CA_CERT_FILENAME") {
+        p.insert("type".into(), "X509_CERTIFICATE".into());
+        p.insert("caCert".into(), ca.into());
+    }
+    Some(Value::Object(p))
+}
+
 /// Applies the `TB_GW_*` variables in `env` to the raw main file. Numbers (`TB_GW_PORT`,
 /// `TB_GW_PROXY_PORT`) are stored as JSON numbers when they parse. `TB_GW_RATE_LIMITS` sets
 /// every message and telemetry limit, as upstream does. When a credential variable is set and
@@ -60,6 +95,9 @@ pub fn apply_env_overrides(raw: &mut Value, env: &HashMap<String, String>) {
         ] {
             tb.insert(key.into(), Value::from(v.as_str()));
         }
+    }
+    if let Some(p) = provisioning_from_env(env) {
+        tb.insert("provisioning".into(), p);
     }
     for (var, key) in OVERRIDES {
         let Some(v) = env.get(*var) else { continue };

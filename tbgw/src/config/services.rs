@@ -189,14 +189,18 @@ pub struct ProvisioningConfig {
     /// `ACCESS_TOKEN` (default), `MQTT_BASIC` or `X509_CERTIFICATE`.
     #[serde(rename = "type", alias = "credentialsType")]
     pub credentials_type: Option<String>,
-    /// Access token to ask for (ACCESS_TOKEN; random when absent).
+    /// Access token to ask for (ACCESS_TOKEN; random when absent). Upstream spells it
+    /// `access_token`, which is accepted too.
+    #[serde(alias = "access_token")]
     pub access_token: Option<String>,
-    /// MQTT client id (MQTT_BASIC).
+    /// MQTT client id (MQTT_BASIC; also `client_id`, upstream's spelling).
+    #[serde(alias = "client_id")]
     pub client_id: Option<String>,
     /// MQTT user name (MQTT_BASIC).
     pub username: Option<String>,
     /// MQTT password (MQTT_BASIC).
     pub password: Option<String>,
-    /// CA certificate file name for TLS after provisioning.
+    /// CA certificate of ThingsBoard's MQTT server (X509_CERTIFICATE): a file name in the
+    /// config directory or a path. Provisioning and every later session use TLS with it.
     pub ca_cert: Option<String>,
 }

@@ -1081,3 +1081,59 @@ fn join_puts_no_dot_before_an_index() {
         "mapping[0].converter"
     );
 }
+
+#[test]
+fn tb_gw_provisioning_variables_build_the_provisioning_section() {
+    let base = [
+        ("TB_GW_PROVISIONING_DEVICE_KEY", "k"),
+        ("TB_GW_PROVISIONING_DEVICE_SECRET", "s"),
+        ("TB_GW_PROVISIONING_DEVICE_NAME", "gw-1"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut raw =
+            json!({"thingsboard": {"host": "h", "provisioning": {"provisionDeviceKey": "file"}}});
+        let vars: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+        apply_env_overrides(&mut raw, &env(&vars));
+        raw["thingsboard"]["provisioning"].clone()
+    };
+    let p = with(&[]);
+    assert_eq!(p["provisionDeviceKey"], json!("k"));
+    assert_eq!(p["deviceName"], json!("gw-1"));
+    assert_eq!(p.get("type"), None, "the default type");
+    let p = with(&[("TB_GW_PROVISIONING_DEVICE_ACCESS_TOKEN", "t")]);
+    assert_eq!(
+        (&p["type"], &p["accessToken"]),
+        (&json!("ACCESS_TOKEN"), &json!("t"))
+    );
+    let p = with(&[("TB_GW_PROVISIONING_DEVICE_CLIENT_ID", "c")]);
+    assert_eq!(
+        (&p["type"], &p["clientId"]),
+        (&json!("MQTT_BASIC"), &json!("c"))
+    );
+    let p = with(&[("TB_GW_PROVISIONING_DEVICE_CA_CERT_FILENAME", "ca.pem")]);
+    assert_eq!(
+        (&p["type"], &p["caCert"]),
+        (&json!("X509_CERTIFICATE"), &json!("ca.pem"))
+    );
+
+    // Without the secret the file's section stays.
+    let mut raw = json!({"thingsboard": {"provisioning": {"provisionDeviceKey": "file"}}});
+    apply_env_overrides(&mut raw, &env(&[("TB_GW_PROVISIONING_DEVICE_KEY", "k")]));
+    assert_eq!(
+        raw["thingsboard"]["provisioning"]["provisionDeviceKey"],
+        json!("file")
+    );
+}
+
+#[test]
+fn upstream_snake_case_provisioning_keys_are_read() {
+    let p: crate::config::ProvisioningConfig = serde_json::from_value(
+        json!({"provisionDeviceKey": "k", "provisionDeviceSecret": "s", "type": "MQTT_BASIC",
+               "client_id": "c", "username": "u", "password": "p"}),
+    )
+    .expect("parses");
+    assert_eq!(p.client_id.as_deref(), Some("c"));
+    let p: crate::config::ProvisioningConfig =
+        serde_json::from_value(json!({"access_token": "t"})).expect("parses");
+    assert_eq!(p.access_token.as_deref(), Some("t"));
+}

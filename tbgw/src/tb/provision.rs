@@ -8,9 +8,16 @@
 //! `<config dir>/.credentials` (mode 0600) and reused on every later start, so provisioning
 //! happens once; `gateway_remove_provisioned_credentials` deletes the file.
 //!
-//! `ACCESS_TOKEN` (a random 20-character token is asked for when none is configured) and
-//! `MQTT_BASIC` are supported. `X509_CERTIFICATE` is rejected at load: it needs a certificate
-//! and key generated on the gateway, which tbgw does not do yet.
+//! `ACCESS_TOKEN` (a random 20-character token is asked for when none is configured),
+//! `MQTT_BASIC` and `X509_CERTIFICATE` are supported. For `X509_CERTIFICATE` the gateway
+//! generates an EC P-256 key and a self-signed certificate (common name = the device name,
+//! valid one year, client authentication), sends the certificate as `hash`, and on success
+//! writes `cert.pem` and `key.pem` (mode 0600) beside `.credentials`, which also records
+//! `caCert`; later sessions use mutual TLS with them. Fixed relative to upstream: the request
+//! itself goes over TLS with `caCert` (upstream sends it in plain text to the port it then uses
+//! for TLS, which cannot work against one listener), a missing `caCert` is a config error
+//! instead of a crash, the key file is not world-readable, and nothing is written when
+//! ThingsBoard refuses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,10 +27,15 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
-use crate::config::{ConfigError, Credentials, ProvisioningConfig};
+use crate::config::{ConfigError, Credentials, ProvisioningConfig, TlsFiles};
 
 /// The file provisioned credentials are saved to, in the config directory.
 pub const CREDENTIALS_FILE: &str = ".credentials";
+/// The client certificate of `X509_CERTIFICATE` provisioning, in the config directory (the
+/// name upstream uses, so a config directory it provisioned works unchanged).
+pub const CERT_FILE: &str = "cert.pem";
+/// The private key of `X509_CERTIFICATE` provisioning, in the config directory.
+pub const KEY_FILE: &str = "key.pem";
 /// How long to wait for ThingsBoard's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -33,11 +45,24 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 struct Saved {
     credentials_type: String,
     credentials_value: Json,
+    /// The CA certificate for TLS (X509_CERTIFICATE), as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_cert: Option<String>,
 }
 
 impl Saved {
-    fn credentials(&self) -> Option<Credentials> {
+    /// The credentials these stand for; certificate files are resolved in `dir`.
+    fn credentials(&self, dir: &Path) -> Option<Credentials> {
         match self.credentials_type.as_str() {
+            "X509_CERTIFICATE" => Some(Credentials {
+                client_id: String::new(),
+                username: None,
+                password: None,
+                tls: Some(TlsFiles {
+                    ca_cert: resolve(dir, self.ca_cert.as_deref()?),
+                    client: Some((dir.join(CERT_FILE), dir.join(KEY_FILE))),
+                }),
+            }),
             "ACCESS_TOKEN" => Some(Credentials {
                 client_id: String::new(),
                 username: Some(self.credentials_value.as_str()?.to_string()),
@@ -77,30 +102,86 @@ pub fn validate(p: &ProvisioningConfig, file: &Path) -> Result<(), ConfigError> 
     }
     match p.credentials_type.as_deref().unwrap_or("ACCESS_TOKEN") {
         "ACCESS_TOKEN" | "MQTT_BASIC" => Ok(()),
-        "X509_CERTIFICATE" => Err(ConfigError::new(
+        "X509_CERTIFICATE" if !cfg!(feature = "tls") => Err(ConfigError::new(
             file,
             key("type"),
-            "X509_CERTIFICATE provisioning is not supported by tbgw yet; use ACCESS_TOKEN or MQTT_BASIC, or provision the certificate yourself and use security.type x509Certificate",
+            "X509_CERTIFICATE provisioning needs TLS, and tbgw was built without the `tls` feature",
         )),
+        "X509_CERTIFICATE" if p.ca_cert.as_deref().is_none_or(str::is_empty) => Err(
+            ConfigError::new(
+                file,
+                key("caCert"),
+                "missing; X509_CERTIFICATE provisioning connects with TLS and needs the CA certificate of ThingsBoard's MQTT server",
+            ),
+        ),
+        "X509_CERTIFICATE" => Ok(()),
         other => Err(ConfigError::new(
             file,
             key("type"),
-            format!("unknown credentials type `{other}`; expected ACCESS_TOKEN or MQTT_BASIC"),
+            format!("unknown credentials type `{other}`; expected ACCESS_TOKEN, MQTT_BASIC or X509_CERTIFICATE"),
         )),
     }
+}
+
+/// A certificate file name as upstream resolves it: in the config directory when such a file
+/// exists there, else as given.
+fn resolve(dir: &Path, name: &str) -> PathBuf {
+    let in_dir = dir.join(name);
+    if in_dir.exists() {
+        in_dir
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// A new EC P-256 key and a self-signed client certificate for `device_name`, valid from a day
+/// ago for a year: (certificate PEM, private key PEM).
+#[cfg(feature = "tls")]
+fn generate_certificate(device_name: &str) -> Result<(String, String), String> {
+    use rcgen::{
+        date_time_ymd, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        KeyPair, PKCS_ECDSA_P256_SHA256,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate a key: {e}"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, device_name);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let day = Duration::from_secs(86_400);
+    params.not_before = date_time_ymd(1970, 1, 1) + now.saturating_sub(day);
+    params.not_after = date_time_ymd(1970, 1, 1) + now + day * 365;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("cannot create a certificate: {e}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(not(feature = "tls"))]
+fn generate_certificate(_device_name: &str) -> Result<(String, String), String> {
+    Err("X509_CERTIFICATE provisioning needs the `tls` feature".into())
 }
 
 /// Credentials saved by an earlier provisioning in `dir`, if any.
 pub fn saved_credentials(dir: &Path) -> Option<Credentials> {
     let text = std::fs::read_to_string(dir.join(CREDENTIALS_FILE)).ok()?;
     let saved: Saved = serde_json::from_str(&text).ok()?;
-    saved.credentials()
+    saved.credentials(dir)
 }
 
 fn save(dir: &Path, saved: &Saved) -> std::io::Result<PathBuf> {
-    let path = dir.join(CREDENTIALS_FILE);
-    let tmp = dir.join(".credentials.tmp");
     let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+    write_private(dir, CREDENTIALS_FILE, &text)
+}
+
+/// Writes `dir/name` readable by the owner only, atomically (temporary file, fsync, rename).
+fn write_private(dir: &Path, name: &str, text: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         use std::io::Write;
         #[cfg(unix)]
@@ -110,7 +191,7 @@ fn save(dir: &Path, saved: &Saved) -> std::io::Result<PathBuf> {
         #[cfg(unix)]
         o.mode(0o600);
         let mut f = o.open(&tmp)?;
-        f.write_all(&text)?;
+        f.write_all(text)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
@@ -123,8 +204,8 @@ fn random_token() -> String {
         .collect::<String>()
 }
 
-/// The request body for `p`.
-fn request(p: &ProvisioningConfig, device_name: &str) -> Json {
+/// The request body for `p`; `cert` is the PEM certificate for X509_CERTIFICATE.
+fn request(p: &ProvisioningConfig, device_name: &str, cert: Option<&str>) -> Json {
     let kind = p.credentials_type.as_deref().unwrap_or("ACCESS_TOKEN");
     let mut r = json!({
         "provisionDeviceKey": p.provision_device_key,
@@ -139,11 +220,35 @@ fn request(p: &ProvisioningConfig, device_name: &str) -> Json {
             r["username"] = json!(p.username.clone().unwrap_or_else(random_token));
             r["password"] = json!(p.password.clone().unwrap_or_else(random_token));
         }
+        "X509_CERTIFICATE" => {
+            r["hash"] = json!(cert.unwrap_or_default());
+        }
         _ => {
             r["token"] = json!(p.access_token.clone().unwrap_or_else(random_token));
         }
     }
     r
+}
+
+/// TLS with `ca_cert` (resolved in `dir`) and no client certificate, for the request of
+/// X509_CERTIFICATE provisioning.
+#[cfg(feature = "tls")]
+fn tls_transport(dir: &Path, ca_cert: &str) -> Result<rumqttc::Transport, String> {
+    let path = resolve(dir, ca_cert);
+    let ca =
+        std::fs::read(&path).map_err(|e| format!("cannot read caCert {}: {e}", path.display()))?;
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        },
+    ))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_transport(_dir: &Path, _ca_cert: &str) -> Result<rumqttc::Transport, String> {
+    Err("X509_CERTIFICATE provisioning needs the `tls` feature".into())
 }
 
 /// Provisions the gateway device at `host:port` and saves the credentials in `dir`.
@@ -163,6 +268,12 @@ pub(crate) async fn provision(
         })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "tbgw".into());
+    let x509 = p.credentials_type.as_deref() == Some("X509_CERTIFICATE");
+    let generated = if x509 {
+        Some(generate_certificate(&device_name)?)
+    } else {
+        None
+    };
     let mut o = MqttOptions::new(
         format!("tbgw-provision-{:08x}", fastrand::u32(..)),
         host,
@@ -170,8 +281,14 @@ pub(crate) async fn provision(
     );
     o.set_credentials("provision", "");
     o.set_keep_alive(Duration::from_secs(30));
+    if x509 {
+        o.set_transport(tls_transport(
+            dir,
+            p.ca_cert.as_deref().unwrap_or_default(),
+        )?);
+    }
     let (client, mut ev) = AsyncClient::new(o, 16);
-    let body = request(p, &device_name);
+    let body = request(p, &device_name, generated.as_ref().map(|(c, _)| c.as_str()));
     let run = async {
         loop {
             match ev.poll().await.map_err(|e| e.to_string())? {
@@ -218,9 +335,24 @@ pub(crate) async fn provision(
             .get("credentialsValue")
             .cloned()
             .unwrap_or(Json::Null),
+        ca_cert: p.ca_cert.clone().filter(|_| x509),
     };
+    if saved.credentials_type == "X509_CERTIFICATE" {
+        let (cert, key) = generated.as_ref().ok_or_else(|| {
+            format!("X509_CERTIFICATE credentials that were not asked for: {answer}")
+        })?;
+        // The key first: a certificate without its key is useless, the reverse is harmless.
+        write_private(dir, KEY_FILE, key.as_bytes())
+            .and_then(|_| write_private(dir, CERT_FILE, cert.as_bytes()))
+            .map_err(|e| {
+                format!(
+                    "provisioned, but the certificate cannot be saved in {}: {e}",
+                    dir.display()
+                )
+            })?;
+    }
     let creds = saved
-        .credentials()
+        .credentials(dir)
         .ok_or_else(|| format!("unusable provisioning answer: {answer}"))?;
     match save(dir, &saved) {
         Ok(path) => {
@@ -246,7 +378,7 @@ mod tests {
             username: Some("u".into()),
             ..Default::default()
         };
-        let r = request(&p, "gw");
+        let r = request(&p, "gw", None);
         assert_eq!(r["gateway"], json!(true));
         assert_eq!(r["username"], json!("u"));
         assert_eq!(r["password"].as_str().map(str::len), Some(20));
@@ -257,6 +389,7 @@ mod tests {
             &Saved {
                 credentials_type: "MQTT_BASIC".into(),
                 credentials_value: json!({"clientId": "c", "userName": "u", "password": "p"}),
+                ca_cert: None,
             },
         )
         .expect("save");
