@@ -195,3 +195,57 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
     ends.cancel.cancel();
     task.await.unwrap();
 }
+
+/// A broker that sends without limit (MQTT 3.1.1 has no Receive Maximum and this mosquitto
+/// allows unlimited in-flight messages) while storage confirms nothing: the connector stops
+/// taking messages at its own bound, the rest waits in the broker, and once storage catches up
+/// every message arrives.
+#[tokio::test]
+async fn unconfirmed_messages_are_bounded_even_when_the_broker_sends_without_limit() {
+    const SENT: usize = 10_000;
+    const BOUND: usize = 4_000; // MAX_PENDING_ACKS in the connector
+    let broker = Mosquitto::start_with("max_inflight_messages 0\nmax_queued_messages 0\n")
+        .await
+        .unwrap();
+    let mut spec = spec(broker.port(), false);
+    spec.config["broker"]["version"] = json!(4);
+    spec.config["broker"]["clientId"] = json!("tbgw-bound-test");
+    let p = publisher(broker.port(), "bound-publisher").await;
+    let (task, mut ends, _) = start(&spec);
+    let (_, first) = publish_until_received(&p, &mut ends, "t/dev", r#"{"v": 0}"#).await;
+    let mut held: Vec<oneshot::Sender<StoreOutcome>> = first.into_iter().collect();
+    let mut received = 1;
+    for v in 1..SENT {
+        p.publish("t/dev", QoS::AtLeastOnce, false, format!(r#"{{"v": {v}}}"#))
+            .await
+            .unwrap();
+    }
+    // Take what the connector hands over without confirming any of it.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), ends.uplink.recv()).await {
+        if let UplinkMessage::Data { data, ack, .. } = m {
+            received += data.len();
+            held.extend(ack);
+        }
+    }
+    assert!(
+        (BOUND / 2..=BOUND + 1).contains(&received),
+        "{received} messages taken while storage confirmed none"
+    );
+    // Storage catches up: everything else arrives.
+    for a in held.drain(..) {
+        let _ = a.send(StoreOutcome::Stored);
+    }
+    while received < SENT {
+        let Ok(Some(m)) = tokio::time::timeout(WAIT, ends.uplink.recv()).await else {
+            panic!("only {received} of {SENT} messages arrived");
+        };
+        if let UplinkMessage::Data { data, ack, .. } = m {
+            received += data.len();
+            if let Some(a) = ack {
+                let _ = a.send(StoreOutcome::Stored);
+            }
+        }
+    }
+    ends.cancel.cancel();
+    task.await.unwrap();
+}

@@ -563,7 +563,7 @@ async fn a_publish_with_more_than_a_thousand_values_is_decoded() {
 }
 
 #[tokio::test]
-async fn basic256sha256_sign_and_encrypt_with_a_user_name() {
+async fn every_security_policy_and_mode_with_a_user_name() {
     let port = free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
     let mut peer = start_peer(
@@ -580,22 +580,31 @@ async fn basic256sha256_sign_and_encrypt_with_a_user_name() {
         ],
     )
     .await;
-    let server = |mode: &str, password: &str| {
-        json!({"url": url(port), "enableSubscriptions": true, "security": "Basic256Sha256",
+    let server = |policy: &str, mode: &str, password: &str| {
+        json!({"url": url(port), "enableSubscriptions": true, "security": policy,
                "timeoutInMillis": 3000, "reconnectRetriesCount": 0,
                "pkiDir": dir.path().join("client-pki").to_str().unwrap(),
                "identity": {"type": "username", "username": "tb", "password": password, "mode": mode,
                             "caCert": dir.path().join("server_cert.der").to_str().unwrap()}})
     };
-    for mode in ["SignAndEncrypt", "Sign"] {
-        let (task, mut ends, _) = start(&spec(server(mode, "secret"), all_types_mapping()));
+    for (policy, mode) in [
+        ("Basic256Sha256", "SignAndEncrypt"),
+        ("Basic256Sha256", "Sign"),
+        ("Aes128Sha256RsaOaep", "SignAndEncrypt"),
+        ("Aes128Sha256RsaOaep", "Sign"),
+        ("Aes256Sha256RsaPss", "SignAndEncrypt"),
+        ("Aes256Sha256RsaPss", "Sign"),
+        ("Basic256", "SignAndEncrypt"),
+        ("Basic128Rsa15", "SignAndEncrypt"),
+    ] {
+        let (task, mut ends, _) = start(&spec(server(policy, mode, "secret"), all_types_mapping()));
         let mut seen = Seen::default();
         assert!(
             collect_until(&mut ends, &mut seen, |s| s
                 .last("Device 1", "i16")
                 .is_some())
             .await,
-            "values over Basic256Sha256 {mode}:\n{}",
+            "values over {policy} {mode}:\n{}",
             peer.log()
         );
         ends.cancel.cancel();
@@ -605,7 +614,10 @@ async fn basic256sha256_sign_and_encrypt_with_a_user_name() {
     let mut ignored = Vec::new();
     let mut connector = OpcUaFactory::new()
         .build(
-            &spec(server("SignAndEncrypt", "wrong"), all_types_mapping()),
+            &spec(
+                server("Basic256Sha256", "SignAndEncrypt", "wrong"),
+                all_types_mapping(),
+            ),
             &mut ignored,
         )
         .unwrap();

@@ -238,7 +238,13 @@ fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 const REQUEST_CAPACITY: usize = 8192;
 /// MQTT 5 Receive Maximum we announce: how many QoS 1 messages the broker may send before our
 /// first PUBACK.
-const RECEIVE_MAXIMUM: u16 = 1000;
+const RECEIVE_MAXIMUM: u16 = 4000;
+/// Most received QoS 1 messages waiting for storage before the connector stops reading from
+/// the broker. Brokers do not all keep to the Receive Maximum (mosquitto 2.0.11 sent ~390,000
+/// messages ahead of our PUBACKs when fsyncs stalled, and MQTT 3.1.1 has no such limit at
+/// all), so the connector enforces it itself: past this many it only completes receipts and
+/// sends PUBACKs until the count drops, and the backlog stays in the broker.
+const MAX_PENDING_ACKS: usize = RECEIVE_MAXIMUM as usize;
 /// Most of our own QoS 1 publishes (RPC requests, attribute answers) in flight at once.
 const OUTGOING_INFLIGHT: u16 = 100;
 
@@ -986,7 +992,10 @@ impl Connector for MqttConnector {
                         unsent.push_back(p);
                     }
                 }
-                ev = events.poll() => match ev {
+                // Past MAX_PENDING_ACKS the event loop is only polled to flush PUBACKs that
+                // rumqttc's request channel could not take (`unsent`); otherwise a stalled
+                // receipt would stop both branches.
+                ev = events.poll(), if pending.len() < MAX_PENDING_ACKS || !unsent.is_empty() => match ev {
                     Ok(SourceEvent::Connected { session_present }) => {
                         epoch += 1;
                         // PUBACKs of the previous connection must not go out on this one.

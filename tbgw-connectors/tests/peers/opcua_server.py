@@ -14,7 +14,8 @@ Model (namespace "http://tbgw.test/opcua", index 2), under Objects:
 
 Options: --port, --devices N, --tags T, --period seconds between changes, --add-device-after
 seconds (adds Device<N+1> while running), --security none|all (all also offers
-Basic256Sha256 Sign/SignAndEncrypt with a self-signed server certificate in --cert-dir),
+Sign and SignAndEncrypt with Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss, Basic256
+and Basic128Rsa15, with a self-signed server certificate in --cert-dir),
 --user name:password (then anonymous logins are refused).
 
 Prints "ready" once the server listens.
@@ -164,6 +165,14 @@ async def main():
                 ua.SecurityPolicyType.NoSecurity,
                 ua.SecurityPolicyType.Basic256Sha256_Sign,
                 ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+                ua.SecurityPolicyType.Basic256_Sign,
+                ua.SecurityPolicyType.Basic256_SignAndEncrypt,
+                ua.SecurityPolicyType.Basic128Rsa15_Sign,
+                ua.SecurityPolicyType.Basic128Rsa15_SignAndEncrypt,
             ],
             permission_ruleset=SimpleRoleRuleset(),
         )
