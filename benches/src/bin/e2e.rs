@@ -534,7 +534,19 @@ fn main() -> anyhow::Result<()> {
         let storage = a.storage.clone();
         let gw = run_case(&format!("tbgw ({storage})"), &a, |dev, tb, dir| {
             let cfg = gateway_config(dir, dev, tb, &storage)?;
-            Ok(Command::new(&bin)
+            // TBGW_E2E_WRAPPER="heaptrack -o /tmp/tbgw" runs the gateway under a profiler
+            // (the CPU and RSS figures are then the wrapper's).
+            let wrapper = std::env::var("TBGW_E2E_WRAPPER").unwrap_or_default();
+            let mut words = wrapper.split_whitespace();
+            let mut cmd = match words.next() {
+                Some(w) => {
+                    let mut c = Command::new(w);
+                    c.args(words).arg(&bin);
+                    c
+                }
+                None => Command::new(&bin),
+            };
+            Ok(cmd
                 .args(["run", "--log-level", "warn", "-c"])
                 .arg(cfg)
                 .kill_on_drop(true)
