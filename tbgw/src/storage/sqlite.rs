@@ -19,8 +19,8 @@
 //!   crash of the process. With `synchronous = FULL` the commit also fsyncs the WAL, so they
 //!   survive a power cut and [`EventStorage::wait_durable`] returns at once. With `NORMAL`
 //!   (default) the maintenance thread fsyncs the WAL file every `sync_interval` while there are
-//!   unsynced commits; `wait_durable(seq)` returns once an fsync that started after `seq` was
-//!   committed has finished.
+//!   unsynced commits, and within 5 ms while somebody waits in `wait_durable(seq)`, which
+//!   returns once an fsync that started after `seq` was committed has finished.
 //! * **Bounds.** Rows are limited by `max_records_count` (if set) and bytes by
 //!   `size_limit` × `max_db_amount` MB of used database pages; when full the [`FullPolicy`]
 //!   applies.
@@ -201,6 +201,9 @@ struct State {
     synced_seq: u64,
     unsynced_since: Option<Instant>,
     flush_requested: bool,
+    /// The highest id somebody waits to become durable ([`EventStorage::wait_durable`]);
+    /// while it is above `synced_seq` the group commit does not wait for its interval.
+    wanted: u64,
     vacuum_pending: bool,
     closed: bool,
     stored: u64,
@@ -648,6 +651,10 @@ impl Shared {
     }
 }
 
+/// Shortest time between two WAL fsyncs started because somebody waits for durability (as in
+/// the file storage): at most 200 a second.
+const SYNC_GAP: Duration = Duration::from_millis(5);
+
 /// The maintenance thread: group commit of the WAL under `synchronous = NORMAL`, the TTL sweep
 /// and incremental vacuum.
 fn maintenance(sh: &Shared) {
@@ -657,12 +664,18 @@ fn maintenance(sh: &Shared) {
     let mut next_sweep = Instant::now();
     let mut next_vacuum = Instant::now();
     let mut wal: Option<File> = None;
+    let mut last_sync = Instant::now();
     let mut g = sh.lock();
     loop {
         let now = Instant::now();
         let unsynced =
             g.last_seq > g.synced_seq && sh.opts.synchronous == SqliteSynchronous::Normal;
-        let sync_at = g.unsynced_since.map(|t| t + interval);
+        let mut sync_at = g.unsynced_since.map(|t| t + interval);
+        if g.wanted > g.synced_seq {
+            // Somebody waits (an MQTT broker for our PUBACK): fsync soon, not more often than
+            // every SYNC_GAP.
+            sync_at = Some(sync_at.map_or(last_sync + SYNC_GAP, |t| t.min(last_sync + SYNC_GAP)));
+        }
         if unsynced
             && (g.flush_requested
                 || g.closed
@@ -673,6 +686,7 @@ fn maintenance(sh: &Shared) {
             g.flush_requested = false;
             g.unsynced_since = None;
             drop(g);
+            last_sync = Instant::now();
             let result = sh.sync_wal(&mut wal);
             g = sh.lock();
             match result {
@@ -924,6 +938,14 @@ impl EventStorage for SqliteStorage {
 
     async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
         let mut rx = self.shared.durable.subscribe();
+        if *rx.borrow() < seq {
+            let mut g = self.shared.lock();
+            if g.wanted < seq {
+                g.wanted = seq;
+                drop(g);
+                self.shared.cv.notify_all();
+            }
+        }
         loop {
             if *rx.borrow_and_update() >= seq {
                 return Ok(());
