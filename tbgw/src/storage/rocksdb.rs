@@ -19,8 +19,8 @@
 //! * **Durability.** Writes go through RocksDB's WAL. With `sync` every put fsyncs the WAL
 //!   before it returns (survives a power cut; [`EventStorage::wait_durable`] is immediate).
 //!   Without it (default) a put survives a crash of the process once it returns, and a
-//!   maintenance thread fsyncs the WAL (`FlushWAL(sync)`) every `sync_interval`; `wait_durable`
-//!   waits for that.
+//!   maintenance thread fsyncs the WAL (`FlushWAL(sync)`) every `sync_interval`, and within
+//!   5 ms while somebody waits in `wait_durable`, which waits for that.
 //! * **Bounds.** `max_records` records and `max_bytes` bytes of values (exact: computed from
 //!   the offsets); when full the [`FullPolicy`] applies.
 //! * **TTL.** Records stored more than `ttl` ago are skipped when read and counted as expired;
@@ -132,6 +132,9 @@ struct State {
     synced_seq: u64,
     unsynced_since: Option<Instant>,
     flush_requested: bool,
+    /// The highest sequence number somebody waits to become durable; while it is above
+    /// `synced_seq` the group commit does not wait for its interval.
+    wanted: u64,
     compact_pending: bool,
     closed: bool,
     stored: u64,
@@ -600,6 +603,10 @@ impl Shared {
     }
 }
 
+/// Shortest time between two WAL fsyncs started because somebody waits for durability (as in
+/// the file storage): at most 200 a second.
+const SYNC_GAP: Duration = Duration::from_millis(5);
+
 /// The maintenance thread: group commit (WAL fsync), TTL sweep and compaction of the deleted
 /// range.
 fn maintenance(sh: &Shared) {
@@ -608,16 +615,22 @@ fn maintenance(sh: &Shared) {
     let has_ttl = sh.opts.ttl.is_some();
     let mut next_sweep = Instant::now();
     let mut next_compact = Instant::now() + Duration::from_secs(60);
+    let mut last_sync = Instant::now();
     let mut g = sh.lock();
     loop {
         let now = Instant::now();
         let unsynced = !sh.opts.sync && g.next_seq - 1 > g.synced_seq;
-        let sync_at = g.unsynced_since.map(|t| t + interval);
+        let mut sync_at = g.unsynced_since.map(|t| t + interval);
+        if g.wanted > g.synced_seq {
+            // Somebody waits: fsync soon, not more often than every SYNC_GAP.
+            sync_at = Some(sync_at.map_or(last_sync + SYNC_GAP, |t| t.min(last_sync + SYNC_GAP)));
+        }
         if unsynced && (g.flush_requested || g.closed || sync_at.is_none_or(|t| now >= t)) {
             let target = g.next_seq - 1;
             g.flush_requested = false;
             g.unsynced_since = None;
             drop(g);
+            last_sync = Instant::now();
             let result = sh.with_db(|db| {
                 db.flush_wal(true)
                     .map_err(|e| db_err("cannot fsync the WAL", e))
@@ -852,6 +865,14 @@ impl EventStorage for RocksDbStorage {
 
     async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
         let mut rx = self.shared.durable.subscribe();
+        if *rx.borrow() < seq {
+            let mut g = self.shared.lock();
+            if g.wanted < seq {
+                g.wanted = seq;
+                drop(g);
+                self.shared.cv.notify_all();
+            }
+        }
         loop {
             if *rx.borrow_and_update() >= seq {
                 return Ok(());
