@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec};
+use tbgw::test_util::process::{cpu_ticks, status_kb};
 use tbgw::test_util::{Mosquitto, TbStandIn};
 use tbgw::Gateway;
 use tbgw_connectors::modbus::master::late_quantile_of;
@@ -63,25 +64,6 @@ fn scenario(mode: &str) -> (u16, u64, Vec<serde_json::Value>) {
                 .collect(),
         ),
     }
-}
-
-/// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, `RssAnon`, ...).
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn threads(pid: u32) -> u64 {

@@ -36,31 +36,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use tbgw::test_util::process::{cpu_ticks, status_kb};
 use tbgw::test_util::{free_tcp_port, Mosquitto, TbStandIn};
 use tbgw::Gateway;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const NS: &str = "urn:tbgw:bench";
-
-/// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...).
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -18,6 +18,7 @@
 
 pub mod codec;
 mod file;
+mod group_commit;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
@@ -255,5 +256,24 @@ pub(crate) mod test_records {
             Value::Int(n) => n,
             _ => panic!("not a test record"),
         }
+    }
+
+    /// For a storage whose group-commit interval is an hour: a waiter still gets its fsync
+    /// (`wait_durable` returns), and a record nobody waits for stays unsynced until `flush`.
+    /// `durable()` reads the storage's highest durable sequence number.
+    pub(crate) async fn check_a_waiter_gets_its_fsync(
+        s: &dyn super::EventStorage,
+        durable: impl Fn() -> u64,
+    ) {
+        use std::time::Duration;
+        let r = s.put((0..3).map(rec).collect()).await.expect("put");
+        tokio::time::timeout(Duration::from_secs(30), s.wait_durable(r.last_seq))
+            .await
+            .expect("the fsync came for the waiter")
+            .expect("durable");
+        let r2 = s.put(vec![rec(3)]).await.expect("put");
+        assert!(durable() < r2.last_seq, "no fsync without a waiter");
+        s.flush().await.expect("flush");
+        assert!(durable() >= r2.last_seq);
     }
 }

@@ -37,6 +37,7 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, Write
 use tokio::sync::{watch, Notify};
 
 use super::codec;
+use super::group_commit;
 use super::{
     sort_fetched, Batch, EventStorage, Fetched, FullPolicy, PutReport, StorageError, StorageStats,
 };
@@ -603,10 +604,6 @@ impl Shared {
     }
 }
 
-/// Shortest time between two WAL fsyncs started because somebody waits for durability (as in
-/// the file storage): at most 200 a second.
-const SYNC_GAP: Duration = Duration::from_millis(5);
-
 /// The maintenance thread: group commit (WAL fsync), TTL sweep and compaction of the deleted
 /// range.
 fn maintenance(sh: &Shared) {
@@ -620,11 +617,12 @@ fn maintenance(sh: &Shared) {
     loop {
         let now = Instant::now();
         let unsynced = !sh.opts.sync && g.next_seq - 1 > g.synced_seq;
-        let mut sync_at = g.unsynced_since.map(|t| t + interval);
-        if g.wanted > g.synced_seq {
-            // Somebody waits: fsync soon, not more often than every SYNC_GAP.
-            sync_at = Some(sync_at.map_or(last_sync + SYNC_GAP, |t| t.min(last_sync + SYNC_GAP)));
-        }
+        let sync_at = group_commit::sync_due(
+            g.unsynced_since,
+            interval,
+            g.wanted > g.synced_seq,
+            last_sync,
+        );
         if unsynced && (g.flush_requested || g.closed || sync_at.is_none_or(|t| now >= t)) {
             let target = g.next_seq - 1;
             g.flush_requested = false;
@@ -864,26 +862,16 @@ impl EventStorage for RocksDbStorage {
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
-        let mut rx = self.shared.durable.subscribe();
-        if *rx.borrow() < seq {
-            let mut g = self.shared.lock();
-            if g.wanted < seq {
-                g.wanted = seq;
-                drop(g);
-                self.shared.cv.notify_all();
-            }
-        }
-        loop {
-            if *rx.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            if self.shared.lock().closed {
-                return Err(StorageError::Closed);
-            }
-            if rx.changed().await.is_err() {
-                return Err(StorageError::Closed);
-            }
-        }
+        let sh = &self.shared;
+        group_commit::wait_durable(
+            &sh.durable,
+            seq,
+            &sh.state,
+            &sh.cv,
+            |g| &mut g.wanted,
+            |g| g.closed,
+        )
+        .await
     }
 
     fn read_batch_size(&self) -> usize {

@@ -23,6 +23,7 @@
 
 mod mosquitto;
 mod pki;
+pub mod process;
 mod python;
 mod tb_standin;
 

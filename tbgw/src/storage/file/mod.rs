@@ -44,6 +44,7 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 
 use super::codec;
+use super::group_commit;
 use super::{Batch, EventStorage, FullPolicy, PutReport, Record, StorageError, StorageStats};
 use crate::model::{now_millis, DeviceData};
 use segment::{Scanner, Step};
@@ -309,7 +310,7 @@ impl FileStorage {
         let s2 = shared.clone();
         let syncer = std::thread::Builder::new()
             .name("tbgw-fsync".into())
-            .spawn(move || group_commit(s2))
+            .spawn(move || sync_thread(s2))
             .map_err(StorageError::Io)?;
         Ok(FileStorage {
             shared,
@@ -438,13 +439,8 @@ fn write_checkpoint(dir: &Path, seq: u64) -> std::io::Result<()> {
     fs::rename(tmp, dir.join(CHECKPOINT))
 }
 
-/// Shortest time between two fsyncs started because somebody waits for durability: bounds the
-/// fsync rate (and its CPU and flash wear) to 200 a second while letting a source with a
-/// 20-message window (mosquitto's default) still reach ~4,000 messages a second.
-const SYNC_GAP: Duration = Duration::from_millis(5);
-
 /// The group-commit thread: fsyncs the active segment when enough records or time piled up.
-fn group_commit(shared: Arc<Shared>) {
+fn sync_thread(shared: Arc<Shared>) {
     let opts = &shared.opts;
     let mut last_sync = Instant::now();
     let mut g = shared.lock();
@@ -456,17 +452,11 @@ fn group_commit(shared: Arc<Shared>) {
             g = shared.sync_cv.wait(g).unwrap_or_else(|e| e.into_inner());
             continue;
         }
-        let due = g
-            .unsynced_since
-            .map(|t| t + opts.fsync_interval)
-            .unwrap_or_else(Instant::now);
+        let waited_for = g.wanted > *shared.durable.borrow();
+        let due =
+            group_commit::sync_due(g.unsynced_since, opts.fsync_interval, waited_for, last_sync)
+                .unwrap_or_else(Instant::now);
         let now = Instant::now();
-        // Somebody waits: fsync soon, but not more often than every SYNC_GAP.
-        let due = if g.wanted > *shared.durable.borrow() {
-            due.min(last_sync + SYNC_GAP)
-        } else {
-            due
-        };
         if g.unsynced < opts.fsync_records && now < due && !g.closed {
             g = shared
                 .sync_cv
@@ -908,30 +898,16 @@ impl EventStorage for FileStorage {
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
-        let mut rx = self.shared.durable.subscribe();
-        if *rx.borrow() < seq {
-            // Somebody waits (an MQTT broker for our PUBACK, typically): fsync now rather than
-            // at the end of the interval. Records written meanwhile join that fsync, so the
-            // batches grow with the load and a source with a small in-flight window is bound
-            // by the fsync latency, not by `fsync_interval`.
-            let mut g = self.shared.lock();
-            if g.wanted < seq {
-                g.wanted = seq;
-                drop(g);
-                self.shared.sync_cv.notify_one();
-            }
-        }
-        loop {
-            if *rx.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            if self.shared.lock().closed {
-                return Err(StorageError::Closed);
-            }
-            if rx.changed().await.is_err() {
-                return Err(StorageError::Closed);
-            }
-        }
+        let sh = &self.shared;
+        group_commit::wait_durable(
+            &sh.durable,
+            seq,
+            &sh.state,
+            &sh.sync_cv,
+            |g| &mut g.wanted,
+            |g| g.closed,
+        )
+        .await
     }
 
     fn read_batch_size(&self) -> usize {
