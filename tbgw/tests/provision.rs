@@ -167,6 +167,19 @@ async fn tls_broker(pki: &Pki, client_ca: Option<&std::path::Path>) -> (Mosquitt
     (broker, plain)
 }
 
+/// A [`tls_broker`], the stand-in on its plain port, and the gateway's X.509 provisioning
+/// config in `dir` pointing at its TLS port. Returns the plain port too.
+async fn x509_setup(
+    pki: &Pki,
+    client_ca: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> (Mosquitto, u16, TbStandIn) {
+    let (broker, plain) = tls_broker(pki, client_ca).await;
+    let tb = TbStandIn::connect(plain).await.expect("stand-in");
+    write_x509_config(dir, broker.port());
+    (broker, plain, tb)
+}
+
 fn write_x509_config(dir: &std::path::Path, port: u16) {
     std::fs::write(
         dir.join("tb_gateway.json"),
@@ -194,12 +207,10 @@ async fn x509_provisioning_generates_a_certificate_and_connects_with_mutual_tls(
     std::fs::copy(pki.ca_cert(), dir.path().join("ca.pem")).unwrap();
 
     // Provisioning goes over TLS (server verified with caCert, no client certificate yet).
-    let (broker, plain) = tls_broker(&pki, None).await;
-    let tb = TbStandIn::connect(plain).await.expect("stand-in");
+    let (broker, plain, tb) = x509_setup(&pki, None, dir.path()).await;
     let requests = Arc::new(AtomicUsize::new(0));
     let last = Arc::new(std::sync::Mutex::new(Json::Null));
     let endpoint = tokio::spawn(provisioning_endpoint(plain, requests.clone(), last.clone()));
-    write_x509_config(dir.path(), broker.port());
     assert!(
         delivers(dir.path(), &tb, Duration::from_secs(20)).await,
         "provisioned and delivering over TLS; broker log:\n{}",
@@ -217,11 +228,10 @@ async fn x509_provisioning_generates_a_certificate_and_connects_with_mutual_tls(
     );
     let key = std::fs::metadata(dir.path().join("key.pem")).expect("key.pem saved");
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(key.permissions().mode() & 0o777, 0o600);
-    }
-    let _ = key;
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
     let saved = std::fs::read_to_string(dir.path().join(".credentials")).expect("saved");
     assert!(
         saved.contains("X509_CERTIFICATE") && saved.contains("ca.pem"),
@@ -233,9 +243,7 @@ async fn x509_provisioning_generates_a_certificate_and_connects_with_mutual_tls(
 
     // The next start reuses the certificate: a broker that only admits clients with exactly
     // that certificate lets the gateway in, without a new provisioning request.
-    let (broker, plain) = tls_broker(&pki, Some(&dir.path().join("cert.pem"))).await;
-    let tb = TbStandIn::connect(plain).await.expect("stand-in");
-    write_x509_config(dir.path(), broker.port());
+    let (broker, _, tb) = x509_setup(&pki, Some(&dir.path().join("cert.pem")), dir.path()).await;
     assert!(
         delivers(dir.path(), &tb, Duration::from_secs(20)).await,
         "mutual TLS with the provisioned certificate; broker log:\n{}",
@@ -247,9 +255,7 @@ async fn x509_provisioning_generates_a_certificate_and_connects_with_mutual_tls(
 
     // Control: a broker that admits only another client certificate keeps the gateway out,
     // so the certificate above was really checked.
-    let (broker, plain) = tls_broker(&pki, Some(&pki.client_cert())).await;
-    let tb = TbStandIn::connect(plain).await.expect("stand-in");
-    write_x509_config(dir.path(), broker.port());
+    let (_broker, _, tb) = x509_setup(&pki, Some(&pki.client_cert()), dir.path()).await;
     assert!(
         !delivers(dir.path(), &tb, Duration::from_secs(3)).await,
         "a certificate the broker does not trust is refused"

@@ -244,10 +244,12 @@ const REQUEST_CAPACITY: usize = 65_536;
 /// first PUBACK.
 const RECEIVE_MAXIMUM: u16 = 4000;
 /// Most received QoS 1 messages waiting for storage before the connector stops reading from
-/// the broker. Brokers do not all keep to the Receive Maximum (mosquitto 2.0.11 sent ~390,000
-/// messages ahead of our PUBACKs when fsyncs stalled, and MQTT 3.1.1 has no such limit at
-/// all), so the connector enforces it itself: past this many it only completes receipts and
-/// sends PUBACKs until the count drops, and the backlog stays in the broker.
+/// the broker. The broker's own limit is not enough: MQTT 3.1.1 has no Receive Maximum, and
+/// in overload runs against mosquitto 2.0.11 the connector held tens of thousands of
+/// unacknowledged messages although it announces this one (cause not found; the same broker
+/// keeps it for a raw-socket client). So the connector enforces it itself: past this many it
+/// only completes receipts and sends PUBACKs until the count drops, and the backlog stays in
+/// the broker.
 const MAX_PENDING_ACKS: usize = RECEIVE_MAXIMUM as usize;
 /// Most of our own QoS 1 publishes (RPC requests, attribute answers) in flight at once.
 const OUTGOING_INFLIGHT: u16 = 100;

@@ -27,7 +27,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
-use crate::config::{ConfigError, Credentials, ProvisioningConfig, TlsFiles};
+use crate::config::{resolve_path, ConfigError, Credentials, ProvisioningConfig, TlsFiles};
 
 /// The file provisioned credentials are saved to, in the config directory.
 pub const CREDENTIALS_FILE: &str = ".credentials";
@@ -59,7 +59,7 @@ impl Saved {
                 username: None,
                 password: None,
                 tls: Some(TlsFiles {
-                    ca_cert: resolve(dir, self.ca_cert.as_deref()?),
+                    ca_cert: resolve_path(dir, self.ca_cert.as_deref()?),
                     client: Some((dir.join(CERT_FILE), dir.join(KEY_FILE))),
                 }),
             }),
@@ -120,17 +120,6 @@ pub fn validate(p: &ProvisioningConfig, file: &Path) -> Result<(), ConfigError> 
             key("type"),
             format!("unknown credentials type `{other}`; expected ACCESS_TOKEN, MQTT_BASIC or X509_CERTIFICATE"),
         )),
-    }
-}
-
-/// A certificate file name as upstream resolves it: in the config directory when such a file
-/// exists there, else as given.
-fn resolve(dir: &Path, name: &str) -> PathBuf {
-    let in_dir = dir.join(name);
-    if in_dir.exists() {
-        in_dir
-    } else {
-        PathBuf::from(name)
     }
 }
 
@@ -234,7 +223,7 @@ fn request(p: &ProvisioningConfig, device_name: &str, cert: Option<&str>) -> Jso
 /// X509_CERTIFICATE provisioning.
 #[cfg(feature = "tls")]
 fn tls_transport(dir: &Path, ca_cert: &str) -> Result<rumqttc::Transport, String> {
-    let path = resolve(dir, ca_cert);
+    let path = resolve_path(dir, ca_cert);
     let ca =
         std::fs::read(&path).map_err(|e| format!("cannot read caCert {}: {e}", path.display()))?;
     Ok(rumqttc::Transport::tls_with_config(
