@@ -84,6 +84,22 @@ pub trait ConnectorFactory: Send + Sync {
     ) -> Result<Box<dyn Connector>, ConfigError>;
 }
 
+/// Why a connector type has no factory: names the types this build does know, so a typo or a
+/// factory the application forgot to register is obvious.
+pub(crate) fn unknown_connector_type(ty: &str, factories: &[Box<dyn ConnectorFactory>]) -> String {
+    let mut known: Vec<&str> = factories.iter().map(|f| f.connector_type()).collect();
+    known.sort_unstable();
+    known.dedup();
+    if known.is_empty() {
+        format!("connector type `{ty}` is not available in this build: no connector factory is registered (GatewayBuilder::factory)")
+    } else {
+        format!(
+            "connector type `{ty}` is not available in this build; the registered types are: {}",
+            known.join(", ")
+        )
+    }
+}
+
 /// Everything a running connector may use. Only the gateway creates it (or
 /// [`ConnectorContext::for_test`] in tests).
 #[derive(Debug)]

@@ -239,9 +239,9 @@ impl GatewayBuilder {
                     errors.push(ConfigError::new(
                         &cfg.file,
                         format!("connectors[name={}].type", spec.name),
-                        format!(
-                            "connector type `{}` is not available in this build of tbgw",
-                            spec.connector_type
+                        crate::connector::unknown_connector_type(
+                            &spec.connector_type,
+                            &self.factories,
                         ),
                     ));
                     continue;

@@ -76,6 +76,7 @@ pub mod payload {
 pub mod registry;
 pub mod report;
 pub mod service;
+pub mod signal;
 pub mod stats;
 pub mod storage;
 mod tb;
@@ -83,5 +84,8 @@ mod tb;
 pub mod test_util;
 pub mod uplink;
 
+/// The attribute macro for implementing [`connector::Connector`] (re-exported from the
+/// `async-trait` crate, so a connector author needs no extra dependency).
+pub use async_trait::async_trait;
 pub use gateway::{Gateway, GatewayBuilder, GatewayError, ShutdownReport};
 pub use tb::TbOptions;
