@@ -208,9 +208,9 @@ impl ConnectorContext {
     }
 
     /// Waits up to `grace` for the current run's sub-tasks to end by themselves (cancel the
-    /// token they watch first), then aborts the rest. Sub-tasks spawned later in this run are
-    /// dropped without running. For a graceful end of `run`; the gateway aborts whatever is
-    /// left anyway.
+    /// token they watch first), then aborts the rest and waits until they are gone, so what
+    /// they held is released. Sub-tasks spawned later in this run are dropped without
+    /// running. For a graceful end of `run`; the gateway aborts whatever is left anyway.
     pub async fn finish_tasks(&self, grace: Duration) {
         self.tasks.finish(grace).await;
     }
@@ -376,6 +376,8 @@ impl TaskSpawner {
                 while set.join_next().await.is_some() {}
             })
             .await;
+            // Abort the rest and wait until they are gone (and what they held is dropped).
+            set.shutdown().await;
         }
     }
 }
