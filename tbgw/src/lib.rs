@@ -62,12 +62,14 @@
 //! | `tls` | yes | TLS and mutual TLS to ThingsBoard (rustls) |
 //! | `test-util` | no | [`test_util`]: mosquitto launcher and ThingsBoard stand-in for tests |
 
+pub mod backoff;
 pub mod config;
 pub mod connector;
 pub mod convert;
 pub mod downlink;
 pub mod expr;
 mod gateway;
+pub mod log_once;
 pub mod model;
 pub mod payload {
     //! Packing stored records into gateway-API payloads (what the ThingsBoard client publishes).
