@@ -246,7 +246,8 @@ impl ConnectorContext {
         let name: Arc<str> = Arc::from(name);
         let uplink = UplinkSender::new(up_tx, name.clone(), String::new().into(), stats.clone());
         let cancel = CancellationToken::new();
-        let (cx, task_failures) = ConnectorContext::new(name, uplink, down_rx, cancel.clone(), stats);
+        let (cx, task_failures) =
+            ConnectorContext::new(name, uplink, down_rx, cancel.clone(), stats);
         let faults = cx.faults.clone();
         (
             cx,
@@ -381,17 +382,25 @@ impl TaskSpawner {
     }
 
     fn abort_all(&self) {
-        let set = self.run.set.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let set = self
+            .run
+            .set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         drop(set); // dropping a JoinSet aborts its tasks
     }
 
     async fn finish(&self, grace: Duration) {
-        let set = self.run.set.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let set = self
+            .run
+            .set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(mut set) = set {
-            let _ = tokio::time::timeout(grace, async {
-                while set.join_next().await.is_some() {}
-            })
-            .await;
+            let _ = tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} })
+                .await;
             // Abort the rest and wait until they are gone (and what they held is dropped).
             set.shutdown().await;
         }

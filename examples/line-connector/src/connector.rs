@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value as Json;
+use tbgw::backoff::Backoff;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError, RpcResponder};
+use tbgw::log_once::LogOnce;
 use tbgw::model::now_millis;
 use tbgw::uplink::StoreOutcome;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -30,6 +32,8 @@ pub struct LineConnector {
     /// sent once it is back.
     pending_attributes: serde_json::Map<String, Json>,
     next_id: u64,
+    /// Distinct conversion errors already logged (at most 100 remembered).
+    logged: LogOnce,
 }
 
 /// How a session with the device ended.
@@ -53,6 +57,7 @@ impl LineConnector {
             cfg: Arc::new(cfg),
             pending_attributes: serde_json::Map::new(),
             next_id: 1,
+            logged: LogOnce::new(100),
         }
     }
 
@@ -195,7 +200,10 @@ impl LineConnector {
                             match parse_line(&text) {
                                 Err(e) => {
                                     stats.add_convert_errors(1);
-                                    tracing::debug!(device = %cfg.device_name, error = %e, "Unreadable line.");
+                                    let e = e.to_string();
+                                    if self.logged.first(&e) {
+                                        tracing::warn!(device = %cfg.device_name, error = %e, "Unreadable line (each distinct error is logged once).");
+                                    }
                                 }
                                 Ok(Line::Reply { id, result }) => match waiting.remove(&id) {
                                     Some(Waiting::Rpc(r, _)) => match result {
@@ -246,9 +254,11 @@ impl Connector for LineConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let cfg = self.cfg.clone();
         let address = format!("{}:{}", cfg.host, cfg.port);
-        let first = Duration::from_millis(cfg.reconnect_delay_ms);
-        let max = Duration::from_millis(cfg.max_reconnect_delay_ms);
-        let mut delay = first;
+        // Exponential with jitter; a connection that lasted a minute starts the delays afresh.
+        let mut backoff = Backoff::new(
+            Duration::from_millis(cfg.reconnect_delay_ms),
+            Duration::from_millis(cfg.max_reconnect_delay_ms),
+        );
         let cancel = cx.cancellation().clone();
         loop {
             let connect =
@@ -261,7 +271,7 @@ impl Connector for LineConnector {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     tracing::info!(address = %address, device = %cfg.device_name, "Connected to the device.");
-                    delay = first;
+                    backoff.succeeded();
                     match self.session(cx, stream).await? {
                         SessionEnd::Cancelled => return Ok(()),
                         SessionEnd::Lost(why) => {
@@ -272,16 +282,15 @@ impl Connector for LineConnector {
                 }
                 Ok(Err(e)) => {
                     cx.stats().add_errors(1);
-                    tracing::warn!(address = %address, error = %e, retry_in = ?delay, "Cannot connect to the device.");
+                    tracing::warn!(address = %address, error = %e, "Cannot connect to the device.");
                 }
                 Err(_) => {
                     cx.stats().add_errors(1);
-                    tracing::warn!(address = %address, retry_in = ?delay, "Connecting to the device timed out.");
+                    tracing::warn!(address = %address, "Connecting to the device timed out.");
                 }
             }
             // Wait before reconnecting, still answering downlink (nobody waits for a timeout).
-            let until = Instant::now() + delay;
-            delay = (delay * 2).min(max);
+            let until = Instant::now() + backoff.next_delay();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
