@@ -142,7 +142,7 @@ pub fn to_device_data(
 ) -> DeviceData {
     let mut data = DeviceData::new(device, device_type);
     for (k, v) in values {
-        if attributes.iter().any(|a| *a == k) {
+        if attributes.contains(&k) {
             data.push_attribute(k, v);
         } else {
             data.push_telemetry(ts, k, v);
