@@ -274,7 +274,9 @@ async fn a_panicking_attribute_request_task_is_counted_and_the_connector_recover
     let task = tokio::spawn(cx.supervise(connector));
     let p = publisher(broker.port(), "task-test-pub").await;
     let (_, ack) = publish_until_received(&p, &mut ends, "t/a", r#"{"v": 1}"#).await;
-    let _ = ack.expect("QoS 1 asks for a receipt").send(StoreOutcome::Stored);
+    let _ = ack
+        .expect("QoS 1 asks for a receipt")
+        .send(StoreOutcome::Stored);
     // An attribute request is answered by a sub-task of the run; no payload makes that
     // task fail for real, so the test-only fault hook makes it panic.
     ends.fail_next_task("attribute request");

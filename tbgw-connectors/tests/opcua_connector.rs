@@ -799,7 +799,9 @@ async fn a_panicking_session_event_task_is_counted_and_the_connector_recovers() 
         "values flow after the restart:\n{}",
         peer.log()
     );
-    let failures = stats.task_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let failures = stats
+        .task_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
     let restarts = stats.restarts.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((failures, restarts), (1, 1));
     ends.cancel.cancel();

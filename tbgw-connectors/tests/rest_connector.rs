@@ -994,7 +994,10 @@ impl UplinkConverter for PanicsOnBoom {
         if input.payload == b"boom" {
             panic!("converter bug on `boom`");
         }
-        let n = String::from_utf8_lossy(input.payload).trim().parse().unwrap_or(-1);
+        let n = String::from_utf8_lossy(input.payload)
+            .trim()
+            .parse()
+            .unwrap_or(-1);
         let mut d = DeviceData::new("meter", "default");
         d.push_telemetry(input.received_ts, "n", Value::Int(n));
         Ok(vec![d])
@@ -1025,7 +1028,10 @@ async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_rec
         if status == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not served again: {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not served again: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = r.next_data().await;

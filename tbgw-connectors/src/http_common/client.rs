@@ -439,7 +439,6 @@ fn no_response(key: &PoolKey, e: &hyper::Error) -> HttpError {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

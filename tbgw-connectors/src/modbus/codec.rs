@@ -1069,9 +1069,9 @@ pub fn encode_registers(value: &Json, spec: &ValueSpec) -> Result<Vec<u16>, Code
             // an error, not a slice off a char boundary.
             let mut digits = Vec::with_capacity(s.len());
             for c in s.chars().filter(|c| !c.is_whitespace()) {
-                let d = c.to_digit(16).ok_or_else(|| {
-                    encode_err(value, spec, format!("`{c}` is not a hex digit"))
-                })?;
+                let d = c
+                    .to_digit(16)
+                    .ok_or_else(|| encode_err(value, spec, format!("`{c}` is not a hex digit")))?;
                 digits.push(d as u8);
             }
             if digits.len() % 2 != 0 || digits.len() / 2 > need * 2 {

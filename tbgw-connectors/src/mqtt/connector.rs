@@ -849,24 +849,27 @@ impl MqttConnector {
                 Ok(asked) => {
                     let uplink = cx.uplink().clone();
                     let done = s.done.clone();
-                    cx.spawn(format!("attribute request of {}", asked.device), async move {
-                        let answer = uplink
-                            .request_attributes(
-                                asked.device.clone(),
-                                asked.client,
-                                asked.keys.clone(),
-                                ATTRIBUTE_REQUEST_TIMEOUT,
-                            )
-                            .await
-                            .map_err(|e| e.to_string());
-                        // The receiver is gone only when the run has ended.
-                        let _ = done.send(TaskDone::Attributes {
-                            handler: i,
-                            asked,
-                            answer,
-                        });
-                        Ok(())
-                    });
+                    cx.spawn(
+                        format!("attribute request of {}", asked.device),
+                        async move {
+                            let answer = uplink
+                                .request_attributes(
+                                    asked.device.clone(),
+                                    asked.client,
+                                    asked.keys.clone(),
+                                    ATTRIBUTE_REQUEST_TIMEOUT,
+                                )
+                                .await
+                                .map_err(|e| e.to_string());
+                            // The receiver is gone only when the run has ended.
+                            let _ = done.send(TaskDone::Attributes {
+                                handler: i,
+                                asked,
+                                answer,
+                            });
+                            Ok(())
+                        },
+                    );
                 }
                 Err(e) => problems.push((format!("attributeRequests[{i}]"), e)),
             }

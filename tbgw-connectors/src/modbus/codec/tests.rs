@@ -404,8 +404,14 @@ fn bytes_values_with_non_ascii_or_signed_digits_are_errors_not_panics() {
         Ok(vec![0xDEAD, 0xBEEF])
     );
     assert_eq!(encode_registers(&json!("DEAD"), &b), Ok(vec![0xDEAD, 0]));
-    assert!(encode_registers(&json!("abc"), &b).is_err(), "odd digit count");
-    assert!(encode_registers(&json!("0011223344"), &b).is_err(), "too long");
+    assert!(
+        encode_registers(&json!("abc"), &b).is_err(),
+        "odd digit count"
+    );
+    assert!(
+        encode_registers(&json!("0011223344"), &b).is_err(),
+        "too long"
+    );
 }
 
 #[test]
