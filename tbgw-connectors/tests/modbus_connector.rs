@@ -1044,3 +1044,46 @@ async fn end_to_end_registers_reach_thingsboard_and_an_rpc_writes_pymodbus() {
     let _ = stop.send(());
     let _ = gw.await;
 }
+
+#[tokio::test]
+async fn a_panicking_connection_task_is_counted_and_the_connector_recovers() {
+    let port = free_tcp_port();
+    let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 11}}), false).await;
+    let cfg = json!({"master": {"slaves": [{
+        "type": "tcp", "host": "127.0.0.1", "port": port, "unitId": 1, "deviceName": "D", "pollPeriod": 100, "timeout": 1,
+        "timeseries": [{"tag": "v", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 0}]
+    }]}});
+    let conn = ModbusFactory::new()
+        .build(&spec(cfg), &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("Modbus");
+    let stats = cx.stats().clone();
+    // No device input makes a connection task panic any more (the hex bytes one below was
+    // the last), so the test-only fault hook makes the first run's connection task panic.
+    ends.fail_next_task("connection");
+    let h = tokio::spawn(cx.supervise(conn));
+    let d = next_data(&mut ends, "D").await;
+    assert_eq!(values(&d)["v"], json!(11));
+    assert_eq!(ConnectorStats::get(&stats.task_failures), 1);
+    assert_eq!(ConnectorStats::get(&stats.restarts), 1);
+
+    // A `bytes` value with a non-ASCII character used to panic in the connection task (a
+    // `str` sliced off a char boundary); now the RPC gets a clear error and polling goes on.
+    let r = rpc(
+        &ends,
+        Some("D"),
+        "set",
+        json!("type=bytes;functionCode=16;objectsCount=2;address=10;value=aé0;"),
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(e) if e.to_json().to_string().contains("not a hex digit")),
+        "{r:?}"
+    );
+    let _ = next_data(&mut ends, "D").await;
+    let _ = next_data(&mut ends, "D").await;
+    assert_eq!(ConnectorStats::get(&stats.task_failures), 1);
+    assert_eq!(ConnectorStats::get(&stats.restarts), 1);
+    ends.cancel.cancel();
+    h.await.unwrap();
+}

@@ -771,3 +771,39 @@ async fn gateway_delivers_asyncua_values_and_rpc_calls_the_method() {
     gw.await.unwrap();
     peer.stop().await;
 }
+
+#[tokio::test]
+async fn a_panicking_session_event_task_is_counted_and_the_connector_recovers() {
+    let port = free_tcp_port();
+    let mut peer = start_peer(port, &["--devices", "1", "--period", "0.1"]).await;
+    let spec = spec(
+        json!({"url": url(port), "enableSubscriptions": true, "timeoutInMillis": 2000}),
+        all_types_mapping(),
+    );
+    let connector = OpcUaFactory::new()
+        .build(&spec, &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("OPC-UA");
+    let stats = cx.stats().clone();
+    // The session's event task only forwards what async-opcua reports, so no server input
+    // makes it fail: the test-only fault hook makes the first one panic.
+    ends.fail_next_task("OPC-UA session events");
+    let task = tokio::spawn(cx.supervise(connector));
+    let mut seen = Seen::default();
+    assert!(
+        collect_until(&mut ends, &mut seen, |s| s
+            .last("Device 1", "counter")
+            .is_some())
+        .await,
+        "values flow after the restart:\n{}",
+        peer.log()
+    );
+    let failures = stats
+        .task_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let restarts = stats.restarts.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((failures, restarts), (1, 1));
+    ends.cancel.cancel();
+    task.await.unwrap();
+    peer.stop().await;
+}

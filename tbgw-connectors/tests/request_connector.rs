@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
+use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
 use tbgw::stats::ConnectorStats;
@@ -605,6 +606,54 @@ async fn a_registered_custom_converter_gets_the_raw_body() {
         value(&got[0], "source"),
         Some(Value::from(format!("{}/malformed", peer.url())))
     );
+    ends.cancel.cancel();
+    task.await.unwrap();
+}
+
+/// A custom converter with a bug: it panics on the reading `{"v": 1}`, converts others.
+#[derive(Debug)]
+struct PanicsOnFirstReading;
+
+impl UplinkConverter for PanicsOnFirstReading {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        _errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        let v: Json = serde_json::from_slice(input.payload).unwrap_or_default();
+        let v = v["v"].as_i64().unwrap_or(-1);
+        if v == 1 {
+            panic!("converter bug on reading 1");
+        }
+        let mut d = DeviceData::new("counter", "default");
+        d.push_telemetry(input.received_ts, "v", Value::Int(v));
+        Ok(vec![d])
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_converter_in_a_poll_task_is_counted_and_the_connector_recovers() {
+    let peer = Peer::start(None).await;
+    // `/slow?ms=0` answers `{"v": n}`, n counting its requests: the first reading trips the
+    // converter inside the mapping's poll task.
+    let spec = spec(json!({
+        "host": peer.url(),
+        "mapping": [{"url": "/slow?ms=0", "scanPeriod": 0.05,
+                     "converter": {"type": "custom", "extension": "Buggy"}}]
+    }));
+    let connector = RequestFactory::new()
+        .with_converter("Buggy", Arc::new(PanicsOnFirstReading))
+        .build(&spec, &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("Request");
+    let stats = cx.stats().clone();
+    let task = tokio::spawn(cx.supervise(connector));
+    // Readings flow again after the supervisor restarted the connector.
+    let data = collect(&mut ends, &["counter"]).await;
+    let v = data.iter().find_map(|d| value(d, "v"));
+    assert!(matches!(v, Some(Value::Int(n)) if n >= 2), "{v:?}");
+    assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
     ends.cancel.cancel();
     task.await.unwrap();
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec};
+use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
 use tbgw::stats::ConnectorStats;
@@ -54,21 +55,31 @@ struct Running {
     stats: Arc<ConnectorStats>,
 }
 
-async fn start(mut config: Json) -> Running {
+async fn start(config: Json) -> Running {
+    start_with(RestFactory::new(), config, false).await
+}
+
+/// Starts a connector built by `factory`; `supervised`: under the gateway's supervisor
+/// (restarted after a failure) instead of one bare run.
+async fn start_with(factory: RestFactory, mut config: Json, supervised: bool) -> Running {
     let port = free_tcp_port();
     config["server"]["port"] = json!(port.to_string());
     config["server"]["host"] = json!("127.0.0.1");
-    let mut connector = RestFactory::new()
+    let mut connector = factory
         .build(&spec(config), &mut Vec::new())
         .expect("config is valid");
     let (mut cx, mut ends) = ConnectorContext::for_test("REST");
     let stats = cx.stats().clone();
-    let task = tokio::spawn(async move {
-        connector
-            .run(&mut cx)
-            .await
-            .expect("connector ends cleanly");
-    });
+    let task = if supervised {
+        tokio::spawn(cx.supervise(connector))
+    } else {
+        tokio::spawn(async move {
+            connector
+                .run(&mut cx)
+                .await
+                .expect("connector ends cleanly");
+        })
+    };
     let store = Arc::new(AtomicBool::new(true));
     let (dtx, data) = mpsc::unbounded_channel();
     let (atx, attr_requests) = mpsc::unbounded_channel();
@@ -968,4 +979,64 @@ async fn end_to_end_a_full_blocking_storage_gives_503() {
     assert!(n >= 3, "two records fit before the storage is full");
     let _ = stop.send(());
     run.await.unwrap();
+}
+
+/// A custom converter with a bug: it panics on the body `boom`; other bodies are a number.
+#[derive(Debug)]
+struct PanicsOnBoom;
+
+impl UplinkConverter for PanicsOnBoom {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        _errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        if input.payload == b"boom" {
+            panic!("converter bug on `boom`");
+        }
+        let n = String::from_utf8_lossy(input.payload)
+            .trim()
+            .parse()
+            .unwrap_or(-1);
+        let mut d = DeviceData::new("meter", "default");
+        d.push_telemetry(input.received_ts, "n", Value::Int(n));
+        Ok(vec![d])
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_recovers() {
+    let factory = RestFactory::new().with_converter("Buggy", Arc::new(PanicsOnBoom));
+    let mut r = start_with(
+        factory,
+        json!({
+            "server": {},
+            "mapping": [{"endpoint": "/meter", "HTTPMethods": ["POST"],
+                         "converter": {"type": "custom", "extension": "Buggy"}}]
+        }),
+        true,
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/meter", r.port);
+    // The client's connection task panics: no answer for this request.
+    let (status, _) = curl(&["-X", "POST", "--data-binary", "boom", &url]).await;
+    assert_ne!(status, 200);
+    // After the restart the same endpoint converts again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = curl(&["-X", "POST", "--data-binary", "5", &url]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not served again: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = r.next_data().await;
+    assert_eq!(value(&d, "n"), Some(Value::Int(5)));
+    assert_eq!(r.stats.task_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats.restarts.load(Ordering::Relaxed), 1);
+    r.stop().await;
 }

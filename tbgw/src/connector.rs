@@ -462,3 +462,148 @@ impl TestEnds {
             Some(task_name_part.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Records every event's fields as `name=value` lines.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _cx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct V(String);
+            impl tracing::field::Visit for V {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!("{}={:?} ", f.name(), v));
+                }
+                fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                    self.0.push_str(&format!("{}={} ", f.name(), v));
+                }
+            }
+            let mut v = V(format!("{} ", event.metadata().level()));
+            event.record(&mut v);
+            self.0.lock().unwrap().push(v.0);
+        }
+    }
+
+    /// Tests that hit the failure log line run one at a time: tracing caches a call site's
+    /// interest, and a thread without a subscriber racing the capturing one can hide it.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[tokio::test]
+    async fn a_panicking_or_failing_sub_task_is_logged_counted_and_reported() {
+        let _serial = SERIAL.lock().await;
+        let capture = Capture::default();
+        let _log =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        cx.spawn("poller 10.0.0.5:502", async {
+            panic!("index out of bounds")
+        });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(f.task, "poller 10.0.0.5:502");
+        assert_eq!(f.reason, "panicked: index out of bounds");
+        let n = 7;
+        cx.spawn("formatter", async move { panic!("bad value {n}") });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(f.reason, "panicked: bad value 7");
+        cx.spawn("client", async {
+            Err(ConnectorError::Connection("refused".into()))
+        });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(
+            f.to_string(),
+            "sub-task `client` failed: connection failed: refused"
+        );
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 3);
+        let logs = capture.0.lock().unwrap().join("\n");
+        assert!(
+            logs.lines().any(|l| l.starts_with("ERROR")
+                && l.contains("connector=Plant")
+                && l.contains("task=poller 10.0.0.5:502")
+                && l.contains("index out of bounds")),
+            "{logs}"
+        );
+        // A task that ends well is neither reported nor counted.
+        cx.spawn("fine", async { Ok(()) });
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_after_cancellation_is_shutdown_not_a_failure() {
+        let _serial = SERIAL.lock().await;
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        let cancel = cx.cancellation().clone();
+        cx.spawn("poller", async move {
+            cancel.cancelled().await;
+            Err(ConnectorError::Closed)
+        });
+        ends.cancel.cancel();
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 0);
+    }
+
+    #[tokio::test]
+    async fn sub_tasks_end_with_their_run_and_later_spawns_are_dropped() {
+        let _serial = SERIAL.lock().await;
+        let (mut cx, _ends) = ConnectorContext::for_test("Plant");
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        // Never finishes by itself; holds `tx` until aborted.
+        let held = tx.clone();
+        cx.spawn("forever", async move {
+            let _tx = held;
+            std::future::pending::<Result<(), ConnectorError>>().await
+        });
+        let spawner = cx.spawner();
+        let _failures = cx.begin_run(CancellationToken::new());
+        drop(tx);
+        // Aborted: its sender is dropped, so the channel closes.
+        assert!(rx.recv().await.is_none());
+        // The old run's spawner no longer runs anything.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        spawner.spawn("late", async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        // The new run's spawner does.
+        let r = ran.clone();
+        cx.spawn("new", async move {
+            r.fetch_add(10, Ordering::SeqCst);
+            Ok(())
+        });
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 10);
+        cx.end_run();
+    }
+
+    #[tokio::test]
+    async fn fault_injection_hits_the_next_matching_task_once() {
+        let _serial = SERIAL.lock().await;
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        ends.fail_next_task("poll");
+        cx.spawn("other", async { Ok(()) });
+        cx.spawn("poll 1", async { Ok(()) });
+        cx.spawn("poll 2", async { Ok(()) });
+        let f = ends.task_failures.recv().await.expect("injected");
+        assert_eq!(
+            (f.task.as_str(), f.reason.as_str()),
+            ("poll 1", "panicked: injected fault")
+        );
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
+    }
+}
