@@ -81,6 +81,8 @@ pub mod storage;
 mod tb;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod uplink;
 
 pub use gateway::{Gateway, GatewayBuilder, GatewayError, ShutdownReport};

@@ -407,7 +407,7 @@ impl MqttConnector {
         let requests = Requests::build(file, &cfg, ignored)?;
         Ok(MqttConnector {
             name: name.to_string(),
-            broker: cfg.broker,
+            broker: super::tls::with_resolved_paths(file, cfg.broker),
             mappings,
             requests,
             logged: HashSet::new(),

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper::Method;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tbgw::config::ConfigError;
+use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::convert::UplinkConverter;
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
@@ -188,7 +188,10 @@ fn outbound_rule(
             }
         },
         "cert" => match (&o.security.cert, &o.security.key) {
-            (Some(c), Some(k)) => (None, Some((tls::expand_home(c), tls::expand_home(k)))),
+            (Some(c), Some(k)) => (
+                None,
+                Some((resolve_beside(file, c), resolve_beside(file, k))),
+            ),
             _ => {
                 return Err(ConfigError::new(
                     file,
@@ -270,7 +273,9 @@ impl RestConnector {
         }
         let tls = if cfg.server.ssl {
             match cfg.server.security.as_ref().map(|s| (&s.cert, &s.key)) {
-                Some((Some(c), Some(k))) => Some((tls::expand_home(c), tls::expand_home(k))),
+                Some((Some(c), Some(k))) => {
+                    Some((resolve_beside(file, c), resolve_beside(file, k)))
+                }
                 _ => {
                     return Err(ConfigError::new(
                         file,

@@ -27,7 +27,9 @@ pub use services::{
     ReportStrategyConfig, ReportType, StatisticsConfig,
 };
 pub use storage::{StorageConfig, STORAGE_TYPES};
-pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
+pub use thingsboard::{
+    resolve_beside, resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles,
+};
 
 use crate::connector::ConnectorSpec;
 
