@@ -3,7 +3,7 @@
 //!
 //! A connector is built from its configuration without any I/O ([`ConnectorFactory::build`]),
 //! then the gateway calls [`Connector::run`] in a task of its own. `run` connects to the field
-//! side, converts what it receives into [`DeviceData`] and hands it to the
+//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands it to the
 //! [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that arrive through
 //! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 use crate::downlink::Downlink;
-use crate::stats::ConnectorStats;
-use crate::uplink::UplinkSender;
+use crate::stats::{ConnectorCounters, ConnectorStats};
+use crate::uplink::{UplinkClosed, UplinkSender};
 
 /// Error returned by [`Connector::run`]: the gateway logs it and restarts the connector with
 /// backoff.
@@ -34,6 +34,14 @@ pub enum ConnectorError {
     /// Any other failure.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<UplinkClosed> for ConnectorError {
+    /// The uplink channel closes only when the gateway shuts down, so `?` on
+    /// [`UplinkSender::send`] ends `run` with [`ConnectorError::Closed`].
+    fn from(_: UplinkClosed) -> Self {
+        ConnectorError::Closed
+    }
 }
 
 /// A running connector. See the [module documentation](self).
@@ -92,7 +100,7 @@ pub struct ConnectorContext {
     uplink: UplinkSender,
     downlink: mpsc::Receiver<Downlink>,
     cancel: CancellationToken,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
 }
 
 impl ConnectorContext {
@@ -108,7 +116,7 @@ impl ConnectorContext {
             uplink,
             downlink,
             cancel,
-            stats,
+            stats: ConnectorCounters::new(stats),
         }
     }
 
@@ -138,8 +146,9 @@ impl ConnectorContext {
         self.cancel = token;
     }
 
-    /// The connector's counters.
-    pub fn stats(&self) -> &Arc<ConnectorStats> {
+    /// The connector's counters: add to the ones a connector keeps (messages received,
+    /// conversion errors, errors, downlink requests handled); clone the handle into sub-tasks.
+    pub fn stats(&self) -> &ConnectorCounters {
         &self.stats
     }
 

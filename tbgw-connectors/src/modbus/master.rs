@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tbgw::downlink::{RpcError, RpcResponder};
 use tbgw::model::{now_millis, DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -172,7 +172,7 @@ pub struct ConnectionTask {
     /// Uplink.
     pub uplink: UplinkSender,
     /// Counters.
-    pub stats: Arc<ConnectorStats>,
+    pub stats: ConnectorCounters,
     /// Stop signal.
     pub cancel: CancellationToken,
     /// Downlink requests for this connection's slaves.

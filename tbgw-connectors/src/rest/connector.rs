@@ -16,7 +16,7 @@ use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::convert::UplinkConverter;
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -439,7 +439,7 @@ where
     }
 }
 
-async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorStats) {
+async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorCounters) {
     for (key, value) in &u.values {
         for rule in out
             .attribute_rules
