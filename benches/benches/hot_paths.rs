@@ -106,10 +106,10 @@ fn packing(c: &mut Criterion) {
     let mut g = c.benchmark_group("pack");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("1000_records_100_devices_8k_payloads", |b| {
-        b.iter(|| tbgw::payload::pack(&records, 8196))
+        b.iter(|| tbgw::internal::payload::pack(&records, 8196))
     });
     g.bench_function("1000_records_100_devices_64k_payloads", |b| {
-        b.iter(|| tbgw::payload::pack(&records, 65536))
+        b.iter(|| tbgw::internal::payload::pack(&records, 65536))
     });
     g.finish();
 }

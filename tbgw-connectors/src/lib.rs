@@ -29,8 +29,6 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
-#[cfg(any(feature = "modbus", feature = "request", feature = "rest"))]
-mod tls_util;
 
 use tbgw::connector::ConnectorFactory;
 

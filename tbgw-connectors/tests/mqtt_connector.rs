@@ -5,8 +5,6 @@
 #![cfg_attr(not(feature = "mqtt"), allow(missing_docs))]
 #![cfg(feature = "mqtt")]
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
@@ -14,7 +12,7 @@ use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde_json::json;
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
 use tbgw::model::DeviceData;
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::Mosquitto;
 use tbgw::uplink::{StoreOutcome, UplinkMessage};
 use tbgw_connectors::mqtt::MqttFactory;
@@ -46,7 +44,7 @@ fn spec(port: u16, persistent: bool) -> ConnectorSpec {
 }
 
 /// Starts a connector built from `spec`; returns its task and the gateway-side channel ends.
-fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, Arc<ConnectorStats>) {
+fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCounters) {
     let mut ignored = Vec::new();
     let mut connector = MqttFactory::new()
         .build(spec, &mut ignored)
@@ -160,7 +158,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
     if let Some(a) = ack {
         let _ = a.send(StoreOutcome::Stored);
     }
-    let errors_before = stats.convert_errors.load(Ordering::Relaxed);
+    let errors_before = stats.convert_errors();
     p.publish("t/bad", QoS::AtLeastOnce, false, "{oops")
         .await
         .unwrap();
@@ -180,7 +178,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
         }
     }
     assert!(
-        stats.convert_errors.load(Ordering::Relaxed) >= errors_before + 2,
+        stats.convert_errors() >= errors_before + 2,
         "both bad payloads are counted"
     );
 
@@ -188,10 +186,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
     broker.restart().await.unwrap();
     let (data, _) = publish_until_received(&p, &mut ends, "t/after", r#"{"v": 3}"#).await;
     assert!(!data.is_empty());
-    assert!(
-        stats.errors.load(Ordering::Relaxed) >= 1,
-        "the lost connection is counted"
-    );
+    assert!(stats.errors() >= 1, "the lost connection is counted");
     ends.cancel.cancel();
     task.await.unwrap();
 }
@@ -289,11 +284,11 @@ async fn a_panicking_attribute_request_task_is_counted_and_the_connector_recover
     .await
     .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.restarts.load(Ordering::Relaxed) == 0 {
+    while stats.restarts() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no restart");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.task_failures(), 1);
     // The restarted connector subscribes again and receives data.
     while let Ok(Some(m)) =
         tokio::time::timeout(Duration::from_millis(100), ends.uplink.recv()).await
@@ -307,7 +302,7 @@ async fn a_panicking_attribute_request_task_is_counted_and_the_connector_recover
         let _ = a.send(StoreOutcome::Stored);
     }
     assert_eq!(data[0].device_name, "b");
-    assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.restarts(), 1);
     ends.cancel.cancel();
     task.await.unwrap();
 }

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -737,13 +736,13 @@ async fn a_blocking_storage_holds_the_source_broker_back_and_nothing_is_lost() {
     let dev = Device::connect(devices.port(), "bp-device", &[]).await;
     // Wait until the connector's subscription is live.
     let mut probe = 0;
-    while stats.messages_received.load(Ordering::Relaxed) == 0 {
+    while stats.messages_received() == 0 {
         assert!(probe < 100, "the connector never subscribed");
         dev.publish("bp/warmup", r#"{"n": -1}"#).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         probe += 1;
     }
-    let warmup = stats.messages_received.load(Ordering::Relaxed) as usize;
+    let warmup = stats.messages_received() as usize;
     for i in 0..N {
         dev.publish("bp/dev", format!(r#"{{"n": {i}}}"#)).await;
     }
@@ -752,7 +751,7 @@ async fn a_blocking_storage_holds_the_source_broker_back_and_nothing_is_lost() {
     let mut stable = 0;
     while stable < 10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = stats.messages_received.load(Ordering::Relaxed);
+        let now = stats.messages_received();
         if now == last {
             stable += 1;
         } else {

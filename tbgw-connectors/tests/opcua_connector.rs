@@ -104,7 +104,7 @@ fn start(
 ) -> (
     tokio::task::JoinHandle<()>,
     TestEnds,
-    std::sync::Arc<tbgw::stats::ConnectorStats>,
+    tbgw::stats::ConnectorCounters,
 ) {
     let mut ignored = Vec::new();
     let mut connector = OpcUaFactory::new()
@@ -295,10 +295,7 @@ async fn subscriptions_deliver_every_type_and_new_devices_appear_without_restart
         .collect();
     assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
     assert!(
-        stats
-            .convert_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2,
+        stats.convert_errors() >= 2,
         "missing node and bad status are counted"
     );
     // A device added on the server appears at the next scan.
@@ -496,7 +493,7 @@ async fn a_server_restart_mid_stream_disconnects_devices_and_resumes() {
         "values flow again after the restart:\n{}",
         peer.log()
     );
-    assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(stats.errors() >= 1);
     ends.cancel.cancel();
     task.await.unwrap();
     peer.stop().await;
@@ -553,7 +550,7 @@ async fn a_publish_with_more_than_a_thousand_values_is_decoded() {
                 .get(&("Device 1".to_string(), format!("tag{t}")))
                 .is_some_and(|v| v.len() >= 2))
             .count(),
-        stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        stats.errors(),
         peer.log()
     );
     assert!(seen.disconnected.is_empty(), "the session was never lost");
@@ -798,10 +795,8 @@ async fn a_panicking_session_event_task_is_counted_and_the_connector_recovers() 
         "values flow after the restart:\n{}",
         peer.log()
     );
-    let failures = stats
-        .task_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let restarts = stats.restarts.load(std::sync::atomic::Ordering::Relaxed);
+    let failures = stats.task_failures();
+    let restarts = stats.restarts();
     assert_eq!((failures, restarts), (1, 1));
     ends.cancel.cancel();
     task.await.unwrap();

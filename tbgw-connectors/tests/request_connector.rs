@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnd
 use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::{free_tcp_port, Mosquitto, TbStandIn};
 use tbgw::uplink::UplinkMessage;
 use tbgw::{Gateway, TbOptions};
@@ -92,7 +91,7 @@ fn spec(config: Json) -> ConnectorSpec {
     }
 }
 
-fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, Arc<ConnectorStats>) {
+fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCounters) {
     let mut ignored = Vec::new();
     let mut connector = RequestFactory::new()
         .build(spec, &mut ignored)
@@ -177,7 +176,7 @@ async fn polls_are_converted_with_unpacking_sub_requests_redirects_and_basic_aut
     assert_eq!(value(by("2-GV"), "cumPwr"), Some(Value::Float(2000.0)));
     assert_eq!(value(by("AUTH-1"), "temp"), Some(Value::Int(5)));
     assert_eq!(value(by("redirected"), "t"), Some(Value::Float(21.5)));
-    assert!(stats.messages_received.load(Ordering::Relaxed) >= 4);
+    assert!(stats.messages_received() >= 4);
     ends.cancel.cancel();
     task.await.unwrap();
 }
@@ -204,14 +203,11 @@ async fn failures_are_counted_and_polling_goes_on() {
         collect(&mut ends, &["ok"]).await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.errors.load(Ordering::Relaxed) < 10 {
+    while stats.errors() < 10 {
         assert!(tokio::time::Instant::now() < deadline, "errors not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        stats.convert_errors.load(Ordering::Relaxed) >= 1,
-        "malformed JSON counted"
-    );
+    assert!(stats.convert_errors() >= 1, "malformed JSON counted");
     assert!(!task.is_finished());
     ends.cancel.cancel();
     task.await.unwrap();
@@ -321,7 +317,7 @@ async fn https_polls_without_verification_and_refuses_an_untrusted_certificate_w
         json!({"host": peer.url(), "SSLVerify": true, "mapping": mapping}),
     ));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.errors.load(Ordering::Relaxed) < 2 {
+    while stats.errors() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "TLS failure not counted"
@@ -652,8 +648,8 @@ async fn a_panicking_converter_in_a_poll_task_is_counted_and_the_connector_recov
     let data = collect(&mut ends, &["counter"]).await;
     let v = data.iter().find_map(|d| value(d, "v"));
     assert!(matches!(v, Some(Value::Int(n)) if n >= 2), "{v:?}");
-    assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.task_failures(), 1);
+    assert_eq!(stats.restarts(), 1);
     ends.cancel.cancel();
     task.await.unwrap();
 }

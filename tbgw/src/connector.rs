@@ -3,7 +3,7 @@
 //!
 //! A connector is built from its configuration without any I/O ([`ConnectorFactory::build`]),
 //! then the gateway calls [`Connector::run`] in a task of its own. `run` connects to the field
-//! side, converts what it receives into [`DeviceData`] and hands it to the
+//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands it to the
 //! [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that arrive through
 //! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
@@ -32,8 +32,8 @@ use tracing::Instrument;
 
 use crate::config::ConfigError;
 use crate::downlink::Downlink;
-use crate::stats::ConnectorStats;
-use crate::uplink::UplinkSender;
+use crate::stats::{ConnectorCounters, ConnectorStats};
+use crate::uplink::{UplinkClosed, UplinkSender};
 
 /// Error returned by [`Connector::run`]: the gateway logs it and restarts the connector with
 /// backoff.
@@ -49,6 +49,14 @@ pub enum ConnectorError {
     /// Any other failure.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<UplinkClosed> for ConnectorError {
+    /// The uplink channel closes only when the gateway shuts down, so `?` on
+    /// [`UplinkSender::send`] ends `run` with [`ConnectorError::Closed`].
+    fn from(_: UplinkClosed) -> Self {
+        ConnectorError::Closed
+    }
 }
 
 /// A running connector. See the [module documentation](self).
@@ -123,7 +131,7 @@ pub struct ConnectorContext {
     uplink: UplinkSender,
     downlink: mpsc::Receiver<Downlink>,
     cancel: CancellationToken,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
     tasks: TaskSpawner,
     #[cfg(any(test, feature = "test-util"))]
     faults: Arc<FaultHook>,
@@ -152,7 +160,7 @@ impl ConnectorContext {
             uplink,
             downlink,
             cancel,
-            stats,
+            stats: ConnectorCounters::new(stats),
             tasks,
             #[cfg(any(test, feature = "test-util"))]
             faults,
@@ -192,7 +200,7 @@ impl ConnectorContext {
         self.cancel = token;
         let (tasks, failures) = TaskSpawner::new(
             self.name.clone(),
-            self.stats.clone(),
+            self.stats.stats().clone(),
             self.cancel.clone(),
             #[cfg(any(test, feature = "test-util"))]
             self.faults.clone(),
@@ -231,8 +239,9 @@ impl ConnectorContext {
         self.tasks.finish(grace).await;
     }
 
-    /// The connector's counters.
-    pub fn stats(&self) -> &Arc<ConnectorStats> {
+    /// The connector's counters: add to the ones a connector keeps (messages received,
+    /// conversion errors, errors, downlink requests handled); clone the handle into sub-tasks.
+    pub fn stats(&self) -> &ConnectorCounters {
         &self.stats
     }
 

@@ -1,7 +1,16 @@
 //! Counters. Every stage counts what it received, passed on and dropped, so an operator can see
 //! where data goes; [`GatewayStats::snapshot`] reads them all at once.
+//!
+//! From outside the crate the counters are read-only: [`Gateway::stats`](crate::Gateway::stats)
+//! and [`Gateway::connector_stats`](crate::Gateway::connector_stats) hand out [`GatewayStats`]
+//! and [`ConnectorStats`], which have getters only. A connector adds to its own counters
+//! through the [`ConnectorCounters`] of its context
+//! ([`ConnectorContext::stats`](crate::connector::ConnectorContext::stats)); the gateway keeps
+//! the rest (`sent_to_storage`, `restarts`).
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -10,12 +19,16 @@ macro_rules! counters {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: AtomicU64,)*
+            $($(#[$fmeta])* pub(crate) $field: AtomicU64,)*
         }
         impl $name {
             $(
                 #[doc = concat!("Adds `n` to `", stringify!($field), "`.")]
-                pub fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
+                #[allow(dead_code)] // not every counter is kept by the core itself
+                pub(crate) fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
+
+                $(#[$fmeta])*
+                pub fn $field(&self) -> u64 { self.$field.load(Relaxed) }
             )*
 
             /// Every counter with its field name, in declaration order (for statistics
@@ -139,7 +152,55 @@ impl GatewayStats {
 
 impl ConnectorStats {
     /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Relaxed)
+    }
+}
+
+/// The counters a connector keeps, as its [`ConnectorContext`](crate::connector::ConnectorContext)
+/// hands them out: a cheap handle (clone it into sub-tasks) that adds to
+/// `messages_received`, `convert_errors`, `errors` and `downlink`, and reads every counter of
+/// its [`ConnectorStats`] (through `Deref`). `sent_to_storage` and `restarts` are kept by the
+/// gateway.
+#[derive(Debug, Clone)]
+pub struct ConnectorCounters(Arc<ConnectorStats>);
+
+impl ConnectorCounters {
+    /// A handle on `stats`.
+    pub(crate) fn new(stats: Arc<ConnectorStats>) -> ConnectorCounters {
+        ConnectorCounters(stats)
+    }
+
+    /// Messages received from the field side (one per payload, poll or notification).
+    pub fn add_messages_received(&self, n: u64) {
+        self.0.add_messages_received(n);
+    }
+
+    /// Payloads that could not be converted (malformed, missing keys, wrong types).
+    pub fn add_convert_errors(&self, n: u64) {
+        self.0.add_convert_errors(n);
+    }
+
+    /// Connection failures and other runtime errors.
+    pub fn add_errors(&self, n: u64) {
+        self.0.add_errors(n);
+    }
+
+    /// Downlink requests (RPC, attribute updates) handled.
+    pub fn add_downlink(&self, n: u64) {
+        self.0.add_downlink(n);
+    }
+
+    /// The counters, shared with the gateway (read-only outside the crate).
+    pub fn stats(&self) -> &Arc<ConnectorStats> {
+        &self.0
+    }
+}
+
+impl Deref for ConnectorCounters {
+    type Target = ConnectorStats;
+
+    fn deref(&self) -> &ConnectorStats {
+        &self.0
     }
 }

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use serde_json::Value as Json;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorStats;
 use tbgw::test_util::{Mosquitto, Received, TbStandIn};
 use tbgw::{Gateway, TbOptions};
 use tokio::sync::oneshot;
@@ -131,8 +130,8 @@ async fn a_panicking_sub_task_restarts_its_connector_and_the_other_goes_on() {
         "the restarted connector delivered data"
     );
     assert_eq!(largest(&tb, "flaky-1", "run"), Some(2));
-    assert_eq!(ConnectorStats::get(&flaky.task_failures), 1);
-    assert_eq!(ConnectorStats::get(&flaky.restarts), 1);
+    assert_eq!(flaky.task_failures(), 1);
+    assert_eq!(flaky.restarts(), 1);
     assert_eq!(flaky_runs.load(Ordering::SeqCst), 2);
 
     // The other connector was never restarted and keeps delivering.
@@ -142,8 +141,8 @@ async fn a_panicking_sub_task_restarts_its_connector_and_the_other_goes_on() {
         .await;
     assert!(later.is_some(), "the other connector keeps delivering");
     assert_eq!(steady_runs.load(Ordering::SeqCst), 1);
-    assert_eq!(ConnectorStats::get(&steady.restarts), 0);
-    assert_eq!(ConnectorStats::get(&steady.task_failures), 0);
+    assert_eq!(steady.restarts(), 0);
+    assert_eq!(steady.task_failures(), 0);
 
     let _ = stop.send(());
     assert!(gateway.await.expect("gateway task").clean);

@@ -16,7 +16,7 @@ use tbgw::backoff::Backoff;
 use tbgw::downlink::{RpcError, RpcResponder};
 use tbgw::log_once::LogOnce;
 use tbgw::model::{now_millis, DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -177,7 +177,7 @@ pub struct ConnectionTask {
     /// Uplink.
     pub uplink: UplinkSender,
     /// Counters.
-    pub stats: Arc<ConnectorStats>,
+    pub stats: ConnectorCounters,
     /// Stop signal.
     pub cancel: CancellationToken,
     /// Downlink requests for this connection's slaves.

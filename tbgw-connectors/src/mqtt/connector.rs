@@ -409,7 +409,7 @@ impl MqttConnector {
         let requests = Requests::build(file, &cfg, ignored)?;
         Ok(MqttConnector {
             name: name.to_string(),
-            broker: cfg.broker,
+            broker: super::tls::with_resolved_paths(file, cfg.broker),
             mappings,
             requests,
             logged: LogOnce::new(MAX_LOGGED_ERRORS),

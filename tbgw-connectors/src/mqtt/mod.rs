@@ -11,7 +11,7 @@
 //! ([`tls`]) are described in `docs/connectors/mqtt.md`.
 //!
 //! Converters: `json` and `bytes` (see [`uplink`]). A `custom` converter is a Rust
-//! [`UplinkConverter`](tbgw::convert::UplinkConverter) an embedding application registers by
+//! [`UplinkConverter`] an embedding application registers by
 //! name with [`MqttFactory::with_converter`].
 
 pub mod config;

@@ -17,7 +17,7 @@ use opcua::types::{
 };
 use serde_json::{json, Value as Json};
 use tbgw::downlink::{Downlink, RpcError};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 
 use super::browse::Browser;
 use super::connector::{resolve_one, Device, Mapping};
@@ -31,7 +31,7 @@ pub(crate) fn handle(
     devices: Vec<Device>,
     mappings: Arc<Vec<Mapping>>,
     browse_chunk: usize,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
 ) -> BoxFuture<'static, ()> {
     async move {
         let ctx = Ctx {

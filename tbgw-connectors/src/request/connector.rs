@@ -15,7 +15,7 @@ use tbgw::convert::{ConvertError, UplinkConverter};
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
 use tbgw::expr::{Encoding, JsonPath, Template};
 use tbgw::model::{now_millis, DeviceData};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::Semaphore;
 use tokio::time::MissedTickBehavior;
@@ -286,7 +286,7 @@ async fn poll_loop(
     shared: Arc<Shared>,
     m: Arc<Mapping>,
     uplink: UplinkSender,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(m.period);
@@ -343,7 +343,7 @@ fn outbound(shared: &Shared, m: &Mapping, url: String, method: Method, body: Byt
 async fn poll_once(
     shared: &Shared,
     m: &Mapping,
-    stats: &ConnectorStats,
+    stats: &ConnectorCounters,
 ) -> Result<Vec<DeviceData>, String> {
     let req = outbound(shared, m, m.url.clone(), m.method.clone(), m.body.clone());
     let reply = shared.client.send(&req).await.map_err(|e| e.to_string())?;
@@ -429,7 +429,7 @@ async fn sub_requests(
     }
 }
 
-async fn handle_attribute_update(shared: &Shared, u: AttributeUpdate, stats: &ConnectorStats) {
+async fn handle_attribute_update(shared: &Shared, u: AttributeUpdate, stats: &ConnectorCounters) {
     for (key, value) in &u.values {
         for rule in shared
             .attribute_rules

@@ -7,7 +7,7 @@
 //! instead of piling up, and polls of one mapping never overlap.
 //!
 //! Converters: `json` (see [`uplink`]); a `custom` converter is a Rust
-//! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by name with
+//! [`UplinkConverter`] registered by name with
 //! [`RequestFactory::with_converter`]; it receives the raw response body.
 
 pub mod config;

@@ -12,11 +12,11 @@ use hyper::service::service_fn;
 use hyper::Method;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tbgw::config::ConfigError;
+use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::convert::UplinkConverter;
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -187,7 +187,10 @@ fn outbound_rule(
             }
         },
         "cert" => match (&o.security.cert, &o.security.key) {
-            (Some(c), Some(k)) => (None, Some((tls::expand_home(c), tls::expand_home(k)))),
+            (Some(c), Some(k)) => (
+                None,
+                Some((resolve_beside(file, c), resolve_beside(file, k))),
+            ),
             _ => {
                 return Err(ConfigError::new(
                     file,
@@ -269,7 +272,9 @@ impl RestConnector {
         }
         let tls = if cfg.server.ssl {
             match cfg.server.security.as_ref().map(|s| (&s.cert, &s.key)) {
-                Some((Some(c), Some(k))) => Some((tls::expand_home(c), tls::expand_home(k))),
+                Some((Some(c), Some(k))) => {
+                    Some((resolve_beside(file, c), resolve_beside(file, k)))
+                }
                 _ => {
                     return Err(ConfigError::new(
                         file,
@@ -433,7 +438,7 @@ where
     }
 }
 
-async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorStats) {
+async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorCounters) {
     for (key, value) in &u.values {
         for rule in out
             .attribute_rules

@@ -8,7 +8,7 @@
 //! limited to `server.maxRequestBodySize` bytes (default 1 MiB).
 //!
 //! Converters: `json` over the request data merged from path parameters, query and body (see
-//! [`uplink`]); a `custom` converter is a Rust [`UplinkConverter`](tbgw::convert::UplinkConverter)
+//! [`uplink`]); a `custom` converter is a Rust [`UplinkConverter`]
 //! registered with [`RestFactory::with_converter`]; it receives the raw body.
 
 pub mod config;

@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value as Json};
 use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::now_millis;
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::{AttributeRequestError, StoreOutcome, UplinkSender};
 use tokio::sync::oneshot;
 
@@ -191,7 +191,7 @@ pub struct Server {
     /// Where data goes.
     pub uplink: UplinkSender,
     /// Counters.
-    pub stats: Arc<ConnectorStats>,
+    pub stats: ConnectorCounters,
     waiters: Mutex<HashMap<String, Vec<Waiter>>>,
     next_waiter: std::sync::atomic::AtomicU64,
     logged: Mutex<std::collections::HashSet<String>>,
@@ -237,7 +237,7 @@ impl Server {
         routes: Vec<Route>,
         max_body: usize,
         uplink: UplinkSender,
-        stats: Arc<ConnectorStats>,
+        stats: ConnectorCounters,
     ) -> Self {
         Server {
             name,

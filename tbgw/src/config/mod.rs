@@ -9,7 +9,6 @@
 //! ([`IgnoredKey`]), which the gateway logs once.
 
 mod env;
-mod error;
 pub mod parse;
 mod services;
 mod storage;
@@ -20,14 +19,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::error::{ConfigError, ConfigErrors, IgnoredKey};
 pub use env::apply_env_overrides;
-pub use error::{ConfigError, ConfigErrors, IgnoredKey};
 pub use services::{
     AggregationFunction, DeviceActivityConfig, DeviceFilteringConfig, ProvisioningConfig,
     ReportStrategyConfig, ReportType, StatisticsConfig,
 };
 pub use storage::{StorageConfig, STORAGE_TYPES};
-pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
+pub use thingsboard::{
+    resolve_beside, resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles,
+};
 
 use crate::connector::ConnectorSpec;
 

@@ -223,8 +223,8 @@ pub struct TlsFiles {
 }
 
 impl SecurityConfig {
-    /// Checks the section and resolves certificate paths relative to `dir` (the config
-    /// directory) when such a file exists there, as upstream does.
+    /// Checks the section and resolves certificate paths relative to `dir` (the directory of
+    /// `tb_gateway.json`) by [`resolve_path`]'s rule.
     pub fn resolve(&self, file: &Path, dir: &Path, port: u16) -> Result<Credentials, ConfigError> {
         let key = |k: &str| format!("thingsboard.security.{k}");
         let kind = self
@@ -302,19 +302,32 @@ impl SecurityConfig {
     }
 }
 
-/// A path from the config: absolute as is; relative ones are taken relative to the config
-/// directory when that file exists, else relative to the working directory (upstream's rule).
+/// A path named in a configuration file, resolved by tbgw's one rule: absolute as written;
+/// `~` or a leading `~/` is the home directory (`$HOME`); anything else is relative to `dir`,
+/// the directory of the file that names the path. The working directory never matters.
+///
+/// Certificates and keys (`tb_gateway.json` and every connector file), the device filter list
+/// and custom statistics commands all follow it; see [`crate::tls`] and
+/// `docs/COMPATIBILITY.md` for how upstream differs.
 pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        return path;
+    let home = || std::env::var_os("HOME").filter(|h| !h.is_empty());
+    if p == "~" {
+        if let Some(h) = home() {
+            return PathBuf::from(h);
+        }
     }
-    let in_dir = dir.join(&path);
-    if in_dir.exists() || !path.exists() {
-        in_dir
-    } else {
-        path
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(h) = home() {
+            return Path::new(&h).join(rest);
+        }
     }
+    dir.join(p)
+}
+
+/// [`resolve_path`] for a path named in `file`: relative paths are taken from `file`'s
+/// directory (the working directory when `file` has no directory part).
+pub fn resolve_beside(file: &Path, p: &str) -> PathBuf {
+    resolve_path(file.parent().unwrap_or(Path::new("")), p)
 }
 
 impl ThingsBoardConfig {

@@ -1,20 +1,20 @@
 //! Gateway services: what makes tbgw a ThingsBoard gateway rather than a forwarder.
 //!
-//! One task ([`Services::run`]) owns them and talks to the ThingsBoard client through its
+//! One task (`Services::run`) owns them and talks to the ThingsBoard client through its
 //! control channel:
 //! * statistics telemetry of the gateway device every `statsSendPeriodInSeconds`, machine
-//!   attributes after each connect, and the Prometheus endpoint ([`prometheus`]);
+//!   attributes after each connect, and the Prometheus endpoint (`prometheus`);
 //! * service RPCs to the gateway device (`gateway_devices`, `gateway_stats`, `gateway_version`,
 //!   `gateway_restart`, `gateway_reboot`, `gateway_device_renamed`, `gateway_device_deleted`,
 //!   remote shell when enabled);
 //! * device inactivity, shared-attribute sync on connect;
-//! * hot reload of connector files and remote configuration ([`manager`], [`remote_config`]);
+//! * hot reload of connector files and remote configuration (`manager`, `remote_config`);
 //! * remote logging ([`remote_log`]).
 //!
-//! Device filtering ([`filter`]) runs in the ingest task, on the data path.
+//! Device filtering (`filter`) runs in the ingest task, on the data path.
 
 mod custom_stats;
-pub mod filter;
+pub(crate) mod filter;
 pub(crate) mod machine;
 pub(crate) mod manager;
 pub(crate) mod prometheus;

@@ -16,7 +16,7 @@
 //!   which is what the client does after a lost connection, so everything not confirmed by
 //!   ThingsBoard is sent again (at-least-once; duplicates possible, loss not).
 
-pub mod codec;
+pub(crate) mod codec;
 mod file;
 mod group_commit;
 mod memory;

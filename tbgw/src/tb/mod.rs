@@ -380,24 +380,17 @@ impl TbClient {
         let Some(tls) = &self.opts.credentials.tls else {
             return Ok(None);
         };
-        let ca = std::fs::read(&tls.ca_cert)
-            .map_err(|e| format!("cannot read CA certificate {}: {e}", tls.ca_cert.display()))?;
-        let client_auth = match &tls.client {
-            Some((cert, key)) => Some((
-                std::fs::read(cert).map_err(|e| {
-                    format!("cannot read client certificate {}: {e}", cert.display())
-                })?,
-                std::fs::read(key)
-                    .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?,
-            )),
+        let roots = crate::tls::load_roots(&tls.ca_cert).map_err(|e| e.to_string())?;
+        let identity = match &tls.client {
+            Some((cert, key)) => {
+                Some(crate::tls::Identity::load(cert, key).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
+        let config = crate::tls::client_config(crate::tls::Verify::Roots(roots), identity)
+            .map_err(|e| e.to_string())?;
         Ok(Some(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            },
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
         )))
     }
 

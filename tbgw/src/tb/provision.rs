@@ -224,14 +224,11 @@ fn request(p: &ProvisioningConfig, device_name: &str, cert: Option<&str>) -> Jso
 #[cfg(feature = "tls")]
 fn tls_transport(dir: &Path, ca_cert: &str) -> Result<rumqttc::Transport, String> {
     let path = resolve_path(dir, ca_cert);
-    let ca =
-        std::fs::read(&path).map_err(|e| format!("cannot read caCert {}: {e}", path.display()))?;
+    let roots = crate::tls::load_roots(&path).map_err(|e| format!("caCert: {e}"))?;
+    let config = crate::tls::client_config(crate::tls::Verify::Roots(roots), None)
+        .map_err(|e| e.to_string())?;
     Ok(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        },
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
     ))
 }
 
