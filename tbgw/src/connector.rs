@@ -3,9 +3,9 @@
 //!
 //! A connector is built from its configuration without any I/O ([`ConnectorFactory::build`]),
 //! then the gateway calls [`Connector::run`] in a task of its own. `run` connects to the field
-//! side, converts what it receives into [`DeviceData`] and hands it to the
-//! [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that arrive through
-//! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
+//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands
+//! it to the [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that
+//! arrive through [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
 //! the same context, so no downlink request is lost across a restart.
 //!
@@ -100,7 +100,7 @@ pub trait ConnectorFactory: Send + Sync {
 }
 
 /// Everything a running connector may use. Only the gateway creates it (or
-/// [`ConnectorContext::for_test`] in tests).
+/// `ConnectorContext::for_test` in tests, feature `test-util`).
 #[derive(Debug)]
 pub struct ConnectorContext {
     name: Arc<str>,
