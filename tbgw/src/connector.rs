@@ -575,6 +575,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finished_sub_tasks_are_reaped_so_one_per_client_stays_bounded() {
+        let _serial = SERIAL.lock().await;
+        let (cx, _ends) = ConnectorContext::for_test("Plant");
+        for i in 0..10_000 {
+            cx.spawn(format!("client {i}"), async { Ok(()) });
+            // Let the spawned ones run (the test runtime runs a few dozen per yield).
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::task::yield_now().await;
+        cx.spawn("last", async { Ok(()) });
+        let held = cx.tasks.run.set.lock().unwrap().as_ref().map(JoinSet::len);
+        assert!(held.is_some_and(|n| n <= 20), "{held:?} tasks held");
+    }
+
+    #[tokio::test]
     async fn fault_injection_hits_the_next_matching_task_once() {
         let _serial = SERIAL.lock().await;
         let (cx, mut ends) = ConnectorContext::for_test("Plant");
