@@ -3,9 +3,9 @@
 //!
 //! A connector is built from its configuration without any I/O ([`ConnectorFactory::build`]),
 //! then the gateway calls [`Connector::run`] in a task of its own. `run` connects to the field
-//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands it to the
-//! [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that arrive through
-//! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
+//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands
+//! it to the [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that
+//! arrive through [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
 //! the same context, so no downlink request is lost across a restart.
 //!
@@ -124,7 +124,7 @@ pub(crate) fn unknown_connector_type(ty: &str, factories: &[Box<dyn ConnectorFac
 }
 
 /// Everything a running connector may use. Only the gateway creates it (or
-/// [`ConnectorContext::for_test`] in tests).
+/// `ConnectorContext::for_test` in tests, feature `test-util`).
 #[derive(Debug)]
 pub struct ConnectorContext {
     name: Arc<str>,
@@ -597,6 +597,23 @@ mod tests {
         cx.finish_tasks(Duration::from_secs(5)).await;
         assert_eq!(ran.load(Ordering::SeqCst), 10);
         cx.end_run();
+    }
+
+    #[tokio::test]
+    async fn finished_sub_tasks_are_reaped_so_one_per_client_stays_bounded() {
+        let _serial = SERIAL.lock().await;
+        let (cx, _ends) = ConnectorContext::for_test("Plant");
+        for i in 0..10_000 {
+            cx.spawn(format!("client {i}"), async { Ok(()) });
+            // Let the spawned ones run (the test runtime runs a few dozen per yield).
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::task::yield_now().await;
+        cx.spawn("last", async { Ok(()) });
+        let held = cx.tasks.run.set.lock().unwrap().as_ref().map(JoinSet::len);
+        assert!(held.is_some_and(|n| n <= 20), "{held:?} tasks held");
     }
 
     #[tokio::test]

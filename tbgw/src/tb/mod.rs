@@ -81,7 +81,9 @@ pub struct TbOptions {
     pub session_limits_timeout: Duration,
     /// Most unconfirmed publishes at once.
     pub max_inflight: usize,
-    /// Backoff bounds between connection attempts.
+    /// First delay between connection attempts; it doubles up to `reconnect_max`, with up to
+    /// 30 % jitter, and starts here again after a connection that lasted a minute
+    /// ([`Backoff`](crate::backoff::Backoff)).
     pub reconnect_min: Duration,
     /// Upper bound of the backoff.
     pub reconnect_max: Duration,
