@@ -140,6 +140,10 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// The largest `messages_ttl_in_days` accepted (about 2,700 years): larger values would
+/// overflow the millisecond arithmetic of the storages.
+pub const MAX_TTL_DAYS: f64 = 1_000_000.0;
+
 /// Storage types this build can create.
 pub const STORAGE_TYPES: &[&str] = &["memory", "file", "sqlite", "rocksdb"];
 
@@ -186,11 +190,23 @@ impl StorageConfig {
             }
         }
         if let Some(d) = self.messages_ttl_in_days {
-            if d.is_nan() || d <= 0.0 {
+            if !(d > 0.0 && d <= MAX_TTL_DAYS) {
                 return Err(ConfigError::new(
                     file,
                     key("messages_ttl_in_days"),
-                    "must be a positive number of days",
+                    format!("must be a positive number of days, at most {MAX_TTL_DAYS}"),
+                ));
+            }
+        }
+        if let Some(h) = self.messages_ttl_check_in_hours {
+            if !(h > 0.0 && h <= MAX_TTL_DAYS * 24.0) {
+                return Err(ConfigError::new(
+                    file,
+                    key("messages_ttl_check_in_hours"),
+                    format!(
+                        "must be a positive number of hours, at most {}",
+                        MAX_TTL_DAYS * 24.0
+                    ),
                 ));
             }
         }
@@ -215,10 +231,13 @@ impl StorageConfig {
         STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
     }
 
-    /// The TTL, if configured.
+    /// The TTL, if configured. Values [`StorageConfig::validate`] rejects never panic here:
+    /// a value that is not a positive number gives `None`, a larger one than
+    /// [`MAX_TTL_DAYS`] is capped.
     pub fn ttl(&self) -> Option<Duration> {
         self.messages_ttl_in_days
-            .map(|d| Duration::from_secs_f64(d * 86_400.0))
+            .filter(|d| *d > 0.0)
+            .and_then(|d| Duration::try_from_secs_f64(d.min(MAX_TTL_DAYS) * 86_400.0).ok())
     }
 
     /// A storage folder from the config, relative to `config_dir` (default `./data/`).
@@ -230,5 +249,49 @@ impl StorageConfig {
         } else {
             config_dir.join(p)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ttl(days: f64) -> StorageConfig {
+        StorageConfig {
+            kind: "file".into(),
+            messages_ttl_in_days: Some(days),
+            ..StorageConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_huge_or_non_finite_ttl_is_a_config_error_and_never_panics() {
+        let file = Path::new("tb_gateway.json");
+        for days in [1e20, f64::INFINITY, f64::NAN, -1.0, 0.0, MAX_TTL_DAYS * 2.0] {
+            let cfg = with_ttl(days);
+            let err = cfg.validate(file).expect_err("must be rejected");
+            assert_eq!(err.key, "storage.messages_ttl_in_days", "{days}");
+            // Used without validation (e.g. by an embedding application): no panic.
+            let ttl = cfg.ttl();
+            assert!(ttl.is_none_or(|t| t <= Duration::from_secs(86_400_000_000)));
+        }
+        assert_eq!(
+            with_ttl(MAX_TTL_DAYS).ttl(),
+            Some(Duration::from_secs(86_400_000_000))
+        );
+        assert!(with_ttl(1.5).validate(file).is_ok());
+    }
+
+    #[test]
+    fn a_huge_ttl_check_period_is_a_config_error() {
+        let cfg = StorageConfig {
+            kind: "file".into(),
+            messages_ttl_check_in_hours: Some(1e300),
+            ..StorageConfig::default()
+        };
+        let err = cfg
+            .validate(Path::new("tb_gateway.json"))
+            .expect_err("must be rejected");
+        assert_eq!(err.key, "storage.messages_ttl_check_in_hours");
     }
 }

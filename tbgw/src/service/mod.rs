@@ -366,7 +366,8 @@ impl Services {
     }
 
     fn check_inactivity(&self, timeout_s: u64) {
-        let cutoff = crate::model::now_millis() - (timeout_s as i64) * 1000;
+        let timeout_ms = i64::try_from(timeout_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let cutoff = crate::model::now_millis().saturating_sub(timeout_ms);
         let idle = {
             let mut reg = self.shared.registry();
             let idle = reg.idle_since(cutoff);
@@ -537,12 +538,16 @@ impl Services {
                 "latest_version": env!("CARGO_PKG_VERSION"),
             }}),
             "restart" => {
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 let token = self.restart.clone();
                 let flag = self.restart_requested.clone();
                 tracing::warn!(seconds = secs, "Restart requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     flag.store(true, Ordering::SeqCst);
                     token.cancel();
                 });
@@ -552,10 +557,14 @@ impl Services {
                 if !self.cfg.allow_reboot {
                     return json!({"error": "reboot is disabled; set thingsboard.allowReboot to true to allow it", "code": 403});
                 }
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 tracing::warn!(seconds = secs, "Machine reboot requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     match tokio::process::Command::new("shutdown")
                         .args(["-r", "now"])
                         .status()
@@ -620,6 +629,29 @@ impl Services {
     }
 }
 
+/// The longest delay `gateway_restart` / `gateway_reboot` accept: one week.
+const MAX_RPC_DELAY_SECS: f64 = 7.0 * 86_400.0;
+
+/// The delay of `gateway_restart` / `gateway_reboot`: `params` is a number of seconds (or a
+/// string holding one); none, `null` or `{}` is upstream's default, and anything below 1 s is
+/// 1 s (upstream's `max(n, 1)`). Not-a-number, infinite or longer than a week is an error for
+/// the RPC reply rather than a panic in the timer task.
+fn delay_param(params: &Json) -> Result<Duration, String> {
+    let secs = match params {
+        Json::Null => 0.0,
+        Json::Object(m) if m.is_empty() => 0.0,
+        Json::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        Json::String(t) => t.trim().parse::<f64>().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    };
+    if secs.is_nan() || secs > MAX_RPC_DELAY_SECS {
+        return Err(format!(
+            "params must be a number of seconds, at most {MAX_RPC_DELAY_SECS}; got {params}"
+        ));
+    }
+    Duration::try_from_secs_f64(secs.max(1.0)).map_err(|e| e.to_string())
+}
+
 fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
     let Some(dir) = dir else {
         return json!({"code": 404, "error": "no configuration directory"});
@@ -638,4 +670,33 @@ fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delay_is_checked_instead_of_panicking() {
+        let ok = |p: Json| delay_param(&p).unwrap();
+        assert_eq!(ok(Json::Null), Duration::from_secs(1));
+        assert_eq!(ok(json!({})), Duration::from_secs(1));
+        assert_eq!(ok(json!(-5)), Duration::from_secs(1));
+        assert_eq!(ok(json!(0.2)), Duration::from_secs(1));
+        assert_eq!(ok(json!(2.5)), Duration::from_millis(2500));
+        assert_eq!(ok(json!("30")), Duration::from_secs(30));
+        assert_eq!(ok(json!("-inf")), Duration::from_secs(1));
+        for bad in [
+            json!(1e20),
+            json!(f64::MAX),
+            json!("NaN"),
+            json!("inf"),
+            json!("soon"),
+            json!([1]),
+            json!({"seconds": 5}),
+        ] {
+            let e = delay_param(&bad).expect_err("must be refused");
+            assert!(e.contains("number of seconds"), "{e}");
+        }
+    }
 }
