@@ -50,6 +50,8 @@ const CONTROL_CAPACITY: usize = 1024;
 const SERVICE_CAPACITY: usize = 256;
 /// Most uplink messages the ingest task writes to storage in one `put`.
 const INGEST_BATCH: usize = 512;
+/// Least time between two background writes of `connected_devices.json`.
+const REGISTRY_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An error that stops the gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -496,6 +498,7 @@ impl Gateway {
 
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
+            registry_saver: Default::default(),
             routes,
             stats: stats.clone(),
             rpc_timeout,
@@ -521,6 +524,17 @@ impl Gateway {
             }
         }
 
+        let saver_token = CancellationToken::new();
+        let saver_task = {
+            let shared = shared.clone();
+            let cancel = saver_token.clone();
+            tokio::spawn(async move {
+                shared
+                    .registry_saver
+                    .run(&shared.registry, REGISTRY_SAVE_INTERVAL, cancel)
+                    .await
+            })
+        };
         let ingest = tokio::spawn(ingest(
             uplink_rx,
             storage.clone(),
@@ -630,6 +644,9 @@ impl Gateway {
         if let Some(target) = target {
             clean &= migrate(&storage, &target).await;
         }
+        // The background writer finishes its write in progress; the last one is done here.
+        saver_token.cancel();
+        let _ = tokio::time::timeout_at(deadline, saver_task).await;
         if let Err(e) = shared.registry().persist_if_dirty() {
             tracing::warn!(error = %e, "Cannot write the device registry.");
         }
@@ -1016,8 +1033,9 @@ async fn absorb(
                 }
             }
         }
-        if let Err(e) = reg.persist_if_dirty() {
-            tracing::warn!(error = %e, "Cannot write the device registry.");
+        // Written by the background saver: no file I/O on the ingest path.
+        if reg.is_dirty() {
+            shared.registry_saver.changed();
         }
     }
     for (device, connector) in connected {

@@ -376,8 +376,8 @@ impl Services {
                 reg.set_disconnected(&d);
                 out.push(reg.tb_name(&d).to_string());
             }
-            if let Err(e) = reg.persist_if_dirty() {
-                tracing::warn!(error = %e, "Cannot write the device registry.");
+            if reg.is_dirty() {
+                self.shared.registry_saver.changed();
             }
             out
         };
@@ -583,34 +583,35 @@ impl Services {
                 let Some(map) = params.as_object() else {
                     return json!({"error": "params must be {\"<old name>\": \"<new name>\"}", "code": 400});
                 };
-                let mut reg = self.shared.registry();
-                for (old, new) in map {
-                    if let Some(new) = new.as_str() {
-                        // The old name is announced again if data ever goes out under it.
-                        let _ = self.control.try_send(Control::Forget {
-                            device: old.clone(),
-                        });
-                        let original = reg.rename(old, new);
-                        tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                {
+                    let mut reg = self.shared.registry();
+                    for (old, new) in map {
+                        if let Some(new) = new.as_str() {
+                            // The old name is announced again if data ever goes out under it.
+                            let _ = self.control.try_send(Control::Forget {
+                                device: old.clone(),
+                            });
+                            let original = reg.rename(old, new);
+                            tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                        }
                     }
                 }
-                if let Err(e) = reg.persist_if_dirty() {
-                    tracing::warn!(error = %e, "Cannot write the device registry.");
-                }
+                // Saved before the reply, off the async threads.
+                self.shared
+                    .registry_saver
+                    .save(&self.shared.registry)
+                    .await;
                 json!({"success": true})
             }
             "device_deleted" => {
                 let Some(name) = params.as_str().map(str::to_string) else {
                     return json!({"error": "params must be the device name", "code": 400});
                 };
-                let found = {
-                    let mut reg = self.shared.registry();
-                    let f = reg.remove(&name);
-                    if let Err(e) = reg.persist_if_dirty() {
-                        tracing::warn!(error = %e, "Cannot write the device registry.");
-                    }
-                    f
-                };
+                let found = self.shared.registry().remove(&name);
+                self.shared
+                    .registry_saver
+                    .save(&self.shared.registry)
+                    .await;
                 let _ = self.control.try_send(Control::Forget {
                     device: name.clone(),
                 });

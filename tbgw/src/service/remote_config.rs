@@ -186,7 +186,9 @@ impl RemoteConfig {
                         reg.set_disconnected(&d);
                         out.push(reg.tb_name(&d).to_string());
                     }
-                    let _ = reg.persist_if_dirty();
+                    if reg.is_dirty() {
+                        s.shared.registry_saver.changed();
+                    }
                     out
                 };
                 for device in devices {

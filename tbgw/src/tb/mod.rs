@@ -197,6 +197,8 @@ pub(crate) struct Routes {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub registry: Mutex<DeviceRegistry>,
+    /// Writes `registry` to its file in the background.
+    pub registry_saver: crate::registry::Saver,
     pub routes: Routes,
     pub stats: Arc<GatewayStats>,
     /// How long a connector gets to answer an RPC.
