@@ -1007,14 +1007,21 @@ async fn absorb(
                     if ing.sync_shared && o != Observed::Known {
                         connected.push((device.clone(), connector.clone()));
                     }
-                    let _ = control.try_send(Control::Connect {
-                        device,
-                        device_type,
-                    });
+                    if control
+                        .try_send(Control::Connect {
+                            device,
+                            device_type,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "device connect");
+                    }
                 }
                 UplinkMessage::Disconnect { device, .. } => {
                     if reg.set_disconnected(&device) {
-                        let _ = control.try_send(Control::Disconnect { device });
+                        if control.try_send(Control::Disconnect { device }).is_err() {
+                            shared.stats.queue_full("control", "device disconnect");
+                        }
                     }
                 }
                 UplinkMessage::AttributeRequest {
@@ -1024,12 +1031,17 @@ async fn absorb(
                     reply,
                 } => {
                     // Dropped if the client's queue is full: the requester times out.
-                    let _ = control.try_send(Control::AttributeRequest {
-                        device,
-                        client,
-                        keys,
-                        reply,
-                    });
+                    if control
+                        .try_send(Control::AttributeRequest {
+                            device,
+                            client,
+                            keys,
+                            reply,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "attribute request");
+                    }
                 }
             }
         }
@@ -1039,9 +1051,15 @@ async fn absorb(
         }
     }
     for (device, connector) in connected {
-        let _ = ing
+        if ing
             .service
-            .try_send(ServiceEvent::DeviceConnected { device, connector });
+            .try_send(ServiceEvent::DeviceConnected { device, connector })
+            .is_err()
+        {
+            shared
+                .stats
+                .queue_full("service", "device connected (shared attribute sync)");
+        }
     }
     // Receipts of messages with no records are due as soon as everything before them is.
     let durable_floor = pending.back().map(|p| p.0).unwrap_or(0);
@@ -1137,5 +1155,45 @@ mod tests {
             seen.extend(b.records.iter().map(|r| r.telemetry[0].ts));
         }
         assert_eq!(seen, (0..2500).collect::<Vec<i64>>(), "all, in order");
+    }
+
+    #[tokio::test]
+    async fn messages_dropped_on_a_full_control_queue_are_counted() {
+        let (control, mut control_rx) = mpsc::channel(1);
+        let (service, _service_rx) = mpsc::channel(1);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let shared = Shared {
+            registry: Mutex::new(DeviceRegistry::in_memory()),
+            registry_saver: Default::default(),
+            routes: Routes::default(),
+            stats: Arc::new(GatewayStats::default()),
+            rpc_timeout: Duration::from_secs(1),
+            service: None,
+        };
+        let mut ing = Ingest {
+            filter: None,
+            service,
+            sync_shared: false,
+            report: ReportFilter::new(None, HashMap::new()),
+            commands,
+        };
+        let storage: Arc<dyn EventStorage> =
+            Arc::new(MemoryStorage::new(100, 100, Default::default()));
+        let connector: Arc<str> = Arc::from("C");
+        let connect = |device: &str| UplinkMessage::Connect {
+            connector: connector.clone(),
+            device: device.into(),
+            device_type: "t".into(),
+        };
+        // The first connect fills the queue; the next two are dropped and counted.
+        let mut msgs = vec![connect("a"), connect("b"), connect("c")];
+        let mut pending = VecDeque::new();
+        absorb(&mut msgs, &storage, &shared, &control, &mut pending, &mut ing).await;
+        assert_eq!(shared.stats.queue_dropped.load(Ordering::Relaxed), 2);
+        assert!(shared.stats.values().contains(&("queue_dropped", 2)));
+        assert!(matches!(
+            control_rx.try_recv(),
+            Ok(Control::Connect { device, .. }) if device == "a"
+        ));
     }
 }

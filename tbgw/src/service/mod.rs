@@ -219,19 +219,22 @@ impl Services {
             })
             .is_err()
         {
-            tracing::debug!(
-                topic,
-                "Gateway device message dropped: the client's queue is full."
-            );
+            self.stats.queue_full("control", "gateway device message");
         }
     }
 
     fn reply(&self, id: i64, data: Json) {
-        let _ = self.control.try_send(Control::RpcReply {
-            device: None,
-            id,
-            data,
-        });
+        if self
+            .control
+            .try_send(Control::RpcReply {
+                device: None,
+                id,
+                data,
+            })
+            .is_err()
+        {
+            self.stats.queue_full("control", "service RPC reply");
+        }
     }
 
     async fn on_event(
@@ -337,6 +340,8 @@ impl Services {
             })
             .is_err()
         {
+            self.stats
+                .queue_full("control", "shared attribute sync request");
             return;
         }
         tokio::spawn(async move {
@@ -388,7 +393,9 @@ impl Services {
                 timeout_s,
                 "Device inactive; disconnected in ThingsBoard."
             );
-            let _ = self.control.try_send(Control::Disconnect { device });
+            if self.control.try_send(Control::Disconnect { device }).is_err() {
+                self.stats.queue_full("control", "device disconnect");
+            }
         }
     }
 
@@ -425,6 +432,7 @@ impl Services {
         let stored = delta("stored", get("stored"));
         let delivered = delta("delivered", get("delivered"));
         let dropped = delta("storage_dropped", get("storage_dropped"));
+        let queue_dropped = delta("queue_dropped", get("queue_dropped"));
         let cpu = machine::process_cpu_seconds();
         let gw_cpu = match (cpu, last.cpu) {
             (Some(now), Some(before)) => (now - before) / period * 100.0,
@@ -459,6 +467,7 @@ impl Services {
             "storageMsgPulled": delivered,
             "storageMsgCount": self.storage.stats().len,
             "storageMsgDropped": dropped,
+            "queueMsgDropped": queue_dropped,
             "platformMsgPushed": sent,
             "thingsboardConnected": get("thingsboard_connected") == 1,
         });
@@ -588,9 +597,15 @@ impl Services {
                     for (old, new) in map {
                         if let Some(new) = new.as_str() {
                             // The old name is announced again if data ever goes out under it.
-                            let _ = self.control.try_send(Control::Forget {
-                                device: old.clone(),
-                            });
+                            if self
+                                .control
+                                .try_send(Control::Forget {
+                                    device: old.clone(),
+                                })
+                                .is_err()
+                            {
+                                self.stats.queue_full("control", "forget renamed device");
+                            }
                             let original = reg.rename(old, new);
                             tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
                         }
@@ -612,9 +627,15 @@ impl Services {
                     .registry_saver
                     .save(&self.shared.registry)
                     .await;
-                let _ = self.control.try_send(Control::Forget {
-                    device: name.clone(),
-                });
+                if self
+                    .control
+                    .try_send(Control::Forget {
+                        device: name.clone(),
+                    })
+                    .is_err()
+                {
+                    self.stats.queue_full("control", "forget deleted device");
+                }
                 tracing::info!(device = %name, found, "Device deleted in ThingsBoard; forgotten.");
                 json!({"success": true})
             }

@@ -192,7 +192,9 @@ impl RemoteConfig {
                     out
                 };
                 for device in devices {
-                    let _ = s.control.try_send(Control::Disconnect { device });
+                    if s.control.try_send(Control::Disconnect { device }).is_err() {
+                        s.stats.queue_full("control", "device disconnect");
+                    }
                 }
             }
             s.publish(

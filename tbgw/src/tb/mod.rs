@@ -718,7 +718,7 @@ impl TbClient {
     pub(crate) fn to_service(&self, ev: crate::service::ServiceEvent) {
         if let Some(tx) = &self.shared.service {
             if tx.try_send(ev).is_err() {
-                tracing::debug!("The services task is busy; event dropped.");
+                self.shared.stats.queue_full("service", "client event");
             }
         }
     }
