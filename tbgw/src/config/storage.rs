@@ -46,7 +46,8 @@ pub struct StorageConfig {
     pub size_limit: Option<u64>,
     /// SQLite: number of database files upstream rotates through.
     pub max_db_amount: Option<u64>,
-    /// SQLite: minutes between size checks.
+    /// SQLite: upstream's minutes between size checks. Accepted and not used (reported as
+    /// ignored): tbgw checks the size on every insert.
     pub oversize_check_period: Option<f64>,
     /// tbgw extension: what happens when the storage is full: `block` (default: wait, which
     /// back-pressures the connectors), `drop_oldest` or `drop_newest` (upstream's behaviour).
@@ -93,6 +94,9 @@ impl Default for StorageConfig {
     }
 }
 
+/// Keys accepted (upstream's) but used by no storage type: reported as ignored.
+const ACCEPTED_UNUSED: &[&str] = &["oversize_check_period"];
+
 /// Keys each storage type uses.
 fn keys_of(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -123,7 +127,6 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
             "messages_ttl_in_days",
             "size_limit",
             "max_db_amount",
-            "oversize_check_period",
             "full_policy",
             "max_records_count",
         ],
@@ -226,9 +229,10 @@ impl StorageConfig {
             .unwrap_or_default()
     }
 
-    /// A key of any storage type (unknown keys are reported by the deserializer already).
+    /// A key of any storage type (unknown keys are reported by the deserializer already),
+    /// or one that is accepted and never used.
     fn known(k: &str) -> bool {
-        STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
+        ACCEPTED_UNUSED.contains(&k) || STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
     }
 
     /// The TTL, if configured. Values [`StorageConfig::validate`] rejects never panic here:
