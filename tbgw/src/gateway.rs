@@ -1188,7 +1188,15 @@ mod tests {
         // The first connect fills the queue; the next two are dropped and counted.
         let mut msgs = vec![connect("a"), connect("b"), connect("c")];
         let mut pending = VecDeque::new();
-        absorb(&mut msgs, &storage, &shared, &control, &mut pending, &mut ing).await;
+        absorb(
+            &mut msgs,
+            &storage,
+            &shared,
+            &control,
+            &mut pending,
+            &mut ing,
+        )
+        .await;
         assert_eq!(shared.stats.queue_dropped.load(Ordering::Relaxed), 2);
         assert!(shared.stats.values().contains(&("queue_dropped", 2)));
         assert!(matches!(

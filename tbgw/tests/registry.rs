@@ -112,7 +112,11 @@ async fn a_registry_file_that_blocks_does_not_stall_the_data_path() {
         .await
         .unwrap()
         .expect("pipe read");
-    assert!(first.starts_with(b"{"), "{}", String::from_utf8_lossy(&first));
+    assert!(
+        first.starts_with(b"{"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
 
     let _ = stop.send(());
     let report = tokio::time::timeout(WAIT, gateway)

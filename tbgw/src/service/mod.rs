@@ -393,7 +393,11 @@ impl Services {
                 timeout_s,
                 "Device inactive; disconnected in ThingsBoard."
             );
-            if self.control.try_send(Control::Disconnect { device }).is_err() {
+            if self
+                .control
+                .try_send(Control::Disconnect { device })
+                .is_err()
+            {
                 self.stats.queue_full("control", "device disconnect");
             }
         }
@@ -612,10 +616,7 @@ impl Services {
                     }
                 }
                 // Saved before the reply, off the async threads.
-                self.shared
-                    .registry_saver
-                    .save(&self.shared.registry)
-                    .await;
+                self.shared.registry_saver.save(&self.shared.registry).await;
                 json!({"success": true})
             }
             "device_deleted" => {
@@ -623,10 +624,7 @@ impl Services {
                     return json!({"error": "params must be the device name", "code": 400});
                 };
                 let found = self.shared.registry().remove(&name);
-                self.shared
-                    .registry_saver
-                    .save(&self.shared.registry)
-                    .await;
+                self.shared.registry_saver.save(&self.shared.registry).await;
                 if self
                     .control
                     .try_send(Control::Forget {

@@ -61,8 +61,7 @@ impl Bucket {
         } else {
             // A window of up to `u64::MAX` seconds (from the config or the server's session
             // limits) can ask for more than a `Duration` holds: wait "forever" then.
-            Duration::try_from_secs_f64((1.0 - self.tokens) / self.per_sec)
-                .unwrap_or(Duration::MAX)
+            Duration::try_from_secs_f64((1.0 - self.tokens) / self.per_sec).unwrap_or(Duration::MAX)
         }
     }
 }
