@@ -36,8 +36,13 @@ use crate::http_common::tls::{self, ClientTls};
 const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Default endpoint and attribute-request timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's headers, and then its body (slow-loris
+/// guard; `server.readTimeout`).
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most connections served at once (`server.maxConnections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections over the limit being answered 503 at once; more are closed without an answer.
+const MAX_REFUSING: usize = 64;
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outgoing downlink requests in flight at once; more wait in the downlink channel.
@@ -59,6 +64,8 @@ pub struct RestConnector {
     port: u16,
     tls: Option<(PathBuf, PathBuf)>,
     max_body: usize,
+    max_connections: usize,
+    read_timeout: Duration,
     routes: Option<Vec<Route>>,
     outgoing: Arc<Outgoing>,
 }
@@ -285,6 +292,28 @@ impl RestConnector {
             }
             None
         };
+        let max_connections = cfg
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::new(
+                file,
+                "server.maxConnections",
+                "must be at least 1",
+            ));
+        }
+        let read_timeout = match cfg.server.read_timeout {
+            None => DEFAULT_READ_TIMEOUT,
+            Some(t) if t > 0.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(ConfigError::new(
+                    file,
+                    "server.readTimeout",
+                    format!("{t} is not a number of seconds between 0 and 3600"),
+                ))
+            }
+        };
         let mut routes = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
@@ -408,6 +437,8 @@ impl RestConnector {
             port,
             tls,
             max_body: cfg.server.max_request_body_size.unwrap_or(DEFAULT_MAX_BODY),
+            max_connections,
+            read_timeout,
             routes: Some(routes),
             outgoing: Arc::new(Outgoing {
                 name: name.to_string(),
@@ -423,10 +454,11 @@ async fn serve<IO>(io: IO, server: Arc<Server>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = server.read_timeout;
     let svc = service_fn(move |req| server.clone().handle(req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = conn.await {
@@ -522,13 +554,15 @@ impl Connector for RestConnector {
         tracing::info!(connector = %self.name, host = %self.host, port = self.port, https = acceptor.is_some(), "REST server listening.");
         // The routes move into the server on the first run; a restarted run reuses them.
         let routes = self.routes.take().unwrap_or_default();
-        let server = Arc::new(Server::new(
+        let mut server = Server::new(
             self.name.clone(),
             routes,
             self.max_body,
             cx.uplink().clone(),
             cx.stats().clone(),
-        ));
+        );
+        server.read_timeout = self.read_timeout;
+        let server = Arc::new(server);
         let result = self
             .serve_loop(cx, &listener, acceptor, server.clone())
             .await;
@@ -552,6 +586,8 @@ impl RestConnector {
         let mut conns: JoinSet<()> = JoinSet::new();
         let mut downlinks: JoinSet<()> = JoinSet::new();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLINK));
+        let connections = Arc::new(Semaphore::new(self.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let mut downlink_open = true;
         loop {
             // Cancellation first. On cancel, open connections and outgoing downlink requests
@@ -563,15 +599,31 @@ impl RestConnector {
                 Some(_) = downlinks.join_next(), if !downlinks.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
+                        // At the limit: answered 503 at once (plain HTTP, while few such
+                        // answers are in progress) or just closed.
+                        let Ok(slot) = connections.clone().try_acquire_owned() else {
+                            server.over_limit(self.max_connections);
+                            if let (None, Ok(p)) = (&acceptor, refusing.clone().try_acquire_owned()) {
+                                conns.spawn(async move {
+                                    super::server::refuse(stream).await;
+                                    drop(p);
+                                });
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let server = server.clone();
                         match &acceptor {
                             None => {
-                                conns.spawn(serve(stream, server));
+                                conns.spawn(async move {
+                                    serve(stream, server).await;
+                                    drop(slot);
+                                });
                             }
                             Some(a) => {
                                 let a = a.clone();
                                 conns.spawn(async move {
+                                    let _slot = slot;
                                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(stream)).await {
                                         Ok(Ok(tls)) => serve(tls, server).await,
                                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),
