@@ -1018,10 +1018,10 @@ async fn absorb(
                     }
                 }
                 UplinkMessage::Disconnect { device, .. } => {
-                    if reg.set_disconnected(&device) {
-                        if control.try_send(Control::Disconnect { device }).is_err() {
-                            shared.stats.queue_full("control", "device disconnect");
-                        }
+                    if reg.set_disconnected(&device)
+                        && control.try_send(Control::Disconnect { device }).is_err()
+                    {
+                        shared.stats.queue_full("control", "device disconnect");
                     }
                 }
                 UplinkMessage::AttributeRequest {
