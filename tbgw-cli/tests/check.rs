@@ -382,3 +382,31 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         describe(&out)
     );
 }
+
+#[test]
+fn keys_that_are_accepted_but_not_used_are_reported_as_ignored() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut main = main_file(json!([]));
+    main["thingsboard"]["minPackSendDelayMS"] = json!(50);
+    main["storage"] = json!({"type": "sqlite", "oversize_check_period": 1, "max_db_amount": 2});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    for key in [
+        "thingsboard.minPackSendDelayMS",
+        "storage.oversize_check_period",
+    ] {
+        assert!(
+            err.contains(&format!("warning: {}: {key}: ignored", file.display())),
+            "{key}: {}",
+            describe(&out)
+        );
+    }
+    assert!(!err.contains("max_db_amount"), "{}", describe(&out));
+    // Not in the file: nothing to report.
+    let file = write_json(dir.path(), "plain.json", &main_file(json!([])));
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!stderr(&out).contains("ignored"), "{}", describe(&out));
+}

@@ -1086,3 +1086,63 @@ async fn a_panicking_connection_task_is_counted_and_the_connector_recovers() {
     ends.cancel.cancel();
     h.await.unwrap();
 }
+
+/// Reads holding register 1 over an open Modbus/TCP connection: `Some(answer)` or `None`
+/// when the server closed the connection.
+async fn read_hr1(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = [0u8, 1, 0, 0, 0, 6, 0, 3, 0, 1, 0, 1];
+    if s.write_all(&req).await.is_err() {
+        return None;
+    }
+    let mut answer = vec![0u8; 11];
+    match tokio::time::timeout(WAIT, s.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => Some(answer),
+        Ok(Err(_)) => None,
+        Err(_) => panic!("neither an answer nor a close"),
+    }
+}
+
+#[tokio::test]
+async fn slave_mode_closes_masters_above_max_connections() {
+    let port = free_tcp_port();
+    let cfg = json!({"slave": {
+        "type": "tcp", "host": "127.0.0.1", "port": port, "method": "socket", "unitId": 0,
+        "deviceName": "Limited Slave", "deviceType": "plc", "maxConnections": 2,
+        "values": {"holding_registers": {
+            "attributes": [{"address": 1, "type": "16int", "tag": "v", "objectsCount": 1, "value": 42}]
+        }}
+    }});
+    let (h, mut ends, stats) = start(cfg);
+    assert!(
+        next_event(
+            &mut ends,
+            |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "Limited Slave")
+        )
+        .await
+    );
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut first = connect().await.expect("connects");
+    let mut second = connect().await.expect("connects");
+    let served = [0u8, 1, 0, 0, 0, 5, 0, 3, 2, 0, 42];
+    assert_eq!(read_hr1(&mut first).await.as_deref(), Some(&served[..]));
+    assert_eq!(read_hr1(&mut second).await.as_deref(), Some(&served[..]));
+    // A third master is closed at once, its request unanswered.
+    let mut third = connect().await.expect("the listener accepts");
+    assert_eq!(read_hr1(&mut third).await, None, "over the limit");
+    assert!(stats.errors() >= 1);
+    // The two are still served, and a freed slot is taken by the next master.
+    assert_eq!(read_hr1(&mut second).await.as_deref(), Some(&served[..]));
+    drop(first);
+    let mut answered = false;
+    for _ in 0..100 {
+        let mut next = connect().await.expect("connects");
+        if read_hr1(&mut next).await.as_deref() == Some(&served[..]) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "a freed slot is used again");
+    h.abort();
+}

@@ -1040,3 +1040,141 @@ async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_rec
     assert_eq!(r.stats.restarts(), 1);
     r.stop().await;
 }
+
+/// A request's headers and the first byte of a `length`-byte JSON body, sent over raw TCP.
+async fn slow_request(port: u16, length: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /t HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.expect("headers sent");
+    s
+}
+
+/// Everything the server sends until it closes the connection (or `WAIT` passes).
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn clients_that_trickle_their_body_are_cut_off_and_others_are_served() {
+    let mut r = start(json!({
+        "server": {"readTimeout": 1},
+        "mapping": [data_mapping("/t", json!({}))]
+    }))
+    .await;
+    // Five clients send their headers, then one byte of body every 100 ms (of 10,000).
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let s = slow_request(r.port, 10_000).await;
+        let (mut rd, mut wr) = s.into_split();
+        let trickle = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for _ in 0..10_000 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if wr.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(WAIT, rd.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        slow.push((trickle, reader));
+    }
+    // A normal client is served meanwhile.
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"sensorName": "n1", "sensorType": "t", "temp": 1}"#,
+        &format!("http://127.0.0.1:{}/t", r.port),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(r.next_data().await.device_name, "n1");
+    // The slow ones are answered 408 and disconnected.
+    for (trickle, reader) in slow {
+        let answer = reader.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickling client is cut off: {answer:?}"
+        );
+        trickle.abort();
+    }
+    assert!(r.stats.errors() >= 5);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn connections_above_max_connections_are_answered_503_and_closed() {
+    let r = start(json!({
+        "server": {"maxConnections": 2, "readTimeout": 60},
+        "mapping": [data_mapping("/t", json!({}))]
+    }))
+    .await;
+    let url = format!("http://127.0.0.1:{}/t", r.port);
+    // Two connections hold both slots (headers sent, body pending).
+    let held1 = slow_request(r.port, 100).await;
+    let held2 = slow_request(r.port, 100).await;
+    // A third, complete request is refused at once, without being read.
+    let mut third = slow_request(r.port, 1).await;
+    let answer = read_to_close(&mut third).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "over the limit: {answer:?}"
+    );
+    assert!(answer.contains("Too many connections"), "{answer:?}");
+    // A slot freed by a client going away is used again.
+    drop(held1);
+    let mut code = 0;
+    for _ in 0..100 {
+        code = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"sensorName": "n2", "sensorType": "t", "temp": 2}"#,
+            &url,
+        ])
+        .await
+        .0;
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 200, "served once a slot is free");
+    drop(held2);
+    r.stop().await;
+}
+
+#[test]
+fn connection_limit_and_read_timeout_are_checked() {
+    for (server, key) in [
+        (json!({"maxConnections": 0}), "server.maxConnections"),
+        (json!({"readTimeout": 0}), "server.readTimeout"),
+        (json!({"readTimeout": 1e20}), "server.readTimeout"),
+    ] {
+        let e = RestFactory::new()
+            .build(
+                &spec(json!({"server": server, "mapping": [data_mapping("/t", json!({}))]})),
+                &mut Vec::new(),
+            )
+            .err()
+            .expect("refused");
+        assert_eq!(e.key, key);
+    }
+}

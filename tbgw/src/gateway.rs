@@ -51,6 +51,8 @@ const CONTROL_CAPACITY: usize = 1024;
 const SERVICE_CAPACITY: usize = 256;
 /// Most uplink messages the ingest task writes to storage in one `put`.
 const INGEST_BATCH: usize = 512;
+/// Least time between two background writes of `connected_devices.json`.
+const REGISTRY_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An error that stops the gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -498,6 +500,7 @@ impl Gateway {
 
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
+            registry_saver: Default::default(),
             routes,
             stats: stats.clone(),
             rpc_timeout,
@@ -523,6 +526,17 @@ impl Gateway {
             }
         }
 
+        let saver_token = CancellationToken::new();
+        let saver_task = {
+            let shared = shared.clone();
+            let cancel = saver_token.clone();
+            tokio::spawn(async move {
+                shared
+                    .registry_saver
+                    .run(&shared.registry, REGISTRY_SAVE_INTERVAL, cancel)
+                    .await
+            })
+        };
         let ingest = tokio::spawn(ingest(
             uplink_rx,
             storage.clone(),
@@ -632,6 +646,9 @@ impl Gateway {
         if let Some(target) = target {
             clean &= migrate(&storage, &target).await;
         }
+        // The background writer finishes its write in progress; the last one is done here.
+        saver_token.cancel();
+        let _ = tokio::time::timeout_at(deadline, saver_task).await;
         if let Err(e) = shared.registry().persist_if_dirty() {
             tracing::warn!(error = %e, "Cannot write the device registry.");
         }
@@ -1013,14 +1030,21 @@ async fn absorb(
                     if ing.sync_shared && o != Observed::Known {
                         connected.push((device.clone(), connector.clone()));
                     }
-                    let _ = control.try_send(Control::Connect {
-                        device,
-                        device_type,
-                    });
+                    if control
+                        .try_send(Control::Connect {
+                            device,
+                            device_type,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "device connect");
+                    }
                 }
                 UplinkMessage::Disconnect { device, .. } => {
-                    if reg.set_disconnected(&device) {
-                        let _ = control.try_send(Control::Disconnect { device });
+                    if reg.set_disconnected(&device)
+                        && control.try_send(Control::Disconnect { device }).is_err()
+                    {
+                        shared.stats.queue_full("control", "device disconnect");
                     }
                 }
                 UplinkMessage::AttributeRequest {
@@ -1030,23 +1054,35 @@ async fn absorb(
                     reply,
                 } => {
                     // Dropped if the client's queue is full: the requester times out.
-                    let _ = control.try_send(Control::AttributeRequest {
-                        device,
-                        client,
-                        keys,
-                        reply,
-                    });
+                    if control
+                        .try_send(Control::AttributeRequest {
+                            device,
+                            client,
+                            keys,
+                            reply,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "attribute request");
+                    }
                 }
             }
         }
-        if let Err(e) = reg.persist_if_dirty() {
-            tracing::warn!(error = %e, "Cannot write the device registry.");
+        // Written by the background saver: no file I/O on the ingest path.
+        if reg.is_dirty() {
+            shared.registry_saver.changed();
         }
     }
     for (device, connector) in connected {
-        let _ = ing
+        if ing
             .service
-            .try_send(ServiceEvent::DeviceConnected { device, connector });
+            .try_send(ServiceEvent::DeviceConnected { device, connector })
+            .is_err()
+        {
+            shared
+                .stats
+                .queue_full("service", "device connected (shared attribute sync)");
+        }
     }
     // Receipts of messages with no records are due as soon as everything before them is.
     let durable_floor = pending.back().map(|p| p.0).unwrap_or(0);
@@ -1142,5 +1178,53 @@ mod tests {
             seen.extend(b.records.iter().map(|r| r.telemetry[0].ts));
         }
         assert_eq!(seen, (0..2500).collect::<Vec<i64>>(), "all, in order");
+    }
+
+    #[tokio::test]
+    async fn messages_dropped_on_a_full_control_queue_are_counted() {
+        let (control, mut control_rx) = mpsc::channel(1);
+        let (service, _service_rx) = mpsc::channel(1);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let shared = Shared {
+            registry: Mutex::new(DeviceRegistry::in_memory()),
+            registry_saver: Default::default(),
+            routes: Routes::default(),
+            stats: Arc::new(GatewayStats::default()),
+            rpc_timeout: Duration::from_secs(1),
+            service: None,
+        };
+        let mut ing = Ingest {
+            filter: None,
+            service,
+            sync_shared: false,
+            report: ReportFilter::new(None, HashMap::new()),
+            commands,
+        };
+        let storage: Arc<dyn EventStorage> =
+            Arc::new(MemoryStorage::new(100, 100, Default::default()));
+        let connector: Arc<str> = Arc::from("C");
+        let connect = |device: &str| UplinkMessage::Connect {
+            connector: connector.clone(),
+            device: device.into(),
+            device_type: "t".into(),
+        };
+        // The first connect fills the queue; the next two are dropped and counted.
+        let mut msgs = vec![connect("a"), connect("b"), connect("c")];
+        let mut pending = VecDeque::new();
+        absorb(
+            &mut msgs,
+            &storage,
+            &shared,
+            &control,
+            &mut pending,
+            &mut ing,
+        )
+        .await;
+        assert_eq!(shared.stats.queue_dropped.load(Ordering::Relaxed), 2);
+        assert!(shared.stats.values().contains(&("queue_dropped", 2)));
+        assert!(matches!(
+            control_rx.try_recv(),
+            Ok(Control::Connect { device, .. }) if device == "a"
+        ));
     }
 }

@@ -11,6 +11,7 @@
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -58,6 +59,8 @@ counters! {
         /// Sub-tasks (`ConnectorContext::spawn`) that panicked or failed; each restarts the
         /// connector.
         task_failures => add_task_failures,
+        /// Messages dropped because one of the connector's internal queues was full.
+        queue_dropped => add_queue_dropped,
     }
 }
 
@@ -110,6 +113,10 @@ counters! {
         server_throttled => add_server_throttled,
         /// 1 while a session with ThingsBoard is ready, else 0 (a gauge, set by the client).
         thingsboard_connected => add_thingsboard_connected,
+        /// Messages dropped because an internal queue was full: device connects and
+        /// disconnects, RPC replies, attribute requests and gateway-device messages for the
+        /// ThingsBoard client, and events for the services task.
+        queue_dropped => add_queue_dropped,
     }
 }
 
@@ -146,6 +153,58 @@ impl GatewayStats {
             connection_errors: self.connection_errors.load(Relaxed),
             downlink_received: self.downlink_received.load(Relaxed),
             downlink_errors: self.downlink_errors.load(Relaxed),
+        }
+    }
+}
+
+/// Lets one log line through per interval, for warnings that could otherwise flood the log
+/// (a queue that stays full drops many messages).
+#[derive(Debug)]
+pub struct LogThrottle {
+    every_ms: u64,
+    /// When a line last went through (ms since the epoch; 0: never).
+    last_ms: AtomicU64,
+}
+
+impl LogThrottle {
+    /// At most one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        LogThrottle {
+            every_ms: every.as_millis() as u64,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True if a line may be logged now (and then not again for the interval).
+    pub fn allow(&self) -> bool {
+        let now = u64::try_from(crate::model::now_millis()).unwrap_or(0);
+        let last = self.last_ms.load(Relaxed);
+        (last == 0 || now.saturating_sub(last) >= self.every_ms)
+            && self
+                .last_ms
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
+/// How often a "queue full" drop is logged at most.
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static QUEUE_DROP_LOG: LogThrottle = LogThrottle::new(DROP_LOG_INTERVAL);
+
+impl GatewayStats {
+    /// Counts a message dropped because the internal queue `queue` was full, and logs a
+    /// warning at most once per [`DROP_LOG_INTERVAL`] (with the total so far).
+    pub(crate) fn queue_full(&self, queue: &'static str, message: &'static str) {
+        self.add_queue_dropped(1);
+        if QUEUE_DROP_LOG.allow() {
+            tracing::warn!(
+                queue,
+                message,
+                total_dropped = self.queue_dropped.load(Relaxed),
+                "A message was dropped: an internal queue is full (counted in queue_dropped; \
+                 logged at most every 10 s)."
+            );
         }
     }
 }
@@ -191,6 +250,11 @@ impl ConnectorCounters {
         self.0.add_downlink(n);
     }
 
+    /// Messages dropped because one of the connector's internal queues was full.
+    pub fn add_queue_dropped(&self, n: u64) {
+        self.0.add_queue_dropped(n);
+    }
+
     /// The counters, shared with the gateway (read-only outside the crate).
     pub fn stats(&self) -> &Arc<ConnectorStats> {
         &self.0
@@ -202,5 +266,30 @@ impl Deref for ConnectorCounters {
 
     fn deref(&self) -> &ConnectorStats {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_throttle_lets_one_line_through_per_interval() {
+        let t = LogThrottle::new(Duration::from_secs(3600));
+        assert!(t.allow());
+        assert!(!t.allow());
+        let never = LogThrottle::new(Duration::ZERO);
+        assert!(never.allow() && never.allow());
+    }
+
+    #[test]
+    fn queue_drops_are_counted_and_exported_with_the_other_counters() {
+        let s = GatewayStats::default();
+        s.queue_full("control", "device connect");
+        s.queue_full("control", "device connect");
+        assert!(s.values().contains(&("queue_dropped", 2)));
+        let c = ConnectorStats::default();
+        c.add_queue_dropped(1);
+        assert!(c.values().contains(&("queue_dropped", 1)));
     }
 }

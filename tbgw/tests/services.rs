@@ -626,6 +626,19 @@ async fn remote_logging_level_shell_and_restart() {
     assert!(out.contains("remote-shell-works"), "{out}");
     handle.set_level("NONE");
 
+    // A delay that does not fit a timer is refused with a reason (it used to be accepted and
+    // panic the timer task, so no restart ever came); the gateway goes on.
+    for (id, bad) in [(3, json!(1e20)), (4, json!("NaN")), (5, json!("inf"))] {
+        let rs = r.rpc(id, "gateway_restart", bad.clone()).await;
+        assert_eq!(rs["code"], json!(400), "{bad}: {rs}");
+        assert!(
+            rs["error"].as_str().unwrap().contains("number of seconds"),
+            "{rs}"
+        );
+    }
+    let t1 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "t", t1).await, "still running");
+
     // Restart: the gateway stops and says a restart was asked for.
     let rs = r.rpc(2, "gateway_restart", json!(0)).await;
     assert_eq!(rs, json!({"success": true}));

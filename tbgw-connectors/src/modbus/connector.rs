@@ -21,6 +21,9 @@ use super::transport::Transport;
 
 /// Pending downlink requests per connection; a full queue answers "busy" instead of waiting.
 const COMMAND_QUEUE: usize = 64;
+/// Rate limit of the "slave server busy" warning.
+static DROP_LOG: tbgw::stats::LogThrottle =
+    tbgw::stats::LogThrottle::new(tbgw::stats::DROP_LOG_INTERVAL);
 /// How long a connector RPC over all slaves waits for their answers.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -394,7 +397,8 @@ impl Connector for ModbusConnector {
         let mut server_tx = None;
         if let Some(p) = &self.server {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-            let server = SlaveServer::new(p.clone(), cx.uplink().clone(), name.clone());
+            let server = SlaveServer::new(p.clone(), cx.uplink().clone(), name.clone())
+                .with_stats(cx.stats().clone());
             server_tx = Some((server.device().to_string(), tx));
             let (tasks, cancel) = (cx.spawner(), cancel.clone());
             cx.spawn("slave server", async move {
@@ -419,7 +423,12 @@ impl Connector for ModbusConnector {
                         Downlink::AttributeUpdate(u) => {
                             if let Some((dev, tx)) = &server_tx {
                                 if *dev == u.device {
-                                    let _ = tx.try_send(Downlink::AttributeUpdate(u));
+                                    if tx.try_send(Downlink::AttributeUpdate(u)).is_err() {
+                                        cx.stats().add_queue_dropped(1);
+                                        if DROP_LOG.allow() {
+                                            tracing::warn!(connector = %cx.name(), "Attribute update for the slave server dropped: it is busy (counted in queue_dropped; logged at most every 10 s).");
+                                        }
+                                    }
                                     continue;
                                 }
                             }

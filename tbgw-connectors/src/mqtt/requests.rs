@@ -297,7 +297,9 @@ impl RpcSpec {
             }
         };
         let timeout = match number("responseTimeout")? {
-            Some(ms) => Some(millis(ms).ok_or("params `responseTimeout` must be positive")?),
+            Some(ms) => Some(millis(ms).ok_or(
+                "params `responseTimeout` must be a positive number of ms, at most 86400000",
+            )?),
             None if response_topic.is_some() => Some(RESERVED_RPC_TIMEOUT),
             None => None,
         };
@@ -326,8 +328,14 @@ impl RpcSpec {
     }
 }
 
+/// The longest `responseTimeout` accepted (one day, in ms): a deadline is `now + timeout`.
+const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+
+/// A positive timeout of at most [`MAX_TIMEOUT_MS`]; `None` for anything else.
 fn millis(ms: f64) -> Option<Duration> {
-    (ms.is_finite() && ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+    (ms > 0.0 && ms <= MAX_TIMEOUT_MS)
+        .then(|| Duration::try_from_secs_f64(ms / 1000.0).ok())
+        .flatten()
 }
 
 /// One `serverSideRpc[]` entry.
@@ -712,7 +720,7 @@ fn rpc_route(
             ConfigError::new(
                 file,
                 format!("{prefix}.responseTimeout"),
-                "must be a positive number of milliseconds",
+                "must be a positive number of milliseconds, at most 86400000",
             )
         })?),
         None => None,
@@ -861,6 +869,23 @@ mod tests {
         );
         assert!(RpcSpec::from_params(&json!("value=1;")).is_err());
         assert!(RpcSpec::from_params(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn a_huge_response_timeout_is_refused_instead_of_panicking() {
+        for t in ["1e30", "1e300", "inf", "NaN", "-1", "0"] {
+            let e = RpcSpec::from_params(&json!(format!(
+                "requestTopicExpression=q/x;responseTopicExpression=a/x;responseTimeout={t};"
+            )))
+            .expect_err(t);
+            assert!(e.contains("responseTimeout"), "{t}: {e}");
+        }
+        let e = RpcSpec::from_params(&json!({
+            "requestTopicExpression": "q/x", "responseTopicExpression": "a/x",
+            "responseTimeout": 1e300
+        }))
+        .expect_err("1e300 ms");
+        assert!(e.contains("at most"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct ServerConfig {
     pub security: Option<ServerSecurity>,
     /// Largest request body accepted, in bytes (tbgw; default 1 MiB like aiohttp's).
     pub max_request_body_size: Option<usize>,
+    /// Most client connections served at once (tbgw; default 1024); more are answered 503
+    /// and closed.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, and then its body (tbgw; default
+    /// 30).
+    pub read_timeout: Option<f64>,
 }
 
 fn default_host() -> String {

@@ -35,8 +35,13 @@ use crate::http_common::tls::{self, ClientTls};
 const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Default endpoint and attribute-request timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's headers, and then its body (slow-loris
+/// guard; `server.readTimeout`).
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most connections served at once (`server.maxConnections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections over the limit being answered 503 at once; more are closed without an answer.
+const MAX_REFUSING: usize = 64;
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outgoing downlink requests in flight at once; more wait in the downlink channel.
@@ -58,6 +63,8 @@ pub struct RestConnector {
     port: u16,
     tls: Option<(PathBuf, PathBuf)>,
     max_body: usize,
+    max_connections: usize,
+    read_timeout: Duration,
     routes: Option<Vec<Route>>,
     outgoing: Arc<Outgoing>,
 }
@@ -289,6 +296,28 @@ impl RestConnector {
             }
             None
         };
+        let max_connections = cfg
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::new(
+                file,
+                "server.maxConnections",
+                "must be at least 1",
+            ));
+        }
+        let read_timeout = match cfg.server.read_timeout {
+            None => DEFAULT_READ_TIMEOUT,
+            Some(t) if t > 0.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(ConfigError::new(
+                    file,
+                    "server.readTimeout",
+                    format!("{t} is not a number of seconds between 0 and 3600"),
+                ))
+            }
+        };
         let mut routes = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
@@ -412,6 +441,8 @@ impl RestConnector {
             port,
             tls,
             max_body: cfg.server.max_request_body_size.unwrap_or(DEFAULT_MAX_BODY),
+            max_connections,
+            read_timeout,
             routes: Some(routes),
             outgoing: Arc::new(Outgoing {
                 name: name.to_string(),
@@ -427,10 +458,11 @@ async fn serve<IO>(io: IO, server: Arc<Server>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = server.read_timeout;
     let svc = service_fn(move |req| server.clone().handle(req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = conn.await {
@@ -528,13 +560,15 @@ impl Connector for RestConnector {
         self.outgoing.client.attach(cx.spawner());
         // The routes move into the server on the first run; a restarted run reuses them.
         let routes = self.routes.take().unwrap_or_default();
-        let server = Arc::new(Server::new(
+        let mut server = Server::new(
             self.name.clone(),
             routes,
             self.max_body,
             cx.uplink().clone(),
             cx.stats().clone(),
-        ));
+        );
+        server.read_timeout = self.read_timeout;
+        let server = Arc::new(server);
         let result = self
             .serve_loop(cx, &listener, acceptor, server.clone())
             .await;
@@ -556,6 +590,8 @@ impl RestConnector {
     ) -> Result<(), ConnectorError> {
         let cancel = cx.cancellation().clone();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLINK));
+        let connections = Arc::new(Semaphore::new(self.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let mut downlink_open = true;
         loop {
             // Cancellation first. On cancel, open connections and outgoing downlink requests
@@ -565,18 +601,33 @@ impl RestConnector {
                 _ = cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
+                        // At the limit: answered 503 at once (plain HTTP, while few such
+                        // answers are in progress) or just closed.
+                        let Ok(slot) = connections.clone().try_acquire_owned() else {
+                            server.over_limit(self.max_connections);
+                            if let (None, Ok(p)) = (&acceptor, refusing.clone().try_acquire_owned()) {
+                                cx.spawn("refusing a connection", async move {
+                                    super::server::refuse(stream).await;
+                                    drop(p);
+                                    Ok(())
+                                });
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let server = server.clone();
                         match &acceptor {
                             None => {
                                 cx.spawn("client connection", async move {
                                     serve(stream, server).await;
+                                    drop(slot);
                                     Ok(())
                                 });
                             }
                             Some(a) => {
                                 let a = a.clone();
                                 cx.spawn("client connection", async move {
+                                    let _slot = slot;
                                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(stream)).await {
                                         Ok(Ok(tls)) => serve(tls, server).await,
                                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),

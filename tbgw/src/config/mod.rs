@@ -160,6 +160,7 @@ pub fn load_with_env(
         },
     };
     ignored_paths.extend(gateway.storage.unused_keys(raw.get("storage")));
+    ignored_paths.extend(ThingsBoardConfig::unused_keys(raw.get("thingsboard")));
     let mut ignored: Vec<IgnoredKey> = ignored_paths
         .into_iter()
         .map(|key| IgnoredKey {

@@ -197,6 +197,8 @@ fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
     for key in [
         "thingsboard.latencyDebugMode",
         "thingsboard.minPackSizeToSend",
+        // Accepted, not used: tbgw does not poll storage.
+        "thingsboard.minPackSendDelayMS",
         "grpc",
         // Keys of the other storage types, meaningless for `memory`.
         "storage.data_folder_path",
@@ -217,7 +219,6 @@ fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
         "thingsboard.security.type",
         "thingsboard.security.accessToken",
         "thingsboard.maxPayloadSizeBytes",
-        "thingsboard.minPackSendDelayMS",
         "storage.type",
         "storage.max_records_count",
         "storage.read_records_count",

@@ -30,8 +30,9 @@ pub struct ThingsBoardConfig {
     /// it (and the smaller limit ThingsBoard announces in its session limits).
     #[serde(default = "default_max_payload", rename = "maxPayloadSizeBytes")]
     pub max_payload_size_bytes: usize,
-    /// Sleep of the send loop when storage is empty. tbgw wakes on new data instead of polling,
-    /// so this is accepted for compatibility and only bounds how long a partial pack may wait.
+    /// Upstream's sleep of the send loop when storage is empty. Accepted and not used: tbgw
+    /// sends as soon as data is stored instead of polling, so `tbgw check` reports the key as
+    /// ignored ([`ThingsBoardConfig::unused_keys`]).
     #[serde(default = "default_min_pack_delay", rename = "minPackSendDelayMS")]
     pub min_pack_send_delay_ms: u64,
     /// MQTT keep-alive in seconds (upstream's undocumented `keep_alive`).
@@ -331,6 +332,21 @@ pub fn resolve_beside(file: &Path, p: &str) -> PathBuf {
 }
 
 impl ThingsBoardConfig {
+    /// Keys of the `thingsboard` section in `raw` that are accepted but not used (reported as
+    /// ignored): `minPackSendDelayMS` (tbgw does not poll storage).
+    pub fn unused_keys(raw: Option<&serde_json::Value>) -> Vec<String> {
+        const ACCEPTED_UNUSED: &[&str] = &["minPackSendDelayMS"];
+        raw.and_then(|v| v.as_object())
+            .map(|m| {
+                ACCEPTED_UNUSED
+                    .iter()
+                    .filter(|k| m.contains_key(**k))
+                    .map(|k| format!("thingsboard.{k}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks values serde cannot check.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if self.qos > 1 {

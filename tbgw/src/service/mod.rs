@@ -219,19 +219,22 @@ impl Services {
             })
             .is_err()
         {
-            tracing::debug!(
-                topic,
-                "Gateway device message dropped: the client's queue is full."
-            );
+            self.stats.queue_full("control", "gateway device message");
         }
     }
 
     fn reply(&self, id: i64, data: Json) {
-        let _ = self.control.try_send(Control::RpcReply {
-            device: None,
-            id,
-            data,
-        });
+        if self
+            .control
+            .try_send(Control::RpcReply {
+                device: None,
+                id,
+                data,
+            })
+            .is_err()
+        {
+            self.stats.queue_full("control", "service RPC reply");
+        }
     }
 
     async fn on_event(
@@ -337,6 +340,8 @@ impl Services {
             })
             .is_err()
         {
+            self.stats
+                .queue_full("control", "shared attribute sync request");
             return;
         }
         tokio::spawn(async move {
@@ -366,7 +371,8 @@ impl Services {
     }
 
     fn check_inactivity(&self, timeout_s: u64) {
-        let cutoff = crate::model::now_millis() - (timeout_s as i64) * 1000;
+        let timeout_ms = i64::try_from(timeout_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let cutoff = crate::model::now_millis().saturating_sub(timeout_ms);
         let idle = {
             let mut reg = self.shared.registry();
             let idle = reg.idle_since(cutoff);
@@ -375,8 +381,8 @@ impl Services {
                 reg.set_disconnected(&d);
                 out.push(reg.tb_name(&d).to_string());
             }
-            if let Err(e) = reg.persist_if_dirty() {
-                tracing::warn!(error = %e, "Cannot write the device registry.");
+            if reg.is_dirty() {
+                self.shared.registry_saver.changed();
             }
             out
         };
@@ -387,7 +393,13 @@ impl Services {
                 timeout_s,
                 "Device inactive; disconnected in ThingsBoard."
             );
-            let _ = self.control.try_send(Control::Disconnect { device });
+            if self
+                .control
+                .try_send(Control::Disconnect { device })
+                .is_err()
+            {
+                self.stats.queue_full("control", "device disconnect");
+            }
         }
     }
 
@@ -424,6 +436,7 @@ impl Services {
         let stored = delta("stored", get("stored"));
         let delivered = delta("delivered", get("delivered"));
         let dropped = delta("storage_dropped", get("storage_dropped"));
+        let queue_dropped = delta("queue_dropped", get("queue_dropped"));
         let cpu = machine::process_cpu_seconds();
         let gw_cpu = match (cpu, last.cpu) {
             (Some(now), Some(before)) => (now - before) / period * 100.0,
@@ -458,6 +471,7 @@ impl Services {
             "storageMsgPulled": delivered,
             "storageMsgCount": self.storage.stats().len,
             "storageMsgDropped": dropped,
+            "queueMsgDropped": queue_dropped,
             "platformMsgPushed": sent,
             "thingsboardConnected": get("thingsboard_connected") == 1,
         });
@@ -538,12 +552,16 @@ impl Services {
                 "latest_version": env!("CARGO_PKG_VERSION"),
             }}),
             "restart" => {
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 let token = self.restart.clone();
                 let flag = self.restart_requested.clone();
                 tracing::warn!(seconds = secs, "Restart requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     flag.store(true, Ordering::SeqCst);
                     token.cancel();
                 });
@@ -553,10 +571,14 @@ impl Services {
                 if !self.cfg.allow_reboot {
                     return json!({"error": "reboot is disabled; set thingsboard.allowReboot to true to allow it", "code": 403});
                 }
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 tracing::warn!(seconds = secs, "Machine reboot requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     match tokio::process::Command::new("shutdown")
                         .args(["-r", "now"])
                         .status()
@@ -575,37 +597,44 @@ impl Services {
                 let Some(map) = params.as_object() else {
                     return json!({"error": "params must be {\"<old name>\": \"<new name>\"}", "code": 400});
                 };
-                let mut reg = self.shared.registry();
-                for (old, new) in map {
-                    if let Some(new) = new.as_str() {
-                        // The old name is announced again if data ever goes out under it.
-                        let _ = self.control.try_send(Control::Forget {
-                            device: old.clone(),
-                        });
-                        let original = reg.rename(old, new);
-                        tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                {
+                    let mut reg = self.shared.registry();
+                    for (old, new) in map {
+                        if let Some(new) = new.as_str() {
+                            // The old name is announced again if data ever goes out under it.
+                            if self
+                                .control
+                                .try_send(Control::Forget {
+                                    device: old.clone(),
+                                })
+                                .is_err()
+                            {
+                                self.stats.queue_full("control", "forget renamed device");
+                            }
+                            let original = reg.rename(old, new);
+                            tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                        }
                     }
                 }
-                if let Err(e) = reg.persist_if_dirty() {
-                    tracing::warn!(error = %e, "Cannot write the device registry.");
-                }
+                // Saved before the reply, off the async threads.
+                self.shared.registry_saver.save(&self.shared.registry).await;
                 json!({"success": true})
             }
             "device_deleted" => {
                 let Some(name) = params.as_str().map(str::to_string) else {
                     return json!({"error": "params must be the device name", "code": 400});
                 };
-                let found = {
-                    let mut reg = self.shared.registry();
-                    let f = reg.remove(&name);
-                    if let Err(e) = reg.persist_if_dirty() {
-                        tracing::warn!(error = %e, "Cannot write the device registry.");
-                    }
-                    f
-                };
-                let _ = self.control.try_send(Control::Forget {
-                    device: name.clone(),
-                });
+                let found = self.shared.registry().remove(&name);
+                self.shared.registry_saver.save(&self.shared.registry).await;
+                if self
+                    .control
+                    .try_send(Control::Forget {
+                        device: name.clone(),
+                    })
+                    .is_err()
+                {
+                    self.stats.queue_full("control", "forget deleted device");
+                }
                 tracing::info!(device = %name, found, "Device deleted in ThingsBoard; forgotten.");
                 json!({"success": true})
             }
@@ -619,6 +648,29 @@ impl Services {
             _ => json!({"error": "Method not found", "code": 404}),
         }
     }
+}
+
+/// The longest delay `gateway_restart` / `gateway_reboot` accept: one week.
+const MAX_RPC_DELAY_SECS: f64 = 7.0 * 86_400.0;
+
+/// The delay of `gateway_restart` / `gateway_reboot`: `params` is a number of seconds (or a
+/// string holding one); none, `null` or `{}` is upstream's default, and anything below 1 s is
+/// 1 s (upstream's `max(n, 1)`). Not-a-number, infinite or longer than a week is an error for
+/// the RPC reply rather than a panic in the timer task.
+fn delay_param(params: &Json) -> Result<Duration, String> {
+    let secs = match params {
+        Json::Null => 0.0,
+        Json::Object(m) if m.is_empty() => 0.0,
+        Json::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        Json::String(t) => t.trim().parse::<f64>().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    };
+    if secs.is_nan() || secs > MAX_RPC_DELAY_SECS {
+        return Err(format!(
+            "params must be a number of seconds, at most {MAX_RPC_DELAY_SECS}; got {params}"
+        ));
+    }
+    Duration::try_from_secs_f64(secs.max(1.0)).map_err(|e| e.to_string())
 }
 
 fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
@@ -639,4 +691,33 @@ fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delay_is_checked_instead_of_panicking() {
+        let ok = |p: Json| delay_param(&p).unwrap();
+        assert_eq!(ok(Json::Null), Duration::from_secs(1));
+        assert_eq!(ok(json!({})), Duration::from_secs(1));
+        assert_eq!(ok(json!(-5)), Duration::from_secs(1));
+        assert_eq!(ok(json!(0.2)), Duration::from_secs(1));
+        assert_eq!(ok(json!(2.5)), Duration::from_millis(2500));
+        assert_eq!(ok(json!("30")), Duration::from_secs(30));
+        assert_eq!(ok(json!("-inf")), Duration::from_secs(1));
+        for bad in [
+            json!(1e20),
+            json!(f64::MAX),
+            json!("NaN"),
+            json!("inf"),
+            json!("soon"),
+            json!([1]),
+            json!({"seconds": 5}),
+        ] {
+            let e = delay_param(&bad).expect_err("must be refused");
+            assert!(e.contains("number of seconds"), "{e}");
+        }
+    }
 }

@@ -186,11 +186,15 @@ impl RemoteConfig {
                         reg.set_disconnected(&d);
                         out.push(reg.tb_name(&d).to_string());
                     }
-                    let _ = reg.persist_if_dirty();
+                    if reg.is_dirty() {
+                        s.shared.registry_saver.changed();
+                    }
                     out
                 };
                 for device in devices {
-                    let _ = s.control.try_send(Control::Disconnect { device });
+                    if s.control.try_send(Control::Disconnect { device }).is_err() {
+                        s.stats.queue_full("control", "device disconnect");
+                    }
                 }
             }
             s.publish(

@@ -254,7 +254,7 @@ impl TbClient {
             .try_send(Control::RpcReply { device, id, data })
             .is_err()
         {
-            tracing::warn!(id, "RPC reply dropped: the client's control queue is full.");
+            self.shared.stats.queue_full("control", "device RPC reply");
         }
     }
 

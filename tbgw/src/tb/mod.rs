@@ -200,6 +200,8 @@ pub(crate) struct Routes {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub registry: Mutex<DeviceRegistry>,
+    /// Writes `registry` to its file in the background.
+    pub registry_saver: crate::registry::Saver,
     pub routes: Routes,
     pub stats: Arc<GatewayStats>,
     /// How long a connector gets to answer an RPC.
@@ -712,7 +714,7 @@ impl TbClient {
     pub(crate) fn to_service(&self, ev: crate::service::ServiceEvent) {
         if let Some(tx) = &self.shared.service {
             if tx.try_send(ev).is_err() {
-                tracing::debug!("The services task is busy; event dropped.");
+                self.shared.stats.queue_full("service", "client event");
             }
         }
     }
