@@ -89,6 +89,7 @@ pub mod downlink;
 pub mod error;
 pub mod expr;
 mod gateway;
+mod messages;
 pub mod model;
 pub(crate) mod registry;
 pub mod report;
@@ -98,6 +99,7 @@ pub mod storage;
 mod tb;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+mod throttle;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod uplink;
