@@ -29,7 +29,7 @@ use serde_json::{json, Value as Json};
 #[cfg(test)]
 use crate::config::provision::{saved_credentials, validate};
 use crate::config::provision::{Saved, CERT_FILE, CREDENTIALS_FILE, KEY_FILE};
-use crate::config::{resolve_path, Credentials, ProvisioningConfig};
+use crate::config::{Credentials, ProvisioningConfig};
 
 /// How long to wait for ThingsBoard's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,7 +127,7 @@ fn request(p: &ProvisioningConfig, device_name: &str, cert: Option<&str>) -> Jso
 /// X509_CERTIFICATE provisioning.
 #[cfg(feature = "tls")]
 fn tls_transport(dir: &Path, ca_cert: &str) -> Result<rumqttc::Transport, String> {
-    let path = resolve_path(dir, ca_cert);
+    let path = crate::config::resolve_path(dir, ca_cert);
     let roots = crate::tls::load_roots(&path).map_err(|e| format!("caCert: {e}"))?;
     let config = crate::tls::client_config(crate::tls::Verify::Roots(roots), None)
         .map_err(|e| e.to_string())?;
