@@ -71,7 +71,7 @@
 //!   SQLite and RocksDB storages (the last two behind features).
 //! * [`service::remote_log`]: the tracing layer behind ThingsBoard remote logging.
 //!
-//! Everything else is internal. [`internal`] (hidden from these docs) exposes a few internals
+//! Everything else is internal. `tbgw::internal` (hidden from these docs) exposes a few internals
 //! to tbgw's own benchmarks; it is not a stable API.
 //!
 //! ## Features
