@@ -30,10 +30,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConfigError;
 use crate::downlink::Downlink;
+use crate::error::ConfigError;
 use crate::stats::{ConnectorCounters, ConnectorStats};
 use crate::uplink::{UplinkClosed, UplinkSender};
+
+pub use crate::config::ConnectorSpec;
 
 /// Error returned by [`Connector::run`]: the gateway logs it and restarts the connector with
 /// backoff.
@@ -74,21 +76,6 @@ pub trait Connector: Send + 'static {
     fn shared_attribute_keys(&self) -> Vec<String> {
         Vec::new()
     }
-}
-
-/// What a connector's configuration looks like to a factory: the entry of `connectors[]` in the
-/// main file plus the parsed content of the connector's own JSON file.
-#[derive(Debug, Clone)]
-pub struct ConnectorSpec {
-    /// The connector's name (`name` in the main file).
-    pub name: String,
-    /// The connector's type (`type` in the main file, e.g. `mqtt`).
-    pub connector_type: String,
-    /// The connector file, for error messages.
-    pub file: std::path::PathBuf,
-    /// The connector file's content, with the keys every connector file may carry
-    /// (`name`, `id`, `logLevel`, ...) removed.
-    pub config: serde_json::Value,
 }
 
 /// Builds connectors of one type from their configuration. Building validates everything it

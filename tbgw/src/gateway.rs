@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
 use crate::connector::{Connector, ConnectorContext, ConnectorError, ConnectorFactory};
+use crate::messages::IngestCommand;
 use crate::model::DeviceData;
 use crate::registry::{DeviceRegistry, Observed};
 use crate::report::ReportFilter;
@@ -872,15 +873,6 @@ struct Ingest {
     /// Report strategies (skipped entirely while nothing can be filtered).
     report: ReportFilter,
     commands: mpsc::Receiver<IngestCommand>,
-}
-
-/// Requests from the services task to the ingest task.
-#[derive(Debug)]
-pub(crate) enum IngestCommand {
-    /// A connector stopped: forget its cached report-strategy values.
-    Purge(String),
-    /// A connector's configuration changed: its connector-level report strategy.
-    SetStrategy(String, Option<crate::config::ReportStrategyConfig>),
 }
 
 /// Takes uplink messages, registers devices and writes data to storage, in batches.

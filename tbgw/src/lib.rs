@@ -71,7 +71,7 @@
 //!   SQLite and RocksDB storages (the last two behind features).
 //! * [`service::remote_log`]: the tracing layer behind ThingsBoard remote logging.
 //!
-//! Everything else is internal. [`internal`] (hidden from these docs) exposes a few internals
+//! Everything else is internal. `tbgw::internal` (hidden from these docs) exposes a few internals
 //! to tbgw's own benchmarks; it is not a stable API.
 //!
 //! ## Features
@@ -91,6 +91,7 @@ pub mod error;
 pub mod expr;
 mod gateway;
 pub mod log_once;
+mod messages;
 pub mod model;
 pub(crate) mod registry;
 pub mod report;
@@ -101,6 +102,7 @@ pub mod storage;
 mod tb;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+mod throttle;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod uplink;

@@ -10,6 +10,8 @@
 
 mod env;
 pub mod parse;
+pub(crate) mod provision;
+pub(crate) mod report;
 mod services;
 mod storage;
 mod thingsboard;
@@ -21,16 +23,32 @@ use serde::Deserialize;
 
 pub use crate::error::{ConfigError, ConfigErrors, IgnoredKey};
 pub use env::apply_env_overrides;
+pub use report::ReportOverrides;
 pub use services::{
     AggregationFunction, DeviceActivityConfig, DeviceFilteringConfig, ProvisioningConfig,
     ReportStrategyConfig, ReportType, StatisticsConfig,
 };
-pub use storage::{StorageConfig, STORAGE_TYPES};
+pub use storage::{FullPolicy, StorageConfig, STORAGE_TYPES};
 pub use thingsboard::{
     resolve_beside, resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles,
 };
 
-use crate::connector::ConnectorSpec;
+/// What a connector's configuration looks like to a factory: the entry of `connectors[]` in the
+/// main file plus the parsed content of the connector's own JSON file. Also
+/// `tbgw::connector::ConnectorSpec`, where the [`ConnectorFactory`](crate::connector::ConnectorFactory) that takes it lives.
+#[derive(Debug, Clone)]
+pub struct ConnectorSpec {
+    /// The connector's name (`name` in the main file).
+    pub name: String,
+    /// The connector's type (`type` in the main file, e.g. `mqtt`).
+    pub connector_type: String,
+    /// The connector file: for error messages, and the base of the relative paths it names
+    /// ([`resolve_beside`]).
+    pub file: std::path::PathBuf,
+    /// The connector file's content, with the keys every connector file may carry
+    /// (`name`, `id`, `logLevel`, ...) removed.
+    pub config: serde_json::Value,
+}
 
 /// One entry of `connectors[]` in the main file.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +105,7 @@ const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel"];
 const COMMON_CONNECTOR_KEYS_GATEWAY: &[&str] = &["enableRemoteLogging"];
 /// Common keys the report strategy service reads: validated here, left in
 /// `ConnectorSpec::config` for [`crate::report::connector_strategy`] (the connector level).
-const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = crate::report::CONNECTOR_KEYS;
+const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = report::CONNECTOR_KEYS;
 
 /// Loads the main file and every connector file named in it, using the process environment
 /// for `TB_GW_*` overrides.
@@ -137,15 +155,13 @@ pub fn load_with_env(
     let credentials = match (&gateway.thingsboard.provisioning, no_security) {
         // No credentials but a provisioning section: the saved credentials of an earlier
         // provisioning, or none yet (the client provisions before it connects).
-        (Some(p), true) => match crate::tb::provision::validate(p, file) {
-            Ok(()) => Some(
-                crate::tb::provision::saved_credentials(&dir).unwrap_or(Credentials {
-                    client_id: String::new(),
-                    username: None,
-                    password: None,
-                    tls: None,
-                }),
-            ),
+        (Some(p), true) => match provision::validate(p, file) {
+            Ok(()) => Some(provision::saved_credentials(&dir).unwrap_or(Credentials {
+                client_id: String::new(),
+                username: None,
+                password: None,
+                tls: None,
+            })),
             Err(e) => {
                 errors.push(e);
                 None
@@ -257,7 +273,7 @@ pub fn connector_spec(
         .any(|k| obj.contains_key(*k))
     {
         let mut keys = Vec::new();
-        crate::report::connector_strategy_checked(&value, file, &mut keys)?;
+        report::connector_strategy_checked(&value, file, &mut keys)?;
         ignored.extend(keys.into_iter().map(|key| IgnoredKey {
             file: file.to_path_buf(),
             key,

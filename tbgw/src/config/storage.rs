@@ -6,7 +6,20 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::storage::FullPolicy;
+
+/// What to do when a `put` finds the storage full (`storage.full_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Wait until ThingsBoard confirms older records and space frees up; the wait
+    /// back-pressures the connectors (the MQTT connector stops acknowledging its broker).
+    #[default]
+    Block,
+    /// Drop the oldest records to make room (keeps the most recent data).
+    DropOldest,
+    /// Reject the new records (upstream's behaviour).
+    DropNewest,
+}
 
 /// The `storage` section, with upstream's keys for every type. Only the keys of the chosen
 /// `type` are used; upstream's sample mixes keys of all types, and the others are reported as

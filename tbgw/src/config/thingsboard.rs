@@ -371,11 +371,11 @@ impl ThingsBoardConfig {
             ("deviceDpRateLimits", &self.device_dp_rate_limits),
         ] {
             if let Some(v) = v {
-                crate::tb::throttle::validate(file, key, v)?;
+                crate::throttle::validate(file, key, v)?;
             }
         }
         if let Some(rs) = &self.report_strategy {
-            crate::report::validate(rs, file, "thingsboard.reportStrategy")?;
+            super::report::validate(rs, file, "thingsboard.reportStrategy")?;
         }
         if self.max_payload_size_bytes < 256 {
             return Err(ConfigError::new(

@@ -60,7 +60,7 @@ pub(crate) struct Manager {
     pub factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
     pub handles: Vec<ConnectorHandle>,
     /// Tells the ingest task about stopped connectors and new report strategies.
-    pub ingest: mpsc::Sender<crate::gateway::IngestCommand>,
+    pub ingest: mpsc::Sender<crate::messages::IngestCommand>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -89,7 +89,7 @@ fn modified(p: &std::path::Path) -> Option<SystemTime> {
 impl Manager {
     pub(crate) fn new(
         factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
-        ingest: mpsc::Sender<crate::gateway::IngestCommand>,
+        ingest: mpsc::Sender<crate::messages::IngestCommand>,
     ) -> Self {
         Manager {
             factories,
@@ -180,7 +180,7 @@ impl Manager {
             let h = &mut self.handles[idx];
             let _ = self
                 .ingest
-                .send(crate::gateway::IngestCommand::SetStrategy(
+                .send(crate::messages::IngestCommand::SetStrategy(
                     h.name.to_string(),
                     strategy,
                 ))
@@ -211,7 +211,7 @@ impl Manager {
                     h.running = false;
                     let _ = self
                         .ingest
-                        .send(crate::gateway::IngestCommand::Purge(h.name.to_string()))
+                        .send(crate::messages::IngestCommand::Purge(h.name.to_string()))
                         .await;
                     stopped.push(h.name.clone());
                     tracing::info!(connector = %h.name, "Connector stopped (active_connectors).");

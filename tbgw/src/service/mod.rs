@@ -40,40 +40,7 @@ use crate::tb::{topic, Control, Shared};
 use manager::Manager;
 use remote_log::RemoteLogHandle;
 
-/// Service RPC methods (after the `gateway_` prefix) the service task answers.
-pub(crate) const SERVICE_METHODS: &[&str] = &[
-    "devices",
-    "stats",
-    "version",
-    "restart",
-    "reboot",
-    "device_renamed",
-    "device_deleted",
-    "remove_provisioned_credentials",
-    "getTermInfo",
-    "sendCommand",
-    "getCommandStatus",
-    "terminateCommand",
-];
-
-/// Events from the ThingsBoard client and the ingest task.
-#[derive(Debug)]
-pub(crate) enum ServiceEvent {
-    /// A session is ready (after every connect).
-    Ready,
-    /// A service RPC to the gateway device.
-    Rpc {
-        id: i64,
-        method: String,
-        params: Json,
-    },
-    /// Shared attributes of the gateway device changed (`v1/devices/me/attributes`).
-    SharedAttributes(Json),
-    /// Answer to the gateway device's own attribute request.
-    AttributesResponse(Json),
-    /// A device became connected (new, or back from disconnected).
-    DeviceConnected { device: String, connector: Arc<str> },
-}
+pub(crate) use crate::messages::ServiceEvent;
 
 /// Settings and handles the service task needs.
 pub(crate) struct Services {

@@ -62,7 +62,7 @@ impl TbClient {
                 tracing::debug!(attributes = %json, "Shared attributes of the gateway device changed.");
                 // The gateway's own client attributes echoed by a plain broker carry no shared
                 // key the services act on; they ignore unknown keys and unchanged values.
-                self.to_service(crate::service::ServiceEvent::SharedAttributes(json));
+                self.to_service(crate::messages::ServiceEvent::SharedAttributes(json));
             }
             t if t.starts_with(topic::ME_RPC_RESPONSE) => {
                 let id: Option<u64> = t[topic::ME_RPC_RESPONSE.len()..].parse().ok();
@@ -77,7 +77,7 @@ impl TbClient {
             }
             t if t.starts_with(topic::ME_ATTRIBUTES_RESPONSE) => {
                 tracing::debug!(response = %json, "Attribute response for the gateway device.");
-                self.to_service(crate::service::ServiceEvent::AttributesResponse(json));
+                self.to_service(crate::messages::ServiceEvent::AttributesResponse(json));
             }
             _ => tracing::debug!(topic, "Ignoring a message on an unexpected topic."),
         }
@@ -202,8 +202,8 @@ impl TbClient {
             self.reply(None, id, json!({"code": 200, "resp": "pong"}));
             return;
         }
-        if crate::service::SERVICE_METHODS.contains(&method) && self.shared.service.is_some() {
-            self.to_service(crate::service::ServiceEvent::Rpc {
+        if crate::messages::SERVICE_METHODS.contains(&method) && self.shared.service.is_some() {
+            self.to_service(crate::messages::ServiceEvent::Rpc {
                 id,
                 method: method.to_string(),
                 params,

@@ -20,7 +20,7 @@
 mod incoming;
 pub mod pack;
 pub mod provision;
-pub mod throttle;
+pub(crate) use crate::throttle;
 mod tracker;
 
 use std::collections::{HashMap, HashSet};
@@ -207,7 +207,7 @@ pub(crate) struct Shared {
     /// How long a connector gets to answer an RPC.
     pub rpc_timeout: Duration,
     /// The gateway services task (service RPCs, gateway shared attributes, session ready).
-    pub service: Option<mpsc::Sender<crate::service::ServiceEvent>>,
+    pub service: Option<mpsc::Sender<crate::messages::ServiceEvent>>,
 }
 
 impl Shared {
@@ -607,7 +607,7 @@ impl TbClient {
         if let Some((reply, reason)) = self.reverted.take() {
             let _ = reply.send(Err(reason));
         }
-        self.to_service(crate::service::ServiceEvent::Ready);
+        self.to_service(crate::messages::ServiceEvent::Ready);
         self.storage.rewind();
         let devices = self.shared.registry().connected();
         for (device, device_type) in devices {
@@ -711,7 +711,7 @@ impl TbClient {
     }
 
     /// Hands an event to the services task (dropped if it is busy).
-    pub(crate) fn to_service(&self, ev: crate::service::ServiceEvent) {
+    pub(crate) fn to_service(&self, ev: crate::messages::ServiceEvent) {
         if let Some(tx) = &self.shared.service {
             if tx.try_send(ev).is_err() {
                 self.shared.stats.queue_full("service", "client event");

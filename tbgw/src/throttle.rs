@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Share of every configured or announced capacity that is used (upstream's default).
 const SHARE: f64 = 0.8;
