@@ -64,7 +64,7 @@ pub use cache::CacheStats;
 pub use config::{connector_strategy, legacy_on_change, parse_strategy, validate, CONNECTOR_KEYS};
 
 use cache::{Cache, Kind, Verdict};
-pub(crate) use config::connector_strategy_checked;
+pub(crate) use config::{connector_keys_only, connector_strategy_checked};
 
 /// Default bound of the cache, in entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
