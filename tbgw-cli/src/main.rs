@@ -100,6 +100,16 @@ fn main() -> ExitCode {
     })
 }
 
+/// Every connector factory compiled into this binary: the standard connectors of
+/// `tbgw-connectors`, and the example `line` connector with the `example-line` feature.
+fn factories() -> Vec<Box<dyn tbgw::connector::ConnectorFactory>> {
+    #[allow(unused_mut)]
+    let mut v = tbgw_connectors::factories();
+    #[cfg(feature = "example-line")]
+    v.push(Box::new(tbgw_example_line::LineFactory));
+    v
+}
+
 fn print_errors(errors: &tbgw::config::ConfigErrors) {
     for e in &errors.0 {
         eprintln!("{e}");
@@ -116,7 +126,7 @@ fn check(path: &Path) -> ExitCode {
     };
     let connectors = loaded.connectors.len();
     match Gateway::builder()
-        .factories(tbgw_connectors::factories())
+        .factories(factories())
         .config(loaded)
         .check()
     {
@@ -147,7 +157,7 @@ async fn run(path: &Path, remote_log: RemoteLogHandle) -> ExitCode {
         }
     };
     let gateway = match Gateway::builder()
-        .factories(tbgw_connectors::factories())
+        .factories(factories())
         .config(loaded)
         .remote_logging(remote_log)
         .build()
@@ -193,24 +203,4 @@ fn restart_self() {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-}
+pub(crate) use tbgw::signal::shutdown_signal;

@@ -313,6 +313,12 @@ fn a_connector_type_that_is_not_built_is_rejected_by_name() {
             "not available in this build",
         )],
     );
+    // The message names what this build does know, so a typo is obvious.
+    let text = stderr(&out);
+    assert!(
+        text.contains("registered types are:") && text.contains("mqtt, "),
+        "{text}"
+    );
 }
 
 #[test]

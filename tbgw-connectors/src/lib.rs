@@ -34,6 +34,11 @@ mod tls_util;
 
 use tbgw::connector::ConnectorFactory;
 
+/// The README's Rust snippets, compiled as doc tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Every connector type tbgw knows, compiled in or not, so a config naming one whose feature
 /// is off gets a precise error.
 pub const ALL_CONNECTOR_TYPES: &[&str] = &[

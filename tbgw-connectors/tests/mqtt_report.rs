@@ -56,10 +56,9 @@ fn converter(extra: Json) -> Json {
 
 #[test]
 fn upstreams_sample_builds_and_its_send_data_only_on_change_is_used() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/upstream-config/mqtt.json"
-    );
+    let Some(path) = tbgw::test_util::upstream_sample("mqtt.json") else {
+        return;
+    };
     let config: Json =
         serde_json::from_str(&std::fs::read_to_string(path).expect("sample")).expect("json");
     let ignored = build(config).unwrap_or_else(|e| panic!("{e}"));

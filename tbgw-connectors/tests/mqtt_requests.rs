@@ -797,10 +797,9 @@ async fn a_blocking_storage_holds_the_source_broker_back_and_nothing_is_lost() {
 
 #[test]
 fn the_upstream_sample_config_is_accepted() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/upstream-config/mqtt.json"
-    );
+    let Some(path) = tbgw::test_util::upstream_sample("mqtt.json") else {
+        return;
+    };
     let text = std::fs::read_to_string(path).expect("upstream sample present");
     let config: Value = serde_json::from_str(&text).unwrap();
     let mut ignored = Vec::new();

@@ -8,12 +8,27 @@
 //! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
 //! the same context, so no downlink request is lost across a restart.
+//!
+//! ## Sub-tasks
+//!
+//! A connector that needs tasks of its own (one per connection, per poll loop, per client)
+//! spawns them with [`ConnectorContext::spawn`] (or a [`TaskSpawner`] handed to other tasks),
+//! never with `tokio::spawn`. Sub-tasks belong to the current run: when `run` returns, fails,
+//! panics or is cancelled, the gateway aborts those still running. A sub-task that panics or
+//! returns `Err` is logged with the connector's and the task's name, counted in
+//! [`ConnectorStats::task_failures`], and ends the run: the gateway cancels it and calls `run`
+//! again after its backoff, as for a failed `run`. Other connectors are not affected.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::ConfigError;
 use crate::downlink::Downlink;
@@ -84,6 +99,22 @@ pub trait ConnectorFactory: Send + Sync {
     ) -> Result<Box<dyn Connector>, ConfigError>;
 }
 
+/// Why a connector type has no factory: names the types this build does know, so a typo or a
+/// factory the application forgot to register is obvious.
+pub(crate) fn unknown_connector_type(ty: &str, factories: &[Box<dyn ConnectorFactory>]) -> String {
+    let mut known: Vec<&str> = factories.iter().map(|f| f.connector_type()).collect();
+    known.sort_unstable();
+    known.dedup();
+    if known.is_empty() {
+        format!("connector type `{ty}` is not available in this build: no connector factory is registered (GatewayBuilder::factory)")
+    } else {
+        format!(
+            "connector type `{ty}` is not available in this build; the registered types are: {}",
+            known.join(", ")
+        )
+    }
+}
+
 /// Everything a running connector may use. Only the gateway creates it (or
 /// [`ConnectorContext::for_test`] in tests).
 #[derive(Debug)]
@@ -93,23 +124,40 @@ pub struct ConnectorContext {
     downlink: mpsc::Receiver<Downlink>,
     cancel: CancellationToken,
     stats: Arc<ConnectorStats>,
+    tasks: TaskSpawner,
+    #[cfg(any(test, feature = "test-util"))]
+    faults: Arc<FaultHook>,
 }
 
 impl ConnectorContext {
+    /// The context and the receiver of its first run's sub-task failures.
     pub(crate) fn new(
         name: Arc<str>,
         uplink: UplinkSender,
         downlink: mpsc::Receiver<Downlink>,
         cancel: CancellationToken,
         stats: Arc<ConnectorStats>,
-    ) -> Self {
-        ConnectorContext {
+    ) -> (Self, mpsc::UnboundedReceiver<TaskFailure>) {
+        #[cfg(any(test, feature = "test-util"))]
+        let faults = Arc::new(FaultHook::default());
+        let (tasks, failures) = TaskSpawner::new(
+            name.clone(),
+            stats.clone(),
+            cancel.clone(),
+            #[cfg(any(test, feature = "test-util"))]
+            faults.clone(),
+        );
+        let cx = ConnectorContext {
             name,
             uplink,
             downlink,
             cancel,
             stats,
-        }
+            tasks,
+            #[cfg(any(test, feature = "test-util"))]
+            faults,
+        };
+        (cx, failures)
     }
 
     /// The connector's name from the configuration.
@@ -133,9 +181,54 @@ impl ConnectorContext {
         &self.cancel
     }
 
-    /// A new token for the next run (the supervisor stops one run to replace the connector).
-    pub(crate) fn set_cancellation(&mut self, token: CancellationToken) {
+    /// Starts a new run: a new cancellation token (the supervisor stops one run to replace the
+    /// connector) and a new set of sub-tasks; returns the receiver of its sub-task failures.
+    /// The previous run's sub-tasks are aborted.
+    pub(crate) fn begin_run(
+        &mut self,
+        token: CancellationToken,
+    ) -> mpsc::UnboundedReceiver<TaskFailure> {
+        self.tasks.abort_all();
         self.cancel = token;
+        let (tasks, failures) = TaskSpawner::new(
+            self.name.clone(),
+            self.stats.clone(),
+            self.cancel.clone(),
+            #[cfg(any(test, feature = "test-util"))]
+            self.faults.clone(),
+        );
+        self.tasks = tasks;
+        failures
+    }
+
+    /// Aborts the sub-tasks of the current run (the run has ended).
+    pub(crate) fn end_run(&self) {
+        self.tasks.abort_all();
+    }
+
+    /// Spawns a sub-task of the current run, named `task_name` in logs (say which connection
+    /// or client it serves, e.g. `connection 10.0.0.5:502`). See the
+    /// [module documentation](self#sub-tasks): a panic or an `Err` restarts the connector;
+    /// an `Err` after the run's cancellation token fired is only logged at debug level.
+    pub fn spawn<F>(&self, task_name: impl Into<String>, fut: F)
+    where
+        F: Future<Output = Result<(), ConnectorError>> + Send + 'static,
+    {
+        self.tasks.spawn(task_name, fut);
+    }
+
+    /// A handle that spawns sub-tasks of the current run from other tasks (for example a
+    /// server task spawning one task per client). Cheap to clone.
+    pub fn spawner(&self) -> TaskSpawner {
+        self.tasks.clone()
+    }
+
+    /// Waits up to `grace` for the current run's sub-tasks to end by themselves (cancel the
+    /// token they watch first), then aborts the rest and waits until they are gone, so what
+    /// they held is released. Sub-tasks spawned later in this run are dropped without
+    /// running. For a graceful end of `run`; the gateway aborts whatever is left anyway.
+    pub async fn finish_tasks(&self, grace: Duration) {
+        self.tasks.finish(grace).await;
     }
 
     /// The connector's counters.
@@ -153,14 +246,192 @@ impl ConnectorContext {
         let name: Arc<str> = Arc::from(name);
         let uplink = UplinkSender::new(up_tx, name.clone(), String::new().into(), stats.clone());
         let cancel = CancellationToken::new();
+        let (cx, task_failures) =
+            ConnectorContext::new(name, uplink, down_rx, cancel.clone(), stats);
+        let faults = cx.faults.clone();
         (
-            ConnectorContext::new(name, uplink, down_rx, cancel.clone(), stats),
+            cx,
             TestEnds {
                 uplink: up_rx,
                 downlink: down_tx,
                 cancel,
+                task_failures,
+                faults,
             },
         )
+    }
+
+    /// Runs `connector` with this context under the gateway's supervisor, as the gateway
+    /// would: restarted with backoff after an error, a panic or a failed sub-task, until the
+    /// context's cancellation token (the [`TestEnds::cancel`] of [`ConnectorContext::for_test`])
+    /// fires. Sub-task failures then reach the supervisor, not [`TestEnds::task_failures`].
+    #[cfg(any(test, feature = "test-util"))]
+    pub async fn supervise(self, connector: Box<dyn Connector>) {
+        crate::gateway::supervise_detached(connector, self).await;
+    }
+}
+
+/// A sub-task of a connector run that failed (see the [module documentation](self#sub-tasks)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskFailure {
+    /// The name given to [`ConnectorContext::spawn`].
+    pub task: String,
+    /// The error, or `panicked: <message>`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sub-task `{}` failed: {}", self.task, self.reason)
+    }
+}
+
+/// Spawns sub-tasks of one connector run (see the [module documentation](self#sub-tasks)).
+/// Get one with [`ConnectorContext::spawner`]; cheap to clone. Once its run has ended, what
+/// it spawns is dropped without running.
+#[derive(Clone)]
+pub struct TaskSpawner {
+    run: Arc<RunTasks>,
+}
+
+impl std::fmt::Debug for TaskSpawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpawner")
+            .field("connector", &self.run.connector)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sub-tasks of one run.
+struct RunTasks {
+    connector: Arc<str>,
+    stats: Arc<ConnectorStats>,
+    /// The run's cancellation token: an `Err` after it fired is shutdown, not a failure.
+    cancel: CancellationToken,
+    failures: mpsc::UnboundedSender<TaskFailure>,
+    /// `None` once the run has ended.
+    set: Mutex<Option<JoinSet<()>>>,
+    #[cfg(any(test, feature = "test-util"))]
+    faults: Arc<FaultHook>,
+}
+
+impl TaskSpawner {
+    fn new(
+        connector: Arc<str>,
+        stats: Arc<ConnectorStats>,
+        cancel: CancellationToken,
+        #[cfg(any(test, feature = "test-util"))] faults: Arc<FaultHook>,
+    ) -> (Self, mpsc::UnboundedReceiver<TaskFailure>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let run = RunTasks {
+            connector,
+            stats,
+            cancel,
+            failures: tx,
+            set: Mutex::new(Some(JoinSet::new())),
+            #[cfg(any(test, feature = "test-util"))]
+            faults,
+        };
+        (TaskSpawner { run: Arc::new(run) }, rx)
+    }
+
+    /// Spawns a sub-task; see [`ConnectorContext::spawn`].
+    pub fn spawn<F>(&self, task_name: impl Into<String>, fut: F)
+    where
+        F: Future<Output = Result<(), ConnectorError>> + Send + 'static,
+    {
+        let task: String = task_name.into();
+        let run = self.run.clone();
+        #[cfg(any(test, feature = "test-util"))]
+        let inject = run.faults.take_if_matches(&task);
+        let span = tracing::Span::current();
+        let body = async move {
+            let fut = async move {
+                #[cfg(any(test, feature = "test-util"))]
+                if inject {
+                    panic!("injected fault");
+                }
+                fut.await
+            };
+            let reason = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if run.cancel.is_cancelled() => {
+                    tracing::debug!(connector = %run.connector, task = %task, error = %e, "Connector sub-task ended with an error during shutdown.");
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+            };
+            tracing::error!(connector = %run.connector, task = %task, error = %reason, "Connector sub-task failed; restarting the connector.");
+            run.stats.add_task_failures(1);
+            // The receiver is gone once the run has ended: nothing left to restart.
+            let _ = run.failures.send(TaskFailure { task, reason });
+        };
+        let mut guard = self.run.set.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(set) => {
+                // Reap finished tasks so a connector spawning one per client stays bounded.
+                while set.try_join_next().is_some() {}
+                set.spawn(body.instrument(span));
+            }
+            None => {
+                tracing::debug!(connector = %self.run.connector, "A sub-task spawned after its run ended was dropped.");
+            }
+        }
+    }
+
+    fn abort_all(&self) {
+        let set = self
+            .run
+            .set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(set); // dropping a JoinSet aborts its tasks
+    }
+
+    async fn finish(&self, grace: Duration) {
+        let set = self
+            .run
+            .set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut set) = set {
+            let _ = tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} })
+                .await;
+            // Abort the rest and wait until they are gone (and what they held is dropped).
+            set.shutdown().await;
+        }
+    }
+}
+
+/// The text of a panic payload when it is a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Test-only fault injection: the next sub-task whose name contains the armed text panics.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Default)]
+struct FaultHook {
+    armed: Mutex<Option<String>>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl FaultHook {
+    fn take_if_matches(&self, task: &str) -> bool {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        if armed.as_deref().is_some_and(|t| task.contains(t)) {
+            *armed = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -174,4 +445,20 @@ pub struct TestEnds {
     pub downlink: mpsc::Sender<Downlink>,
     /// Cancel the connector.
     pub cancel: CancellationToken,
+    /// Sub-task failures of the context's first run (logged and counted as under the
+    /// gateway; nothing restarts the connector unless it runs under
+    /// [`ConnectorContext::supervise`]).
+    pub task_failures: mpsc::UnboundedReceiver<TaskFailure>,
+    faults: Arc<FaultHook>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl TestEnds {
+    /// Fault injection: the next sub-task spawned whose name contains `task_name_part`
+    /// panics as soon as it starts (once). For tests of a connector's recovery where the
+    /// protocol offers no realistic way to make a sub-task fail.
+    pub fn fail_next_task(&self, task_name_part: &str) {
+        *self.faults.armed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(task_name_part.to_string());
+    }
 }

@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
-use crate::connector::{Connector, ConnectorContext, ConnectorFactory};
+use crate::connector::{Connector, ConnectorContext, ConnectorError, ConnectorFactory};
 use crate::model::DeviceData;
 use crate::registry::{DeviceRegistry, Observed};
 use crate::report::ReportFilter;
@@ -239,9 +240,9 @@ impl GatewayBuilder {
                     errors.push(ConfigError::new(
                         &cfg.file,
                         format!("connectors[name={}].type", spec.name),
-                        format!(
-                            "connector type `{}` is not available in this build of tbgw",
-                            spec.connector_type
+                        crate::connector::unknown_connector_type(
+                            &spec.connector_type,
+                            &self.factories,
                         ),
                     ));
                     continue;
@@ -460,7 +461,8 @@ impl Gateway {
                 slot.connector_type.clone(),
                 cstats.clone(),
             );
-            let cx = ConnectorContext::new(
+            // `supervise` starts every run with its own sub-task failure channel.
+            let (cx, _) = ConnectorContext::new(
                 slot.name.clone(),
                 sender,
                 drx,
@@ -698,8 +700,26 @@ enum RunEnd {
     Command(ConnectorCommand),
 }
 
-/// Runs one connector, restarting it with backoff after an error or a panic, and applies
-/// replace / stop / start commands (hot reload, remote configuration, `active_connectors`).
+/// The supervisor without a gateway, for [`ConnectorContext::supervise`] in tests: no
+/// commands, stops when the context's token fires.
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) async fn supervise_detached(connector: Box<dyn Connector>, cx: ConnectorContext) {
+    let name: Arc<str> = Arc::from(cx.name());
+    let slot = ConnectorSlot {
+        name: name.clone(),
+        connector_type: name,
+        connector,
+        file: None,
+        config: serde_json::Value::Null,
+    };
+    let (_commands, rx) = mpsc::channel(1);
+    supervise(slot, cx, rx).await;
+}
+
+/// Runs one connector, restarting it with backoff after an error, a panic or a failed
+/// sub-task ([`ConnectorContext::spawn`]), and applies replace / stop / start commands (hot
+/// reload, remote configuration, `active_connectors`). Each run's sub-tasks are aborted when
+/// the run ends.
 async fn supervise(
     slot: ConnectorSlot,
     mut cx: ConnectorContext,
@@ -712,7 +732,7 @@ async fn supervise(
     } = slot;
     let parent = cx.cancellation().clone();
     let span = tracing::info_span!("connector", name = %name);
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut stopped = false;
     // A replacement on probation: the previous connector and who waits for the verdict.
     let mut probation: Option<Probation> = None;
@@ -733,8 +753,8 @@ async fn supervise(
             }
         }
         let run_token = parent.child_token();
-        cx.set_cancellation(run_token.clone());
-        let started = Instant::now();
+        let mut failures = cx.begin_run(run_token.clone());
+        backoff.succeeded();
         let end = {
             let fut = {
                 let _enter = span.enter();
@@ -745,6 +765,14 @@ async fn supervise(
             loop {
                 tokio::select! {
                     r = &mut fut => break RunEnd::Finished(r),
+                    Some(failure) = failures.recv() => {
+                        // Logged and counted where it failed; stop the rest of this run.
+                        run_token.cancel();
+                        if tokio::time::timeout(Duration::from_secs(10), &mut fut).await.is_err() {
+                            tracing::warn!(connector = %name, "Connector did not stop within 10 s; dropping it.");
+                        }
+                        break RunEnd::Finished(Ok(Err(ConnectorError::Other(failure.to_string()))));
+                    }
                     _ = tokio::time::sleep_until(probation_end), if probation.is_some() => {
                         if let Some((_, tx, _)) = probation.take() {
                             let _ = tx.send(Ok(()));
@@ -761,6 +789,7 @@ async fn supervise(
                 }
             }
         };
+        cx.end_run();
         if parent.is_cancelled() {
             if let Some((_, tx, _)) = probation.take() {
                 let _ = tx.send(Err("the gateway is shutting down".into()));
@@ -783,7 +812,7 @@ async fn supervise(
                     }
                     ConnectorCommand::Start => {}
                 }
-                delay = Duration::from_secs(1);
+                backoff.reset();
                 continue;
             }
             RunEnd::Finished(r) => r,
@@ -813,15 +842,9 @@ async fn supervise(
             }
         }
         cx.stats().add_restarts(1);
-        if started.elapsed() > Duration::from_secs(60) {
-            delay = Duration::from_secs(1);
+        if !backoff.wait(&parent).await {
+            break;
         }
-        let wait = delay + delay.mul_f64(fastrand::f64() * 0.3);
-        tokio::select! {
-            _ = parent.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }
 

@@ -62,12 +62,14 @@
 //! | `tls` | yes | TLS and mutual TLS to ThingsBoard (rustls) |
 //! | `test-util` | no | [`test_util`]: mosquitto launcher and ThingsBoard stand-in for tests |
 
+pub mod backoff;
 pub mod config;
 pub mod connector;
 pub mod convert;
 pub mod downlink;
 pub mod expr;
 mod gateway;
+pub mod log_once;
 pub mod model;
 pub mod payload {
     //! Packing stored records into gateway-API payloads (what the ThingsBoard client publishes).
@@ -76,6 +78,7 @@ pub mod payload {
 pub mod registry;
 pub mod report;
 pub mod service;
+pub mod signal;
 pub mod stats;
 pub mod storage;
 mod tb;
@@ -83,5 +86,8 @@ mod tb;
 pub mod test_util;
 pub mod uplink;
 
+/// The attribute macro for implementing [`connector::Connector`] (re-exported from the
+/// `async-trait` crate, so a connector author needs no extra dependency).
+pub use async_trait::async_trait;
 pub use gateway::{Gateway, GatewayBuilder, GatewayError, ShutdownReport};
 pub use tb::TbOptions;

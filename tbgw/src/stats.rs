@@ -42,6 +42,9 @@ counters! {
         restarts => add_restarts,
         /// Downlink requests handled.
         downlink => add_downlink,
+        /// Sub-tasks (`ConnectorContext::spawn`) that panicked or failed; each restarts the
+        /// connector.
+        task_failures => add_task_failures,
     }
 }
 

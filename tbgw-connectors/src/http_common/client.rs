@@ -11,6 +11,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use tbgw::connector::TaskSpawner;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
@@ -114,10 +115,13 @@ struct PoolKey {
 }
 
 /// The client. Cheap to share (`Arc`); keeps idle keep-alive connections per origin.
+/// Each connection is driven by a sub-task of the connector run given to
+/// [`HttpClient::attach`].
 #[derive(Debug, Default)]
 pub struct HttpClient {
     idle: Mutex<HashMap<PoolKey, Vec<SendRequest<Full<Bytes>>>>>,
     tls: Mutex<HashMap<ClientTls, Arc<tokio_rustls::rustls::ClientConfig>>>,
+    tasks: Mutex<Option<TaskSpawner>>,
 }
 
 struct Target {
@@ -182,6 +186,14 @@ impl HttpClient {
     /// A client without connections.
     pub fn new() -> Self {
         HttpClient::default()
+    }
+
+    /// Runs the client's connections as sub-tasks of this connector run; call at the start
+    /// of every run. Idle connections of an earlier run (whose tasks ended with it) are
+    /// dropped. Until attached, requests fail with [`HttpError::Connect`].
+    pub fn attach(&self, tasks: TaskSpawner) {
+        *self.tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tasks);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Sends `req`, following redirects when asked, within `req.timeout`.
@@ -355,6 +367,29 @@ impl HttpClient {
         Ok(cfg)
     }
 
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Full<Bytes>>, String>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("the HTTP client is not attached to a connector run")?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The connection task ends when the connection closes or the sender is dropped.
+        tasks.spawn("HTTP client connection", async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP client connection ended with an error.");
+            }
+            Ok(())
+        });
+        Ok(sender)
+    }
+
     async fn connect(&self, key: &PoolKey) -> Result<SendRequest<Full<Bytes>>, HttpError> {
         let origin = origin(key);
         let connect_err = |reason: String| HttpError::Connect {
@@ -373,9 +408,9 @@ impl HttpClient {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
-            handshake(TokioIo::new(tls)).await.map_err(connect_err)
+            self.handshake(TokioIo::new(tls)).await.map_err(connect_err)
         } else {
-            handshake(TokioIo::new(tcp)).await.map_err(connect_err)
+            self.handshake(TokioIo::new(tcp)).await.map_err(connect_err)
         }
     }
 }
@@ -402,22 +437,6 @@ fn no_response(key: &PoolKey, e: &hyper::Error) -> HttpError {
         origin: origin(key),
         reason,
     }
-}
-
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    // The connection task ends when the connection closes or the sender is dropped.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "HTTP client connection ended with an error.");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]

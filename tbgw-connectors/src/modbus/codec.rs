@@ -1065,17 +1065,20 @@ pub fn encode_registers(value: &Json, spec: &ValueSpec) -> Result<Vec<u16>, Code
             let s = value
                 .as_str()
                 .ok_or_else(|| encode_err(value, spec, "expected a hex string"))?;
-            let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-            if s.len() % 2 != 0 || s.len() / 2 > need * 2 {
+            // Digit by digit, never by byte index into the `str`: a non-ASCII character is
+            // an error, not a slice off a char boundary.
+            let mut digits = Vec::with_capacity(s.len());
+            for c in s.chars().filter(|c| !c.is_whitespace()) {
+                let d = c
+                    .to_digit(16)
+                    .ok_or_else(|| encode_err(value, spec, format!("`{c}` is not a hex digit")))?;
+                digits.push(d as u8);
+            }
+            if digits.len() % 2 != 0 || digits.len() / 2 > need * 2 {
                 return Err(encode_err(value, spec, "wrong number of hex digits"));
             }
             let mut b = Vec::with_capacity(need * 2);
-            for i in (0..s.len()).step_by(2) {
-                b.push(
-                    u8::from_str_radix(&s[i..i + 2], 16)
-                        .map_err(|_| encode_err(value, spec, "not hex"))?,
-                );
-            }
+            b.extend(digits.chunks_exact(2).map(|p| p[0] << 4 | p[1]));
             b.resize(need * 2, 0);
             return Ok(bytes_to_registers(&b, spec.byte_order, Order::Big));
         }

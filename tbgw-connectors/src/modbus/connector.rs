@@ -12,7 +12,6 @@ use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError, RpcRequest, RpcResponder};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use super::config::{DatapointConfig, ModbusConnectorConfig, SlaveConfig};
 use super::master::{run_op, Command, ConnectionTask, Op, Reply};
@@ -233,7 +232,7 @@ impl ModbusConnector {
         &self,
         senders: &[mpsc::Sender<Command>],
         rpc: RpcRequest,
-        tasks: &mut JoinSet<()>,
+        cx: &ConnectorContext,
     ) {
         if rpc.method != "get" && rpc.method != "set" {
             return rpc.responder.err(RpcError::NotFound(format!(
@@ -304,7 +303,7 @@ impl ModbusConnector {
                 Ok(op) => op,
                 Err(e) => return rpc.responder.err(e),
             };
-            tasks.spawn(async move {
+            cx.spawn("ad-hoc RPC", async move {
                 let r = match tokio::time::timeout(
                     slave.connect_attempt_time,
                     Transport::connect(&ep, framing),
@@ -326,6 +325,7 @@ impl ModbusConnector {
                     ))),
                 };
                 rpc.responder.send(r);
+                Ok(())
             });
             return;
         }
@@ -351,7 +351,7 @@ impl ModbusConnector {
             }
         }
         let responder = rpc.responder;
-        tasks.spawn(async move {
+        cx.spawn("RPC to every slave", async move {
             let mut out = Map::new();
             for (device, rx) in waits {
                 let v = match tokio::time::timeout(FAN_OUT_TIMEOUT, rx).await {
@@ -362,6 +362,7 @@ impl ModbusConnector {
                 out.insert(device, v);
             }
             responder.ok(Json::Object(out));
+            Ok(())
         });
     }
 }
@@ -369,9 +370,8 @@ impl ModbusConnector {
 #[async_trait]
 impl Connector for ModbusConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
-        // The context offers no sub-task API, so the connector keeps its tasks in a JoinSet
-        // owned by this call: they are aborted when `run` returns or is dropped.
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        // One supervised sub-task per connection (and the slave server): a panic in one
+        // restarts the connector instead of silently stopping that connection.
         let cancel = cx.cancellation().child_token();
         let name: Arc<str> = Arc::from(cx.name());
         let mut senders = Vec::new();
@@ -386,29 +386,33 @@ impl Connector for ModbusConnector {
                 commands: rx,
                 connector: name.clone(),
             };
-            tasks.spawn(task.run());
+            cx.spawn(format!("connection {}", plan.endpoint), async move {
+                task.run().await;
+                Ok(())
+            });
         }
         let mut server_tx = None;
         if let Some(p) = &self.server {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let server = SlaveServer::new(p.clone(), cx.uplink().clone(), name.clone());
             server_tx = Some((server.device().to_string(), tx));
-            tasks.spawn(server.run(cancel.clone(), rx));
+            let (tasks, cancel) = (cx.spawner(), cancel.clone());
+            cx.spawn("slave server", async move {
+                server.run(cancel, rx, tasks).await;
+                Ok(())
+            });
         }
         let outer = cx.cancellation().clone();
         loop {
-            // Cancellation first (children stop with it); finished helper tasks are reaped;
+            // Cancellation first (children stop with it and report their devices offline);
             // downlink requests are handed to the owning connection without waiting.
             tokio::select! {
                 biased;
                 _ = outer.cancelled() => {
                     cancel.cancel();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while tasks.join_next().await.is_some() {}
-                    }).await;
+                    cx.finish_tasks(Duration::from_secs(2)).await;
                     return Ok(());
                 }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 dl = cx.recv_downlink() => {
                     let Some(dl) = dl else { return Ok(()) };
                     match dl {
@@ -432,7 +436,7 @@ impl Connector for ModbusConnector {
                             }
                         }
                         Downlink::Rpc(rpc) => match rpc.device.clone() {
-                            None => self.connector_rpc(&senders, rpc, &mut tasks),
+                            None => self.connector_rpc(&senders, rpc, cx),
                             Some(d) => {
                                 if let Some((dev, tx)) = &server_tx {
                                     if *dev == d {

@@ -7,13 +7,14 @@
 //! `waitAfterFailedAttemptsMs`, then probed with one request per period, so it costs the others
 //! at most one timeout per probe.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use tbgw::backoff::Backoff;
 use tbgw::downlink::{RpcError, RpcResponder};
+use tbgw::log_once::LogOnce;
 use tbgw::model::{now_millis, DeviceData, Value};
 use tbgw::stats::ConnectorStats;
 use tbgw::uplink::UplinkSender;
@@ -161,8 +162,12 @@ struct SlaveState {
     online: bool,
     failures: u32,
     hold_until: Option<Instant>,
-    logged: HashSet<String>,
+    /// Read errors already logged (distinct texts, at most [`MAX_LOGGED_ERRORS`]).
+    logged: LogOnce,
 }
+
+/// Most distinct read errors logged per slave; after that they are only counted.
+const MAX_LOGGED_ERRORS: usize = 100;
 
 /// Runs one connection until cancelled.
 #[derive(Debug)]
@@ -201,7 +206,7 @@ impl ConnectionTask {
                 online: false,
                 failures: 0,
                 hold_until: None,
-                logged: HashSet::new(),
+                logged: LogOnce::new(MAX_LOGGED_ERRORS),
             })
             .collect();
         let mut transport: Option<Transport> = None;
@@ -228,6 +233,9 @@ impl ConnectionTask {
             .map(|s| s.wait_after_failed)
             .min()
             .unwrap_or(Duration::from_secs(30));
+        // Between failed connects: 250 ms doubling up to the attempt time; after every
+        // `connectAttemptCount` failures in a row, `waitAfterFailedAttemptsMs` instead.
+        let mut backoff = Backoff::new(Duration::from_millis(250).min(attempt_time), attempt_time);
         loop {
             if transport.is_none() && Instant::now() >= next_connect {
                 match tokio::time::timeout(
@@ -242,6 +250,7 @@ impl ConnectionTask {
                         }
                         transport = Some(t);
                         connect_failures = 0;
+                        backoff.succeeded();
                     }
                     res => {
                         let error = match res {
@@ -253,8 +262,7 @@ impl ConnectionTask {
                         let wait = if connect_failures % attempt_count == 0 {
                             long_wait
                         } else {
-                            Duration::from_millis(250u64 << connect_failures.min(6))
-                                .min(attempt_time)
+                            backoff.next_delay()
                         };
                         if connect_failures == 1 || connect_failures % attempt_count == 0 {
                             tracing::warn!(connector = %self.connector, endpoint = %self.plan.endpoint, error = %error, attempts = connect_failures, retry_in_ms = wait.as_millis() as u64, "Cannot connect to the Modbus device.");
@@ -323,7 +331,7 @@ impl ConnectionTask {
                             }
                             Outcome::Broken => {
                                 transport = None;
-                                next_connect = Instant::now() + Duration::from_millis(100);
+                                next_connect = Instant::now() + backoff.next_delay();
                                 self.all_offline(&mut states).await;
                                 break;
                             }
@@ -364,7 +372,7 @@ impl ConnectionTask {
     }
 
     fn log_once(&self, state: &mut SlaveState, text: String) {
-        if state.logged.len() < 100 && state.logged.insert(text.clone()) {
+        if state.logged.first(&text) {
             tracing::warn!(connector = %self.connector, error = %text, "Modbus read failed (logged once per distinct error; all are counted).");
         }
     }

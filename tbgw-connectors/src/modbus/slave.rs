@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use tbgw::backoff::Backoff;
 use tbgw::config::ConfigError;
+use tbgw::connector::TaskSpawner;
 use tbgw::downlink::{Downlink, RpcError};
 use tbgw::model::{now_millis, DeviceData};
 use tbgw::uplink::UplinkSender;
@@ -440,13 +442,18 @@ impl SlaveServer {
     }
 
     /// Serves until cancelled; `downlink` carries requests for the slave's device.
-    pub async fn run(self, cancel: CancellationToken, mut downlink: mpsc::Receiver<Downlink>) {
+    pub async fn run(
+        self,
+        cancel: CancellationToken,
+        mut downlink: mpsc::Receiver<Downlink>,
+        tasks: TaskSpawner,
+    ) {
         let _ = self
             .uplink
             .connect_device(self.plan.device.clone(), self.plan.device_type.clone())
             .await;
         let (wtx, mut wrx) = mpsc::channel::<(Table, u16, u16)>(WRITE_REPORTS);
-        let serve = self.serve(wtx, cancel.clone());
+        let serve = self.serve(wtx, cancel.clone(), &tasks);
         tokio::pin!(serve);
         let mut tick = tokio::time::interval(self.plan.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -618,17 +625,19 @@ impl SlaveServer {
         Some(out)
     }
 
-    async fn serve(&self, writes: Writes, cancel: CancellationToken) {
+    async fn serve(&self, writes: Writes, cancel: CancellationToken, tasks: &TaskSpawner) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
+            backoff.succeeded();
             let r = match &self.plan.endpoint {
                 Endpoint::Tcp { host, port } => {
-                    self.serve_tcp(host, *port, writes.clone(), cancel.clone())
+                    self.serve_tcp(host, *port, writes.clone(), cancel.clone(), tasks)
                         .await
                 }
                 Endpoint::Udp { host, port } => self.serve_udp(host, *port, writes.clone()).await,
                 // Slave mode keeps `Tcp` and carries its TLS settings in the plan.
                 Endpoint::Tls { host, port, .. } => {
-                    self.serve_tcp(host, *port, writes.clone(), cancel.clone())
+                    self.serve_tcp(host, *port, writes.clone(), cancel.clone(), tasks)
                         .await
                 }
                 Endpoint::Serial(s) => match open_serial(s) {
@@ -639,10 +648,11 @@ impl SlaveServer {
             if cancel.is_cancelled() {
                 return;
             }
+            let wait = backoff.next_delay();
             if let Err(e) = r {
-                tracing::warn!(connector = %self.connector, endpoint = %self.plan.endpoint, error = %e, "Modbus slave server failed; restarting it in 1 s.");
+                tracing::warn!(connector = %self.connector, endpoint = %self.plan.endpoint, error = %e, retry_in_ms = wait.as_millis() as u64, "Modbus slave server failed; restarting it.");
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -652,21 +662,20 @@ impl SlaveServer {
         port: u16,
         writes: Writes,
         cancel: CancellationToken,
+        tasks: &TaskSpawner,
     ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind((host, port)).await?;
         tracing::info!(connector = %self.connector, endpoint = %self.plan.endpoint, "Modbus slave server listening.");
-        let mut clients = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                Some(_) = clients.join_next(), if !clients.is_empty() => {}
                 acc = listener.accept() => {
                     let (stream, _) = acc?;
                     let _ = stream.set_nodelay(true);
                     let me = SlaveServer { plan: self.plan.clone(), store: self.store.clone(), uplink: self.uplink.clone(), connector: self.connector.clone() };
                     let w = writes.clone();
                     let tls = self.plan.tls.clone();
-                    clients.spawn(async move {
+                    tasks.spawn("slave client", async move {
                         match tls {
                             None => {
                                 let _ = me.serve_stream(stream, w).await;
@@ -684,6 +693,7 @@ impl SlaveServer {
                                 }
                             }
                         }
+                        Ok(())
                     });
                 }
             }

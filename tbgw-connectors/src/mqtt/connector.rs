@@ -1,6 +1,6 @@
 //! The MQTT connector's run loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +10,16 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
 use serde_json::{json, Value as Json};
+use tbgw::backoff::Backoff;
 use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
+use tbgw::log_once::LogOnce;
 use tbgw::model::now_millis;
 use tbgw::report::{self, ReportOverrides};
 use tbgw::uplink::{StoreOutcome, StoreReceipt};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{BrokerConfig, Datapoints, MqttConnectorConfig};
@@ -48,7 +50,7 @@ pub struct MqttConnector {
     mappings: Vec<Mapping>,
     requests: Requests,
     /// Error keys already logged (mapping or handler plus datapoint key).
-    logged: HashSet<String>,
+    logged: LogOnce,
 }
 
 impl std::fmt::Debug for MqttConnector {
@@ -410,7 +412,7 @@ impl MqttConnector {
             broker: cfg.broker,
             mappings,
             requests,
-            logged: HashSet::new(),
+            logged: LogOnce::new(MAX_LOGGED_ERRORS),
         })
     }
 
@@ -485,7 +487,7 @@ impl MqttConnector {
     /// Logs an error the first time its key (mapping or handler, plus datapoint key) is seen;
     /// every occurrence is counted by the caller.
     fn log_once(&mut self, key: String, text: &str) {
-        if self.logged.len() < MAX_LOGGED_ERRORS && self.logged.insert(key) {
+        if self.logged.first(&key) {
             tracing::warn!(connector = %self.name, error = %text, "Cannot handle a message (logged once per mapping and key; all are counted).");
         }
     }
@@ -553,7 +555,7 @@ struct RpcWait {
     dynamic: bool,
 }
 
-/// What a background task hands back to the run loop.
+/// What a sub-task hands back to the run loop.
 enum TaskDone {
     Attributes {
         handler: usize,
@@ -572,7 +574,8 @@ struct Session {
     rpc_subs: HashMap<String, (u8, usize)>,
     rpc_waits: Vec<RpcWait>,
     publishes: PublishTracker<RpcResponder>,
-    tasks: JoinSet<TaskDone>,
+    /// Where sub-tasks ([`ConnectorContext::spawn`]) hand back their results.
+    done: mpsc::UnboundedSender<TaskDone>,
 }
 
 impl Session {
@@ -845,22 +848,28 @@ impl MqttConnector {
             match h.asked(topic, &content, payload) {
                 Ok(asked) => {
                     let uplink = cx.uplink().clone();
-                    s.tasks.spawn(async move {
-                        let answer = uplink
-                            .request_attributes(
-                                asked.device.clone(),
-                                asked.client,
-                                asked.keys.clone(),
-                                ATTRIBUTE_REQUEST_TIMEOUT,
-                            )
-                            .await
-                            .map_err(|e| e.to_string());
-                        TaskDone::Attributes {
-                            handler: i,
-                            asked,
-                            answer,
-                        }
-                    });
+                    let done = s.done.clone();
+                    cx.spawn(
+                        format!("attribute request of {}", asked.device),
+                        async move {
+                            let answer = uplink
+                                .request_attributes(
+                                    asked.device.clone(),
+                                    asked.client,
+                                    asked.keys.clone(),
+                                    ATTRIBUTE_REQUEST_TIMEOUT,
+                                )
+                                .await
+                                .map_err(|e| e.to_string());
+                            // The receiver is gone only when the run has ended.
+                            let _ = done.send(TaskDone::Attributes {
+                                handler: i,
+                                asked,
+                                answer,
+                            });
+                            Ok(())
+                        },
+                    );
                 }
                 Err(e) => problems.push((format!("attributeRequests[{i}]"), e)),
             }
@@ -943,6 +952,7 @@ impl Connector for MqttConnector {
                 filters.push((f.to_string(), q));
             }
         }
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut s = Session {
             client,
             connected: false,
@@ -950,7 +960,7 @@ impl Connector for MqttConnector {
             rpc_subs: HashMap::new(),
             rpc_waits: Vec::new(),
             publishes: PublishTracker::default(),
-            tasks: JoinSet::new(),
+            done: done_tx,
         };
         // Acks are sent in arrival order once storage has the data. Each connection has an
         // epoch: a PUBACK for a message of an earlier connection is never sent on a later one
@@ -959,7 +969,7 @@ impl Connector for MqttConnector {
         let mut pending: FuturesOrdered<
             std::pin::Pin<Box<dyn std::future::Future<Output = PendingAck> + Send>>,
         > = FuturesOrdered::new();
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let cancel = cx.cancellation().clone();
         // PUBACKs due but not yet handed to rumqttc because its request channel was full.
         // Only the event loop drains that channel, so while this backlog exists the loop below
@@ -1006,7 +1016,7 @@ impl Connector for MqttConnector {
                         epoch += 1;
                         // PUBACKs of the previous connection must not go out on this one.
                         unsent.clear();
-                        delay = Duration::from_millis(500);
+                        backoff.succeeded();
                         s.connected = true;
                         s.publishes.connected(session_present);
                         tracing::info!(connector = %self.name, host = %self.broker.host, port = self.broker.port, "Connected to the MQTT broker.");
@@ -1054,22 +1064,18 @@ impl Connector for MqttConnector {
                     Err(e) => {
                         cx.stats().add_errors(1);
                         s.lost();
+                        let delay = backoff.next_delay();
                         tracing::warn!(connector = %self.name, host = %self.broker.host, port = self.broker.port, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT broker connection failed; retrying.");
                         tokio::select! {
                             _ = cancel.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(delay) => {}
                         }
-                        delay = (delay * 2).min(Duration::from_secs(30));
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     s.expire_rpcs();
                 }
-                Some(done) = s.tasks.join_next(), if !s.tasks.is_empty() => {
-                    if let Ok(done) = done {
-                        self.task_done(cx, &mut s, done);
-                    }
-                }
+                Some(done) = done_rx.recv() => self.task_done(cx, &mut s, done),
                 Some(dl) = cx.recv_downlink() => match dl {
                     Downlink::Rpc(rpc) => self.handle_rpc(cx, &mut s, rpc),
                     Downlink::AttributeUpdate(u) => self.handle_attribute_update(cx, &mut s, u),

@@ -27,6 +27,7 @@ use opcua::types::{
     ObjectId, ReadValueId, StatusChangeNotification, TimestampsToReturn, UserTokenPolicy,
     VariableId,
 };
+use tbgw::backoff::Backoff;
 use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError};
@@ -552,7 +553,8 @@ impl OnSubscriptionNotificationCore for Collector {
 struct Live {
     session: Arc<Session>,
     events: mpsc::Receiver<LoopEvent>,
-    event_task: tokio::task::JoinHandle<()>,
+    /// Stops the session's event task (a sub-task of the run) when the connection is dropped.
+    _event_task: tokio_util::sync::DropGuard,
     limits: Limits,
     devices: HashMap<(usize, NodeId), Device>,
     tags: HashMap<u32, Tag>,
@@ -564,12 +566,6 @@ struct Live {
     dropped: Arc<AtomicU64>,
     reported_dropped: u64,
     bad_logged: HashSet<u32>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.event_task.abort();
-    }
 }
 
 /// Why a connection ended.
@@ -586,6 +582,14 @@ fn err_text(e: impl std::fmt::Display) -> String {
 impl Connector for OpcUaConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let mut failures: u32 = 0;
+        // `reconnectBackoffInitialDelay` (s) multiplied by `reconnectBackoffFactor` after each
+        // failed attempt, at most MAX_BACKOFF; a connection starts from the initial delay again.
+        let initial = self
+            .server
+            .reconnect_backoff_initial_delay
+            .clamp(0.0, MAX_BACKOFF.as_secs_f64());
+        let mut backoff = Backoff::new(Duration::from_secs_f64(initial), MAX_BACKOFF)
+            .with_factor(self.server.reconnect_backoff_factor);
         loop {
             if cx.cancellation().is_cancelled() {
                 return Ok(());
@@ -593,6 +597,7 @@ impl Connector for OpcUaConnector {
             match self.connect(cx).await {
                 Ok(mut live) => {
                     failures = 0;
+                    backoff.reset();
                     tracing::info!(connector = %self.name, url = %self.server.url, "Connected to the OPC-UA server.");
                     let end = self.serve(cx, &mut live).await;
                     let names: Vec<Arc<str>> =
@@ -630,13 +635,7 @@ impl Connector for OpcUaConnector {
                     }
                 }
             }
-            let delay = self.server.reconnect_backoff_initial_delay
-                * self
-                    .server
-                    .reconnect_backoff_factor
-                    .powi(failures.saturating_sub(1) as i32);
-            let delay = Duration::from_secs_f64(delay.min(MAX_BACKOFF.as_secs_f64()));
-            if !self.wait_answering(cx, delay).await {
+            if !self.wait_answering(cx, backoff.next_delay()).await {
                 return Ok(());
             }
         }
@@ -741,10 +740,16 @@ impl OpcUaConnector {
         .map_err(err_text)?;
         let (tx, mut events) = mpsc::channel(EVENT_CAPACITY);
         let stream = event_loop.enter();
-        let event_task = tokio::spawn(async move {
+        let stop = cx.cancellation().child_token();
+        let stopped = stop.clone();
+        cx.spawn("OPC-UA session events", async move {
             tokio::pin!(stream);
             let reason = loop {
-                match stream.next().await {
+                let next = tokio::select! {
+                    _ = stopped.cancelled() => return Ok(()),
+                    next = stream.next() => next,
+                };
+                match next {
                     Some(Ok(SessionPollResult::Reconnected(_))) => {
                         let _ = tx.send(LoopEvent::Connected).await;
                     }
@@ -757,11 +762,12 @@ impl OpcUaConnector {
                 }
             };
             let _ = tx.send(LoopEvent::Lost(reason)).await;
+            Ok(())
         });
         let guard = Live {
             session: session.clone(),
             events: mpsc::channel(1).1,
-            event_task,
+            _event_task: stop.drop_guard(),
             limits: Limits {
                 read: DEFAULT_LIMIT,
                 browse: DEFAULT_LIMIT,

@@ -18,7 +18,6 @@ use tbgw::model::{now_millis, DeviceData};
 use tbgw::stats::ConnectorStats;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -506,18 +505,22 @@ async fn handle_rpc(shared: &Shared, rpc: RpcRequest) {
 #[async_trait]
 impl Connector for RequestConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
+        // HTTP connections are sub-tasks of this run.
+        self.shared.client.attach(cx.spawner());
         let cancel = cx.cancellation().clone();
-        let mut polls = JoinSet::new();
         for m in &self.mappings {
-            polls.spawn(poll_loop(
+            let poll = poll_loop(
                 self.shared.clone(),
                 m.clone(),
                 cx.uplink().clone(),
                 cx.stats().clone(),
                 cancel.clone(),
-            ));
+            );
+            cx.spawn(format!("poll mapping[{}] {}", m.index, m.url), async move {
+                poll.await;
+                Ok(())
+            });
         }
-        let mut downlinks: JoinSet<()> = JoinSet::new();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLINK));
         let mut downlink_open = true;
         loop {
@@ -527,14 +530,6 @@ impl Connector for RequestConnector {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(done) = downlinks.join_next(), if !downlinks.is_empty() => {
-                    if let Err(e) = done {
-                        if e.is_panic() {
-                            cx.stats().add_errors(1);
-                            tracing::error!(connector = %self.shared.name, error = %e, "A downlink handler panicked.");
-                        }
-                    }
-                }
                 dl = cx.recv_downlink(), if downlink_open => {
                     let Some(dl) = dl else {
                         downlink_open = false;
@@ -544,19 +539,20 @@ impl Connector for RequestConnector {
                     let Ok(permit) = limit.clone().acquire_owned().await else { break };
                     let shared = self.shared.clone();
                     let stats = cx.stats().clone();
-                    downlinks.spawn(async move {
+                    cx.spawn("downlink request", async move {
                         let _permit = permit;
                         match dl {
                             Downlink::Rpc(rpc) => handle_rpc(&shared, rpc).await,
                             Downlink::AttributeUpdate(u) => handle_attribute_update(&shared, u, &stats).await,
                             _ => {}
                         }
+                        Ok(())
                     });
                 }
             }
         }
-        polls.shutdown().await;
-        downlinks.shutdown().await;
+        // Poll tasks watch the same token; downlink handlers still in flight are aborted.
+        cx.finish_tasks(Duration::ZERO).await;
         Ok(())
     }
 }

@@ -20,7 +20,6 @@ use tbgw::stats::ConnectorStats;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::config::{ConverterConfig, OutboundConfig, RestConnectorConfig, SecurityConfig};
 use super::server::{
@@ -520,6 +519,8 @@ impl Connector for RestConnector {
                 ))
             })?;
         tracing::info!(connector = %self.name, host = %self.host, port = self.port, https = acceptor.is_some(), "REST server listening.");
+        // Outgoing HTTP connections (downlink requests) are sub-tasks of this run.
+        self.outgoing.client.attach(cx.spawner());
         // The routes move into the server on the first run; a restarted run reuses them.
         let routes = self.routes.take().unwrap_or_default();
         let server = Arc::new(Server::new(
@@ -549,34 +550,34 @@ impl RestConnector {
         server: Arc<Server>,
     ) -> Result<(), ConnectorError> {
         let cancel = cx.cancellation().clone();
-        let mut conns: JoinSet<()> = JoinSet::new();
-        let mut downlinks: JoinSet<()> = JoinSet::new();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLINK));
         let mut downlink_open = true;
         loop {
             // Cancellation first. On cancel, open connections and outgoing downlink requests
-            // are aborted when their JoinSets drop; held requests get no answer.
+            // (sub-tasks of this run) are aborted; held requests get no answer.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                Some(_) = downlinks.join_next(), if !downlinks.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         let _ = stream.set_nodelay(true);
                         let server = server.clone();
                         match &acceptor {
                             None => {
-                                conns.spawn(serve(stream, server));
+                                cx.spawn("client connection", async move {
+                                    serve(stream, server).await;
+                                    Ok(())
+                                });
                             }
                             Some(a) => {
                                 let a = a.clone();
-                                conns.spawn(async move {
+                                cx.spawn("client connection", async move {
                                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(stream)).await {
                                         Ok(Ok(tls)) => serve(tls, server).await,
                                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),
                                         Err(_) => tracing::debug!("TLS handshake timed out."),
                                     }
+                                    Ok(())
                                 });
                             }
                         }
@@ -616,19 +617,19 @@ impl RestConnector {
                     let Ok(permit) = limit.clone().acquire_owned().await else { break };
                     let out = self.outgoing.clone();
                     let stats = cx.stats().clone();
-                    downlinks.spawn(async move {
+                    cx.spawn("downlink request", async move {
                         let _permit = permit;
                         match dl {
                             Downlink::Rpc(rpc) => handle_rpc(&out, rpc).await,
                             Downlink::AttributeUpdate(u) => handle_attribute_update(&out, u, &stats).await,
                             _ => {}
                         }
+                        Ok(())
                     });
                 }
             }
         }
-        conns.shutdown().await;
-        downlinks.shutdown().await;
+        cx.finish_tasks(Duration::ZERO).await;
         Ok(())
     }
 }

@@ -8,9 +8,11 @@ use std::fs;
 use serde_json::json;
 use tempfile::TempDir;
 
-/// Upstream's sample configuration directory (`<workspace>/../shared/reference/upstream-config`).
-fn upstream_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/upstream-config")
+/// Upstream's sample configuration directory, when it is beside this clone (see
+/// [`crate::test_util::upstream_sample`]).
+fn upstream_dir() -> Option<PathBuf> {
+    crate::test_util::upstream_sample("tb_gateway.json")?;
+    crate::test_util::upstream_config_dir()
 }
 
 fn no_env() -> HashMap<String, String> {
@@ -157,7 +159,8 @@ fn assert_not_ignored(loaded: &LoadedConfig, key: &str) {
 
 #[test]
 fn upstream_sample_tb_gateway_json_loads() {
-    let file = upstream_dir().join("tb_gateway.json");
+    let Some(dir) = upstream_dir() else { return };
+    let file = dir.join("tb_gateway.json");
     let loaded = load_with_env(&file, &no_env())
         .unwrap_or_else(|e| panic!("upstream's sample must load, got:\n{e}"));
     let tb = &loaded.gateway.thingsboard;
@@ -183,12 +186,13 @@ fn upstream_sample_tb_gateway_json_loads() {
     assert!(loaded.connectors.is_empty());
     assert!(loaded.gateway.connectors.is_empty());
     assert_eq!(loaded.file, file);
-    assert_eq!(loaded.dir, upstream_dir());
+    assert_eq!(loaded.dir, dir);
 }
 
 #[test]
 fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
-    let file = upstream_dir().join("tb_gateway.json");
+    let Some(dir) = upstream_dir() else { return };
+    let file = dir.join("tb_gateway.json");
     let loaded = load_with_env(&file, &no_env()).expect("upstream's sample must load");
     for key in [
         "thingsboard.latencyDebugMode",

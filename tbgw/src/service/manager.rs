@@ -138,10 +138,7 @@ impl Manager {
             .iter()
             .find(|f| f.connector_type() == &*handle.connector_type)
             .ok_or_else(|| {
-                format!(
-                    "connector type `{}` is not available in this build",
-                    handle.connector_type
-                )
+                crate::connector::unknown_connector_type(&handle.connector_type, &self.factories)
             })?;
         let mut keys = Vec::new();
         let c = factory.build(&spec, &mut keys).map_err(|e| e.to_string())?;

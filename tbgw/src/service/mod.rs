@@ -493,6 +493,7 @@ impl Services {
                     "convertersErrors": d("convert_errors"),
                     "connectorsErrors": d("errors"),
                     "connectorRestarts": d("restarts"),
+                    "connectorTaskFailures": d("task_failures"),
                     "devices": known,
                     "devicesConnected": online,
                 }),

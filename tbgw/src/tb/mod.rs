@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::config::{Credentials, ThingsBoardConfig};
 use crate::downlink::Downlink;
 use crate::registry::DeviceRegistry;
@@ -255,7 +256,7 @@ struct Session {
 
 impl TbClient {
     pub(crate) async fn run(mut self) {
-        let mut delay = self.opts.reconnect_min;
+        let mut backoff = self.backoff();
         while let Some((p, dir)) = self.opts.provisioning.clone() {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -265,23 +266,23 @@ impl TbClient {
                         self.opts.provisioning = None;
                     }
                     Err(e) => {
+                        let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Provisioning the gateway device failed; retrying.");
                         tokio::select! {
                             _ = self.cancel.cancelled() => return,
                             _ = tokio::time::sleep(delay) => {}
                         }
-                        delay = (delay * 2).min(self.opts.reconnect_max);
                     }
                 },
             }
         }
-        delay = self.opts.reconnect_min;
+        backoff = self.backoff();
         self.limits = throttle::Limits::from_config(&self.opts.rate_limits, &self.opts.host);
         loop {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let started = Instant::now();
+            backoff.succeeded();
             let end = self.session().await;
             self.shared
                 .stats
@@ -291,7 +292,7 @@ impl TbClient {
                 SessionEnd::Cancelled => break,
                 SessionEnd::Lost(reason) => {
                     if std::mem::take(&mut self.reconnect_now) {
-                        delay = self.opts.reconnect_min;
+                        backoff = self.backoff();
                         continue;
                     }
                     if self
@@ -311,16 +312,12 @@ impl TbClient {
                                     t.trial.as_secs()
                                 ),
                             ));
-                            delay = self.opts.reconnect_min;
+                            backoff = self.backoff();
                             continue;
                         }
                     }
                     self.shared.stats.add_connection_errors(1);
-                    if started.elapsed() > Duration::from_secs(60) {
-                        delay = self.opts.reconnect_min;
-                    }
-                    let jitter = delay.mul_f64(fastrand::f64() * 0.3);
-                    let wait = delay + jitter;
+                    let wait = backoff.next_delay();
                     tracing::warn!(host = %self.opts.host, port = self.opts.port, error = %reason, retry_in_ms = wait.as_millis() as u64, "ThingsBoard connection lost or refused; retrying.");
                     let deadline = Instant::now() + wait;
                     // While offline, keep consuming control requests so no producer blocks:
@@ -344,10 +341,14 @@ impl TbClient {
                             }
                         }
                     }
-                    delay = (delay * 2).min(self.opts.reconnect_max);
                 }
             }
         }
+    }
+
+    /// The reconnect backoff of the current settings (`reconnect_min` → `reconnect_max`).
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.opts.reconnect_min, self.opts.reconnect_max)
     }
 
     fn mqtt_options(&self) -> MqttOptions {

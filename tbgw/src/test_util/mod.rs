@@ -26,6 +26,7 @@ mod pki;
 pub mod process;
 mod python;
 mod tb_standin;
+mod upstream;
 
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
@@ -35,3 +36,4 @@ pub use tb_standin::{
     GATEWAY_ATTRIBUTES_TOPIC, GATEWAY_RPC_TOPIC, ME_ATTRIBUTES_TOPIC, ME_RPC_REQUEST_PREFIX,
     ME_RPC_RESPONSE_PREFIX,
 };
+pub use upstream::{upstream_config_dir, upstream_sample};

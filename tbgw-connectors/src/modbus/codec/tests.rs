@@ -392,6 +392,29 @@ fn encoding_rejects_values_that_do_not_fit() {
 }
 
 #[test]
+fn bytes_values_with_non_ascii_or_signed_digits_are_errors_not_panics() {
+    let b = spec("bytes", 2, Order::Big, Order::Big);
+    // "aé0" has four UTF-8 bytes: byte-index slicing cut `é` in half and panicked.
+    for bad in ["aé0", "éé", "0é", "dead bee€", "+f00", "-f00", "0x0f"] {
+        let e = encode_registers(&json!(bad), &b).expect_err(bad);
+        assert!(e.to_string().contains(bad), "{bad}: {e}");
+    }
+    assert_eq!(
+        encode_registers(&json!("de ad\tbe ef"), &b),
+        Ok(vec![0xDEAD, 0xBEEF])
+    );
+    assert_eq!(encode_registers(&json!("DEAD"), &b), Ok(vec![0xDEAD, 0]));
+    assert!(
+        encode_registers(&json!("abc"), &b).is_err(),
+        "odd digit count"
+    );
+    assert!(
+        encode_registers(&json!("0011223344"), &b).is_err(),
+        "too long"
+    );
+}
+
+#[test]
 fn half_floats_round_trip() {
     for (x, h) in [
         (1.0, 0x3C00u16),
