@@ -118,10 +118,65 @@ impl ConnectorFactory for ModbusFactory {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: ModbusConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
+        // One slave at a time: each is read from the JSON tree, validated into its plan and
+        // dropped before the next, so a file with thousands of datapoints never exists in
+        // typed form all at once next to its tree (about 0.3 KB per datapoint).
+        let file = &spec.file;
+        let (cfg, slaves) = match spec.config.pointer("/master/slaves") {
+            Some(serde_json::Value::Array(list)) => {
+                let top: ModbusConnectorConfig =
+                    parse::from_value(file, "", &without_slave_list(&spec.config), ignored)?;
+                let mut slaves = Vec::with_capacity(list.len());
+                for (i, raw) in list.iter().enumerate() {
+                    let s: config::SlaveConfig =
+                        parse::from_value(file, &format!("master.slaves[{i}]"), raw, ignored)?;
+                    connector::note_ignored(i, &s, ignored);
+                    slaves.push(plan::slave(file, i, &s)?);
+                }
+                (top, slaves)
+            }
+            // No list, or not a list: the whole file at once (and its error).
+            _ => {
+                let cfg: ModbusConnectorConfig =
+                    parse::from_value(file, "", &spec.config, ignored)?;
+                let mut slaves = Vec::new();
+                for (i, s) in cfg.master.iter().flat_map(|m| m.slaves.iter()).enumerate() {
+                    connector::note_ignored(i, s, ignored);
+                    slaves.push(plan::slave(file, i, s)?);
+                }
+                (cfg, slaves)
+            }
+        };
         flattened_unknown_keys(&spec.config, ignored);
         Ok(Box::new(ModbusConnector::build(
-            &spec.file, &spec.name, cfg, ignored,
+            file,
+            slaves,
+            cfg.slave.as_ref(),
         )?))
     }
+}
+
+/// A shallow copy of a connector file's content with an empty `master.slaves` (whose
+/// entries are read one by one).
+fn without_slave_list(raw: &serde_json::Value) -> serde_json::Value {
+    let mut top = serde_json::Map::new();
+    for (k, v) in raw.as_object().into_iter().flatten() {
+        let v = match (k.as_str(), v) {
+            ("master", serde_json::Value::Object(m)) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(mk, mv)| {
+                        let mv = if mk == "slaves" {
+                            serde_json::Value::Array(Vec::new())
+                        } else {
+                            mv.clone()
+                        };
+                        (mk.clone(), mv)
+                    })
+                    .collect(),
+            ),
+            _ => v.clone(),
+        };
+        top.insert(k.clone(), v);
+    }
+    serde_json::Value::Object(top)
 }
