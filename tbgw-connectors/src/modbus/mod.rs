@@ -180,3 +180,70 @@ fn without_slave_list(raw: &serde_json::Value) -> serde_json::Value {
     }
     serde_json::Value::Object(top)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(config: serde_json::Value) -> ConnectorSpec {
+        ConnectorSpec {
+            name: "Modbus".into(),
+            connector_type: "modbus".into(),
+            file: "modbus.json".into(),
+            config,
+        }
+    }
+
+    fn slave(port: u16, extra: serde_json::Value) -> serde_json::Value {
+        let mut s = json!({"type": "tcp", "host": "127.0.0.1", "port": port, "unitId": 1,
+            "deviceName": format!("d{port}"), "pollPeriod": 1000,
+            "timeseries": [{"tag": "t", "type": "16uint", "functionCode": 3, "address": 0}]});
+        if let (Some(s), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn slaves_read_one_at_a_time_keep_their_paths_in_errors_and_ignored_keys() {
+        let cfg = json!({
+            "unknownTop": 1,
+            "master": {"slaves": [
+                slave(5020, json!({"handleLocalEcho": false})),
+                slave(5021, json!({"timeseries": [{"tag": "t", "type": "16uint",
+                    "functionCode": 3, "address": 0, "colour": "red"}], "shape": 2}))
+            ]}
+        });
+        let mut ignored = Vec::new();
+        ModbusFactory::new()
+            .build(&spec(cfg.clone()), &mut ignored)
+            .expect("valid");
+        ignored.sort();
+        assert_eq!(
+            ignored,
+            [
+                "master.slaves[0].handleLocalEcho",
+                "master.slaves[1].shape",
+                "master.slaves[1].timeseries[0].colour",
+                "unknownTop"
+            ]
+        );
+
+        let mut bad = cfg;
+        bad["master"]["slaves"][1]["timeseries"][0]["functionCode"] = json!("three");
+        let Err(e) = ModbusFactory::new().build(&spec(bad.clone()), &mut Vec::new()) else {
+            panic!("a string function code is an error")
+        };
+        assert_eq!(e.key, "master.slaves[1].timeseries[0].functionCode");
+        bad["master"]["slaves"][1]["timeseries"][0]["functionCode"] = json!(6);
+        let Err(e) = ModbusFactory::new().build(&spec(bad.clone()), &mut Vec::new()) else {
+            panic!("a write function code in timeseries is an error")
+        };
+        assert_eq!(e.key, "master.slaves[1].timeseries[0].functionCode");
+        bad["master"]["slaves"] = json!({"not": "a list"});
+        assert!(ModbusFactory::new()
+            .build(&spec(bad), &mut Vec::new())
+            .is_err());
+    }
+}

@@ -751,6 +751,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cloned_connection_plan_shares_its_slaves() {
+        let cfg: SlaveConfig = serde_json::from_value(serde_json::json!({
+            "type": "tcp", "host": "127.0.0.1", "port": 5020, "deviceName": "m1",
+            "timeseries": [{"tag": "a", "type": "16uint", "functionCode": 3, "address": 0}]
+        }))
+        .expect("slave config");
+        let file = Path::new("modbus.json");
+        let plans = connections(file, vec![slave(file, 0, &cfg).expect("plan")]).expect("valid");
+        // The connector keeps one for downlink routing, the connection task the other.
+        let task_copy = plans[0].clone();
+        assert!(Arc::ptr_eq(&plans[0].slaves, &task_copy.slaves));
+        assert_eq!(plans[0].slaves[0].reads.capacity(), 1);
+    }
+
+    #[test]
     fn neighbouring_registers_share_a_request_up_to_the_limit() {
         let points: Vec<Datapoint> = (0..1000).map(|a| dp(3, a, "16uint", 1)).collect();
         let blocks = coalesce(&points, 125, 2000);
