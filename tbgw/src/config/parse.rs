@@ -60,28 +60,7 @@ pub fn join(prefix: &str, path: &str) -> String {
 }
 
 /// Reads a JSON (or, for `.yaml`/`.yml`, YAML) file into a JSON value.
-///
-/// The file is parsed on a short-lived thread of its own. A JSON tree is large and
-/// short-lived (about 0.8 KB per object: a connector file with 15,000 datapoints makes 12 MB
-/// that live only until the connector is built); allocated by another thread, it sits in
-/// another malloc arena (glibc), which is given back to the system when the tree is dropped,
-/// instead of leaving a hole in the main heap that stays resident for the life of the process.
 pub fn read_file(file: &Path) -> Result<serde_json::Value, ConfigError> {
-    std::thread::scope(|s| {
-        match std::thread::Builder::new()
-            .name("tbgw-config".into())
-            .spawn_scoped(s, || read_file_here(file))
-        {
-            Ok(parser) => parser.join().unwrap_or_else(|_| {
-                Err(ConfigError::new(file, "", "the configuration parser panicked"))
-            }),
-            // No thread to be had: parse here.
-            Err(_) => read_file_here(file),
-        }
-    })
-}
-
-fn read_file_here(file: &Path) -> Result<serde_json::Value, ConfigError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read file: {e}")))?;
     let is_yaml = matches!(
