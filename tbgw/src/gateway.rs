@@ -262,7 +262,9 @@ impl GatewayBuilder {
                             connector_type: Arc::from(spec.connector_type.as_str()),
                             connector: c,
                             file: Some(spec.file.clone()),
-                            config: spec.config.clone(),
+                            // Only what the report service reads later: a copy of the
+                            // whole tree doubled the peak memory of large files.
+                            config: crate::report::connector_keys_only(&spec.config),
                         });
                     }
                     Err(e) => errors.push(e),

@@ -13,11 +13,12 @@ use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError, RpcRequest, RpcResponder};
 use tokio::sync::mpsc;
 
-use super::config::{DatapointConfig, ModbusConnectorConfig, SlaveConfig};
-use super::master::{run_op, Command, ConnectionTask, Op, Reply};
-use super::plan::{self, ConnectionPlan, Use};
+use super::codec::Framing;
+use super::config::{DatapointConfig, SlaveConfig, SlaveServerConfig};
+use super::master::{run_op, Command, CommandSender, ConnectionTask, Op, Reply};
+use super::plan::{self, ConnectionPlan, SlavePlan, Use};
 use super::slave::{self, SlaveServer, SlaveServerPlan};
-use super::transport::Transport;
+use super::transport::{Endpoint, Transport};
 
 /// Pending downlink requests per connection; a full queue answers "busy" instead of waiting.
 const COMMAND_QUEUE: usize = 64;
@@ -37,19 +38,13 @@ pub struct ModbusConnector {
 }
 
 impl ModbusConnector {
+    /// Builds the connector from its validated slaves (see [`plan::slave`], built one at a
+    /// time by the factory) and its `slave` section.
     pub(super) fn build(
         file: &Path,
-        _name: &str,
-        cfg: ModbusConnectorConfig,
-        ignored: &mut Vec<String>,
+        slaves: Vec<(Endpoint, Framing, SlavePlan)>,
+        server: Option<&SlaveServerConfig>,
     ) -> Result<Self, ConfigError> {
-        let mut slaves = Vec::new();
-        if let Some(m) = &cfg.master {
-            for (i, s) in m.slaves.iter().enumerate() {
-                note_ignored(i, s, ignored);
-                slaves.push(plan::slave(file, i, s)?);
-            }
-        }
         let connections = plan::connections(file, slaves)?;
         let mut devices = HashMap::new();
         for (c, conn) in connections.iter().enumerate() {
@@ -63,7 +58,7 @@ impl ModbusConnector {
                 }
             }
         }
-        let server = match &cfg.slave {
+        let server = match server {
             Some(s) => {
                 let p = slave::build_plan(file, s)?;
                 if devices.contains_key(&p.device) {
@@ -92,7 +87,7 @@ impl ModbusConnector {
     }
 }
 
-fn note_ignored(i: usize, s: &SlaveConfig, ignored: &mut Vec<String>) {
+pub(super) fn note_ignored(i: usize, s: &SlaveConfig, ignored: &mut Vec<String>) {
     let p = format!("master.slaves[{i}]");
     if s.handle_local_echo.is_some() {
         ignored.push(format!("{p}.handleLocalEcho"));
@@ -169,8 +164,8 @@ fn rpc_value(params: &Json) -> Option<Json> {
 }
 
 impl ModbusConnector {
-    fn send(&self, senders: &[mpsc::Sender<Command>], conn: usize, cmd: Command) {
-        if let Err(e) = senders[conn].try_send(cmd) {
+    fn send(&self, senders: &[CommandSender], conn: usize, cmd: Command) {
+        if let Err(e) = senders[conn].try_send(Box::new(cmd)) {
             let cmd = match e {
                 mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
             };
@@ -184,7 +179,7 @@ impl ModbusConnector {
         }
     }
 
-    fn device_rpc(&self, senders: &[mpsc::Sender<Command>], rpc: RpcRequest, c: usize, s: usize) {
+    fn device_rpc(&self, senders: &[CommandSender], rpc: RpcRequest, c: usize, s: usize) {
         let slave = &self.connections[c].slaves[s];
         let op = if rpc.method == "get" || rpc.method == "set" {
             match params_map(&rpc.params).and_then(|m| op_from_params(&m, slave.orders, slave.unit))
@@ -231,12 +226,7 @@ impl ModbusConnector {
 
     /// `modbus_get` / `modbus_set` on the gateway device: on an ad-hoc slave when params name
     /// a connection (`host`/`port`/`type`...), else on every configured slave.
-    fn connector_rpc(
-        &self,
-        senders: &[mpsc::Sender<Command>],
-        rpc: RpcRequest,
-        cx: &ConnectorContext,
-    ) {
+    fn connector_rpc(&self, senders: &[CommandSender], rpc: RpcRequest, cx: &ConnectorContext) {
         if rpc.method != "get" && rpc.method != "set" {
             return rpc.responder.err(RpcError::NotFound(format!(
                 "connector method `{}`; expected get or set",

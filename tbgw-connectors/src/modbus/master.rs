@@ -169,6 +169,11 @@ struct SlaveState {
 /// Most distinct read errors logged per slave; after that they are only counted.
 const MAX_LOGGED_ERRORS: usize = 100;
 
+/// The queue of one connection's downlink requests. Boxed: a channel allocates its first
+/// block of 32 slots when it is created, and a slot of an unboxed [`Command`] is about
+/// 120 bytes (4 KB per connection, 2 MB for 500 devices, while nothing is sent).
+pub type CommandSender = mpsc::Sender<Box<Command>>;
+
 /// Runs one connection until cancelled.
 #[derive(Debug)]
 pub struct ConnectionTask {
@@ -181,7 +186,7 @@ pub struct ConnectionTask {
     /// Stop signal.
     pub cancel: CancellationToken,
     /// Downlink requests for this connection's slaves.
-    pub commands: mpsc::Receiver<Command>,
+    pub commands: mpsc::Receiver<Box<Command>>,
     /// Connector name for logs.
     pub connector: Arc<str>,
 }
@@ -291,7 +296,7 @@ impl ConnectionTask {
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return };
-                    self.execute(&mut transport, cmd).await;
+                    self.execute(&mut transport, *cmd).await;
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     let Some(t) = transport.as_mut() else { continue };

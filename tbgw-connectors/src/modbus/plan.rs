@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -146,6 +147,9 @@ pub struct SlavePlan {
 }
 
 /// One connection and the slaves polled over it, in configuration order.
+///
+/// Cloning is cheap: the slaves (with their datapoints, the bulk of a large configuration)
+/// are shared, so the connector and its connection task hold one copy between them.
 #[derive(Debug, Clone)]
 pub struct ConnectionPlan {
     /// Where.
@@ -153,7 +157,7 @@ pub struct ConnectionPlan {
     /// Framing.
     pub framing: Framing,
     /// The slaves.
-    pub slaves: Vec<SlavePlan>,
+    pub slaves: Arc<[SlavePlan]>,
 }
 
 /// Resolves the connection keys of one slave (or of the `slave` section).
@@ -613,6 +617,7 @@ pub fn slave(
             "must be at least 1",
         ));
     }
+    reads.shrink_to_fit();
     let points: Vec<Datapoint> = reads.iter().map(|(_, p)| p.clone()).collect();
     let blocks = coalesce(
         &points,
@@ -675,30 +680,33 @@ pub fn connections(
     // its settings only, which never change.
     #[allow(clippy::mutable_key_type)]
     let mut index: HashMap<Endpoint, usize> = HashMap::new();
-    let mut out: Vec<ConnectionPlan> = Vec::new();
+    let mut out: Vec<(Endpoint, Framing, Vec<SlavePlan>)> = Vec::new();
     for (i, (ep, framing, plan)) in slaves.into_iter().enumerate() {
         match index.get(&ep) {
             Some(&k) => {
-                if out[k].framing != framing {
+                if out[k].1 != framing {
                     return Err(ConfigError::new(
                         file,
                         format!("master.slaves[{i}].method"),
                         format!("{ep} is shared with an earlier slave that uses another framing"),
                     ));
                 }
-                out[k].slaves.push(plan);
+                out[k].2.push(plan);
             }
             None => {
                 index.insert(ep.clone(), out.len());
-                out.push(ConnectionPlan {
-                    endpoint: ep,
-                    framing,
-                    slaves: vec![plan],
-                });
+                out.push((ep, framing, vec![plan]));
             }
         }
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|(endpoint, framing, slaves)| ConnectionPlan {
+            endpoint,
+            framing,
+            slaves: slaves.into(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -740,6 +748,21 @@ mod tests {
         let mut keys: Vec<_> = r.keys.keys().cloned().collect();
         keys.sort();
         assert_eq!(keys, ["r_0", "r_1", "r_2"]);
+    }
+
+    #[test]
+    fn a_cloned_connection_plan_shares_its_slaves() {
+        let cfg: SlaveConfig = serde_json::from_value(serde_json::json!({
+            "type": "tcp", "host": "127.0.0.1", "port": 5020, "deviceName": "m1",
+            "timeseries": [{"tag": "a", "type": "16uint", "functionCode": 3, "address": 0}]
+        }))
+        .expect("slave config");
+        let file = Path::new("modbus.json");
+        let plans = connections(file, vec![slave(file, 0, &cfg).expect("plan")]).expect("valid");
+        // The connector keeps one for downlink routing, the connection task the other.
+        let task_copy = plans[0].clone();
+        assert!(Arc::ptr_eq(&plans[0].slaves, &task_copy.slaves));
+        assert_eq!(plans[0].slaves[0].reads.capacity(), 1);
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl TransportError {
     }
 }
 
+/// The largest Modbus frame on the wire (an ASCII frame of a 253-byte PDU is larger, and
+/// `buf` grows for it).
+const MAX_ADU: usize = 260;
+
 enum Io {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -177,8 +181,9 @@ impl Transport {
             io,
             framing,
             transaction: 0,
-            buf: Vec::with_capacity(512),
-            out: Vec::with_capacity(512),
+            // Grown on first use to what the requests need (at most an ADU each).
+            buf: Vec::new(),
+            out: Vec::new(),
         })
     }
 
@@ -245,13 +250,19 @@ impl Transport {
                     }
                 }
             }
-            let mut tmp = [0u8; 512];
+            // Straight into `buf` (no stack buffer in every connection task's future). One
+            // frame per datagram: UDP drops whatever a previous datagram left.
+            if matches!(self.io, Io::Udp(_)) {
+                self.buf.clear();
+            }
+            self.buf.reserve(MAX_ADU);
+            let (io, buf) = (&mut self.io, &mut self.buf);
             let read = async {
-                match &mut self.io {
-                    Io::Tcp(s) => s.read(&mut tmp).await,
-                    Io::Tls(s) => s.read(&mut tmp).await,
-                    Io::Udp(s) => s.recv(&mut tmp).await,
-                    Io::Serial(s) => s.read(&mut tmp).await,
+                match io {
+                    Io::Tcp(s) => s.read_buf(buf).await,
+                    Io::Tls(s) => s.read_buf(buf).await,
+                    Io::Udp(s) => s.recv_buf(buf).await,
+                    Io::Serial(s) => s.read_buf(buf).await,
                 }
             };
             match tokio::time::timeout_at(deadline, read).await {
@@ -271,13 +282,7 @@ impl Transport {
                         "the device closed the connection",
                     )))
                 }
-                Ok(Ok(n)) => {
-                    if matches!(self.io, Io::Udp(_)) {
-                        // One frame per datagram: drop whatever a previous datagram left.
-                        self.buf.clear();
-                    }
-                    self.buf.extend_from_slice(&tmp[..n]);
-                }
+                Ok(Ok(_)) => {}
             }
         }
     }

@@ -1060,3 +1060,22 @@ fn overrides_resolve_the_key_before_the_device() {
     assert!(ReportOverrides::default().is_empty());
     assert_eq!(ReportOverrides::default().strategy_for("k"), None);
 }
+
+#[test]
+fn what_the_gateway_keeps_of_a_connector_file_is_its_report_keys_alone() {
+    let file = json!({
+        "reportStrategy": {"type": "ON_CHANGE"},
+        "sendDataOnlyOnChange": true,
+        "master": {"slaves": [{"deviceName": "a", "timeseries": [{"tag": "t"}]}]}
+    });
+    let kept = connector_keys_only(&file);
+    assert_eq!(
+        kept,
+        json!({"reportStrategy": {"type": "ON_CHANGE"}, "sendDataOnlyOnChange": true})
+    );
+    assert_eq!(
+        connector_strategy(&kept, Path::new("c.json")).expect("valid"),
+        connector_strategy(&file, Path::new("c.json")).expect("valid")
+    );
+    assert_eq!(connector_keys_only(&json!({"x": 1})), json!({}));
+}
