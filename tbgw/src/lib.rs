@@ -81,6 +81,7 @@ pub mod storage;
 mod tb;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod topic;
 pub mod uplink;
 
 pub use gateway::{Gateway, GatewayBuilder, GatewayError, ShutdownReport};

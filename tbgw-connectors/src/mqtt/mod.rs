@@ -10,40 +10,32 @@
 //! two-way RPC, reserved `get`/`set`, `mqtt_<name>` connector RPCs) and TLS with certificates
 //! ([`tls`]) are described in `docs/connectors/mqtt.md`.
 //!
-//! Converters: `json` and `bytes` (see [`uplink`]). A `custom` converter is a Rust
+//! Converters: `json` and `bytes` from [`tbgw::convert`], read in this connector's
+//! [`DIALECT`]. A `custom` converter is a Rust
 //! [`UplinkConverter`](tbgw::convert::UplinkConverter) an embedding application registers by
-//! name with [`MqttFactory::with_converter`].
+//! class name in a [`ConverterRegistry`] given to [`MqttFactory::with_converters`].
 
 pub mod config;
 mod connector;
 mod publish;
 mod requests;
 pub mod tls;
-pub mod topic;
-pub mod uplink;
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use tbgw::config::{parse, ConfigError};
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::UplinkConverter;
+use tbgw::convert::{ConverterRegistry, Dialect};
 
 pub use config::MqttConnectorConfig;
 pub use connector::MqttConnector;
 
-/// Builds MQTT connectors (`"type": "mqtt"`).
-#[derive(Default, Clone)]
-pub struct MqttFactory {
-    custom: HashMap<String, Arc<dyn UplinkConverter>>,
-}
+/// How `mapping[].converter` sections are read: names and keys may come from the topic
+/// (`topic` source, `keySource: topic`), and `bytes` converters exist.
+pub const DIALECT: Dialect = Dialect::new().with_topic().with_bytes();
 
-impl std::fmt::Debug for MqttFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttFactory")
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
+/// Builds MQTT connectors (`"type": "mqtt"`).
+#[derive(Debug, Default, Clone)]
+pub struct MqttFactory {
+    converters: ConverterRegistry,
 }
 
 impl MqttFactory {
@@ -52,9 +44,9 @@ impl MqttFactory {
         MqttFactory::default()
     }
 
-    /// Registers a custom converter under the name used in `converter.extension`.
-    pub fn with_converter(mut self, name: &str, converter: Arc<dyn UplinkConverter>) -> Self {
-        self.custom.insert(name.to_string(), converter);
+    /// The custom converters `"type": "custom"` mappings may name.
+    pub fn with_converters(mut self, converters: ConverterRegistry) -> Self {
+        self.converters = converters;
         self
     }
 }
@@ -74,7 +66,7 @@ impl ConnectorFactory for MqttFactory {
             &spec.file,
             &spec.name,
             cfg,
-            &self.custom,
+            &self.converters,
             ignored,
         )?))
     }

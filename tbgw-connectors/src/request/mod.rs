@@ -6,36 +6,33 @@
 //! schedule (`scanPeriod`): a slow endpoint delays only its own next poll, missed ticks lapse
 //! instead of piling up, and polls of one mapping never overlap.
 //!
-//! Converters: `json` (see [`uplink`]); a `custom` converter is a Rust
-//! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by name with
-//! [`RequestFactory::with_converter`]; it receives the raw response body.
+//! Converters: `json` from [`tbgw::convert`], read in this connector's [`DIALECT`], over the
+//! items of the response (see [`uplink`]); a `custom` converter is a Rust
+//! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by class name in a
+//! [`ConverterRegistry`] given to [`RequestFactory::with_converters`]; it receives the raw
+//! response body and the URL as its source.
 
 pub mod config;
 mod connector;
 pub mod uplink;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use tbgw::config::{parse, ConfigError};
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::UplinkConverter;
+use tbgw::convert::{ConverterRegistry, Dialect};
 
 pub use config::RequestConnectorConfig;
 pub use connector::RequestConnector;
 
-/// Builds Request connectors (`"type": "request"`).
-#[derive(Default, Clone)]
-pub struct RequestFactory {
-    custom: HashMap<String, Arc<dyn UplinkConverter>>,
-}
+/// How `mapping[].converter` sections are read: the device name comes from the response
+/// (`message`, `request` or `response`) or a constant; time series are `telemetry`.
+pub const DIALECT: Dialect = Dialect::new()
+    .message_sources(&["message", "request", "response"])
+    .timeseries_key("telemetry");
 
-impl std::fmt::Debug for RequestFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestFactory")
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
+/// Builds Request connectors (`"type": "request"`).
+#[derive(Debug, Default, Clone)]
+pub struct RequestFactory {
+    converters: ConverterRegistry,
 }
 
 impl RequestFactory {
@@ -44,9 +41,9 @@ impl RequestFactory {
         RequestFactory::default()
     }
 
-    /// Registers a custom converter under the name used in `converter.extension`.
-    pub fn with_converter(mut self, name: &str, converter: Arc<dyn UplinkConverter>) -> Self {
-        self.custom.insert(name.to_string(), converter);
+    /// The custom converters `"type": "custom"` mappings may name.
+    pub fn with_converters(mut self, converters: ConverterRegistry) -> Self {
+        self.converters = converters;
         self
     }
 }
@@ -66,7 +63,7 @@ impl ConnectorFactory for RequestFactory {
             &spec.file,
             &spec.name,
             cfg,
-            &self.custom,
+            &self.converters,
             ignored,
         )?))
     }
