@@ -49,7 +49,9 @@
 //! ## Modules
 //! * [`model`]: device data, telemetry entries, typed values.
 //! * [`connector`], [`uplink`], [`downlink`]: the connector contract and its channels.
-//! * [`convert`]: the uplink/downlink converter traits.
+//! * [`convert`]: the converter layer: the uplink converter trait, the `json` and `bytes`
+//!   converters, the custom-converter registry.
+//! * [`topic`]: MQTT topic filter matching.
 //! * [`expr`]: the `${...}` expression engine shared by converters.
 //! * [`storage`]: the event storage contract and the memory storage.
 //! * [`config`]: upstream-format configuration with precise errors.

@@ -452,14 +452,13 @@ impl Engine {
         })
     }
 
-    pub(super) fn with_mapping_strategy(mut self, s: Option<ReportStrategyConfig>) -> Self {
-        let Some(s) = s else { return self };
+    pub(super) fn set_mapping_strategy(&mut self, s: Option<ReportStrategyConfig>) {
+        let Some(s) = s else { return };
         let mut o = self.report.as_deref().cloned().unwrap_or_default();
         if o.device.is_none() {
             o.device = Some(s);
             self.report = Some(Arc::new(o));
         }
-        self
     }
 
     pub(super) fn report_overrides(&self) -> Option<&Arc<ReportOverrides>> {
@@ -573,7 +572,7 @@ impl Engine {
             KeySource::Topic(re) => topic_capture(re, source)?,
             KeySource::Slices(s) => s.render(payload, p.hex),
         };
-        let value = match &p.value {
+        let converted = match &p.value {
             ValueSource::Template(t) => {
                 let Some(v) = t.resolve(json) else {
                     errors.push(ConvertError::Value {
@@ -585,32 +584,24 @@ impl Engine {
                 if v.is_null() {
                     return None;
                 }
-                match expr::convert(&v, p.ty) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        errors.push(ConvertError::Value {
-                            key,
-                            reason: e.to_string(),
-                        });
-                        return None;
-                    }
-                }
+                expr::convert(&v, p.ty)
             }
             ValueSource::Slices(s) => {
                 let text = s.render(payload, p.hex);
                 match p.ty {
-                    DataType::Raw | DataType::String => Value::String(text),
-                    ty => match expr::convert(&Json::String(text), ty) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            errors.push(ConvertError::Value {
-                                key,
-                                reason: e.to_string(),
-                            });
-                            return None;
-                        }
-                    },
+                    DataType::Raw | DataType::String => Ok(Value::String(text)),
+                    ty => expr::convert(&Json::String(text), ty),
                 }
+            }
+        };
+        let value = match converted {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(ConvertError::Value {
+                    key,
+                    reason: e.to_string(),
+                });
+                return None;
             }
         };
         let ts = p.ts.as_ref().and_then(|(t, opts)| {

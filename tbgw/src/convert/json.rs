@@ -3,15 +3,13 @@
 //! `JsonMqttUplinkConverter`, `JsonRequestUplinkConverter`, `JsonRESTUplinkConverter`).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 use super::engine::{Dialect, Engine};
 use super::{ConvertError, ConverterConfig, UplinkConverter, UplinkInput};
-use crate::config::{ConfigError, ReportStrategyConfig};
+use crate::config::ConfigError;
 use crate::model::DeviceData;
-use crate::report::ReportOverrides;
 
 /// A compiled `json` converter.
 ///
@@ -21,7 +19,7 @@ use crate::report::ReportOverrides;
 /// [`JsonConverter::convert_value`] or [`JsonConverter::convert_items`].
 #[derive(Debug)]
 pub struct JsonConverter {
-    engine: Engine,
+    pub(super) engine: Box<Engine>,
 }
 
 impl JsonConverter {
@@ -35,24 +33,8 @@ impl JsonConverter {
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         Ok(JsonConverter {
-            engine: Engine::build(file, prefix, c, false, dialect, ignored)?,
+            engine: Box::new(Engine::build(file, prefix, c, false, dialect, ignored)?),
         })
-    }
-
-    /// Sets the device-level report strategy from the mapping (the MQTT connector's
-    /// `mapping[].reportStrategy`) unless the section has its own (`reportStrategy` or
-    /// `sendDataOnlyOnChange: true`).
-    pub fn with_mapping_strategy(self, s: Option<ReportStrategyConfig>) -> Self {
-        JsonConverter {
-            engine: self.engine.with_mapping_strategy(s),
-        }
-    }
-
-    /// The device and datapoint report strategies attached to every record this converter
-    /// produces (`None` when none is configured). Datapoints whose key is a template add
-    /// theirs per message.
-    pub fn report_overrides(&self) -> Option<&Arc<ReportOverrides>> {
-        self.engine.report_overrides()
     }
 
     /// Converts one JSON value that came from `source` (a topic, a URL, a path). Problems

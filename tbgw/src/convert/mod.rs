@@ -83,6 +83,7 @@ use std::sync::Arc;
 pub use self::bytes::BytesConverter;
 pub use self::config::{ConverterConfig, DatapointConfig, Datapoints, DeviceInfoConfig};
 pub use self::custom::{ConverterRegistry, FactoryError};
+use self::engine::Engine;
 pub use self::engine::{device_strategy, topic_capture, DeviceNameKeys, Dialect, NameSource};
 pub use self::json::JsonConverter;
 use crate::config::{ConfigError, ReportStrategyConfig};
@@ -167,10 +168,9 @@ impl Converter {
         match c.kind.as_str() {
             "json" => JsonConverter::build(file, prefix, c, dialect, ignored)
                 .map(|c| Some(Converter::Json(c))),
-            "bytes" if dialect.allows_bytes() => {
-                BytesConverter::build(file, prefix, c, dialect, ignored)
-                    .map(|c| Some(Converter::Bytes(c)))
-            }
+            "bytes" if dialect.allows_bytes() => Ok(Some(Converter::Bytes(BytesConverter {
+                engine: Box::new(Engine::build(file, prefix, c, true, dialect, ignored)?),
+            }))),
             "custom" => {
                 let class = c.extension.as_deref().unwrap_or_default();
                 let built = registry.build(file, prefix, class, c.extension_config.as_ref())?;
@@ -197,22 +197,25 @@ impl Converter {
         }
     }
 
-    /// Sets the device-level report strategy of a built-in converter from the mapping unless
-    /// its section has its own; see [`JsonConverter::with_mapping_strategy`].
-    pub fn with_mapping_strategy(self, s: Option<ReportStrategyConfig>) -> Self {
-        match self {
-            Converter::Json(c) => Converter::Json(c.with_mapping_strategy(s)),
-            Converter::Bytes(c) => Converter::Bytes(c.with_mapping_strategy(s)),
-            custom => custom,
+    /// Sets the device-level report strategy of a built-in converter from the mapping (the
+    /// MQTT connector's `mapping[].reportStrategy`) unless its section has its own
+    /// (`reportStrategy` or `sendDataOnlyOnChange: true`).
+    pub fn with_mapping_strategy(mut self, s: Option<ReportStrategyConfig>) -> Self {
+        match &mut self {
+            Converter::Json(JsonConverter { engine })
+            | Converter::Bytes(BytesConverter { engine }) => engine.set_mapping_strategy(s),
+            Converter::Custom(_) => {}
         }
+        self
     }
 
-    /// The report strategies a built-in converter attaches to its records (`None` for a
-    /// custom converter, or when none is configured).
+    /// The device and datapoint report strategies a built-in converter attaches to every
+    /// record (`None` for a custom converter, or when none is configured). Datapoints whose
+    /// key is a template add theirs per message.
     pub fn report_overrides(&self) -> Option<&Arc<ReportOverrides>> {
         match self {
-            Converter::Json(c) => c.report_overrides(),
-            Converter::Bytes(c) => c.report_overrides(),
+            Converter::Json(JsonConverter { engine })
+            | Converter::Bytes(BytesConverter { engine }) => engine.report_overrides(),
             Converter::Custom(_) => None,
         }
     }
