@@ -17,6 +17,8 @@
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
+pub mod factory;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
 #[cfg(feature = "modbus")]

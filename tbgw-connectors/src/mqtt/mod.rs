@@ -13,7 +13,7 @@
 //! Converters: `json` and `bytes` from [`tbgw::convert`], read in this connector's
 //! [`DIALECT`]. A `custom` converter is a Rust
 //! [`UplinkConverter`](tbgw::convert::UplinkConverter) an embedding application registers by
-//! class name in a [`ConverterRegistry`] given to [`MqttFactory::with_converters`].
+//! class name in a [`ConverterRegistry`] given to [`ConverterFactory::with_converters`].
 
 pub mod config;
 mod connector;
@@ -21,9 +21,12 @@ mod publish;
 mod requests;
 pub mod tls;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
+use std::path::Path;
+
+use tbgw::config::ConfigError;
 use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::MqttConnectorConfig;
 pub use connector::MqttConnector;
@@ -32,42 +35,21 @@ pub use connector::MqttConnector;
 /// (`topic` source, `keySource: topic`), and `bytes` converters exist.
 pub const DIALECT: Dialect = Dialect::new().with_topic().with_bytes();
 
-/// Builds MQTT connectors (`"type": "mqtt"`).
-#[derive(Debug, Default, Clone)]
-pub struct MqttFactory {
-    converters: ConverterRegistry,
-}
+/// Builds MQTT connectors (`"type": "mqtt"`):
+/// `MqttFactory::new().with_converters(registry)`.
+pub type MqttFactory = ConverterFactory<MqttConnector>;
 
-impl MqttFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        MqttFactory::default()
-    }
-
-    /// The custom converters `"type": "custom"` mappings may name.
-    pub fn with_converters(mut self, converters: ConverterRegistry) -> Self {
-        self.converters = converters;
-        self
-    }
-}
-
-impl ConnectorFactory for MqttFactory {
-    fn connector_type(&self) -> &'static str {
-        "mqtt"
-    }
+impl WithConverters for MqttConnector {
+    const TYPE: &'static str = "mqtt";
+    type Config = MqttConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: MqttConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: MqttConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(MqttConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.converters,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        MqttConnector::build(file, name, cfg, converters, ignored)
     }
 }

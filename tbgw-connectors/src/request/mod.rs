@@ -9,16 +9,19 @@
 //! Converters: `json` from [`tbgw::convert`], read in this connector's [`DIALECT`], over the
 //! items of the response (see [`uplink`]); a `custom` converter is a Rust
 //! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by class name in a
-//! [`ConverterRegistry`] given to [`RequestFactory::with_converters`]; it receives the raw
+//! [`ConverterRegistry`] given to [`ConverterFactory::with_converters`]; it receives the raw
 //! response body and the URL as its source.
 
 pub mod config;
 mod connector;
 pub mod uplink;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
+use std::path::Path;
+
+use tbgw::config::ConfigError;
 use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::RequestConnectorConfig;
 pub use connector::RequestConnector;
@@ -29,42 +32,21 @@ pub const DIALECT: Dialect = Dialect::new()
     .message_sources(&["message", "request", "response"])
     .timeseries_key("telemetry");
 
-/// Builds Request connectors (`"type": "request"`).
-#[derive(Debug, Default, Clone)]
-pub struct RequestFactory {
-    converters: ConverterRegistry,
-}
+/// Builds Request connectors (`"type": "request"`):
+/// `RequestFactory::new().with_converters(registry)`.
+pub type RequestFactory = ConverterFactory<RequestConnector>;
 
-impl RequestFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        RequestFactory::default()
-    }
-
-    /// The custom converters `"type": "custom"` mappings may name.
-    pub fn with_converters(mut self, converters: ConverterRegistry) -> Self {
-        self.converters = converters;
-        self
-    }
-}
-
-impl ConnectorFactory for RequestFactory {
-    fn connector_type(&self) -> &'static str {
-        "request"
-    }
+impl WithConverters for RequestConnector {
+    const TYPE: &'static str = "request";
+    type Config = RequestConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: RequestConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: RequestConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(RequestConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.converters,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        RequestConnector::build(file, name, cfg, converters, ignored)
     }
 }

@@ -10,7 +10,7 @@
 //! Converters: `json` from [`tbgw::convert`], read in this connector's [`DIALECT`], over the
 //! request data merged from path parameters, query and body (see [`uplink`]); a `custom`
 //! converter is a Rust [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by class
-//! name in a [`ConverterRegistry`] given to [`RestFactory::with_converters`]; it receives the
+//! name in a [`ConverterRegistry`] given to [`ConverterFactory::with_converters`]; it receives the
 //! raw body and the path as its source.
 
 pub mod config;
@@ -18,9 +18,12 @@ mod connector;
 pub mod server;
 pub mod uplink;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
+use std::path::Path;
+
+use tbgw::config::ConfigError;
 use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::RestConnectorConfig;
 pub use connector::RestConnector;
@@ -32,42 +35,21 @@ pub const DIALECT: Dialect = Dialect::new()
     .message_sources(&["request", "message"])
     .unregistered("this endpoint is not served");
 
-/// Builds REST connectors (`"type": "rest"`).
-#[derive(Debug, Default, Clone)]
-pub struct RestFactory {
-    converters: ConverterRegistry,
-}
+/// Builds REST connectors (`"type": "rest"`):
+/// `RestFactory::new().with_converters(registry)`.
+pub type RestFactory = ConverterFactory<RestConnector>;
 
-impl RestFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        RestFactory::default()
-    }
-
-    /// The custom converters `"type": "custom"` mappings may name.
-    pub fn with_converters(mut self, converters: ConverterRegistry) -> Self {
-        self.converters = converters;
-        self
-    }
-}
-
-impl ConnectorFactory for RestFactory {
-    fn connector_type(&self) -> &'static str {
-        "rest"
-    }
+impl WithConverters for RestConnector {
+    const TYPE: &'static str = "rest";
+    type Config = RestConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: RestConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: RestConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(RestConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.converters,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        RestConnector::build(file, name, cfg, converters, ignored)
     }
 }
