@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{ConvertError, ConverterRegistry, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
 use tbgw::stats::ConnectorCounters;
@@ -560,16 +560,19 @@ async fn end_to_end_polled_data_reaches_thingsboard_and_rpc_replies_carry_the_re
     run.await.unwrap();
 }
 
-/// A custom converter: the body's length as telemetry of device `raw`.
-struct LengthConverter;
+/// A custom converter: the body's length as telemetry of the device its `extension-config`
+/// names.
+struct LengthConverter {
+    device: String,
+}
 
-impl tbgw::convert::UplinkConverter for LengthConverter {
+impl UplinkConverter for LengthConverter {
     fn convert(
         &self,
         input: tbgw::convert::UplinkInput<'_>,
         _errors: &mut Vec<tbgw::convert::ConvertError>,
     ) -> Result<Vec<DeviceData>, tbgw::convert::ConvertError> {
-        let mut d = DeviceData::new("raw", "bytes");
+        let mut d = DeviceData::new(self.device.clone(), "bytes");
         d.push_telemetry(
             input.received_ts,
             "len",
@@ -581,16 +584,22 @@ impl tbgw::convert::UplinkConverter for LengthConverter {
 }
 
 #[tokio::test]
-async fn a_registered_custom_converter_gets_the_raw_body() {
+async fn a_registered_custom_converter_gets_its_extension_config_and_the_raw_body() {
     let peer = Peer::start(None).await;
     let spec = spec(json!({
         "host": peer.url(),
         "mapping": [{"url": "/malformed", "scanPeriod": 0.1,
-            "converter": {"type": "custom", "extension": "Length", "extension-config": {"any": 1}}}]
+            "converter": {"type": "custom", "extension": "Length", "extension-config": {"device": "raw"}}}]
     }));
     let mut ignored = Vec::new();
+    let converters = ConverterRegistry::new().with_factory("Length", |cfg| {
+        let device = cfg["device"].as_str().ok_or("`device` is missing")?;
+        Ok(Arc::new(LengthConverter {
+            device: device.to_string(),
+        }) as Arc<dyn UplinkConverter>)
+    });
     let mut connector = RequestFactory::new()
-        .with_converter("Length", Arc::new(LengthConverter))
+        .with_converters(converters)
         .build(&spec, &mut ignored)
         .expect("config is valid");
     assert!(ignored.is_empty(), "{ignored:?}");
@@ -638,7 +647,7 @@ async fn a_panicking_converter_in_a_poll_task_is_counted_and_the_connector_recov
                      "converter": {"type": "custom", "extension": "Buggy"}}]
     }));
     let connector = RequestFactory::new()
-        .with_converter("Buggy", Arc::new(PanicsOnFirstReading))
+        .with_converters(ConverterRegistry::new().with("Buggy", Arc::new(PanicsOnFirstReading)))
         .build(&spec, &mut Vec::new())
         .expect("config is valid");
     let (cx, mut ends) = ConnectorContext::for_test("Request");

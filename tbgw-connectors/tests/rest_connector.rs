@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{ConvertError, ConverterRegistry, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
 use tbgw::stats::ConnectorCounters;
@@ -1006,7 +1006,8 @@ impl UplinkConverter for PanicsOnBoom {
 
 #[tokio::test]
 async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_recovers() {
-    let factory = RestFactory::new().with_converter("Buggy", Arc::new(PanicsOnBoom));
+    let factory = RestFactory::new()
+        .with_converters(ConverterRegistry::new().with("Buggy", Arc::new(PanicsOnBoom)));
     let mut r = start_with(
         factory,
         json!({

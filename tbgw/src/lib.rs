@@ -53,7 +53,9 @@
 //!   [`ConnectorContext`](connector::ConnectorContext) a running connector gets;
 //!   [`uplink`] and [`downlink`]: the two directions of its traffic.
 //! * [`model`]: device data, telemetry entries, typed values.
-//! * [`convert`]: the converter traits; [`expr`]: the `${...}` expressions, JSON paths, byte
+//! * [`convert`]: the converter layer: the uplink converter trait, the `json` and `bytes`
+//!   converters, the custom-converter registry keyed by upstream's class names; [`topic`]:
+//!   MQTT topic filter matching; [`expr`]: the `${...}` expressions, JSON paths, byte
 //!   slices and timestamps converters are built from; [`report`]: report strategy overrides a
 //!   connector attaches to its data.
 //! * [`config`]: upstream-format configuration, [`config::parse`] to read a connector file
@@ -105,6 +107,7 @@ pub mod test_util;
 mod throttle;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod topic;
 pub mod uplink;
 
 #[doc(hidden)]

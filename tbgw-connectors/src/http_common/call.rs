@@ -15,6 +15,9 @@ use tbgw::config::ConfigError;
 use tbgw::downlink::RpcError;
 use tbgw::expr::{Encoding, Template};
 
+/// The scopes downlink templates render against, shared with the other connectors.
+pub use tbgw::convert::downlink::{attribute_scope, rpc_scope};
+
 use super::client::{HttpClient, HttpError, Outbound, Reply};
 use super::tls::ClientTls;
 
@@ -228,21 +231,6 @@ pub fn rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
             "code": code,
         })
     }
-}
-
-/// The scope RPC templates render against.
-pub fn rpc_scope(device: Option<&str>, method: &str, id: i64, params: &Json) -> Json {
-    json!({
-        "deviceName": device.unwrap_or(""),
-        "methodName": method,
-        "requestId": id,
-        "params": params,
-    })
-}
-
-/// The scope attribute-update templates render against.
-pub fn attribute_scope(device: &str, key: &str, value: &Json) -> Json {
-    json!({ "deviceName": device, "attributeKey": key, "attributeValue": value })
 }
 
 /// Parses the params of a reserved `get`/`set` RPC: a `key=value;` string (or an object with

@@ -18,10 +18,11 @@ use tbgw::config::ConfigError;
 use tbgw::expr::{Encoding, Template};
 
 use super::config::{
-    AttributeRequestConfig, AttributeUpdateConfig, DeviceInfoConfig, DeviceRequestConfig,
-    MqttConnectorConfig, RpcConfig,
+    AttributeRequestConfig, AttributeUpdateConfig, DeviceRequestConfig, MqttConnectorConfig,
+    RpcConfig,
 };
-use super::uplink::{topic_capture, NameSource};
+use tbgw::convert::downlink::attribute_scope;
+use tbgw::convert::{topic_capture, DeviceNameKeys, NameSource};
 
 /// Upstream's `RPC_DEFAULT_TIMEOUT`: the reply timeout of a reserved `get` without one.
 pub(super) const RESERVED_RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,11 +141,7 @@ impl AttributeRequest {
         value: &Json,
     ) -> Result<(String, String), String> {
         let key = asked.keys.join(",");
-        let mut scope = Map::new();
-        scope.insert("deviceName".into(), Json::String(asked.device.clone()));
-        scope.insert("attributeKey".into(), Json::String(key));
-        scope.insert("attributeValue".into(), value.clone());
-        let scope = Json::Object(scope);
+        let scope = attribute_scope(&asked.device, &key, value);
         let topic = render_topic(&self.topic, &scope, "topicExpression")?;
         let payload = if asked.keys.len() > 1 {
             value.to_string()
@@ -184,11 +181,7 @@ impl AttributeUpdate {
             if !match_at_start(&self.attribute, k) {
                 continue;
             }
-            let mut scope = Map::new();
-            scope.insert("deviceName".into(), Json::String(device.to_string()));
-            scope.insert("attributeKey".into(), Json::String(k.clone()));
-            scope.insert("attributeValue".into(), v.clone());
-            let scope = Json::Object(scope);
+            let scope = attribute_scope(device, k, v);
             let rendered = render_topic(&self.topic, &scope, "topicExpression").and_then(|t| {
                 let payload = if self.value.is_single() {
                     render_text(&self.value, &scope, "valueExpression")?
@@ -469,69 +462,16 @@ fn check_qos(file: &Path, key: String, qos: u8) -> Result<(), ConfigError> {
 fn device_info(
     file: &Path,
     prefix: &str,
-    di: Option<&DeviceInfoConfig>,
-    legacy: [Option<&String>; 4],
+    keys: DeviceNameKeys<'_>,
 ) -> Result<(NameSource, NameSource), ConfigError> {
-    if let Some(di) = di {
-        return Ok((
-            NameSource::build(
-                file,
-                &format!("{prefix}.deviceInfo.deviceNameExpression"),
-                &di.device_name_expression_source,
-                &di.device_name_expression,
-                false,
-            )?,
-            NameSource::build(
-                file,
-                &format!("{prefix}.deviceInfo.deviceProfileExpression"),
-                &di.device_profile_expression_source,
-                &di.device_profile_expression,
-                false,
-            )?,
-        ));
-    }
-    let [name_json, name_topic, type_json, type_topic] = legacy;
-    let name = match (name_json, name_topic) {
-        (Some(e), _) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceNameJsonExpression"),
-            "message",
-            e,
-            false,
-        )?,
-        (None, Some(e)) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceNameTopicExpression"),
-            "topic",
-            e,
-            false,
-        )?,
-        (None, None) => {
-            return Err(ConfigError::new(
-                file,
-                format!("{prefix}.deviceInfo"),
-                "missing; the request needs a device name",
-            ))
-        }
-    };
-    let profile = match (type_json, type_topic) {
-        (Some(e), _) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceTypeJsonExpression"),
-            "message",
-            e,
-            false,
-        )?,
-        (None, Some(e)) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceTypeTopicExpression"),
-            "topic",
-            e,
-            false,
-        )?,
-        (None, None) => NameSource::Constant("default".into()),
-    };
-    Ok((name, profile))
+    keys.build(
+        file,
+        prefix,
+        "request",
+        false,
+        &super::DIALECT,
+        &mut Vec::new(),
+    )
 }
 
 fn device_request(
@@ -543,13 +483,14 @@ fn device_request(
     let (name, profile) = device_info(
         file,
         prefix,
-        c.device_info.as_ref(),
-        [
-            c.device_name_json_expression.as_ref(),
-            c.device_name_topic_expression.as_ref(),
-            c.device_type_json_expression.as_ref(),
-            c.device_type_topic_expression.as_ref(),
-        ],
+        DeviceNameKeys {
+            device_info: c.device_info.as_ref(),
+            name_json: c.device_name_json_expression.as_deref(),
+            name_topic: c.device_name_topic_expression.as_deref(),
+            profile_json: c.device_type_json_expression.as_deref(),
+            profile_topic: c.device_type_topic_expression.as_deref(),
+            ..DeviceNameKeys::default()
+        },
     )?;
     Ok(DeviceRequest {
         filter: c.topic_filter.clone(),
@@ -578,13 +519,12 @@ fn attribute_request(
     let (name, _) = device_info(
         file,
         prefix,
-        c.device_info.as_ref(),
-        [
-            c.device_name_json_expression.as_ref(),
-            c.device_name_topic_expression.as_ref(),
-            None,
-            None,
-        ],
+        DeviceNameKeys {
+            device_info: c.device_info.as_ref(),
+            name_json: c.device_name_json_expression.as_deref(),
+            name_topic: c.device_name_topic_expression.as_deref(),
+            ..DeviceNameKeys::default()
+        },
     )?;
     let (source, expr, key) = match (
         &c.attribute_name_expression,

@@ -1,6 +1,5 @@
 //! The Request connector's build step and run loop.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use hyper::Method;
 use serde_json::Value as Json;
 use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
-use tbgw::convert::{ConvertError, UplinkConverter};
+use tbgw::convert::{ConvertError, Converter, ConverterRegistry};
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
 use tbgw::expr::{Encoding, JsonPath, Template};
 use tbgw::model::{now_millis, DeviceData};
@@ -22,7 +21,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{RequestConnectorConfig, SecurityConfig};
-use super::uplink::{self, Uplink};
+use super::uplink;
 use crate::http_common::call::{self, CallSpec, Rule};
 use crate::http_common::client::{HttpClient, Outbound};
 use crate::http_common::tls::ClientTls;
@@ -55,7 +54,7 @@ struct Mapping {
     period: Duration,
     unpack: Option<JsonPath>,
     sub_requests: Vec<SubRequest>,
-    uplink: Uplink,
+    uplink: Converter,
 }
 
 /// What the poll tasks and downlink handlers share.
@@ -101,7 +100,7 @@ impl RequestConnector {
         file: &Path,
         name: &str,
         cfg: RequestConnectorConfig,
-        custom: &HashMap<String, Arc<dyn UplinkConverter>>,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         let host = cfg.host.trim().trim_end_matches('/').to_string();
@@ -123,29 +122,16 @@ impl RequestConnector {
         let mut mappings = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
-            let uplink = match m.converter.kind.as_str() {
-                "json" => Uplink::Json(uplink::build_json(
-                    file,
-                    &format!("{p}.converter"),
-                    &m.converter,
-                )?),
-                "custom" => {
-                    let ext = m.converter.extension.clone().unwrap_or_default();
-                    match custom.get(&ext) {
-                        Some(c) => Uplink::Custom(c.clone()),
-                        None => {
-                            ignored.push(format!("{p}.converter (custom converter `{ext}` is not registered; this mapping is inactive)"));
-                            continue;
-                        }
-                    }
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{p}.converter.type"),
-                        format!("unknown converter type `{other}`; expected json or custom"),
-                    ))
-                }
+            let Some(uplink) = Converter::build(
+                file,
+                &format!("{p}.converter"),
+                &m.converter,
+                &super::DIALECT,
+                converters,
+                ignored,
+            )?
+            else {
+                continue;
             };
             let body = match &m.content {
                 None | Some(Json::Null) => Bytes::new(),
@@ -354,10 +340,7 @@ async fn poll_once(
     let received_ts = now_millis();
     let mut errors = Vec::new();
     let data = match &m.uplink {
-        Uplink::Custom(c) => {
-            uplink::convert_custom(c.as_ref(), &m.url, &reply.body, received_ts, &mut errors)
-        }
-        Uplink::Json(conv) => {
+        Converter::Json(conv) => {
             let body: Json = match serde_json::from_slice(&reply.body) {
                 Ok(j) => j,
                 Err(e) => {
@@ -371,8 +354,9 @@ async fn poll_once(
                     sub_requests(shared, m, item, &mut errors).await;
                 }
             }
-            uplink::convert_items(conv, &items, received_ts, &mut errors)
+            conv.convert_items(&m.url, &items, received_ts, &mut errors)
         }
+        custom => uplink::convert_custom(custom, &m.url, &reply.body, received_ts, &mut errors),
     };
     if !errors.is_empty() {
         stats.add_convert_errors(errors.len() as u64);

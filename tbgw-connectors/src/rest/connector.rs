@@ -1,7 +1,6 @@
 //! The REST connector's build step and run loop: the listener, one task per connection, and
 //! downlink (held `responseExpected` requests first, then outgoing HTTP requests).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,21 +13,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
-use tbgw::convert::UplinkConverter;
+use tbgw::convert::{Converter, ConverterRegistry};
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
 use tbgw::stats::ConnectorCounters;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::config::{ConverterConfig, OutboundConfig, RestConnectorConfig, SecurityConfig};
-use super::server::{
-    parse_route, AttributeEndpoint, DataEndpoint, EndpointConverter, Kind, Route, Server,
-};
+use super::config::{OutboundConfig, RestConnectorConfig, SecurityConfig};
+use super::server::{parse_route, AttributeEndpoint, DataEndpoint, Kind, Route, Server};
 use crate::http_common::auth::BasicCredentials;
 use crate::http_common::call::{self, CallSpec, Rule};
 use crate::http_common::client::HttpClient;
-use crate::http_common::convert::{JsonConverter, NameSource};
 use crate::http_common::tls::{self, ClientTls};
 
 /// Default body limit: 1 MiB, aiohttp's `client_max_size`.
@@ -104,71 +100,6 @@ fn methods(file: &Path, prefix: &str, list: &[String]) -> Result<Vec<Method>, Co
         .enumerate()
         .map(|(i, m)| call::method(file, &format!("{prefix}.HTTPMethods[{i}]"), m))
         .collect()
-}
-
-fn name_source(
-    file: &Path,
-    key: &str,
-    source: &str,
-    expr: &str,
-) -> Result<NameSource, ConfigError> {
-    match source {
-        "constant" => Ok(NameSource::Constant(expr.to_string())),
-        "request" | "message" => NameSource::parse(file, key, expr),
-        other => Err(ConfigError::new(
-            file,
-            key.replace("Expression", "ExpressionSource"),
-            format!("unknown source `{other}`; expected request or constant"),
-        )),
-    }
-}
-
-fn json_converter(
-    file: &Path,
-    prefix: &str,
-    c: &ConverterConfig,
-) -> Result<JsonConverter, ConfigError> {
-    let (name, profile) = match &c.device_info {
-        Some(di) => (
-            name_source(
-                file,
-                &format!("{prefix}.deviceInfo.deviceNameExpression"),
-                &di.device_name_expression_source,
-                &di.device_name_expression,
-            )?,
-            name_source(
-                file,
-                &format!("{prefix}.deviceInfo.deviceProfileExpression"),
-                &di.device_profile_expression_source,
-                &di.device_profile_expression,
-            )?,
-        ),
-        None => match &c.device_name_expression {
-            Some(n) => (
-                NameSource::parse(file, &format!("{prefix}.deviceNameExpression"), n)?,
-                match &c.device_type_expression {
-                    Some(t) => {
-                        NameSource::parse(file, &format!("{prefix}.deviceTypeExpression"), t)?
-                    }
-                    None => NameSource::Constant("default".into()),
-                },
-            ),
-            None => return Err(ConfigError::new(
-                file,
-                format!("{prefix}.deviceInfo"),
-                "missing; the converter needs a device name (deviceInfo or deviceNameExpression)",
-            )),
-        },
-    };
-    JsonConverter::build(
-        file,
-        prefix,
-        name,
-        profile,
-        &c.attributes,
-        &c.timeseries,
-        "timeseries",
-    )
 }
 
 fn outbound_rule(
@@ -263,7 +194,7 @@ impl RestConnector {
         file: &Path,
         name: &str,
         cfg: RestConnectorConfig,
-        custom: &HashMap<String, Arc<dyn UplinkConverter>>,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         let port = match &cfg.server.port {
@@ -321,29 +252,16 @@ impl RestConnector {
         let mut routes = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
-            let converter = match m.converter.kind.as_str() {
-                "json" => EndpointConverter::Json(json_converter(
-                    file,
-                    &format!("{p}.converter"),
-                    &m.converter,
-                )?),
-                "custom" => {
-                    let ext = m.converter.extension.clone().unwrap_or_default();
-                    match custom.get(&ext) {
-                        Some(c) => EndpointConverter::Custom(c.clone()),
-                        None => {
-                            ignored.push(format!("{p}.converter (custom converter `{ext}` is not registered; this endpoint is not served)"));
-                            continue;
-                        }
-                    }
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{p}.converter.type"),
-                        format!("unknown converter type `{other}`; expected json or custom"),
-                    ))
-                }
+            let Some(converter) = Converter::build(
+                file,
+                &format!("{p}.converter"),
+                &m.converter,
+                &super::DIALECT,
+                converters,
+                ignored,
+            )?
+            else {
+                continue;
             };
             let r = &m.response;
             routes.push(Route {

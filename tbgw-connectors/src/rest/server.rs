@@ -29,7 +29,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{ConvertError, Converter, UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::now_millis;
 use tbgw::stats::ConnectorCounters;
@@ -38,7 +38,6 @@ use tokio::sync::oneshot;
 
 use super::uplink::{merge_body, parse_form, percent_decode};
 use crate::http_common::auth::BasicCredentials;
-use crate::http_common::convert::JsonConverter;
 
 /// A path segment of an endpoint.
 #[derive(Debug)]
@@ -77,28 +76,11 @@ pub fn parse_route(path: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
-/// The data endpoint's converter.
-pub enum EndpointConverter {
-    /// The built-in `json` converter over the merged request data.
-    Json(JsonConverter),
-    /// A custom converter; it gets the raw body.
-    Custom(Arc<dyn UplinkConverter>),
-}
-
-impl std::fmt::Debug for EndpointConverter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndpointConverter::Json(c) => f.debug_tuple("Json").field(c).finish(),
-            EndpointConverter::Custom(_) => f.write_str("Custom(..)"),
-        }
-    }
-}
-
 /// `mapping[]`: an endpoint that takes device data.
 #[derive(Debug)]
 pub struct DataEndpoint {
-    /// Converter.
-    pub converter: EndpointConverter,
+    /// Converter: `json` over the merged request data; any other gets the raw body.
+    pub converter: Converter,
     /// `response.responseExpected`.
     pub response_expected: bool,
     /// `response.timeout`.
@@ -550,10 +532,12 @@ impl Server {
         let mut errors: Vec<ConvertError> = Vec::new();
         let received_ts = now_millis();
         let converted = match &ep.converter {
-            EndpointConverter::Json(c) => {
-                c.convert(data, received_ts, &mut errors).map(|d| vec![d])
+            Converter::Json(c) => {
+                let source = format!("/{}", path.join("/"));
+                c.convert_value(&source, data, received_ts, &mut errors)
+                    .map(|d| vec![d])
             }
-            EndpointConverter::Custom(c) => {
+            c => {
                 let source = format!("/{}", path.join("/"));
                 c.convert(
                     UplinkInput {
