@@ -772,3 +772,131 @@ async fn report_strategies_from_the_general_and_connector_levels_apply_on_the_da
             >= 3
     );
 }
+
+/// Waits for a gateway client attribute message with `key` after `since` matching `pred`.
+async fn reported(
+    r: &Running,
+    since: std::time::Instant,
+    key: &str,
+    pred: impl Fn(&Json) -> bool,
+) -> Option<Json> {
+    r.tb.wait_for(WAIT, |m| {
+        m.topic == "v1/devices/me/attributes"
+            && m.received_at >= since
+            && m.json
+                .as_ref()
+                .and_then(|j| j.get(key))
+                .is_some_and(&pred)
+    })
+    .await
+    .and_then(|m| m.json)
+    .and_then(|j| j.get(key).cloned())
+}
+
+fn main_connector_names(r: &Running) -> Vec<String> {
+    let main: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap())
+            .unwrap();
+    main["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams() {
+    let t_start = std::time::Instant::now();
+    let mut r = start(
+        json!({"remoteConfiguration": true}),
+        json!({"devices": ["d1"], "tag": "v1", "id": "id-test"}),
+        None,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "v1", t0).await);
+    // The running connector is reported in upstream's shape, with a `ts`.
+    let test = reported(&r, t_start, "Test", |_| true)
+        .await
+        .expect("connector reported");
+    assert!(test["ts"].as_i64().is_some_and(|t| t > 0), "{test}");
+    assert_eq!(test["logLevel"], json!("INFO"));
+    assert_eq!(test["id"], json!("id-test"));
+    assert_eq!(test["configuration"], json!("test.json"));
+    assert_eq!(test["configurationJson"]["tag"], json!("v1"));
+
+    // A change from the UI is applied and reported back with its own ts.
+    let ts = now_millis() + 1000;
+    let t1 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({"Test": {"name": "Test", "type": "test",
+        "configuration": "test.json", "logLevel": "DEBUG", "ts": ts,
+        "configurationJson": {"devices": ["d1"], "tag": "v2", "id": "id-test"}}}))
+        .await
+        .unwrap();
+    assert!(r.telemetry("d1", "v2", t1).await, "change applied");
+    let echo = reported(&r, t1, "Test", |v| v["configurationJson"]["tag"] == json!("v2"))
+        .await
+        .expect("applied change reported");
+    assert_eq!(echo["ts"], json!(ts), "{echo}");
+
+    // A connector added from the UI: its attribute and active_connectors naming it.
+    let ts_new = now_millis();
+    let t2 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Other Conn": {"name": "Other Conn", "type": "test", "logLevel": "INFO", "ts": ts_new,
+            "configurationJson": {"devices": ["n1"], "tag": "n", "id": "id-new"}},
+        "active_connectors": ["Test", "Other Conn"]
+    }))
+    .await
+    .unwrap();
+    assert!(r.telemetry("n1", "n", t2).await, "added connector runs");
+    let echo = reported(&r, t2, "Other Conn", |_| true)
+        .await
+        .expect("added connector reported");
+    assert_eq!(echo["ts"], json!(ts_new));
+    let active = reported(&r, t2, "active_connectors", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    assert!(active.is_some(), "active_connectors lists the new connector");
+    let file: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("other_conn.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["tag"], json!("n"));
+    assert_eq!(main_connector_names(&r), vec!["Test", "Other Conn"]);
+
+    // Renamed from the UI: same id, new name.
+    let t3 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Renamed": {"name": "Renamed", "type": "test", "configuration": "other_conn.json",
+            "ts": now_millis(),
+            "configurationJson": {"devices": ["n1"], "tag": "renamed", "id": "id-new"}},
+        "active_connectors": ["Test", "Renamed"]
+    }))
+    .await
+    .unwrap();
+    assert!(r.telemetry("n1", "renamed", t3).await, "renamed connector runs");
+    let active = reported(&r, t3, "active_connectors", |v| {
+        v == &json!(["Test", "Renamed"])
+    })
+    .await;
+    assert!(active.is_some(), "the old name is gone");
+    assert_eq!(main_connector_names(&r), vec!["Test", "Renamed"]);
+
+    // Removed from the UI: its devices are disconnected and it leaves the main file.
+    r.tb.send_gateway_attributes(json!({"active_connectors": ["Test"]}))
+        .await
+        .unwrap();
+    assert!(r
+        .tb
+        .wait_for(WAIT, |m| m.topic == "v1/gateway/disconnect"
+            && m.json.as_ref().is_some_and(|j| j["device"] == json!("n1")))
+        .await
+        .is_some());
+    assert_eq!(main_connector_names(&r), vec!["Test"]);
+
+    let _ = r.stop.take().map(|s| s.send(()));
+    let report = (&mut r.gateway).await.unwrap();
+    assert!(report.clean, "{report:?}");
+}

@@ -316,13 +316,7 @@ impl Services {
         let Some(keys) = self.shared_keys.get(&connector).filter(|k| !k.is_empty()) else {
             return;
         };
-        let Some(route) = self
-            .shared
-            .routes
-            .by_name
-            .get(&connector)
-            .map(|r| r.1.clone())
-        else {
+        let Some(route) = self.shared.routes.get(&connector).map(|r| r.1) else {
             return;
         };
         let (tx, rx) = oneshot::channel();

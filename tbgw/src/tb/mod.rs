@@ -188,10 +188,45 @@ pub(crate) struct Trial {
     reply: oneshot::Sender<Result<(), String>>,
 }
 
-/// Where downlink requests go: connector name → (type, sender).
-#[derive(Debug, Default, Clone)]
+/// A connector's downlink route: (type, sender).
+pub(crate) type Route = (Arc<str>, mpsc::Sender<Downlink>);
+
+/// Where downlink requests go: connector name → (type, sender). Connectors added or removed
+/// by remote configuration change it while the gateway runs.
+#[derive(Debug, Default)]
 pub(crate) struct Routes {
-    pub by_name: HashMap<Arc<str>, (Arc<str>, mpsc::Sender<Downlink>)>,
+    by_name: std::sync::RwLock<HashMap<Arc<str>, Route>>,
+}
+
+impl Routes {
+    /// Adds (or replaces) a connector's route.
+    pub(crate) fn insert(&self, name: Arc<str>, route: Route) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.insert(name, route);
+        }
+    }
+
+    /// Removes a connector's route.
+    pub(crate) fn remove(&self, name: &str) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.remove(name);
+        }
+    }
+
+    /// The route of a connector.
+    pub(crate) fn get(&self, name: &str) -> Option<Route> {
+        self.by_name.read().ok()?.get(name).cloned()
+    }
+
+    /// The route of the first connector of a type.
+    pub(crate) fn of_type(&self, ty: &str) -> Option<Route> {
+        self.by_name
+            .read()
+            .ok()?
+            .values()
+            .find(|(t, _)| &**t == ty)
+            .cloned()
+    }
 }
 
 /// State shared between the ingest task, the client and the router.
