@@ -173,7 +173,7 @@ impl ModbusConnector {
             };
             let err = RpcError::Unreachable("the Modbus connection is busy; try again".into());
             match cmd.reply {
-                Reply::Rpc(r) => r.err(err),
+                Reply::Rpc(r) | Reply::DeviceRpc { responder: r, .. } => r.err(err),
                 Reply::Log(k) => {
                     tracing::warn!(attribute = %k, "Attribute update dropped: the Modbus connection is busy.")
                 }
@@ -183,10 +183,15 @@ impl ModbusConnector {
 
     fn device_rpc(&self, senders: &[mpsc::Sender<Command>], rpc: RpcRequest, c: usize, s: usize) {
         let slave = &self.connections[c].slaves[s];
+        // A write echoes what it wrote: the params of an `rpc` entry, the value of a `set`.
+        let mut echo = None;
         let op = if rpc.method == "get" || rpc.method == "set" {
             match params_map(&rpc.params).and_then(|m| op_from_params(&m, slave.orders, slave.unit))
             {
-                Ok(op) => op,
+                Ok(op) => {
+                    echo = op.value.clone();
+                    op
+                }
                 Err(e) => return rpc.responder.err(e),
             }
         } else if let Some(p) = slave.rpc.iter().find(|p| p.key == rpc.method) {
@@ -203,6 +208,9 @@ impl ModbusConnector {
             } else {
                 None
             };
+            if value.is_some() {
+                echo = Some(rpc.params.clone());
+            }
             Op {
                 fc: p.fc,
                 address: p.address,
@@ -221,7 +229,10 @@ impl ModbusConnector {
             Command {
                 slave: s,
                 op,
-                reply: Reply::Rpc(rpc.responder),
+                reply: Reply::DeviceRpc {
+                    responder: rpc.responder,
+                    echo,
+                },
             },
         );
     }
