@@ -662,6 +662,24 @@ impl TbClient {
         let qos = s.qos;
         self.publish(s, topic::CONNECT.to_string(), payload, qos, Token::Other)?;
         s.announced.insert(device.to_string());
+        // As upstream: which connector serves the device, as its client attributes.
+        let owner = {
+            let reg = self.shared.registry();
+            reg.owner(reg.original_name(device)).cloned()
+        };
+        if let Some(name) = owner {
+            let ty = self
+                .shared
+                .routes
+                .get(&name)
+                .map(|r| r.0.to_string())
+                .unwrap_or_default();
+            let payload = json!({ device: {"connectorType": ty, "connectorName": &*name} })
+                .to_string()
+                .into_bytes();
+            self.limits.took_control(Instant::now());
+            self.publish(s, topic::ATTRIBUTES.to_string(), payload, qos, Token::Other)?;
+        }
         Ok(())
     }
 
@@ -710,6 +728,11 @@ impl TbClient {
         }
         let n = packed.telemetry.len() + packed.attributes.len();
         let datapoints: usize = batch.records.iter().map(|r| r.datapoints()).sum();
+        let attrs: usize = batch.records.iter().map(|r| r.attributes.len()).sum();
+        self.shared.stats.add_platform_attr_produced(attrs as u64);
+        self.shared
+            .stats
+            .add_platform_ts_produced((datapoints - attrs) as u64);
         self.dp_per_record = batch
             .records
             .iter()
