@@ -380,6 +380,20 @@ impl ModbusConnector {
 
 #[async_trait]
 impl Connector for ModbusConnector {
+    /// As upstream: a device's `attributeUpdates` keys are synced when it connects (the keys of
+    /// every slave; ThingsBoard answers those a device has).
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .connections
+            .iter()
+            .flat_map(|c| c.slaves.iter())
+            .flat_map(|s| s.attribute_updates.iter().map(|p| p.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         // One supervised sub-task per connection (and the slave server): a panic in one
         // restarts the connector instead of silently stopping that connection.
