@@ -45,6 +45,12 @@ counters! {
         /// Sub-tasks (`ConnectorContext::spawn`) that panicked or failed; each restarts the
         /// connector.
         task_failures => add_task_failures,
+        /// Bytes received from the field side (payloads; counted where a connector sees them).
+        bytes_received => add_bytes_received,
+        /// Time series values handed to storage.
+        ts_produced => add_ts_produced,
+        /// Attributes handed to storage.
+        attr_produced => add_attr_produced,
     }
 }
 
@@ -97,6 +103,10 @@ counters! {
         server_throttled => add_server_throttled,
         /// 1 while a session with ThingsBoard is ready, else 0 (a gauge, set by the client).
         thingsboard_connected => add_thingsboard_connected,
+        /// Time series values sent to ThingsBoard.
+        platform_ts_produced => add_platform_ts_produced,
+        /// Attributes sent to ThingsBoard.
+        platform_attr_produced => add_platform_attr_produced,
     }
 }
 

@@ -61,6 +61,7 @@ impl Connector for TestConnector {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {
+                    cx.stats().add_messages_received(1);
                     for d in &self.0.devices {
                         let mut data = DeviceData::new(d.clone(), "tester");
                         data.push_telemetry(now_millis(), "tag", Value::from(self.0.tag.clone()));
@@ -261,12 +262,12 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         version["resp"]["current_version"],
         json!(env!("CARGO_PKG_VERSION"))
     );
+    // gateway_stats as upstream replies it: flat, per connector what it received and sent.
     let st = r.rpc(3, "gateway_stats", json!({})).await;
-    assert_eq!(st["code"], json!(200));
-    assert!(
-        st["resp"]["TestEventsProduced"].as_u64().unwrap() > 0,
-        "{st}"
-    );
+    assert!(st.get("code").is_none() && st.get("resp").is_none(), "{st}");
+    assert!(st["TestEventsProduced"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["TestEventsSent"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["eventsSent"].as_u64().unwrap() >= st["TestEventsSent"].as_u64().unwrap());
     let reboot = r.rpc(4, "gateway_reboot", json!({})).await;
     assert_eq!(
         reboot["code"],
@@ -335,7 +336,32 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         .await
         .expect("statistics telemetry");
     let s = s.json.unwrap();
-    assert!(s["machineStats"]["gwMemory"].as_u64().unwrap() > 0);
+    // Upstream's keys and units: percentages, "71.1G"-style strings, psutil's memory info;
+    // exact bytes under keys of our own.
+    let m = &s["machineStats"];
+    let pct = |v: &Json| v.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p));
+    assert!(pct(&m["gwMemory"]) && pct(&m["freeMemory"]) && pct(&m["diskUsage"]), "{m}");
+    assert!(m["gwMemory"].as_f64().unwrap() < 100.0, "{m}");
+    let human = |v: &Json| {
+        v.as_str()
+            .is_some_and(|t| t.ends_with(['B', 'K', 'M', 'G', 'T', 'P']) && t.contains('.'))
+    };
+    assert!(human(&m["freeDisk"]), "{m}");
+    assert!(m["gwMemoryBytes"].as_u64().unwrap() > 100_000, "{m}");
+    assert!(m["freeDiskBytes"].as_u64().is_some(), "{m}");
+    assert!(m["gwProcessMemoryFullInfo"]["rss"].as_u64().unwrap() > 0, "{m}");
+    assert!(s["serviceStats"]["platformTsProduced"].as_u64().is_some(), "{s}");
+    assert!(s["serviceStats"]["platformAttrProduced"].as_u64().is_some(), "{s}");
+    let c = &s["connectorsStats"]["Test"];
+    for k in [
+        "connectorBytesReceived",
+        "convertersTsProduced",
+        "convertersAttrProduced",
+        "convertersMsgProcessed",
+        "convertersMsgDropped",
+    ] {
+        assert!(c[k].as_u64().is_some(), "{k}: {s}");
+    }
     assert_eq!(
         s["connectorsStats"]["Test"]["devicesConnected"],
         json!(1),
@@ -346,14 +372,20 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         json!(true),
         "{s}"
     );
-    assert!(r
+    let attrs = r
         .tb
-        .wait_for(WAIT, |m| m.topic == "v1/devices/me/attributes"
-            && m.json
-                .as_ref()
-                .is_some_and(|j| j.get("totalMemory").is_some()))
+        .wait_for(WAIT, |m| {
+            m.topic == "v1/devices/me/attributes"
+                && m.json
+                    .as_ref()
+                    .is_some_and(|j| j.get("totalMemory").is_some())
+        })
         .await
-        .is_some());
+        .expect("machine attributes")
+        .json
+        .unwrap();
+    assert!(human(&attrs["totalMemory"]) && human(&attrs["totalDisk"]), "{attrs}");
+    assert!(attrs["totalMemoryBytes"].as_u64().unwrap() > 1_000_000, "{attrs}");
 
     // Prometheus.
     let body = http_get(metrics_port, "/metrics").await;

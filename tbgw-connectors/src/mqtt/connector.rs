@@ -1032,6 +1032,7 @@ impl Connector for MqttConnector {
                     }
                     Ok(SourceEvent::Message { topic, payload, qos, publish }) => {
                         cx.stats().add_messages_received(1);
+                        cx.stats().add_bytes_received(payload.len() as u64);
                         let reply = s.take_reply(&topic, &payload);
                         let (mapped, data) = self.convert(cx, &topic, &payload);
                         let request = self.handle_requests(cx, &mut s, &topic, &payload).await?;
