@@ -491,7 +491,7 @@ async fn one_message_feeds_every_matching_mapping_and_shared_subscriptions_work(
 
     // Both mappings convert the one message.
     rig.publish_until(&dev, "plant/a/line/1", r#"{"id": "L1", "t": 20.5}"#, |m| {
-        m.topic == "v1/gateway/attributes"
+        m.topic == "v1/gateway/attributes" && m.text().contains("\"last\"")
     })
     .await;
     let attrs = rig.tb.messages_on("v1/gateway/attributes");
