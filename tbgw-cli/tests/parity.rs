@@ -77,6 +77,8 @@ struct Side {
     dir: TempDir,
     log: PathBuf,
     device: Option<Dev>,
+    /// A free port of this side's own (e.g. the REST connector's server).
+    spare: u16,
 }
 
 impl Side {
@@ -85,7 +87,7 @@ impl Side {
     async fn start(
         which: Impl,
         connectors: Value,
-        files: &(dyn Fn(u16) -> Vec<(&'static str, Value)> + Sync),
+        files: &(dyn Fn(u16, u16) -> Vec<(&'static str, Value)> + Sync),
     ) -> Side {
         let broker = Mosquitto::start().await.expect("mosquitto starts");
         let tb = TbStandIn::connect(broker.port()).await.expect("stand-in");
@@ -113,7 +115,8 @@ impl Side {
         };
         write("tb_gateway.json", &main);
         write("logs.json", &logs_json());
-        for (name, v) in files(broker.port()) {
+        let spare = tbgw::test_util::free_tcp_port();
+        for (name, v) in files(broker.port(), spare) {
             write(name, &v);
         }
         let run = dir.path().join("run");
@@ -156,6 +159,7 @@ impl Side {
             dir,
             log,
             device: None,
+            spare,
         }
     }
 
@@ -347,7 +351,9 @@ fn facts(tb: &TbStandIn) -> BTreeSet<String> {
 
 /// Differences met by these scenarios that are deliberate (docs/COMPATIBILITY.md): in
 /// upstream's facts the first text is replaced by the second (what tbgw sends instead) before
-/// comparing, so tbgw's side is still checked.
+/// comparing, so tbgw's side is still checked. An empty first text adds the second to
+/// upstream's facts (tbgw sends something upstream does not); an empty second one drops
+/// upstream's fact. Scenarios add their own.
 const KNOWN: &[(&str, &str)] = &[
     // Upstream double-encodes the ack of a one-way RPC and of a reserved `set` (a JSON string
     // holding `{"success": true}`); tbgw sends the object.
@@ -361,8 +367,9 @@ const KNOWN: &[(&str, &str)] = &[
 /// Runs a scenario on both gateways at once and compares what ThingsBoard and the devices saw.
 async fn differential<F, Fut>(
     connectors: Value,
-    files: impl Fn(u16) -> Vec<(&'static str, Value)> + Sync,
+    files: impl Fn(u16, u16) -> Vec<(&'static str, Value)> + Sync,
     device_subscriptions: &[&str],
+    known: &[(&str, &str)],
     scenario: F,
 ) where
     F: Fn(Arc<Side>) -> Fut,
@@ -391,14 +398,22 @@ async fn differential<F, Fut>(
         f_up.extend(a.received());
         f_ours.extend(b.received());
     }
-    let f_up: BTreeSet<String> = f_up
+    let known: Vec<(&str, &str)> = KNOWN.iter().chain(known).copied().collect();
+    let mut f_up: BTreeSet<String> = f_up
         .into_iter()
         .map(|f| {
-            KNOWN
+            known
                 .iter()
+                .filter(|(theirs, _)| !theirs.is_empty())
                 .fold(f, |f, (theirs, ours)| f.replace(theirs, ours))
         })
+        .filter(|f| !f.is_empty())
         .collect();
+    for (theirs, ours) in &known {
+        if theirs.is_empty() {
+            f_up.insert(ours.to_string());
+        }
+    }
     let only_up: Vec<&String> = f_up.difference(&f_ours).collect();
     let only_ours: Vec<&String> = f_ours.difference(&f_up).collect();
     let up = Arc::try_unwrap(up).ok();
@@ -586,8 +601,11 @@ async fn mqtt_connector_matches_upstream() {
     let connectors = json!([{"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}]);
     differential(
         connectors,
-        |port| vec![("mqtt.json", mqtt_json(port))],
+        |port, _| vec![("mqtt.json", mqtt_json(port))],
         &["sensor/+/#", "devices/#"],
+        // Upstream answers a connector RPC twice: `{"success": false}` at once (its MQTT
+        // connector's handler returns nothing), then the real acknowledgement.
+        &[("gateway rpc reply 20 {\"success\":false}", "")],
         |s: Arc<Side>| async move {
             mqtt_probe(&s).await?;
             let dev = s.dev();
@@ -693,6 +711,21 @@ async fn mqtt_connector_matches_upstream() {
                 .ok_or("RPC 15 did not reach the device")?;
             dev.publish("sensor/SN-1/gotraw", "7").await;
             rpc_replied(&s, 15).await?;
+            // A connector RPC to the gateway device: `mqtt_<method>` with the entry in params.
+            s.tb.send_gateway_rpc(
+                20,
+                "mqtt_publish",
+                json!({"requestTopicExpression": "sensor/gw/cmd", "valueExpression": "${params.x}", "x": 5}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            dev.wait("sensor/gw/cmd")
+                .await
+                .ok_or("the connector RPC did not reach the device")?;
+            until(&s.tb, "the reply to connector RPC 20", |f| {
+                has(f, "gateway rpc reply 20 ")
+            })
+            .await?;
             Ok(())
         },
     )
@@ -764,7 +797,8 @@ async fn modbus_connector_matches_upstream() {
     let connectors = json!([{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]);
     differential(
         connectors,
-        move |_| vec![("modbus.json", modbus_json(port))],
+        move |_, _| vec![("modbus.json", modbus_json(port))],
+        &[],
         &[],
         |s: Arc<Side>| async move {
             until(&s.tb, "every polled value", |f| {
@@ -805,6 +839,275 @@ async fn modbus_connector_matches_upstream() {
                 "get",
                 json!("type=16int;functionCode=3;objectsCount=1;address=20;"),
             )
+            .await?;
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// OPC-UA
+
+fn opcua_json(port: u16) -> Value {
+    json!({
+        "server": {
+            "url": format!("opc.tcp://127.0.0.1:{port}/tbgw/"),
+            "timeoutInMillis": 5000, "scanPeriodInMillis": 3600000, "pollPeriodInMillis": 500,
+            "enableSubscriptions": false, "subCheckPeriodInMillis": 100, "showMap": false,
+            "security": "Basic128Rsa15", "identity": {"type": "anonymous"}
+        },
+        "mapping": [{
+            "deviceNodeSource": "path",
+            "deviceNodePattern": "Root\\.Objects\\.Device1",
+            "deviceInfo": {
+                "deviceNameExpression": "${DeviceName}", "deviceNameExpressionSource": "path",
+                "deviceProfileExpression": "opc-device", "deviceProfileExpressionSource": "constant"
+            },
+            "attributes": [
+                {"key": "model", "type": "constant", "value": "tbgw-sim"},
+                {"key": "text", "type": "path", "value": "${StringVar}"}
+            ],
+            "timeseries": [
+                {"key": "relay", "type": "path", "value": "${Relay}"},
+                {"key": "i16", "type": "path", "value": "${Int16Var}"},
+                {"key": "i64", "type": "path", "value": "${Int64Var}"},
+                {"key": "u16", "type": "path", "value": "${UInt16Var}"},
+                {"key": "byte", "type": "path", "value": "${ByteVar}"},
+                {"key": "inner", "type": "path", "value": "${Sub\\.Inner}"},
+                {"key": "special_s", "type": "identifier", "value": "${ns=2;s=Device1.Special}"}
+            ],
+            "rpc_methods": [
+                {"method": "multiply", "arguments": [{"type": "integer", "value": 2}, {"type": "integer", "value": 4}]},
+                {"method": "get_relay", "arguments": []}
+            ],
+            "attributes_updates": [{"key": "i16", "type": "path", "value": "${Int16Var}"}]
+        }]
+    })
+}
+
+#[tokio::test]
+async fn opcua_connector_matches_upstream() {
+    let port = tbgw::test_util::free_tcp_port();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tbgw-connectors/tests/peers/opcua_server.py");
+    let mut peer = tbgw::test_util::PythonPeer::spawn([
+        script.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--devices".into(),
+        "1".into(),
+        "--period".into(),
+        "3600".into(),
+    ])
+    .expect("asyncua starts");
+    peer.wait_output("ready", Duration::from_secs(60))
+        .await
+        .expect("asyncua ready");
+    peer.wait_tcp(port, WAIT).await.expect("asyncua listens");
+    let connectors = json!([{"type": "opcua", "name": "OPC-UA", "configuration": "opcua.json"}]);
+    differential(
+        connectors,
+        move |_, _| vec![("opcua.json", opcua_json(port))],
+        &[],
+        // Upstream 3.8.5 sends nothing for a `constant` datapoint.
+        &[("", "attribute \"Device 1\" model \"tbgw-sim\"")],
+        |s: Arc<Side>| async move {
+            until(&s.tb, "every polled value", |f| {
+                ["relay", "i16", "i64", "u16", "byte", "inner", "special_s"]
+                    .iter()
+                    .all(|k| has(f, &format!("telemetry \"Device 1\" {k} ")))
+                    && has(f, "attribute \"Device 1\" text ")
+            })
+            .await?;
+            let rpc = |id: u64, method: &'static str, params: Value| {
+                let s = s.clone();
+                async move {
+                    s.tb.send_rpc("Device 1", id, method, params)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let prefix = format!("rpc reply \"Device 1\" {id} ");
+                    until(&s.tb, &format!("the reply to RPC {id}"), |f| has(f, &prefix)).await
+                }
+            };
+            // Methods with the configured arguments and with params.
+            rpc(31, "multiply", Value::Null).await?;
+            rpc(32, "multiply", json!([6, 7])).await?;
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request
+
+fn request_json(port: u16) -> Value {
+    json!({
+        "host": format!("http://127.0.0.1:{port}"),
+        "SSLVerify": false,
+        "security": {"type": "anonymous"},
+        "mapping": [{
+            "url": "data", "httpMethod": "GET", "httpHeaders": {"ACCEPT": "application/json"},
+            "allowRedirects": true, "timeout": 2, "scanPeriod": 0.5,
+            "converter": {
+                "type": "json",
+                "deviceNameJsonExpression": "${serial}",
+                "deviceTypeJsonExpression": "http-sensor",
+                "attributes": [{"key": "developer", "type": "string", "value": "${Developer}"}],
+                "telemetry": [
+                    {"key": "temperature", "type": "double", "value": "${temp}"},
+                    {"key": "humidity", "type": "integer", "value": "${hum}"},
+                    {"key": "both", "type": "string", "value": "${temp}/${hum}"}
+                ]
+            }
+        }],
+        "attributeUpdates": [],
+        "serverSideRpc": [{
+            "deviceNameFilter": ".*", "methodFilter": "echo",
+            "requestUrlExpression": "sensor/${deviceName}/echo",
+            "responseTimeout": 2, "httpMethod": "POST", "requestValueExpression": "${params}",
+            "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+        }]
+    })
+}
+
+#[tokio::test]
+async fn request_connector_matches_upstream() {
+    let port = tbgw::test_util::free_tcp_port();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tbgw-connectors/tests/peers/request_server.py");
+    let mut peer = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("request_server.py starts");
+    {
+        use tokio::io::AsyncBufReadExt;
+        let out = peer.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("READY") {
+                break;
+            }
+        }
+    }
+    let connectors = json!([{"type": "request", "name": "Request", "configuration": "request.json"}]);
+    differential(
+        connectors,
+        move |_, _| vec![("request.json", request_json(port))],
+        &[],
+        &[],
+        |s: Arc<Side>| async move {
+            until(&s.tb, "the polled reading", |f| {
+                ["temperature", "humidity", "both"]
+                    .iter()
+                    .all(|k| has(f, &format!("telemetry \"SN-1\" {k} ")))
+                    && has(f, "attribute \"SN-1\" developer ")
+            })
+            .await?;
+            s.tb.send_rpc("SN-1", 41, "echo", json!({"x": 1}))
+                .await
+                .map_err(|e| e.to_string())?;
+            until(&s.tb, "the reply to RPC 41", |f| has(f, "rpc reply \"SN-1\" 41 ")).await?;
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// REST
+
+fn rest_json(port: u16) -> Value {
+    json!({
+        "server": {"host": "127.0.0.1", "port": port.to_string(), "SSL": false},
+        "mapping": [{
+            "endpoint": "/my_devices", "HTTPMethods": ["POST"],
+            "response": {"responseExpected": false, "timeout": 120},
+            "security": {"type": "anonymous"},
+            "converter": {
+                "type": "json",
+                "deviceInfo": {
+                    "deviceNameExpressionSource": "request", "deviceNameExpression": "${sensorName}",
+                    "deviceProfileExpressionSource": "request", "deviceProfileExpression": "${sensorType}"
+                },
+                "attributes": [{"type": "string", "key": "model", "value": "${sensorModel}"}],
+                "timeseries": [
+                    {"type": "double", "key": "temperature", "value": "${temp}"},
+                    {"type": "integer", "key": "count", "value": "${count}"},
+                    {"type": "boolean", "key": "on", "value": "${on}"},
+                    {"type": "string", "key": "label", "value": "${label}"}
+                ]
+            }
+        }],
+        "requestsMapping": {"attributeRequests": [], "attributeUpdates": [], "serverSideRpc": []}
+    })
+}
+
+/// POSTs JSON to the side's REST server until it answers (it starts with the gateway).
+async fn post(port: u16, path: &str, body: &Value) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut out = String::new();
+                if s.read_to_string(&mut out).await.is_ok() && out.starts_with("HTTP/1.1 2") {
+                    return Ok(out);
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the REST server on {port} never accepted {path}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn rest_connector_matches_upstream() {
+    let connectors = json!([{"type": "rest", "name": "REST", "configuration": "rest.json"}]);
+    differential(
+        connectors,
+        |_, spare| vec![("rest.json", rest_json(spare))],
+        &[],
+        // Upstream's REST connector sends every value as text (booleans as Python writes
+        // them); tbgw sends the configured types.
+        &[
+            ("\"R-1\" count \"3\"", "\"R-1\" count 3"),
+            ("\"R-1\" on \"True\"", "\"R-1\" on true"),
+            ("\"R-1\" temperature \"21.5\"", "\"R-1\" temperature 21.5"),
+            ("\"R-2\" count \"4\"", "\"R-2\" count 4"),
+            ("\"R-2\" on \"false\"", "\"R-2\" on false"),
+            ("\"R-2\" temperature \"22\"", "\"R-2\" temperature 22.0"),
+        ],
+        |s: Arc<Side>| async move {
+            post(
+                s.spare,
+                "/my_devices",
+                &json!({"sensorName": "R-1", "sensorType": "rest-sensor", "sensorModel": "X1",
+                        "temp": 21.5, "count": 3, "on": true, "label": "a"}),
+            )
+            .await?;
+            post(
+                s.spare,
+                "/my_devices",
+                &json!({"sensorName": "R-2", "sensorType": "rest-sensor", "sensorModel": 7,
+                        "temp": "22", "count": "4", "on": "false", "label": 1.5}),
+            )
+            .await?;
+            until(&s.tb, "both devices' data", |f| {
+                has(f, "telemetry \"R-1\" label") && has(f, "telemetry \"R-2\" label")
+            })
             .await?;
             Ok(())
         },
