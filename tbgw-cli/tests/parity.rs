@@ -333,7 +333,10 @@ fn facts(tb: &TbStandIn) -> BTreeSet<String> {
             // with an id of null.
             "v1/gateway/rpc" if j["id"].is_null() => {}
             "v1/gateway/rpc" => {
-                out.insert(format!("rpc reply {} {} {}", j["device"], j["id"], j["data"]));
+                out.insert(format!(
+                    "rpc reply {} {} {}",
+                    j["device"], j["id"], j["data"]
+                ));
             }
             t if t.starts_with("v1/devices/me/rpc/response/") => {
                 let id = t.rsplit('/').next().unwrap_or_default();
@@ -438,7 +441,11 @@ async fn differential<F, Fut>(
 }
 
 /// Waits until `pred` holds for what the stand-in received.
-async fn until(tb: &TbStandIn, what: &str, pred: impl Fn(&BTreeSet<String>) -> bool) -> Result<(), String> {
+async fn until(
+    tb: &TbStandIn,
+    what: &str,
+    pred: impl Fn(&BTreeSet<String>) -> bool,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let f = facts(tb);
@@ -446,7 +453,9 @@ async fn until(tb: &TbStandIn, what: &str, pred: impl Fn(&BTreeSet<String>) -> b
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}; ThingsBoard saw:\n{f:#?}"));
+            return Err(format!(
+                "timed out waiting for {what}; ThingsBoard saw:\n{f:#?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -593,7 +602,10 @@ async fn rpc(s: &Side, id: u64, method: &str, params: Value) -> Result<(), Strin
 
 async fn rpc_replied(s: &Side, id: u64) -> Result<(), String> {
     let prefix = format!("rpc reply \"SN-1\" {id} ");
-    until(&s.tb, &format!("the reply to RPC {id}"), |f| has(f, &prefix)).await
+    until(&s.tb, &format!("the reply to RPC {id}"), |f| {
+        has(f, &prefix)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -752,9 +764,7 @@ async fn pymodbus(port: u16, values: &Value) -> tbgw::test_util::PythonPeer {
 }
 
 fn modbus_json(port: u16) -> Value {
-    let dp = |tag: &str, ty: &str, fc: u8, count: u16, address: u16| {
-        json!({"tag": tag, "type": ty, "functionCode": fc, "objectsCount": count, "address": address})
-    };
+    let dp = |tag: &str, ty: &str, fc: u8, count: u16, address: u16| json!({"tag": tag, "type": ty, "functionCode": fc, "objectsCount": count, "address": address});
     let mut bit2 = dp("bit2", "bits", 3, 1, 6);
     bit2["bit"] = json!(2);
     let mut bit_int = dp("bitsInt", "bits", 1, 1, 2);
@@ -802,9 +812,12 @@ async fn modbus_connector_matches_upstream() {
         &[],
         |s: Arc<Side>| async move {
             until(&s.tb, "every polled value", |f| {
-                ["i16", "u16", "i32", "f32", "bit2", "div", "mul", "coils", "coil1", "bitsInt", "di0", "ir0"]
-                    .iter()
-                    .all(|k| has(f, &format!("telemetry \"Meter\" {k} ")))
+                [
+                    "i16", "u16", "i32", "f32", "bit2", "div", "mul", "coils", "coil1", "bitsInt",
+                    "di0", "ir0",
+                ]
+                .iter()
+                .all(|k| has(f, &format!("telemetry \"Meter\" {k} ")))
                     && has(f, "attribute \"Meter\" serial ")
             })
             .await?;
@@ -815,7 +828,10 @@ async fn modbus_connector_matches_upstream() {
                         .await
                         .map_err(|e| e.to_string())?;
                     let prefix = format!("rpc reply \"Meter\" {id} ");
-                    until(&s.tb, &format!("the reply to RPC {id}"), |f| has(f, &prefix)).await
+                    until(&s.tb, &format!("the reply to RPC {id}"), |f| {
+                        has(f, &prefix)
+                    })
+                    .await
                 }
             };
             // Device RPC entries: a read, register and coil writes.
@@ -889,8 +905,8 @@ fn opcua_json(port: u16) -> Value {
 #[tokio::test]
 async fn opcua_connector_matches_upstream() {
     let port = tbgw::test_util::free_tcp_port();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tbgw-connectors/tests/peers/opcua_server.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tbgw-connectors/tests/peers/opcua_server.py");
     let mut peer = tbgw::test_util::PythonPeer::spawn([
         script.display().to_string(),
         "--port".into(),
@@ -927,7 +943,10 @@ async fn opcua_connector_matches_upstream() {
                         .await
                         .map_err(|e| e.to_string())?;
                     let prefix = format!("rpc reply \"Device 1\" {id} ");
-                    until(&s.tb, &format!("the reply to RPC {id}"), |f| has(f, &prefix)).await
+                    until(&s.tb, &format!("the reply to RPC {id}"), |f| {
+                        has(f, &prefix)
+                    })
+                    .await
                 }
             };
             // Methods with the configured arguments and with params.
@@ -975,8 +994,8 @@ fn request_json(port: u16) -> Value {
 #[tokio::test]
 async fn request_connector_matches_upstream() {
     let port = tbgw::test_util::free_tcp_port();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tbgw-connectors/tests/peers/request_server.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tbgw-connectors/tests/peers/request_server.py");
     let mut peer = Command::new("python3")
         .arg(&script)
         .arg(port.to_string())
@@ -995,7 +1014,8 @@ async fn request_connector_matches_upstream() {
             }
         }
     }
-    let connectors = json!([{"type": "request", "name": "Request", "configuration": "request.json"}]);
+    let connectors =
+        json!([{"type": "request", "name": "Request", "configuration": "request.json"}]);
     differential(
         connectors,
         move |_, _| vec![("request.json", request_json(port))],
@@ -1012,7 +1032,10 @@ async fn request_connector_matches_upstream() {
             s.tb.send_rpc("SN-1", 41, "echo", json!({"x": 1}))
                 .await
                 .map_err(|e| e.to_string())?;
-            until(&s.tb, "the reply to RPC 41", |f| has(f, "rpc reply \"SN-1\" 41 ")).await?;
+            until(&s.tb, "the reply to RPC 41", |f| {
+                has(f, "rpc reply \"SN-1\" 41 ")
+            })
+            .await?;
             Ok(())
         },
     )

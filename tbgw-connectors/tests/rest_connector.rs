@@ -666,10 +666,7 @@ async fn rpcs_and_attribute_updates_go_out_as_http_requests() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(
-        reply,
-        json!({"result": {"temp": 22.5, "echo": {"x": 1}}})
-    );
+    assert_eq!(reply, json!({"result": {"temp": 22.5, "echo": {"x": 1}}}));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (_, body) = curl(&[&format!("http://127.0.0.1:{pport}/_log")]).await;

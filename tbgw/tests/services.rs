@@ -340,7 +340,10 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
     // exact bytes under keys of our own.
     let m = &s["machineStats"];
     let pct = |v: &Json| v.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p));
-    assert!(pct(&m["gwMemory"]) && pct(&m["freeMemory"]) && pct(&m["diskUsage"]), "{m}");
+    assert!(
+        pct(&m["gwMemory"]) && pct(&m["freeMemory"]) && pct(&m["diskUsage"]),
+        "{m}"
+    );
     assert!(m["gwMemory"].as_f64().unwrap() < 100.0, "{m}");
     let human = |v: &Json| {
         v.as_str()
@@ -349,9 +352,18 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
     assert!(human(&m["freeDisk"]), "{m}");
     assert!(m["gwMemoryBytes"].as_u64().unwrap() > 100_000, "{m}");
     assert!(m["freeDiskBytes"].as_u64().is_some(), "{m}");
-    assert!(m["gwProcessMemoryFullInfo"]["rss"].as_u64().unwrap() > 0, "{m}");
-    assert!(s["serviceStats"]["platformTsProduced"].as_u64().is_some(), "{s}");
-    assert!(s["serviceStats"]["platformAttrProduced"].as_u64().is_some(), "{s}");
+    assert!(
+        m["gwProcessMemoryFullInfo"]["rss"].as_u64().unwrap() > 0,
+        "{m}"
+    );
+    assert!(
+        s["serviceStats"]["platformTsProduced"].as_u64().is_some(),
+        "{s}"
+    );
+    assert!(
+        s["serviceStats"]["platformAttrProduced"].as_u64().is_some(),
+        "{s}"
+    );
     let c = &s["connectorsStats"]["Test"];
     for k in [
         "connectorBytesReceived",
@@ -372,9 +384,8 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         json!(true),
         "{s}"
     );
-    let attrs = r
-        .tb
-        .wait_for(WAIT, |m| {
+    let attrs =
+        r.tb.wait_for(WAIT, |m| {
             m.topic == "v1/devices/me/attributes"
                 && m.json
                     .as_ref()
@@ -384,8 +395,14 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         .expect("machine attributes")
         .json
         .unwrap();
-    assert!(human(&attrs["totalMemory"]) && human(&attrs["totalDisk"]), "{attrs}");
-    assert!(attrs["totalMemoryBytes"].as_u64().unwrap() > 1_000_000, "{attrs}");
+    assert!(
+        human(&attrs["totalMemory"]) && human(&attrs["totalDisk"]),
+        "{attrs}"
+    );
+    assert!(
+        attrs["totalMemoryBytes"].as_u64().unwrap() > 1_000_000,
+        "{attrs}"
+    );
 
     // Prometheus.
     let body = http_get(metrics_port, "/metrics").await;
@@ -815,10 +832,7 @@ async fn reported(
     r.tb.wait_for(WAIT, |m| {
         m.topic == "v1/devices/me/attributes"
             && m.received_at >= since
-            && m.json
-                .as_ref()
-                .and_then(|j| j.get(key))
-                .is_some_and(&pred)
+            && m.json.as_ref().and_then(|j| j.get(key)).is_some_and(&pred)
     })
     .await
     .and_then(|m| m.json)
@@ -827,8 +841,7 @@ async fn reported(
 
 fn main_connector_names(r: &Running) -> Vec<String> {
     let main: Json =
-        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap()).unwrap();
     main["connectors"]
         .as_array()
         .unwrap()
@@ -867,9 +880,11 @@ async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams()
         .await
         .unwrap();
     assert!(r.telemetry("d1", "v2", t1).await, "change applied");
-    let echo = reported(&r, t1, "Test", |v| v["configurationJson"]["tag"] == json!("v2"))
-        .await
-        .expect("applied change reported");
+    let echo = reported(&r, t1, "Test", |v| {
+        v["configurationJson"]["tag"] == json!("v2")
+    })
+    .await
+    .expect("applied change reported");
     assert_eq!(echo["ts"], json!(ts), "{echo}");
 
     // A connector added from the UI: its attribute and active_connectors naming it.
@@ -891,10 +906,12 @@ async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams()
         v.as_array().is_some_and(|a| a.len() == 2)
     })
     .await;
-    assert!(active.is_some(), "active_connectors lists the new connector");
+    assert!(
+        active.is_some(),
+        "active_connectors lists the new connector"
+    );
     let file: Json =
-        serde_json::from_str(&std::fs::read_to_string(r.path("other_conn.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(r.path("other_conn.json")).unwrap()).unwrap();
     assert_eq!(file["tag"], json!("n"));
     assert_eq!(main_connector_names(&r), vec!["Test", "Other Conn"]);
 
@@ -908,7 +925,10 @@ async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams()
     }))
     .await
     .unwrap();
-    assert!(r.telemetry("n1", "renamed", t3).await, "renamed connector runs");
+    assert!(
+        r.telemetry("n1", "renamed", t3).await,
+        "renamed connector runs"
+    );
     let active = reported(&r, t3, "active_connectors", |v| {
         v == &json!(["Test", "Renamed"])
     })

@@ -904,7 +904,10 @@ mod tests {
         )
         .unwrap();
         let out: Vec<_> = quoted
-            .publishes("SN-1", json!({"fw": "2.0", "on": true}).as_object().unwrap())
+            .publishes(
+                "SN-1",
+                json!({"fw": "2.0", "on": true}).as_object().unwrap(),
+            )
             .into_iter()
             .map(Result::unwrap)
             .map(|(_, p)| p)

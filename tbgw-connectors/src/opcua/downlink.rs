@@ -333,9 +333,7 @@ impl Ctx {
         let root: NodeId = opcua::types::ObjectId::RootFolder.into();
         match method {
             "get" => return Ok(json!({"result": self.get(&root, params).await?})),
-            "set" => {
-                return Ok(json!({"success": true, "value": self.set(&root, params).await?}))
-            }
+            "set" => return Ok(json!({"success": true, "value": self.set(&root, params).await?})),
             _ => {}
         }
         let mut out = serde_json::Map::new();

@@ -243,7 +243,8 @@ pub fn check_connector_files(
     let mut names = std::collections::HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_str);
-        let (Some(name), Some(ty), Some(conf)) = (field("name"), field("type"), field("configuration"))
+        let (Some(name), Some(ty), Some(conf)) =
+            (field("name"), field("type"), field("configuration"))
         else {
             continue;
         };

@@ -92,11 +92,17 @@ pub(crate) fn process_memory_full_info() -> Option<serde_json::Map<String, serde
         .iter()
         .enumerate()
     {
-        m.insert(k.to_string(), (v.get(i).copied().unwrap_or(0) * page).into());
+        m.insert(
+            k.to_string(),
+            (v.get(i).copied().unwrap_or(0) * page).into(),
+        );
     }
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     let f = |k: &str| kb_field(&rollup, k).unwrap_or(0);
-    m.insert("uss".into(), (f("Private_Clean") + f("Private_Dirty")).into());
+    m.insert(
+        "uss".into(),
+        (f("Private_Clean") + f("Private_Dirty")).into(),
+    );
     m.insert("pss".into(), f("Pss").into());
     m.insert("swap".into(), f("Swap").into());
     Some(m)

@@ -158,7 +158,9 @@ impl Manager {
             .factories
             .iter()
             .find(|f| f.connector_type() == connector_type)
-            .ok_or_else(|| crate::connector::unknown_connector_type(connector_type, &self.factories))?;
+            .ok_or_else(|| {
+                crate::connector::unknown_connector_type(connector_type, &self.factories)
+            })?;
         let mut keys = Vec::new();
         let c = factory.build(&spec, &mut keys).map_err(|e| e.to_string())?;
         ignored.extend(keys.into_iter().map(|key| IgnoredKey {

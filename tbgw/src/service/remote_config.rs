@@ -168,7 +168,10 @@ impl RemoteConfig {
                     }
                     // The update is reported back with its own `ts`, so ThingsBoard's UI
                     // shows the connector in sync.
-                    s.publish(topic::ME_ATTRIBUTES, json!({ name.to_string(): applied_echo(desired, &cfg) }));
+                    s.publish(
+                        topic::ME_ATTRIBUTES,
+                        json!({ name.to_string(): applied_echo(desired, &cfg) }),
+                    );
                 }
                 Err(e) => {
                     self.rejected.insert(name.to_string(), cfg.clone());
@@ -212,7 +215,10 @@ impl RemoteConfig {
                 Ok(()) => {
                     added = true;
                     s.stats.add_remote_config_applied(1);
-                    s.publish(topic::ME_ATTRIBUTES, json!({ key.clone(): applied_echo(desired, &cfg) }));
+                    s.publish(
+                        topic::ME_ATTRIBUTES,
+                        json!({ key.clone(): applied_echo(desired, &cfg) }),
+                    );
                 }
                 Err(e) => {
                     self.rejected.insert(key.clone(), cfg);
@@ -424,7 +430,12 @@ const RESERVED_KEYS: &[&str] = &[
 ];
 
 /// Keys of a connector file that the UI keeps beside `configurationJson`.
-const BESIDE_KEYS: &[&str] = &["logLevel", "enableRemoteLogging", "reportStrategy", "configVersion"];
+const BESIDE_KEYS: &[&str] = &[
+    "logLevel",
+    "enableRemoteLogging",
+    "reportStrategy",
+    "configVersion",
+];
 
 /// The file's modification time in ms since the epoch.
 fn mtime_ms(file: &Path) -> Option<i64> {
@@ -451,7 +462,13 @@ fn desired_config(desired: &Json, name: &str) -> Option<Json> {
 fn strip_common(v: &Json) -> Json {
     let mut v = v.clone();
     if let Some(m) = v.as_object_mut() {
-        for k in ["name", "id", "logLevel", "enableRemoteLogging", "configVersion"] {
+        for k in [
+            "name",
+            "id",
+            "logLevel",
+            "enableRemoteLogging",
+            "configVersion",
+        ] {
             m.remove(k);
         }
     }
@@ -485,7 +502,9 @@ async fn add_connector(
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}.json", name.replace(' ', "_").to_lowercase()));
     if Path::new(&file_name).is_absolute() || file_name.contains("..") {
-        return Err(format!("configuration `{file_name}` must be a file name in the configuration directory"));
+        return Err(format!(
+            "configuration `{file_name}` must be a file name in the configuration directory"
+        ));
     }
     let file = dir.join(&file_name);
     // Renamed: the running connector with the same id goes.
@@ -503,7 +522,10 @@ async fn add_connector(
             s.connector_stats.retain(|(n, _)| *n != o);
         }
     }
-    let stats = s.manager.add_new(name, &ty, file.clone(), cfg.clone()).await?;
+    let stats = s
+        .manager
+        .add_new(name, &ty, file.clone(), cfg.clone())
+        .await?;
     if let Err(e) = backup(&dir, &file).and_then(|_| write_json(&file, cfg)) {
         tracing::error!(file = %file.display(), error = %e, "Cannot write the new connector's configuration; it runs but is not saved.");
     }
@@ -558,14 +580,23 @@ fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
     out.insert("type".into(), json!(&*h.connector_type));
     out.insert(
         "configuration".into(),
-        json!(h.file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned())),
+        json!(h
+            .file
+            .as_ref()
+            .and_then(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned())),
     );
     if let Some(id) = cfg.get("id") {
         out.insert("id".into(), id.clone());
     }
     let taken: Vec<(String, Option<Json>)> = BESIDE_KEYS
         .iter()
-        .map(|k| (k.to_string(), cfg.as_object_mut().and_then(|m| m.remove(*k))))
+        .map(|k| {
+            (
+                k.to_string(),
+                cfg.as_object_mut().and_then(|m| m.remove(*k)),
+            )
+        })
         .collect();
     for (k, v) in taken {
         match (k.as_str(), v) {

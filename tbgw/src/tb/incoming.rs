@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{topic, Control, Session, TbClient};
-use crate::downlink::{
-    AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder,
-};
+use crate::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 
 impl TbClient {
     pub(super) fn on_publish(

@@ -347,10 +347,16 @@ fn bits_and_scaling_follow_the_datapoint_options() {
     assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Int(0)));
     let mut coil_bit = spec("bits", 3, Order::Big, Order::Little);
     coil_bit.bit = Some(1);
-    assert_eq!(decode_bits(&[false, true, false], &coil_bit), Ok(Value::Int(1)));
+    assert_eq!(
+        decode_bits(&[false, true, false], &coil_bit),
+        Ok(Value::Int(1))
+    );
     // An index past the end takes the last bit.
     coil_bit.bit = Some(9);
-    assert_eq!(decode_bits(&[false, false, true], &coil_bit), Ok(Value::Int(1)));
+    assert_eq!(
+        decode_bits(&[false, false, true], &coil_bit),
+        Ok(Value::Int(1))
+    );
     // A numeric type over coils reads the packed bits.
     let coil_u16 = spec("16uint", 1, Order::Big, Order::Little);
     let mut bits = vec![false; 16];
