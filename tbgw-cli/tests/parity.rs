@@ -525,6 +525,10 @@ fn mqtt_json(port: u16) -> Value {
                  "requestTopicExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
                  "responseTopicExpression": "sensor/${deviceName}/response/${methodName}/${requestId}",
                  "responseTopicQoS": 1, "responseTimeout": 10000, "valueExpression": "${params}"},
+                {"type": "twoWay", "deviceNameFilter": ".*", "methodFilter": "slow",
+                 "requestTopicExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
+                 "responseTopicExpression": "sensor/${deviceName}/response/${methodName}/${requestId}",
+                 "responseTopicQoS": 1, "responseTimeout": 1000, "valueExpression": "${params}"},
                 {"type": "oneWay", "deviceNameFilter": ".*", "methodFilter": "no-reply",
                  "requestTopicExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
                  "valueExpression": "${params}"}
@@ -617,7 +621,14 @@ async fn mqtt_connector_matches_upstream() {
         &["sensor/+/#", "devices/#"],
         // Upstream answers a connector RPC twice: `{"success": false}` at once (its MQTT
         // connector's handler returns nothing), then the real acknowledgement.
-        &[("gateway rpc reply 20 {\"success\":false}", "")],
+        &[
+            ("gateway rpc reply 20 {\"success\":false}", ""),
+            // A two-way RPC the device never answers.
+            (
+                "rpc reply \"SN-1\" 16 {\"success\":false}",
+                "rpc reply \"SN-1\" 16 {\"code\":408,\"error\":\"no reply on `sensor/SN-1/response/slow/16` within the response timeout\"}",
+            ),
+        ],
         |s: Arc<Side>| async move {
             mqtt_probe(&s).await?;
             let dev = s.dev();
@@ -723,6 +734,9 @@ async fn mqtt_connector_matches_upstream() {
                 .ok_or("RPC 15 did not reach the device")?;
             dev.publish("sensor/SN-1/gotraw", "7").await;
             rpc_replied(&s, 15).await?;
+            // A two-way RPC the device does not answer: the timeout reply.
+            rpc(&s, 16, "slow", json!({})).await?;
+            rpc_replied(&s, 16).await?;
             // A connector RPC to the gateway device: `mqtt_<method>` with the entry in params.
             s.tb.send_gateway_rpc(
                 20,

@@ -642,7 +642,7 @@ fn the_upstream_sample_config_builds() {
     let spec = ConnectorSpec {
         name: "OPC-UA Connector".into(),
         connector_type: "opcua".into(),
-        file: path.into(),
+        file: path,
         config,
     };
     let mut ignored = Vec::new();
