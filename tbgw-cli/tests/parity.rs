@@ -625,7 +625,8 @@ async fn mqtt_connector_matches_upstream() {
             ("gateway rpc reply 20 {\"success\":false}", ""),
             // A two-way RPC the device never answers.
             (
-                "rpc reply \"SN-1\" 16 {\"success\":false}",
+                // (upstream double-encodes it, as its acknowledgements)
+                "rpc reply \"SN-1\" 16 \"{\\\"success\\\": false}\"",
                 "rpc reply \"SN-1\" 16 {\"code\":408,\"error\":\"no reply on `sensor/SN-1/response/slow/16` within the response timeout\"}",
             ),
         ],
@@ -823,7 +824,11 @@ async fn modbus_connector_matches_upstream() {
         connectors,
         move |_, _| vec![("modbus.json", modbus_json(port))],
         &[],
-        &[],
+        // Upstream echoes a reserved set's value as text.
+        &[(
+            "rpc reply \"Meter\" 26 {\"result\":{\"value\":\"9\"}}",
+            "rpc reply \"Meter\" 26 {\"result\":{\"value\":9}}",
+        )],
         |s: Arc<Side>| async move {
             until(&s.tb, "every polled value", |f| {
                 [
@@ -868,6 +873,13 @@ async fn modbus_connector_matches_upstream() {
                 25,
                 "get",
                 json!("type=16int;functionCode=3;objectsCount=1;address=20;"),
+            )
+            .await?;
+            // Reserved set.
+            rpc(
+                26,
+                "set",
+                json!("type=16int;functionCode=6;objectsCount=1;address=22;value=9;"),
             )
             .await?;
             Ok(())
