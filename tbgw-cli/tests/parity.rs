@@ -804,6 +804,12 @@ fn modbus_json(port: u16) -> Value {
         "attributeUpdates": [dp("limit", "16int", 6, 1, 20)],
         "rpc": [dp("getI16", "16int", 3, 1, 0), dp("setLevel", "16int", 6, 1, 21),
                 dp("setRelay", "bits", 5, 1, 5)]
+    }, {
+        // The same registers with upstream's default byte and word orders.
+        "host": "127.0.0.1", "port": port, "type": "tcp", "method": "socket", "timeout": 35,
+        "pollPeriod": 500, "unitId": 1, "deviceName": "Meter Defaults", "deviceType": "meter",
+        "timeseries": [dp("i16", "16int", 3, 1, 0), dp("i32", "32int", 3, 2, 2),
+                       dp("f32", "32float", 3, 2, 4), dp("u32", "32uint", 3, 2, 10)]
     }]}})
 }
 
@@ -824,11 +830,34 @@ async fn modbus_connector_matches_upstream() {
         connectors,
         move |_, _| vec![("modbus.json", modbus_json(port))],
         &[],
-        // Upstream echoes a reserved set's value as text.
-        &[(
-            "rpc reply \"Meter\" 26 {\"result\":{\"value\":\"9\"}}",
-            "rpc reply \"Meter\" 26 {\"result\":{\"value\":9}}",
-        )],
+        &[
+            // Upstream echoes a reserved set's value as text.
+            (
+                "rpc reply \"Meter\" 26 {\"result\":{\"value\":\"9\"}}",
+                "rpc reply \"Meter\" 26 {\"result\":{\"value\":9}}",
+            ),
+            // Without `byteOrder` upstream swaps the bytes of every register (its default is
+            // LITTLE); tbgw reads them as the Modbus specification sends them (BIG). Both
+            // default `wordOrder` to LITTLE. Registers 2-3 hold 0xFFFF 0xFFFD, 4-5 the float
+            // 1.5, 10-11 0x4142 0x4344.
+            (
+                "\"Meter Defaults\" i32 -33554433",
+                "\"Meter Defaults\" i32 -131073",
+            ),
+            (
+                "\"Meter Defaults\" u32 1145258561",
+                "\"Meter Defaults\" u32 1128546626",
+            ),
+            (
+                "\"Meter Defaults\" f32 0.0",
+                "\"Meter Defaults\" f32 2.2869190937781015e-41",
+            ),
+            // The attribute-update keys synced on connect are the connector's.
+            (
+                "",
+                "attribute request \"Meter Defaults\" client=false [\"limit\"]",
+            ),
+        ],
         |s: Arc<Side>| async move {
             until(&s.tb, "every polled value", |f| {
                 [
@@ -838,6 +867,7 @@ async fn modbus_connector_matches_upstream() {
                 .iter()
                 .all(|k| has(f, &format!("telemetry \"Meter\" {k} ")))
                     && has(f, "attribute \"Meter\" serial ")
+                    && has(f, "telemetry \"Meter Defaults\" u32 ")
             })
             .await?;
             let rpc = |id: u64, method: &'static str, params: Value| {
