@@ -87,7 +87,7 @@ impl Side {
     async fn start(
         which: Impl,
         connectors: Value,
-        files: &(dyn Fn(u16, u16) -> Vec<(&'static str, Value)> + Sync),
+        files: &(dyn Fn(u16, u16, Impl) -> Vec<(&'static str, Value)> + Sync),
     ) -> Side {
         let broker = Mosquitto::start().await.expect("mosquitto starts");
         let tb = TbStandIn::connect(broker.port()).await.expect("stand-in");
@@ -116,7 +116,7 @@ impl Side {
         write("tb_gateway.json", &main);
         write("logs.json", &logs_json());
         let spare = tbgw::test_util::free_tcp_port();
-        for (name, v) in files(broker.port(), spare) {
+        for (name, v) in files(broker.port(), spare, which) {
             write(name, &v);
         }
         let run = dir.path().join("run");
@@ -370,7 +370,7 @@ const KNOWN: &[(&str, &str)] = &[
 /// Runs a scenario on both gateways at once and compares what ThingsBoard and the devices saw.
 async fn differential<F, Fut>(
     connectors: Value,
-    files: impl Fn(u16, u16) -> Vec<(&'static str, Value)> + Sync,
+    files: impl Fn(u16, u16, Impl) -> Vec<(&'static str, Value)> + Sync,
     device_subscriptions: &[&str],
     known: &[(&str, &str)],
     scenario: F,
@@ -617,7 +617,7 @@ async fn mqtt_connector_matches_upstream() {
     let connectors = json!([{"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}]);
     differential(
         connectors,
-        |port, _| vec![("mqtt.json", mqtt_json(port))],
+        |port, _, _| vec![("mqtt.json", mqtt_json(port))],
         &["sensor/+/#", "devices/#"],
         // Upstream answers a connector RPC twice: `{"success": false}` at once (its MQTT
         // connector's handler returns nothing), then the real acknowledgement.
@@ -828,7 +828,7 @@ async fn modbus_connector_matches_upstream() {
     let connectors = json!([{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]);
     differential(
         connectors,
-        move |_, _| vec![("modbus.json", modbus_json(port))],
+        move |_, _, _| vec![("modbus.json", modbus_json(port))],
         &[],
         &[
             // Upstream echoes a reserved set's value as text.
@@ -958,9 +958,8 @@ fn opcua_json(port: u16) -> Value {
     })
 }
 
-#[tokio::test]
-async fn opcua_connector_matches_upstream() {
-    let port = tbgw::test_util::free_tcp_port();
+/// asyncua (from the test peers' virtualenv) with one device, values that do not change.
+async fn asyncua(port: u16) -> tbgw::test_util::PythonPeer {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tbgw-connectors/tests/peers/opcua_server.py");
     let mut peer = tbgw::test_util::PythonPeer::spawn([
@@ -977,10 +976,28 @@ async fn opcua_connector_matches_upstream() {
         .await
         .expect("asyncua ready");
     peer.wait_tcp(port, WAIT).await.expect("asyncua listens");
+    peer
+}
+
+#[tokio::test]
+async fn opcua_connector_matches_upstream() {
+    // A server per gateway: the scenario writes nodes.
+    let (p_up, p_ours) = (
+        tbgw::test_util::free_tcp_port(),
+        tbgw::test_util::free_tcp_port(),
+    );
+    let (_a, _b) = tokio::join!(asyncua(p_up), asyncua(p_ours));
     let connectors = json!([{"type": "opcua", "name": "OPC-UA", "configuration": "opcua.json"}]);
     differential(
         connectors,
-        move |_, _| vec![("opcua.json", opcua_json(port))],
+        move |_, _, which| {
+            let port = if which == Impl::Upstream {
+                p_up
+            } else {
+                p_ours
+            };
+            vec![("opcua.json", opcua_json(port))]
+        },
         &[],
         // Upstream 3.8.5 sends nothing for a `constant` datapoint.
         &[("", "attribute \"Device 1\" model \"tbgw-sim\"")],
@@ -1008,6 +1025,16 @@ async fn opcua_connector_matches_upstream() {
             // Methods with the configured arguments and with params.
             rpc(31, "multiply", Value::Null).await?;
             rpc(32, "multiply", json!([6, 7])).await?;
+            // Reserved get of a node by its path below the device.
+            rpc(33, "get", json!("Int16Var")).await?;
+            // An attribute update writes the node; polling sends the new value.
+            s.tb.send_attribute_update("Device 1", json!({"i16": 77}))
+                .await
+                .map_err(|e| e.to_string())?;
+            until(&s.tb, "the written value", |f| {
+                has(f, "telemetry \"Device 1\" i16 77")
+            })
+            .await?;
             Ok(())
         },
     )
@@ -1074,7 +1101,7 @@ async fn request_connector_matches_upstream() {
         json!([{"type": "request", "name": "Request", "configuration": "request.json"}]);
     differential(
         connectors,
-        move |_, _| vec![("request.json", request_json(port))],
+        move |_, _, _| vec![("request.json", request_json(port))],
         &[],
         &[],
         |s: Arc<Side>| async move {
@@ -1157,7 +1184,7 @@ async fn rest_connector_matches_upstream() {
     let connectors = json!([{"type": "rest", "name": "REST", "configuration": "rest.json"}]);
     differential(
         connectors,
-        |_, spare| vec![("rest.json", rest_json(spare))],
+        |_, spare, _| vec![("rest.json", rest_json(spare))],
         &[],
         // Upstream's REST connector sends every value as text (booleans as Python writes
         // them); tbgw sends the configured types.
