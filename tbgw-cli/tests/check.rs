@@ -293,6 +293,30 @@ fn problems_in_several_connector_files_are_all_reported() {
 }
 
 #[test]
+fn a_broken_main_file_does_not_hide_a_broken_connector_file() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut mqtt_content = mqtt_file(json!([]));
+    mqtt_content["mapping"][0]
+        .as_object_mut()
+        .expect("mapping object")
+        .remove("topicFilter");
+    let mqtt = write_json(dir.path(), "mqtt.json", &mqtt_content);
+    let mut main = main_file(json!([
+        {"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}
+    ]));
+    main["thingsboard"]["port"] = json!("abc");
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[
+            (&file, "thingsboard.port", "invalid type"),
+            (&mqtt, "mapping[0]", "topicFilter"),
+        ],
+    );
+}
+
+#[test]
 fn a_connector_type_that_is_not_built_is_rejected_by_name() {
     let dir = TempDir::new().expect("tempdir");
     // BACnet is a connector type tbgw knows but has not built yet.

@@ -220,7 +220,9 @@ async fn device_json_reaches_thingsboard_with_names_types_and_timestamps() {
     );
     let attrs = tb
         .wait_for(WAIT, |m| {
-            m.topic == "v1/gateway/attributes" && m.text().contains("SN-001")
+            m.topic == "v1/gateway/attributes"
+                && m.text().contains("SN-001")
+                && m.text().contains("\"model\"")
         })
         .await
         .expect("attributes");

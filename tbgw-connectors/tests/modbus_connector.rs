@@ -241,7 +241,7 @@ fn expected_types() -> Json {
     json!({
         "attr:serial": "ONOK",
         "i16": -2, "f16": 1.0, "i32": -3, "f32": 1.5, "f64": -2.25, "u16le": 0x1234,
-        "bit2": true, "i8": -1, "div": 21.5, "mul": 21, "mode": "run", "u64": 1u64 << 40,
+        "bit2": 1, "i8": -1, "div": 21.5, "mul": 21, "mode": "run", "u64": 1u64 << 40,
         "bytes": "3412", "ir_0": 42, "ir_1": 43, "coils": [0, 1, 0, 1], "coil1": true, "di0": true
     })
 }
@@ -320,19 +320,19 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
     // Configured methods: FC 16 write, FC 3 read back, FC 5, FC 6.
     assert_eq!(
         rpc(&ends, Some("Types"), "setSetpoint", json!(12.5)).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": 12.5}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "getSetpoint", json!({})).await,
-        Ok(json!(12.5))
+        Ok(json!({"result": {"value": 12.5}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "setRelay", json!({"value": true})).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": {"value": true}}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "setLevel", json!(-7)).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": -7}}))
     );
     // Reserved get/set with the key=value syntax, FC 15 and FC 1.
     assert_eq!(
@@ -343,7 +343,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=15;objectsCount=3;address=50;value=[true,false,true];")
         )
         .await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": [true, false, true]}}))
     );
     assert_eq!(
         rpc(
@@ -353,7 +353,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=1;objectsCount=3;address=50;")
         )
         .await,
-        Ok(json!([true, false, true]))
+        Ok(json!({"result": {"value": [true, false, true]}}))
     );
     assert_eq!(
         rpc(
@@ -363,7 +363,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=1;objectsCount=1;address=7;")
         )
         .await,
-        Ok(json!(true))
+        Ok(json!({"result": {"value": true}}))
     );
     assert_eq!(
         rpc(
@@ -373,7 +373,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=16int;functionCode=3;objectsCount=1;address=32;")
         )
         .await,
-        Ok(json!(-7))
+        Ok(json!({"result": {"value": -7}}))
     );
     // Attribute update: 32int over FC 6 takes two single-register writes.
     ends.downlink
@@ -396,12 +396,12 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
         )
         .await
         .expect("read");
-        if got == json!(-100000) {
+        if got == json!({"result": {"value": -100000}}) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(got, json!(-100000));
+    assert_eq!(got, json!({"result": {"value": -100000}}));
     // Connector RPC on every slave.
     assert_eq!(
         rpc(
@@ -892,7 +892,7 @@ fn upstream_sample_configs_build() {
         let spec = ConnectorSpec {
             name: "Modbus".into(),
             connector_type: "modbus".into(),
-            file: path.clone().into(),
+            file: path.clone(),
             config,
         };
         ModbusFactory::new()
@@ -1026,7 +1026,11 @@ async fn end_to_end_registers_reach_thingsboard_and_an_rpc_writes_pymodbus() {
         })
         .await
         .expect("rpc reply");
-    assert_eq!(reply.json.expect("json")["data"], json!({"success": true}));
+    // As the Python gateway: a write echoes the value written.
+    assert_eq!(
+        reply.json.expect("json")["data"],
+        json!({"result": {"value": -42}})
+    );
     // pymodbus now holds the value: read it back with pymodbus's own client.
     let out = tokio::process::Command::new(tbgw::test_util::peers_python())
         .arg("-c")

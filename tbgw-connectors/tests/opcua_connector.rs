@@ -332,41 +332,44 @@ async fn polling_reads_all_types_and_rpcs_call_methods_and_write_nodes() {
         rpc(&ends, Some("Device 1"), "multiply", Json::Null)
             .await
             .unwrap(),
-        json!({"result": 8})
+        json!({"result": {"result": 8}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 1"), "multiply", json!([6, 7]))
             .await
             .unwrap(),
-        json!({"result": 42})
+        json!({"result": {"result": 42}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 2"), "set_relay", json!(true))
             .await
             .unwrap(),
-        json!({"result": true})
+        json!({"result": {"result": true}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 2"), "get_relay", Json::Null)
             .await
             .unwrap(),
-        json!({"result": true})
+        json!({"result": {"result": true}})
     );
     // Reserved get / set, relative path and node id.
     assert_eq!(
         rpc(&ends, Some("Device 1"), "get", json!("Int16Var"))
             .await
             .unwrap(),
-        json!({"result": -16})
+        json!({"result": {"value": -16}})
     );
-    rpc(&ends, Some("Device 1"), "set", json!("Int16Var; 123"))
-        .await
-        .unwrap();
+    assert_eq!(
+        rpc(&ends, Some("Device 1"), "set", json!("Int16Var; 123"))
+            .await
+            .unwrap(),
+        json!({"result": {"value": 123}})
+    );
     assert_eq!(
         rpc(&ends, Some("Device 1"), "get", json!("Int16Var"))
             .await
             .unwrap(),
-        json!({"result": 123})
+        json!({"result": {"value": 123}})
     );
     rpc(
         &ends,
@@ -385,7 +388,7 @@ async fn polling_reads_all_types_and_rpcs_call_methods_and_write_nodes() {
         )
         .await
         .unwrap(),
-        json!({"result": 70})
+        json!({"result": {"value": 70}})
     );
     // Errors: an unknown method is not found, a bad value is a bad request, an unknown device
     // is unreachable.
@@ -636,7 +639,7 @@ fn the_upstream_sample_config_builds() {
     let spec = ConnectorSpec {
         name: "OPC-UA Connector".into(),
         connector_type: "opcua".into(),
-        file: path.into(),
+        file: path,
         config,
     };
     let mut ignored = Vec::new();
@@ -745,7 +748,8 @@ async fn gateway_delivers_asyncua_values_and_rpc_calls_the_method() {
         .await
         .expect("RPC reply");
     let body: Json = serde_json::from_str(&reply.text()).unwrap();
-    assert_eq!(body["data"]["result"], json!(30), "{body}");
+    // As the Python gateway: the method's output under `result.result`.
+    assert_eq!(body["data"], json!({"result": {"result": 30}}), "{body}");
     tb.send_rpc("Device 1", 8, "set", json!("StringVar; written"))
         .await
         .unwrap();

@@ -45,7 +45,7 @@ use crate::uplink::{StoreOutcome, UplinkMessage, UplinkSender};
 /// less peak RSS than 4096.
 const UPLINK_CAPACITY: usize = 1024;
 /// Capacity of each connector's downlink channel.
-const DOWNLINK_CAPACITY: usize = 256;
+pub(crate) const DOWNLINK_CAPACITY: usize = 256;
 /// Capacity of the control channel to the ThingsBoard client.
 const CONTROL_CAPACITY: usize = 1024;
 /// Capacity of the channel to the services task.
@@ -64,13 +64,13 @@ pub enum GatewayError {
     Config(#[from] ConfigErrors),
 }
 
-struct ConnectorSlot {
-    name: Arc<str>,
-    connector_type: Arc<str>,
-    connector: Box<dyn Connector>,
+pub(crate) struct ConnectorSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) connector_type: Arc<str>,
+    pub(crate) connector: Box<dyn Connector>,
     /// The connector file and its content, for connectors from the configuration.
-    file: Option<PathBuf>,
-    config: serde_json::Value,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) config: serde_json::Value,
 }
 
 /// Builds a [`Gateway`].
@@ -444,16 +444,14 @@ impl Gateway {
         let (service_tx, service_rx) = mpsc::channel(SERVICE_CAPACITY);
 
         let (ingest_cmd_tx, ingest_cmd_rx) = mpsc::channel(64);
-        let mut routes = Routes::default();
+        let routes = Routes::default();
         let mut contexts = Vec::new();
         let mut manager = Manager::new(factories, ingest_cmd_tx);
         let mut connector_reports = HashMap::new();
         let mut shared_keys = HashMap::new();
         for mut slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
-            routes
-                .by_name
-                .insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
+            routes.insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
             let cstats = connector_stats
                 .entry(slot.name.to_string())
                 .or_default()
@@ -499,6 +497,8 @@ impl Gateway {
             slot.config = serde_json::Value::Null;
             contexts.push((slot, cx, crx));
         }
+        // Kept for connectors added by remote configuration.
+        let spare_uplink = uplink_tx.clone();
         drop(uplink_tx);
 
         let shared = Arc::new(Shared {
@@ -508,6 +508,11 @@ impl Gateway {
             stats: stats.clone(),
             rpc_timeout,
             service: Some(service_tx.clone()),
+        });
+        manager.spawner = Some(crate::service::manager::Spawner {
+            uplink: spare_uplink,
+            token: connectors_token.clone(),
+            shared: shared.clone(),
         });
 
         let mut cstats_list: Vec<(String, Arc<ConnectorStats>)> = connector_stats
@@ -738,7 +743,7 @@ pub(crate) async fn supervise_detached(connector: Box<dyn Connector>, cx: Connec
 /// sub-task ([`ConnectorContext::spawn`]), and applies replace / stop / start commands (hot
 /// reload, remote configuration, `active_connectors`). Each run's sub-tasks are aborted when
 /// the run ends.
-async fn supervise(
+pub(crate) async fn supervise(
     slot: ConnectorSlot,
     mut cx: ConnectorContext,
     mut commands: mpsc::Receiver<ConnectorCommand>,

@@ -61,6 +61,12 @@ counters! {
         task_failures => add_task_failures,
         /// Messages dropped because one of the connector's internal queues was full.
         queue_dropped => add_queue_dropped,
+        /// Bytes received from the field side (payloads; counted where a connector sees them).
+        bytes_received => add_bytes_received,
+        /// Time series values handed to storage.
+        ts_produced => add_ts_produced,
+        /// Attributes handed to storage.
+        attr_produced => add_attr_produced,
     }
 }
 
@@ -117,6 +123,10 @@ counters! {
         /// disconnects, RPC replies, attribute requests and gateway-device messages for the
         /// ThingsBoard client, and events for the services task.
         queue_dropped => add_queue_dropped,
+        /// Time series values sent to ThingsBoard.
+        platform_ts_produced => add_platform_ts_produced,
+        /// Attributes sent to ThingsBoard.
+        platform_attr_produced => add_platform_attr_produced,
     }
 }
 
@@ -248,6 +258,11 @@ impl ConnectorCounters {
     /// Downlink requests (RPC, attribute updates) handled.
     pub fn add_downlink(&self, n: u64) {
         self.0.add_downlink(n);
+    }
+
+    /// Bytes received from the field side (payloads, where the connector sees them).
+    pub fn add_bytes_received(&self, n: u64) {
+        self.0.add_bytes_received(n);
     }
 
     /// Messages dropped because one of the connector's internal queues was full.

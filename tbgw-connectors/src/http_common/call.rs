@@ -233,6 +233,30 @@ pub fn rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
     }
 }
 
+/// A device RPC reply of the Request connector as the Python gateway sends it: a 2xx answer
+/// is `{"result": {"value": <body or the rendered responseValueExpression>}}`; any other status
+/// the error of [`rpc_reply`] (upstream reports it as a success).
+pub fn request_rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
+    let r = rpc_reply(reply, response_value);
+    if reply.status.is_success() {
+        json!({ "result": { "value": r["result"].clone() } })
+    } else {
+        r
+    }
+}
+
+/// A device RPC reply of the REST connector as the Python gateway sends it: a 2xx answer is
+/// `{"result": <body or the rendered responseValueExpression>}`; any other status the error of
+/// [`rpc_reply`].
+pub fn rest_rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
+    let r = rpc_reply(reply, response_value);
+    if reply.status.is_success() {
+        json!({ "result": r["result"].clone() })
+    } else {
+        r
+    }
+}
+
 /// Parses the params of a reserved `get`/`set` RPC: a `key=value;` string (or an object with
 /// the same keys) naming the fields of one `serverSideRpc` entry: `requestUrlExpression`
 /// (required), `httpMethod`, `responseTimeout`, `timeout`, `tries`, `httpHeaders` (a JSON

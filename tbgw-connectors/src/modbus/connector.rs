@@ -171,7 +171,7 @@ impl ModbusConnector {
             };
             let err = RpcError::Unreachable("the Modbus connection is busy; try again".into());
             match cmd.reply {
-                Reply::Rpc(r) => r.err(err),
+                Reply::Rpc(r) | Reply::DeviceRpc { responder: r, .. } => r.err(err),
                 Reply::Log(k) => {
                     tracing::warn!(attribute = %k, "Attribute update dropped: the Modbus connection is busy.")
                 }
@@ -181,10 +181,15 @@ impl ModbusConnector {
 
     fn device_rpc(&self, senders: &[CommandSender], rpc: RpcRequest, c: usize, s: usize) {
         let slave = &self.connections[c].slaves[s];
+        // A write echoes what it wrote: the params of an `rpc` entry, the value of a `set`.
+        let mut echo = None;
         let op = if rpc.method == "get" || rpc.method == "set" {
             match params_map(&rpc.params).and_then(|m| op_from_params(&m, slave.orders, slave.unit))
             {
-                Ok(op) => op,
+                Ok(op) => {
+                    echo = op.value.clone();
+                    op
+                }
                 Err(e) => return rpc.responder.err(e),
             }
         } else if let Some(p) = slave.rpc.iter().find(|p| p.key == rpc.method) {
@@ -201,6 +206,9 @@ impl ModbusConnector {
             } else {
                 None
             };
+            if value.is_some() {
+                echo = Some(rpc.params.clone());
+            }
             Op {
                 fc: p.fc,
                 address: p.address,
@@ -219,7 +227,10 @@ impl ModbusConnector {
             Command {
                 slave: s,
                 op,
-                reply: Reply::Rpc(rpc.responder),
+                reply: Reply::DeviceRpc {
+                    responder: rpc.responder,
+                    echo,
+                },
             },
         );
     }
@@ -362,6 +373,20 @@ impl ModbusConnector {
 
 #[async_trait]
 impl Connector for ModbusConnector {
+    /// As upstream: a device's `attributeUpdates` keys are synced when it connects (the keys of
+    /// every slave; ThingsBoard answers those a device has).
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .connections
+            .iter()
+            .flat_map(|c| c.slaves.iter())
+            .flat_map(|s| s.attribute_updates.iter().map(|p| p.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         // One supervised sub-task per connection (and the slave server): a panic in one
         // restarts the connector instead of silently stopping that connection.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use tbgw::backoff::Backoff;
 use tbgw::downlink::{RpcError, RpcResponder};
 use tbgw::log_once::LogOnce;
@@ -142,6 +142,15 @@ pub struct Op {
 pub enum Reply {
     /// An RPC.
     Rpc(RpcResponder),
+    /// A device RPC (an `rpc` entry or reserved `get`/`set`), answered as the Python gateway
+    /// does: `{"result": {"value": v}}` with the value read, or for a write `echo` (what the
+    /// request asked to write).
+    DeviceRpc {
+        /// Where the answer goes.
+        responder: RpcResponder,
+        /// For a write: the value echoed in the reply.
+        echo: Option<Json>,
+    },
     /// An attribute update: failures are logged under this key.
     Log(String),
 }
@@ -529,6 +538,10 @@ impl ConnectionTask {
 fn finish(reply: Reply, result: Result<Json, RpcError>, connector: &str) {
     match reply {
         Reply::Rpc(r) => r.send(result),
+        Reply::DeviceRpc { responder, echo } => match result {
+            Ok(v) => responder.verbatim(json!({"result": {"value": echo.unwrap_or(v)}})),
+            Err(e) => responder.err(e),
+        },
         Reply::Log(key) => {
             if let Err(e) = result {
                 tracing::warn!(connector = %connector, attribute = %key, error = %e.to_json(), "Cannot write an attribute update to the Modbus device.");

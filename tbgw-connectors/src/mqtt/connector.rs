@@ -608,9 +608,13 @@ impl Session {
             return false;
         };
         let w = self.rpc_waits.remove(i);
-        let reply = serde_json::from_slice::<Json>(payload)
-            .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(payload).into_owned()));
-        w.responder.ok(reply);
+        // As the Python gateway: the device's answer as JSON (single quotes read as double
+        // ones), or as text when it is not JSON.
+        let text = String::from_utf8_lossy(payload);
+        let reply = serde_json::from_str::<Json>(&text)
+            .or_else(|_| serde_json::from_str::<Json>(&text.replace('\'', "\"")))
+            .unwrap_or_else(|_| Json::String(text.into_owned()));
+        w.responder.verbatim(reply);
         if w.dynamic {
             self.release_reply_topic(&w.topic);
         }
@@ -1002,6 +1006,7 @@ impl Connector for MqttConnector {
                     }
                     Ok(SourceEvent::Message { topic, payload, qos, publish }) => {
                         cx.stats().add_messages_received(1);
+                        cx.stats().add_bytes_received(payload.len() as u64);
                         let reply = s.take_reply(&topic, &payload);
                         let (mapped, data) = self.convert(cx, &topic, &payload);
                         let request = self.handle_requests(cx, &mut s, &topic, &payload).await?;

@@ -5,8 +5,9 @@
 //! Rendering follows upstream's call sites: in topics every placeholder is plain text; in
 //! payloads the *names* (`${deviceName}`, `${methodName}`, `${requestId}`, `${attributeKey}`)
 //! are plain text and the *values* (`${params}`, `${params.<path>}`, `${attributeValue}`) are
-//! JSON (strings quoted). One exception, also upstream's: an attribute-update payload that is
-//! exactly `${attributeValue}` carries a string value without quotes.
+//! JSON (strings quoted). One exception, also upstream's: attribute-update payloads carry the
+//! value as text (strings without quotes, `true`/`false`, objects as compact JSON), so
+//! `{"${attributeKey}":"${attributeValue}"}` sends `{"fw":"2.0"}`.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -183,11 +184,8 @@ impl AttributeUpdate {
             }
             let scope = attribute_scope(device, k, v);
             let rendered = render_topic(&self.topic, &scope, "topicExpression").and_then(|t| {
-                let payload = if self.value.is_single() {
-                    render_text(&self.value, &scope, "valueExpression")?
-                } else {
-                    render_payload(&self.value, &scope, "valueExpression")?
-                };
+                // Upstream formats the value as text for every placeholder.
+                let payload = render_text(&self.value, &scope, "valueExpression")?;
                 Ok((t, payload))
             });
             out.push(rendered);
@@ -857,6 +855,29 @@ mod tests {
                 ("sensor/SN-1/mode".to_string(), "eco".to_string())
             ]
         );
+        // As upstream: the value is text in every payload template, so a quoted placeholder
+        // is not quoted twice.
+        let quoted = attribute_update(
+            Path::new("mqtt.json"),
+            "attributeUpdates[0]",
+            &serde_json::from_value(json!({
+                "deviceNameFilter": ".*", "attributeFilter": ".*",
+                "topicExpression": "sensor/${deviceName}/${attributeKey}",
+                "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let out: Vec<_> = quoted
+            .publishes(
+                "SN-1",
+                json!({"fw": "2.0", "on": true}).as_object().unwrap(),
+            )
+            .into_iter()
+            .map(Result::unwrap)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(out, vec![r#"{"fw":"2.0"}"#, r#"{"on":"true"}"#]);
     }
 
     #[test]

@@ -571,6 +571,19 @@ fn err_text(e: impl std::fmt::Display) -> String {
 
 #[async_trait]
 impl Connector for OpcUaConnector {
+    /// As upstream: a device's `attributes_updates` keys are synced when it connects (the keys
+    /// of every mapping; ThingsBoard answers those a device has).
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .mappings
+            .iter()
+            .flat_map(|m| m.updates.iter().map(|(k, _)| k.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let mut failures: u32 = 0;
         // `reconnectBackoffInitialDelay` (s) multiplied by `reconnectBackoffFactor` after each

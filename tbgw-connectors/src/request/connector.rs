@@ -334,6 +334,7 @@ async fn poll_once(
     let req = outbound(shared, m, m.url.clone(), m.method.clone(), m.body.clone());
     let reply = shared.client.send(&req).await.map_err(|e| e.to_string())?;
     stats.add_messages_received(1);
+    stats.add_bytes_received(reply.body.len() as u64);
     if !reply.status.is_success() {
         return Err(format!("HTTP status {}", reply.status.as_u16()));
     }
@@ -475,7 +476,7 @@ async fn handle_rpc(shared: &Shared, rpc: RpcRequest) {
     };
     let scope = call::rpc_scope(device.as_deref(), &method, id, &params);
     match call::execute(&shared.client, spec, Some(&shared.host), &scope).await {
-        Ok(reply) => responder.ok(normalize_rpc_result(call::rpc_reply(
+        Ok(reply) => responder.ok(normalize_rpc_result(call::request_rpc_reply(
             &reply,
             spec.response_value.as_ref(),
         ))),

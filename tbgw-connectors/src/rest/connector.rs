@@ -445,7 +445,7 @@ async fn handle_rpc(out: &Outgoing, rpc: RpcRequest) {
     };
     let scope = call::rpc_scope(device.as_deref(), &method, id, &params);
     match call::execute(&out.client, spec, None, &scope).await {
-        Ok(reply) => responder.ok(normalize_rpc_result(call::rpc_reply(
+        Ok(reply) => responder.ok(normalize_rpc_result(call::rest_rpc_reply(
             &reply,
             spec.response_value.as_ref(),
         ))),

@@ -516,6 +516,7 @@ impl Server {
             }
         };
         self.stats.add_messages_received(1);
+        self.stats.add_bytes_received(body.len() as u64);
         if let Err(e) = merge_body(content_type.as_deref(), &body, &mut params) {
             self.stats.add_convert_errors(1);
             self.refused(StatusCode::BAD_REQUEST, parts.uri.path(), &e.to_string());

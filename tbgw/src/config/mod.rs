@@ -236,6 +236,74 @@ pub fn load_with_env(
     }
 }
 
+/// Every problem of the connector files the main file names, found even when the main file
+/// itself is broken (a wrong type anywhere in it stops [`load`] before the connector files are
+/// read): each entry of its `connectors` list that has a name, a type and a file is read, parsed
+/// and built by the factory of its type. What `tbgw check` adds to [`load`]'s errors, so one run
+/// reports every problem of every file.
+pub fn check_connector_files(
+    file: &Path,
+    factories: &[Box<dyn crate::connector::ConnectorFactory>],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let Ok(raw) = parse::read_file(file) else {
+        return errors;
+    };
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let entries = raw
+        .get("connectors")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut names = std::collections::HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_str);
+        let (Some(name), Some(ty), Some(conf)) =
+            (field("name"), field("type"), field("configuration"))
+        else {
+            continue;
+        };
+        if !names.insert(name.to_string()) {
+            continue;
+        }
+        let cfile = dir.join(conf);
+        let value = match parse::read_file(&cfile) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("connectors[{i}].configuration"),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let spec = match connector_spec(name, ty, &cfile, value) {
+            Ok((spec, _)) => spec,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match factories.iter().find(|f| f.connector_type() == ty) {
+            Some(f) => {
+                if let Err(e) = f.build(&spec, &mut Vec::new()) {
+                    errors.push(e);
+                }
+            }
+            None => errors.push(ConfigError::new(
+                file,
+                format!("connectors[name={name}].type"),
+                crate::connector::unknown_connector_type(ty, factories),
+            )),
+        }
+    }
+    errors
+}
+
 /// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
 /// connector file may carry (`name`, `id`, ...), reports the common keys tbgw does not use, and
 /// validates the connector-level `reportStrategy` / `sendDataOnlyOnChange` (left in the config).

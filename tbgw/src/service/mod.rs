@@ -286,13 +286,7 @@ impl Services {
         let Some(keys) = self.shared_keys.get(&connector).filter(|k| !k.is_empty()) else {
             return;
         };
-        let Some(route) = self
-            .shared
-            .routes
-            .by_name
-            .get(&connector)
-            .map(|r| r.1.clone())
-        else {
+        let Some(route) = self.shared.routes.get(&connector).map(|r| r.1) else {
             return;
         };
         let (tx, rx) = oneshot::channel();
@@ -376,11 +370,15 @@ impl Services {
             .clone()
             .unwrap_or_else(|| PathBuf::from("."));
         let mut m = Map::new();
+        // Upstream's keys hold psutil's human-readable strings ("15.5G"); the exact figures
+        // go under keys of our own.
         if let Some(t) = machine::meminfo("MemTotal") {
-            m.insert("totalMemory".into(), t.into());
+            m.insert("totalMemory".into(), machine::bytes_to_human(t).into());
+            m.insert("totalMemoryBytes".into(), t.into());
         }
         if let Some((total, _)) = machine::disk(&dir) {
-            m.insert("totalDisk".into(), total.into());
+            m.insert("totalDisk".into(), machine::bytes_to_human(total).into());
+            m.insert("totalDiskBytes".into(), total.into());
         }
         m.insert("cpuCount".into(), machine::cpu_count().into());
         m.insert("Version".into(), env!("CARGO_PKG_VERSION").into());
@@ -423,13 +421,30 @@ impl Services {
             .clone()
             .unwrap_or_else(|| PathBuf::from("."));
         let (disk_total, disk_free) = machine::disk(&dir).unwrap_or((0, 0));
+        let mem_total = machine::meminfo("MemTotal").unwrap_or(0);
+        let mem_available = machine::meminfo("MemAvailable").unwrap_or(0);
+        let rss = machine::process_memory("VmRSS").unwrap_or(0);
+        let percent = |part: u64, whole: u64| {
+            if whole > 0 {
+                (part as f64 / whole as f64 * 1000.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        // Upstream's keys and units (psutil's): `freeMemory` is the memory *used* in percent,
+        // `gwMemory` this process's share of memory in percent, `freeDisk` a string like
+        // "71.1G". Exact byte figures go under keys of our own (`...Bytes`).
         let machine = json!({
             "totalCpuUsage": round2(total_cpu),
             "gwProcessCpuUsage": round2(gw_cpu),
-            "gwMemory": machine::process_memory("VmRSS").unwrap_or(0),
-            "freeMemory": machine::meminfo("MemAvailable").unwrap_or(0),
-            "diskUsage": if disk_total > 0 { round2((disk_total - disk_free) as f64 / disk_total as f64 * 100.0) } else { 0.0 },
-            "freeDisk": disk_free,
+            "gwMemory": percent(rss, mem_total),
+            "gwMemoryBytes": rss,
+            "gwProcessMemoryFullInfo": machine::process_memory_full_info().map(Json::Object).unwrap_or(Json::Null),
+            "freeMemory": percent(mem_total.saturating_sub(mem_available), mem_total),
+            "freeMemoryBytes": mem_available,
+            "diskUsage": percent(disk_total.saturating_sub(disk_free), disk_total),
+            "freeDisk": machine::bytes_to_human(disk_free),
+            "freeDiskBytes": disk_free,
             "msgsSentToPlatform": sent,
             "msgsReceivedFromPlatform": received,
         });
@@ -440,6 +455,8 @@ impl Services {
             "storageMsgDropped": dropped,
             "queueMsgDropped": queue_dropped,
             "platformMsgPushed": sent,
+            "platformAttrProduced": delta("platform_attr_produced", get("platform_attr_produced")),
+            "platformTsProduced": delta("platform_ts_produced", get("platform_ts_produced")),
             "thingsboardConnected": get("thingsboard_connected") == 1,
         });
         let mut connectors = Map::new();
@@ -466,12 +483,21 @@ impl Services {
                 let prev = last.connectors.insert((name.clone(), k), v).unwrap_or(0);
                 v.saturating_sub(prev)
             };
+            // Upstream counts converted and dropped messages per converter; here a record
+            // handed to storage was converted, a conversion error dropped its message.
+            let pushed = d("sent_to_storage");
+            let convert_errors = d("convert_errors");
             connectors.insert(
                 name.clone(),
                 json!({
                     "connectorMsgsReceived": d("messages_received"),
-                    "storageMsgPushed": d("sent_to_storage"),
-                    "convertersErrors": d("convert_errors"),
+                    "connectorBytesReceived": d("bytes_received"),
+                    "convertersTsProduced": d("ts_produced"),
+                    "convertersAttrProduced": d("attr_produced"),
+                    "convertersMsgProcessed": pushed,
+                    "convertersMsgDropped": convert_errors,
+                    "storageMsgPushed": pushed,
+                    "convertersErrors": convert_errors,
                     "connectorsErrors": d("errors"),
                     "connectorRestarts": d("restarts"),
                     "connectorTaskFailures": d("task_failures"),
@@ -498,21 +524,22 @@ impl Services {
                 json!({"code": 200, "resp": resp})
             }
             "stats" => {
+                // Upstream's shape: flat, connector names without spaces, what each connector
+                // received (`EventsProduced`) and handed on (`EventsSent`), and the sums.
                 let mut resp = Map::new();
                 let (mut produced, mut sent) = (0, 0);
                 for (name, cs) in &self.connector_stats {
-                    let p = ConnectorStats::get(&cs.sent_to_storage);
+                    let key = name.replace(' ', "");
+                    let p = ConnectorStats::get(&cs.messages_received);
+                    let s = ConnectorStats::get(&cs.sent_to_storage);
                     produced += p;
-                    resp.insert(format!("{name}EventsProduced"), p.into());
+                    sent += s;
+                    resp.insert(format!("{key}EventsProduced"), p.into());
+                    resp.insert(format!("{key}EventsSent"), s.into());
                 }
-                sent += self.stats.delivered.load(Ordering::Relaxed);
                 resp.insert("eventsProduced".into(), produced.into());
                 resp.insert("eventsSent".into(), sent.into());
-                resp.insert("storageMsgCount".into(), self.storage.stats().len.into());
-                for (k, v) in self.stats.values() {
-                    resp.insert(k.into(), v.into());
-                }
-                json!({"code": 200, "resp": resp})
+                Json::Object(resp)
             }
             "version" => json!({"code": 200, "resp": {
                 "current_version": env!("CARGO_PKG_VERSION"),

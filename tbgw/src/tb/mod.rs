@@ -190,10 +190,45 @@ pub(crate) struct Trial {
     reply: oneshot::Sender<Result<(), String>>,
 }
 
-/// Where downlink requests go: connector name → (type, sender).
-#[derive(Debug, Default, Clone)]
+/// A connector's downlink route: (type, sender).
+pub(crate) type Route = (Arc<str>, mpsc::Sender<Downlink>);
+
+/// Where downlink requests go: connector name → (type, sender). Connectors added or removed
+/// by remote configuration change it while the gateway runs.
+#[derive(Debug, Default)]
 pub(crate) struct Routes {
-    pub by_name: HashMap<Arc<str>, (Arc<str>, mpsc::Sender<Downlink>)>,
+    by_name: std::sync::RwLock<HashMap<Arc<str>, Route>>,
+}
+
+impl Routes {
+    /// Adds (or replaces) a connector's route.
+    pub(crate) fn insert(&self, name: Arc<str>, route: Route) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.insert(name, route);
+        }
+    }
+
+    /// Removes a connector's route.
+    pub(crate) fn remove(&self, name: &str) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.remove(name);
+        }
+    }
+
+    /// The route of a connector.
+    pub(crate) fn get(&self, name: &str) -> Option<Route> {
+        self.by_name.read().ok()?.get(name).cloned()
+    }
+
+    /// The route of the first connector of a type.
+    pub(crate) fn of_type(&self, ty: &str) -> Option<Route> {
+        self.by_name
+            .read()
+            .ok()?
+            .values()
+            .find(|(t, _)| &**t == ty)
+            .cloned()
+    }
 }
 
 /// State shared between the ingest task, the client and the router.
@@ -624,6 +659,24 @@ impl TbClient {
         let qos = s.qos;
         self.publish(s, topic::CONNECT.to_string(), payload, qos, Token::Other)?;
         s.announced.insert(device.to_string());
+        // As upstream: which connector serves the device, as its client attributes.
+        let owner = {
+            let reg = self.shared.registry();
+            reg.owner(reg.original_name(device)).cloned()
+        };
+        if let Some(name) = owner {
+            let ty = self
+                .shared
+                .routes
+                .get(&name)
+                .map(|r| r.0.to_string())
+                .unwrap_or_default();
+            let payload = json!({ device: {"connectorType": ty, "connectorName": &*name} })
+                .to_string()
+                .into_bytes();
+            self.limits.took_control(Instant::now());
+            self.publish(s, topic::ATTRIBUTES.to_string(), payload, qos, Token::Other)?;
+        }
         Ok(())
     }
 
@@ -672,6 +725,11 @@ impl TbClient {
         }
         let n = packed.telemetry.len() + packed.attributes.len();
         let datapoints: usize = batch.records.iter().map(|r| r.datapoints()).sum();
+        let attrs: usize = batch.records.iter().map(|r| r.attributes.len()).sum();
+        self.shared.stats.add_platform_attr_produced(attrs as u64);
+        self.shared
+            .stats
+            .add_platform_ts_produced((datapoints - attrs) as u64);
         self.dp_per_record = batch
             .records
             .iter()
