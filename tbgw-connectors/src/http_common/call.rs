@@ -16,7 +16,7 @@ use tbgw::downlink::RpcError;
 use tbgw::expr::{Encoding, Template};
 
 /// The scopes downlink templates render against, shared with the other connectors.
-pub use tbgw::convert::downlink::{attribute_scope, rpc_scope};
+pub use tbgw::convert::downlink::rpc_scope;
 
 use super::client::{HttpClient, HttpError, Outbound, Reply};
 use super::tls::ClientTls;
@@ -136,6 +136,38 @@ impl CallError {
             CallError::Http(HttpError::Timeout(_)) => RpcError::Timeout(self.to_string()),
             CallError::Http(e) if e.is_unreachable() => RpcError::Unreachable(self.to_string()),
             CallError::Http(_) => RpcError::Device(self.to_string()),
+        }
+    }
+}
+
+/// Sends a shared-attribute update through every `attributeUpdates` rule that matches the
+/// device and a key (the Request and REST connectors): one request per rule and key. Refusals
+/// and failures are counted in `errors` and logged; they do not stop the other keys.
+pub async fn send_attribute_update(
+    client: &HttpClient,
+    rules: &[Rule],
+    base: Option<&str>,
+    update: &tbgw::downlink::AttributeUpdate,
+    stats: &tbgw::stats::ConnectorCounters,
+    connector: &str,
+) {
+    let device = &update.device;
+    for (key, value) in &update.values {
+        for rule in rules.iter().filter(|r| r.matches(Some(device), key)) {
+            let scope = tbgw::convert::downlink::attribute_scope(device, key, value);
+            match execute(client, &rule.spec, base, &scope).await {
+                Ok(r) if r.status.is_success() => {
+                    tracing::debug!(connector, device = %device, key = %key, "Attribute update sent.");
+                }
+                Ok(r) => {
+                    stats.add_errors(1);
+                    tracing::warn!(connector, device = %device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
+                }
+                Err(e) => {
+                    stats.add_errors(1);
+                    tracing::warn!(connector, device = %device, key = %key, error = %e, "Cannot send an attribute update.");
+                }
+            }
         }
     }
 }

@@ -415,28 +415,15 @@ async fn sub_requests(
 }
 
 async fn handle_attribute_update(shared: &Shared, u: AttributeUpdate, stats: &ConnectorCounters) {
-    for (key, value) in &u.values {
-        for rule in shared
-            .attribute_rules
-            .iter()
-            .filter(|r| r.matches(Some(&u.device), key))
-        {
-            let scope = call::attribute_scope(&u.device, key, value);
-            match call::execute(&shared.client, &rule.spec, Some(&shared.host), &scope).await {
-                Ok(r) if r.status.is_success() => {
-                    tracing::debug!(connector = %shared.name, device = %u.device, key = %key, "Attribute update sent.");
-                }
-                Ok(r) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %shared.name, device = %u.device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
-                }
-                Err(e) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %shared.name, device = %u.device, key = %key, error = %e, "Cannot send an attribute update.");
-                }
-            }
-        }
-    }
+    call::send_attribute_update(
+        &shared.client,
+        &shared.attribute_rules,
+        Some(&shared.host),
+        &u,
+        stats,
+        &shared.name,
+    )
+    .await;
 }
 
 /// Answers an RPC: reserved `get`/`set`, else the first `serverSideRpc` rule that matches the

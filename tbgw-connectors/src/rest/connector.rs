@@ -389,26 +389,15 @@ where
 }
 
 async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorCounters) {
-    for (key, value) in &u.values {
-        for rule in out
-            .attribute_rules
-            .iter()
-            .filter(|r| r.matches(Some(&u.device), key))
-        {
-            let scope = call::attribute_scope(&u.device, key, value);
-            match call::execute(&out.client, &rule.spec, None, &scope).await {
-                Ok(r) if r.status.is_success() => {}
-                Ok(r) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %out.name, device = %u.device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
-                }
-                Err(e) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %out.name, device = %u.device, key = %key, error = %e, "Cannot send an attribute update.");
-                }
-            }
-        }
-    }
+    call::send_attribute_update(
+        &out.client,
+        &out.attribute_rules,
+        None,
+        &u,
+        stats,
+        &out.name,
+    )
+    .await;
 }
 
 async fn handle_rpc(out: &Outgoing, rpc: RpcRequest) {
