@@ -226,11 +226,14 @@ async fn device_json_reaches_thingsboard_with_names_types_and_timestamps() {
         .expect("attributes");
     assert_eq!(attrs.json.unwrap()["SN-001"], json!({"model": "T-1000"}));
 
-    // The device registry is persisted beside the config, in upstream's format.
-    let registry: Value = serde_json::from_slice(
-        &std::fs::read(gw._dir.path().join("connected_devices.json")).unwrap(),
-    )
-    .unwrap();
+    // The device registry is persisted beside the config, in upstream's format (by a
+    // background task, off the data path: it may come a little after the data).
+    let path = gw._dir.path().join("connected_devices.json");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !path.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let registry: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(
         registry["SN-001"]["connectorName"],
         json!("MQTT Broker Connector")
