@@ -229,11 +229,17 @@ async fn device_json_reaches_thingsboard_with_names_types_and_timestamps() {
     // The device registry is persisted beside the config, in upstream's format (by a
     // background task, off the data path: it may come a little after the data).
     let path = gw._dir.path().join("connected_devices.json");
+    let read = || -> Value {
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
     let deadline = std::time::Instant::now() + WAIT;
-    while !path.exists() && std::time::Instant::now() < deadline {
+    while read().get("SN-001").is_none() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let registry: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let registry = read();
     assert_eq!(
         registry["SN-001"]["connectorName"],
         json!("MQTT Broker Connector")
