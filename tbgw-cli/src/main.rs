@@ -125,7 +125,7 @@ fn check(path: &Path) -> ExitCode {
             // (each problem once).
             let mut seen: std::collections::HashSet<String> =
                 e.0.iter().map(ToString::to_string).collect();
-            for e in config::check_connector_files(path, &factories()) {
+            for e in tbgw::connector::check_connector_files(path, &factories()) {
                 if seen.insert(e.to_string()) {
                     eprintln!("{e}");
                 }

@@ -94,6 +94,74 @@ pub trait ConnectorFactory: Send + Sync {
     ) -> Result<Box<dyn Connector>, ConfigError>;
 }
 
+/// Every problem of the connector files the main file names, found even when the main file
+/// itself is broken (a wrong type anywhere in it stops [`load`](crate::config::load) before the connector files are
+/// read): each entry of its `connectors` list that has a name, a type and a file is read, parsed
+/// and built by the factory of its type. What `tbgw check` adds to [`load`](crate::config::load)'s errors, so one run
+/// reports every problem of every file.
+pub fn check_connector_files(
+    file: &std::path::Path,
+    factories: &[Box<dyn ConnectorFactory>],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let Ok(raw) = crate::config::parse::read_file(file) else {
+        return errors;
+    };
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let entries = raw
+        .get("connectors")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut names = std::collections::HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_str);
+        let (Some(name), Some(ty), Some(conf)) =
+            (field("name"), field("type"), field("configuration"))
+        else {
+            continue;
+        };
+        if !names.insert(name.to_string()) {
+            continue;
+        }
+        let cfile = dir.join(conf);
+        let value = match crate::config::parse::read_file(&cfile) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("connectors[{i}].configuration"),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let spec = match crate::config::connector_spec(name, ty, &cfile, value) {
+            Ok((spec, _)) => spec,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match factories.iter().find(|f| f.connector_type() == ty) {
+            Some(f) => {
+                if let Err(e) = f.build(&spec, &mut Vec::new()) {
+                    errors.push(e);
+                }
+            }
+            None => errors.push(ConfigError::new(
+                file,
+                format!("connectors[name={name}].type"),
+                unknown_connector_type(ty, factories),
+            )),
+        }
+    }
+    errors
+}
+
 /// Why a connector type has no factory: names the types this build does know, so a typo or a
 /// factory the application forgot to register is obvious.
 pub(crate) fn unknown_connector_type(ty: &str, factories: &[Box<dyn ConnectorFactory>]) -> String {
@@ -255,15 +323,6 @@ impl ConnectorContext {
                 faults,
             },
         )
-    }
-
-    /// Runs `connector` with this context under the gateway's supervisor, as the gateway
-    /// would: restarted with backoff after an error, a panic or a failed sub-task, until the
-    /// context's cancellation token (the [`TestEnds::cancel`] of [`ConnectorContext::for_test`])
-    /// fires. Sub-task failures then reach the supervisor, not [`TestEnds::task_failures`].
-    #[cfg(any(test, feature = "test-util"))]
-    pub async fn supervise(self, connector: Box<dyn Connector>) {
-        crate::gateway::supervise_detached(connector, self).await;
     }
 }
 

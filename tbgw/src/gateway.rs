@@ -513,6 +513,8 @@ impl Gateway {
             uplink: spare_uplink,
             token: connectors_token.clone(),
             shared: shared.clone(),
+            downlink_capacity: DOWNLINK_CAPACITY,
+            start: start_connector,
         });
 
         let mut cstats_list: Vec<(String, Arc<ConnectorStats>)> = connector_stats
@@ -721,6 +723,37 @@ type Probation = (
 enum RunEnd {
     Finished(std::thread::Result<Result<(), crate::connector::ConnectorError>>),
     Command(ConnectorCommand),
+}
+
+/// Starts the supervisor of a connector added while the gateway runs (remote configuration).
+fn start_connector(
+    name: Arc<str>,
+    connector_type: Arc<str>,
+    connector: Box<dyn Connector>,
+    file: Option<PathBuf>,
+    cx: ConnectorContext,
+    commands: mpsc::Receiver<ConnectorCommand>,
+) {
+    let slot = ConnectorSlot {
+        name,
+        connector_type,
+        connector,
+        file,
+        config: serde_json::Value::Null,
+    };
+    tokio::spawn(supervise(slot, cx, commands));
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl ConnectorContext {
+    /// Runs `connector` with this context under the gateway's supervisor, as the gateway
+    /// would: restarted with backoff after an error, a panic or a failed sub-task, until the
+    /// context's cancellation token (the `cancel` of [`ConnectorContext::for_test`]'s
+    /// `TestEnds`) fires. Sub-task failures then reach the supervisor, not the test's
+    /// `task_failures` receiver.
+    pub async fn supervise(self, connector: Box<dyn Connector>) {
+        supervise_detached(connector, self).await;
+    }
 }
 
 /// The supervisor without a gateway, for [`ConnectorContext::supervise`] in tests: no

@@ -71,7 +71,23 @@ pub(crate) struct Spawner {
     pub uplink: mpsc::Sender<crate::uplink::UplinkMessage>,
     pub token: tokio_util::sync::CancellationToken,
     pub shared: Arc<crate::tb::Shared>,
+    /// Depth of a connector's downlink queue.
+    pub downlink_capacity: usize,
+    /// Starts a connector's supervisor (the gateway's; handed in so that services do not
+    /// depend on the gateway module).
+    pub start: StartConnector,
 }
+
+/// Starts the supervisor of a connector added while the gateway runs: name, type, the
+/// connector, its file, its context and the receiver of its commands.
+pub(crate) type StartConnector = fn(
+    Arc<str>,
+    Arc<str>,
+    Box<dyn Connector>,
+    Option<PathBuf>,
+    crate::connector::ConnectorContext,
+    mpsc::Receiver<ConnectorCommand>,
+);
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,7 +253,7 @@ impl Manager {
         }
         let name: Arc<str> = Arc::from(name);
         let connector_type: Arc<str> = Arc::from(connector_type);
-        let (dtx, drx) = mpsc::channel(crate::gateway::DOWNLINK_CAPACITY);
+        let (dtx, drx) = mpsc::channel(spawner.downlink_capacity);
         spawner
             .shared
             .routes
@@ -267,14 +283,14 @@ impl Manager {
                 strategy,
             ))
             .await;
-        let slot = crate::gateway::ConnectorSlot {
-            name: name.clone(),
-            connector_type: connector_type.clone(),
+        (spawner.start)(
+            name.clone(),
+            connector_type.clone(),
             connector,
-            file: Some(file.clone()),
-            config: serde_json::Value::Null,
-        };
-        tokio::spawn(crate::gateway::supervise(slot, cx, crx));
+            Some(file.clone()),
+            cx,
+            crx,
+        );
         self.add(name.clone(), connector_type, Some(file), value, ctx);
         tracing::info!(connector = %name, "Connector added (remote configuration).");
         Ok(stats)
