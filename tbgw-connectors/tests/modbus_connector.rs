@@ -893,7 +893,7 @@ fn upstream_sample_configs_build() {
         let spec = ConnectorSpec {
             name: "Modbus".into(),
             connector_type: "modbus".into(),
-            file: path.clone().into(),
+            file: path.clone(),
             config,
         };
         ModbusFactory::new()
