@@ -10,13 +10,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 use tbgw::config::{ReportStrategyConfig, ReportType};
-use tbgw::convert::{UplinkConverter, UplinkInput};
+use tbgw::convert::{ConverterConfig, JsonConverter, UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::{DeviceData, Value};
 use tbgw::report::ReportFilter;
 use tbgw::storage::{EventStorage, FullPolicy, MemoryStorage};
-use tbgw_connectors::mqtt::config::ConverterConfig;
-use tbgw_connectors::mqtt::uplink::MqttUplinkConverter;
+use tbgw_connectors::mqtt::DIALECT as MQTT;
 
 /// A typical ~100-byte device message.
 const MESSAGE: &[u8] = br#"{"serialNumber":"SN-000123","temp":21.75,"hum":48,"relay":true,"model":"T-1000","fw":"1.4.2"}"#;
@@ -46,8 +45,14 @@ fn json_converter(c: &mut Criterion) {
                        {"type": "boolean", "key": "relay", "value": "${relay}"}]
     }))
     .unwrap();
-    let conv =
-        MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &cfg).unwrap();
+    let conv = JsonConverter::build(
+        Path::new("mqtt.json"),
+        "mapping[0].converter",
+        &cfg,
+        &MQTT,
+        &mut Vec::new(),
+    )
+    .unwrap();
     let mut g = c.benchmark_group("convert");
     g.throughput(Throughput::Elements(1));
     g.bench_function("mqtt_json_100_bytes", |b| {
@@ -106,10 +111,10 @@ fn packing(c: &mut Criterion) {
     let mut g = c.benchmark_group("pack");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("1000_records_100_devices_8k_payloads", |b| {
-        b.iter(|| tbgw::payload::pack(&records, 8196))
+        b.iter(|| tbgw::internal::payload::pack(&records, 8196))
     });
     g.bench_function("1000_records_100_devices_64k_payloads", |b| {
-        b.iter(|| tbgw::payload::pack(&records, 65536))
+        b.iter(|| tbgw::internal::payload::pack(&records, 65536))
     });
     g.finish();
 }

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tbgw::internal::codec;
 use tbgw::model::{DeviceData, Value};
 use tbgw::storage::{
-    codec, EventStorage, FileStorage, FileStorageOptions, FullPolicy, MemoryStorage, SqliteOptions,
+    EventStorage, FileStorage, FileStorageOptions, FullPolicy, MemoryStorage, SqliteOptions,
     SqliteStorage,
 };
 

@@ -121,6 +121,15 @@ fn check(path: &Path) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             print_errors(&e);
+            // A broken main file must not hide broken connector files: report theirs too
+            // (each problem once).
+            let mut seen: std::collections::HashSet<String> =
+                e.0.iter().map(ToString::to_string).collect();
+            for e in config::check_connector_files(path, &factories()) {
+                if seen.insert(e.to_string()) {
+                    eprintln!("{e}");
+                }
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -293,6 +293,30 @@ fn problems_in_several_connector_files_are_all_reported() {
 }
 
 #[test]
+fn a_broken_main_file_does_not_hide_a_broken_connector_file() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut mqtt_content = mqtt_file(json!([]));
+    mqtt_content["mapping"][0]
+        .as_object_mut()
+        .expect("mapping object")
+        .remove("topicFilter");
+    let mqtt = write_json(dir.path(), "mqtt.json", &mqtt_content);
+    let mut main = main_file(json!([
+        {"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}
+    ]));
+    main["thingsboard"]["port"] = json!("abc");
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_problems(
+        &out,
+        &[
+            (&file, "thingsboard.port", "invalid type"),
+            (&mqtt, "mapping[0]", "topicFilter"),
+        ],
+    );
+}
+
+#[test]
 fn a_connector_type_that_is_not_built_is_rejected_by_name() {
     let dir = TempDir::new().expect("tempdir");
     // BACnet is a connector type tbgw knows but has not built yet.
@@ -381,4 +405,32 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         "{}",
         describe(&out)
     );
+}
+
+#[test]
+fn keys_that_are_accepted_but_not_used_are_reported_as_ignored() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut main = main_file(json!([]));
+    main["thingsboard"]["minPackSendDelayMS"] = json!(50);
+    main["storage"] = json!({"type": "sqlite", "oversize_check_period": 1, "max_db_amount": 2});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    for key in [
+        "thingsboard.minPackSendDelayMS",
+        "storage.oversize_check_period",
+    ] {
+        assert!(
+            err.contains(&format!("warning: {}: {key}: ignored", file.display())),
+            "{key}: {}",
+            describe(&out)
+        );
+    }
+    assert!(!err.contains("max_db_amount"), "{}", describe(&out));
+    // Not in the file: nothing to report.
+    let file = write_json(dir.path(), "plain.json", &main_file(json!([])));
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!stderr(&out).contains("ignored"), "{}", describe(&out));
 }

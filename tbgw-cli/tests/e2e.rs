@@ -220,17 +220,32 @@ async fn device_json_reaches_thingsboard_with_names_types_and_timestamps() {
     );
     let attrs = tb
         .wait_for(WAIT, |m| {
-            m.topic == "v1/gateway/attributes" && m.text().contains("SN-001")
+            m.topic == "v1/gateway/attributes"
+                && m.text().contains("SN-001")
+                && m.text().contains("\"model\"")
         })
         .await
         .expect("attributes");
     assert_eq!(attrs.json.unwrap()["SN-001"], json!({"model": "T-1000"}));
 
     // The device registry is persisted beside the config, in upstream's format.
-    let registry: Value = serde_json::from_slice(
-        &std::fs::read(gw._dir.path().join("connected_devices.json")).unwrap(),
-    )
-    .unwrap();
+    // It is written in the background, off the ingest path: wait for it.
+    let file = gw._dir.path().join("connected_devices.json");
+    let deadline = std::time::Instant::now() + WAIT;
+    let registry: Value = loop {
+        if let Some(v) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|v| v.get("SN-001").is_some())
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connected_devices.json was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         registry["SN-001"]["connectorName"],
         json!("MQTT Broker Connector")

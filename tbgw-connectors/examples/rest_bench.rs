@@ -238,10 +238,7 @@ async fn run(seconds: u64, connections: usize, capacity: usize) -> anyhow::Resul
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let b = gstats
-                    .stored
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(gstats.delivered.load(Ordering::Relaxed));
+                let b = gstats.stored().saturating_sub(gstats.delivered());
                 backlog.fetch_max(b, Ordering::Relaxed);
             }
         })
@@ -278,12 +275,10 @@ async fn run(seconds: u64, connections: usize, capacity: usize) -> anyhow::Resul
     anyhow::ensure!(f.len() == 4, "unexpected load generator output");
     let (n, bad, client_cpu, elapsed) = (f[0] as u64, f[1] as u64, f[2], f[3]);
     // Let the gateway deliver what is stored.
-    let stored = gstats.stored.load(Ordering::Relaxed);
+    let stored = gstats.stored();
     let drain_start = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gstats.delivered.load(Ordering::Relaxed) < gstats.stored.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-    {
+    while gstats.delivered() < gstats.stored() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drain = drain_start.elapsed().as_secs_f64();
@@ -309,12 +304,12 @@ async fn run(seconds: u64, connections: usize, capacity: usize) -> anyhow::Resul
     );
     println!(
         "  gateway: {} records stored in total, {} delivered to the ThingsBoard stand-in (QoS 1)",
-        stored.max(gstats.stored.load(Ordering::Relaxed)),
-        gstats.delivered.load(Ordering::Relaxed)
+        stored.max(gstats.stored()),
+        gstats.delivered()
     );
     println!(
         "  delivery finished {drain:.1} s after the load stopped: {:.0} records/s delivered end to end",
-        gstats.delivered.load(Ordering::Relaxed) as f64 / (elapsed + drain)
+        gstats.delivered() as f64 / (elapsed + drain)
     );
     cleaner.abort();
     sampler.abort();

@@ -17,6 +17,8 @@
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
+pub mod factory;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
 #[cfg(feature = "modbus")]
@@ -29,10 +31,9 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
-#[cfg(any(feature = "modbus", feature = "request", feature = "rest"))]
-mod tls_util;
 
 use tbgw::connector::ConnectorFactory;
+use tbgw::convert::ConverterRegistry;
 
 /// The README's Rust snippets, compiled as doc tests so they cannot drift from the API.
 #[cfg(doctest)]
@@ -47,19 +48,46 @@ pub const ALL_CONNECTOR_TYPES: &[&str] = &[
 ];
 
 /// A factory for every connector compiled into this build.
-#[allow(clippy::vec_init_then_push)] // one push per compiled-in connector feature
 pub fn factories() -> Vec<Box<dyn ConnectorFactory>> {
+    factories_with_converters(&ConverterRegistry::new())
+}
+
+/// A factory for every connector compiled into this build; those that support
+/// `"type": "custom"` converters (MQTT, Request, REST) take them from `converters`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tbgw::convert::{ConverterRegistry, UplinkConverter};
+/// # #[derive(Debug)] struct Mine;
+/// # impl UplinkConverter for Mine {
+/// #     fn convert(&self, _: tbgw::convert::UplinkInput<'_>, _: &mut Vec<tbgw::convert::ConvertError>)
+/// #         -> Result<Vec<tbgw::model::DeviceData>, tbgw::convert::ConvertError> { Ok(vec![]) }
+/// # }
+/// let converters = ConverterRegistry::new().with("CustomMqttUplinkConverter", Arc::new(Mine));
+/// let builder = tbgw::Gateway::builder()
+///     .factories(tbgw_connectors::factories_with_converters(&converters));
+/// # let _ = builder;
+/// ```
+#[allow(clippy::vec_init_then_push)] // one push per compiled-in connector feature
+#[allow(unused_variables)] // no connector with custom converters compiled in
+pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn ConnectorFactory>> {
     #[allow(unused_mut)]
     let mut v: Vec<Box<dyn ConnectorFactory>> = Vec::new();
     #[cfg(feature = "mqtt")]
-    v.push(Box::new(mqtt::MqttFactory::new()));
+    v.push(Box::new(
+        mqtt::MqttFactory::new().with_converters(converters.clone()),
+    ));
     #[cfg(feature = "modbus")]
     v.push(Box::new(modbus::ModbusFactory::new()));
     #[cfg(feature = "opcua")]
     v.push(Box::new(opcua::OpcUaFactory::new()));
     #[cfg(feature = "request")]
-    v.push(Box::new(request::RequestFactory::new()));
+    v.push(Box::new(
+        request::RequestFactory::new().with_converters(converters.clone()),
+    ));
     #[cfg(feature = "rest")]
-    v.push(Box::new(rest::RestFactory::new()));
+    v.push(Box::new(
+        rest::RestFactory::new().with_converters(converters.clone()),
+    ));
     v
 }

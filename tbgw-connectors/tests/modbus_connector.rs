@@ -6,14 +6,13 @@
 #![cfg(feature = "modbus")]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
 use tbgw::downlink::{Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::DeviceData;
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::{free_tcp_port, free_udp_port, PythonPeer};
 use tbgw::uplink::UplinkMessage;
 use tbgw_connectors::modbus::ModbusFactory;
@@ -88,7 +87,7 @@ fn spec(config: Json) -> ConnectorSpec {
     }
 }
 
-fn start(config: Json) -> (tokio::task::JoinHandle<()>, TestEnds, Arc<ConnectorStats>) {
+fn start(config: Json) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCounters) {
     let mut ignored = Vec::new();
     let mut conn = ModbusFactory::new()
         .build(&spec(config), &mut ignored)
@@ -242,7 +241,7 @@ fn expected_types() -> Json {
     json!({
         "attr:serial": "ONOK",
         "i16": -2, "f16": 1.0, "i32": -3, "f32": 1.5, "f64": -2.25, "u16le": 0x1234,
-        "bit2": true, "i8": -1, "div": 21.5, "mul": 21, "mode": "run", "u64": 1u64 << 40,
+        "bit2": 1, "i8": -1, "div": 21.5, "mul": 21, "mode": "run", "u64": 1u64 << 40,
         "bytes": "3412", "ir_0": 42, "ir_1": 43, "coils": [0, 1, 0, 1], "coil1": true, "di0": true
     })
 }
@@ -258,7 +257,7 @@ async fn check_types(conn: Json, mut peer: PythonPeer) {
     );
     assert_eq!(d.device_type, "meter");
     // Neighbouring registers were coalesced: holding 0..21 (with 1 gap) + input + coils + di.
-    assert!(ConnectorStats::get(&stats.messages_received) >= 4);
+    assert!(stats.messages_received() >= 4);
     h.abort();
     peer.stop().await;
 }
@@ -321,19 +320,19 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
     // Configured methods: FC 16 write, FC 3 read back, FC 5, FC 6.
     assert_eq!(
         rpc(&ends, Some("Types"), "setSetpoint", json!(12.5)).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": 12.5}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "getSetpoint", json!({})).await,
-        Ok(json!(12.5))
+        Ok(json!({"result": {"value": 12.5}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "setRelay", json!({"value": true})).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": {"value": true}}}))
     );
     assert_eq!(
         rpc(&ends, Some("Types"), "setLevel", json!(-7)).await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": -7}}))
     );
     // Reserved get/set with the key=value syntax, FC 15 and FC 1.
     assert_eq!(
@@ -344,7 +343,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=15;objectsCount=3;address=50;value=[true,false,true];")
         )
         .await,
-        Ok(Json::Null)
+        Ok(json!({"result": {"value": [true, false, true]}}))
     );
     assert_eq!(
         rpc(
@@ -354,7 +353,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=1;objectsCount=3;address=50;")
         )
         .await,
-        Ok(json!([true, false, true]))
+        Ok(json!({"result": {"value": [true, false, true]}}))
     );
     assert_eq!(
         rpc(
@@ -364,7 +363,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=bits;functionCode=1;objectsCount=1;address=7;")
         )
         .await,
-        Ok(json!(true))
+        Ok(json!({"result": {"value": true}}))
     );
     assert_eq!(
         rpc(
@@ -374,7 +373,7 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
             json!("type=16int;functionCode=3;objectsCount=1;address=32;")
         )
         .await,
-        Ok(json!(-7))
+        Ok(json!({"result": {"value": -7}}))
     );
     // Attribute update: 32int over FC 6 takes two single-register writes.
     ends.downlink
@@ -397,12 +396,12 @@ async fn rpcs_write_and_read_pymodbus_and_tell_exceptions_from_unreachable() {
         )
         .await
         .expect("read");
-        if got == json!(-100000) {
+        if got == json!({"result": {"value": -100000}}) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(got, json!(-100000));
+    assert_eq!(got, json!({"result": {"value": -100000}}));
     // Connector RPC on every slave.
     assert_eq!(
         rpc(
@@ -478,7 +477,7 @@ async fn a_dropped_connection_disconnects_the_device_and_polling_resumes_after_r
         )
         .await
     );
-    let errors_while_down = ConnectorStats::get(&stats.errors);
+    let errors_while_down = stats.errors();
     assert!(errors_while_down >= 1);
     let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 12}}), false).await;
     assert!(
@@ -546,7 +545,7 @@ async fn silent_and_late_devices_do_not_delay_a_healthy_one() {
     );
     // Answers that arrive after the timeout are never taken for a later request's answer.
     assert_eq!(late_samples, 0);
-    assert!(ConnectorStats::get(&stats.errors) >= 2);
+    assert!(stats.errors() >= 2);
     h.abort();
     silent_task.abort();
 }
@@ -1027,7 +1026,11 @@ async fn end_to_end_registers_reach_thingsboard_and_an_rpc_writes_pymodbus() {
         })
         .await
         .expect("rpc reply");
-    assert_eq!(reply.json.expect("json")["data"], json!({"success": true}));
+    // As the Python gateway: a write echoes the value written.
+    assert_eq!(
+        reply.json.expect("json")["data"],
+        json!({"result": {"value": -42}})
+    );
     // pymodbus now holds the value: read it back with pymodbus's own client.
     let out = tokio::process::Command::new(tbgw::test_util::peers_python())
         .arg("-c")
@@ -1043,4 +1046,107 @@ async fn end_to_end_registers_reach_thingsboard_and_an_rpc_writes_pymodbus() {
     );
     let _ = stop.send(());
     let _ = gw.await;
+}
+
+#[tokio::test]
+async fn a_panicking_connection_task_is_counted_and_the_connector_recovers() {
+    let port = free_tcp_port();
+    let _peer = server("tcp", &port.to_string(), &json!({"hr": {"0": 11}}), false).await;
+    let cfg = json!({"master": {"slaves": [{
+        "type": "tcp", "host": "127.0.0.1", "port": port, "unitId": 1, "deviceName": "D", "pollPeriod": 100, "timeout": 1,
+        "timeseries": [{"tag": "v", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 0}]
+    }]}});
+    let conn = ModbusFactory::new()
+        .build(&spec(cfg), &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("Modbus");
+    let stats = cx.stats().clone();
+    // No device input makes a connection task panic any more (the hex bytes one below was
+    // the last), so the test-only fault hook makes the first run's connection task panic.
+    ends.fail_next_task("connection");
+    let h = tokio::spawn(cx.supervise(conn));
+    let d = next_data(&mut ends, "D").await;
+    assert_eq!(values(&d)["v"], json!(11));
+    assert_eq!(stats.task_failures(), 1);
+    assert_eq!(stats.restarts(), 1);
+
+    // A `bytes` value with a non-ASCII character used to panic in the connection task (a
+    // `str` sliced off a char boundary); now the RPC gets a clear error and polling goes on.
+    let r = rpc(
+        &ends,
+        Some("D"),
+        "set",
+        json!("type=bytes;functionCode=16;objectsCount=2;address=10;value=aé0;"),
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(e) if e.to_json().to_string().contains("not a hex digit")),
+        "{r:?}"
+    );
+    let _ = next_data(&mut ends, "D").await;
+    let _ = next_data(&mut ends, "D").await;
+    assert_eq!(stats.task_failures(), 1);
+    assert_eq!(stats.restarts(), 1);
+    ends.cancel.cancel();
+    h.await.unwrap();
+}
+
+/// Reads holding register 1 over an open Modbus/TCP connection: `Some(answer)` or `None`
+/// when the server closed the connection.
+async fn read_hr1(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = [0u8, 1, 0, 0, 0, 6, 0, 3, 0, 1, 0, 1];
+    if s.write_all(&req).await.is_err() {
+        return None;
+    }
+    let mut answer = vec![0u8; 11];
+    match tokio::time::timeout(WAIT, s.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => Some(answer),
+        Ok(Err(_)) => None,
+        Err(_) => panic!("neither an answer nor a close"),
+    }
+}
+
+#[tokio::test]
+async fn slave_mode_closes_masters_above_max_connections() {
+    let port = free_tcp_port();
+    let cfg = json!({"slave": {
+        "type": "tcp", "host": "127.0.0.1", "port": port, "method": "socket", "unitId": 0,
+        "deviceName": "Limited Slave", "deviceType": "plc", "maxConnections": 2,
+        "values": {"holding_registers": {
+            "attributes": [{"address": 1, "type": "16int", "tag": "v", "objectsCount": 1, "value": 42}]
+        }}
+    }});
+    let (h, mut ends, stats) = start(cfg);
+    assert!(
+        next_event(
+            &mut ends,
+            |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "Limited Slave")
+        )
+        .await
+    );
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut first = connect().await.expect("connects");
+    let mut second = connect().await.expect("connects");
+    let served = [0u8, 1, 0, 0, 0, 5, 0, 3, 2, 0, 42];
+    assert_eq!(read_hr1(&mut first).await.as_deref(), Some(&served[..]));
+    assert_eq!(read_hr1(&mut second).await.as_deref(), Some(&served[..]));
+    // A third master is closed at once, its request unanswered.
+    let mut third = connect().await.expect("the listener accepts");
+    assert_eq!(read_hr1(&mut third).await, None, "over the limit");
+    assert!(stats.errors() >= 1);
+    // The two are still served, and a freed slot is taken by the next master.
+    assert_eq!(read_hr1(&mut second).await.as_deref(), Some(&served[..]));
+    drop(first);
+    let mut answered = false;
+    for _ in 0..100 {
+        let mut next = connect().await.expect("connects");
+        if read_hr1(&mut next).await.as_deref() == Some(&served[..]) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "a freed slot is used again");
+    h.abort();
 }

@@ -5,8 +5,6 @@
 #![cfg_attr(not(feature = "mqtt"), allow(missing_docs))]
 #![cfg(feature = "mqtt")]
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
@@ -14,7 +12,7 @@ use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde_json::json;
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
 use tbgw::model::DeviceData;
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::Mosquitto;
 use tbgw::uplink::{StoreOutcome, UplinkMessage};
 use tbgw_connectors::mqtt::MqttFactory;
@@ -46,7 +44,7 @@ fn spec(port: u16, persistent: bool) -> ConnectorSpec {
 }
 
 /// Starts a connector built from `spec`; returns its task and the gateway-side channel ends.
-fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, Arc<ConnectorStats>) {
+fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCounters) {
     let mut ignored = Vec::new();
     let mut connector = MqttFactory::new()
         .build(spec, &mut ignored)
@@ -160,7 +158,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
     if let Some(a) = ack {
         let _ = a.send(StoreOutcome::Stored);
     }
-    let errors_before = stats.convert_errors.load(Ordering::Relaxed);
+    let errors_before = stats.convert_errors();
     p.publish("t/bad", QoS::AtLeastOnce, false, "{oops")
         .await
         .unwrap();
@@ -180,7 +178,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
         }
     }
     assert!(
-        stats.convert_errors.load(Ordering::Relaxed) >= errors_before + 2,
+        stats.convert_errors() >= errors_before + 2,
         "both bad payloads are counted"
     );
 
@@ -188,10 +186,7 @@ async fn malformed_payloads_are_counted_and_the_connector_survives_a_broker_rest
     broker.restart().await.unwrap();
     let (data, _) = publish_until_received(&p, &mut ends, "t/after", r#"{"v": 3}"#).await;
     assert!(!data.is_empty());
-    assert!(
-        stats.errors.load(Ordering::Relaxed) >= 1,
-        "the lost connection is counted"
-    );
+    assert!(stats.errors() >= 1, "the lost connection is counted");
     ends.cancel.cancel();
     task.await.unwrap();
 }
@@ -246,6 +241,68 @@ async fn unconfirmed_messages_are_bounded_even_when_the_broker_sends_without_lim
             }
         }
     }
+    ends.cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_attribute_request_task_is_counted_and_the_connector_recovers() {
+    let broker = Mosquitto::start().await.expect("mosquitto starts");
+    let mut spec = spec(broker.port(), false);
+    spec.config["broker"]["clientId"] = json!("tbgw-task-test");
+    spec.config["requestsMapping"] = json!({
+        "attributeRequests": [{
+            "topicFilter": "sensor/+/attrs/request",
+            "deviceInfo": {"deviceNameExpressionSource": "topic",
+                           "deviceNameExpression": "(?<=sensor/)(.*?)(?=/attrs)"},
+            "attributeNameExpressionSource": "message",
+            "attributeNameExpression": "${key}",
+            "topicExpression": "sensor/${deviceName}/attrs/${attributeKey}",
+            "valueExpression": "{\"value\": ${attributeValue}}"
+        }]
+    });
+    let connector = MqttFactory::new()
+        .build(&spec, &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("MQTT");
+    let stats = cx.stats().clone();
+    let task = tokio::spawn(cx.supervise(connector));
+    let p = publisher(broker.port(), "task-test-pub").await;
+    let (_, ack) = publish_until_received(&p, &mut ends, "t/a", r#"{"v": 1}"#).await;
+    let _ = ack
+        .expect("QoS 1 asks for a receipt")
+        .send(StoreOutcome::Stored);
+    // An attribute request is answered by a sub-task of the run; no payload makes that
+    // task fail for real, so the test-only fault hook makes it panic.
+    ends.fail_next_task("attribute request");
+    p.publish(
+        "sensor/SN-1/attrs/request",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"key": "fw"}"#,
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stats.restarts() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.task_failures(), 1);
+    // The restarted connector subscribes again and receives data.
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(100), ends.uplink.recv()).await
+    {
+        if let UplinkMessage::Data { ack: Some(a), .. } = m {
+            let _ = a.send(StoreOutcome::Stored);
+        }
+    }
+    let (data, ack) = publish_until_received(&p, &mut ends, "t/b", r#"{"v": 2}"#).await;
+    if let Some(a) = ack {
+        let _ = a.send(StoreOutcome::Stored);
+    }
+    assert_eq!(data[0].device_name, "b");
+    assert_eq!(stats.restarts(), 1);
     ends.cancel.cancel();
     task.await.unwrap();
 }

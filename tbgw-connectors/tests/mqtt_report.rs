@@ -14,7 +14,7 @@ use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde_json::{json, Value as Json};
 use tbgw::config::{ConfigError, ReportStrategyConfig, ReportType};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{ConvertError, ConverterRegistry, UplinkConverter, UplinkInput};
 use tbgw::model::{DeviceData, Value};
 use tbgw::report::ReportFilter;
 use tbgw::test_util::Mosquitto;
@@ -233,7 +233,7 @@ async fn records_from_the_broker_carry_the_mapping_strategies_and_the_filter_app
     });
     let mut ignored = Vec::new();
     let mut connector = MqttFactory::new()
-        .with_converter("Length", Arc::new(Length))
+        .with_converters(ConverterRegistry::new().with("Length", Arc::new(Length)))
         .build(&spec(config), &mut ignored)
         .expect("config is valid");
     assert!(ignored.is_empty(), "{ignored:?}");

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -353,7 +352,8 @@ async fn requests_mapping_connects_answers_updates_and_carries_rpcs() {
     dev.expect_none("sensor/SN-1/update/other", Duration::from_millis(300))
         .await;
 
-    // Two-way RPC: the request is published, the device's reply goes back to ThingsBoard.
+    // Two-way RPC: the request is published, the device's reply goes back to ThingsBoard
+    // unchanged, as the Python gateway forwards it.
     rig.tb
         .send_rpc("SN-1", 11, "getTemp", json!({"unit": "C"}))
         .await
@@ -363,11 +363,14 @@ async fn requests_mapping_connects_answers_updates_and_carries_rpcs() {
         serde_json::from_str::<Value>(&body).unwrap(),
         json!({"unit": "C"})
     );
-    dev.publish("sensor/SN-1/response/getTemp/11", r#"{"temp": 21.5}"#)
-        .await;
+    dev.publish(
+        "sensor/SN-1/response/getTemp/11",
+        r#"{"temp": 21.5, "source": "device"}"#,
+    )
+    .await;
     assert_eq!(
         rpc_reply(&rig.tb, 11).await,
-        json!({"result": {"temp": 21.5}})
+        json!({"temp": 21.5, "source": "device"})
     );
 
     // Two-way RPC without a reply: a timeout error, after responseTimeout.
@@ -411,7 +414,7 @@ async fn requests_mapping_connects_answers_updates_and_carries_rpcs() {
         .unwrap();
     assert_eq!(dev.expect("sensor/SN-1/get").await, r#"{"q": 1}"#);
     dev.publish("sensor/SN-1/got", "7").await;
-    assert_eq!(rpc_reply(&rig.tb, 15).await, json!({"result": 7}));
+    assert_eq!(rpc_reply(&rig.tb, 15).await, json!(7));
 
     // No entry for the method: 404.
     rig.tb
@@ -487,7 +490,7 @@ async fn one_message_feeds_every_matching_mapping_and_shared_subscriptions_work(
 
     // Both mappings convert the one message.
     rig.publish_until(&dev, "plant/a/line/1", r#"{"id": "L1", "t": 20.5}"#, |m| {
-        m.topic == "v1/gateway/attributes"
+        m.topic == "v1/gateway/attributes" && m.text().contains("\"last\"")
     })
     .await;
     let attrs = rig.tb.messages_on("v1/gateway/attributes");
@@ -737,13 +740,13 @@ async fn a_blocking_storage_holds_the_source_broker_back_and_nothing_is_lost() {
     let dev = Device::connect(devices.port(), "bp-device", &[]).await;
     // Wait until the connector's subscription is live.
     let mut probe = 0;
-    while stats.messages_received.load(Ordering::Relaxed) == 0 {
+    while stats.messages_received() == 0 {
         assert!(probe < 100, "the connector never subscribed");
         dev.publish("bp/warmup", r#"{"n": -1}"#).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         probe += 1;
     }
-    let warmup = stats.messages_received.load(Ordering::Relaxed) as usize;
+    let warmup = stats.messages_received() as usize;
     for i in 0..N {
         dev.publish("bp/dev", format!(r#"{{"n": {i}}}"#)).await;
     }
@@ -752,7 +755,7 @@ async fn a_blocking_storage_holds_the_source_broker_back_and_nothing_is_lost() {
     let mut stable = 0;
     while stable < 10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = stats.messages_received.load(Ordering::Relaxed);
+        let now = stats.messages_received();
         if now == last {
             stable += 1;
         } else {

@@ -104,7 +104,7 @@ fn start(
 ) -> (
     tokio::task::JoinHandle<()>,
     TestEnds,
-    std::sync::Arc<tbgw::stats::ConnectorStats>,
+    tbgw::stats::ConnectorCounters,
 ) {
     let mut ignored = Vec::new();
     let mut connector = OpcUaFactory::new()
@@ -295,10 +295,7 @@ async fn subscriptions_deliver_every_type_and_new_devices_appear_without_restart
         .collect();
     assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
     assert!(
-        stats
-            .convert_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2,
+        stats.convert_errors() >= 2,
         "missing node and bad status are counted"
     );
     // A device added on the server appears at the next scan.
@@ -335,41 +332,44 @@ async fn polling_reads_all_types_and_rpcs_call_methods_and_write_nodes() {
         rpc(&ends, Some("Device 1"), "multiply", Json::Null)
             .await
             .unwrap(),
-        json!({"result": 8})
+        json!({"result": {"result": 8}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 1"), "multiply", json!([6, 7]))
             .await
             .unwrap(),
-        json!({"result": 42})
+        json!({"result": {"result": 42}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 2"), "set_relay", json!(true))
             .await
             .unwrap(),
-        json!({"result": true})
+        json!({"result": {"result": true}})
     );
     assert_eq!(
         rpc(&ends, Some("Device 2"), "get_relay", Json::Null)
             .await
             .unwrap(),
-        json!({"result": true})
+        json!({"result": {"result": true}})
     );
     // Reserved get / set, relative path and node id.
     assert_eq!(
         rpc(&ends, Some("Device 1"), "get", json!("Int16Var"))
             .await
             .unwrap(),
-        json!({"result": -16})
+        json!({"result": {"value": -16}})
     );
-    rpc(&ends, Some("Device 1"), "set", json!("Int16Var; 123"))
-        .await
-        .unwrap();
+    assert_eq!(
+        rpc(&ends, Some("Device 1"), "set", json!("Int16Var; 123"))
+            .await
+            .unwrap(),
+        json!({"result": {"value": 123}})
+    );
     assert_eq!(
         rpc(&ends, Some("Device 1"), "get", json!("Int16Var"))
             .await
             .unwrap(),
-        json!({"result": 123})
+        json!({"result": {"value": 123}})
     );
     rpc(
         &ends,
@@ -388,7 +388,7 @@ async fn polling_reads_all_types_and_rpcs_call_methods_and_write_nodes() {
         )
         .await
         .unwrap(),
-        json!({"result": 70})
+        json!({"result": {"value": 70}})
     );
     // Errors: an unknown method is not found, a bad value is a bad request, an unknown device
     // is unreachable.
@@ -496,7 +496,7 @@ async fn a_server_restart_mid_stream_disconnects_devices_and_resumes() {
         "values flow again after the restart:\n{}",
         peer.log()
     );
-    assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(stats.errors() >= 1);
     ends.cancel.cancel();
     task.await.unwrap();
     peer.stop().await;
@@ -553,7 +553,7 @@ async fn a_publish_with_more_than_a_thousand_values_is_decoded() {
                 .get(&("Device 1".to_string(), format!("tag{t}")))
                 .is_some_and(|v| v.len() >= 2))
             .count(),
-        stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        stats.errors(),
         peer.log()
     );
     assert!(seen.disconnected.is_empty(), "the session was never lost");
@@ -639,7 +639,7 @@ fn the_upstream_sample_config_builds() {
     let spec = ConnectorSpec {
         name: "OPC-UA Connector".into(),
         connector_type: "opcua".into(),
-        file: path.into(),
+        file: path,
         config,
     };
     let mut ignored = Vec::new();
@@ -748,7 +748,8 @@ async fn gateway_delivers_asyncua_values_and_rpc_calls_the_method() {
         .await
         .expect("RPC reply");
     let body: Json = serde_json::from_str(&reply.text()).unwrap();
-    assert_eq!(body["data"]["result"], json!(30), "{body}");
+    // As the Python gateway: the method's output under `result.result`.
+    assert_eq!(body["data"], json!({"result": {"result": 30}}), "{body}");
     tb.send_rpc("Device 1", 8, "set", json!("StringVar; written"))
         .await
         .unwrap();
@@ -769,5 +770,39 @@ async fn gateway_delivers_asyncua_values_and_rpc_calls_the_method() {
     assert!(reply.text().contains("written"), "{}", reply.text());
     let _ = stop.send(());
     gw.await.unwrap();
+    peer.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_session_event_task_is_counted_and_the_connector_recovers() {
+    let port = free_tcp_port();
+    let mut peer = start_peer(port, &["--devices", "1", "--period", "0.1"]).await;
+    let spec = spec(
+        json!({"url": url(port), "enableSubscriptions": true, "timeoutInMillis": 2000}),
+        all_types_mapping(),
+    );
+    let connector = OpcUaFactory::new()
+        .build(&spec, &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("OPC-UA");
+    let stats = cx.stats().clone();
+    // The session's event task only forwards what async-opcua reports, so no server input
+    // makes it fail: the test-only fault hook makes the first one panic.
+    ends.fail_next_task("OPC-UA session events");
+    let task = tokio::spawn(cx.supervise(connector));
+    let mut seen = Seen::default();
+    assert!(
+        collect_until(&mut ends, &mut seen, |s| s
+            .last("Device 1", "counter")
+            .is_some())
+        .await,
+        "values flow after the restart:\n{}",
+        peer.log()
+    );
+    let failures = stats.task_failures();
+    let restarts = stats.restarts();
+    assert_eq!((failures, restarts), (1, 1));
+    ends.cancel.cancel();
+    task.await.unwrap();
     peer.stop().await;
 }

@@ -9,15 +9,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
+use tbgw::convert::{ConvertError, ConverterRegistry, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::{free_tcp_port, Mosquitto, TbStandIn};
 use tbgw::uplink::UplinkMessage;
 use tbgw::{Gateway, TbOptions};
@@ -91,7 +91,7 @@ fn spec(config: Json) -> ConnectorSpec {
     }
 }
 
-fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, Arc<ConnectorStats>) {
+fn start(spec: &ConnectorSpec) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCounters) {
     let mut ignored = Vec::new();
     let mut connector = RequestFactory::new()
         .build(spec, &mut ignored)
@@ -176,7 +176,7 @@ async fn polls_are_converted_with_unpacking_sub_requests_redirects_and_basic_aut
     assert_eq!(value(by("2-GV"), "cumPwr"), Some(Value::Float(2000.0)));
     assert_eq!(value(by("AUTH-1"), "temp"), Some(Value::Int(5)));
     assert_eq!(value(by("redirected"), "t"), Some(Value::Float(21.5)));
-    assert!(stats.messages_received.load(Ordering::Relaxed) >= 4);
+    assert!(stats.messages_received() >= 4);
     ends.cancel.cancel();
     task.await.unwrap();
 }
@@ -203,14 +203,11 @@ async fn failures_are_counted_and_polling_goes_on() {
         collect(&mut ends, &["ok"]).await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.errors.load(Ordering::Relaxed) < 10 {
+    while stats.errors() < 10 {
         assert!(tokio::time::Instant::now() < deadline, "errors not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        stats.convert_errors.load(Ordering::Relaxed) >= 1,
-        "malformed JSON counted"
-    );
+    assert!(stats.convert_errors() >= 1, "malformed JSON counted");
     assert!(!task.is_finished());
     ends.cancel.cancel();
     task.await.unwrap();
@@ -320,7 +317,7 @@ async fn https_polls_without_verification_and_refuses_an_untrusted_certificate_w
         json!({"host": peer.url(), "SSLVerify": true, "mapping": mapping}),
     ));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.errors.load(Ordering::Relaxed) < 2 {
+    while stats.errors() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "TLS failure not counted"
@@ -389,12 +386,13 @@ async fn attribute_updates_and_rpcs_become_http_requests() {
         }))
         .await
         .unwrap();
+    // As upstream: a device RPC's answer is `{"result": {"value": <answer>}}`.
     let r = rpc(&ends, Some("SD-1"), "echo", json!({})).await.unwrap();
-    assert_eq!(r, json!({"result": 22.5, "code": 200}));
+    assert_eq!(r, json!({"result": {"value": 22.5}}));
     let r = rpc(&ends, Some("SD-1"), "post", json!({"a": [1, 2]}))
         .await
         .unwrap();
-    assert_eq!(r["result"]["echo"], json!({"a": [1, 2]}));
+    assert_eq!(r["result"]["value"]["echo"], json!({"a": [1, 2]}));
     let r = rpc(&ends, Some("SD-1"), "missing", json!({}))
         .await
         .unwrap();
@@ -420,7 +418,7 @@ async fn attribute_updates_and_rpcs_become_http_requests() {
     )
     .await
     .unwrap();
-    assert_eq!(r, json!({"result": 22.5, "code": 200}));
+    assert_eq!(r, json!({"result": {"value": 22.5}}));
     let r = rpc(
         &ends,
         None,
@@ -429,7 +427,7 @@ async fn attribute_updates_and_rpcs_become_http_requests() {
     )
     .await;
     // `${params}` is the params string itself, so the body is not JSON: the peer echoes text.
-    assert_eq!(r.unwrap()["code"], 200);
+    assert!(r.unwrap()["result"].get("value").is_some());
     let e = rpc(&ends, Some("SD-1"), "get", json!("nonsense"))
         .await
         .unwrap_err();
@@ -557,22 +555,25 @@ async fn end_to_end_polled_data_reaches_thingsboard_and_rpc_replies_carry_the_re
         .expect("RPC reply");
     assert_eq!(
         reply.json,
-        Some(json!({"device": "SD8500", "id": 11, "data": {"result": 22.5, "code": 200}}))
+        Some(json!({"device": "SD8500", "id": 11, "data": {"result": {"value": 22.5}}}))
     );
     let _ = stop.send(());
     run.await.unwrap();
 }
 
-/// A custom converter: the body's length as telemetry of device `raw`.
-struct LengthConverter;
+/// A custom converter: the body's length as telemetry of the device its `extension-config`
+/// names.
+struct LengthConverter {
+    device: String,
+}
 
-impl tbgw::convert::UplinkConverter for LengthConverter {
+impl UplinkConverter for LengthConverter {
     fn convert(
         &self,
         input: tbgw::convert::UplinkInput<'_>,
         _errors: &mut Vec<tbgw::convert::ConvertError>,
     ) -> Result<Vec<DeviceData>, tbgw::convert::ConvertError> {
-        let mut d = DeviceData::new("raw", "bytes");
+        let mut d = DeviceData::new(self.device.clone(), "bytes");
         d.push_telemetry(
             input.received_ts,
             "len",
@@ -584,16 +585,22 @@ impl tbgw::convert::UplinkConverter for LengthConverter {
 }
 
 #[tokio::test]
-async fn a_registered_custom_converter_gets_the_raw_body() {
+async fn a_registered_custom_converter_gets_its_extension_config_and_the_raw_body() {
     let peer = Peer::start(None).await;
     let spec = spec(json!({
         "host": peer.url(),
         "mapping": [{"url": "/malformed", "scanPeriod": 0.1,
-            "converter": {"type": "custom", "extension": "Length", "extension-config": {"any": 1}}}]
+            "converter": {"type": "custom", "extension": "Length", "extension-config": {"device": "raw"}}}]
     }));
     let mut ignored = Vec::new();
+    let converters = ConverterRegistry::new().with_factory("Length", |cfg| {
+        let device = cfg["device"].as_str().ok_or("`device` is missing")?;
+        Ok(Arc::new(LengthConverter {
+            device: device.to_string(),
+        }) as Arc<dyn UplinkConverter>)
+    });
     let mut connector = RequestFactory::new()
-        .with_converter("Length", Arc::new(LengthConverter))
+        .with_converters(converters)
         .build(&spec, &mut ignored)
         .expect("config is valid");
     assert!(ignored.is_empty(), "{ignored:?}");
@@ -605,6 +612,54 @@ async fn a_registered_custom_converter_gets_the_raw_body() {
         value(&got[0], "source"),
         Some(Value::from(format!("{}/malformed", peer.url())))
     );
+    ends.cancel.cancel();
+    task.await.unwrap();
+}
+
+/// A custom converter with a bug: it panics on the reading `{"v": 1}`, converts others.
+#[derive(Debug)]
+struct PanicsOnFirstReading;
+
+impl UplinkConverter for PanicsOnFirstReading {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        _errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        let v: Json = serde_json::from_slice(input.payload).unwrap_or_default();
+        let v = v["v"].as_i64().unwrap_or(-1);
+        if v == 1 {
+            panic!("converter bug on reading 1");
+        }
+        let mut d = DeviceData::new("counter", "default");
+        d.push_telemetry(input.received_ts, "v", Value::Int(v));
+        Ok(vec![d])
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_converter_in_a_poll_task_is_counted_and_the_connector_recovers() {
+    let peer = Peer::start(None).await;
+    // `/slow?ms=0` answers `{"v": n}`, n counting its requests: the first reading trips the
+    // converter inside the mapping's poll task.
+    let spec = spec(json!({
+        "host": peer.url(),
+        "mapping": [{"url": "/slow?ms=0", "scanPeriod": 0.05,
+                     "converter": {"type": "custom", "extension": "Buggy"}}]
+    }));
+    let connector = RequestFactory::new()
+        .with_converters(ConverterRegistry::new().with("Buggy", Arc::new(PanicsOnFirstReading)))
+        .build(&spec, &mut Vec::new())
+        .expect("config is valid");
+    let (cx, mut ends) = ConnectorContext::for_test("Request");
+    let stats = cx.stats().clone();
+    let task = tokio::spawn(cx.supervise(connector));
+    // Readings flow again after the supervisor restarted the connector.
+    let data = collect(&mut ends, &["counter"]).await;
+    let v = data.iter().find_map(|d| value(d, "v"));
+    assert!(matches!(v, Some(Value::Int(n)) if n >= 2), "{v:?}");
+    assert_eq!(stats.task_failures(), 1);
+    assert_eq!(stats.restarts(), 1);
     ends.cancel.cancel();
     task.await.unwrap();
 }

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec};
+use tbgw::convert::{ConvertError, ConverterRegistry, UplinkConverter, UplinkInput};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::test_util::{free_tcp_port, Mosquitto, TbStandIn};
 use tbgw::uplink::{StoreOutcome, UplinkMessage};
 use tbgw::{Gateway, TbOptions};
@@ -51,24 +52,34 @@ struct Running {
     downlink: mpsc::Sender<Downlink>,
     cancel: tokio_util::sync::CancellationToken,
     store: Arc<AtomicBool>,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
 }
 
-async fn start(mut config: Json) -> Running {
+async fn start(config: Json) -> Running {
+    start_with(RestFactory::new(), config, false).await
+}
+
+/// Starts a connector built by `factory`; `supervised`: under the gateway's supervisor
+/// (restarted after a failure) instead of one bare run.
+async fn start_with(factory: RestFactory, mut config: Json, supervised: bool) -> Running {
     let port = free_tcp_port();
     config["server"]["port"] = json!(port.to_string());
     config["server"]["host"] = json!("127.0.0.1");
-    let mut connector = RestFactory::new()
+    let mut connector = factory
         .build(&spec(config), &mut Vec::new())
         .expect("config is valid");
     let (mut cx, mut ends) = ConnectorContext::for_test("REST");
     let stats = cx.stats().clone();
-    let task = tokio::spawn(async move {
-        connector
-            .run(&mut cx)
-            .await
-            .expect("connector ends cleanly");
-    });
+    let task = if supervised {
+        tokio::spawn(cx.supervise(connector))
+    } else {
+        tokio::spawn(async move {
+            connector
+                .run(&mut cx)
+                .await
+                .expect("connector ends cleanly");
+        })
+    };
     let store = Arc::new(AtomicBool::new(true));
     let (dtx, data) = mpsc::unbounded_channel();
     let (atx, attr_requests) = mpsc::unbounded_channel();
@@ -388,7 +399,7 @@ async fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
     // Still serving.
     let (status, body) = curl(&["-H", json_ct, "-d", good, &format!("{base}/open")]).await;
     assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"));
-    assert!(r.stats.convert_errors.load(Ordering::Relaxed) >= 2);
+    assert!(r.stats.convert_errors() >= 2);
     r.stop().await;
 }
 
@@ -666,10 +677,7 @@ async fn rpcs_and_attribute_updates_go_out_as_http_requests() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(
-        reply,
-        json!({"result": {"temp": 22.5, "echo": {"x": 1}}, "code": 200})
-    );
+    assert_eq!(reply, json!({"result": {"temp": 22.5, "echo": {"x": 1}}}));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (_, body) = curl(&[&format!("http://127.0.0.1:{pport}/_log")]).await;
@@ -787,7 +795,8 @@ async fn end_to_end_a_posted_json_reaches_thingsboard() {
     );
     let attrs = tb
         .wait_for(WAIT, |m| {
-            m.topic == "v1/gateway/attributes" && m.get("E2E-1").is_some()
+            // (The device's connectorName/connectorType attributes come first.)
+            m.topic == "v1/gateway/attributes" && m.text().contains("\"model\"")
         })
         .await
         .expect("attributes reach ThingsBoard");
@@ -895,7 +904,7 @@ async fn outgoing_requests_can_authenticate_with_a_client_certificate() {
         }
     };
     let ok = call("echo").await.unwrap();
-    assert_eq!(ok["code"], 200);
+    assert!(ok.get("error").is_none(), "{ok}");
     assert_eq!(ok["result"]["echo"], json!({"v": 1}));
     // Without the certificate the server refuses the handshake: unreachable.
     let e = call("plain").await.unwrap_err();
@@ -968,4 +977,203 @@ async fn end_to_end_a_full_blocking_storage_gives_503() {
     assert!(n >= 3, "two records fit before the storage is full");
     let _ = stop.send(());
     run.await.unwrap();
+}
+
+/// A custom converter with a bug: it panics on the body `boom`; other bodies are a number.
+#[derive(Debug)]
+struct PanicsOnBoom;
+
+impl UplinkConverter for PanicsOnBoom {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        _errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        if input.payload == b"boom" {
+            panic!("converter bug on `boom`");
+        }
+        let n = String::from_utf8_lossy(input.payload)
+            .trim()
+            .parse()
+            .unwrap_or(-1);
+        let mut d = DeviceData::new("meter", "default");
+        d.push_telemetry(input.received_ts, "n", Value::Int(n));
+        Ok(vec![d])
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_recovers() {
+    let factory = RestFactory::new()
+        .with_converters(ConverterRegistry::new().with("Buggy", Arc::new(PanicsOnBoom)));
+    let mut r = start_with(
+        factory,
+        json!({
+            "server": {},
+            "mapping": [{"endpoint": "/meter", "HTTPMethods": ["POST"],
+                         "converter": {"type": "custom", "extension": "Buggy"}}]
+        }),
+        true,
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/meter", r.port);
+    // The client's connection task panics: no answer for this request.
+    let (status, _) = curl(&["-X", "POST", "--data-binary", "boom", &url]).await;
+    assert_ne!(status, 200);
+    // After the restart the same endpoint converts again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = curl(&["-X", "POST", "--data-binary", "5", &url]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not served again: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = r.next_data().await;
+    assert_eq!(value(&d, "n"), Some(Value::Int(5)));
+    assert_eq!(r.stats.task_failures(), 1);
+    assert_eq!(r.stats.restarts(), 1);
+    r.stop().await;
+}
+
+/// A request's headers and the first byte of a `length`-byte JSON body, sent over raw TCP.
+async fn slow_request(port: u16, length: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /t HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.expect("headers sent");
+    s
+}
+
+/// Everything the server sends until it closes the connection (or `WAIT` passes).
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn clients_that_trickle_their_body_are_cut_off_and_others_are_served() {
+    let mut r = start(json!({
+        "server": {"readTimeout": 1},
+        "mapping": [data_mapping("/t", json!({}))]
+    }))
+    .await;
+    // Five clients send their headers, then one byte of body every 100 ms (of 10,000).
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let s = slow_request(r.port, 10_000).await;
+        let (mut rd, mut wr) = s.into_split();
+        let trickle = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for _ in 0..10_000 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if wr.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(WAIT, rd.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        slow.push((trickle, reader));
+    }
+    // A normal client is served meanwhile.
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"sensorName": "n1", "sensorType": "t", "temp": 1}"#,
+        &format!("http://127.0.0.1:{}/t", r.port),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(r.next_data().await.device_name, "n1");
+    // The slow ones are answered 408 and disconnected.
+    for (trickle, reader) in slow {
+        let answer = reader.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickling client is cut off: {answer:?}"
+        );
+        trickle.abort();
+    }
+    assert!(r.stats.errors() >= 5);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn connections_above_max_connections_are_answered_503_and_closed() {
+    let r = start(json!({
+        "server": {"maxConnections": 2, "readTimeout": 60},
+        "mapping": [data_mapping("/t", json!({}))]
+    }))
+    .await;
+    let url = format!("http://127.0.0.1:{}/t", r.port);
+    // Two connections hold both slots (headers sent, body pending).
+    let held1 = slow_request(r.port, 100).await;
+    let held2 = slow_request(r.port, 100).await;
+    // A third, complete request is refused at once, without being read.
+    let mut third = slow_request(r.port, 1).await;
+    let answer = read_to_close(&mut third).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "over the limit: {answer:?}"
+    );
+    assert!(answer.contains("Too many connections"), "{answer:?}");
+    // A slot freed by a client going away is used again.
+    drop(held1);
+    let mut code = 0;
+    for _ in 0..100 {
+        code = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"sensorName": "n2", "sensorType": "t", "temp": 2}"#,
+            &url,
+        ])
+        .await
+        .0;
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 200, "served once a slot is free");
+    drop(held2);
+    r.stop().await;
+}
+
+#[test]
+fn connection_limit_and_read_timeout_are_checked() {
+    for (server, key) in [
+        (json!({"maxConnections": 0}), "server.maxConnections"),
+        (json!({"readTimeout": 0}), "server.readTimeout"),
+        (json!({"readTimeout": 1e20}), "server.readTimeout"),
+    ] {
+        let e = RestFactory::new()
+            .build(
+                &spec(json!({"server": server, "mapping": [data_mapping("/t", json!({}))]})),
+                &mut Vec::new(),
+            )
+            .err()
+            .expect("refused");
+        assert_eq!(e.key, key);
+    }
 }

@@ -3,9 +3,9 @@
 //!
 //! A connector is built from its configuration without any I/O ([`ConnectorFactory::build`]),
 //! then the gateway calls [`Connector::run`] in a task of its own. `run` connects to the field
-//! side, converts what it receives into [`DeviceData`] and hands it to the
-//! [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that arrive through
-//! [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
+//! side, converts what it receives into [`DeviceData`](crate::model::DeviceData) and hands
+//! it to the [`UplinkSender`]; it answers downlink requests (RPC, attribute updates) that
+//! arrive through [`ConnectorContext::recv_downlink`]. It returns `Ok(())` when its cancellation token fires
 //! and `Err` when it cannot go on; the gateway then calls `run` again after a backoff, keeping
 //! the same context, so no downlink request is lost across a restart.
 //!
@@ -30,10 +30,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConfigError;
 use crate::downlink::Downlink;
-use crate::stats::ConnectorStats;
-use crate::uplink::UplinkSender;
+use crate::error::ConfigError;
+use crate::stats::{ConnectorCounters, ConnectorStats};
+use crate::uplink::{UplinkClosed, UplinkSender};
+
+pub use crate::config::ConnectorSpec;
 
 /// Error returned by [`Connector::run`]: the gateway logs it and restarts the connector with
 /// backoff.
@@ -51,6 +53,14 @@ pub enum ConnectorError {
     Other(String),
 }
 
+impl From<UplinkClosed> for ConnectorError {
+    /// The uplink channel closes only when the gateway shuts down, so `?` on
+    /// [`UplinkSender::send`] ends `run` with [`ConnectorError::Closed`].
+    fn from(_: UplinkClosed) -> Self {
+        ConnectorError::Closed
+    }
+}
+
 /// A running connector. See the [module documentation](self).
 #[async_trait]
 pub trait Connector: Send + 'static {
@@ -66,21 +76,6 @@ pub trait Connector: Send + 'static {
     fn shared_attribute_keys(&self) -> Vec<String> {
         Vec::new()
     }
-}
-
-/// What a connector's configuration looks like to a factory: the entry of `connectors[]` in the
-/// main file plus the parsed content of the connector's own JSON file.
-#[derive(Debug, Clone)]
-pub struct ConnectorSpec {
-    /// The connector's name (`name` in the main file).
-    pub name: String,
-    /// The connector's type (`type` in the main file, e.g. `mqtt`).
-    pub connector_type: String,
-    /// The connector file, for error messages.
-    pub file: std::path::PathBuf,
-    /// The connector file's content, with the keys every connector file may carry
-    /// (`name`, `id`, `logLevel`, ...) removed.
-    pub config: serde_json::Value,
 }
 
 /// Builds connectors of one type from their configuration. Building validates everything it
@@ -116,14 +111,14 @@ pub(crate) fn unknown_connector_type(ty: &str, factories: &[Box<dyn ConnectorFac
 }
 
 /// Everything a running connector may use. Only the gateway creates it (or
-/// [`ConnectorContext::for_test`] in tests).
+/// `ConnectorContext::for_test` in tests, feature `test-util`).
 #[derive(Debug)]
 pub struct ConnectorContext {
     name: Arc<str>,
     uplink: UplinkSender,
     downlink: mpsc::Receiver<Downlink>,
     cancel: CancellationToken,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
     tasks: TaskSpawner,
     #[cfg(any(test, feature = "test-util"))]
     faults: Arc<FaultHook>,
@@ -152,7 +147,7 @@ impl ConnectorContext {
             uplink,
             downlink,
             cancel,
-            stats,
+            stats: ConnectorCounters::new(stats),
             tasks,
             #[cfg(any(test, feature = "test-util"))]
             faults,
@@ -192,7 +187,7 @@ impl ConnectorContext {
         self.cancel = token;
         let (tasks, failures) = TaskSpawner::new(
             self.name.clone(),
-            self.stats.clone(),
+            self.stats.stats().clone(),
             self.cancel.clone(),
             #[cfg(any(test, feature = "test-util"))]
             self.faults.clone(),
@@ -231,8 +226,9 @@ impl ConnectorContext {
         self.tasks.finish(grace).await;
     }
 
-    /// The connector's counters.
-    pub fn stats(&self) -> &Arc<ConnectorStats> {
+    /// The connector's counters: add to the ones a connector keeps (messages received,
+    /// conversion errors, errors, downlink requests handled); clone the handle into sub-tasks.
+    pub fn stats(&self) -> &ConnectorCounters {
         &self.stats
     }
 
@@ -465,5 +461,167 @@ impl TestEnds {
     pub fn fail_next_task(&self, task_name_part: &str) {
         *self.faults.armed.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(task_name_part.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Records every event's fields as `name=value` lines.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _cx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct V(String);
+            impl tracing::field::Visit for V {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!("{}={:?} ", f.name(), v));
+                }
+                fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                    self.0.push_str(&format!("{}={} ", f.name(), v));
+                }
+            }
+            let mut v = V(format!("{} ", event.metadata().level()));
+            event.record(&mut v);
+            self.0.lock().unwrap().push(v.0);
+        }
+    }
+
+    /// Tests that hit the failure log line run one at a time: tracing caches a call site's
+    /// interest, and a thread without a subscriber racing the capturing one can hide it.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[tokio::test]
+    async fn a_panicking_or_failing_sub_task_is_logged_counted_and_reported() {
+        let _serial = SERIAL.lock().await;
+        let capture = Capture::default();
+        let _log =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        cx.spawn("poller 10.0.0.5:502", async {
+            panic!("index out of bounds")
+        });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(f.task, "poller 10.0.0.5:502");
+        assert_eq!(f.reason, "panicked: index out of bounds");
+        let n = 7;
+        cx.spawn("formatter", async move { panic!("bad value {n}") });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(f.reason, "panicked: bad value 7");
+        cx.spawn("client", async {
+            Err(ConnectorError::Connection("refused".into()))
+        });
+        let f = ends.task_failures.recv().await.expect("failure reported");
+        assert_eq!(
+            f.to_string(),
+            "sub-task `client` failed: connection failed: refused"
+        );
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 3);
+        let logs = capture.0.lock().unwrap().join("\n");
+        assert!(
+            logs.lines().any(|l| l.starts_with("ERROR")
+                && l.contains("connector=Plant")
+                && l.contains("task=poller 10.0.0.5:502")
+                && l.contains("index out of bounds")),
+            "{logs}"
+        );
+        // A task that ends well is neither reported nor counted.
+        cx.spawn("fine", async { Ok(()) });
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_after_cancellation_is_shutdown_not_a_failure() {
+        let _serial = SERIAL.lock().await;
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        let cancel = cx.cancellation().clone();
+        cx.spawn("poller", async move {
+            cancel.cancelled().await;
+            Err(ConnectorError::Closed)
+        });
+        ends.cancel.cancel();
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
+        assert_eq!(ConnectorStats::get(&cx.stats().task_failures), 0);
+    }
+
+    #[tokio::test]
+    async fn sub_tasks_end_with_their_run_and_later_spawns_are_dropped() {
+        let _serial = SERIAL.lock().await;
+        let (mut cx, _ends) = ConnectorContext::for_test("Plant");
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        // Never finishes by itself; holds `tx` until aborted.
+        let held = tx.clone();
+        cx.spawn("forever", async move {
+            let _tx = held;
+            std::future::pending::<Result<(), ConnectorError>>().await
+        });
+        let spawner = cx.spawner();
+        let _failures = cx.begin_run(CancellationToken::new());
+        drop(tx);
+        // Aborted: its sender is dropped, so the channel closes.
+        assert!(rx.recv().await.is_none());
+        // The old run's spawner no longer runs anything.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        spawner.spawn("late", async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        // The new run's spawner does.
+        let r = ran.clone();
+        cx.spawn("new", async move {
+            r.fetch_add(10, Ordering::SeqCst);
+            Ok(())
+        });
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 10);
+        cx.end_run();
+    }
+
+    #[tokio::test]
+    async fn finished_sub_tasks_are_reaped_so_one_per_client_stays_bounded() {
+        let _serial = SERIAL.lock().await;
+        let (cx, _ends) = ConnectorContext::for_test("Plant");
+        for i in 0..10_000 {
+            cx.spawn(format!("client {i}"), async { Ok(()) });
+            // Let the spawned ones run (the test runtime runs a few dozen per yield).
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::task::yield_now().await;
+        cx.spawn("last", async { Ok(()) });
+        let held = cx.tasks.run.set.lock().unwrap().as_ref().map(JoinSet::len);
+        assert!(held.is_some_and(|n| n <= 20), "{held:?} tasks held");
+    }
+
+    #[tokio::test]
+    async fn fault_injection_hits_the_next_matching_task_once() {
+        let _serial = SERIAL.lock().await;
+        let (cx, mut ends) = ConnectorContext::for_test("Plant");
+        ends.fail_next_task("poll");
+        cx.spawn("other", async { Ok(()) });
+        cx.spawn("poll 1", async { Ok(()) });
+        cx.spawn("poll 2", async { Ok(()) });
+        let f = ends.task_failures.recv().await.expect("injected");
+        assert_eq!(
+            (f.task.as_str(), f.reason.as_str()),
+            ("poll 1", "panicked: injected fault")
+        );
+        cx.finish_tasks(Duration::from_secs(5)).await;
+        assert!(ends.task_failures.try_recv().is_err());
     }
 }

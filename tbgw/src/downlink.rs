@@ -106,27 +106,74 @@ pub fn normalize_rpc_result(v: Json) -> Json {
 /// Answers one RPC. Dropping it without answering sends an error reply.
 #[derive(Debug)]
 pub struct RpcResponder {
-    tx: Option<oneshot::Sender<Result<Json, RpcError>>>,
+    tx: Option<oneshot::Sender<Answer>>,
+}
+
+/// What a connector answered: the result and whether it goes to ThingsBoard unchanged.
+type Answer = (Result<Json, RpcError>, bool);
+
+/// The receiving end of an [`RpcResponder`].
+///
+/// Awaiting it yields the connector's answer (`Err` when the responder was dropped without one).
+/// [`RpcAnswer::reply`] yields the body the gateway publishes instead.
+#[derive(Debug)]
+pub struct RpcAnswer {
+    rx: oneshot::Receiver<Answer>,
+}
+
+impl RpcAnswer {
+    /// The reply body as ThingsBoard receives it: an error as `{"error": …, "code": n}`, a
+    /// result normalised by [`normalize_rpc_result`] unless the connector answered with
+    /// [`RpcResponder::verbatim`]. `Err` when the responder was dropped without an answer.
+    pub async fn reply(self) -> Result<Json, oneshot::error::RecvError> {
+        let (r, verbatim) = self.rx.await?;
+        Ok(match r {
+            Ok(v) if verbatim => v,
+            Ok(v) => normalize_rpc_result(v),
+            Err(e) => e.to_json(),
+        })
+    }
+}
+
+impl std::future::Future for RpcAnswer {
+    type Output = Result<Result<Json, RpcError>, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map(|(a, _)| a))
+    }
 }
 
 impl RpcResponder {
     /// A responder and the receiver of its answer.
-    pub fn new() -> (Self, oneshot::Receiver<Result<Json, RpcError>>) {
+    pub fn new() -> (Self, RpcAnswer) {
         let (tx, rx) = oneshot::channel();
-        (RpcResponder { tx: Some(tx) }, rx)
+        (RpcResponder { tx: Some(tx) }, RpcAnswer { rx })
     }
 
     /// Answers with a result (normalised by [`normalize_rpc_result`]).
-    pub fn ok(mut self, result: Json) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Ok(result));
-        }
+    pub fn ok(self, result: Json) {
+        self.answer(Ok(result), false);
+    }
+
+    /// Answers with a body that ThingsBoard receives unchanged, not normalised: what the
+    /// Python gateway does with a device's own answer (e.g. an MQTT device's reply payload).
+    pub fn verbatim(self, body: Json) {
+        self.answer(Ok(body), true);
     }
 
     /// Answers with an error.
-    pub fn err(mut self, error: RpcError) {
+    pub fn err(self, error: RpcError) {
+        self.answer(Err(error), false);
+    }
+
+    fn answer(mut self, r: Result<Json, RpcError>, verbatim: bool) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(error));
+            let _ = tx.send((r, verbatim));
         }
     }
 
@@ -155,6 +202,16 @@ mod tests {
             normalize_rpc_result(json!({"a": 1})),
             json!({"result": {"a": 1}})
         );
+    }
+
+    #[tokio::test]
+    async fn verbatim_answers_are_not_normalised() {
+        let (r, a) = RpcResponder::new();
+        r.verbatim(json!({"relay": true}));
+        assert_eq!(a.reply().await.unwrap(), json!({"relay": true}));
+        let (r, a) = RpcResponder::new();
+        r.ok(json!({"relay": true}));
+        assert_eq!(a.reply().await.unwrap(), json!({"result": {"relay": true}}));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigErrors, IgnoredKey, LoadedConfig};
 use crate::connector::{Connector, ConnectorContext, ConnectorError, ConnectorFactory};
+use crate::messages::IngestCommand;
 use crate::model::DeviceData;
 use crate::registry::{DeviceRegistry, Observed};
 use crate::report::ReportFilter;
@@ -44,13 +45,15 @@ use crate::uplink::{StoreOutcome, UplinkMessage, UplinkSender};
 /// less peak RSS than 4096.
 const UPLINK_CAPACITY: usize = 1024;
 /// Capacity of each connector's downlink channel.
-const DOWNLINK_CAPACITY: usize = 256;
+pub(crate) const DOWNLINK_CAPACITY: usize = 256;
 /// Capacity of the control channel to the ThingsBoard client.
 const CONTROL_CAPACITY: usize = 1024;
 /// Capacity of the channel to the services task.
 const SERVICE_CAPACITY: usize = 256;
 /// Most uplink messages the ingest task writes to storage in one `put`.
 const INGEST_BATCH: usize = 512;
+/// Least time between two background writes of `connected_devices.json`.
+const REGISTRY_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An error that stops the gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +64,13 @@ pub enum GatewayError {
     Config(#[from] ConfigErrors),
 }
 
-struct ConnectorSlot {
-    name: Arc<str>,
-    connector_type: Arc<str>,
-    connector: Box<dyn Connector>,
+pub(crate) struct ConnectorSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) connector_type: Arc<str>,
+    pub(crate) connector: Box<dyn Connector>,
     /// The connector file and its content, for connectors from the configuration.
-    file: Option<PathBuf>,
-    config: serde_json::Value,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) config: serde_json::Value,
 }
 
 /// Builds a [`Gateway`].
@@ -441,16 +444,14 @@ impl Gateway {
         let (service_tx, service_rx) = mpsc::channel(SERVICE_CAPACITY);
 
         let (ingest_cmd_tx, ingest_cmd_rx) = mpsc::channel(64);
-        let mut routes = Routes::default();
+        let routes = Routes::default();
         let mut contexts = Vec::new();
         let mut manager = Manager::new(factories, ingest_cmd_tx);
         let mut connector_reports = HashMap::new();
         let mut shared_keys = HashMap::new();
         for mut slot in connectors {
             let (dtx, drx) = mpsc::channel(DOWNLINK_CAPACITY);
-            routes
-                .by_name
-                .insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
+            routes.insert(slot.name.clone(), (slot.connector_type.clone(), dtx));
             let cstats = connector_stats
                 .entry(slot.name.to_string())
                 .or_default()
@@ -496,14 +497,22 @@ impl Gateway {
             slot.config = serde_json::Value::Null;
             contexts.push((slot, cx, crx));
         }
+        // Kept for connectors added by remote configuration.
+        let spare_uplink = uplink_tx.clone();
         drop(uplink_tx);
 
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
+            registry_saver: Default::default(),
             routes,
             stats: stats.clone(),
             rpc_timeout,
             service: Some(service_tx.clone()),
+        });
+        manager.spawner = Some(crate::service::manager::Spawner {
+            uplink: spare_uplink,
+            token: connectors_token.clone(),
+            shared: shared.clone(),
         });
 
         let mut cstats_list: Vec<(String, Arc<ConnectorStats>)> = connector_stats
@@ -525,6 +534,17 @@ impl Gateway {
             }
         }
 
+        let saver_token = CancellationToken::new();
+        let saver_task = {
+            let shared = shared.clone();
+            let cancel = saver_token.clone();
+            tokio::spawn(async move {
+                shared
+                    .registry_saver
+                    .run(&shared.registry, REGISTRY_SAVE_INTERVAL, cancel)
+                    .await
+            })
+        };
         let ingest = tokio::spawn(ingest(
             uplink_rx,
             storage.clone(),
@@ -634,6 +654,9 @@ impl Gateway {
         if let Some(target) = target {
             clean &= migrate(&storage, &target).await;
         }
+        // The background writer finishes its write in progress; the last one is done here.
+        saver_token.cancel();
+        let _ = tokio::time::timeout_at(deadline, saver_task).await;
         if let Err(e) = shared.registry().persist_if_dirty() {
             tracing::warn!(error = %e, "Cannot write the device registry.");
         }
@@ -720,7 +743,7 @@ pub(crate) async fn supervise_detached(connector: Box<dyn Connector>, cx: Connec
 /// sub-task ([`ConnectorContext::spawn`]), and applies replace / stop / start commands (hot
 /// reload, remote configuration, `active_connectors`). Each run's sub-tasks are aborted when
 /// the run ends.
-async fn supervise(
+pub(crate) async fn supervise(
     slot: ConnectorSlot,
     mut cx: ConnectorContext,
     mut commands: mpsc::Receiver<ConnectorCommand>,
@@ -857,15 +880,6 @@ struct Ingest {
     /// Report strategies (skipped entirely while nothing can be filtered).
     report: ReportFilter,
     commands: mpsc::Receiver<IngestCommand>,
-}
-
-/// Requests from the services task to the ingest task.
-#[derive(Debug)]
-pub(crate) enum IngestCommand {
-    /// A connector stopped: forget its cached report-strategy values.
-    Purge(String),
-    /// A connector's configuration changed: its connector-level report strategy.
-    SetStrategy(String, Option<crate::config::ReportStrategyConfig>),
 }
 
 /// Takes uplink messages, registers devices and writes data to storage, in batches.
@@ -1015,14 +1029,21 @@ async fn absorb(
                     if ing.sync_shared && o != Observed::Known {
                         connected.push((device.clone(), connector.clone()));
                     }
-                    let _ = control.try_send(Control::Connect {
-                        device,
-                        device_type,
-                    });
+                    if control
+                        .try_send(Control::Connect {
+                            device,
+                            device_type,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "device connect");
+                    }
                 }
                 UplinkMessage::Disconnect { device, .. } => {
-                    if reg.set_disconnected(&device) {
-                        let _ = control.try_send(Control::Disconnect { device });
+                    if reg.set_disconnected(&device)
+                        && control.try_send(Control::Disconnect { device }).is_err()
+                    {
+                        shared.stats.queue_full("control", "device disconnect");
                     }
                 }
                 UplinkMessage::AttributeRequest {
@@ -1032,23 +1053,35 @@ async fn absorb(
                     reply,
                 } => {
                     // Dropped if the client's queue is full: the requester times out.
-                    let _ = control.try_send(Control::AttributeRequest {
-                        device,
-                        client,
-                        keys,
-                        reply,
-                    });
+                    if control
+                        .try_send(Control::AttributeRequest {
+                            device,
+                            client,
+                            keys,
+                            reply,
+                        })
+                        .is_err()
+                    {
+                        shared.stats.queue_full("control", "attribute request");
+                    }
                 }
             }
         }
-        if let Err(e) = reg.persist_if_dirty() {
-            tracing::warn!(error = %e, "Cannot write the device registry.");
+        // Written by the background saver: no file I/O on the ingest path.
+        if reg.is_dirty() {
+            shared.registry_saver.changed();
         }
     }
     for (device, connector) in connected {
-        let _ = ing
+        if ing
             .service
-            .try_send(ServiceEvent::DeviceConnected { device, connector });
+            .try_send(ServiceEvent::DeviceConnected { device, connector })
+            .is_err()
+        {
+            shared
+                .stats
+                .queue_full("service", "device connected (shared attribute sync)");
+        }
     }
     // Receipts of messages with no records are due as soon as everything before them is.
     let durable_floor = pending.back().map(|p| p.0).unwrap_or(0);
@@ -1144,5 +1177,53 @@ mod tests {
             seen.extend(b.records.iter().map(|r| r.telemetry[0].ts));
         }
         assert_eq!(seen, (0..2500).collect::<Vec<i64>>(), "all, in order");
+    }
+
+    #[tokio::test]
+    async fn messages_dropped_on_a_full_control_queue_are_counted() {
+        let (control, mut control_rx) = mpsc::channel(1);
+        let (service, _service_rx) = mpsc::channel(1);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let shared = Shared {
+            registry: Mutex::new(DeviceRegistry::in_memory()),
+            registry_saver: Default::default(),
+            routes: Routes::default(),
+            stats: Arc::new(GatewayStats::default()),
+            rpc_timeout: Duration::from_secs(1),
+            service: None,
+        };
+        let mut ing = Ingest {
+            filter: None,
+            service,
+            sync_shared: false,
+            report: ReportFilter::new(None, HashMap::new()),
+            commands,
+        };
+        let storage: Arc<dyn EventStorage> =
+            Arc::new(MemoryStorage::new(100, 100, Default::default()));
+        let connector: Arc<str> = Arc::from("C");
+        let connect = |device: &str| UplinkMessage::Connect {
+            connector: connector.clone(),
+            device: device.into(),
+            device_type: "t".into(),
+        };
+        // The first connect fills the queue; the next two are dropped and counted.
+        let mut msgs = vec![connect("a"), connect("b"), connect("c")];
+        let mut pending = VecDeque::new();
+        absorb(
+            &mut msgs,
+            &storage,
+            &shared,
+            &control,
+            &mut pending,
+            &mut ing,
+        )
+        .await;
+        assert_eq!(shared.stats.queue_dropped.load(Ordering::Relaxed), 2);
+        assert!(shared.stats.values().contains(&("queue_dropped", 2)));
+        assert!(matches!(
+            control_rx.try_recv(),
+            Ok(Control::Connect { device, .. }) if device == "a"
+        ));
     }
 }

@@ -132,7 +132,7 @@ pub struct DeviceData {
     /// [`ReportFilter`](crate::report::ReportFilter) reads and removes it before storage;
     /// storage does not keep it.
     #[serde(skip)]
-    pub report: Option<std::sync::Arc<crate::report::ReportOverrides>>,
+    pub report: Option<std::sync::Arc<crate::config::ReportOverrides>>,
 }
 
 impl DeviceData {

@@ -3,11 +3,15 @@
 //! ThingsBoard again after a restart and downlink requests reach their connector.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// The file name upstream uses.
 pub const REGISTRY_FILE: &str = "connected_devices.json";
@@ -45,6 +49,17 @@ struct StoredEntry {
 
 fn default_type() -> String {
     "default".into()
+}
+
+/// [`StoredEntry`] borrowed from a [`DeviceEntry`], for writing.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredRef<'a> {
+    connector_name: &'a str,
+    connector_id: Option<&'a str>,
+    device_type: &'a str,
+    disconnected: bool,
+    renaming: Option<&'a str>,
 }
 
 /// What [`DeviceRegistry::observe`] found.
@@ -335,38 +350,153 @@ impl DeviceRegistry {
             .collect()
     }
 
-    /// Writes the file if something changed since the last write (atomically: a temporary
-    /// file renamed over the old one).
-    pub fn persist_if_dirty(&mut self) -> std::io::Result<()> {
-        if !self.dirty {
-            return Ok(());
+    /// True when something changed since the last write (or snapshot) of the file.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The current content to write, if something changed (clears the change flag; a
+    /// registry without a file only clears it). Cheap enough to take under the lock: it
+    /// clones the entries, and [`Snapshot::write`] does the encoding and the I/O.
+    pub(crate) fn snapshot_if_dirty(&mut self) -> Option<Snapshot> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
         }
-        let Some(path) = &self.path else {
-            self.dirty = false;
-            return Ok(());
-        };
-        let map: std::collections::BTreeMap<&str, StoredEntry> = self
-            .devices
-            .iter()
-            .map(|(n, e)| {
-                (
-                    n.as_str(),
-                    StoredEntry {
-                        connector_name: e.connector.to_string(),
-                        connector_id: None,
-                        device_type: e.device_type.clone(),
-                        disconnected: e.disconnected,
-                        renaming: e.renamed_to.clone(),
-                    },
-                )
-            })
-            .collect();
-        let text = serde_json::to_vec_pretty(&map).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)?;
-        self.dirty = false;
+        let path = self.path.clone()?;
+        Some(Snapshot {
+            path,
+            devices: self
+                .devices
+                .iter()
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+        })
+    }
+
+    /// Marks the registry changed again (after a failed write).
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Writes the file now if something changed since the last write (atomically: a
+    /// temporary file, synced, renamed over the old one). Blocking I/O: the gateway calls it
+    /// only at shutdown and saves in the background otherwise.
+    pub fn persist_if_dirty(&mut self) -> std::io::Result<()> {
+        match self.snapshot_if_dirty() {
+            Some(s) => s.write().inspect_err(|_| self.dirty = true),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The registry's content at one moment, written outside the lock.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    path: PathBuf,
+    devices: Vec<(String, DeviceEntry)>,
+}
+
+impl Snapshot {
+    /// Encodes upstream's format (pretty JSON, sorted by name) and replaces the file
+    /// atomically. Blocking.
+    pub(crate) fn write(mut self) -> std::io::Result<()> {
+        self.devices.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let text =
+            serde_json::to_vec_pretty(&Entries(&self.devices)).map_err(std::io::Error::other)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path)?;
+        // The rename itself survives a power cut once the directory is synced too.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(())
+    }
+}
+
+/// Entries encoded as upstream's object: name → entry.
+struct Entries<'a>(&'a [(String, DeviceEntry)]);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(n, e)| {
+            (
+                n,
+                StoredRef {
+                    connector_name: &e.connector,
+                    connector_id: None,
+                    device_type: &e.device_type,
+                    disconnected: e.disconnected,
+                    renaming: e.renamed_to.as_deref(),
+                },
+            )
+        }))
+    }
+}
+
+fn lock(m: &Mutex<DeviceRegistry>) -> MutexGuard<'_, DeviceRegistry> {
+    // The registry holds no invariant that a panic elsewhere could break.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Saves the registry file off the ingest path: the ingest task only marks the registry
+/// changed ([`Saver::changed`]); a background task ([`Saver::run`]) writes it on a blocking
+/// thread, at most once per interval however many devices appear meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct Saver {
+    changed: Notify,
+    /// Serialises writes so that an older snapshot never replaces a newer file.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Saver {
+    /// Asks for a write soon. No I/O, no allocation.
+    pub(crate) fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Writes the file now if it changed (encoding and I/O on a blocking thread). On failure
+    /// the registry stays marked changed, for the next write.
+    pub(crate) async fn save(&self, registry: &Mutex<DeviceRegistry>) {
+        let _writing = self.writing.lock().await;
+        let snapshot = lock(registry).snapshot_if_dirty();
+        let Some(snapshot) = snapshot else {
+            return;
+        };
+        let error = match tokio::task::spawn_blocking(move || snapshot.write()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        lock(registry).mark_dirty();
+        tracing::warn!(error = %error, "Cannot write the device registry; retrying on the next change.");
+    }
+
+    /// The background writer: after each change, writes and then waits `every` before the
+    /// next write, so a burst of new devices costs one write per interval. Returns when
+    /// `cancel` fires (the caller writes a last time after that).
+    pub(crate) async fn run(
+        &self,
+        registry: &Mutex<DeviceRegistry>,
+        every: Duration,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.changed.notified() => {}
+            }
+            self.save(registry).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
     }
 }
 

@@ -1,7 +1,17 @@
 //! Counters. Every stage counts what it received, passed on and dropped, so an operator can see
 //! where data goes; [`GatewayStats::snapshot`] reads them all at once.
+//!
+//! From outside the crate the counters are read-only: [`Gateway::stats`](crate::Gateway::stats)
+//! and [`Gateway::connector_stats`](crate::Gateway::connector_stats) hand out [`GatewayStats`]
+//! and [`ConnectorStats`], which have getters only. A connector adds to its own counters
+//! through the [`ConnectorCounters`] of its context
+//! ([`ConnectorContext::stats`](crate::connector::ConnectorContext::stats)); the gateway keeps
+//! the rest (`sent_to_storage`, `restarts`).
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -10,12 +20,16 @@ macro_rules! counters {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: AtomicU64,)*
+            $($(#[$fmeta])* pub(crate) $field: AtomicU64,)*
         }
         impl $name {
             $(
                 #[doc = concat!("Adds `n` to `", stringify!($field), "`.")]
-                pub fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
+                #[allow(dead_code)] // not every counter is kept by the core itself
+                pub(crate) fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
+
+                $(#[$fmeta])*
+                pub fn $field(&self) -> u64 { self.$field.load(Relaxed) }
             )*
 
             /// Every counter with its field name, in declaration order (for statistics
@@ -45,6 +59,14 @@ counters! {
         /// Sub-tasks (`ConnectorContext::spawn`) that panicked or failed; each restarts the
         /// connector.
         task_failures => add_task_failures,
+        /// Messages dropped because one of the connector's internal queues was full.
+        queue_dropped => add_queue_dropped,
+        /// Bytes received from the field side (payloads; counted where a connector sees them).
+        bytes_received => add_bytes_received,
+        /// Time series values handed to storage.
+        ts_produced => add_ts_produced,
+        /// Attributes handed to storage.
+        attr_produced => add_attr_produced,
     }
 }
 
@@ -97,6 +119,14 @@ counters! {
         server_throttled => add_server_throttled,
         /// 1 while a session with ThingsBoard is ready, else 0 (a gauge, set by the client).
         thingsboard_connected => add_thingsboard_connected,
+        /// Messages dropped because an internal queue was full: device connects and
+        /// disconnects, RPC replies, attribute requests and gateway-device messages for the
+        /// ThingsBoard client, and events for the services task.
+        queue_dropped => add_queue_dropped,
+        /// Time series values sent to ThingsBoard.
+        platform_ts_produced => add_platform_ts_produced,
+        /// Attributes sent to ThingsBoard.
+        platform_attr_produced => add_platform_attr_produced,
     }
 }
 
@@ -137,9 +167,144 @@ impl GatewayStats {
     }
 }
 
+/// Lets one log line through per interval, for warnings that could otherwise flood the log
+/// (a queue that stays full drops many messages).
+#[derive(Debug)]
+pub struct LogThrottle {
+    every_ms: u64,
+    /// When a line last went through (ms since the epoch; 0: never).
+    last_ms: AtomicU64,
+}
+
+impl LogThrottle {
+    /// At most one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        LogThrottle {
+            every_ms: every.as_millis() as u64,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True if a line may be logged now (and then not again for the interval).
+    pub fn allow(&self) -> bool {
+        let now = u64::try_from(crate::model::now_millis()).unwrap_or(0);
+        let last = self.last_ms.load(Relaxed);
+        (last == 0 || now.saturating_sub(last) >= self.every_ms)
+            && self
+                .last_ms
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
+/// How often a "queue full" drop is logged at most.
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static QUEUE_DROP_LOG: LogThrottle = LogThrottle::new(DROP_LOG_INTERVAL);
+
+impl GatewayStats {
+    /// Counts a message dropped because the internal queue `queue` was full, and logs a
+    /// warning at most once per [`DROP_LOG_INTERVAL`] (with the total so far).
+    pub(crate) fn queue_full(&self, queue: &'static str, message: &'static str) {
+        self.add_queue_dropped(1);
+        if QUEUE_DROP_LOG.allow() {
+            tracing::warn!(
+                queue,
+                message,
+                total_dropped = self.queue_dropped.load(Relaxed),
+                "A message was dropped: an internal queue is full (counted in queue_dropped; \
+                 logged at most every 10 s)."
+            );
+        }
+    }
+}
+
 impl ConnectorStats {
     /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Relaxed)
+    }
+}
+
+/// The counters a connector keeps, as its [`ConnectorContext`](crate::connector::ConnectorContext)
+/// hands them out: a cheap handle (clone it into sub-tasks) that adds to
+/// `messages_received`, `convert_errors`, `errors` and `downlink`, and reads every counter of
+/// its [`ConnectorStats`] (through `Deref`). `sent_to_storage` and `restarts` are kept by the
+/// gateway.
+#[derive(Debug, Clone)]
+pub struct ConnectorCounters(Arc<ConnectorStats>);
+
+impl ConnectorCounters {
+    /// A handle on `stats`.
+    pub(crate) fn new(stats: Arc<ConnectorStats>) -> ConnectorCounters {
+        ConnectorCounters(stats)
+    }
+
+    /// Messages received from the field side (one per payload, poll or notification).
+    pub fn add_messages_received(&self, n: u64) {
+        self.0.add_messages_received(n);
+    }
+
+    /// Payloads that could not be converted (malformed, missing keys, wrong types).
+    pub fn add_convert_errors(&self, n: u64) {
+        self.0.add_convert_errors(n);
+    }
+
+    /// Connection failures and other runtime errors.
+    pub fn add_errors(&self, n: u64) {
+        self.0.add_errors(n);
+    }
+
+    /// Downlink requests (RPC, attribute updates) handled.
+    pub fn add_downlink(&self, n: u64) {
+        self.0.add_downlink(n);
+    }
+
+    /// Bytes received from the field side (payloads, where the connector sees them).
+    pub fn add_bytes_received(&self, n: u64) {
+        self.0.add_bytes_received(n);
+    }
+
+    /// Messages dropped because one of the connector's internal queues was full.
+    pub fn add_queue_dropped(&self, n: u64) {
+        self.0.add_queue_dropped(n);
+    }
+
+    /// The counters, shared with the gateway (read-only outside the crate).
+    pub fn stats(&self) -> &Arc<ConnectorStats> {
+        &self.0
+    }
+}
+
+impl Deref for ConnectorCounters {
+    type Target = ConnectorStats;
+
+    fn deref(&self) -> &ConnectorStats {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_throttle_lets_one_line_through_per_interval() {
+        let t = LogThrottle::new(Duration::from_secs(3600));
+        assert!(t.allow());
+        assert!(!t.allow());
+        let never = LogThrottle::new(Duration::ZERO);
+        assert!(never.allow() && never.allow());
+    }
+
+    #[test]
+    fn queue_drops_are_counted_and_exported_with_the_other_counters() {
+        let s = GatewayStats::default();
+        s.queue_full("control", "device connect");
+        s.queue_full("control", "device connect");
+        assert!(s.values().contains(&("queue_dropped", 2)));
+        let c = ConnectorStats::default();
+        c.add_queue_dropped(1);
+        assert!(c.values().contains(&("queue_dropped", 1)));
     }
 }

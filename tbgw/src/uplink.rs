@@ -153,6 +153,8 @@ impl UplinkSender {
         ack: Option<oneshot::Sender<StoreOutcome>>,
     ) -> Result<(), UplinkClosed> {
         let n = data.len() as u64;
+        let attrs: usize = data.iter().map(|d| d.attributes.len()).sum();
+        let ts: usize = data.iter().map(|d| d.datapoints()).sum::<usize>() - attrs;
         self.tx
             .send(UplinkMessage::Data {
                 connector: self.connector.clone(),
@@ -162,6 +164,8 @@ impl UplinkSender {
             .await
             .map_err(|_| UplinkClosed)?;
         self.stats.add_sent_to_storage(n);
+        self.stats.add_ts_produced(ts as u64);
+        self.stats.add_attr_produced(attrs as u64);
         Ok(())
     }
 

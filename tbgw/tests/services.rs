@@ -61,6 +61,7 @@ impl Connector for TestConnector {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {
+                    cx.stats().add_messages_received(1);
                     for d in &self.0.devices {
                         let mut data = DeviceData::new(d.clone(), "tester");
                         data.push_telemetry(now_millis(), "tag", Value::from(self.0.tag.clone()));
@@ -241,12 +242,7 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
     assert!(r.telemetry("d1", "t", t0).await, "d1 data arrives");
 
     // Filtering: the denied device never reaches ThingsBoard.
-    assert!(
-        stats
-            .devices_filtered
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(stats.devices_filtered() > 0);
     assert!(r
         .tb
         .messages_on("v1/gateway/#")
@@ -261,12 +257,12 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         version["resp"]["current_version"],
         json!(env!("CARGO_PKG_VERSION"))
     );
+    // gateway_stats as upstream replies it: flat, per connector what it received and sent.
     let st = r.rpc(3, "gateway_stats", json!({})).await;
-    assert_eq!(st["code"], json!(200));
-    assert!(
-        st["resp"]["TestEventsProduced"].as_u64().unwrap() > 0,
-        "{st}"
-    );
+    assert!(st.get("code").is_none() && st.get("resp").is_none(), "{st}");
+    assert!(st["TestEventsProduced"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["TestEventsSent"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["eventsSent"].as_u64().unwrap() >= st["TestEventsSent"].as_u64().unwrap());
     let reboot = r.rpc(4, "gateway_reboot", json!({})).await;
     assert_eq!(
         reboot["code"],
@@ -335,7 +331,44 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         .await
         .expect("statistics telemetry");
     let s = s.json.unwrap();
-    assert!(s["machineStats"]["gwMemory"].as_u64().unwrap() > 0);
+    // Upstream's keys and units: percentages, "71.1G"-style strings, psutil's memory info;
+    // exact bytes under keys of our own.
+    let m = &s["machineStats"];
+    let pct = |v: &Json| v.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p));
+    assert!(
+        pct(&m["gwMemory"]) && pct(&m["freeMemory"]) && pct(&m["diskUsage"]),
+        "{m}"
+    );
+    assert!(m["gwMemory"].as_f64().unwrap() < 100.0, "{m}");
+    let human = |v: &Json| {
+        v.as_str()
+            .is_some_and(|t| t.ends_with(['B', 'K', 'M', 'G', 'T', 'P']) && t.contains('.'))
+    };
+    assert!(human(&m["freeDisk"]), "{m}");
+    assert!(m["gwMemoryBytes"].as_u64().unwrap() > 100_000, "{m}");
+    assert!(m["freeDiskBytes"].as_u64().is_some(), "{m}");
+    assert!(
+        m["gwProcessMemoryFullInfo"]["rss"].as_u64().unwrap() > 0,
+        "{m}"
+    );
+    assert!(
+        s["serviceStats"]["platformTsProduced"].as_u64().is_some(),
+        "{s}"
+    );
+    assert!(
+        s["serviceStats"]["platformAttrProduced"].as_u64().is_some(),
+        "{s}"
+    );
+    let c = &s["connectorsStats"]["Test"];
+    for k in [
+        "connectorBytesReceived",
+        "convertersTsProduced",
+        "convertersAttrProduced",
+        "convertersMsgProcessed",
+        "convertersMsgDropped",
+    ] {
+        assert!(c[k].as_u64().is_some(), "{k}: {s}");
+    }
     assert_eq!(
         s["connectorsStats"]["Test"]["devicesConnected"],
         json!(1),
@@ -346,14 +379,25 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
         json!(true),
         "{s}"
     );
-    assert!(r
-        .tb
-        .wait_for(WAIT, |m| m.topic == "v1/devices/me/attributes"
-            && m.json
-                .as_ref()
-                .is_some_and(|j| j.get("totalMemory").is_some()))
+    let attrs =
+        r.tb.wait_for(WAIT, |m| {
+            m.topic == "v1/devices/me/attributes"
+                && m.json
+                    .as_ref()
+                    .is_some_and(|j| j.get("totalMemory").is_some())
+        })
         .await
-        .is_some());
+        .expect("machine attributes")
+        .json
+        .unwrap();
+    assert!(
+        human(&attrs["totalMemory"]) && human(&attrs["totalDisk"]),
+        "{attrs}"
+    );
+    assert!(
+        attrs["totalMemoryBytes"].as_u64().unwrap() > 1_000_000,
+        "{attrs}"
+    );
 
     // Prometheus.
     let body = http_get(metrics_port, "/metrics").await;
@@ -631,6 +675,19 @@ async fn remote_logging_level_shell_and_restart() {
     assert!(out.contains("remote-shell-works"), "{out}");
     handle.set_level("NONE");
 
+    // A delay that does not fit a timer is refused with a reason (it used to be accepted and
+    // panic the timer task, so no restart ever came); the gateway goes on.
+    for (id, bad) in [(3, json!(1e20)), (4, json!("NaN")), (5, json!("inf"))] {
+        let rs = r.rpc(id, "gateway_restart", bad.clone()).await;
+        assert_eq!(rs["code"], json!(400), "{bad}: {rs}");
+        assert!(
+            rs["error"].as_str().unwrap().contains("number of seconds"),
+            "{rs}"
+        );
+    }
+    let t1 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "t", t1).await, "still running");
+
     // Restart: the gateway stops and says a restart was asked for.
     let rs = r.rpc(2, "gateway_restart", json!(0)).await;
     assert_eq!(rs, json!({"success": true}));
@@ -739,12 +796,7 @@ async fn report_strategies_from_the_general_and_connector_levels_apply_on_the_da
     assert!(r.telemetry("d1", "same", t0).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(entries(&r, "d1").len(), 1, "{:?}", entries(&r, "d1"));
-    assert!(
-        r.stats
-            .report_suppressed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 5
-    );
+    assert!(r.stats.report_suppressed() >= 5);
     drop(r);
 
     // Connector level ON_REPORT_PERIOD overrides the general one: the latest value is
@@ -765,10 +817,136 @@ async fn report_strategies_from_the_general_and_connector_levels_apply_on_the_da
         ts.windows(2).all(|w| w[1] > w[0]),
         "report times advance: {ts:?}"
     );
+    assert!(r.stats.report_periodic() >= 3);
+}
+
+/// Waits for a gateway client attribute message with `key` after `since` matching `pred`.
+async fn reported(
+    r: &Running,
+    since: std::time::Instant,
+    key: &str,
+    pred: impl Fn(&Json) -> bool,
+) -> Option<Json> {
+    r.tb.wait_for(WAIT, |m| {
+        m.topic == "v1/devices/me/attributes"
+            && m.received_at >= since
+            && m.json.as_ref().and_then(|j| j.get(key)).is_some_and(&pred)
+    })
+    .await
+    .and_then(|m| m.json)
+    .and_then(|j| j.get(key).cloned())
+}
+
+fn main_connector_names(r: &Running) -> Vec<String> {
+    let main: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap()).unwrap();
+    main["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams() {
+    let t_start = std::time::Instant::now();
+    let mut r = start(
+        json!({"remoteConfiguration": true}),
+        json!({"devices": ["d1"], "tag": "v1", "id": "id-test"}),
+        None,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    assert!(r.telemetry("d1", "v1", t0).await);
+    // The running connector is reported in upstream's shape, with a `ts`.
+    let test = reported(&r, t_start, "Test", |_| true)
+        .await
+        .expect("connector reported");
+    assert!(test["ts"].as_i64().is_some_and(|t| t > 0), "{test}");
+    assert_eq!(test["logLevel"], json!("INFO"));
+    assert_eq!(test["id"], json!("id-test"));
+    assert_eq!(test["configuration"], json!("test.json"));
+    assert_eq!(test["configurationJson"]["tag"], json!("v1"));
+
+    // A change from the UI is applied and reported back with its own ts.
+    let ts = now_millis() + 1000;
+    let t1 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({"Test": {"name": "Test", "type": "test",
+        "configuration": "test.json", "logLevel": "DEBUG", "ts": ts,
+        "configurationJson": {"devices": ["d1"], "tag": "v2", "id": "id-test"}}}))
+        .await
+        .unwrap();
+    assert!(r.telemetry("d1", "v2", t1).await, "change applied");
+    let echo = reported(&r, t1, "Test", |v| {
+        v["configurationJson"]["tag"] == json!("v2")
+    })
+    .await
+    .expect("applied change reported");
+    assert_eq!(echo["ts"], json!(ts), "{echo}");
+
+    // A connector added from the UI: its attribute and active_connectors naming it.
+    let ts_new = now_millis();
+    let t2 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Other Conn": {"name": "Other Conn", "type": "test", "logLevel": "INFO", "ts": ts_new,
+            "configurationJson": {"devices": ["n1"], "tag": "n", "id": "id-new"}},
+        "active_connectors": ["Test", "Other Conn"]
+    }))
+    .await
+    .unwrap();
+    assert!(r.telemetry("n1", "n", t2).await, "added connector runs");
+    let echo = reported(&r, t2, "Other Conn", |_| true)
+        .await
+        .expect("added connector reported");
+    assert_eq!(echo["ts"], json!(ts_new));
+    let active = reported(&r, t2, "active_connectors", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
     assert!(
-        r.stats
-            .report_periodic
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 3
+        active.is_some(),
+        "active_connectors lists the new connector"
     );
+    let file: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("other_conn.json")).unwrap()).unwrap();
+    assert_eq!(file["tag"], json!("n"));
+    assert_eq!(main_connector_names(&r), vec!["Test", "Other Conn"]);
+
+    // Renamed from the UI: same id, new name.
+    let t3 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Renamed": {"name": "Renamed", "type": "test", "configuration": "other_conn.json",
+            "ts": now_millis(),
+            "configurationJson": {"devices": ["n1"], "tag": "renamed", "id": "id-new"}},
+        "active_connectors": ["Test", "Renamed"]
+    }))
+    .await
+    .unwrap();
+    assert!(
+        r.telemetry("n1", "renamed", t3).await,
+        "renamed connector runs"
+    );
+    let active = reported(&r, t3, "active_connectors", |v| {
+        v == &json!(["Test", "Renamed"])
+    })
+    .await;
+    assert!(active.is_some(), "the old name is gone");
+    assert_eq!(main_connector_names(&r), vec!["Test", "Renamed"]);
+
+    // Removed from the UI: its devices are disconnected and it leaves the main file.
+    r.tb.send_gateway_attributes(json!({"active_connectors": ["Test"]}))
+        .await
+        .unwrap();
+    assert!(r
+        .tb
+        .wait_for(WAIT, |m| m.topic == "v1/gateway/disconnect"
+            && m.json.as_ref().is_some_and(|j| j["device"] == json!("n1")))
+        .await
+        .is_some());
+    assert_eq!(main_connector_names(&r), vec!["Test"]);
+
+    let _ = r.stop.take().map(|s| s.send(()));
+    let report = (&mut r.gateway).await.unwrap();
+    assert!(report.clean, "{report:?}");
 }

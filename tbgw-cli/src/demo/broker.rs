@@ -199,7 +199,7 @@ impl Inner {
                         .subs
                         .iter()
                         .filter(|s| !(s.nolocal && *id == from))
-                        .filter(|s| topic_matches(&s.filter, &topic))
+                        .filter(|s| tbgw::topic::matches(&s.filter, &topic))
                         .map(|s| s.qos)
                         .reduce(max_qos)?;
                     Some((entry.handle.clone(), min_qos(best, qos)))
@@ -296,25 +296,6 @@ fn max_qos(a: QoS, b: QoS) -> QoS {
         a
     } else {
         b
-    }
-}
-
-/// Whether topic filter `filter` matches topic name `topic` (MQTT rules,
-/// including that wildcards at the first level do not match `$` topics).
-fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
     }
 }
 
@@ -787,23 +768,4 @@ async fn write_loop(
     let _ = wr.shutdown().await;
     // If the writer ends first (write error), end the reader too.
     handle.kick.notify_one();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::topic_matches;
-
-    #[test]
-    fn wildcard_matching() {
-        assert!(topic_matches("a/b", "a/b"));
-        assert!(topic_matches("a/+/c", "a/b/c"));
-        assert!(topic_matches("a/#", "a"));
-        assert!(topic_matches("a/#", "a/b/c"));
-        assert!(topic_matches("#", "a/b"));
-        assert!(topic_matches("+", "a"));
-        assert!(!topic_matches("+", "a/b"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(!topic_matches("a/b", "a"));
-        assert!(topic_matches("+/+", "/a"));
-    }
 }

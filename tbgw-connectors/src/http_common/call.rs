@@ -15,6 +15,9 @@ use tbgw::config::ConfigError;
 use tbgw::downlink::RpcError;
 use tbgw::expr::{Encoding, Template};
 
+/// The scopes downlink templates render against, shared with the other connectors.
+pub use tbgw::convert::downlink::rpc_scope;
+
 use super::client::{HttpClient, HttpError, Outbound, Reply};
 use super::tls::ClientTls;
 
@@ -137,6 +140,38 @@ impl CallError {
     }
 }
 
+/// Sends a shared-attribute update through every `attributeUpdates` rule that matches the
+/// device and a key (the Request and REST connectors): one request per rule and key. Refusals
+/// and failures are counted in `errors` and logged; they do not stop the other keys.
+pub async fn send_attribute_update(
+    client: &HttpClient,
+    rules: &[Rule],
+    base: Option<&str>,
+    update: &tbgw::downlink::AttributeUpdate,
+    stats: &tbgw::stats::ConnectorCounters,
+    connector: &str,
+) {
+    let device = &update.device;
+    for (key, value) in &update.values {
+        for rule in rules.iter().filter(|r| r.matches(Some(device), key)) {
+            let scope = tbgw::convert::downlink::attribute_scope(device, key, value);
+            match execute(client, &rule.spec, base, &scope).await {
+                Ok(r) if r.status.is_success() => {
+                    tracing::debug!(connector, device = %device, key = %key, "Attribute update sent.");
+                }
+                Ok(r) => {
+                    stats.add_errors(1);
+                    tracing::warn!(connector, device = %device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
+                }
+                Err(e) => {
+                    stats.add_errors(1);
+                    tracing::warn!(connector, device = %device, key = %key, error = %e, "Cannot send an attribute update.");
+                }
+            }
+        }
+    }
+}
+
 /// Renders `spec` over `scope` and sends it, trying up to `tries` times (on transport errors
 /// and 5xx answers) within `responseTimeout` if set.
 pub async fn execute(
@@ -230,19 +265,28 @@ pub fn rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
     }
 }
 
-/// The scope RPC templates render against.
-pub fn rpc_scope(device: Option<&str>, method: &str, id: i64, params: &Json) -> Json {
-    json!({
-        "deviceName": device.unwrap_or(""),
-        "methodName": method,
-        "requestId": id,
-        "params": params,
-    })
+/// A device RPC reply of the Request connector as the Python gateway sends it: a 2xx answer
+/// is `{"result": {"value": <body or the rendered responseValueExpression>}}`; any other status
+/// the error of [`rpc_reply`] (upstream reports it as a success).
+pub fn request_rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
+    let r = rpc_reply(reply, response_value);
+    if reply.status.is_success() {
+        json!({ "result": { "value": r["result"].clone() } })
+    } else {
+        r
+    }
 }
 
-/// The scope attribute-update templates render against.
-pub fn attribute_scope(device: &str, key: &str, value: &Json) -> Json {
-    json!({ "deviceName": device, "attributeKey": key, "attributeValue": value })
+/// A device RPC reply of the REST connector as the Python gateway sends it: a 2xx answer is
+/// `{"result": <body or the rendered responseValueExpression>}`; any other status the error of
+/// [`rpc_reply`].
+pub fn rest_rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json {
+    let r = rpc_reply(reply, response_value);
+    if reply.status.is_success() {
+        json!({ "result": r["result"].clone() })
+    } else {
+        r
+    }
 }
 
 /// Parses the params of a reserved `get`/`set` RPC: a `key=value;` string (or an object with

@@ -1,9 +1,8 @@
 //! Pieces shared by the HTTP connectors (`request` and `rest`): the hyper client with TLS,
-//! basic authentication, the `json` uplink converter and downlink as outgoing HTTP requests.
+//! basic authentication and downlink as outgoing HTTP requests.
 #![allow(dead_code)] // each connector uses a different subset
 
 pub mod auth;
 pub mod call;
 pub mod client;
-pub mod convert;
 pub mod tls;

@@ -683,7 +683,7 @@ impl Order {
 /// A datapoint's value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueType {
-    /// `bits` / `bit`: booleans (or 0/1 with `bitTargetType: int`).
+    /// `bits` / `bit`: booleans (or 0/1 with `bitTargetType: int`); one picked `bit` is 0/1.
     Bits,
     /// `string`: UTF-8 text, two characters per register, trailing NULs removed.
     String,
@@ -823,7 +823,14 @@ fn bits_value(bits: &[bool], spec: &ValueSpec) -> Value {
         }
     };
     if let Some(i) = spec.bit {
-        return one(bits.get(i as usize).copied().unwrap_or(false));
+        // As the Python gateway: a picked bit is always 0/1 (`bitTargetType` applies only
+        // without `bit`), and an index past the end takes the last bit.
+        let b = bits
+            .get(i as usize)
+            .or(bits.last())
+            .copied()
+            .unwrap_or(false);
+        return Value::Int(i64::from(b));
     }
     if bits.len() == 1 {
         return one(bits[0]);

@@ -194,6 +194,9 @@ pub struct SlaveServerConfig {
     pub identity: Option<IdentityConfig>,
     /// TLS for the server: with `certfile` and `keyfile`, the slave serves Modbus/TCP over TLS.
     pub security: Option<TlsConfig>,
+    /// Most masters connected at once over TCP/TLS (tbgw; default 64); more are closed at
+    /// once.
+    pub max_connections: Option<usize>,
     /// Register blocks and their initial values.
     #[serde(default)]
     pub values: SlaveValues,

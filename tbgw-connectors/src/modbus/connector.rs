@@ -22,6 +22,9 @@ use super::transport::{Endpoint, Transport};
 
 /// Pending downlink requests per connection; a full queue answers "busy" instead of waiting.
 const COMMAND_QUEUE: usize = 64;
+/// Rate limit of the "slave server busy" warning.
+static DROP_LOG: tbgw::stats::LogThrottle =
+    tbgw::stats::LogThrottle::new(tbgw::stats::DROP_LOG_INTERVAL);
 /// How long a connector RPC over all slaves waits for their answers.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -168,7 +171,7 @@ impl ModbusConnector {
             };
             let err = RpcError::Unreachable("the Modbus connection is busy; try again".into());
             match cmd.reply {
-                Reply::Rpc(r) => r.err(err),
+                Reply::Rpc(r) | Reply::DeviceRpc { responder: r, .. } => r.err(err),
                 Reply::Log(k) => {
                     tracing::warn!(attribute = %k, "Attribute update dropped: the Modbus connection is busy.")
                 }
@@ -178,10 +181,15 @@ impl ModbusConnector {
 
     fn device_rpc(&self, senders: &[CommandSender], rpc: RpcRequest, c: usize, s: usize) {
         let slave = &self.connections[c].slaves[s];
+        // A write echoes what it wrote: the params of an `rpc` entry, the value of a `set`.
+        let mut echo = None;
         let op = if rpc.method == "get" || rpc.method == "set" {
             match params_map(&rpc.params).and_then(|m| op_from_params(&m, slave.orders, slave.unit))
             {
-                Ok(op) => op,
+                Ok(op) => {
+                    echo = op.value.clone();
+                    op
+                }
                 Err(e) => return rpc.responder.err(e),
             }
         } else if let Some(p) = slave.rpc.iter().find(|p| p.key == rpc.method) {
@@ -198,6 +206,9 @@ impl ModbusConnector {
             } else {
                 None
             };
+            if value.is_some() {
+                echo = Some(rpc.params.clone());
+            }
             Op {
                 fc: p.fc,
                 address: p.address,
@@ -216,7 +227,10 @@ impl ModbusConnector {
             Command {
                 slave: s,
                 op,
-                reply: Reply::Rpc(rpc.responder),
+                reply: Reply::DeviceRpc {
+                    responder: rpc.responder,
+                    echo,
+                },
             },
         );
     }
@@ -359,6 +373,20 @@ impl ModbusConnector {
 
 #[async_trait]
 impl Connector for ModbusConnector {
+    /// As upstream: a device's `attributeUpdates` keys are synced when it connects (the keys of
+    /// every slave; ThingsBoard answers those a device has).
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .connections
+            .iter()
+            .flat_map(|c| c.slaves.iter())
+            .flat_map(|s| s.attribute_updates.iter().map(|p| p.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         // One supervised sub-task per connection (and the slave server): a panic in one
         // restarts the connector instead of silently stopping that connection.
@@ -384,7 +412,8 @@ impl Connector for ModbusConnector {
         let mut server_tx = None;
         if let Some(p) = &self.server {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-            let server = SlaveServer::new(p.clone(), cx.uplink().clone(), name.clone());
+            let server = SlaveServer::new(p.clone(), cx.uplink().clone(), name.clone())
+                .with_stats(cx.stats().clone());
             server_tx = Some((server.device().to_string(), tx));
             let (tasks, cancel) = (cx.spawner(), cancel.clone());
             cx.spawn("slave server", async move {
@@ -409,7 +438,12 @@ impl Connector for ModbusConnector {
                         Downlink::AttributeUpdate(u) => {
                             if let Some((dev, tx)) = &server_tx {
                                 if *dev == u.device {
-                                    let _ = tx.try_send(Downlink::AttributeUpdate(u));
+                                    if tx.try_send(Downlink::AttributeUpdate(u)).is_err() {
+                                        cx.stats().add_queue_dropped(1);
+                                        if DROP_LOG.allow() {
+                                            tracing::warn!(connector = %cx.name(), "Attribute update for the slave server dropped: it is busy (counted in queue_dropped; logged at most every 10 s).");
+                                        }
+                                    }
                                     continue;
                                 }
                             }

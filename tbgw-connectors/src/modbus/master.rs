@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use tbgw::backoff::Backoff;
 use tbgw::downlink::{RpcError, RpcResponder};
 use tbgw::log_once::LogOnce;
 use tbgw::model::{now_millis, DeviceData, Value};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -142,6 +142,15 @@ pub struct Op {
 pub enum Reply {
     /// An RPC.
     Rpc(RpcResponder),
+    /// A device RPC (an `rpc` entry or reserved `get`/`set`), answered as the Python gateway
+    /// does: `{"result": {"value": v}}` with the value read, or for a write `echo` (what the
+    /// request asked to write).
+    DeviceRpc {
+        /// Where the answer goes.
+        responder: RpcResponder,
+        /// For a write: the value echoed in the reply.
+        echo: Option<Json>,
+    },
     /// An attribute update: failures are logged under this key.
     Log(String),
 }
@@ -182,7 +191,7 @@ pub struct ConnectionTask {
     /// Uplink.
     pub uplink: UplinkSender,
     /// Counters.
-    pub stats: Arc<ConnectorStats>,
+    pub stats: ConnectorCounters,
     /// Stop signal.
     pub cancel: CancellationToken,
     /// Downlink requests for this connection's slaves.
@@ -529,6 +538,10 @@ impl ConnectionTask {
 fn finish(reply: Reply, result: Result<Json, RpcError>, connector: &str) {
     match reply {
         Reply::Rpc(r) => r.send(result),
+        Reply::DeviceRpc { responder, echo } => match result {
+            Ok(v) => responder.verbatim(json!({"result": {"value": echo.unwrap_or(v)}})),
+            Err(e) => responder.err(e),
+        },
         Reply::Log(key) => {
             if let Err(e) = result {
                 tracing::warn!(connector = %connector, attribute = %key, error = %e.to_json(), "Cannot write an attribute update to the Modbus device.");

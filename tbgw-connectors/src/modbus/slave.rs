@@ -82,8 +82,13 @@ pub struct SlaveServerPlan {
     pub send_data: bool,
     /// The entries.
     pub entries: Vec<Entry>,
+    /// Most masters connected at once over TCP/TLS (`slave.maxConnections`).
+    pub max_connections: usize,
     initial: Vec<(usize, Json)>,
 }
+
+/// Default `slave.maxConnections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// A written range: table, first address, count.
 type Written = (Table, u16, u16);
@@ -299,6 +304,14 @@ fn identity_objects(
 /// Validates the `slave` section.
 pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan, ConfigError> {
     let c = &s.connection;
+    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(ConfigError::new(
+            file,
+            "slave.maxConnections",
+            "must be at least 1",
+        ));
+    }
     let (endpoint, framing) = plan::endpoint(file, "slave", c)?;
     let tls =
         match plan::tls_section(file, "slave", "security", c, &endpoint, s.security.as_ref())? {
@@ -399,6 +412,7 @@ pub fn build_plan(file: &Path, s: &SlaveServerConfig) -> Result<SlaveServerPlan,
         poll: Duration::from_millis(c.poll_period.unwrap_or(5000).max(1)),
         send_data: s.send_data_to_thingsboard.unwrap_or(false),
         entries,
+        max_connections,
         initial,
     })
 }
@@ -410,10 +424,15 @@ pub struct SlaveServer {
     store: Arc<Mutex<Store>>,
     uplink: UplinkSender,
     connector: Arc<str>,
+    stats: Option<tbgw::stats::ConnectorCounters>,
 }
 
 /// Time a master has to finish the TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Rate limit of the "too many masters" warning.
+static REFUSED_LOG: tbgw::stats::LogThrottle =
+    tbgw::stats::LogThrottle::new(tbgw::stats::DROP_LOG_INTERVAL);
 
 /// Written ranges waiting to be reported; when full, further reports are dropped (logged).
 const WRITE_REPORTS: usize = 1024;
@@ -433,7 +452,14 @@ impl SlaveServer {
             store: Arc::new(Mutex::new(store)),
             uplink,
             connector,
+            stats: None,
         }
+    }
+
+    /// Counts refused connections in the connector's `errors`.
+    pub fn with_stats(mut self, stats: tbgw::stats::ConnectorCounters) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// The device name of the slave.
@@ -666,16 +692,29 @@ impl SlaveServer {
     ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind((host, port)).await?;
         tracing::info!(connector = %self.connector, endpoint = %self.plan.endpoint, "Modbus slave server listening.");
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.plan.max_connections));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 acc = listener.accept() => {
-                    let (stream, _) = acc?;
+                    let (stream, peer) = acc?;
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Over the limit: closed at once, nothing read or kept.
+                        drop(stream);
+                        if let Some(s) = &self.stats {
+                            s.add_errors(1);
+                        }
+                        if REFUSED_LOG.allow() {
+                            tracing::warn!(connector = %self.connector, %peer, max_connections = self.plan.max_connections, "Modbus master refused: slave.maxConnections masters are connected (logged at most every 10 s; counted in errors).");
+                        }
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let me = SlaveServer { plan: self.plan.clone(), store: self.store.clone(), uplink: self.uplink.clone(), connector: self.connector.clone() };
+                    let me = SlaveServer { plan: self.plan.clone(), store: self.store.clone(), uplink: self.uplink.clone(), connector: self.connector.clone(), stats: self.stats.clone() };
                     let w = writes.clone();
                     let tls = self.plan.tls.clone();
                     tasks.spawn("slave client", async move {
+                        let _slot = slot;
                         match tls {
                             None => {
                                 let _ = me.serve_stream(stream, w).await;

@@ -1,19 +1,21 @@
 //! Modbus/TCP over TLS (the "Modbus/TCP Security" transport: MBAP frames inside a TLS stream),
-//! with rustls: the master's client configuration (`master.slaves[].tls`) and the slave mode's
-//! server configuration (`slave.security`).
+//! built with [`tbgw::tls`]: the master's client configuration (`master.slaves[].tls`) and the
+//! slave mode's server configuration (`slave.security`). Relative paths are relative to the
+//! connector file, `~` is the home directory ([`tbgw::config::resolve_path`]).
 //!
 //! Certificates and keys are read while the configuration is validated, so a missing or
 //! unusable file is a configuration error with its key path, not a connection failure.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use tokio_rustls::rustls;
+use tbgw::config::resolve_path;
+use tbgw::tls::rustls::pki_types::ServerName;
+use tbgw::tls::{self, rustls, Identity, TlsError, Verify};
 
 use super::config::TlsConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// A master's TLS settings, ready to connect. Compared and hashed by its configuration, so
 /// slaves with the same host, port and TLS settings share one connection.
@@ -73,93 +75,39 @@ fn bad(key: &'static str, reason: impl Into<String>) -> TlsConfigError {
     }
 }
 
-/// Resolves a path of the configuration: `~/` is the home directory, relative paths are taken
-/// from `dir` (the directory of the connector file).
-fn resolve(dir: &Path, p: &str) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return Path::new(&home).join(rest);
-        }
-    }
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        path
-    } else {
-        dir.join(path)
-    }
-}
-
-fn load_certs(
-    key: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-    let certs = certs.map_err(|e| bad(key, format!("{}: not a PEM file: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(bad(
-            key,
-            format!("{}: no certificate in the file", path.display()),
-        ));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| bad("keyfile", format!("cannot read {}: {e}", path.display())))?;
-    if let Some(k) = rustls_pemfile::private_key(&mut pem.as_slice()).map_err(|e| {
-        bad(
-            "keyfile",
-            format!("{}: not a PEM file: {e}", path.display()),
-        )
-    })? {
-        return Ok(k);
-    }
-    let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");
-    Err(bad(
-        "keyfile",
-        if encrypted {
-            format!(
-                "{}: the key is encrypted; tbgw reads unencrypted keys only \
-                 (`openssl pkey -in <key> -out <plain key>`)",
-                path.display()
-            )
-        } else {
-            format!("{}: no private key in the file", path.display())
-        },
-    ))
-}
-
+/// The CA certificates of `cafile`; relative paths are taken from `dir`, the connector file's
+/// directory ([`resolve_path`]).
 fn roots(dir: &Path, cafile: &str) -> Result<rustls::RootCertStore, TlsConfigError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs("cafile", &resolve(dir, cafile))? {
-        roots
-            .add(c)
-            .map_err(|e| bad("cafile", format!("unusable CA certificate: {e}")))?;
-    }
-    Ok(roots)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    tls::load_roots(&resolve_path(dir, cafile)).map_err(|e| bad("cafile", e.to_string()))
 }
 
 /// The certificate and key pair of a section, when both are set; one without the other is an
 /// error.
-fn cert_pair(
-    dir: &Path,
-    t: &TlsConfig,
-) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, TlsConfigError> {
+fn cert_pair(dir: &Path, t: &TlsConfig) -> Result<Option<Identity>, TlsConfigError> {
     match (&t.certfile, &t.keyfile) {
-        (Some(c), Some(k)) => Ok(Some((
-            load_certs("certfile", &resolve(dir, c))?,
-            load_key(&resolve(dir, k))?,
-        ))),
+        (Some(c), Some(k)) => {
+            let (cert, key) = (resolve_path(dir, c), resolve_path(dir, k));
+            Identity::load(&cert, &key).map(Some).map_err(|e| {
+                let at_fault = if e.path() == Some(cert.as_path()) {
+                    "certfile"
+                } else {
+                    "keyfile"
+                };
+                bad(at_fault, e.to_string())
+            })
+        }
         (Some(_), None) => Err(bad("keyfile", "`certfile` needs its `keyfile`")),
         (None, Some(_)) => Err(bad("certfile", "`keyfile` needs its `certfile`")),
         (None, None) => Ok(None),
+    }
+}
+
+/// A configuration error of the whole section: a certificate and key that do not match are
+/// the key's fault, anything else rustls refuses is the CA's.
+fn section_error(e: TlsError) -> TlsConfigError {
+    match e {
+        TlsError::KeyPair { .. } => bad("keyfile", e.to_string()),
+        e => bad("cafile", e.to_string()),
     }
 }
 
@@ -172,21 +120,11 @@ pub fn client(dir: &Path, host: &str, t: &TlsConfig) -> Result<ClientTls, TlsCon
             format!("`{name}` is not a host name or an IP address"),
         )
     })?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("cafile", e.to_string()))?;
-    let builder = match &t.cafile {
-        Some(ca) => builder.with_root_certificates(roots(dir, ca)?),
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls_util::AnyServerCert(provider()))),
+    let verify = match &t.cafile {
+        Some(ca) => Verify::Roots(roots(dir, ca)?),
+        None => Verify::Nothing,
     };
-    let config = match cert_pair(dir, t)? {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| bad("keyfile", format!("certificate and key do not match: {e}")))?,
-        None => builder.with_no_client_auth(),
-    };
+    let config = tls::client_config(verify, cert_pair(dir, t)?).map_err(section_error)?;
     Ok(ClientTls {
         settings: t.clone(),
         server_name,
@@ -196,29 +134,16 @@ pub fn client(dir: &Path, host: &str, t: &TlsConfig) -> Result<ClientTls, TlsCon
 
 /// The slave mode's TLS server; `certfile` and `keyfile` are required.
 pub fn server(dir: &Path, t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    let Some((certs, key)) = cert_pair(dir, t)? else {
+    let Some(identity) = cert_pair(dir, t)? else {
         return Err(bad(
             "certfile",
             "a TLS server needs `certfile` and `keyfile`",
         ));
     };
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("certfile", e.to_string()))?;
-    let builder = match &t.cafile {
-        Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(dir, ca)?),
-                provider(),
-            )
-            .build()
-            .map_err(|e| bad("cafile", e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
+    let client_roots = match &t.cafile {
+        Some(ca) => Some(roots(dir, ca)?),
+        None => None,
     };
-    let config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| bad("keyfile", format!("certificate and key do not match: {e}")))?;
+    let config = tls::server_config(identity, client_roots).map_err(section_error)?;
     Ok(Arc::new(config))
 }

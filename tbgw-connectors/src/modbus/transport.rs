@@ -2,7 +2,7 @@
 //! Modbus/TCP over TLS.
 //!
 //! tokio-modbus 0.17 has neither a UDP transport nor ASCII framing, so the connector speaks
-//! the protocol itself over tokio sockets and tokio-serial, with the pure [`codec`](super::codec):
+//! the protocol itself over tokio sockets and tokio-serial, with the pure [`codec`]:
 //! one implementation for every transport and framing, with its own timeout and stale-answer
 //! handling (an MBAP answer with another transaction id, a late answer on a serial line).
 

@@ -13,7 +13,9 @@ use serde_json::{json, Value as Json};
 use tbgw::backoff::Backoff;
 use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{
+    self, ConvertError, Converter, ConverterRegistry, UplinkConverter, UplinkInput,
+};
 use tbgw::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 use tbgw::log_once::LogOnce;
 use tbgw::model::now_millis;
@@ -25,8 +27,7 @@ use tokio::time::Instant;
 use super::config::{BrokerConfig, Datapoints, MqttConnectorConfig};
 use super::publish::PublishTracker;
 use super::requests::{AskedAttributes, RenderedRpc, Requests, RpcSpec};
-use super::topic;
-use super::uplink::{self, MqttUplinkConverter};
+use tbgw::topic;
 
 /// Most distinct error keys logged per connector run; after that errors are only counted.
 const MAX_LOGGED_ERRORS: usize = 1000;
@@ -37,7 +38,7 @@ struct Mapping {
     filter: String,
     qos: u8,
     /// `None`: a custom converter that nobody registered; messages are counted and dropped.
-    converter: Option<Arc<dyn UplinkConverter>>,
+    converter: Option<Converter>,
     /// Report strategy overrides attached to records that come without any (those of a
     /// custom converter; the json and bytes converters attach their own).
     report: Option<Arc<ReportOverrides>>,
@@ -261,7 +262,7 @@ impl MqttConnector {
         file: &Path,
         name: &str,
         cfg: MqttConnectorConfig,
-        custom: &HashMap<String, Arc<dyn UplinkConverter>>,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         let b = &cfg.broker;
@@ -350,53 +351,26 @@ impl MqttConnector {
             }
             let (mapping_level, converter_level) = mapping_report(file, &prefix, m, ignored)?;
             let mut report = None;
-            let converter: Option<Arc<dyn UplinkConverter>> = match m.converter.kind.as_str() {
-                "custom" => {
+            let converter = Converter::build(
+                file,
+                &format!("{prefix}.converter"),
+                &m.converter,
+                &super::DIALECT,
+                converters,
+                ignored,
+            )?
+            .map(|c| c.with_mapping_strategy(mapping_level.clone()));
+            match &converter {
+                Some(Converter::Json(_) | Converter::Bytes(_)) => {
+                    note_report_conflicts(&prefix, m, converter.as_ref(), ignored)
+                }
+                _ => {
                     report = converter_level.or(mapping_level).map(|s| {
                         Arc::new(ReportOverrides {
                             device: Some(s),
                             keys: HashMap::new(),
                         })
-                    });
-                    let ext = m.converter.extension.clone().unwrap_or_default();
-                    match custom.get(&ext) {
-                        Some(c) => Some(c.clone()),
-                        None => {
-                            ignored.push(format!("{prefix}.converter (custom converter `{ext}` is not registered; this mapping is inactive)"));
-                            None
-                        }
-                    }
-                }
-                "json" | "bytes" => {
-                    let c = MqttUplinkConverter::build(
-                        file,
-                        &format!("{prefix}.converter"),
-                        &m.converter,
-                    )?
-                    .with_mapping_strategy(mapping_level);
-                    note_report_conflicts(&prefix, m, &c, ignored);
-                    Some(Arc::new(c))
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{prefix}.converter.type"),
-                        format!("unknown converter type `{other}`; expected json, bytes or custom"),
-                    ))
-                }
-            };
-            if m.converter.kind == "json" {
-                for (section, points) in [
-                    ("attributes", &m.converter.attributes),
-                    ("timeseries", &m.converter.timeseries),
-                ] {
-                    if let Datapoints::List(list) = points {
-                        for (j, p) in list.iter().enumerate() {
-                            if p.hex_mode {
-                                ignored.push(format!("{prefix}.converter.{section}[{j}].hexMode (only the bytes converter renders byte slices)"));
-                            }
-                        }
-                    }
+                    })
                 }
             }
             mappings.push(Mapping {
@@ -409,7 +383,7 @@ impl MqttConnector {
         let requests = Requests::build(file, &cfg, ignored)?;
         Ok(MqttConnector {
             name: name.to_string(),
-            broker: cfg.broker,
+            broker: super::tls::with_resolved_paths(file, cfg.broker),
             mappings,
             requests,
             logged: LogOnce::new(MAX_LOGGED_ERRORS),
@@ -634,9 +608,13 @@ impl Session {
             return false;
         };
         let w = self.rpc_waits.remove(i);
-        let reply = serde_json::from_slice::<Json>(payload)
-            .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(payload).into_owned()));
-        w.responder.ok(reply);
+        // As the Python gateway: the device's answer as JSON (single quotes read as double
+        // ones), or as text when it is not JSON.
+        let text = String::from_utf8_lossy(payload);
+        let reply = serde_json::from_str::<Json>(&text)
+            .or_else(|_| serde_json::from_str::<Json>(&text.replace('\'', "\"")))
+            .unwrap_or_else(|_| Json::String(text.into_owned()));
+        w.responder.verbatim(reply);
         if w.dynamic {
             self.release_reply_topic(&w.topic);
         }
@@ -1028,6 +1006,7 @@ impl Connector for MqttConnector {
                     }
                     Ok(SourceEvent::Message { topic, payload, qos, publish }) => {
                         cx.stats().add_messages_received(1);
+                        cx.stats().add_bytes_received(payload.len() as u64);
                         let reply = s.take_reply(&topic, &payload);
                         let (mapped, data) = self.convert(cx, &topic, &payload);
                         let request = self.handle_requests(cx, &mut s, &topic, &payload).await?;
@@ -1108,7 +1087,7 @@ fn mapping_report(
         None => None,
     };
     let converter_level =
-        uplink::device_strategy(file, &format!("{prefix}.converter"), &m.converter, ignored)?;
+        convert::device_strategy(file, &format!("{prefix}.converter"), &m.converter, ignored)?;
     if mapping_level.is_some() && converter_level.is_some() {
         ignored.push(format!(
             "{prefix}.reportStrategy (converter.reportStrategy or converter.sendDataOnlyOnChange takes precedence)"
@@ -1135,10 +1114,10 @@ fn mapping_report(
 fn note_report_conflicts(
     prefix: &str,
     m: &super::config::MappingConfig,
-    c: &MqttUplinkConverter,
+    c: Option<&Converter>,
     ignored: &mut Vec<String>,
 ) {
-    let Some(o) = c.report_overrides() else {
+    let Some(o) = c.and_then(Converter::report_overrides) else {
         return;
     };
     for (section, points) in [

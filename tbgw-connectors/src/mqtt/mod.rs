@@ -10,72 +10,46 @@
 //! two-way RPC, reserved `get`/`set`, `mqtt_<name>` connector RPCs) and TLS with certificates
 //! ([`tls`]) are described in `docs/connectors/mqtt.md`.
 //!
-//! Converters: `json` and `bytes` (see [`uplink`]). A `custom` converter is a Rust
+//! Converters: `json` and `bytes` from [`tbgw::convert`], read in this connector's
+//! [`DIALECT`]. A `custom` converter is a Rust
 //! [`UplinkConverter`](tbgw::convert::UplinkConverter) an embedding application registers by
-//! name with [`MqttFactory::with_converter`].
+//! class name in a [`ConverterRegistry`] given to [`ConverterFactory::with_converters`].
 
 pub mod config;
 mod connector;
 mod publish;
 mod requests;
 pub mod tls;
-pub mod topic;
-pub mod uplink;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::UplinkConverter;
+use tbgw::config::ConfigError;
+use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::MqttConnectorConfig;
 pub use connector::MqttConnector;
 
-/// Builds MQTT connectors (`"type": "mqtt"`).
-#[derive(Default, Clone)]
-pub struct MqttFactory {
-    custom: HashMap<String, Arc<dyn UplinkConverter>>,
-}
+/// How `mapping[].converter` sections are read: names and keys may come from the topic
+/// (`topic` source, `keySource: topic`), and `bytes` converters exist.
+pub const DIALECT: Dialect = Dialect::new().with_topic().with_bytes();
 
-impl std::fmt::Debug for MqttFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttFactory")
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
+/// Builds MQTT connectors (`"type": "mqtt"`):
+/// `MqttFactory::new().with_converters(registry)`.
+pub type MqttFactory = ConverterFactory<MqttConnector>;
 
-impl MqttFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        MqttFactory::default()
-    }
-
-    /// Registers a custom converter under the name used in `converter.extension`.
-    pub fn with_converter(mut self, name: &str, converter: Arc<dyn UplinkConverter>) -> Self {
-        self.custom.insert(name.to_string(), converter);
-        self
-    }
-}
-
-impl ConnectorFactory for MqttFactory {
-    fn connector_type(&self) -> &'static str {
-        "mqtt"
-    }
+impl WithConverters for MqttConnector {
+    const TYPE: &'static str = "mqtt";
+    type Config = MqttConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: MqttConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: MqttConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(MqttConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.custom,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        MqttConnector::build(file, name, cfg, converters, ignored)
     }
 }

@@ -5,8 +5,9 @@
 //! Rendering follows upstream's call sites: in topics every placeholder is plain text; in
 //! payloads the *names* (`${deviceName}`, `${methodName}`, `${requestId}`, `${attributeKey}`)
 //! are plain text and the *values* (`${params}`, `${params.<path>}`, `${attributeValue}`) are
-//! JSON (strings quoted). One exception, also upstream's: an attribute-update payload that is
-//! exactly `${attributeValue}` carries a string value without quotes.
+//! JSON (strings quoted). One exception, also upstream's: attribute-update payloads carry the
+//! value as text (strings without quotes, `true`/`false`, objects as compact JSON), so
+//! `{"${attributeKey}":"${attributeValue}"}` sends `{"fw":"2.0"}`.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -18,10 +19,11 @@ use tbgw::config::ConfigError;
 use tbgw::expr::{Encoding, Template};
 
 use super::config::{
-    AttributeRequestConfig, AttributeUpdateConfig, DeviceInfoConfig, DeviceRequestConfig,
-    MqttConnectorConfig, RpcConfig,
+    AttributeRequestConfig, AttributeUpdateConfig, DeviceRequestConfig, MqttConnectorConfig,
+    RpcConfig,
 };
-use super::uplink::{topic_capture, NameSource};
+use tbgw::convert::downlink::attribute_scope;
+use tbgw::convert::{topic_capture, DeviceNameKeys, NameSource};
 
 /// Upstream's `RPC_DEFAULT_TIMEOUT`: the reply timeout of a reserved `get` without one.
 pub(super) const RESERVED_RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,11 +142,7 @@ impl AttributeRequest {
         value: &Json,
     ) -> Result<(String, String), String> {
         let key = asked.keys.join(",");
-        let mut scope = Map::new();
-        scope.insert("deviceName".into(), Json::String(asked.device.clone()));
-        scope.insert("attributeKey".into(), Json::String(key));
-        scope.insert("attributeValue".into(), value.clone());
-        let scope = Json::Object(scope);
+        let scope = attribute_scope(&asked.device, &key, value);
         let topic = render_topic(&self.topic, &scope, "topicExpression")?;
         let payload = if asked.keys.len() > 1 {
             value.to_string()
@@ -184,17 +182,10 @@ impl AttributeUpdate {
             if !match_at_start(&self.attribute, k) {
                 continue;
             }
-            let mut scope = Map::new();
-            scope.insert("deviceName".into(), Json::String(device.to_string()));
-            scope.insert("attributeKey".into(), Json::String(k.clone()));
-            scope.insert("attributeValue".into(), v.clone());
-            let scope = Json::Object(scope);
+            let scope = attribute_scope(device, k, v);
             let rendered = render_topic(&self.topic, &scope, "topicExpression").and_then(|t| {
-                let payload = if self.value.is_single() {
-                    render_text(&self.value, &scope, "valueExpression")?
-                } else {
-                    render_payload(&self.value, &scope, "valueExpression")?
-                };
+                // Upstream formats the value as text for every placeholder.
+                let payload = render_text(&self.value, &scope, "valueExpression")?;
                 Ok((t, payload))
             });
             out.push(rendered);
@@ -297,7 +288,9 @@ impl RpcSpec {
             }
         };
         let timeout = match number("responseTimeout")? {
-            Some(ms) => Some(millis(ms).ok_or("params `responseTimeout` must be positive")?),
+            Some(ms) => Some(millis(ms).ok_or(
+                "params `responseTimeout` must be a positive number of ms, at most 86400000",
+            )?),
             None if response_topic.is_some() => Some(RESERVED_RPC_TIMEOUT),
             None => None,
         };
@@ -326,8 +319,14 @@ impl RpcSpec {
     }
 }
 
+/// The longest `responseTimeout` accepted (one day, in ms): a deadline is `now + timeout`.
+const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+
+/// A positive timeout of at most [`MAX_TIMEOUT_MS`]; `None` for anything else.
 fn millis(ms: f64) -> Option<Duration> {
-    (ms.is_finite() && ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+    (ms > 0.0 && ms <= MAX_TIMEOUT_MS)
+        .then(|| Duration::try_from_secs_f64(ms / 1000.0).ok())
+        .flatten()
 }
 
 /// One `serverSideRpc[]` entry.
@@ -461,69 +460,16 @@ fn check_qos(file: &Path, key: String, qos: u8) -> Result<(), ConfigError> {
 fn device_info(
     file: &Path,
     prefix: &str,
-    di: Option<&DeviceInfoConfig>,
-    legacy: [Option<&String>; 4],
+    keys: DeviceNameKeys<'_>,
 ) -> Result<(NameSource, NameSource), ConfigError> {
-    if let Some(di) = di {
-        return Ok((
-            NameSource::build(
-                file,
-                &format!("{prefix}.deviceInfo.deviceNameExpression"),
-                &di.device_name_expression_source,
-                &di.device_name_expression,
-                false,
-            )?,
-            NameSource::build(
-                file,
-                &format!("{prefix}.deviceInfo.deviceProfileExpression"),
-                &di.device_profile_expression_source,
-                &di.device_profile_expression,
-                false,
-            )?,
-        ));
-    }
-    let [name_json, name_topic, type_json, type_topic] = legacy;
-    let name = match (name_json, name_topic) {
-        (Some(e), _) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceNameJsonExpression"),
-            "message",
-            e,
-            false,
-        )?,
-        (None, Some(e)) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceNameTopicExpression"),
-            "topic",
-            e,
-            false,
-        )?,
-        (None, None) => {
-            return Err(ConfigError::new(
-                file,
-                format!("{prefix}.deviceInfo"),
-                "missing; the request needs a device name",
-            ))
-        }
-    };
-    let profile = match (type_json, type_topic) {
-        (Some(e), _) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceTypeJsonExpression"),
-            "message",
-            e,
-            false,
-        )?,
-        (None, Some(e)) => NameSource::build(
-            file,
-            &format!("{prefix}.deviceTypeTopicExpression"),
-            "topic",
-            e,
-            false,
-        )?,
-        (None, None) => NameSource::Constant("default".into()),
-    };
-    Ok((name, profile))
+    keys.build(
+        file,
+        prefix,
+        "request",
+        false,
+        &super::DIALECT,
+        &mut Vec::new(),
+    )
 }
 
 fn device_request(
@@ -535,13 +481,14 @@ fn device_request(
     let (name, profile) = device_info(
         file,
         prefix,
-        c.device_info.as_ref(),
-        [
-            c.device_name_json_expression.as_ref(),
-            c.device_name_topic_expression.as_ref(),
-            c.device_type_json_expression.as_ref(),
-            c.device_type_topic_expression.as_ref(),
-        ],
+        DeviceNameKeys {
+            device_info: c.device_info.as_ref(),
+            name_json: c.device_name_json_expression.as_deref(),
+            name_topic: c.device_name_topic_expression.as_deref(),
+            profile_json: c.device_type_json_expression.as_deref(),
+            profile_topic: c.device_type_topic_expression.as_deref(),
+            ..DeviceNameKeys::default()
+        },
     )?;
     Ok(DeviceRequest {
         filter: c.topic_filter.clone(),
@@ -570,13 +517,12 @@ fn attribute_request(
     let (name, _) = device_info(
         file,
         prefix,
-        c.device_info.as_ref(),
-        [
-            c.device_name_json_expression.as_ref(),
-            c.device_name_topic_expression.as_ref(),
-            None,
-            None,
-        ],
+        DeviceNameKeys {
+            device_info: c.device_info.as_ref(),
+            name_json: c.device_name_json_expression.as_deref(),
+            name_topic: c.device_name_topic_expression.as_deref(),
+            ..DeviceNameKeys::default()
+        },
     )?;
     let (source, expr, key) = match (
         &c.attribute_name_expression,
@@ -712,7 +658,7 @@ fn rpc_route(
             ConfigError::new(
                 file,
                 format!("{prefix}.responseTimeout"),
-                "must be a positive number of milliseconds",
+                "must be a positive number of milliseconds, at most 86400000",
             )
         })?),
         None => None,
@@ -864,6 +810,23 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_response_timeout_is_refused_instead_of_panicking() {
+        for t in ["1e30", "1e300", "inf", "NaN", "-1", "0"] {
+            let e = RpcSpec::from_params(&json!(format!(
+                "requestTopicExpression=q/x;responseTopicExpression=a/x;responseTimeout={t};"
+            )))
+            .expect_err(t);
+            assert!(e.contains("responseTimeout"), "{t}: {e}");
+        }
+        let e = RpcSpec::from_params(&json!({
+            "requestTopicExpression": "q/x", "responseTopicExpression": "a/x",
+            "responseTimeout": 1e300
+        }))
+        .expect_err("1e300 ms");
+        assert!(e.contains("at most"), "{e}");
+    }
+
+    #[test]
     fn attribute_updates_filter_and_render_like_upstream() {
         let u = attribute_update(
             Path::new("mqtt.json"),
@@ -892,6 +855,29 @@ mod tests {
                 ("sensor/SN-1/mode".to_string(), "eco".to_string())
             ]
         );
+        // As upstream: the value is text in every payload template, so a quoted placeholder
+        // is not quoted twice.
+        let quoted = attribute_update(
+            Path::new("mqtt.json"),
+            "attributeUpdates[0]",
+            &serde_json::from_value(json!({
+                "deviceNameFilter": ".*", "attributeFilter": ".*",
+                "topicExpression": "sensor/${deviceName}/${attributeKey}",
+                "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let out: Vec<_> = quoted
+            .publishes(
+                "SN-1",
+                json!({"fw": "2.0", "on": true}).as_object().unwrap(),
+            )
+            .into_iter()
+            .map(Result::unwrap)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(out, vec![r#"{"fw":"2.0"}"#, r#"{"on":"true"}"#]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use opcua::types::{
     VariableId,
 };
 use tbgw::backoff::Backoff;
-use tbgw::config::ConfigError;
+use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError};
 use tbgw::model::{now_millis, DeviceData, Value};
@@ -136,15 +136,6 @@ pub struct OpcUaConnector {
     own_cert: Option<(PathBuf, PathBuf)>,
     ca_cert: Option<PathBuf>,
     mappings: Arc<Vec<Mapping>>,
-}
-
-fn resolve_path(base: &Path, p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() {
-        p
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
 }
 
 fn name_expr(file: &Path, key: &str, text: &str, source: &str) -> Result<NameExpr, ConfigError> {
@@ -282,7 +273,7 @@ impl OpcUaConnector {
             p
         };
         let own_cert = match (&id.cert, &id.private_key) {
-            (Some(c), Some(k)) => Some((resolve_path(file, c), resolve_path(file, k))),
+            (Some(c), Some(k)) => Some((resolve_beside(file, c), resolve_beside(file, k))),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::new(
@@ -292,10 +283,10 @@ impl OpcUaConnector {
                 ))
             }
         };
-        let ca_cert = id.ca_cert.as_deref().map(|c| resolve_path(file, c));
+        let ca_cert = id.ca_cert.as_deref().map(|c| resolve_beside(file, c));
         let pki_dir = match &s.pki_dir {
-            Some(d) => resolve_path(file, d),
-            None => resolve_path(file, "opcua-pki"),
+            Some(d) => resolve_beside(file, d),
+            None => resolve_beside(file, "opcua-pki"),
         };
         if s.sub_keep_alive_period_in_seconds > 0 && !s.enable_subscriptions {
             ignored.push("server.subKeepAlivePeriodInSeconds".into());
@@ -580,6 +571,19 @@ fn err_text(e: impl std::fmt::Display) -> String {
 
 #[async_trait]
 impl Connector for OpcUaConnector {
+    /// As upstream: a device's `attributes_updates` keys are synced when it connects (the keys
+    /// of every mapping; ThingsBoard answers those a device has).
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .mappings
+            .iter()
+            .flat_map(|m| m.updates.iter().map(|(k, _)| k.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let mut failures: u32 = 0;
         // `reconnectBackoffInitialDelay` (s) multiplied by `reconnectBackoffFactor` after each

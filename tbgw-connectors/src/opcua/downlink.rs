@@ -17,7 +17,7 @@ use opcua::types::{
 };
 use serde_json::{json, Value as Json};
 use tbgw::downlink::{Downlink, RpcError};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 
 use super::browse::Browser;
 use super::connector::{resolve_one, Device, Mapping};
@@ -31,7 +31,7 @@ pub(crate) fn handle(
     devices: Vec<Device>,
     mappings: Arc<Vec<Mapping>>,
     browse_chunk: usize,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
 ) -> BoxFuture<'static, ()> {
     async move {
         let ctx = Ctx {
@@ -54,21 +54,31 @@ pub(crate) fn handle(
                 }
             }
             Downlink::Rpc(rpc) => {
-                let result = match &rpc.device {
+                // A device RPC's body is the Python gateway's: `{"result": {"result": v}}`
+                // for a method, `{"result": {"value": v}}` for reserved get/set.
+                let (result, verbatim) = match &rpc.device {
                     Some(name) => {
-                        match devices.iter().find(|d| &*d.name == name.as_str()) {
+                        let r = match devices.iter().find(|d| &*d.name == name.as_str()) {
                             Some(dev) => ctx.device_rpc(dev, &rpc.method, &rpc.params).await,
                             None => Err(RpcError::Unreachable(format!(
                                 "device {name} is not present on the OPC-UA server"
                             ))),
-                        }
+                        };
+                        (r, true)
                     }
-                    None => ctx.connector_rpc(&devices, &rpc.method, &rpc.params).await,
+                    None => (
+                        ctx.connector_rpc(&devices, &rpc.method, &rpc.params).await,
+                        false,
+                    ),
                 };
-                if result.is_err() {
-                    stats.add_errors(1);
+                match result {
+                    Ok(v) if verbatim => rpc.responder.verbatim(v),
+                    Ok(v) => rpc.responder.ok(v),
+                    Err(e) => {
+                        stats.add_errors(1);
+                        rpc.responder.err(e);
+                    }
                 }
-                rpc.responder.send(result);
             }
             _ => {}
         }
@@ -119,7 +129,8 @@ impl Ctx {
             .ok_or_else(|| RpcError::Device("empty read response".into()))
     }
 
-    /// Writes `value` to the node, cast to the type of the node's current value.
+    /// Writes `value` to the node, cast to the type of the node's current value; returns the
+    /// value written.
     async fn write(&self, device: &NodeId, r: &NodeRef, value: &Json) -> Result<Json, RpcError> {
         let node = self.resolve(device, r).await?;
         let current = self.read(&node).await?;
@@ -146,7 +157,7 @@ impl Ctx {
                 "write to {node} failed: {status}"
             )));
         }
-        Ok(json!({"success": true, "value": render(&variant).to_json()}))
+        Ok(render(&variant).to_json())
     }
 
     async fn get(&self, device: &NodeId, params: &Json) -> Result<Json, RpcError> {
@@ -157,7 +168,11 @@ impl Ctx {
         if let Some(s) = dv.status.filter(|s| s.is_bad()) {
             return Err(RpcError::Device(format!("read of {node} failed: {s}")));
         }
-        Ok(json!({"result": dv.value.as_ref().map(|v| render(v).to_json()).unwrap_or(Json::Null)}))
+        Ok(dv
+            .value
+            .as_ref()
+            .map(|v| render(v).to_json())
+            .unwrap_or(Json::Null))
     }
 
     async fn set(&self, device: &NodeId, params: &Json) -> Result<Json, RpcError> {
@@ -186,10 +201,21 @@ impl Ctx {
         params: &Json,
     ) -> Result<Json, RpcError> {
         match method {
-            "get" => return self.get(&dev.node, params).await,
-            "set" => return self.set(&dev.node, params).await,
+            "get" => return Ok(json!({"result": {"value": self.get(&dev.node, params).await?}})),
+            "set" => return Ok(json!({"result": {"value": self.set(&dev.node, params).await?}})),
             _ => {}
         }
+        let out = self.call_device_method(dev, method, params).await?;
+        Ok(json!({"result": {"result": out}}))
+    }
+
+    /// Calls a device's method: its output (`null`, the value, or an array of several).
+    async fn call_device_method(
+        &self,
+        dev: &Device,
+        method: &str,
+        params: &Json,
+    ) -> Result<Json, RpcError> {
         let m = &self.mappings[dev.mapping];
         let configured = m.rpc.iter().find(|r| r.method == method);
         let args: Vec<Json> = match params {
@@ -290,10 +316,11 @@ impl Ctx {
             .iter()
             .map(|v| render(v).to_json())
             .collect();
+        let mut out = out;
         Ok(match out.len() {
-            0 => json!({"success": true}),
-            1 => json!({"result": out[0]}),
-            _ => json!({"result": out}),
+            0 => Json::Null,
+            1 => out.remove(0),
+            _ => Json::Array(out),
         })
     }
 
@@ -305,8 +332,8 @@ impl Ctx {
     ) -> Result<Json, RpcError> {
         let root: NodeId = opcua::types::ObjectId::RootFolder.into();
         match method {
-            "get" => return self.get(&root, params).await,
-            "set" => return self.set(&root, params).await,
+            "get" => return Ok(json!({"result": self.get(&root, params).await?})),
+            "set" => return Ok(json!({"success": true, "value": self.set(&root, params).await?})),
             _ => {}
         }
         let mut out = serde_json::Map::new();
@@ -315,11 +342,11 @@ impl Ctx {
             if !m.rpc.iter().any(|r| r.method == method) {
                 continue;
             }
-            let r = self.device_rpc(dev, method, params).await;
+            let r = self.call_device_method(dev, method, params).await;
             out.insert(
                 dev.name.to_string(),
                 match r {
-                    Ok(v) => v,
+                    Ok(v) => json!({ "result": v }),
                     Err(e) => e.to_json(),
                 },
             );

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::http_common::convert::{DatapointConfig, Datapoints};
+pub use tbgw::convert::{ConverterConfig, DatapointConfig, Datapoints, DeviceInfoConfig};
 
 /// The whole connector file.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,68 +109,6 @@ pub struct SubRequestConfig {
     pub http_method: String,
     /// Upstream's Python post-processing code; not run by tbgw (listed as ignored).
     pub processing_function: Option<String>,
-}
-
-/// `mapping[].converter`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConverterConfig {
-    /// `json` (default) or `custom`.
-    #[serde(rename = "type", default = "default_json")]
-    pub kind: String,
-    /// Legacy: device name template.
-    pub device_name_json_expression: Option<String>,
-    /// Legacy: device profile template.
-    pub device_type_json_expression: Option<String>,
-    /// Newer flat form: device name template.
-    pub device_name_expression: Option<String>,
-    /// Newer flat form: device profile template.
-    #[serde(alias = "deviceTypeExpression")]
-    pub device_profile_expression: Option<String>,
-    /// Newest form: where the device name and profile come from.
-    pub device_info: Option<DeviceInfoConfig>,
-    /// Attribute datapoints, or `"*"`.
-    #[serde(default)]
-    pub attributes: Datapoints,
-    /// Time series datapoints, or `"*"` (also `timeseries`).
-    #[serde(default, alias = "timeseries")]
-    pub telemetry: Datapoints,
-    /// Custom converter name (`type: custom`).
-    pub extension: Option<String>,
-    /// Configuration for the custom converter.
-    #[serde(alias = "extension-config")]
-    pub extension_config: Option<serde_json::Value>,
-}
-
-fn default_json() -> String {
-    "json".into()
-}
-
-/// `converter.deviceInfo`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceInfoConfig {
-    /// `message` / `request` (template over the response) or `constant`.
-    #[serde(default = "default_message")]
-    pub device_name_expression_source: String,
-    /// The template or constant.
-    pub device_name_expression: String,
-    /// `message` / `request` or `constant` (default).
-    #[serde(default = "default_constant")]
-    pub device_profile_expression_source: String,
-    /// The template or constant (default `default`).
-    #[serde(default = "default_profile")]
-    pub device_profile_expression: String,
-}
-
-fn default_message() -> String {
-    "message".into()
-}
-fn default_constant() -> String {
-    "constant".into()
-}
-fn default_profile() -> String {
-    "default".into()
 }
 
 /// One entry of `attributeUpdates[]`.

@@ -1,6 +1,5 @@
 //! The Request connector's build step and run loop.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,18 +10,18 @@ use hyper::Method;
 use serde_json::Value as Json;
 use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
-use tbgw::convert::{ConvertError, UplinkConverter};
+use tbgw::convert::{ConvertError, Converter, ConverterRegistry};
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
 use tbgw::expr::{Encoding, JsonPath, Template};
 use tbgw::model::{now_millis, DeviceData};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::UplinkSender;
 use tokio::sync::Semaphore;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{RequestConnectorConfig, SecurityConfig};
-use super::uplink::{self, Uplink};
+use super::uplink;
 use crate::http_common::call::{self, CallSpec, Rule};
 use crate::http_common::client::{HttpClient, Outbound};
 use crate::http_common::tls::ClientTls;
@@ -55,7 +54,7 @@ struct Mapping {
     period: Duration,
     unpack: Option<JsonPath>,
     sub_requests: Vec<SubRequest>,
-    uplink: Uplink,
+    uplink: Converter,
 }
 
 /// What the poll tasks and downlink handlers share.
@@ -101,7 +100,7 @@ impl RequestConnector {
         file: &Path,
         name: &str,
         cfg: RequestConnectorConfig,
-        custom: &HashMap<String, Arc<dyn UplinkConverter>>,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         let host = cfg.host.trim().trim_end_matches('/').to_string();
@@ -123,29 +122,16 @@ impl RequestConnector {
         let mut mappings = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
-            let uplink = match m.converter.kind.as_str() {
-                "json" => Uplink::Json(uplink::build_json(
-                    file,
-                    &format!("{p}.converter"),
-                    &m.converter,
-                )?),
-                "custom" => {
-                    let ext = m.converter.extension.clone().unwrap_or_default();
-                    match custom.get(&ext) {
-                        Some(c) => Uplink::Custom(c.clone()),
-                        None => {
-                            ignored.push(format!("{p}.converter (custom converter `{ext}` is not registered; this mapping is inactive)"));
-                            continue;
-                        }
-                    }
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{p}.converter.type"),
-                        format!("unknown converter type `{other}`; expected json or custom"),
-                    ))
-                }
+            let Some(uplink) = Converter::build(
+                file,
+                &format!("{p}.converter"),
+                &m.converter,
+                &super::DIALECT,
+                converters,
+                ignored,
+            )?
+            else {
+                continue;
             };
             let body = match &m.content {
                 None | Some(Json::Null) => Bytes::new(),
@@ -286,7 +272,7 @@ async fn poll_loop(
     shared: Arc<Shared>,
     m: Arc<Mapping>,
     uplink: UplinkSender,
-    stats: Arc<ConnectorStats>,
+    stats: ConnectorCounters,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(m.period);
@@ -343,21 +329,19 @@ fn outbound(shared: &Shared, m: &Mapping, url: String, method: Method, body: Byt
 async fn poll_once(
     shared: &Shared,
     m: &Mapping,
-    stats: &ConnectorStats,
+    stats: &ConnectorCounters,
 ) -> Result<Vec<DeviceData>, String> {
     let req = outbound(shared, m, m.url.clone(), m.method.clone(), m.body.clone());
     let reply = shared.client.send(&req).await.map_err(|e| e.to_string())?;
     stats.add_messages_received(1);
+    stats.add_bytes_received(reply.body.len() as u64);
     if !reply.status.is_success() {
         return Err(format!("HTTP status {}", reply.status.as_u16()));
     }
     let received_ts = now_millis();
     let mut errors = Vec::new();
     let data = match &m.uplink {
-        Uplink::Custom(c) => {
-            uplink::convert_custom(c.as_ref(), &m.url, &reply.body, received_ts, &mut errors)
-        }
-        Uplink::Json(conv) => {
+        Converter::Json(conv) => {
             let body: Json = match serde_json::from_slice(&reply.body) {
                 Ok(j) => j,
                 Err(e) => {
@@ -371,8 +355,9 @@ async fn poll_once(
                     sub_requests(shared, m, item, &mut errors).await;
                 }
             }
-            uplink::convert_items(conv, &items, received_ts, &mut errors)
+            conv.convert_items(&m.url, &items, received_ts, &mut errors)
         }
+        custom => uplink::convert_custom(custom, &m.url, &reply.body, received_ts, &mut errors),
     };
     if !errors.is_empty() {
         stats.add_convert_errors(errors.len() as u64);
@@ -429,29 +414,16 @@ async fn sub_requests(
     }
 }
 
-async fn handle_attribute_update(shared: &Shared, u: AttributeUpdate, stats: &ConnectorStats) {
-    for (key, value) in &u.values {
-        for rule in shared
-            .attribute_rules
-            .iter()
-            .filter(|r| r.matches(Some(&u.device), key))
-        {
-            let scope = call::attribute_scope(&u.device, key, value);
-            match call::execute(&shared.client, &rule.spec, Some(&shared.host), &scope).await {
-                Ok(r) if r.status.is_success() => {
-                    tracing::debug!(connector = %shared.name, device = %u.device, key = %key, "Attribute update sent.");
-                }
-                Ok(r) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %shared.name, device = %u.device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
-                }
-                Err(e) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %shared.name, device = %u.device, key = %key, error = %e, "Cannot send an attribute update.");
-                }
-            }
-        }
-    }
+async fn handle_attribute_update(shared: &Shared, u: AttributeUpdate, stats: &ConnectorCounters) {
+    call::send_attribute_update(
+        &shared.client,
+        &shared.attribute_rules,
+        Some(&shared.host),
+        &u,
+        stats,
+        &shared.name,
+    )
+    .await;
 }
 
 /// Answers an RPC: reserved `get`/`set`, else the first `serverSideRpc` rule that matches the
@@ -491,7 +463,7 @@ async fn handle_rpc(shared: &Shared, rpc: RpcRequest) {
     };
     let scope = call::rpc_scope(device.as_deref(), &method, id, &params);
     match call::execute(&shared.client, spec, Some(&shared.host), &scope).await {
-        Ok(reply) => responder.ok(normalize_rpc_result(call::rpc_reply(
+        Ok(reply) => responder.ok(normalize_rpc_result(call::request_rpc_reply(
             &reply,
             spec.response_value.as_ref(),
         ))),

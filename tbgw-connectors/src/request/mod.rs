@@ -6,68 +6,47 @@
 //! schedule (`scanPeriod`): a slow endpoint delays only its own next poll, missed ticks lapse
 //! instead of piling up, and polls of one mapping never overlap.
 //!
-//! Converters: `json` (see [`uplink`]); a `custom` converter is a Rust
-//! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by name with
-//! [`RequestFactory::with_converter`]; it receives the raw response body.
+//! Converters: `json` from [`tbgw::convert`], read in this connector's [`DIALECT`], over the
+//! items of the response (see [`uplink`]); a `custom` converter is a Rust
+//! [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by class name in a
+//! [`ConverterRegistry`] given to [`ConverterFactory::with_converters`]; it receives the raw
+//! response body and the URL as its source.
 
 pub mod config;
 mod connector;
 pub mod uplink;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::UplinkConverter;
+use tbgw::config::ConfigError;
+use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::RequestConnectorConfig;
 pub use connector::RequestConnector;
 
-/// Builds Request connectors (`"type": "request"`).
-#[derive(Default, Clone)]
-pub struct RequestFactory {
-    custom: HashMap<String, Arc<dyn UplinkConverter>>,
-}
+/// How `mapping[].converter` sections are read: the device name comes from the response
+/// (`message`, `request` or `response`) or a constant; time series are `telemetry`.
+pub const DIALECT: Dialect = Dialect::new()
+    .message_sources(&["message", "request", "response"])
+    .timeseries_key("telemetry");
 
-impl std::fmt::Debug for RequestFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestFactory")
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
+/// Builds Request connectors (`"type": "request"`):
+/// `RequestFactory::new().with_converters(registry)`.
+pub type RequestFactory = ConverterFactory<RequestConnector>;
 
-impl RequestFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        RequestFactory::default()
-    }
-
-    /// Registers a custom converter under the name used in `converter.extension`.
-    pub fn with_converter(mut self, name: &str, converter: Arc<dyn UplinkConverter>) -> Self {
-        self.custom.insert(name.to_string(), converter);
-        self
-    }
-}
-
-impl ConnectorFactory for RequestFactory {
-    fn connector_type(&self) -> &'static str {
-        "request"
-    }
+impl WithConverters for RequestConnector {
+    const TYPE: &'static str = "request";
+    type Config = RequestConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: RequestConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: RequestConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(RequestConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.custom,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        RequestConnector::build(file, name, cfg, converters, ignored)
     }
 }

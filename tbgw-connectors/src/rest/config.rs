@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::http_common::convert::{DatapointConfig, Datapoints};
+pub use tbgw::convert::{ConverterConfig, DatapointConfig, Datapoints, DeviceInfoConfig};
 
 /// The whole connector file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +46,12 @@ pub struct ServerConfig {
     pub security: Option<ServerSecurity>,
     /// Largest request body accepted, in bytes (tbgw; default 1 MiB like aiohttp's).
     pub max_request_body_size: Option<usize>,
+    /// Most client connections served at once (tbgw; default 1024); more are answered 503
+    /// and closed.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, and then its body (tbgw; default
+    /// 30).
+    pub read_timeout: Option<f64>,
 }
 
 fn default_host() -> String {
@@ -134,64 +140,6 @@ pub struct ResponseConfig {
     pub unsuccessful_response: Option<String>,
     /// With `responseExpected`: the shared attribute whose update answers the request.
     pub response_attribute: Option<String>,
-}
-
-/// `mapping[].converter`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConverterConfig {
-    /// `json` (default) or `custom`.
-    #[serde(rename = "type", default = "default_json")]
-    pub kind: String,
-    /// Where the device name and profile come from.
-    pub device_info: Option<DeviceInfoConfig>,
-    /// Legacy: device name template over the request data.
-    pub device_name_expression: Option<String>,
-    /// Legacy: device profile template over the request data.
-    #[serde(alias = "deviceProfileExpression")]
-    pub device_type_expression: Option<String>,
-    /// Attribute datapoints, or `"*"`.
-    #[serde(default)]
-    pub attributes: Datapoints,
-    /// Time series datapoints, or `"*"` (also `telemetry`).
-    #[serde(default, alias = "telemetry")]
-    pub timeseries: Datapoints,
-    /// Custom converter name (`type: custom`).
-    pub extension: Option<String>,
-    /// Configuration for the custom converter.
-    #[serde(alias = "extension-config")]
-    pub extension_config: Option<serde_json::Value>,
-}
-
-fn default_json() -> String {
-    "json".into()
-}
-
-/// `converter.deviceInfo`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceInfoConfig {
-    /// `request` (template over the request data) or `constant`.
-    #[serde(default = "default_request")]
-    pub device_name_expression_source: String,
-    /// The template or constant.
-    pub device_name_expression: String,
-    /// `request` or `constant` (default).
-    #[serde(default = "default_constant")]
-    pub device_profile_expression_source: String,
-    /// The template or constant (default `default`).
-    #[serde(default = "default_profile")]
-    pub device_profile_expression: String,
-}
-
-fn default_request() -> String {
-    "request".into()
-}
-fn default_constant() -> String {
-    "constant".into()
-}
-fn default_profile() -> String {
-    "default".into()
 }
 
 /// `requestsMapping`.

@@ -1,7 +1,6 @@
 //! The REST connector's build step and run loop: the listener, one task per connection, and
 //! downlink (held `responseExpected` requests first, then outgoing HTTP requests).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,31 +11,33 @@ use hyper::service::service_fn;
 use hyper::Method;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tbgw::config::ConfigError;
+use tbgw::config::{resolve_beside, ConfigError};
 use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
-use tbgw::convert::UplinkConverter;
+use tbgw::convert::{Converter, ConverterRegistry};
 use tbgw::downlink::{normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest};
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::config::{ConverterConfig, OutboundConfig, RestConnectorConfig, SecurityConfig};
-use super::server::{
-    parse_route, AttributeEndpoint, DataEndpoint, EndpointConverter, Kind, Route, Server,
-};
+use super::config::{OutboundConfig, RestConnectorConfig, SecurityConfig};
+use super::server::{parse_route, AttributeEndpoint, DataEndpoint, Kind, Route, Server};
 use crate::http_common::auth::BasicCredentials;
 use crate::http_common::call::{self, CallSpec, Rule};
 use crate::http_common::client::HttpClient;
-use crate::http_common::convert::{JsonConverter, NameSource};
 use crate::http_common::tls::{self, ClientTls};
 
 /// Default body limit: 1 MiB, aiohttp's `client_max_size`.
 const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Default endpoint and attribute-request timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's headers, and then its body (slow-loris
+/// guard; `server.readTimeout`).
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most connections served at once (`server.maxConnections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections over the limit being answered 503 at once; more are closed without an answer.
+const MAX_REFUSING: usize = 64;
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outgoing downlink requests in flight at once; more wait in the downlink channel.
@@ -58,6 +59,8 @@ pub struct RestConnector {
     port: u16,
     tls: Option<(PathBuf, PathBuf)>,
     max_body: usize,
+    max_connections: usize,
+    read_timeout: Duration,
     routes: Option<Vec<Route>>,
     outgoing: Arc<Outgoing>,
 }
@@ -99,71 +102,6 @@ fn methods(file: &Path, prefix: &str, list: &[String]) -> Result<Vec<Method>, Co
         .collect()
 }
 
-fn name_source(
-    file: &Path,
-    key: &str,
-    source: &str,
-    expr: &str,
-) -> Result<NameSource, ConfigError> {
-    match source {
-        "constant" => Ok(NameSource::Constant(expr.to_string())),
-        "request" | "message" => NameSource::parse(file, key, expr),
-        other => Err(ConfigError::new(
-            file,
-            key.replace("Expression", "ExpressionSource"),
-            format!("unknown source `{other}`; expected request or constant"),
-        )),
-    }
-}
-
-fn json_converter(
-    file: &Path,
-    prefix: &str,
-    c: &ConverterConfig,
-) -> Result<JsonConverter, ConfigError> {
-    let (name, profile) = match &c.device_info {
-        Some(di) => (
-            name_source(
-                file,
-                &format!("{prefix}.deviceInfo.deviceNameExpression"),
-                &di.device_name_expression_source,
-                &di.device_name_expression,
-            )?,
-            name_source(
-                file,
-                &format!("{prefix}.deviceInfo.deviceProfileExpression"),
-                &di.device_profile_expression_source,
-                &di.device_profile_expression,
-            )?,
-        ),
-        None => match &c.device_name_expression {
-            Some(n) => (
-                NameSource::parse(file, &format!("{prefix}.deviceNameExpression"), n)?,
-                match &c.device_type_expression {
-                    Some(t) => {
-                        NameSource::parse(file, &format!("{prefix}.deviceTypeExpression"), t)?
-                    }
-                    None => NameSource::Constant("default".into()),
-                },
-            ),
-            None => return Err(ConfigError::new(
-                file,
-                format!("{prefix}.deviceInfo"),
-                "missing; the converter needs a device name (deviceInfo or deviceNameExpression)",
-            )),
-        },
-    };
-    JsonConverter::build(
-        file,
-        prefix,
-        name,
-        profile,
-        &c.attributes,
-        &c.timeseries,
-        "timeseries",
-    )
-}
-
 fn outbound_rule(
     file: &Path,
     prefix: &str,
@@ -187,7 +125,10 @@ fn outbound_rule(
             }
         },
         "cert" => match (&o.security.cert, &o.security.key) {
-            (Some(c), Some(k)) => (None, Some((tls::expand_home(c), tls::expand_home(k)))),
+            (Some(c), Some(k)) => (
+                None,
+                Some((resolve_beside(file, c), resolve_beside(file, k))),
+            ),
             _ => {
                 return Err(ConfigError::new(
                     file,
@@ -253,7 +194,7 @@ impl RestConnector {
         file: &Path,
         name: &str,
         cfg: RestConnectorConfig,
-        custom: &HashMap<String, Arc<dyn UplinkConverter>>,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         let port = match &cfg.server.port {
@@ -269,7 +210,9 @@ impl RestConnector {
         }
         let tls = if cfg.server.ssl {
             match cfg.server.security.as_ref().map(|s| (&s.cert, &s.key)) {
-                Some((Some(c), Some(k))) => Some((tls::expand_home(c), tls::expand_home(k))),
+                Some((Some(c), Some(k))) => {
+                    Some((resolve_beside(file, c), resolve_beside(file, k)))
+                }
                 _ => {
                     return Err(ConfigError::new(
                         file,
@@ -284,32 +227,41 @@ impl RestConnector {
             }
             None
         };
+        let max_connections = cfg
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::new(
+                file,
+                "server.maxConnections",
+                "must be at least 1",
+            ));
+        }
+        let read_timeout = match cfg.server.read_timeout {
+            None => DEFAULT_READ_TIMEOUT,
+            Some(t) if t > 0.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(ConfigError::new(
+                    file,
+                    "server.readTimeout",
+                    format!("{t} is not a number of seconds between 0 and 3600"),
+                ))
+            }
+        };
         let mut routes = Vec::new();
         for (i, m) in cfg.mapping.iter().enumerate() {
             let p = format!("mapping[{i}]");
-            let converter = match m.converter.kind.as_str() {
-                "json" => EndpointConverter::Json(json_converter(
-                    file,
-                    &format!("{p}.converter"),
-                    &m.converter,
-                )?),
-                "custom" => {
-                    let ext = m.converter.extension.clone().unwrap_or_default();
-                    match custom.get(&ext) {
-                        Some(c) => EndpointConverter::Custom(c.clone()),
-                        None => {
-                            ignored.push(format!("{p}.converter (custom converter `{ext}` is not registered; this endpoint is not served)"));
-                            continue;
-                        }
-                    }
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{p}.converter.type"),
-                        format!("unknown converter type `{other}`; expected json or custom"),
-                    ))
-                }
+            let Some(converter) = Converter::build(
+                file,
+                &format!("{p}.converter"),
+                &m.converter,
+                &super::DIALECT,
+                converters,
+                ignored,
+            )?
+            else {
+                continue;
             };
             let r = &m.response;
             routes.push(Route {
@@ -407,6 +359,8 @@ impl RestConnector {
             port,
             tls,
             max_body: cfg.server.max_request_body_size.unwrap_or(DEFAULT_MAX_BODY),
+            max_connections,
+            read_timeout,
             routes: Some(routes),
             outgoing: Arc::new(Outgoing {
                 name: name.to_string(),
@@ -422,10 +376,11 @@ async fn serve<IO>(io: IO, server: Arc<Server>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = server.read_timeout;
     let svc = service_fn(move |req| server.clone().handle(req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = conn.await {
@@ -433,27 +388,16 @@ where
     }
 }
 
-async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorStats) {
-    for (key, value) in &u.values {
-        for rule in out
-            .attribute_rules
-            .iter()
-            .filter(|r| r.matches(Some(&u.device), key))
-        {
-            let scope = call::attribute_scope(&u.device, key, value);
-            match call::execute(&out.client, &rule.spec, None, &scope).await {
-                Ok(r) if r.status.is_success() => {}
-                Ok(r) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %out.name, device = %u.device, key = %key, status = r.status.as_u16(), "The attribute update was refused by the server.");
-                }
-                Err(e) => {
-                    stats.add_errors(1);
-                    tracing::warn!(connector = %out.name, device = %u.device, key = %key, error = %e, "Cannot send an attribute update.");
-                }
-            }
-        }
-    }
+async fn handle_attribute_update(out: &Outgoing, u: AttributeUpdate, stats: &ConnectorCounters) {
+    call::send_attribute_update(
+        &out.client,
+        &out.attribute_rules,
+        None,
+        &u,
+        stats,
+        &out.name,
+    )
+    .await;
 }
 
 async fn handle_rpc(out: &Outgoing, rpc: RpcRequest) {
@@ -490,7 +434,7 @@ async fn handle_rpc(out: &Outgoing, rpc: RpcRequest) {
     };
     let scope = call::rpc_scope(device.as_deref(), &method, id, &params);
     match call::execute(&out.client, spec, None, &scope).await {
-        Ok(reply) => responder.ok(normalize_rpc_result(call::rpc_reply(
+        Ok(reply) => responder.ok(normalize_rpc_result(call::rest_rpc_reply(
             &reply,
             spec.response_value.as_ref(),
         ))),
@@ -523,13 +467,15 @@ impl Connector for RestConnector {
         self.outgoing.client.attach(cx.spawner());
         // The routes move into the server on the first run; a restarted run reuses them.
         let routes = self.routes.take().unwrap_or_default();
-        let server = Arc::new(Server::new(
+        let mut server = Server::new(
             self.name.clone(),
             routes,
             self.max_body,
             cx.uplink().clone(),
             cx.stats().clone(),
-        ));
+        );
+        server.read_timeout = self.read_timeout;
+        let server = Arc::new(server);
         let result = self
             .serve_loop(cx, &listener, acceptor, server.clone())
             .await;
@@ -551,6 +497,8 @@ impl RestConnector {
     ) -> Result<(), ConnectorError> {
         let cancel = cx.cancellation().clone();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLINK));
+        let connections = Arc::new(Semaphore::new(self.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let mut downlink_open = true;
         loop {
             // Cancellation first. On cancel, open connections and outgoing downlink requests
@@ -560,18 +508,33 @@ impl RestConnector {
                 _ = cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
+                        // At the limit: answered 503 at once (plain HTTP, while few such
+                        // answers are in progress) or just closed.
+                        let Ok(slot) = connections.clone().try_acquire_owned() else {
+                            server.over_limit(self.max_connections);
+                            if let (None, Ok(p)) = (&acceptor, refusing.clone().try_acquire_owned()) {
+                                cx.spawn("refusing a connection", async move {
+                                    super::server::refuse(stream).await;
+                                    drop(p);
+                                    Ok(())
+                                });
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let server = server.clone();
                         match &acceptor {
                             None => {
                                 cx.spawn("client connection", async move {
                                     serve(stream, server).await;
+                                    drop(slot);
                                     Ok(())
                                 });
                             }
                             Some(a) => {
                                 let a = a.clone();
                                 cx.spawn("client connection", async move {
+                                    let _slot = slot;
                                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(stream)).await {
                                         Ok(Ok(tls)) => serve(tls, server).await,
                                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),

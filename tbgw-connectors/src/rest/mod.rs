@@ -7,69 +7,49 @@
 //! code. Credentials of `basic` endpoints are compared in constant time; request bodies are
 //! limited to `server.maxRequestBodySize` bytes (default 1 MiB).
 //!
-//! Converters: `json` over the request data merged from path parameters, query and body (see
-//! [`uplink`]); a `custom` converter is a Rust [`UplinkConverter`](tbgw::convert::UplinkConverter)
-//! registered with [`RestFactory::with_converter`]; it receives the raw body.
+//! Converters: `json` from [`tbgw::convert`], read in this connector's [`DIALECT`], over the
+//! request data merged from path parameters, query and body (see [`uplink`]); a `custom`
+//! converter is a Rust [`UplinkConverter`](tbgw::convert::UplinkConverter) registered by class
+//! name in a [`ConverterRegistry`] given to [`ConverterFactory::with_converters`]; it receives the
+//! raw body and the path as its source.
 
 pub mod config;
 mod connector;
 pub mod server;
 pub mod uplink;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
 
-use tbgw::config::{parse, ConfigError};
-use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
-use tbgw::convert::UplinkConverter;
+use tbgw::config::ConfigError;
+use tbgw::convert::{ConverterRegistry, Dialect};
+
+use crate::factory::{ConverterFactory, WithConverters};
 
 pub use config::RestConnectorConfig;
 pub use connector::RestConnector;
 
-/// Builds REST connectors (`"type": "rest"`).
-#[derive(Default, Clone)]
-pub struct RestFactory {
-    custom: HashMap<String, Arc<dyn UplinkConverter>>,
-}
+/// How `mapping[].converter` sections are read: the device name comes from the request data
+/// (`request`, also `message`) or a constant; an endpoint whose custom converter is not
+/// registered is not served.
+pub const DIALECT: Dialect = Dialect::new()
+    .message_sources(&["request", "message"])
+    .unregistered("this endpoint is not served");
 
-impl std::fmt::Debug for RestFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestFactory")
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
+/// Builds REST connectors (`"type": "rest"`):
+/// `RestFactory::new().with_converters(registry)`.
+pub type RestFactory = ConverterFactory<RestConnector>;
 
-impl RestFactory {
-    /// A factory with no custom converters.
-    pub fn new() -> Self {
-        RestFactory::default()
-    }
-
-    /// Registers a custom converter under the name used in `converter.extension`.
-    pub fn with_converter(mut self, name: &str, converter: Arc<dyn UplinkConverter>) -> Self {
-        self.custom.insert(name.to_string(), converter);
-        self
-    }
-}
-
-impl ConnectorFactory for RestFactory {
-    fn connector_type(&self) -> &'static str {
-        "rest"
-    }
+impl WithConverters for RestConnector {
+    const TYPE: &'static str = "rest";
+    type Config = RestConnectorConfig;
 
     fn build(
-        &self,
-        spec: &ConnectorSpec,
+        file: &Path,
+        name: &str,
+        cfg: RestConnectorConfig,
+        converters: &ConverterRegistry,
         ignored: &mut Vec<String>,
-    ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: RestConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        Ok(Box::new(RestConnector::build(
-            &spec.file,
-            &spec.name,
-            cfg,
-            &self.custom,
-            ignored,
-        )?))
+    ) -> Result<Self, ConfigError> {
+        RestConnector::build(file, name, cfg, converters, ignored)
     }
 }

@@ -9,6 +9,8 @@
 //! | no endpoint for the path | 404 |
 //! | endpoint exists, method not listed | 405 (with `Allow`) |
 //! | body larger than the limit | 413 |
+//! | body not received within the read timeout | 408, connection closed |
+//! | more connections than `maxConnections` | 503, connection closed |
 //! | storage did not take the data within the endpoint timeout, or dropped it | 503 |
 //! | storage failed | 500 |
 //! | `responseExpected` / attribute request: no answer from ThingsBoard in time | 504 |
@@ -18,23 +20,24 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fancy_regex::Regex;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
-use tbgw::convert::{ConvertError, UplinkConverter, UplinkInput};
+use tbgw::convert::{ConvertError, Converter, UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::now_millis;
-use tbgw::stats::ConnectorStats;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::{AttributeRequestError, StoreOutcome, UplinkSender};
 use tokio::sync::oneshot;
 
 use super::uplink::{merge_body, parse_form, percent_decode};
 use crate::http_common::auth::BasicCredentials;
-use crate::http_common::convert::JsonConverter;
 
 /// A path segment of an endpoint.
 #[derive(Debug)]
@@ -73,28 +76,11 @@ pub fn parse_route(path: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
-/// The data endpoint's converter.
-pub enum EndpointConverter {
-    /// The built-in `json` converter over the merged request data.
-    Json(JsonConverter),
-    /// A custom converter; it gets the raw body.
-    Custom(Arc<dyn UplinkConverter>),
-}
-
-impl std::fmt::Debug for EndpointConverter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndpointConverter::Json(c) => f.debug_tuple("Json").field(c).finish(),
-            EndpointConverter::Custom(_) => f.write_str("Custom(..)"),
-        }
-    }
-}
-
 /// `mapping[]`: an endpoint that takes device data.
 #[derive(Debug)]
 pub struct DataEndpoint {
-    /// Converter.
-    pub converter: EndpointConverter,
+    /// Converter: `json` over the merged request data; any other gets the raw body.
+    pub converter: Converter,
     /// `response.responseExpected`.
     pub response_expected: bool,
     /// `response.timeout`.
@@ -191,7 +177,9 @@ pub struct Server {
     /// Where data goes.
     pub uplink: UplinkSender,
     /// Counters.
-    pub stats: Arc<ConnectorStats>,
+    pub stats: ConnectorCounters,
+    /// Time a client has to send a request's body once its headers are in (default 30 s).
+    pub read_timeout: Duration,
     waiters: Mutex<HashMap<String, Vec<Waiter>>>,
     next_waiter: std::sync::atomic::AtomicU64,
     logged: Mutex<std::collections::HashSet<String>>,
@@ -199,6 +187,66 @@ pub struct Server {
 
 /// Distinct problems logged at warn level; later ones are only counted (and logged at debug).
 const MAX_LOGGED: usize = 100;
+
+/// The answer to a connection over the limit.
+const OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\nretry-after: 1\r\n\r\nToo many connections";
+
+/// Answers a plain-HTTP connection over the limit with a 503 and closes it: the answer is
+/// written, the write side shut, and what the client sent is read and dropped for at most a
+/// second so that closing does not reset the connection before the client reads the answer.
+pub async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let linger = async {
+        stream.write_all(OVER_LIMIT_RESPONSE).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    /// Above the limit.
+    TooLarge,
+    /// The connection failed or the body was malformed.
+    Read(hyper::Error),
+}
+
+/// Reads a body of at most `max` bytes. A body that arrives in one piece (the usual case) is
+/// kept as it is; one that trickles in is copied out of the connection's read buffer piece by
+/// piece, so that it holds its own length in memory, not one read buffer per piece.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if have + data.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            held => {
+                if let Some(f) = held {
+                    rest.extend_from_slice(&f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
 
 type Resp = Response<Full<Bytes>>;
 
@@ -237,7 +285,7 @@ impl Server {
         routes: Vec<Route>,
         max_body: usize,
         uplink: UplinkSender,
-        stats: Arc<ConnectorStats>,
+        stats: ConnectorCounters,
     ) -> Self {
         Server {
             name,
@@ -245,6 +293,7 @@ impl Server {
             max_body,
             uplink,
             stats,
+            read_timeout: Duration::from_secs(30),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: Default::default(),
             logged: Mutex::new(std::collections::HashSet::new()),
@@ -266,6 +315,16 @@ impl Server {
         } else {
             tracing::debug!(connector = %self.name, status = status.as_u16(), path, error = reason, "Request refused.");
         }
+    }
+
+    /// Counts and logs a connection over the `maxConnections` limit; see [`refuse`].
+    pub fn over_limit(&self, limit: usize) {
+        self.stats.add_errors(1);
+        self.refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "*",
+            &format!("more than maxConnections ({limit}) connections at once"),
+        );
     }
 
     fn add_waiter(
@@ -420,20 +479,21 @@ impl Server {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = match Limited::new(incoming, self.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        let body = match tokio::time::timeout(self.read_timeout, read_body(incoming, self.max_body))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(BodyError::TooLarge)) => {
                 self.stats.add_errors(1);
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    self.refused(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        parts.uri.path(),
-                        "body above the limit",
-                    );
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
-                }
+                self.refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    parts.uri.path(),
+                    "body above the limit",
+                );
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+            }
+            Ok(Err(BodyError::Read(e))) => {
+                self.stats.add_errors(1);
                 self.refused(
                     StatusCode::BAD_REQUEST,
                     parts.uri.path(),
@@ -441,8 +501,22 @@ impl Server {
                 );
                 return text(StatusCode::BAD_REQUEST, "Cannot read the request body");
             }
+            Err(_) => {
+                // A client that trickles its body keeps neither a task nor memory for long.
+                self.stats.add_errors(1);
+                self.refused(
+                    StatusCode::REQUEST_TIMEOUT,
+                    parts.uri.path(),
+                    "body not received within the read timeout",
+                );
+                let mut r = text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
         };
         self.stats.add_messages_received(1);
+        self.stats.add_bytes_received(body.len() as u64);
         if let Err(e) = merge_body(content_type.as_deref(), &body, &mut params) {
             self.stats.add_convert_errors(1);
             self.refused(StatusCode::BAD_REQUEST, parts.uri.path(), &e.to_string());
@@ -459,10 +533,12 @@ impl Server {
         let mut errors: Vec<ConvertError> = Vec::new();
         let received_ts = now_millis();
         let converted = match &ep.converter {
-            EndpointConverter::Json(c) => {
-                c.convert(data, received_ts, &mut errors).map(|d| vec![d])
+            Converter::Json(c) => {
+                let source = format!("/{}", path.join("/"));
+                c.convert_value(&source, data, received_ts, &mut errors)
+                    .map(|d| vec![d])
             }
-            EndpointConverter::Custom(c) => {
+            c => {
                 let source = format!("/{}", path.join("/"));
                 c.convert(
                     UplinkInput {

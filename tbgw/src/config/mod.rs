@@ -9,8 +9,9 @@
 //! ([`IgnoredKey`]), which the gateway logs once.
 
 mod env;
-mod error;
 pub mod parse;
+pub(crate) mod provision;
+pub(crate) mod report;
 mod services;
 mod storage;
 mod thingsboard;
@@ -20,16 +21,34 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::error::{ConfigError, ConfigErrors, IgnoredKey};
 pub use env::apply_env_overrides;
-pub use error::{ConfigError, ConfigErrors, IgnoredKey};
+pub use report::ReportOverrides;
 pub use services::{
     AggregationFunction, DeviceActivityConfig, DeviceFilteringConfig, ProvisioningConfig,
     ReportStrategyConfig, ReportType, StatisticsConfig,
 };
-pub use storage::{StorageConfig, STORAGE_TYPES};
-pub use thingsboard::{resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles};
+pub use storage::{FullPolicy, StorageConfig, STORAGE_TYPES};
+pub use thingsboard::{
+    resolve_beside, resolve_path, Credentials, SecurityConfig, ThingsBoardConfig, TlsFiles,
+};
 
-use crate::connector::ConnectorSpec;
+/// What a connector's configuration looks like to a factory: the entry of `connectors[]` in the
+/// main file plus the parsed content of the connector's own JSON file. Also
+/// `tbgw::connector::ConnectorSpec`, where the [`ConnectorFactory`](crate::connector::ConnectorFactory) that takes it lives.
+#[derive(Debug, Clone)]
+pub struct ConnectorSpec {
+    /// The connector's name (`name` in the main file).
+    pub name: String,
+    /// The connector's type (`type` in the main file, e.g. `mqtt`).
+    pub connector_type: String,
+    /// The connector file: for error messages, and the base of the relative paths it names
+    /// ([`resolve_beside`]).
+    pub file: std::path::PathBuf,
+    /// The connector file's content, with the keys every connector file may carry
+    /// (`name`, `id`, `logLevel`, ...) removed.
+    pub config: serde_json::Value,
+}
 
 /// One entry of `connectors[]` in the main file.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,7 +105,7 @@ const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel"];
 const COMMON_CONNECTOR_KEYS_GATEWAY: &[&str] = &["enableRemoteLogging"];
 /// Common keys the report strategy service reads: validated here, left in
 /// `ConnectorSpec::config` for [`crate::report::connector_strategy`] (the connector level).
-const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = crate::report::CONNECTOR_KEYS;
+const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = report::CONNECTOR_KEYS;
 
 /// Loads the main file and every connector file named in it, using the process environment
 /// for `TB_GW_*` overrides.
@@ -136,15 +155,13 @@ pub fn load_with_env(
     let credentials = match (&gateway.thingsboard.provisioning, no_security) {
         // No credentials but a provisioning section: the saved credentials of an earlier
         // provisioning, or none yet (the client provisions before it connects).
-        (Some(p), true) => match crate::tb::provision::validate(p, file) {
-            Ok(()) => Some(
-                crate::tb::provision::saved_credentials(&dir).unwrap_or(Credentials {
-                    client_id: String::new(),
-                    username: None,
-                    password: None,
-                    tls: None,
-                }),
-            ),
+        (Some(p), true) => match provision::validate(p, file) {
+            Ok(()) => Some(provision::saved_credentials(&dir).unwrap_or(Credentials {
+                client_id: String::new(),
+                username: None,
+                password: None,
+                tls: None,
+            })),
             Err(e) => {
                 errors.push(e);
                 None
@@ -159,6 +176,7 @@ pub fn load_with_env(
         },
     };
     ignored_paths.extend(gateway.storage.unused_keys(raw.get("storage")));
+    ignored_paths.extend(ThingsBoardConfig::unused_keys(raw.get("thingsboard")));
     let mut ignored: Vec<IgnoredKey> = ignored_paths
         .into_iter()
         .map(|key| IgnoredKey {
@@ -218,6 +236,74 @@ pub fn load_with_env(
     }
 }
 
+/// Every problem of the connector files the main file names, found even when the main file
+/// itself is broken (a wrong type anywhere in it stops [`load`] before the connector files are
+/// read): each entry of its `connectors` list that has a name, a type and a file is read, parsed
+/// and built by the factory of its type. What `tbgw check` adds to [`load`]'s errors, so one run
+/// reports every problem of every file.
+pub fn check_connector_files(
+    file: &Path,
+    factories: &[Box<dyn crate::connector::ConnectorFactory>],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let Ok(raw) = parse::read_file(file) else {
+        return errors;
+    };
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let entries = raw
+        .get("connectors")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut names = std::collections::HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_str);
+        let (Some(name), Some(ty), Some(conf)) =
+            (field("name"), field("type"), field("configuration"))
+        else {
+            continue;
+        };
+        if !names.insert(name.to_string()) {
+            continue;
+        }
+        let cfile = dir.join(conf);
+        let value = match parse::read_file(&cfile) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("connectors[{i}].configuration"),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let spec = match connector_spec(name, ty, &cfile, value) {
+            Ok((spec, _)) => spec,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match factories.iter().find(|f| f.connector_type() == ty) {
+            Some(f) => {
+                if let Err(e) = f.build(&spec, &mut Vec::new()) {
+                    errors.push(e);
+                }
+            }
+            None => errors.push(ConfigError::new(
+                file,
+                format!("connectors[name={name}].type"),
+                crate::connector::unknown_connector_type(ty, factories),
+            )),
+        }
+    }
+    errors
+}
+
 /// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
 /// connector file may carry (`name`, `id`, ...), reports the common keys tbgw does not use, and
 /// validates the connector-level `reportStrategy` / `sendDataOnlyOnChange` (left in the config).
@@ -255,7 +341,7 @@ pub fn connector_spec(
         .any(|k| obj.contains_key(*k))
     {
         let mut keys = Vec::new();
-        crate::report::connector_strategy_checked(&value, file, &mut keys)?;
+        report::connector_strategy_checked(&value, file, &mut keys)?;
         ignored.extend(keys.into_iter().map(|key| IgnoredKey {
             file: file.to_path_buf(),
             key,

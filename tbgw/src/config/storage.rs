@@ -6,7 +6,20 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::storage::FullPolicy;
+
+/// What to do when a `put` finds the storage full (`storage.full_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Wait until ThingsBoard confirms older records and space frees up; the wait
+    /// back-pressures the connectors (the MQTT connector stops acknowledging its broker).
+    #[default]
+    Block,
+    /// Drop the oldest records to make room (keeps the most recent data).
+    DropOldest,
+    /// Reject the new records (upstream's behaviour).
+    DropNewest,
+}
 
 /// The `storage` section, with upstream's keys for every type. Only the keys of the chosen
 /// `type` are used; upstream's sample mixes keys of all types, and the others are reported as
@@ -46,7 +59,8 @@ pub struct StorageConfig {
     pub size_limit: Option<u64>,
     /// SQLite: number of database files upstream rotates through.
     pub max_db_amount: Option<u64>,
-    /// SQLite: minutes between size checks.
+    /// SQLite: upstream's minutes between size checks. Accepted and not used (reported as
+    /// ignored): tbgw checks the size on every insert.
     pub oversize_check_period: Option<f64>,
     /// tbgw extension: what happens when the storage is full: `block` (default: wait, which
     /// back-pressures the connectors), `drop_oldest` or `drop_newest` (upstream's behaviour).
@@ -93,6 +107,9 @@ impl Default for StorageConfig {
     }
 }
 
+/// Keys accepted (upstream's) but used by no storage type: reported as ignored.
+const ACCEPTED_UNUSED: &[&str] = &["oversize_check_period"];
+
 /// Keys each storage type uses.
 fn keys_of(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -123,7 +140,6 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
             "messages_ttl_in_days",
             "size_limit",
             "max_db_amount",
-            "oversize_check_period",
             "full_policy",
             "max_records_count",
         ],
@@ -139,6 +155,10 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
         _ => &[],
     }
 }
+
+/// The largest `messages_ttl_in_days` accepted (about 2,700 years): larger values would
+/// overflow the millisecond arithmetic of the storages.
+pub const MAX_TTL_DAYS: f64 = 1_000_000.0;
 
 /// Storage types this build can create.
 pub const STORAGE_TYPES: &[&str] = &["memory", "file", "sqlite", "rocksdb"];
@@ -186,11 +206,23 @@ impl StorageConfig {
             }
         }
         if let Some(d) = self.messages_ttl_in_days {
-            if d.is_nan() || d <= 0.0 {
+            if !(d > 0.0 && d <= MAX_TTL_DAYS) {
                 return Err(ConfigError::new(
                     file,
                     key("messages_ttl_in_days"),
-                    "must be a positive number of days",
+                    format!("must be a positive number of days, at most {MAX_TTL_DAYS}"),
+                ));
+            }
+        }
+        if let Some(h) = self.messages_ttl_check_in_hours {
+            if !(h > 0.0 && h <= MAX_TTL_DAYS * 24.0) {
+                return Err(ConfigError::new(
+                    file,
+                    key("messages_ttl_check_in_hours"),
+                    format!(
+                        "must be a positive number of hours, at most {}",
+                        MAX_TTL_DAYS * 24.0
+                    ),
                 ));
             }
         }
@@ -210,15 +242,19 @@ impl StorageConfig {
             .unwrap_or_default()
     }
 
-    /// A key of any storage type (unknown keys are reported by the deserializer already).
+    /// A key of any storage type (unknown keys are reported by the deserializer already),
+    /// or one that is accepted and never used.
     fn known(k: &str) -> bool {
-        STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
+        ACCEPTED_UNUSED.contains(&k) || STORAGE_TYPES.iter().any(|t| keys_of(t).contains(&k))
     }
 
-    /// The TTL, if configured.
+    /// The TTL, if configured. Values [`StorageConfig::validate`] rejects never panic here:
+    /// a value that is not a positive number gives `None`, a larger one than
+    /// [`MAX_TTL_DAYS`] is capped.
     pub fn ttl(&self) -> Option<Duration> {
         self.messages_ttl_in_days
-            .map(|d| Duration::from_secs_f64(d * 86_400.0))
+            .filter(|d| *d > 0.0)
+            .and_then(|d| Duration::try_from_secs_f64(d.min(MAX_TTL_DAYS) * 86_400.0).ok())
     }
 
     /// A storage folder from the config, relative to `config_dir` (default `./data/`).
@@ -230,5 +266,49 @@ impl StorageConfig {
         } else {
             config_dir.join(p)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ttl(days: f64) -> StorageConfig {
+        StorageConfig {
+            kind: "file".into(),
+            messages_ttl_in_days: Some(days),
+            ..StorageConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_huge_or_non_finite_ttl_is_a_config_error_and_never_panics() {
+        let file = Path::new("tb_gateway.json");
+        for days in [1e20, f64::INFINITY, f64::NAN, -1.0, 0.0, MAX_TTL_DAYS * 2.0] {
+            let cfg = with_ttl(days);
+            let err = cfg.validate(file).expect_err("must be rejected");
+            assert_eq!(err.key, "storage.messages_ttl_in_days", "{days}");
+            // Used without validation (e.g. by an embedding application): no panic.
+            let ttl = cfg.ttl();
+            assert!(ttl.is_none_or(|t| t <= Duration::from_secs(86_400_000_000)));
+        }
+        assert_eq!(
+            with_ttl(MAX_TTL_DAYS).ttl(),
+            Some(Duration::from_secs(86_400_000_000))
+        );
+        assert!(with_ttl(1.5).validate(file).is_ok());
+    }
+
+    #[test]
+    fn a_huge_ttl_check_period_is_a_config_error() {
+        let cfg = StorageConfig {
+            kind: "file".into(),
+            messages_ttl_check_in_hours: Some(1e300),
+            ..StorageConfig::default()
+        };
+        let err = cfg
+            .validate(Path::new("tb_gateway.json"))
+            .expect_err("must be rejected");
+        assert_eq!(err.key, "storage.messages_ttl_check_in_hours");
     }
 }

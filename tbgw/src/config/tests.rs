@@ -197,6 +197,8 @@ fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
     for key in [
         "thingsboard.latencyDebugMode",
         "thingsboard.minPackSizeToSend",
+        // Accepted, not used: tbgw does not poll storage.
+        "thingsboard.minPackSendDelayMS",
         "grpc",
         // Keys of the other storage types, meaningless for `memory`.
         "storage.data_folder_path",
@@ -217,7 +219,6 @@ fn upstream_sample_reports_unimplemented_keys_as_ignored_with_full_paths() {
         "thingsboard.security.type",
         "thingsboard.security.accessToken",
         "thingsboard.maxPayloadSizeBytes",
-        "thingsboard.minPackSendDelayMS",
         "storage.type",
         "storage.max_records_count",
         "storage.read_records_count",
@@ -997,27 +998,60 @@ fn port_8883_with_an_access_token_needs_a_ca_certificate() {
 }
 
 #[test]
-fn resolve_path_prefers_the_config_dir_and_falls_back_to_it_for_missing_files() {
+fn relative_paths_are_relative_to_the_naming_file_never_to_the_working_directory() {
     let dir = TempDir::new().expect("tempdir");
     write(dir.path(), "present.pem", "x");
     assert_eq!(
         resolve_path(dir.path(), "present.pem"),
         dir.path().join("present.pem")
     );
-    // Neither in the config dir nor in the working directory: reported against the config dir.
     assert_eq!(
-        resolve_path(dir.path(), "absent-9f1c.pem"),
-        dir.path().join("absent-9f1c.pem")
+        resolve_path(dir.path(), "certs/absent-9f1c.pem"),
+        dir.path().join("certs/absent-9f1c.pem")
     );
-    // Present only relative to the working directory (tests run in the crate directory).
+    // Present relative to the working directory (tests run in the crate directory) but not in
+    // the config dir: still the config dir (upstream would take the working directory's).
     assert_eq!(
         resolve_path(dir.path(), "Cargo.toml"),
-        PathBuf::from("Cargo.toml")
+        dir.path().join("Cargo.toml")
     );
     let abs = dir.path().join("present.pem");
     assert_eq!(
         resolve_path(Path::new("/elsewhere"), abs.to_str().unwrap()),
         abs
+    );
+    // The same rule from the naming file.
+    let file = dir.path().join("mqtt").join("broker.json");
+    assert_eq!(
+        resolve_beside(&file, "ca.pem"),
+        dir.path().join("mqtt").join("ca.pem")
+    );
+    assert_eq!(
+        resolve_beside(Path::new("broker.json"), "ca.pem"),
+        PathBuf::from("ca.pem")
+    );
+    assert_eq!(resolve_beside(&file, abs.to_str().unwrap()), abs);
+}
+
+#[test]
+fn a_tilde_is_the_home_directory() {
+    let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
+        return;
+    };
+    let home = PathBuf::from(home);
+    assert_eq!(
+        resolve_path(Path::new("/etc/tbgw"), "~/ssl/ca.pem"),
+        home.join("ssl/ca.pem")
+    );
+    assert_eq!(resolve_path(Path::new("/etc/tbgw"), "~"), home);
+    assert_eq!(
+        resolve_beside(Path::new("/etc/tbgw/rest.json"), "~/ssl/cert.pem"),
+        home.join("ssl/cert.pem")
+    );
+    // `~user` is not expanded: a relative path like any other.
+    assert_eq!(
+        resolve_path(Path::new("/etc/tbgw"), "~other/ca.pem"),
+        PathBuf::from("/etc/tbgw/~other/ca.pem")
     );
 }
 

@@ -30,8 +30,9 @@ pub struct ThingsBoardConfig {
     /// it (and the smaller limit ThingsBoard announces in its session limits).
     #[serde(default = "default_max_payload", rename = "maxPayloadSizeBytes")]
     pub max_payload_size_bytes: usize,
-    /// Sleep of the send loop when storage is empty. tbgw wakes on new data instead of polling,
-    /// so this is accepted for compatibility and only bounds how long a partial pack may wait.
+    /// Upstream's sleep of the send loop when storage is empty. Accepted and not used: tbgw
+    /// sends as soon as data is stored instead of polling, so `tbgw check` reports the key as
+    /// ignored ([`ThingsBoardConfig::unused_keys`]).
     #[serde(default = "default_min_pack_delay", rename = "minPackSendDelayMS")]
     pub min_pack_send_delay_ms: u64,
     /// MQTT keep-alive in seconds (upstream's undocumented `keep_alive`).
@@ -223,8 +224,8 @@ pub struct TlsFiles {
 }
 
 impl SecurityConfig {
-    /// Checks the section and resolves certificate paths relative to `dir` (the config
-    /// directory) when such a file exists there, as upstream does.
+    /// Checks the section and resolves certificate paths relative to `dir` (the directory of
+    /// `tb_gateway.json`) by [`resolve_path`]'s rule.
     pub fn resolve(&self, file: &Path, dir: &Path, port: u16) -> Result<Credentials, ConfigError> {
         let key = |k: &str| format!("thingsboard.security.{k}");
         let kind = self
@@ -302,22 +303,50 @@ impl SecurityConfig {
     }
 }
 
-/// A path from the config: absolute as is; relative ones are taken relative to the config
-/// directory when that file exists, else relative to the working directory (upstream's rule).
+/// A path named in a configuration file, resolved by tbgw's one rule: absolute as written;
+/// `~` or a leading `~/` is the home directory (`$HOME`); anything else is relative to `dir`,
+/// the directory of the file that names the path. The working directory never matters.
+///
+/// Certificates and keys (`tb_gateway.json` and every connector file), the device filter list
+/// and custom statistics commands all follow it; see [`crate::tls`] and
+/// `docs/COMPATIBILITY.md` for how upstream differs.
 pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        return path;
+    let home = || std::env::var_os("HOME").filter(|h| !h.is_empty());
+    if p == "~" {
+        if let Some(h) = home() {
+            return PathBuf::from(h);
+        }
     }
-    let in_dir = dir.join(&path);
-    if in_dir.exists() || !path.exists() {
-        in_dir
-    } else {
-        path
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(h) = home() {
+            return Path::new(&h).join(rest);
+        }
     }
+    dir.join(p)
+}
+
+/// [`resolve_path`] for a path named in `file`: relative paths are taken from `file`'s
+/// directory (the working directory when `file` has no directory part).
+pub fn resolve_beside(file: &Path, p: &str) -> PathBuf {
+    resolve_path(file.parent().unwrap_or(Path::new("")), p)
 }
 
 impl ThingsBoardConfig {
+    /// Keys of the `thingsboard` section in `raw` that are accepted but not used (reported as
+    /// ignored): `minPackSendDelayMS` (tbgw does not poll storage).
+    pub fn unused_keys(raw: Option<&serde_json::Value>) -> Vec<String> {
+        const ACCEPTED_UNUSED: &[&str] = &["minPackSendDelayMS"];
+        raw.and_then(|v| v.as_object())
+            .map(|m| {
+                ACCEPTED_UNUSED
+                    .iter()
+                    .filter(|k| m.contains_key(**k))
+                    .map(|k| format!("thingsboard.{k}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks values serde cannot check.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if self.qos > 1 {
@@ -342,11 +371,11 @@ impl ThingsBoardConfig {
             ("deviceDpRateLimits", &self.device_dp_rate_limits),
         ] {
             if let Some(v) = v {
-                crate::tb::throttle::validate(file, key, v)?;
+                crate::throttle::validate(file, key, v)?;
             }
         }
         if let Some(rs) = &self.report_strategy {
-            crate::report::validate(rs, file, "thingsboard.reportStrategy")?;
+            super::report::validate(rs, file, "thingsboard.reportStrategy")?;
         }
         if self.max_payload_size_bytes < 256 {
             return Err(ConfigError::new(

@@ -52,50 +52,24 @@
 //! report is due, and by a sweep every minute.
 
 mod cache;
-mod config;
 mod value;
 
 use std::collections::HashMap;
 
+use crate::config::report as config;
 use crate::config::{ReportStrategyConfig, ReportType};
 use crate::model::DeviceData;
 
 pub use cache::CacheStats;
-pub use config::{connector_strategy, legacy_on_change, parse_strategy, validate, CONNECTOR_KEYS};
+pub use config::{
+    connector_strategy, legacy_on_change, parse_strategy, validate, ReportOverrides, CONNECTOR_KEYS,
+};
 
 use cache::{Cache, Kind, Verdict};
-pub(crate) use config::{connector_keys_only, connector_strategy_checked};
+pub(crate) use config::connector_keys_only;
 
 /// Default bound of the cache, in entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
-
-/// The device and datapoint levels of the report strategy, built by a connector once from
-/// its configuration and attached (as an `Arc`, cheap to clone) to every [`DeviceData`] the
-/// device or mapping produces.
-///
-/// For a key, [`keys`](Self::keys) wins over [`device`](Self::device), which wins over the
-/// connector and general levels. A name in `keys` applies to the telemetry key and to the
-/// attribute of that name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReportOverrides {
-    /// The device level (`reportStrategy` of a Modbus slave, an MQTT mapping, an OPC-UA
-    /// device), `None` to fall back to the connector level.
-    pub device: Option<ReportStrategyConfig>,
-    /// The datapoint level: key name → its own `reportStrategy`.
-    pub keys: HashMap<String, ReportStrategyConfig>,
-}
-
-impl ReportOverrides {
-    /// True when neither level is set (such overrides need not be attached).
-    pub fn is_empty(&self) -> bool {
-        self.device.is_none() && self.keys.is_empty()
-    }
-
-    /// The strategy these overrides give `key`, if any.
-    pub fn strategy_for(&self, key: &str) -> Option<&ReportStrategyConfig> {
-        self.keys.get(key).or(self.device.as_ref())
-    }
-}
 
 /// The report strategy filter. The gateway's ingest task owns it: [`apply`](Self::apply)
 /// each record before storage, and at [`next_due`](Self::next_due) store what

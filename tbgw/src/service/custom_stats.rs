@@ -76,7 +76,8 @@ pub(crate) async fn collect(stats: &[CustomStat]) -> Json {
             }
         };
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let limit = Duration::from_secs_f64(s.timeout.clamp(0.1, 3600.0));
+        let limit = Duration::try_from_secs_f64(s.timeout.clamp(0.1, 3600.0))
+            .unwrap_or_else(|_| Duration::from_secs_f64(default_timeout()));
         let out = tokio::time::timeout(limit, cmd.output()).await;
         let value = match out {
             Ok(Ok(o)) if o.status.success() => {

@@ -64,9 +64,64 @@ pub(crate) fn machine_cpu_ticks() -> Option<(u64, u64)> {
     Some((total.saturating_sub(idle), total))
 }
 
+/// Bytes as the Python gateway writes them (psutil's `bytes2human`): one decimal and the
+/// binary unit letter, `"71.1G"`, `"512.0B"`.
+pub(crate) fn bytes_to_human(n: u64) -> String {
+    const UNITS: [char; 8] = ['K', 'M', 'G', 'T', 'P', 'E', 'Z', 'Y'];
+    for (i, u) in UNITS.iter().enumerate().rev() {
+        let p = 1u128 << ((i + 1) * 10);
+        if u128::from(n) >= p {
+            return format!("{:.1}{u}", n as f64 / p as f64);
+        }
+    }
+    format!("{n:.1}B", n = n as f64)
+}
+
+/// This process's memory in the fields of psutil's `memory_full_info()` on Linux, in bytes:
+/// rss, vms, shared, text, lib, data, dirty (`/proc/self/statm`), uss, pss, swap
+/// (`/proc/self/smaps_rollup`).
+pub(crate) fn process_memory_full_info() -> Option<serde_json::Map<String, serde_json::Value>> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let page = rustix::param::page_size() as u64;
+    let v: Vec<u64> = statm
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let mut m = serde_json::Map::new();
+    for (i, k) in ["vms", "rss", "shared", "text", "lib", "data", "dirty"]
+        .iter()
+        .enumerate()
+    {
+        m.insert(
+            k.to_string(),
+            (v.get(i).copied().unwrap_or(0) * page).into(),
+        );
+    }
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let f = |k: &str| kb_field(&rollup, k).unwrap_or(0);
+    m.insert(
+        "uss".into(),
+        (f("Private_Clean") + f("Private_Dirty")).into(),
+    );
+    m.insert("pss".into(), f("Pss").into());
+    m.insert("swap".into(), f("Swap").into());
+    Some(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_as_the_python_gateway_writes_them() {
+        assert_eq!(bytes_to_human(512), "512.0B");
+        assert_eq!(bytes_to_human(1024), "1.0K");
+        assert_eq!(bytes_to_human(76_343_963_648), "71.1G");
+        assert_eq!(bytes_to_human(3 * (1 << 20) / 2), "1.5M");
+        let m = process_memory_full_info().expect("Linux /proc");
+        assert!(m["rss"].as_u64().is_some_and(|r| r > 100_000), "{m:?}");
+        assert!(m.contains_key("uss") && m.contains_key("swap"));
+    }
 
     #[test]
     fn readings_of_this_process_and_machine_are_plausible() {

@@ -60,7 +60,17 @@ pub(crate) struct Manager {
     pub factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
     pub handles: Vec<ConnectorHandle>,
     /// Tells the ingest task about stopped connectors and new report strategies.
-    pub ingest: mpsc::Sender<crate::gateway::IngestCommand>,
+    pub ingest: mpsc::Sender<crate::messages::IngestCommand>,
+    /// Starts connectors added while the gateway runs (None outside a running gateway).
+    pub spawner: Option<Spawner>,
+}
+
+/// What a connector added while the gateway runs needs: the uplink, the connectors'
+/// cancellation token and the downlink routes.
+pub(crate) struct Spawner {
+    pub uplink: mpsc::Sender<crate::uplink::UplinkMessage>,
+    pub token: tokio_util::sync::CancellationToken,
+    pub shared: Arc<crate::tb::Shared>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -89,12 +99,13 @@ fn modified(p: &std::path::Path) -> Option<SystemTime> {
 impl Manager {
     pub(crate) fn new(
         factories: Arc<Vec<Box<dyn ConnectorFactory>>>,
-        ingest: mpsc::Sender<crate::gateway::IngestCommand>,
+        ingest: mpsc::Sender<crate::messages::IngestCommand>,
     ) -> Self {
         Manager {
             factories,
             handles: Vec::new(),
             ingest,
+            spawner: None,
         }
     }
 
@@ -131,14 +142,24 @@ impl Manager {
         file: &std::path::Path,
         value: serde_json::Value,
     ) -> Result<(Box<dyn Connector>, Vec<IgnoredKey>), String> {
-        let (spec, mut ignored) = connector_spec(&handle.name, &handle.connector_type, file, value)
-            .map_err(|e| e.to_string())?;
+        self.build_named(&handle.name, &handle.connector_type, file, value)
+    }
+
+    fn build_named(
+        &self,
+        name: &str,
+        connector_type: &str,
+        file: &std::path::Path,
+        value: serde_json::Value,
+    ) -> Result<(Box<dyn Connector>, Vec<IgnoredKey>), String> {
+        let (spec, mut ignored) =
+            connector_spec(name, connector_type, file, value).map_err(|e| e.to_string())?;
         let factory = self
             .factories
             .iter()
-            .find(|f| f.connector_type() == &*handle.connector_type)
+            .find(|f| f.connector_type() == connector_type)
             .ok_or_else(|| {
-                crate::connector::unknown_connector_type(&handle.connector_type, &self.factories)
+                crate::connector::unknown_connector_type(connector_type, &self.factories)
             })?;
         let mut keys = Vec::new();
         let c = factory.build(&spec, &mut keys).map_err(|e| e.to_string())?;
@@ -180,7 +201,7 @@ impl Manager {
             let h = &mut self.handles[idx];
             let _ = self
                 .ingest
-                .send(crate::gateway::IngestCommand::SetStrategy(
+                .send(crate::messages::IngestCommand::SetStrategy(
                     h.name.to_string(),
                     strategy,
                 ))
@@ -191,6 +212,99 @@ impl Manager {
             h.running = true;
         }
         r
+    }
+
+    /// Adds a connector while the gateway runs (remote configuration): validates `value`,
+    /// builds the connector and starts its supervisor with a route of its own. `file` is where
+    /// its configuration lives (written by the caller). Returns the new connector's counters.
+    pub(crate) async fn add_new(
+        &mut self,
+        name: &str,
+        connector_type: &str,
+        file: PathBuf,
+        value: serde_json::Value,
+    ) -> Result<Arc<crate::stats::ConnectorStats>, String> {
+        let spawner = self
+            .spawner
+            .as_ref()
+            .ok_or_else(|| "connectors cannot be added to this gateway".to_string())?;
+        if self.handles.iter().any(|h| &*h.name == name) {
+            return Err(format!("a connector named `{name}` exists already"));
+        }
+        let (connector, ignored) = self.build_named(name, connector_type, &file, value.clone())?;
+        for ig in ignored {
+            tracing::info!(file = %ig.file.display(), key = %ig.key, "Configuration key ignored (not used by tbgw).");
+        }
+        let name: Arc<str> = Arc::from(name);
+        let connector_type: Arc<str> = Arc::from(connector_type);
+        let (dtx, drx) = mpsc::channel(crate::gateway::DOWNLINK_CAPACITY);
+        spawner
+            .shared
+            .routes
+            .insert(name.clone(), (connector_type.clone(), dtx));
+        let stats = Arc::new(crate::stats::ConnectorStats::default());
+        let sender = crate::uplink::UplinkSender::new(
+            spawner.uplink.clone(),
+            name.clone(),
+            connector_type.clone(),
+            stats.clone(),
+        );
+        let (cx, _) = crate::connector::ConnectorContext::new(
+            name.clone(),
+            sender,
+            drx,
+            spawner.token.child_token(),
+            stats.clone(),
+        );
+        let (ctx, crx) = mpsc::channel(4);
+        let strategy = crate::report::connector_strategy(&value, &file)
+            .ok()
+            .flatten();
+        let _ = self
+            .ingest
+            .send(crate::messages::IngestCommand::SetStrategy(
+                name.to_string(),
+                strategy,
+            ))
+            .await;
+        let slot = crate::gateway::ConnectorSlot {
+            name: name.clone(),
+            connector_type: connector_type.clone(),
+            connector,
+            file: Some(file.clone()),
+            config: serde_json::Value::Null,
+        };
+        tokio::spawn(crate::gateway::supervise(slot, cx, crx));
+        self.add(name.clone(), connector_type, Some(file), value, ctx);
+        tracing::info!(connector = %name, "Connector added (remote configuration).");
+        Ok(stats)
+    }
+
+    /// Removes a connector while the gateway runs: stops it, ends its supervisor and drops its
+    /// route. Returns whether it was running.
+    pub(crate) async fn remove(&mut self, name: &str) -> bool {
+        let Some(idx) = self.handles.iter().position(|h| &*h.name == name) else {
+            return false;
+        };
+        let h = self.handles.remove(idx);
+        let was_running = h.running;
+        if h.running {
+            let (tx, rx) = oneshot::channel();
+            if h.commands.send(ConnectorCommand::Stop(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            let _ = self
+                .ingest
+                .send(crate::messages::IngestCommand::Purge(h.name.to_string()))
+                .await;
+        }
+        // A stopped supervisor ends when its command channel closes.
+        drop(h);
+        if let Some(sp) = &self.spawner {
+            sp.shared.routes.remove(name);
+        }
+        tracing::info!(connector = %name, "Connector removed (remote configuration).");
+        was_running
     }
 
     /// Stops or starts connectors so that exactly those named in `active` run. Returns the
@@ -211,7 +325,7 @@ impl Manager {
                     h.running = false;
                     let _ = self
                         .ingest
-                        .send(crate::gateway::IngestCommand::Purge(h.name.to_string()))
+                        .send(crate::messages::IngestCommand::Purge(h.name.to_string()))
                         .await;
                     stopped.push(h.name.clone());
                     tracing::info!(connector = %h.name, "Connector stopped (active_connectors).");

@@ -1,20 +1,20 @@
 //! Gateway services: what makes tbgw a ThingsBoard gateway rather than a forwarder.
 //!
-//! One task ([`Services::run`]) owns them and talks to the ThingsBoard client through its
+//! One task (`Services::run`) owns them and talks to the ThingsBoard client through its
 //! control channel:
 //! * statistics telemetry of the gateway device every `statsSendPeriodInSeconds`, machine
-//!   attributes after each connect, and the Prometheus endpoint ([`prometheus`]);
+//!   attributes after each connect, and the Prometheus endpoint (`prometheus`);
 //! * service RPCs to the gateway device (`gateway_devices`, `gateway_stats`, `gateway_version`,
 //!   `gateway_restart`, `gateway_reboot`, `gateway_device_renamed`, `gateway_device_deleted`,
 //!   remote shell when enabled);
 //! * device inactivity, shared-attribute sync on connect;
-//! * hot reload of connector files and remote configuration ([`manager`], [`remote_config`]);
+//! * hot reload of connector files and remote configuration (`manager`, `remote_config`);
 //! * remote logging ([`remote_log`]).
 //!
-//! Device filtering ([`filter`]) runs in the ingest task, on the data path.
+//! Device filtering (`filter`) runs in the ingest task, on the data path.
 
 mod custom_stats;
-pub mod filter;
+pub(crate) mod filter;
 pub(crate) mod machine;
 pub(crate) mod manager;
 pub(crate) mod prometheus;
@@ -40,40 +40,7 @@ use crate::tb::{topic, Control, Shared};
 use manager::Manager;
 use remote_log::RemoteLogHandle;
 
-/// Service RPC methods (after the `gateway_` prefix) the service task answers.
-pub(crate) const SERVICE_METHODS: &[&str] = &[
-    "devices",
-    "stats",
-    "version",
-    "restart",
-    "reboot",
-    "device_renamed",
-    "device_deleted",
-    "remove_provisioned_credentials",
-    "getTermInfo",
-    "sendCommand",
-    "getCommandStatus",
-    "terminateCommand",
-];
-
-/// Events from the ThingsBoard client and the ingest task.
-#[derive(Debug)]
-pub(crate) enum ServiceEvent {
-    /// A session is ready (after every connect).
-    Ready,
-    /// A service RPC to the gateway device.
-    Rpc {
-        id: i64,
-        method: String,
-        params: Json,
-    },
-    /// Shared attributes of the gateway device changed (`v1/devices/me/attributes`).
-    SharedAttributes(Json),
-    /// Answer to the gateway device's own attribute request.
-    AttributesResponse(Json),
-    /// A device became connected (new, or back from disconnected).
-    DeviceConnected { device: String, connector: Arc<str> },
-}
+pub(crate) use crate::messages::ServiceEvent;
 
 /// Settings and handles the service task needs.
 pub(crate) struct Services {
@@ -219,19 +186,22 @@ impl Services {
             })
             .is_err()
         {
-            tracing::debug!(
-                topic,
-                "Gateway device message dropped: the client's queue is full."
-            );
+            self.stats.queue_full("control", "gateway device message");
         }
     }
 
     fn reply(&self, id: i64, data: Json) {
-        let _ = self.control.try_send(Control::RpcReply {
-            device: None,
-            id,
-            data,
-        });
+        if self
+            .control
+            .try_send(Control::RpcReply {
+                device: None,
+                id,
+                data,
+            })
+            .is_err()
+        {
+            self.stats.queue_full("control", "service RPC reply");
+        }
     }
 
     async fn on_event(
@@ -316,13 +286,7 @@ impl Services {
         let Some(keys) = self.shared_keys.get(&connector).filter(|k| !k.is_empty()) else {
             return;
         };
-        let Some(route) = self
-            .shared
-            .routes
-            .by_name
-            .get(&connector)
-            .map(|r| r.1.clone())
-        else {
+        let Some(route) = self.shared.routes.get(&connector).map(|r| r.1) else {
             return;
         };
         let (tx, rx) = oneshot::channel();
@@ -337,6 +301,8 @@ impl Services {
             })
             .is_err()
         {
+            self.stats
+                .queue_full("control", "shared attribute sync request");
             return;
         }
         tokio::spawn(async move {
@@ -366,7 +332,8 @@ impl Services {
     }
 
     fn check_inactivity(&self, timeout_s: u64) {
-        let cutoff = crate::model::now_millis() - (timeout_s as i64) * 1000;
+        let timeout_ms = i64::try_from(timeout_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let cutoff = crate::model::now_millis().saturating_sub(timeout_ms);
         let idle = {
             let mut reg = self.shared.registry();
             let idle = reg.idle_since(cutoff);
@@ -375,8 +342,8 @@ impl Services {
                 reg.set_disconnected(&d);
                 out.push(reg.tb_name(&d).to_string());
             }
-            if let Err(e) = reg.persist_if_dirty() {
-                tracing::warn!(error = %e, "Cannot write the device registry.");
+            if reg.is_dirty() {
+                self.shared.registry_saver.changed();
             }
             out
         };
@@ -387,7 +354,13 @@ impl Services {
                 timeout_s,
                 "Device inactive; disconnected in ThingsBoard."
             );
-            let _ = self.control.try_send(Control::Disconnect { device });
+            if self
+                .control
+                .try_send(Control::Disconnect { device })
+                .is_err()
+            {
+                self.stats.queue_full("control", "device disconnect");
+            }
         }
     }
 
@@ -397,11 +370,15 @@ impl Services {
             .clone()
             .unwrap_or_else(|| PathBuf::from("."));
         let mut m = Map::new();
+        // Upstream's keys hold psutil's human-readable strings ("15.5G"); the exact figures
+        // go under keys of our own.
         if let Some(t) = machine::meminfo("MemTotal") {
-            m.insert("totalMemory".into(), t.into());
+            m.insert("totalMemory".into(), machine::bytes_to_human(t).into());
+            m.insert("totalMemoryBytes".into(), t.into());
         }
         if let Some((total, _)) = machine::disk(&dir) {
-            m.insert("totalDisk".into(), total.into());
+            m.insert("totalDisk".into(), machine::bytes_to_human(total).into());
+            m.insert("totalDiskBytes".into(), total.into());
         }
         m.insert("cpuCount".into(), machine::cpu_count().into());
         m.insert("Version".into(), env!("CARGO_PKG_VERSION").into());
@@ -424,6 +401,7 @@ impl Services {
         let stored = delta("stored", get("stored"));
         let delivered = delta("delivered", get("delivered"));
         let dropped = delta("storage_dropped", get("storage_dropped"));
+        let queue_dropped = delta("queue_dropped", get("queue_dropped"));
         let cpu = machine::process_cpu_seconds();
         let gw_cpu = match (cpu, last.cpu) {
             (Some(now), Some(before)) => (now - before) / period * 100.0,
@@ -443,13 +421,30 @@ impl Services {
             .clone()
             .unwrap_or_else(|| PathBuf::from("."));
         let (disk_total, disk_free) = machine::disk(&dir).unwrap_or((0, 0));
+        let mem_total = machine::meminfo("MemTotal").unwrap_or(0);
+        let mem_available = machine::meminfo("MemAvailable").unwrap_or(0);
+        let rss = machine::process_memory("VmRSS").unwrap_or(0);
+        let percent = |part: u64, whole: u64| {
+            if whole > 0 {
+                (part as f64 / whole as f64 * 1000.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        // Upstream's keys and units (psutil's): `freeMemory` is the memory *used* in percent,
+        // `gwMemory` this process's share of memory in percent, `freeDisk` a string like
+        // "71.1G". Exact byte figures go under keys of our own (`...Bytes`).
         let machine = json!({
             "totalCpuUsage": round2(total_cpu),
             "gwProcessCpuUsage": round2(gw_cpu),
-            "gwMemory": machine::process_memory("VmRSS").unwrap_or(0),
-            "freeMemory": machine::meminfo("MemAvailable").unwrap_or(0),
-            "diskUsage": if disk_total > 0 { round2((disk_total - disk_free) as f64 / disk_total as f64 * 100.0) } else { 0.0 },
-            "freeDisk": disk_free,
+            "gwMemory": percent(rss, mem_total),
+            "gwMemoryBytes": rss,
+            "gwProcessMemoryFullInfo": machine::process_memory_full_info().map(Json::Object).unwrap_or(Json::Null),
+            "freeMemory": percent(mem_total.saturating_sub(mem_available), mem_total),
+            "freeMemoryBytes": mem_available,
+            "diskUsage": percent(disk_total.saturating_sub(disk_free), disk_total),
+            "freeDisk": machine::bytes_to_human(disk_free),
+            "freeDiskBytes": disk_free,
             "msgsSentToPlatform": sent,
             "msgsReceivedFromPlatform": received,
         });
@@ -458,7 +453,10 @@ impl Services {
             "storageMsgPulled": delivered,
             "storageMsgCount": self.storage.stats().len,
             "storageMsgDropped": dropped,
+            "queueMsgDropped": queue_dropped,
             "platformMsgPushed": sent,
+            "platformAttrProduced": delta("platform_attr_produced", get("platform_attr_produced")),
+            "platformTsProduced": delta("platform_ts_produced", get("platform_ts_produced")),
             "thingsboardConnected": get("thingsboard_connected") == 1,
         });
         let mut connectors = Map::new();
@@ -485,12 +483,21 @@ impl Services {
                 let prev = last.connectors.insert((name.clone(), k), v).unwrap_or(0);
                 v.saturating_sub(prev)
             };
+            // Upstream counts converted and dropped messages per converter; here a record
+            // handed to storage was converted, a conversion error dropped its message.
+            let pushed = d("sent_to_storage");
+            let convert_errors = d("convert_errors");
             connectors.insert(
                 name.clone(),
                 json!({
                     "connectorMsgsReceived": d("messages_received"),
-                    "storageMsgPushed": d("sent_to_storage"),
-                    "convertersErrors": d("convert_errors"),
+                    "connectorBytesReceived": d("bytes_received"),
+                    "convertersTsProduced": d("ts_produced"),
+                    "convertersAttrProduced": d("attr_produced"),
+                    "convertersMsgProcessed": pushed,
+                    "convertersMsgDropped": convert_errors,
+                    "storageMsgPushed": pushed,
+                    "convertersErrors": convert_errors,
                     "connectorsErrors": d("errors"),
                     "connectorRestarts": d("restarts"),
                     "connectorTaskFailures": d("task_failures"),
@@ -517,33 +524,38 @@ impl Services {
                 json!({"code": 200, "resp": resp})
             }
             "stats" => {
+                // Upstream's shape: flat, connector names without spaces, what each connector
+                // received (`EventsProduced`) and handed on (`EventsSent`), and the sums.
                 let mut resp = Map::new();
                 let (mut produced, mut sent) = (0, 0);
                 for (name, cs) in &self.connector_stats {
-                    let p = ConnectorStats::get(&cs.sent_to_storage);
+                    let key = name.replace(' ', "");
+                    let p = ConnectorStats::get(&cs.messages_received);
+                    let s = ConnectorStats::get(&cs.sent_to_storage);
                     produced += p;
-                    resp.insert(format!("{name}EventsProduced"), p.into());
+                    sent += s;
+                    resp.insert(format!("{key}EventsProduced"), p.into());
+                    resp.insert(format!("{key}EventsSent"), s.into());
                 }
-                sent += self.stats.delivered.load(Ordering::Relaxed);
                 resp.insert("eventsProduced".into(), produced.into());
                 resp.insert("eventsSent".into(), sent.into());
-                resp.insert("storageMsgCount".into(), self.storage.stats().len.into());
-                for (k, v) in self.stats.values() {
-                    resp.insert(k.into(), v.into());
-                }
-                json!({"code": 200, "resp": resp})
+                Json::Object(resp)
             }
             "version" => json!({"code": 200, "resp": {
                 "current_version": env!("CARGO_PKG_VERSION"),
                 "latest_version": env!("CARGO_PKG_VERSION"),
             }}),
             "restart" => {
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 let token = self.restart.clone();
                 let flag = self.restart_requested.clone();
                 tracing::warn!(seconds = secs, "Restart requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     flag.store(true, Ordering::SeqCst);
                     token.cancel();
                 });
@@ -553,10 +565,14 @@ impl Services {
                 if !self.cfg.allow_reboot {
                     return json!({"error": "reboot is disabled; set thingsboard.allowReboot to true to allow it", "code": 403});
                 }
-                let secs = params.as_f64().unwrap_or(0.0).max(1.0);
+                let delay = match delay_param(&params) {
+                    Ok(d) => d,
+                    Err(e) => return json!({"error": e, "code": 400}),
+                };
+                let secs = delay.as_secs_f64();
                 tracing::warn!(seconds = secs, "Machine reboot requested by ThingsBoard.");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    tokio::time::sleep(delay).await;
                     match tokio::process::Command::new("shutdown")
                         .args(["-r", "now"])
                         .status()
@@ -575,37 +591,44 @@ impl Services {
                 let Some(map) = params.as_object() else {
                     return json!({"error": "params must be {\"<old name>\": \"<new name>\"}", "code": 400});
                 };
-                let mut reg = self.shared.registry();
-                for (old, new) in map {
-                    if let Some(new) = new.as_str() {
-                        // The old name is announced again if data ever goes out under it.
-                        let _ = self.control.try_send(Control::Forget {
-                            device: old.clone(),
-                        });
-                        let original = reg.rename(old, new);
-                        tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                {
+                    let mut reg = self.shared.registry();
+                    for (old, new) in map {
+                        if let Some(new) = new.as_str() {
+                            // The old name is announced again if data ever goes out under it.
+                            if self
+                                .control
+                                .try_send(Control::Forget {
+                                    device: old.clone(),
+                                })
+                                .is_err()
+                            {
+                                self.stats.queue_full("control", "forget renamed device");
+                            }
+                            let original = reg.rename(old, new);
+                            tracing::info!(old = %old, new, original, "Device renamed in ThingsBoard.");
+                        }
                     }
                 }
-                if let Err(e) = reg.persist_if_dirty() {
-                    tracing::warn!(error = %e, "Cannot write the device registry.");
-                }
+                // Saved before the reply, off the async threads.
+                self.shared.registry_saver.save(&self.shared.registry).await;
                 json!({"success": true})
             }
             "device_deleted" => {
                 let Some(name) = params.as_str().map(str::to_string) else {
                     return json!({"error": "params must be the device name", "code": 400});
                 };
-                let found = {
-                    let mut reg = self.shared.registry();
-                    let f = reg.remove(&name);
-                    if let Err(e) = reg.persist_if_dirty() {
-                        tracing::warn!(error = %e, "Cannot write the device registry.");
-                    }
-                    f
-                };
-                let _ = self.control.try_send(Control::Forget {
-                    device: name.clone(),
-                });
+                let found = self.shared.registry().remove(&name);
+                self.shared.registry_saver.save(&self.shared.registry).await;
+                if self
+                    .control
+                    .try_send(Control::Forget {
+                        device: name.clone(),
+                    })
+                    .is_err()
+                {
+                    self.stats.queue_full("control", "forget deleted device");
+                }
                 tracing::info!(device = %name, found, "Device deleted in ThingsBoard; forgotten.");
                 json!({"success": true})
             }
@@ -619,6 +642,29 @@ impl Services {
             _ => json!({"error": "Method not found", "code": 404}),
         }
     }
+}
+
+/// The longest delay `gateway_restart` / `gateway_reboot` accept: one week.
+const MAX_RPC_DELAY_SECS: f64 = 7.0 * 86_400.0;
+
+/// The delay of `gateway_restart` / `gateway_reboot`: `params` is a number of seconds (or a
+/// string holding one); none, `null` or `{}` is upstream's default, and anything below 1 s is
+/// 1 s (upstream's `max(n, 1)`). Not-a-number, infinite or longer than a week is an error for
+/// the RPC reply rather than a panic in the timer task.
+fn delay_param(params: &Json) -> Result<Duration, String> {
+    let secs = match params {
+        Json::Null => 0.0,
+        Json::Object(m) if m.is_empty() => 0.0,
+        Json::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        Json::String(t) => t.trim().parse::<f64>().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    };
+    if secs.is_nan() || secs > MAX_RPC_DELAY_SECS {
+        return Err(format!(
+            "params must be a number of seconds, at most {MAX_RPC_DELAY_SECS}; got {params}"
+        ));
+    }
+    Duration::try_from_secs_f64(secs.max(1.0)).map_err(|e| e.to_string())
 }
 
 fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
@@ -639,4 +685,33 @@ fn remove_credentials(dir: Option<&std::path::Path>) -> Json {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delay_is_checked_instead_of_panicking() {
+        let ok = |p: Json| delay_param(&p).unwrap();
+        assert_eq!(ok(Json::Null), Duration::from_secs(1));
+        assert_eq!(ok(json!({})), Duration::from_secs(1));
+        assert_eq!(ok(json!(-5)), Duration::from_secs(1));
+        assert_eq!(ok(json!(0.2)), Duration::from_secs(1));
+        assert_eq!(ok(json!(2.5)), Duration::from_millis(2500));
+        assert_eq!(ok(json!("30")), Duration::from_secs(30));
+        assert_eq!(ok(json!("-inf")), Duration::from_secs(1));
+        for bad in [
+            json!(1e20),
+            json!(f64::MAX),
+            json!("NaN"),
+            json!("inf"),
+            json!("soon"),
+            json!([1]),
+            json!({"seconds": 5}),
+        ] {
+            let e = delay_param(&bad).expect_err("must be refused");
+            assert!(e.contains("number of seconds"), "{e}");
+        }
+    }
 }

@@ -112,8 +112,9 @@ impl RemoteConfig {
     fn reported(&self, s: &Services) -> Json {
         let mut m = Map::new();
         m.insert("active_connectors".into(), active_connectors(s));
+        let now = crate::model::now_millis();
         for h in &s.manager.handles {
-            m.insert(h.name.to_string(), connector_attr(h));
+            m.insert(h.name.to_string(), connector_attr(h, now));
         }
         m.insert(
             "general_configuration".into(),
@@ -128,18 +129,26 @@ impl RemoteConfig {
 
     pub(crate) async fn on_shared(&mut self, s: &mut Services, attrs: &Json) {
         let Some(map) = attrs.as_object() else { return };
-        // Connector configurations.
+        // Connector configurations: the attribute named after a running connector.
         for idx in 0..s.manager.handles.len() {
             let name = s.manager.handles[idx].name.clone();
             let Some(desired) = map.get(&*name) else {
                 continue;
             };
-            let Some(cfg) = desired.get("configurationJson").cloned() else {
+            let Some(cfg) = desired_config(desired, &name) else {
                 s.stats.add_remote_config_rejected(1);
                 report_error(s, &format!("{name}: configurationJson is missing"));
                 continue;
             };
-            if cfg == s.manager.handles[idx].current_config()
+            // As the Python gateway: an attribute not newer than the file it configures is
+            // what runs already.
+            let file_ms = s.manager.handles[idx].file.as_deref().and_then(mtime_ms);
+            let older = matches!(
+                (desired.get("ts").and_then(Json::as_i64), file_ms),
+                (Some(ts), Some(m)) if ts <= m
+            );
+            if (older && s.manager.handles[idx].running)
+                || strip_common(&cfg) == strip_common(&s.manager.handles[idx].current_config())
                 || self.rejected.get(&*name) == Some(&cfg)
             {
                 continue;
@@ -157,26 +166,95 @@ impl RemoteConfig {
                         s.manager.handles[idx].modified =
                             std::fs::metadata(&file).and_then(|m| m.modified()).ok();
                     }
-                    let echo = json!({ name.to_string(): connector_attr(&s.manager.handles[idx]) });
-                    s.publish(topic::ME_ATTRIBUTES, echo);
+                    // The update is reported back with its own `ts`, so ThingsBoard's UI
+                    // shows the connector in sync.
+                    s.publish(
+                        topic::ME_ATTRIBUTES,
+                        json!({ name.to_string(): applied_echo(desired, &cfg) }),
+                    );
                 }
                 Err(e) => {
                     self.rejected.insert(name.to_string(), cfg.clone());
                     s.stats.add_remote_config_rejected(1);
                     tracing::error!(connector = %name, error = %e, "Remote configuration rejected; the connector keeps its previous configuration.");
                     report_error(s, &format!("{name}: {e}"));
-                    let echo = json!({ name.to_string(): connector_attr(&s.manager.handles[idx]) });
+                    let h = &s.manager.handles[idx];
+                    let ts = h.file.as_deref().and_then(mtime_ms).unwrap_or(0);
+                    let echo = json!({ name.to_string(): connector_attr(h, ts) });
                     s.publish(topic::ME_ATTRIBUTES, echo);
                 }
             }
         }
+        let wanted: Option<Vec<String>> = map
+            .get("active_connectors")
+            .and_then(Json::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            });
+        // Connectors added (or renamed) from ThingsBoard's UI: an attribute with a connector
+        // type and configuration under a name that does not run, listed in
+        // `active_connectors` when that comes along.
+        let mut added = false;
+        for (key, desired) in map {
+            if RESERVED_KEYS.contains(&key.as_str())
+                || s.manager.handles.iter().any(|h| &*h.name == key.as_str())
+                || desired.get("type").and_then(Json::as_str).is_none()
+                || wanted.as_ref().is_some_and(|w| !w.contains(key))
+            {
+                continue;
+            }
+            let Some(cfg) = desired_config(desired, key) else {
+                continue;
+            };
+            if self.rejected.get(key) == Some(&cfg) {
+                continue;
+            }
+            match add_connector(s, key, desired, &cfg).await {
+                Ok(()) => {
+                    added = true;
+                    s.stats.add_remote_config_applied(1);
+                    s.publish(
+                        topic::ME_ATTRIBUTES,
+                        json!({ key.clone(): applied_echo(desired, &cfg) }),
+                    );
+                }
+                Err(e) => {
+                    self.rejected.insert(key.clone(), cfg);
+                    s.stats.add_remote_config_rejected(1);
+                    tracing::error!(connector = %key, error = %e, "Connector from remote configuration not added.");
+                    report_error(s, &format!("{key}: {e}"));
+                }
+            }
+        }
+        if added && wanted.is_none() {
+            save_connector_list(s);
+            s.publish(
+                topic::ME_ATTRIBUTES,
+                json!({"active_connectors": active_connectors(s)}),
+            );
+        }
         // Which connectors run.
-        if let Some(list) = map.get("active_connectors").and_then(Json::as_array) {
-            let names: Vec<String> = list
+        if let Some(names) = wanted {
+            // A listed connector that is not known: ask for its attribute, which adds it.
+            let unknown: Vec<&String> = names
                 .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
+                .filter(|n| !s.manager.handles.iter().any(|h| &*h.name == n.as_str()))
+                .filter(|n| !map.contains_key(n.as_str()))
                 .collect();
+            if !unknown.is_empty() {
+                self.next_request += 1;
+                let keys: Vec<&str> = unknown.iter().map(|n| n.as_str()).collect();
+                s.publish(
+                    &format!("{}{}", topic::ME_ATTRIBUTES_REQUEST, self.next_request),
+                    json!({"sharedKeys": keys.join(",")}),
+                );
+            }
             let stopped = s.manager.set_active(&names).await;
+            if added || !stopped.is_empty() {
+                save_connector_list(s);
+            }
             for c in &stopped {
                 let devices = {
                     let mut reg = s.shared.registry();
@@ -186,11 +264,15 @@ impl RemoteConfig {
                         reg.set_disconnected(&d);
                         out.push(reg.tb_name(&d).to_string());
                     }
-                    let _ = reg.persist_if_dirty();
+                    if reg.is_dirty() {
+                        s.shared.registry_saver.changed();
+                    }
                     out
                 };
                 for device in devices {
-                    let _ = s.control.try_send(Control::Disconnect { device });
+                    if s.control.try_send(Control::Disconnect { device }).is_err() {
+                        s.stats.queue_full("control", "device disconnect");
+                    }
                 }
             }
             s.publish(
@@ -339,13 +421,204 @@ fn report_error(s: &Services, text: &str) {
     );
 }
 
-fn connector_attr(h: &super::manager::ConnectorHandle) -> Json {
-    json!({
-        "name": &*h.name,
-        "type": &*h.connector_type,
-        "configuration": h.file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()),
-        "configurationJson": h.current_config(),
-    })
+/// Attributes that are not connector configurations.
+const RESERVED_KEYS: &[&str] = &[
+    "active_connectors",
+    "general_configuration",
+    "storage_configuration",
+    "grpc_configuration",
+    "logs_configuration",
+    "RemoteLoggingLevel",
+    "remoteConfigurationError",
+    "Version",
+];
+
+/// Keys of a connector file that the UI keeps beside `configurationJson`.
+const BESIDE_KEYS: &[&str] = &[
+    "logLevel",
+    "enableRemoteLogging",
+    "reportStrategy",
+    "configVersion",
+];
+
+/// The file's modification time in ms since the epoch.
+fn mtime_ms(file: &Path) -> Option<i64> {
+    let t = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// The connector file a desired connector attribute describes: its `configurationJson` with
+/// the keys the UI keeps beside it (`logLevel`, `enableRemoteLogging`, `reportStrategy`,
+/// `configVersion`) and the name put back, as the Python gateway writes it.
+fn desired_config(desired: &Json, name: &str) -> Option<Json> {
+    let mut cfg = desired.get("configurationJson")?.as_object()?.clone();
+    for k in BESIDE_KEYS {
+        if let Some(v) = desired.get(*k) {
+            cfg.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    cfg.insert("name".into(), Json::String(name.to_string()));
+    Some(Json::Object(cfg))
+}
+
+/// A connector file without the keys the gateway (not the connector) reads.
+fn strip_common(v: &Json) -> Json {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        for k in [
+            "name",
+            "id",
+            "logLevel",
+            "enableRemoteLogging",
+            "configVersion",
+        ] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// The client attribute that reports an applied update: the desired one, with its `ts`.
+fn applied_echo(desired: &Json, cfg: &Json) -> Json {
+    let mut echo = desired.clone();
+    echo["configurationJson"] = cfg.clone();
+    echo
+}
+
+/// Adds a connector described by a connector attribute; a connector with the same
+/// `configurationJson.id` is replaced (renamed).
+async fn add_connector(
+    s: &mut Services,
+    name: &str,
+    desired: &Json,
+    cfg: &Json,
+) -> Result<(), String> {
+    let (_, dir) = paths(s)?;
+    let ty = desired
+        .get("type")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let file_name = desired
+        .get("configuration")
+        .and_then(Json::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}.json", name.replace(' ', "_").to_lowercase()));
+    if Path::new(&file_name).is_absolute() || file_name.contains("..") {
+        return Err(format!(
+            "configuration `{file_name}` must be a file name in the configuration directory"
+        ));
+    }
+    let file = dir.join(&file_name);
+    // Renamed: the running connector with the same id goes.
+    if let Some(id) = cfg.get("id").filter(|v| !v.is_null()) {
+        let old: Vec<String> = s
+            .manager
+            .handles
+            .iter()
+            .filter(|h| h.current_config().get("id") == Some(id))
+            .map(|h| h.name.to_string())
+            .collect();
+        for o in old {
+            tracing::info!(old = %o, new = %name, "Connector renamed (remote configuration).");
+            s.manager.remove(&o).await;
+            s.connector_stats.retain(|(n, _)| *n != o);
+        }
+    }
+    let stats = s
+        .manager
+        .add_new(name, &ty, file.clone(), cfg.clone())
+        .await?;
+    if let Err(e) = backup(&dir, &file).and_then(|_| write_json(&file, cfg)) {
+        tracing::error!(file = %file.display(), error = %e, "Cannot write the new connector's configuration; it runs but is not saved.");
+    }
+    if let Some(h) = s.manager.handles.iter_mut().find(|h| &*h.name == name) {
+        h.modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+    }
+    s.connector_stats.push((name.to_string(), stats));
+    s.connector_stats.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(())
+}
+
+/// Writes the running connectors as the main file's `connectors` list (after a backup), as
+/// the Python gateway does when connectors are added or removed from its UI.
+fn save_connector_list(s: &Services) {
+    let Ok((file, dir)) = paths(s) else { return };
+    let Ok(mut main) = parse::read_file(&file) else {
+        return;
+    };
+    let old: Vec<Json> = main
+        .get("connectors")
+        .and_then(Json::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut list = Vec::new();
+    for h in s.manager.handles.iter().filter(|h| h.running) {
+        let entry = old
+            .iter()
+            .find(|e| e.get("name").and_then(Json::as_str) == Some(&*h.name))
+            .cloned()
+            .unwrap_or_else(|| {
+                json!({
+                    "type": &*h.connector_type,
+                    "name": &*h.name,
+                    "configuration": h.file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()),
+                })
+            });
+        list.push(entry);
+    }
+    main["connectors"] = Json::Array(list);
+    if let Err(e) = backup(&dir, &file).and_then(|_| write_json(&file, &main)) {
+        tracing::error!(file = %file.display(), error = %e, "Cannot write the connector list to the main file.");
+    }
+}
+
+/// A connector as a client attribute, in the Python gateway's shape: the file's content as
+/// `configurationJson`, with `logLevel`, `enableRemoteLogging`, `reportStrategy` and
+/// `configVersion` beside it, and `ts` (ThingsBoard's UI compares it with the desired one's).
+fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
+    let mut cfg = h.current_config();
+    let mut out = serde_json::Map::new();
+    out.insert("name".into(), json!(&*h.name));
+    out.insert("type".into(), json!(&*h.connector_type));
+    out.insert(
+        "configuration".into(),
+        json!(h
+            .file
+            .as_ref()
+            .and_then(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned())),
+    );
+    if let Some(id) = cfg.get("id") {
+        out.insert("id".into(), id.clone());
+    }
+    let taken: Vec<(String, Option<Json>)> = BESIDE_KEYS
+        .iter()
+        .map(|k| {
+            (
+                k.to_string(),
+                cfg.as_object_mut().and_then(|m| m.remove(*k)),
+            )
+        })
+        .collect();
+    for (k, v) in taken {
+        match (k.as_str(), v) {
+            (_, Some(v)) => {
+                out.insert(k, v);
+            }
+            ("logLevel", None) => {
+                out.insert(k, json!("INFO"));
+            }
+            ("enableRemoteLogging", None) => {
+                out.insert(k, json!(false));
+            }
+            _ => {}
+        }
+    }
+    out.insert("configurationJson".into(), cfg);
+    out.insert("ts".into(), json!(ts));
+    Json::Object(out)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!   which is what the client does after a lost connection, so everything not confirmed by
 //!   ThingsBoard is sent again (at-least-once; duplicates possible, loss not).
 
-pub mod codec;
+pub(crate) mod codec;
 mod file;
 mod group_commit;
 mod memory;
@@ -28,7 +28,6 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Deserialize;
 
 pub use file::{dump as dump_file_storage, FileStorage, FileStorageOptions};
 pub use memory::MemoryStorage;
@@ -42,19 +41,7 @@ use crate::model::DeviceData;
 /// A stored record. Shared, so reading it again after a rewind costs no copy.
 pub type Record = Arc<DeviceData>;
 
-/// What to do when a `put` finds the storage full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FullPolicy {
-    /// Wait until ThingsBoard confirms older records and space frees up; the wait
-    /// back-pressures the connectors (the MQTT connector stops acknowledging its broker).
-    #[default]
-    Block,
-    /// Drop the oldest records to make room (keeps the most recent data).
-    DropOldest,
-    /// Reject the new records (upstream's behaviour).
-    DropNewest,
-}
+pub use crate::config::FullPolicy;
 
 /// A batch handed out by [`EventStorage::read`].
 ///

@@ -175,7 +175,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Durable RocksDB storage. See the [module docs](self).
+/// Durable RocksDB storage; `docs/STORAGE.md` describes its design and its configuration.
 #[derive(Debug)]
 pub struct RocksDbStorage {
     shared: Arc<Shared>,

@@ -238,7 +238,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Durable SQLite storage. See the [module docs](self).
+/// Durable SQLite storage; `docs/STORAGE.md` describes its design and its configuration.
 #[derive(Debug)]
 pub struct SqliteStorage {
     shared: Arc<Shared>,

@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{topic, Control, Session, TbClient};
-use crate::downlink::{
-    normalize_rpc_result, AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder,
-};
+use crate::downlink::{AttributeUpdate, Downlink, RpcError, RpcRequest, RpcResponder};
 
 impl TbClient {
     pub(super) fn on_publish(
@@ -62,7 +60,7 @@ impl TbClient {
                 tracing::debug!(attributes = %json, "Shared attributes of the gateway device changed.");
                 // The gateway's own client attributes echoed by a plain broker carry no shared
                 // key the services act on; they ignore unknown keys and unchanged values.
-                self.to_service(crate::service::ServiceEvent::SharedAttributes(json));
+                self.to_service(crate::messages::ServiceEvent::SharedAttributes(json));
             }
             t if t.starts_with(topic::ME_RPC_RESPONSE) => {
                 let id: Option<u64> = t[topic::ME_RPC_RESPONSE.len()..].parse().ok();
@@ -77,7 +75,7 @@ impl TbClient {
             }
             t if t.starts_with(topic::ME_ATTRIBUTES_RESPONSE) => {
                 tracing::debug!(response = %json, "Attribute response for the gateway device.");
-                self.to_service(crate::service::ServiceEvent::AttributesResponse(json));
+                self.to_service(crate::messages::ServiceEvent::AttributesResponse(json));
             }
             _ => tracing::debug!(topic, "Ignoring a message on an unexpected topic."),
         }
@@ -202,8 +200,8 @@ impl TbClient {
             self.reply(None, id, json!({"code": 200, "resp": "pong"}));
             return;
         }
-        if crate::service::SERVICE_METHODS.contains(&method) && self.shared.service.is_some() {
-            self.to_service(crate::service::ServiceEvent::Rpc {
+        if crate::messages::SERVICE_METHODS.contains(&method) && self.shared.service.is_some() {
+            self.to_service(crate::messages::ServiceEvent::Rpc {
                 id,
                 method: method.to_string(),
                 params,
@@ -214,10 +212,8 @@ impl TbClient {
         let target = method.split_once('_').and_then(|(ty, m)| {
             self.shared
                 .routes
-                .by_name
-                .values()
-                .find(|(t, _)| &**t == ty)
-                .map(|(_, tx)| (tx.clone(), m.to_string()))
+                .of_type(ty)
+                .map(|(_, tx)| (tx, m.to_string()))
         });
         let Some((tx, m)) = target else {
             self.reply(None, id, json!({"error": "Method not found", "code": 404}));
@@ -245,7 +241,7 @@ impl TbClient {
 
     fn route_for(&self, device: &str) -> Option<tokio::sync::mpsc::Sender<Downlink>> {
         let owner: Option<Arc<str>> = self.shared.registry().owner(device).cloned();
-        owner.and_then(|o| self.shared.routes.by_name.get(&o).map(|(_, tx)| tx.clone()))
+        owner.and_then(|o| self.shared.routes.get(&o).map(|(_, tx)| tx))
     }
 
     fn reply(&self, device: Option<String>, id: i64, data: Json) {
@@ -254,7 +250,7 @@ impl TbClient {
             .try_send(Control::RpcReply { device, id, data })
             .is_err()
         {
-            tracing::warn!(id, "RPC reply dropped: the client's control queue is full.");
+            self.shared.stats.queue_full("control", "device RPC reply");
         }
     }
 
@@ -264,14 +260,13 @@ impl TbClient {
         device: Option<String>,
         id: i64,
         timeout: Duration,
-        rx: tokio::sync::oneshot::Receiver<Result<Json, RpcError>>,
+        rx: crate::downlink::RpcAnswer,
     ) {
         let control = self.control_tx.clone();
         let stats = self.shared.stats.clone();
         self.tasks.spawn(async move {
-            let data = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Ok(v))) => normalize_rpc_result(v),
-                Ok(Ok(Err(e))) => e.to_json(),
+            let data = match tokio::time::timeout(timeout, rx.reply()).await {
+                Ok(Ok(v)) => v,
                 Ok(Err(_)) => {
                     RpcError::Device("the connector dropped the request".into()).to_json()
                 }

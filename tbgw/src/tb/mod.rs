@@ -20,7 +20,7 @@
 mod incoming;
 pub mod pack;
 pub mod provision;
-pub mod throttle;
+pub(crate) use crate::throttle;
 mod tracker;
 
 use std::collections::{HashMap, HashSet};
@@ -81,7 +81,9 @@ pub struct TbOptions {
     pub session_limits_timeout: Duration,
     /// Most unconfirmed publishes at once.
     pub max_inflight: usize,
-    /// Backoff bounds between connection attempts.
+    /// First delay between connection attempts; it doubles up to `reconnect_max`, with up to
+    /// 30 % jitter, and starts here again after a connection that lasted a minute
+    /// ([`Backoff`](crate::backoff::Backoff)).
     pub reconnect_min: Duration,
     /// Upper bound of the backoff.
     pub reconnect_max: Duration,
@@ -188,22 +190,59 @@ pub(crate) struct Trial {
     reply: oneshot::Sender<Result<(), String>>,
 }
 
-/// Where downlink requests go: connector name → (type, sender).
-#[derive(Debug, Default, Clone)]
+/// A connector's downlink route: (type, sender).
+pub(crate) type Route = (Arc<str>, mpsc::Sender<Downlink>);
+
+/// Where downlink requests go: connector name → (type, sender). Connectors added or removed
+/// by remote configuration change it while the gateway runs.
+#[derive(Debug, Default)]
 pub(crate) struct Routes {
-    pub by_name: HashMap<Arc<str>, (Arc<str>, mpsc::Sender<Downlink>)>,
+    by_name: std::sync::RwLock<HashMap<Arc<str>, Route>>,
+}
+
+impl Routes {
+    /// Adds (or replaces) a connector's route.
+    pub(crate) fn insert(&self, name: Arc<str>, route: Route) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.insert(name, route);
+        }
+    }
+
+    /// Removes a connector's route.
+    pub(crate) fn remove(&self, name: &str) {
+        if let Ok(mut m) = self.by_name.write() {
+            m.remove(name);
+        }
+    }
+
+    /// The route of a connector.
+    pub(crate) fn get(&self, name: &str) -> Option<Route> {
+        self.by_name.read().ok()?.get(name).cloned()
+    }
+
+    /// The route of the first connector of a type.
+    pub(crate) fn of_type(&self, ty: &str) -> Option<Route> {
+        self.by_name
+            .read()
+            .ok()?
+            .values()
+            .find(|(t, _)| &**t == ty)
+            .cloned()
+    }
 }
 
 /// State shared between the ingest task, the client and the router.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub registry: Mutex<DeviceRegistry>,
+    /// Writes `registry` to its file in the background.
+    pub registry_saver: crate::registry::Saver,
     pub routes: Routes,
     pub stats: Arc<GatewayStats>,
     /// How long a connector gets to answer an RPC.
     pub rpc_timeout: Duration,
     /// The gateway services task (service RPCs, gateway shared attributes, session ready).
-    pub service: Option<mpsc::Sender<crate::service::ServiceEvent>>,
+    pub service: Option<mpsc::Sender<crate::messages::ServiceEvent>>,
 }
 
 impl Shared {
@@ -380,24 +419,17 @@ impl TbClient {
         let Some(tls) = &self.opts.credentials.tls else {
             return Ok(None);
         };
-        let ca = std::fs::read(&tls.ca_cert)
-            .map_err(|e| format!("cannot read CA certificate {}: {e}", tls.ca_cert.display()))?;
-        let client_auth = match &tls.client {
-            Some((cert, key)) => Some((
-                std::fs::read(cert).map_err(|e| {
-                    format!("cannot read client certificate {}: {e}", cert.display())
-                })?,
-                std::fs::read(key)
-                    .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?,
-            )),
+        let roots = crate::tls::load_roots(&tls.ca_cert).map_err(|e| e.to_string())?;
+        let identity = match &tls.client {
+            Some((cert, key)) => {
+                Some(crate::tls::Identity::load(cert, key).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
+        let config = crate::tls::client_config(crate::tls::Verify::Roots(roots), identity)
+            .map_err(|e| e.to_string())?;
         Ok(Some(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            },
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
         )))
     }
 
@@ -610,7 +642,7 @@ impl TbClient {
         if let Some((reply, reason)) = self.reverted.take() {
             let _ = reply.send(Err(reason));
         }
-        self.to_service(crate::service::ServiceEvent::Ready);
+        self.to_service(crate::messages::ServiceEvent::Ready);
         self.storage.rewind();
         let devices = self.shared.registry().connected();
         for (device, device_type) in devices {
@@ -627,6 +659,24 @@ impl TbClient {
         let qos = s.qos;
         self.publish(s, topic::CONNECT.to_string(), payload, qos, Token::Other)?;
         s.announced.insert(device.to_string());
+        // As upstream: which connector serves the device, as its client attributes.
+        let owner = {
+            let reg = self.shared.registry();
+            reg.owner(reg.original_name(device)).cloned()
+        };
+        if let Some(name) = owner {
+            let ty = self
+                .shared
+                .routes
+                .get(&name)
+                .map(|r| r.0.to_string())
+                .unwrap_or_default();
+            let payload = json!({ device: {"connectorType": ty, "connectorName": &*name} })
+                .to_string()
+                .into_bytes();
+            self.limits.took_control(Instant::now());
+            self.publish(s, topic::ATTRIBUTES.to_string(), payload, qos, Token::Other)?;
+        }
         Ok(())
     }
 
@@ -675,6 +725,11 @@ impl TbClient {
         }
         let n = packed.telemetry.len() + packed.attributes.len();
         let datapoints: usize = batch.records.iter().map(|r| r.datapoints()).sum();
+        let attrs: usize = batch.records.iter().map(|r| r.attributes.len()).sum();
+        self.shared.stats.add_platform_attr_produced(attrs as u64);
+        self.shared
+            .stats
+            .add_platform_ts_produced((datapoints - attrs) as u64);
         self.dp_per_record = batch
             .records
             .iter()
@@ -714,10 +769,10 @@ impl TbClient {
     }
 
     /// Hands an event to the services task (dropped if it is busy).
-    pub(crate) fn to_service(&self, ev: crate::service::ServiceEvent) {
+    pub(crate) fn to_service(&self, ev: crate::messages::ServiceEvent) {
         if let Some(tx) = &self.shared.service {
             if tx.try_send(ev).is_err() {
-                tracing::debug!("The services task is busy; event dropped.");
+                self.shared.stats.queue_full("service", "client event");
             }
         }
     }

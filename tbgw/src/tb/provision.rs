@@ -24,104 +24,15 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
-use crate::config::{resolve_path, ConfigError, Credentials, ProvisioningConfig, TlsFiles};
+#[cfg(test)]
+use crate::config::provision::{saved_credentials, validate};
+use crate::config::provision::{Saved, CERT_FILE, CREDENTIALS_FILE, KEY_FILE};
+use crate::config::{Credentials, ProvisioningConfig};
 
-/// The file provisioned credentials are saved to, in the config directory.
-pub const CREDENTIALS_FILE: &str = ".credentials";
-/// The client certificate of `X509_CERTIFICATE` provisioning, in the config directory (the
-/// name upstream uses, so a config directory it provisioned works unchanged).
-pub const CERT_FILE: &str = "cert.pem";
-/// The private key of `X509_CERTIFICATE` provisioning, in the config directory.
-pub const KEY_FILE: &str = "key.pem";
 /// How long to wait for ThingsBoard's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Saved credentials (upstream keeps the response's `credentialsType` / `credentialsValue`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Saved {
-    credentials_type: String,
-    credentials_value: Json,
-    /// The CA certificate for TLS (X509_CERTIFICATE), as configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ca_cert: Option<String>,
-}
-
-impl Saved {
-    /// The credentials these stand for; certificate files are resolved in `dir`.
-    fn credentials(&self, dir: &Path) -> Option<Credentials> {
-        match self.credentials_type.as_str() {
-            "X509_CERTIFICATE" => Some(Credentials {
-                client_id: String::new(),
-                username: None,
-                password: None,
-                tls: Some(TlsFiles {
-                    ca_cert: resolve_path(dir, self.ca_cert.as_deref()?),
-                    client: Some((dir.join(CERT_FILE), dir.join(KEY_FILE))),
-                }),
-            }),
-            "ACCESS_TOKEN" => Some(Credentials {
-                client_id: String::new(),
-                username: Some(self.credentials_value.as_str()?.to_string()),
-                password: None,
-                tls: None,
-            }),
-            "MQTT_BASIC" => {
-                let v = &self.credentials_value;
-                let s = |k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
-                Some(Credentials {
-                    client_id: s("clientId").unwrap_or_default(),
-                    username: s("userName").or_else(|| s("username")),
-                    password: s("password"),
-                    tls: None,
-                })
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Checks the section at load. Errors name `thingsboard.provisioning.<key>`.
-pub fn validate(p: &ProvisioningConfig, file: &Path) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("thingsboard.provisioning.{k}");
-    if p.provision_device_key.as_deref().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(file, key("provisionDeviceKey"), "missing"));
-    }
-    if p.provision_device_secret
-        .as_deref()
-        .is_none_or(str::is_empty)
-    {
-        return Err(ConfigError::new(
-            file,
-            key("provisionDeviceSecret"),
-            "missing",
-        ));
-    }
-    match p.credentials_type.as_deref().unwrap_or("ACCESS_TOKEN") {
-        "ACCESS_TOKEN" | "MQTT_BASIC" => Ok(()),
-        "X509_CERTIFICATE" if !cfg!(feature = "tls") => Err(ConfigError::new(
-            file,
-            key("type"),
-            "X509_CERTIFICATE provisioning needs TLS, and tbgw was built without the `tls` feature",
-        )),
-        "X509_CERTIFICATE" if p.ca_cert.as_deref().is_none_or(str::is_empty) => Err(
-            ConfigError::new(
-                file,
-                key("caCert"),
-                "missing; X509_CERTIFICATE provisioning connects with TLS and needs the CA certificate of ThingsBoard's MQTT server",
-            ),
-        ),
-        "X509_CERTIFICATE" => Ok(()),
-        other => Err(ConfigError::new(
-            file,
-            key("type"),
-            format!("unknown credentials type `{other}`; expected ACCESS_TOKEN, MQTT_BASIC or X509_CERTIFICATE"),
-        )),
-    }
-}
 
 /// A new EC P-256 key and a self-signed client certificate for `device_name`, valid from a day
 /// ago for a year: (certificate PEM, private key PEM).
@@ -153,13 +64,6 @@ fn generate_certificate(device_name: &str) -> Result<(String, String), String> {
 #[cfg(not(feature = "tls"))]
 fn generate_certificate(_device_name: &str) -> Result<(String, String), String> {
     Err("X509_CERTIFICATE provisioning needs the `tls` feature".into())
-}
-
-/// Credentials saved by an earlier provisioning in `dir`, if any.
-pub fn saved_credentials(dir: &Path) -> Option<Credentials> {
-    let text = std::fs::read_to_string(dir.join(CREDENTIALS_FILE)).ok()?;
-    let saved: Saved = serde_json::from_str(&text).ok()?;
-    saved.credentials(dir)
 }
 
 fn save(dir: &Path, saved: &Saved) -> std::io::Result<PathBuf> {
@@ -223,15 +127,12 @@ fn request(p: &ProvisioningConfig, device_name: &str, cert: Option<&str>) -> Jso
 /// X509_CERTIFICATE provisioning.
 #[cfg(feature = "tls")]
 fn tls_transport(dir: &Path, ca_cert: &str) -> Result<rumqttc::Transport, String> {
-    let path = resolve_path(dir, ca_cert);
-    let ca =
-        std::fs::read(&path).map_err(|e| format!("cannot read caCert {}: {e}", path.display()))?;
+    let path = crate::config::resolve_path(dir, ca_cert);
+    let roots = crate::tls::load_roots(&path).map_err(|e| format!("caCert: {e}"))?;
+    let config = crate::tls::client_config(crate::tls::Verify::Roots(roots), None)
+        .map_err(|e| e.to_string())?;
     Ok(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        },
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
     ))
 }
 

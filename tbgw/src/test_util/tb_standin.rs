@@ -60,24 +60,9 @@ pub fn default_session_limits() -> Value {
     })
 }
 
-/// Whether MQTT topic filter `filter` (may contain `+` and `#`) matches the
-/// topic name `topic`. An exact topic is a filter matching only itself.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether MQTT topic filter `filter` (may contain `+` and `#`) matches the topic name
+/// `topic`: [`crate::topic::matches`].
+pub use crate::topic::matches as topic_matches;
 
 /// One message the stand-in received, as ThingsBoard would see it.
 #[derive(Debug, Clone)]

@@ -339,9 +339,24 @@ fn bits_and_scaling_follow_the_datapoint_options() {
     );
     let mut reg_bit = spec("bits", 1, Order::Big, Order::Little);
     reg_bit.bit = Some(2);
-    assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Bool(true)));
+    // As the Python gateway: with `bit`, an integer whatever `bitTargetType` says.
+    assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Int(1)));
     reg_bit.bit = Some(1);
-    assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Bool(false)));
+    assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Int(0)));
+    reg_bit.bits_as_int = true;
+    assert_eq!(decode_registers(&[0b100], &reg_bit), Ok(Value::Int(0)));
+    let mut coil_bit = spec("bits", 3, Order::Big, Order::Little);
+    coil_bit.bit = Some(1);
+    assert_eq!(
+        decode_bits(&[false, true, false], &coil_bit),
+        Ok(Value::Int(1))
+    );
+    // An index past the end takes the last bit.
+    coil_bit.bit = Some(9);
+    assert_eq!(
+        decode_bits(&[false, false, true], &coil_bit),
+        Ok(Value::Int(1))
+    );
     // A numeric type over coils reads the packed bits.
     let coil_u16 = spec("16uint", 1, Order::Big, Order::Little);
     let mut bits = vec![false; 16];

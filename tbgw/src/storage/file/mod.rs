@@ -155,7 +155,7 @@ struct Shared {
     space: Notify,
 }
 
-/// Durable file storage. See the [module docs](self).
+/// Durable file storage; `docs/STORAGE.md` describes its design and its configuration.
 #[derive(Debug)]
 pub struct FileStorage {
     shared: Arc<Shared>,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Share of every configured or announced capacity that is used (upstream's default).
 const SHARE: f64 = 0.8;
@@ -59,7 +59,9 @@ impl Bucket {
         if self.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+            // A window of up to `u64::MAX` seconds (from the config or the server's session
+            // limits) can ask for more than a `Duration` holds: wait "forever" then.
+            Duration::try_from_secs_f64((1.0 - self.tokens) / self.per_sec).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -334,5 +336,16 @@ mod tests {
         u.server_throttled(t0);
         assert!(u.data_wait(t0) > Duration::ZERO);
         assert_eq!(u.data_wait(t0 + Duration::from_secs(2)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_window_longer_than_a_duration_holds_waits_without_panicking() {
+        let t0 = Instant::now();
+        let mut l = Limits::default();
+        l.apply_session(&serde_json::json!({"gatewayRateLimits": {
+            "telemetryMessages": "1:18446744073709551615"}}));
+        l.took_data(1, 1, t0);
+        l.took_data(1, 1, t0);
+        assert_eq!(l.data_wait(t0), Duration::MAX);
     }
 }

@@ -1,4 +1,12 @@
 //! Configuration errors and warnings: each names the file, the key path and the reason.
+//!
+//! A leaf of the crate (it uses nothing else of it), so every module can return a
+//! [`ConfigError`] without depending on [`config`](crate::config), which re-exports these
+//! types under their old paths. The other error types live with what returns them and are
+//! re-exported at the crate root: [`ConnectorError`](crate::ConnectorError),
+//! [`ConvertError`](crate::ConvertError), [`StorageError`](crate::StorageError),
+//! [`GatewayError`](crate::GatewayError), [`UplinkClosed`](crate::UplinkClosed) and, with the
+//! `tls` feature, `TlsError`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Reading `reportStrategy` objects at the connector, device and datapoint levels, and the
-//! legacy `sendDataOnlyOnChange`.
+//! legacy `sendDataOnlyOnChange`; the [`ReportOverrides`] a connector attaches to its data.
+//! Re-exported by [`crate::report`], the service that applies them.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value as Json;
@@ -141,4 +143,32 @@ pub(crate) fn is_periodic(kind: ReportType) -> bool {
         kind,
         ReportType::OnReportPeriod | ReportType::OnChangeOrReportPeriod
     )
+}
+
+/// The device and datapoint levels of the report strategy, built by a connector once from
+/// its configuration and attached (as an `Arc`, cheap to clone) to every
+/// [`DeviceData`](crate::model::DeviceData) the device or mapping produces.
+///
+/// For a key, [`keys`](Self::keys) wins over [`device`](Self::device), which wins over the
+/// connector and general levels. A name in `keys` applies to the telemetry key and to the
+/// attribute of that name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportOverrides {
+    /// The device level (`reportStrategy` of a Modbus slave, an MQTT mapping, an OPC-UA
+    /// device), `None` to fall back to the connector level.
+    pub device: Option<ReportStrategyConfig>,
+    /// The datapoint level: key name → its own `reportStrategy`.
+    pub keys: HashMap<String, ReportStrategyConfig>,
+}
+
+impl ReportOverrides {
+    /// True when neither level is set (such overrides need not be attached).
+    pub fn is_empty(&self) -> bool {
+        self.device.is_none() && self.keys.is_empty()
+    }
+
+    /// The strategy these overrides give `key`, if any.
+    pub fn strategy_for(&self, key: &str) -> Option<&ReportStrategyConfig> {
+        self.keys.get(key).or(self.device.as_ref())
+    }
 }

@@ -1,11 +1,20 @@
-//! Tests of the MQTT `json` and `bytes` uplink converters, built from converter sections
-//! written the way upstream's `mqtt.json` writes them.
+//! Tests of the `json` and `bytes` uplink converters, built from converter sections written
+//! the way upstream's connector files write them (mostly `mqtt.json`, the richest dialect).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
 
 use super::*;
+use crate::config::{ConfigError, ReportStrategyConfig};
+use crate::model::{DeviceData, Value};
 
-use serde_json::json;
+/// The MQTT connector's dialect: topics and the bytes converter.
+const MQTT: Dialect = Dialect::new().with_topic().with_bytes();
 
-use crate::mqtt::config::MqttConnectorConfig;
+/// The converters these tests build.
+type MqttUplinkConverter = Converter;
 
 /// When the gateway "received" every test message.
 const RX: i64 = 1_700_000_000_000;
@@ -14,13 +23,26 @@ fn config(cfg: Json) -> ConverterConfig {
     serde_json::from_value(cfg).unwrap_or_else(|e| panic!("converter config must parse: {e}"))
 }
 
+fn build_at(prefix: &str, cfg: &ConverterConfig) -> Result<Converter, ConfigError> {
+    let registry = ConverterRegistry::new();
+    Converter::build(
+        Path::new("mqtt.json"),
+        prefix,
+        cfg,
+        &MQTT,
+        &registry,
+        &mut Vec::new(),
+    )
+    .map(|c| c.expect("a built-in converter"))
+}
+
 fn build(cfg: Json) -> MqttUplinkConverter {
-    MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &config(cfg))
+    build_at("mapping[0].converter", &config(cfg))
         .unwrap_or_else(|e| panic!("converter must build: {e}"))
 }
 
 fn build_err(cfg: Json) -> ConfigError {
-    MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &config(cfg))
+    build_at("mapping[0].converter", &config(cfg))
         .expect_err("the converter config must be rejected")
 }
 
@@ -888,12 +910,6 @@ fn configuration_errors_name_the_key_path() {
             "`xml`",
         ),
         (
-            "a custom converter",
-            json!({"type": "custom", "extension": "X"}),
-            "mapping[0].converter.type",
-            "`custom`",
-        ),
-        (
             "no device name at all",
             json!({"timeseries": []}),
             "mapping[0].converter.deviceInfo",
@@ -950,7 +966,7 @@ fn configuration_errors_name_the_key_path() {
 // ---------------------------------------------------------------------------------------------
 
 fn upstream_mqtt_json() -> Option<Json> {
-    let path = tbgw::test_util::upstream_sample("mqtt.json")?;
+    let path = crate::test_util::upstream_sample("mqtt.json")?;
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     Some(serde_json::from_str(&text).expect("upstream's mqtt.json is JSON"))
@@ -961,22 +977,14 @@ fn the_three_mappings_of_upstreams_sample_mqtt_json_convert_their_messages() {
     let Some(sample) = upstream_mqtt_json() else {
         return;
     };
-    let typed: MqttConnectorConfig =
-        serde_json::from_value(sample.clone()).expect("the whole sample deserializes");
-    assert_eq!(typed.mapping.len(), 4);
-
     let mapping = sample["mapping"].as_array().expect("mapping[]");
     let converters: Vec<MqttUplinkConverter> = mapping[..3]
         .iter()
         .enumerate()
         .map(|(i, m)| {
             let cfg = config(m["converter"].clone());
-            MqttUplinkConverter::build(
-                Path::new("mqtt.json"),
-                &format!("mapping[{i}].converter"),
-                &cfg,
-            )
-            .unwrap_or_else(|e| panic!("mapping[{i}] must build: {e}"))
+            build_at(&format!("mapping[{i}].converter"), &cfg)
+                .unwrap_or_else(|e| panic!("mapping[{i}] must build: {e}"))
         })
         .collect();
     #[rustfmt::skip]
@@ -1018,11 +1026,84 @@ fn the_three_mappings_of_upstreams_sample_mqtt_json_convert_their_messages() {
         assert_eq!(d, expected, "mapping[{i}] on `{topic}`");
     }
 
-    // The fourth mapping is a custom converter, which this builder does not build.
+    // The fourth mapping is a custom converter: built from the registry with its
+    // extensionConfig, and inactive when nobody registered its class.
     let cfg = config(mapping[3]["converter"].clone());
-    let e = MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[3].converter", &cfg)
-        .expect_err("custom converters are built by the connector from its registry");
-    assert_eq!(e.key, "mapping[3].converter.type");
+    let file = Path::new("mqtt.json");
+    let mut ignored = Vec::new();
+    let none = Converter::build(
+        file,
+        "mapping[3].converter",
+        &cfg,
+        &MQTT,
+        &ConverterRegistry::new(),
+        &mut ignored,
+    )
+    .expect("an unregistered class is not an error");
+    assert!(none.is_none());
+    assert_eq!(
+        ignored,
+        ["mapping[3].converter (custom converter `CustomMqttUplinkConverter` is not registered; this mapping is inactive)"]
+    );
+    let registry = ConverterRegistry::new().with_factory("CustomMqttUplinkConverter", |cfg| {
+        // Upstream's example: key name -> byte length (keys in sorted order here).
+        let lengths = cfg.as_object().ok_or("extensionConfig must be an object")?;
+        Ok(Arc::new(ByteLengths(
+            lengths
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0) as usize))
+                .collect(),
+        )) as Arc<dyn UplinkConverter>)
+    });
+    let custom = Converter::build(
+        file,
+        "mapping[3].converter",
+        &cfg,
+        &MQTT,
+        &registry,
+        &mut ignored,
+    )
+    .expect("builds")
+    .expect("registered");
+    let d = single(convert_ok(
+        &custom,
+        "custom/sensors/s1",
+        &[0x05, 0x00, 0x19, 0x01, 0x02],
+    ));
+    assert_eq!(
+        d,
+        device("custom/sensors/s1", "default")
+            .ts(RX, "batteryLevel", 5)
+            .ts(RX, "humidity", 25)
+            .ts(RX, "temperature", 258)
+            .done()
+    );
+}
+
+/// A custom converter in the spirit of upstream's `CustomMqttUplinkConverter`: consecutive
+/// big-endian integers of the given byte lengths, in key order.
+#[derive(Debug)]
+struct ByteLengths(Vec<(String, usize)>);
+
+impl UplinkConverter for ByteLengths {
+    fn convert(
+        &self,
+        input: UplinkInput<'_>,
+        _errors: &mut Vec<ConvertError>,
+    ) -> Result<Vec<DeviceData>, ConvertError> {
+        let mut d = DeviceData::new(input.source, "default");
+        let mut at = 0;
+        for (k, len) in &self.0 {
+            let bytes = input
+                .payload
+                .get(at..at + len)
+                .ok_or_else(|| ConvertError::Malformed("payload too short".into()))?;
+            let v = bytes.iter().fold(0i64, |acc, b| acc << 8 | i64::from(*b));
+            d.push_telemetry(input.received_ts, k.clone(), Value::Int(v));
+            at += len;
+        }
+        Ok(vec![d])
+    }
 }
 
 #[test]
@@ -1033,8 +1114,7 @@ fn a_bad_array_element_is_reported_and_the_good_ones_still_convert() {
         "timeseries": [{"type": "integer", "key": "v", "value": "${v}"}]
     }))
     .unwrap();
-    let conv =
-        MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &cfg).unwrap();
+    let conv = build_at("mapping[0].converter", &cfg).unwrap();
     let payload = br#"[{"name": "a", "v": 1}, {"v": 2}, {"name": "b", "v": 3}]"#;
     let mut errors = Vec::new();
     let out = conv
@@ -1067,8 +1147,7 @@ fn a_key_template_without_a_match_is_reported() {
         "timeseries": [{"type": "integer", "key": "${absent}", "value": "${v}"}]
     }))
     .unwrap();
-    let conv =
-        MqttUplinkConverter::build(Path::new("mqtt.json"), "mapping[0].converter", &cfg).unwrap();
+    let conv = build_at("mapping[0].converter", &cfg).unwrap();
     let mut errors = Vec::new();
     conv.convert(
         UplinkInput {
@@ -1115,7 +1194,7 @@ fn hex_mode_renders_slices_as_hex_in_keys_and_values() {
 
 mod report_strategy {
     use super::*;
-    use tbgw::config::{AggregationFunction, ReportType};
+    use crate::config::{AggregationFunction, ReportType};
 
     fn on_change() -> ReportStrategyConfig {
         ReportStrategyConfig {
@@ -1281,5 +1360,148 @@ mod report_strategy {
             cfg[k] = v.clone();
         }
         build(cfg)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP connectors' dialect: JSON values converted as they are (no payload to parse)
+// ---------------------------------------------------------------------------------------------
+
+mod http_dialect {
+    use super::*;
+
+    /// The Request connector's dialect.
+    const REQUEST: Dialect = Dialect::new()
+        .message_sources(&["message", "request", "response"])
+        .timeseries_key("telemetry");
+
+    fn conv(attrs: Json, ts: Json, name: &str) -> JsonConverter {
+        let cfg = config(json!({
+            "deviceNameExpression": name, "deviceTypeExpression": "SD",
+            "attributes": attrs, "telemetry": ts
+        }));
+        JsonConverter::build(
+            Path::new("t.json"),
+            "converter",
+            &cfg,
+            &REQUEST,
+            &mut Vec::new(),
+        )
+        .unwrap_or_else(|e| panic!("converter must build: {e}"))
+    }
+
+    #[test]
+    fn templates_types_and_missing_keys() {
+        let c = conv(
+            json!([{"key": "serialNumber", "type": "string", "value": "${serial}"}]),
+            json!([
+                {"key": "Maintainer", "type": "string", "value": "${Developer}"},
+                {"key": "combine", "type": "string", "value": "${Developer}:${hum}"},
+                {"key": "t", "type": "double", "value": "${data.temp}"},
+                {"key": "bad", "type": "integer", "value": "${word}"},
+                {"key": "gone", "type": "integer", "value": "${nothing}"}
+            ]),
+            "${id}-${type}",
+        );
+        let mut errors = Vec::new();
+        let msg = json!({"id": 7, "type": "GV", "serial": 12, "Developer": "ann", "hum": 40,
+                         "data": {"temp": "21.5"}, "word": "abc"});
+        let d = c.convert_value("/api", &msg, 1000, &mut errors).unwrap();
+        assert_eq!(
+            d,
+            device("7-GV", "SD")
+                .attr("serialNumber", "12")
+                .ts(1000, "Maintainer", "ann")
+                .ts(1000, "combine", "ann:40")
+                .ts(1000, "t", 21.5)
+                .done()
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let e = c
+            .convert_value("/api", &json!({"type": "x"}), 1, &mut errors)
+            .unwrap_err();
+        assert!(
+            matches!(e, ConvertError::NoDeviceName(ref r) if r.contains("`/api`")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn star_takes_every_key_and_ts_field_is_used() {
+        let c = conv(json!("*"), json!("*"), "dev");
+        let mut errors = Vec::new();
+        let d = c
+            .convert_value(
+                "/",
+                &json!({"a": 1, "ts": 1_700_000_000_000i64}),
+                5,
+                &mut errors,
+            )
+            .unwrap();
+        assert_eq!(d.telemetry[0].ts, 1_700_000_000_000);
+        assert_eq!(d.attributes.len(), 2);
+    }
+
+    #[test]
+    fn items_merge_per_device_and_bad_items_are_reported() {
+        let c = conv(
+            json!([]),
+            json!([{"key": "v", "type": "integer", "value": "${v}"}]),
+            "${id}",
+        );
+        let mut errors = Vec::new();
+        let items = [
+            json!({"id": "a", "v": 1}),
+            json!({"v": 2}),
+            json!({"id": "a", "v": 3}),
+            json!({"x": 0}),
+        ];
+        let out = c.convert_items("/api", &items, 9, &mut errors);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0]
+                .telemetry
+                .iter()
+                .map(|t| t.values.len())
+                .sum::<usize>(),
+            2
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn topics_and_bytes_are_not_part_of_this_dialect() {
+        let f = Path::new("request.json");
+        let registry = ConverterRegistry::new();
+        let build = |cfg: Json, ignored: &mut Vec<String>| {
+            Converter::build(
+                f,
+                "mapping[0].converter",
+                &config(cfg),
+                &REQUEST,
+                &registry,
+                ignored,
+            )
+        };
+        let e = build(
+            json!({"type": "bytes", "deviceNameExpression": "d"}),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mapping[0].converter.type");
+        assert!(e.reason.contains("expected json or custom"), "{e}");
+        let e = build(
+            json!({"deviceNameExpression": "d", "telemetry": [{"key": "(", "keySource": "topic", "value": "${a}"}]}),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mapping[0].converter.telemetry[0].keySource");
+        let mut ignored = Vec::new();
+        let e = build(json!({"deviceNameTopicExpression": "(.*)"}), &mut ignored).unwrap_err();
+        assert_eq!(e.key, "mapping[0].converter.deviceInfo");
+        assert_eq!(
+            ignored,
+            ["mapping[0].converter.deviceNameTopicExpression (this connector has no topics)"]
+        );
     }
 }
