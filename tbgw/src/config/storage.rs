@@ -250,7 +250,7 @@ impl StorageConfig {
 
     /// The TTL, if configured. Values [`StorageConfig::validate`] rejects never panic here:
     /// a value that is not a positive number gives `None`, a larger one than
-    /// [`MAX_TTL_DAYS`] is capped.
+    /// `MAX_TTL_DAYS` is capped.
     pub fn ttl(&self) -> Option<Duration> {
         self.messages_ttl_in_days
             .filter(|d| *d > 0.0)
