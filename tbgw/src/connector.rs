@@ -128,14 +128,10 @@ pub fn check_connector_files(
             continue;
         }
         let cfile = dir.join(conf);
-        let value = match crate::config::parse::read_file(&cfile) {
+        let value = match crate::config::read_connector_file(file, i, &cfile) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("connectors[{i}].configuration"),
-                    e.to_string(),
-                ));
+                errors.push(e);
                 continue;
             }
         };

@@ -203,14 +203,10 @@ pub fn load_with_env(
             });
         }
         let cfile = dir.join(&entry.configuration);
-        let value = match parse::read_file(&cfile) {
+        let value = match read_connector_file(file, i, &cfile) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("connectors[{i}].configuration"),
-                    e.to_string(),
-                ));
+                errors.push(e);
                 continue;
             }
         };
@@ -234,6 +230,22 @@ pub fn load_with_env(
         }),
         _ => Err(ConfigErrors(errors)),
     }
+}
+
+/// Reads the connector file `cfile` named by `connectors[i]` of the main file `file`; a
+/// failure is reported at that key of the main file.
+pub fn read_connector_file(
+    file: &Path,
+    i: usize,
+    cfile: &Path,
+) -> Result<serde_json::Value, ConfigError> {
+    parse::read_file(cfile).map_err(|e| {
+        ConfigError::new(
+            file,
+            format!("connectors[{i}].configuration"),
+            e.to_string(),
+        )
+    })
 }
 
 /// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
