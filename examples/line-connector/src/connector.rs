@@ -134,9 +134,13 @@ impl LineConnector {
                 biased;
                 _ = cancel.cancelled() => break SessionEnd::Cancelled,
                 // Readings are acknowledged to the device in order, once stored.
-                outcome = async { receipts.front_mut().map(|r| r.1.as_mut()).expect("guarded").await },
-                    if !receipts.is_empty() => {
-                    let (seq, _) = receipts.pop_front().expect("guarded");
+                outcome = async {
+                    match receipts.front_mut() {
+                        Some((_, receipt)) => receipt.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !receipts.is_empty() => {
+                    let Some((seq, _)) = receipts.pop_front() else { continue };
                     if outcome == StoreOutcome::Stored {
                         if let Err(e) = write_all(&mut write, &ack_command(seq)).await {
                             break SessionEnd::Lost(e.to_string());

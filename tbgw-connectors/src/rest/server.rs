@@ -182,7 +182,7 @@ pub struct Server {
     pub read_timeout: Duration,
     waiters: Mutex<HashMap<String, Vec<Waiter>>>,
     next_waiter: std::sync::atomic::AtomicU64,
-    logged: Mutex<std::collections::HashSet<String>>,
+    logged: Mutex<tbgw::log_once::LogOnce>,
 }
 
 /// Distinct problems logged at warn level; later ones are only counted (and logged at debug).
@@ -296,7 +296,7 @@ impl Server {
             read_timeout: Duration::from_secs(30),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: Default::default(),
-            logged: Mutex::new(std::collections::HashSet::new()),
+            logged: Mutex::new(tbgw::log_once::LogOnce::new(MAX_LOGGED)),
         }
     }
 
@@ -308,7 +308,7 @@ impl Server {
         let first = self
             .logged
             .lock()
-            .map(|mut l| l.len() < MAX_LOGGED && l.insert(key))
+            .map(|mut l| l.first(&key))
             .unwrap_or(false);
         if first {
             tracing::warn!(connector = %self.name, status = status.as_u16(), path, error = reason, "Request refused (logged once per distinct reason; all are counted).");
