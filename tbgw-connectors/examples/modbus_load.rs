@@ -41,7 +41,7 @@ fn spec(config: serde_json::Value) -> ConnectorSpec {
         name: "Modbus".into(),
         connector_type: "modbus".into(),
         file: "modbus.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

@@ -188,7 +188,7 @@ async fn run(seconds: u64, connections: usize, capacity: usize) -> anyhow::Resul
                                    {"type": "double", "key": "humidity", "value": "${hum}"},
                                    {"type": "integer", "key": "seq", "value": "${seq}"}]}
             }]
-        }),
+        }).into(),
     };
     let connector = RestFactory::new()
         .build(&spec, &mut Vec::new())

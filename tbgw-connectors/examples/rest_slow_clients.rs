@@ -154,7 +154,7 @@ async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
                     "attributes": [],
                     "timeseries": [{"type": "double", "key": "temperature", "value": "${temp}"}]}
             }]
-        }),
+        }).into(),
     };
     let connector = RestFactory::new()
         .build(&spec, &mut Vec::new())

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use tbgw::config::{parse, ConfigError};
+use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
 use tbgw::convert::ConverterRegistry;
 
@@ -84,7 +84,7 @@ impl<C: WithConverters> ConnectorFactory for ConverterFactory<C> {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: C::Config = parse::from_value(&spec.file, "", &spec.config, ignored)?;
+        let cfg: C::Config = spec.config.deserialize(&spec.file, ignored)?;
         let connector = C::build(&spec.file, &spec.name, cfg, &self.converters, ignored)?;
         Ok(Box::new(connector))
     }

@@ -83,7 +83,7 @@ fn spec(config: Json) -> ConnectorSpec {
         name: "Modbus".into(),
         connector_type: "modbus".into(),
         file: "modbus.json".into(),
-        config,
+        config: config.into(),
     }
 }
 
@@ -893,7 +893,7 @@ fn upstream_sample_configs_build() {
             name: "Modbus".into(),
             connector_type: "modbus".into(),
             file: path.clone(),
-            config,
+            config: config.into(),
         };
         ModbusFactory::new()
             .build(&spec, &mut ignored)

@@ -39,7 +39,7 @@ fn spec(port: u16, persistent: bool) -> ConnectorSpec {
                     "timeseries": [{"type": "integer", "key": "v", "value": "${v}"}]
                 }
             }]
-        }),
+        }).into(),
     }
 }
 
@@ -203,8 +203,8 @@ async fn unconfirmed_messages_are_bounded_even_when_the_broker_sends_without_lim
         .await
         .unwrap();
     let mut spec = spec(broker.port(), false);
-    spec.config["broker"]["version"] = json!(4);
-    spec.config["broker"]["clientId"] = json!("tbgw-bound-test");
+    spec.config.value_mut()["broker"]["version"] = json!(4);
+    spec.config.value_mut()["broker"]["clientId"] = json!("tbgw-bound-test");
     let p = publisher(broker.port(), "bound-publisher").await;
     let (task, mut ends, _) = start(&spec);
     let (_, first) = publish_until_received(&p, &mut ends, "t/dev", r#"{"v": 0}"#).await;
@@ -249,8 +249,8 @@ async fn unconfirmed_messages_are_bounded_even_when_the_broker_sends_without_lim
 async fn a_panicking_attribute_request_task_is_counted_and_the_connector_recovers() {
     let broker = Mosquitto::start().await.expect("mosquitto starts");
     let mut spec = spec(broker.port(), false);
-    spec.config["broker"]["clientId"] = json!("tbgw-task-test");
-    spec.config["requestsMapping"] = json!({
+    spec.config.value_mut()["broker"]["clientId"] = json!("tbgw-task-test");
+    spec.config.value_mut()["requestsMapping"] = json!({
         "attributeRequests": [{
             "topicFilter": "sensor/+/attrs/request",
             "deviceInfo": {"deviceNameExpressionSource": "topic",

@@ -28,7 +28,7 @@ fn spec(config: Json) -> ConnectorSpec {
         name: "MQTT".into(),
         connector_type: "mqtt".into(),
         file: "mqtt.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

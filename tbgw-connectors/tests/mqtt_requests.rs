@@ -120,7 +120,7 @@ fn spec(config: Value) -> ConnectorSpec {
         name: "MQTT".into(),
         connector_type: "mqtt".into(),
         file: "mqtt.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

@@ -95,7 +95,7 @@ fn spec(server: Json, mapping: Json) -> ConnectorSpec {
         name: "OPC-UA".into(),
         connector_type: "opcua".into(),
         file: std::env::temp_dir().join("tbgw-opcua-test/opcua.json"),
-        config: json!({"server": server, "mapping": [mapping]}),
+        config: json!({"server": server, "mapping": [mapping]}).into(),
     }
 }
 
@@ -640,7 +640,7 @@ fn the_upstream_sample_config_builds() {
         name: "OPC-UA Connector".into(),
         connector_type: "opcua".into(),
         file: path,
-        config,
+        config: config.into(),
     };
     let mut ignored = Vec::new();
     OpcUaFactory::new()

@@ -87,7 +87,7 @@ fn spec(config: Json) -> ConnectorSpec {
         name: "Request".into(),
         connector_type: "request".into(),
         file: "request.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

@@ -35,7 +35,7 @@ fn spec(config: Json) -> ConnectorSpec {
         name: "REST".into(),
         connector_type: "rest".into(),
         file: "rest.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

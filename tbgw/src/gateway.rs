@@ -264,7 +264,7 @@ impl GatewayBuilder {
                             file: Some(spec.file.clone()),
                             // Only what the report service reads later: a copy of the
                             // whole tree doubled the peak memory of large files.
-                            config: crate::report::connector_keys_only(&spec.config),
+                            config: spec.config.top_level(crate::report::CONNECTOR_KEYS),
                         });
                     }
                     Err(e) => errors.push(e),
@@ -564,7 +564,8 @@ impl Gateway {
         if let Some(h) = &remote_log {
             // Upstream's per-connector `enableRemoteLogging` (default false).
             h.set_connectors(manager.handles.iter().filter_map(|c| {
-                let raw = crate::config::parse::read_file(c.file.as_deref()?).ok()?;
+                let raw =
+                    crate::config::read_top_level(c.file.as_deref()?, &["enableRemoteLogging"])?;
                 (raw.get("enableRemoteLogging") == Some(&serde_json::Value::Bool(true)))
                     .then(|| c.name.to_string())
             }));

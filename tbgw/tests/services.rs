@@ -99,7 +99,7 @@ impl ConnectorFactory for TestFactory {
         spec: &ConnectorSpec,
         _ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: TestConfig = serde_json::from_value(spec.config.clone())
+        let cfg: TestConfig = serde_json::from_value(spec.config.clone().into_value())
             .map_err(|e| ConfigError::new(&spec.file, "", e.to_string()))?;
         Ok(Box::new(TestConnector(cfg)))
     }

@@ -42,7 +42,7 @@ pub mod connector;
 pub mod downlink;
 pub mod uplink;
 
-use tbgw::config::{parse, ConfigError};
+use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
 
 pub use config::LineConfig;
@@ -62,7 +62,7 @@ impl ConnectorFactory for LineFactory {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: LineConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
+        let cfg: LineConfig = spec.config.deserialize(&spec.file, ignored)?;
         cfg.validate(&spec.file)?;
         Ok(Box::new(LineConnector::new(cfg)))
     }

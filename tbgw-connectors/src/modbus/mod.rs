@@ -14,13 +14,14 @@
 pub mod codec;
 pub mod config;
 mod connector;
+mod load;
 pub mod master;
 pub mod plan;
 pub mod slave;
 pub mod tls;
 pub mod transport;
 
-use tbgw::config::{parse, ConfigError};
+use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
 
 pub use config::ModbusConnectorConfig;
@@ -68,33 +69,37 @@ const SERVER_KEYS: &[&str] = &["sendDataToThingsBoard", "identity", "security", 
 
 /// serde's `flatten` hides unknown keys from the ignored-key tracking, so the objects that
 /// use it are checked here against their known keys.
-fn flattened_unknown_keys(raw: &serde_json::Value, ignored: &mut Vec<String>) {
-    let check = |obj: Option<&serde_json::Map<String, serde_json::Value>>,
-                 prefix: String,
-                 extra: &[&str],
-                 ignored: &mut Vec<String>| {
-        for k in obj.into_iter().flat_map(|o| o.keys()) {
-            if !CONNECTION_KEYS.contains(&k.as_str()) && !extra.contains(&k.as_str()) {
-                ignored.push(format!("{prefix}.{k}"));
+fn flattened_unknown_keys(raw: &KeysOnly, ignored: &mut Vec<String>) {
+    let check =
+        |obj: Option<&KeySet>, prefix: String, extra: &[&str], ignored: &mut Vec<String>| {
+            for k in obj.into_iter().flat_map(|o| o.keys()) {
+                if !CONNECTION_KEYS.contains(&k.as_str()) && !extra.contains(&k.as_str()) {
+                    ignored.push(format!("{prefix}.{k}"));
+                }
             }
-        }
-    };
-    if let Some(slaves) = raw.pointer("/master/slaves").and_then(|s| s.as_array()) {
-        for (i, s) in slaves.iter().enumerate() {
-            check(
-                s.as_object(),
-                format!("master.slaves[{i}]"),
-                SLAVE_KEYS,
-                ignored,
-            );
-        }
+        };
+    for (i, s) in raw.master.iter().flat_map(|m| m.slaves.iter()).enumerate() {
+        check(Some(s), format!("master.slaves[{i}]"), SLAVE_KEYS, ignored);
     }
-    check(
-        raw.get("slave").and_then(|s| s.as_object()),
-        "slave".into(),
-        SERVER_KEYS,
-        ignored,
-    );
+    check(raw.slave.as_ref(), "slave".into(), SERVER_KEYS, ignored);
+}
+
+/// The keys of an object, without its values.
+type KeySet = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
+
+/// The objects of a Modbus file whose keys [`flattened_unknown_keys`] checks, keys only.
+#[derive(Debug, Default, serde::Deserialize)]
+struct KeysOnly {
+    #[serde(default)]
+    master: Option<MasterKeys>,
+    #[serde(default)]
+    slave: Option<KeySet>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct MasterKeys {
+    #[serde(default)]
+    slaves: Vec<KeySet>,
 }
 
 /// Builds Modbus connectors (`"type": "modbus"`).
@@ -118,67 +123,19 @@ impl ConnectorFactory for ModbusFactory {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        // One slave at a time: each is read from the JSON tree, validated into its plan and
-        // dropped before the next, so a file with thousands of datapoints never exists in
-        // typed form all at once next to its tree (about 0.3 KB per datapoint).
+        // One slave at a time: each is read, validated into its plan and dropped before the
+        // next (see `load`).
         let file = &spec.file;
-        let (cfg, slaves) = match spec.config.pointer("/master/slaves") {
-            Some(serde_json::Value::Array(list)) => {
-                let top: ModbusConnectorConfig =
-                    parse::from_value(file, "", &without_slave_list(&spec.config), ignored)?;
-                let mut slaves = Vec::with_capacity(list.len());
-                for (i, raw) in list.iter().enumerate() {
-                    let s: config::SlaveConfig =
-                        parse::from_value(file, &format!("master.slaves[{i}]"), raw, ignored)?;
-                    connector::note_ignored(i, &s, ignored);
-                    slaves.push(plan::slave(file, i, &s)?);
-                }
-                (top, slaves)
-            }
-            // No list, or not a list: the whole file at once (and its error).
-            _ => {
-                let cfg: ModbusConnectorConfig =
-                    parse::from_value(file, "", &spec.config, ignored)?;
-                let mut slaves = Vec::new();
-                for (i, s) in cfg.master.iter().flat_map(|m| m.slaves.iter()).enumerate() {
-                    connector::note_ignored(i, s, ignored);
-                    slaves.push(plan::slave(file, i, s)?);
-                }
-                (cfg, slaves)
-            }
-        };
-        flattened_unknown_keys(&spec.config, ignored);
+        let loaded = load::read(file, &spec.config, ignored)?;
+        // Keys of the flattened connection settings, which serde cannot report as unknown.
+        let keys: KeysOnly = spec.config.deserialize(file, &mut Vec::new())?;
+        flattened_unknown_keys(&keys, ignored);
         Ok(Box::new(ModbusConnector::build(
             file,
-            slaves,
-            cfg.slave.as_ref(),
+            loaded.slaves,
+            loaded.server.as_ref(),
         )?))
     }
-}
-
-/// A shallow copy of a connector file's content with an empty `master.slaves` (whose
-/// entries are read one by one).
-fn without_slave_list(raw: &serde_json::Value) -> serde_json::Value {
-    let mut top = serde_json::Map::new();
-    for (k, v) in raw.as_object().into_iter().flatten() {
-        let v = match (k.as_str(), v) {
-            ("master", serde_json::Value::Object(m)) => serde_json::Value::Object(
-                m.iter()
-                    .map(|(mk, mv)| {
-                        let mv = if mk == "slaves" {
-                            serde_json::Value::Array(Vec::new())
-                        } else {
-                            mv.clone()
-                        };
-                        (mk.clone(), mv)
-                    })
-                    .collect(),
-            ),
-            _ => v.clone(),
-        };
-        top.insert(k.clone(), v);
-    }
-    serde_json::Value::Object(top)
 }
 
 #[cfg(test)]
@@ -191,7 +148,7 @@ mod tests {
             name: "Modbus".into(),
             connector_type: "modbus".into(),
             file: "modbus.json".into(),
-            config,
+            config: config.into(),
         }
     }
 
@@ -205,8 +162,23 @@ mod tests {
         s
     }
 
+    /// The content as a file loaded from disk gives it: JSON text, read without a tree.
+    fn spec_text(config: serde_json::Value) -> ConnectorSpec {
+        ConnectorSpec {
+            config: tbgw::config::ConnectorConfig::from_json_text(config.to_string())
+                .expect("an object"),
+            ..spec(json!({}))
+        }
+    }
+
     #[test]
     fn slaves_read_one_at_a_time_keep_their_paths_in_errors_and_ignored_keys() {
+        for spec in [spec, spec_text] {
+            slaves_read_one_at_a_time(spec);
+        }
+    }
+
+    fn slaves_read_one_at_a_time(spec: fn(serde_json::Value) -> ConnectorSpec) {
         let cfg = json!({
             "unknownTop": 1,
             "master": {"slaves": [
@@ -242,8 +214,16 @@ mod tests {
         };
         assert_eq!(e.key, "master.slaves[1].timeseries[0].functionCode");
         bad["master"]["slaves"] = json!({"not": "a list"});
-        assert!(ModbusFactory::new()
-            .build(&spec(bad), &mut Vec::new())
-            .is_err());
+        let Err(e) = ModbusFactory::new().build(&spec(bad), &mut Vec::new()) else {
+            panic!("slaves must be a list")
+        };
+        assert_eq!(e.key, "master.slaves");
+        // Out-of-range values keep their path too.
+        let dup = json!({"master": {"slaves": [slave(5020, json!({})),
+            slave(5021, json!({"unitId": 300}))]}});
+        let Err(e) = ModbusFactory::new().build(&spec(dup), &mut Vec::new()) else {
+            panic!("unit id 300 is out of range")
+        };
+        assert!(e.key.starts_with("master.slaves[1]"), "{e}");
     }
 }

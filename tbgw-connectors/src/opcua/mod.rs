@@ -33,7 +33,7 @@ mod downlink;
 pub mod nodes;
 pub mod uplink;
 
-use tbgw::config::{parse, ConfigError};
+use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
 
 pub use config::OpcUaConnectorConfig;
@@ -60,7 +60,7 @@ impl ConnectorFactory for OpcUaFactory {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: OpcUaConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
+        let cfg: OpcUaConnectorConfig = spec.config.deserialize(&spec.file, ignored)?;
         Ok(Box::new(OpcUaConnector::build(
             &spec.file, &spec.name, cfg, ignored,
         )?))

@@ -8,6 +8,7 @@
 //! naming the file, the key path and the reason, and the keys it accepted but does not use
 //! ([`IgnoredKey`]), which the gateway logs once.
 
+mod content;
 mod env;
 pub mod parse;
 pub(crate) mod provision;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::error::{ConfigError, ConfigErrors, IgnoredKey};
+pub use content::ConnectorConfig;
 pub use env::apply_env_overrides;
 pub use report::ReportOverrides;
 pub use services::{
@@ -46,8 +48,9 @@ pub struct ConnectorSpec {
     /// ([`resolve_beside`]).
     pub file: std::path::PathBuf,
     /// The connector file's content, with the keys every connector file may carry
-    /// (`name`, `id`, `logLevel`, ...) removed.
-    pub config: serde_json::Value,
+    /// (`name`, `id`, `logLevel`, ...) removed. Read it with
+    /// [`ConnectorConfig::deserialize`]; a tree converts with `.into()`.
+    pub config: ConnectorConfig,
 }
 
 /// One entry of `connectors[]` in the main file.
@@ -97,12 +100,8 @@ pub struct LoadedConfig {
     pub ignored: Vec<IgnoredKey>,
 }
 
-/// Keys every connector file may carry that the gateway (not the connector) handles.
-const COMMON_CONNECTOR_KEYS: &[&str] = &["name", "id", "configVersion"];
-/// Common keys tbgw accepts and does not act on yet.
+/// Common keys tbgw accepts and does not act on yet (removed from what connectors see).
 const COMMON_CONNECTOR_KEYS_IGNORED: &[&str] = &["logLevel"];
-/// Common keys the gateway reads from the raw connector file (remote logging).
-const COMMON_CONNECTOR_KEYS_GATEWAY: &[&str] = &["enableRemoteLogging"];
 /// Common keys the report strategy service reads: validated here, left in
 /// `ConnectorSpec::config` for [`crate::report::connector_strategy`] (the connector level).
 const COMMON_CONNECTOR_KEYS_REPORT: &[&str] = report::CONNECTOR_KEYS;
@@ -238,14 +237,44 @@ pub fn read_connector_file(
     file: &Path,
     i: usize,
     cfile: &Path,
-) -> Result<serde_json::Value, ConfigError> {
-    parse::read_file(cfile).map_err(|e| {
+) -> Result<ConnectorConfig, ConfigError> {
+    let at_entry = |e: ConfigError| {
         ConfigError::new(
             file,
             format!("connectors[{i}].configuration"),
             e.to_string(),
         )
+    };
+    if parse::is_yaml(cfile) {
+        return parse::read_file(cfile).map(Into::into).map_err(at_entry);
+    }
+    // JSON is kept as text and deserialized by the factory without a tree of it.
+    let text = std::fs::read_to_string(cfile).map_err(|e| {
+        at_entry(ConfigError::new(
+            cfile,
+            "",
+            format!("cannot read file: {e}"),
+        ))
+    })?;
+    ConnectorConfig::from_json_text(text).map_err(|e| {
+        if e.is_data() {
+            ConfigError::new(cfile, "", "a connector file must be a JSON object")
+        } else {
+            at_entry(ConfigError::new(cfile, "", parse::json_syntax_reason(&e)))
+        }
     })
+}
+
+/// The top-level `keys` of a connector file as written (an object with those it has), read
+/// without building the rest of the file's tree; `None` when the file cannot be read or parsed.
+pub(crate) fn read_top_level(file: &Path, keys: &[&str]) -> Option<serde_json::Value> {
+    if parse::is_yaml(file) {
+        return Some(ConnectorConfig::from(parse::read_file(file).ok()?).top_level(keys));
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    content::pick_top_level(&text, keys)
+        .ok()
+        .map(serde_json::Value::Object)
 }
 
 /// Turns the content of a connector file into a [`ConnectorSpec`]: removes the keys every
@@ -256,36 +285,45 @@ pub fn connector_spec(
     name: &str,
     connector_type: &str,
     file: &Path,
-    mut value: serde_json::Value,
+    content: impl Into<ConnectorConfig>,
 ) -> Result<(ConnectorSpec, Vec<IgnoredKey>), ConfigError> {
+    let mut content = content.into();
     let mut ignored = Vec::new();
-    let Some(obj) = value.as_object_mut() else {
-        return Err(ConfigError::new(
-            file,
-            "",
-            "a connector file must be a JSON object",
-        ));
+    let mut note = |k: &str| {
+        ignored.push(IgnoredKey {
+            file: file.to_path_buf(),
+            key: k.to_string(),
+        })
     };
-    for k in COMMON_CONNECTOR_KEYS {
-        obj.remove(*k);
-    }
-    for k in COMMON_CONNECTOR_KEYS_GATEWAY {
-        obj.remove(*k);
-    }
-    for k in COMMON_CONNECTOR_KEYS_IGNORED {
-        if obj.remove(*k).is_some() {
-            ignored.push(IgnoredKey {
-                file: file.to_path_buf(),
-                key: (*k).to_string(),
-            });
+    match content.tree_mut() {
+        Some(tree) => {
+            let Some(obj) = tree.as_object_mut() else {
+                return Err(ConfigError::new(
+                    file,
+                    "",
+                    "a connector file must be a JSON object",
+                ));
+            };
+            for k in COMMON_CONNECTOR_KEYS_IGNORED {
+                if obj.contains_key(*k) {
+                    note(k);
+                }
+            }
+            content::strip_common_keys(obj);
+        }
+        None => {
+            let top = content.top_level(COMMON_CONNECTOR_KEYS_IGNORED);
+            for k in COMMON_CONNECTOR_KEYS_IGNORED {
+                if top.get(*k).is_some() {
+                    note(k);
+                }
+            }
         }
     }
-    if COMMON_CONNECTOR_KEYS_REPORT
-        .iter()
-        .any(|k| obj.contains_key(*k))
-    {
+    let report = content.top_level(COMMON_CONNECTOR_KEYS_REPORT);
+    if report.as_object().is_some_and(|o| !o.is_empty()) {
         let mut keys = Vec::new();
-        report::connector_strategy_checked(&value, file, &mut keys)?;
+        report::connector_strategy_checked(&report, file, &mut keys)?;
         ignored.extend(keys.into_iter().map(|key| IgnoredKey {
             file: file.to_path_buf(),
             key,
@@ -296,7 +334,7 @@ pub fn connector_spec(
             name: name.to_string(),
             connector_type: connector_type.to_string(),
             file: file.to_path_buf(),
-            config: value,
+            config: content,
         },
         ignored,
     ))

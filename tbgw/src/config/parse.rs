@@ -15,12 +15,45 @@ pub fn from_value<T: DeserializeOwned>(
     value: &serde_json::Value,
     ignored: &mut Vec<String>,
 ) -> Result<T, ConfigError> {
+    from_deserializer(file, prefix, value, ignored)
+}
+
+/// [`from_value`] for any serde deserializer, e.g. one reading JSON text
+/// (`serde_json::Deserializer::from_str`) without building a tree of it first.
+pub fn from_deserializer<'de, T, D>(
+    file: &Path,
+    prefix: &str,
+    de: D,
+    ignored: &mut Vec<String>,
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de>,
+{
+    from_deserializer_seed(file, prefix, de, std::marker::PhantomData::<T>, ignored)
+}
+
+/// [`from_deserializer`] with a [`DeserializeSeed`](serde::de::DeserializeSeed): for
+/// configuration read in a streaming way (each entry of a long list handled and dropped as it
+/// is read).
+pub fn from_deserializer_seed<'de, S, D>(
+    file: &Path,
+    prefix: &str,
+    de: D,
+    seed: S,
+    ignored: &mut Vec<String>,
+) -> Result<S::Value, ConfigError>
+where
+    S: serde::de::DeserializeSeed<'de>,
+    D: serde::Deserializer<'de>,
+{
     let mut track = serde_path_to_error::Track::new();
     let mut unused = Vec::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    let result: Result<T, _> = serde_ignored::deserialize(de, |path| {
+    let de = serde_path_to_error::Deserializer::new(de, &mut track);
+    let mut note = |path: serde_ignored::Path<'_>| {
         unused.push(join(prefix, &ignored_path(&path)));
-    });
+    };
+    let result = seed.deserialize(serde_ignored::Deserializer::new(de, &mut note));
     match result {
         Ok(v) => {
             ignored.extend(unused);
@@ -63,24 +96,27 @@ pub fn join(prefix: &str, path: &str) -> String {
 pub fn read_file(file: &Path) -> Result<serde_json::Value, ConfigError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read file: {e}")))?;
-    let is_yaml = matches!(
-        file.extension().and_then(|e| e.to_str()),
-        Some("yaml") | Some("yml")
-    );
-    if is_yaml {
+    if is_yaml(file) {
         serde_norway::from_str(&text)
             .map_err(|e| ConfigError::new(file, "", format!("not valid YAML: {e}")))
     } else {
-        serde_json::from_str(&text).map_err(|e| {
-            ConfigError::new(
-                file,
-                "",
-                format!(
-                    "not valid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
+        serde_json::from_str(&text).map_err(|e| ConfigError::new(file, "", json_syntax_reason(&e)))
     }
+}
+
+/// Whether `file` is read as YAML (`.yaml` / `.yml`) rather than JSON.
+pub(crate) fn is_yaml(file: &Path) -> bool {
+    matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    )
+}
+
+/// The reason given for a file that is not JSON: where and why.
+pub(crate) fn json_syntax_reason(e: &serde_json::Error) -> String {
+    format!(
+        "not valid JSON at line {} column {}: {e}",
+        e.line(),
+        e.column()
+    )
 }

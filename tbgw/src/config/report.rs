@@ -14,20 +14,6 @@ use crate::config::{parse, ConfigError, ReportStrategyConfig, ReportType};
 /// that does not declare them reports them as ignored keys, which the gateway may drop.
 pub const CONNECTOR_KEYS: &[&str] = &["reportStrategy", "sendDataOnlyOnChange"];
 
-/// The part of a connector file's content that the report service reads later: an object
-/// with only the [`CONNECTOR_KEYS`] it has. What the gateway keeps of a built connector's
-/// configuration, instead of a copy of the whole tree (about 0.7 KB per datapoint object of
-/// a large Modbus file).
-pub(crate) fn connector_keys_only(config: &Json) -> Json {
-    let mut kept = serde_json::Map::new();
-    for k in CONNECTOR_KEYS {
-        if let Some(v) = config.get(*k) {
-            kept.insert((*k).to_string(), v.clone());
-        }
-    }
-    Json::Object(kept)
-}
-
 /// Reads one `reportStrategy` object found at `path` of `file`.
 ///
 /// `null` and `{}` mean "not set" (`Ok(None)`), as upstream treats a strategy with neither

@@ -66,7 +66,6 @@ pub use config::{
 };
 
 use cache::{Cache, Kind, Verdict};
-pub(crate) use config::connector_keys_only;
 
 /// Default bound of the cache, in entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;

@@ -1025,12 +1025,12 @@ fn connector_spec_keeps_the_report_keys_for_the_gateway_and_validates_them() {
         "master": {}
     });
     let (spec, ignored) = crate::config::connector_spec("M", "modbus", file, content).unwrap();
-    assert_eq!(spec.config["reportStrategy"]["type"], "ON_CHANGE");
-    assert_eq!(spec.config["sendDataOnlyOnChange"], false);
+    assert_eq!(spec.config.value()["reportStrategy"]["type"], "ON_CHANGE");
+    assert_eq!(spec.config.value()["sendDataOnlyOnChange"], false);
     let keys: Vec<&str> = ignored.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, vec!["logLevel", "reportStrategy.unused"]);
     assert_eq!(
-        connector_strategy(&spec.config, file).unwrap(),
+        connector_strategy(&spec.config.value(), file).unwrap(),
         Some(strategy(ReportType::OnChange))
     );
 
@@ -1068,7 +1068,8 @@ fn what_the_gateway_keeps_of_a_connector_file_is_its_report_keys_alone() {
         "sendDataOnlyOnChange": true,
         "master": {"slaves": [{"deviceName": "a", "timeseries": [{"tag": "t"}]}]}
     });
-    let kept = connector_keys_only(&file);
+    let text = crate::config::ConnectorConfig::from_json_text(file.to_string()).expect("object");
+    let kept = text.top_level(CONNECTOR_KEYS);
     assert_eq!(
         kept,
         json!({"reportStrategy": {"type": "ON_CHANGE"}, "sendDataOnlyOnChange": true})
@@ -1077,5 +1078,6 @@ fn what_the_gateway_keeps_of_a_connector_file_is_its_report_keys_alone() {
         connector_strategy(&kept, Path::new("c.json")).expect("valid"),
         connector_strategy(&file, Path::new("c.json")).expect("valid")
     );
-    assert_eq!(connector_keys_only(&json!({"x": 1})), json!({}));
+    let other: crate::config::ConnectorConfig = json!({"x": 1}).into();
+    assert_eq!(other.top_level(CONNECTOR_KEYS), json!({}));
 }
