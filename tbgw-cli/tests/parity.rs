@@ -79,6 +79,9 @@ struct Side {
     device: Option<Dev>,
     /// A free port of this side's own (e.g. the REST connector's server).
     spare: u16,
+    /// Facts a scenario observed itself (what an HTTP device received, HTTP answers), compared
+    /// with the rest.
+    notes: Mutex<BTreeSet<String>>,
 }
 
 impl Side {
@@ -160,6 +163,7 @@ impl Side {
             log,
             device: None,
             spare,
+            notes: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -170,6 +174,13 @@ impl Side {
             self.dir.path().display(),
             std::fs::read_to_string(&self.log).unwrap_or_default()
         )
+    }
+
+    /// Adds a fact of the scenario's own to the comparison.
+    fn note(&self, fact: String) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.insert(fact);
+        }
     }
 
     fn dev(&self) -> &Dev {
@@ -401,6 +412,11 @@ async fn differential<F, Fut>(
         f_up.extend(a.received());
         f_ours.extend(b.received());
     }
+    for (f, s) in [(&mut f_up, &up), (&mut f_ours, &ours)] {
+        if let Ok(n) = s.notes.lock() {
+            f.extend(n.iter().cloned());
+        }
+    }
     let known: Vec<(&str, &str)> = KNOWN.iter().chain(known).copied().collect();
     let mut f_up: BTreeSet<String> = f_up
         .into_iter()
@@ -612,6 +628,27 @@ async fn rpc_replied(s: &Side, id: u64) -> Result<(), String> {
     .await
 }
 
+/// Sends an RPC to `device` and waits up to `secs` for its reply; a gateway that never
+/// answers is no failure here (the comparison shows the reply only the other one sent).
+async fn rpc_lenient(
+    s: &Side,
+    device: &str,
+    id: u64,
+    method: &str,
+    params: Value,
+    secs: u64,
+) -> Result<(), String> {
+    s.tb.send_rpc(device, id, method, params)
+        .await
+        .map_err(|e| format!("send rpc: {e}"))?;
+    let prefix = format!("rpc reply {device:?} {id} ");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline && !has(&facts(&s.tb), &prefix) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn mqtt_connector_matches_upstream() {
     let connectors = json!([{"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}]);
@@ -764,21 +801,28 @@ async fn mqtt_connector_matches_upstream() {
 
 /// pymodbus (from the test peers' virtualenv) serving `values` on a TCP port.
 async fn pymodbus(port: u16, values: &Value) -> tbgw::test_util::PythonPeer {
+    pymodbus_with(port, values, &[]).await
+}
+
+/// [`pymodbus`] with the script's extra arguments (`late`: every answer 1.5 s late).
+async fn pymodbus_with(port: u16, values: &Value, extra: &[&str]) -> tbgw::test_util::PythonPeer {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tbgw-connectors/tests/peers/modbus_server.py");
-    let mut p = tbgw::test_util::PythonPeer::spawn([
+    let mut args = vec![
         script.display().to_string(),
         "tcp".into(),
         port.to_string(),
         values.to_string(),
-    ])
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut p = tbgw::test_util::PythonPeer::spawn(args)
     .expect("pymodbus starts");
     p.wait_output("READY", WAIT).await.expect("pymodbus ready");
     p.wait_tcp(port, WAIT).await.expect("pymodbus listens");
     p
 }
 
-fn modbus_json(port: u16) -> Value {
+fn modbus_json(port: u16, offline: u16, late: u16) -> Value {
     let dp = |tag: &str, ty: &str, fc: u8, count: u16, address: u16| json!({"tag": tag, "type": ty, "functionCode": fc, "objectsCount": count, "address": address});
     let mut bit2 = dp("bit2", "bits", 3, 1, 6);
     bit2["bit"] = json!(2);
@@ -803,7 +847,23 @@ fn modbus_json(port: u16) -> Value {
         ],
         "attributeUpdates": [dp("limit", "16int", 6, 1, 20)],
         "rpc": [dp("getI16", "16int", 3, 1, 0), dp("setLevel", "16int", 6, 1, 21),
-                dp("setRelay", "bits", 5, 1, 5)]
+                dp("setRelay", "bits", 5, 1, 5),
+                // Outside the slave's 200 registers: "illegal data address" exceptions.
+                dp("getBad", "16int", 3, 1, 500), dp("setBad", "16int", 6, 1, 500)]
+    }, {
+        // Nothing listens on its port.
+        "host": "127.0.0.1", "port": offline, "type": "tcp", "method": "socket", "timeout": 1,
+        "byteOrder": "BIG", "wordOrder": "BIG", "pollPeriod": 500, "unitId": 1,
+        "deviceName": "Offline", "deviceType": "meter",
+        "timeseries": [dp("i16", "16int", 3, 1, 0)],
+        "rpc": [dp("getI16", "16int", 3, 1, 0)]
+    }, {
+        // Answers every request 1.5 s late, after its 1 s timeout.
+        "host": "127.0.0.1", "port": late, "type": "tcp", "method": "socket", "timeout": 1,
+        "byteOrder": "BIG", "wordOrder": "BIG", "pollPeriod": 3600000, "unitId": 1,
+        "deviceName": "Late", "deviceType": "meter",
+        "timeseries": [dp("i16", "16int", 3, 1, 0)],
+        "rpc": [dp("getI16", "16int", 3, 1, 0)]
     }, {
         // The same registers with upstream's default byte and word orders.
         "host": "127.0.0.1", "port": port, "type": "tcp", "method": "socket", "timeout": 35,
@@ -825,10 +885,13 @@ async fn modbus_connector_matches_upstream() {
         "ir": {"0": 42}
     });
     let _peer = pymodbus(port, &values).await;
+    let late = tbgw::test_util::free_tcp_port();
+    let _late_peer = pymodbus_with(late, &values, &["late"]).await;
+    let offline = tbgw::test_util::free_tcp_port();
     let connectors = json!([{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]);
     differential(
         connectors,
-        move |_, _, _| vec![("modbus.json", modbus_json(port))],
+        move |_, _, _| vec![("modbus.json", modbus_json(port, offline, late))],
         &[],
         &[
             // Upstream echoes a reserved set's value as text.
@@ -912,6 +975,30 @@ async fn modbus_connector_matches_upstream() {
                 json!("type=16int;functionCode=6;objectsCount=1;address=22;value=9;"),
             )
             .await?;
+            // Errors: a method no `rpc` entry has, reads and writes the slave refuses
+            // (exception "illegal data address"), reserved ones too, a slave nothing listens
+            // for and one that answers after its timeout.
+            for (id, device, method, params) in [
+                (27, "Meter", "noSuchMethod", json!({})),
+                (28, "Meter", "getBad", json!({})),
+                (29, "Meter", "setBad", json!(5)),
+                (
+                    30,
+                    "Meter",
+                    "get",
+                    json!("type=16int;functionCode=3;objectsCount=1;address=500;"),
+                ),
+                (
+                    31,
+                    "Meter",
+                    "set",
+                    json!("type=16int;functionCode=6;objectsCount=1;address=500;value=1;"),
+                ),
+                (32, "Offline", "getI16", json!({})),
+                (33, "Late", "getI16", json!({})),
+            ] {
+                rpc_lenient(&s, device, id, method, params, 12).await?;
+            }
             Ok(())
         },
     )
@@ -951,7 +1038,8 @@ fn opcua_json(port: u16) -> Value {
             ],
             "rpc_methods": [
                 {"method": "multiply", "arguments": [{"type": "integer", "value": 2}, {"type": "integer", "value": 4}]},
-                {"method": "get_relay", "arguments": []}
+                {"method": "get_relay", "arguments": []},
+                {"method": "set_relay", "arguments": [{"type": "boolean", "value": true}]}
             ],
             "attributes_updates": [{"key": "i16", "type": "path", "value": "${Int16Var}"}]
         }]
@@ -1035,6 +1123,25 @@ async fn opcua_connector_matches_upstream() {
                 has(f, "telemetry \"Device 1\" i16 77")
             })
             .await?;
+            // Writes: a method that writes a node, with the configured argument and with
+            // params; a reserved set by path (polling sends the written value).
+            rpc(34, "set_relay", json!([true])).await?;
+            rpc(35, "set", json!("Int16Var; 78")).await?;
+            until(&s.tb, "the value written by set", |f| {
+                has(f, "telemetry \"Device 1\" i16 78")
+            })
+            .await?;
+            // Errors: a method no `rpc_methods` entry has, a method the server refuses (wrong
+            // argument types), a node that does not exist, params in the wrong shape.
+            for (id, method, params) in [
+                (36, "noSuchMethod", json!({})),
+                (37, "multiply", json!(["a", "b"])),
+                (38, "get", json!("NoSuchVar")),
+                (39, "multiply", json!({"a": 1})),
+                (40, "set", json!("NoSuchVar; 1")),
+            ] {
+                rpc_lenient(&s, "Device 1", id, method, params, 12).await?;
+            }
             Ok(())
         },
     )
@@ -1064,18 +1171,39 @@ fn request_json(port: u16) -> Value {
                 ]
             }
         }],
-        "attributeUpdates": [],
+        "attributeUpdates": [{
+            "httpMethod": "POST", "httpHeaders": {"Content-Type": "application/json"},
+            "timeout": 2, "tries": 1, "allowRedirects": true,
+            "deviceNameFilter": ".*", "attributeFilter": ".*",
+            "requestUrlExpression": "sensor/${deviceName}/${attributeKey}",
+            "requestValueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"
+        }],
         "serverSideRpc": [{
             "deviceNameFilter": ".*", "methodFilter": "echo",
             "requestUrlExpression": "sensor/${deviceName}/echo",
             "responseTimeout": 2, "httpMethod": "POST", "requestValueExpression": "${params}",
             "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+        }, {
+            "deviceNameFilter": ".*", "methodFilter": "temp",
+            "requestUrlExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
+            "responseTimeout": 2, "httpMethod": "GET", "responseValueExpression": "${temp}",
+            "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+        }, {
+            "deviceNameFilter": ".*", "methodFilter": "fail",
+            "requestUrlExpression": "status/500",
+            "responseTimeout": 2, "httpMethod": "GET", "requestValueExpression": "${params}",
+            "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+        }, {
+            "deviceNameFilter": ".*", "methodFilter": "slow",
+            "requestUrlExpression": "slow?ms=4000",
+            "responseTimeout": 1, "httpMethod": "GET", "requestValueExpression": "${params}",
+            "timeout": 1, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
         }]
     })
 }
 
-#[tokio::test]
-async fn request_connector_matches_upstream() {
+/// request_server.py (see tbgw-connectors/tests/peers) on a free port.
+async fn http_peer() -> (u16, Child) {
     let port = tbgw::test_util::free_tcp_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tbgw-connectors/tests/peers/request_server.py");
@@ -1097,14 +1225,80 @@ async fn request_connector_matches_upstream() {
             }
         }
     }
+    (port, peer)
+}
+
+/// One HTTP/1.1 request; the whole response (status line, headers, body).
+async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect to {port}: {e}"))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write to {port}: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| format!("read from {port}: {e}"))?;
+    Ok(out)
+}
+
+/// The body of an HTTP response, as compact JSON when it is JSON.
+fn http_body(response: &str) -> String {
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str::<Value>(body)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| body.to_string())
+}
+
+/// What request_server.py's `/sensor/...` paths received, as facts
+/// (`device got <METHOD> <path> <body>`); waits until `want` of them arrived.
+async fn http_received(port: u16, want: usize) -> Result<BTreeSet<String>, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = http(port, "GET", "/_log", None).await?;
+        let log: Value = serde_json::from_str(&http_body(&log)).unwrap_or(Value::Null);
+        let got: BTreeSet<String> = log
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let text = r["body"].as_str().unwrap_or_default();
+                let body = serde_json::from_str::<Value>(text)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|_| text.to_string());
+                format!("device got {} {} {body}", r["method"].as_str().unwrap_or_default(), r["path"].as_str().unwrap_or_default())
+            })
+            .collect();
+        if got.len() >= want || tokio::time::Instant::now() > deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn request_connector_matches_upstream() {
+    // A server per gateway: what each gateway sends its device is compared.
+    let ((p_up, _a), (p_ours, _b)) = tokio::join!(http_peer(), http_peer());
     let connectors =
         json!([{"type": "request", "name": "Request", "configuration": "request.json"}]);
     differential(
         connectors,
-        move |_, _, _| vec![("request.json", request_json(port))],
+        move |_, _, which| {
+            let port = if which == Impl::Upstream { p_up } else { p_ours };
+            vec![("request.json", request_json(port))]
+        },
         &[],
         &[],
-        |s: Arc<Side>| async move {
+        move |s: Arc<Side>| async move {
+            let port = if s.which == Impl::Upstream { p_up } else { p_ours };
             until(&s.tb, "the polled reading", |f| {
                 ["temperature", "humidity", "both"]
                     .iter()
@@ -1112,13 +1306,42 @@ async fn request_connector_matches_upstream() {
                     && has(f, "attribute \"SN-1\" developer ")
             })
             .await?;
-            s.tb.send_rpc("SN-1", 41, "echo", json!({"x": 1}))
+            // Device RPC entries: the response body, a `responseValueExpression`.
+            rpc(&s, 41, "echo", json!({"x": 1})).await?;
+            rpc_replied(&s, 41).await?;
+            rpc(&s, 42, "temp", json!({})).await?;
+            rpc_replied(&s, 42).await?;
+            // Reserved get and set.
+            rpc(
+                &s,
+                43,
+                "get",
+                json!("requestUrlExpression=sensor/${deviceName}/get;httpMethod=GET;"),
+            )
+            .await?;
+            rpc_replied(&s, 43).await?;
+            rpc(
+                &s,
+                44,
+                "set",
+                json!("requestUrlExpression=sensor/${deviceName}/set;httpMethod=POST;value=42;"),
+            )
+            .await?;
+            rpc_replied(&s, 44).await?;
+            // Attribute updates reach the device.
+            s.tb.send_attribute_update("SN-1", json!({"fw": "2.0"}))
                 .await
                 .map_err(|e| e.to_string())?;
-            until(&s.tb, "the reply to RPC 41", |f| {
-                has(f, "rpc reply \"SN-1\" 41 ")
-            })
-            .await?;
+            s.tb.send_attribute_update("SN-1", json!({"n": 5}))
+                .await
+                .map_err(|e| e.to_string())?;
+            // Errors: no entry for the method, an HTTP error status, no answer in time.
+            for (id, method) in [(45, "noSuchMethod"), (46, "fail"), (47, "slow")] {
+                rpc_lenient(&s, "SN-1", id, method, json!({"y": 2}), 12).await?;
+            }
+            for f in http_received(port, 6).await? {
+                s.note(f);
+            }
             Ok(())
         },
     )
@@ -1128,7 +1351,8 @@ async fn request_connector_matches_upstream() {
 // ---------------------------------------------------------------------------------------------
 // REST
 
-fn rest_json(port: u16) -> Value {
+fn rest_json(port: u16, device: u16) -> Value {
+    let url = |path: &str| format!("http://127.0.0.1:{device}/{path}");
     json!({
         "server": {"host": "127.0.0.1", "port": port.to_string(), "SSL": false},
         "mapping": [{
@@ -1150,7 +1374,41 @@ fn rest_json(port: u16) -> Value {
                 ]
             }
         }],
-        "requestsMapping": {"attributeRequests": [], "attributeUpdates": [], "serverSideRpc": []}
+        "requestsMapping": {
+            "attributeRequests": [{
+                "endpoint": "/sharedAttributes", "type": "shared", "HTTPMethods": ["POST"],
+                "security": {"type": "anonymous"}, "timeout": 10,
+                "deviceNameExpression": "${deviceName}",
+                "attributeNameExpression": "${attribute}${attribute1}"
+            }],
+            "attributeUpdates": [{
+                "HTTPMethod": "POST", "SSLVerify": false,
+                "httpHeaders": {"Content-Type": "application/json"},
+                "security": {"type": "anonymous"}, "timeout": 2, "tries": 1, "allowRedirects": true,
+                "deviceNameFilter": "R.*", "attributeFilter": ".*",
+                "requestUrlExpression": url("sensor/${deviceName}/${attributeKey}"),
+                "valueExpression": "{\"deviceName\":\"${deviceName}\",\"${attributeKey}\":\"${attributeValue}\"}"
+            }],
+            "serverSideRpc": [{
+                "deviceNameFilter": ".*", "methodFilter": "echo",
+                "requestUrlExpression": url("sensor/${deviceName}/echo"),
+                "responseTimeout": 2, "HTTPMethod": "POST", "valueExpression": "${params}",
+                "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"},
+                "security": {"type": "anonymous"}
+            }, {
+                "deviceNameFilter": ".*", "methodFilter": "fail",
+                "requestUrlExpression": url("status/500"),
+                "responseTimeout": 2, "HTTPMethod": "GET", "valueExpression": "${params}",
+                "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"},
+                "security": {"type": "anonymous"}
+            }, {
+                "deviceNameFilter": ".*", "methodFilter": "slow",
+                "requestUrlExpression": url("slow?ms=4000"),
+                "responseTimeout": 1, "HTTPMethod": "GET", "valueExpression": "${params}",
+                "timeout": 1, "tries": 1, "httpHeaders": {"Content-Type": "application/json"},
+                "security": {"type": "anonymous"}
+            }]
+        }
     })
 }
 
@@ -1181,10 +1439,15 @@ async fn post(port: u16, path: &str, body: &Value) -> Result<String, String> {
 
 #[tokio::test]
 async fn rest_connector_matches_upstream() {
+    // A device server per gateway: what each gateway sends its device is compared.
+    let ((p_up, _a), (p_ours, _b)) = tokio::join!(http_peer(), http_peer());
     let connectors = json!([{"type": "rest", "name": "REST", "configuration": "rest.json"}]);
     differential(
         connectors,
-        |_, spare, _| vec![("rest.json", rest_json(spare))],
+        move |_, spare, which| {
+            let device = if which == Impl::Upstream { p_up } else { p_ours };
+            vec![("rest.json", rest_json(spare, device))]
+        },
         &[],
         // Upstream's REST connector sends every value as text (booleans as Python writes
         // them); tbgw sends the configured types.
@@ -1196,7 +1459,8 @@ async fn rest_connector_matches_upstream() {
             ("\"R-2\" on \"false\"", "\"R-2\" on false"),
             ("\"R-2\" temperature \"22\"", "\"R-2\" temperature 22.0"),
         ],
-        |s: Arc<Side>| async move {
+        move |s: Arc<Side>| async move {
+            let device = if s.which == Impl::Upstream { p_up } else { p_ours };
             post(
                 s.spare,
                 "/my_devices",
@@ -1215,6 +1479,305 @@ async fn rest_connector_matches_upstream() {
                 has(f, "telemetry \"R-1\" label") && has(f, "telemetry \"R-2\" label")
             })
             .await?;
+            // An attribute request: ThingsBoard's answer is the HTTP response.
+            answer_attribute_requests(&s.tb);
+            let answer = http(
+                s.spare,
+                "POST",
+                "/sharedAttributes",
+                Some(&json!({"deviceName": "R-1", "attribute": "fw", "attribute1": "n"})),
+            )
+            .await?;
+            s.note(format!(
+                "http answer {} {}",
+                answer.lines().next().unwrap_or_default(),
+                http_body(&answer)
+            ));
+            // Attribute updates reach the device.
+            s.tb.send_attribute_update("R-1", json!({"fw": "2.0"}))
+                .await
+                .map_err(|e| e.to_string())?;
+            s.tb.send_attribute_update("R-1", json!({"n": 5}))
+                .await
+                .map_err(|e| e.to_string())?;
+            // Device RPC entries, reserved get and set, errors.
+            let url = |path: &str| format!("http://127.0.0.1:{device}/{path}");
+            for (id, method, params) in [
+                (51, "echo", json!({"x": 1})),
+                (
+                    52,
+                    "get",
+                    json!(format!("requestUrlExpression={};HTTPMethod=GET;", url("sensor/R-1/get"))),
+                ),
+                (
+                    53,
+                    "set",
+                    json!(format!(
+                        "requestUrlExpression={};HTTPMethod=POST;value=42;",
+                        url("sensor/R-1/set")
+                    )),
+                ),
+                (54, "noSuchMethod", json!({})),
+                (55, "fail", json!({})),
+                (56, "slow", json!({})),
+            ] {
+                rpc_lenient(&s, "R-1", id, method, params, 12).await?;
+            }
+            for f in http_received(device, 5).await? {
+                s.note(f);
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modbus serial (RTU over a socat PTY pair)
+
+/// A socat PTY pair (`a` for the gateway, `b` for the slave) and a pymodbus RTU slave on `b`.
+struct SerialSlave {
+    _socat: Child,
+    _slave: tbgw::test_util::PythonPeer,
+    _dir: TempDir,
+    a: String,
+}
+
+async fn serial_slave(values: &Value) -> SerialSlave {
+    let dir = TempDir::new().expect("tempdir");
+    let a = dir.path().join("ttyA").display().to_string();
+    let b = dir.path().join("ttyB").display().to_string();
+    let socat = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={a}"))
+        .arg(format!("pty,raw,echo=0,link={b}"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("socat is installed (.ci/install)");
+    for _ in 0..250 {
+        if Path::new(&a).exists() && Path::new(&b).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tbgw-connectors/tests/peers/modbus_server.py");
+    let mut slave = tbgw::test_util::PythonPeer::spawn([
+        script.display().to_string(),
+        "rtu".into(),
+        b,
+        values.to_string(),
+    ])
+    .expect("pymodbus starts");
+    slave
+        .wait_output("READY", WAIT)
+        .await
+        .expect("pymodbus ready");
+    SerialSlave {
+        _socat: socat,
+        _slave: slave,
+        _dir: dir,
+        a,
+    }
+}
+
+fn modbus_serial_json(port: &str) -> Value {
+    let dp = |tag: &str, ty: &str, fc: u8, count: u16, address: u16| json!({"tag": tag, "type": ty, "functionCode": fc, "objectsCount": count, "address": address});
+    json!({"master": {"slaves": [{
+        "type": "serial", "method": "rtu", "port": port, "baudrate": 19200, "timeout": 1,
+        "stopbits": 1, "bytesize": 8, "parity": "N", "byteOrder": "BIG", "wordOrder": "BIG",
+        "retries": true, "retryOnEmpty": true, "retryOnInvalid": true, "pollPeriod": 500,
+        "unitId": 1, "deviceName": "Serial Meter", "deviceType": "serial-meter",
+        "sendDataOnlyOnChange": false, "connectAttemptTimeMs": 5000, "connectAttemptCount": 5,
+        "waitAfterFailedAttemptsMs": 300000,
+        "attributes": [dp("serial", "string", 3, 2, 10)],
+        "timeseries": [dp("i16", "16int", 3, 1, 0), dp("u16", "16uint", 3, 1, 1),
+                       dp("f32", "32float", 3, 2, 4), dp("coils", "bits", 1, 4, 0)],
+        "attributeUpdates": [dp("limit", "16int", 6, 1, 20)],
+        "rpc": [dp("getI16", "16int", 3, 1, 0), dp("setLevel", "16int", 6, 1, 21),
+                dp("getBad", "16int", 3, 1, 500)]
+    }]}})
+}
+
+#[tokio::test]
+async fn modbus_serial_connector_matches_upstream() {
+    let f32b = 1.5f32.to_bits();
+    let values = json!({
+        "hr": {"0": 65535, "1": 65000, "4": f32b >> 16, "5": f32b & 0xFFFF, "10": 0x4142, "11": 0x4344},
+        "co": {"1": 1, "3": 1}
+    });
+    // A serial line has one master: a line and a slave per gateway.
+    let (up, ours) = tokio::join!(serial_slave(&values), serial_slave(&values));
+    let (tty_up, tty_ours) = (up.a.clone(), ours.a.clone());
+    let connectors =
+        json!([{"type": "modbus", "name": "Modbus Serial", "configuration": "modbus_serial.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| {
+            let tty = if which == Impl::Upstream {
+                &tty_up
+            } else {
+                &tty_ours
+            };
+            vec![("modbus_serial.json", modbus_serial_json(tty))]
+        },
+        &[],
+        &[
+            // The attribute-update keys synced on connect are the connector's (as over TCP).
+            (
+                "",
+                "attribute request \"Serial Meter\" client=false [\"limit\"]",
+            ),
+        ],
+        |s: Arc<Side>| async move {
+            until(&s.tb, "every polled value", |f| {
+                ["i16", "u16", "f32", "coils"]
+                    .iter()
+                    .all(|k| has(f, &format!("telemetry \"Serial Meter\" {k} ")))
+                    && has(f, "attribute \"Serial Meter\" serial ")
+            })
+            .await?;
+            let d = "Serial Meter";
+            rpc_lenient(&s, d, 61, "getI16", json!({}), 15).await?;
+            rpc_lenient(&s, d, 62, "setLevel", json!(5), 15).await?;
+            s.tb.send_attribute_update(d, json!({"limit": -3}))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            for (id, method, params) in [
+                (
+                    63,
+                    "get",
+                    json!("type=16int;functionCode=3;objectsCount=1;address=20;"),
+                ),
+                (
+                    64,
+                    "get",
+                    json!("type=16int;functionCode=3;objectsCount=1;address=21;"),
+                ),
+                (65, "getBad", json!({})),
+            ] {
+                rpc_lenient(&s, d, id, method, params, 15).await?;
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway device's own reports: connector client attributes (remote configuration) and
+// statistics telemetry
+
+/// `key type` facts of a JSON value, objects flattened to `depth` levels (`a.b`); deeper
+/// objects and arrays count as one value of their type. Values themselves are not compared
+/// (timestamps, memory figures, paths of the temporary folders differ between the runs).
+fn shapes(prefix: &str, v: &Value, depth: usize, out: &mut BTreeSet<String>) {
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(o) if depth > 0 => {
+            for (k, x) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                shapes(&key, x, depth - 1, out);
+            }
+            return;
+        }
+        Value::Object(_) => "object",
+    };
+    out.insert(format!("{prefix} {kind}"));
+}
+
+/// What the gateway device published about itself: `gateway attribute <key> <type>` and
+/// `gateway telemetry <key> <type>`.
+fn gateway_reports(tb: &TbStandIn) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in tb.messages() {
+        let Some(j) = m.json.clone() else { continue };
+        match m.topic.as_str() {
+            "v1/devices/me/attributes" => {
+                let mut s = BTreeSet::new();
+                shapes("", &j, 2, &mut s);
+                out.extend(s.into_iter().map(|f| format!("gateway attribute {f}")));
+            }
+            "v1/devices/me/telemetry" => {
+                let entries = match j {
+                    Value::Array(a) => a,
+                    other => vec![other],
+                };
+                for e in entries {
+                    let values = e.get("values").cloned().unwrap_or(e);
+                    let mut s = BTreeSet::new();
+                    shapes("", &values, 3, &mut s);
+                    out.extend(s.into_iter().map(|f| format!("gateway telemetry {f}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn gateway_reports_match_upstream() {
+    let connectors = json!([{"type": "mqtt", "name": "MQTT Levels", "configuration": "mqtt.json"}]);
+    let main = move |port: u16| {
+        json!({
+            "thingsboard": {
+                "host": "127.0.0.1", "port": port, "qos": 1,
+                "remoteShell": false, "remoteConfiguration": true,
+                "statistics": {"enable": true, "statsSendPeriodInSeconds": 3600,
+                               "customStatsSendPeriodInSeconds": 3600},
+                "checkConnectorsConfigurationInSeconds": 0,
+                "handleDeviceRenaming": false,
+                "minPackSendDelayMS": 50,
+                "security": {"type": "accessToken", "accessToken": "gw"}
+            },
+            "storage": {"type": "memory", "read_records_count": 100, "max_records_count": 100000},
+            "grpc": {"enabled": false},
+            "connectors": [{"type": "mqtt", "name": "MQTT Levels", "configuration": "mqtt.json"}]
+        })
+    };
+    differential(
+        connectors,
+        // The main file is written again with remote configuration and statistics on.
+        move |port, _, _| {
+            vec![
+                ("tb_gateway.json", main(port)),
+                ("mqtt.json", mqtt_json(port)),
+            ]
+        },
+        &["sensor/+/#"],
+        &[],
+        |s: Arc<Side>| async move {
+            mqtt_probe(&s).await?;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let r = gateway_reports(&s.tb);
+                let has = |p: &str| r.iter().any(|f| f.starts_with(p));
+                if has("gateway attribute MQTT Levels.")
+                    && has("gateway telemetry machineStats.")
+                    && has("gateway telemetry connectorsStats.")
+                {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("no connector attribute or statistics: {r:#?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Whatever else arrives at once (the statistics of the first period).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for f in gateway_reports(&s.tb) {
+                s.note(f);
+            }
             Ok(())
         },
     )
