@@ -815,14 +815,13 @@ async fn pymodbus_with(port: u16, values: &Value, extra: &[&str]) -> tbgw::test_
         values.to_string(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let mut p = tbgw::test_util::PythonPeer::spawn(args)
-    .expect("pymodbus starts");
+    let mut p = tbgw::test_util::PythonPeer::spawn(args).expect("pymodbus starts");
     p.wait_output("READY", WAIT).await.expect("pymodbus ready");
     p.wait_tcp(port, WAIT).await.expect("pymodbus listens");
     p
 }
 
-fn modbus_json(port: u16, offline: u16, late: u16) -> Value {
+fn modbus_json(port: u16, offline: u16) -> Value {
     let dp = |tag: &str, ty: &str, fc: u8, count: u16, address: u16| json!({"tag": tag, "type": ty, "functionCode": fc, "objectsCount": count, "address": address});
     let mut bit2 = dp("bit2", "bits", 3, 1, 6);
     bit2["bit"] = json!(2);
@@ -858,13 +857,6 @@ fn modbus_json(port: u16, offline: u16, late: u16) -> Value {
         "timeseries": [dp("i16", "16int", 3, 1, 0)],
         "rpc": [dp("getI16", "16int", 3, 1, 0)]
     }, {
-        // Answers every request 1.5 s late, after its 1 s timeout.
-        "host": "127.0.0.1", "port": late, "type": "tcp", "method": "socket", "timeout": 1,
-        "byteOrder": "BIG", "wordOrder": "BIG", "pollPeriod": 3600000, "unitId": 1,
-        "deviceName": "Late", "deviceType": "meter",
-        "timeseries": [dp("i16", "16int", 3, 1, 0)],
-        "rpc": [dp("getI16", "16int", 3, 1, 0)]
-    }, {
         // The same registers with upstream's default byte and word orders.
         "host": "127.0.0.1", "port": port, "type": "tcp", "method": "socket", "timeout": 35,
         "pollPeriod": 500, "unitId": 1, "deviceName": "Meter Defaults", "deviceType": "meter",
@@ -885,13 +877,11 @@ async fn modbus_connector_matches_upstream() {
         "ir": {"0": 42}
     });
     let _peer = pymodbus(port, &values).await;
-    let late = tbgw::test_util::free_tcp_port();
-    let _late_peer = pymodbus_with(late, &values, &["late"]).await;
     let offline = tbgw::test_util::free_tcp_port();
     let connectors = json!([{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}]);
     differential(
         connectors,
-        move |_, _, _| vec![("modbus.json", modbus_json(port, offline, late))],
+        move |_, _, _| vec![("modbus.json", modbus_json(port, offline))],
         &[],
         &[
             // Upstream echoes a reserved set's value as text.
@@ -919,6 +909,32 @@ async fn modbus_connector_matches_upstream() {
             (
                 "",
                 "attribute request \"Meter Defaults\" client=false [\"limit\"]",
+            ),
+            // Errors are `{"error", "code"}`, not results (upstream wraps them in `result`,
+            // a failed read even in `result.value`).
+            (
+                r#"{"result":{"error":"Method not found for noSuchMethod"}}"#,
+                r#"{"code":404,"error":"method `noSuchMethod` is not in the rpc list of `Meter`"}"#,
+            ),
+            (
+                r#"{"result":{"value":{"error":"ExceptionResponse(dev_id=1, function_code=131, exception_code=2)"}}}"#,
+                r#"{"code":500,"error":"Meter: Modbus exception 2 (illegal data address)"}"#,
+            ),
+            // A write the slave refuses: upstream cannot serialise pymodbus' exception
+            // response and never answers.
+            (
+                "",
+                r#"rpc reply "Meter" 29 {"code":500,"error":"Meter: Modbus exception 2 (illegal data address)"}"#,
+            ),
+            (
+                "",
+                r#"rpc reply "Meter" 31 {"code":500,"error":"Meter: Modbus exception 2 (illegal data address)"}"#,
+            ),
+            // A slave nothing listens for is never announced; upstream keeps the RPC until its
+            // timeout (5 s), tbgw answers at once.
+            (
+                r#"rpc reply "Offline" 32 {"code":408,"error":"Request timeout"}"#,
+                r#"rpc reply "Offline" 32 {"code":404,"error":"device `Offline` is not known to the gateway"}"#,
             ),
         ],
         |s: Arc<Side>| async move {
@@ -977,7 +993,7 @@ async fn modbus_connector_matches_upstream() {
             .await?;
             // Errors: a method no `rpc` entry has, reads and writes the slave refuses
             // (exception "illegal data address"), reserved ones too, a slave nothing listens
-            // for and one that answers after its timeout.
+            // for.
             for (id, device, method, params) in [
                 (27, "Meter", "noSuchMethod", json!({})),
                 (28, "Meter", "getBad", json!({})),
@@ -995,9 +1011,8 @@ async fn modbus_connector_matches_upstream() {
                     json!("type=16int;functionCode=6;objectsCount=1;address=500;value=1;"),
                 ),
                 (32, "Offline", "getI16", json!({})),
-                (33, "Late", "getI16", json!({})),
             ] {
-                rpc_lenient(&s, device, id, method, params, 12).await?;
+                rpc_lenient(&s, device, id, method, params, 8).await?;
             }
             Ok(())
         },
@@ -1087,8 +1102,50 @@ async fn opcua_connector_matches_upstream() {
             vec![("opcua.json", opcua_json(port))]
         },
         &[],
-        // Upstream 3.8.5 sends nothing for a `constant` datapoint.
-        &[("", "attribute \"Device 1\" model \"tbgw-sim\"")],
+        &[
+            // Upstream 3.8.5 sends nothing for a `constant` datapoint.
+            ("", "attribute \"Device 1\" model \"tbgw-sim\""),
+            // Upstream's polling (converting every few milliseconds) does not deliver the
+            // values written by RPCs 34 and 35 within the scenario; tbgw's does (waited for
+            // below), and both read them back through `get`.
+            ("", "telemetry \"Device 1\" i16 78"),
+            ("", "telemetry \"Device 1\" relay true"),
+            // Errors are `{"error", "code"}`. Upstream wraps them in `result`, and for a
+            // failure inside the connector it answers twice: first a JSON string holding
+            // `{"error", "success": false}`, then `{"result": {"error"}}`.
+            (
+                r#"rpc reply "Device 1" 38 {"result":{"error":"Requested rpc method is not found in config"}}"#,
+                r#"rpc reply "Device 1" 38 {"code":404,"error":"method noSuchMethod not found on ns=2;i=1"}"#,
+            ),
+            (
+                r#"rpc reply "Device 1" 39 "{\"error\": \"An unexpected error occurred.(BadUnexpectedError)\", \"success\": false}""#,
+                "",
+            ),
+            (
+                r#"rpc reply "Device 1" 39 {"result":{"error":"An unexpected error occurred.(BadUnexpectedError)"}}"#,
+                r#"rpc reply "Device 1" 39 {"code":400,"error":"value \"a\" cannot be converted to Int64"}"#,
+            ),
+            (
+                r#"rpc reply "Device 1" 40 "{\"error\": \"argument to node must be a NodeId object or a string defining a nodeid found None of type <class 'NoneType'>\", \"success\": false}""#,
+                "",
+            ),
+            (
+                r#"rpc reply "Device 1" 40 {"result":{"error":"argument to node must be a NodeId object or a string defining a nodeid found None of type <class 'NoneType'>"}}"#,
+                r#"rpc reply "Device 1" 40 {"code":404,"error":"node NoSuchVar not found"}"#,
+            ),
+            (
+                r#"rpc reply "Device 1" 41 {"result":"The arguments must be specified in the square quotes []"}"#,
+                r#"rpc reply "Device 1" 41 {"code":400,"error":"value {\"a\":1} cannot be converted to Int64"}"#,
+            ),
+            (
+                r#"rpc reply "Device 1" 42 "{\"error\": \"'NoneType' object has no attribute 'write_value'\", \"success\": false}""#,
+                "",
+            ),
+            (
+                r#"rpc reply "Device 1" 42 {"result":{"error":"'NoneType' object has no attribute 'write_value'"}}"#,
+                r#"rpc reply "Device 1" 42 {"code":404,"error":"node NoSuchVar not found"}"#,
+            ),
+        ],
         |s: Arc<Side>| async move {
             until(&s.tb, "every polled value", |f| {
                 ["relay", "i16", "i64", "u16", "byte", "inner", "special_s"]
@@ -1127,20 +1184,27 @@ async fn opcua_connector_matches_upstream() {
             // params; a reserved set by path (polling sends the written value).
             rpc(34, "set_relay", json!([true])).await?;
             rpc(35, "set", json!("Int16Var; 78")).await?;
-            until(&s.tb, "the value written by set", |f| {
-                has(f, "telemetry \"Device 1\" i16 78")
-            })
-            .await?;
+            // Read back (upstream's polling, converting every few milliseconds, does not
+            // always send a changed value in time).
+            rpc(36, "get", json!("Int16Var")).await?;
+            rpc(37, "get", json!("Relay")).await?;
+            if s.which == Impl::Tbgw {
+                until(&s.tb, "the written values polled", |f| {
+                    has(f, "telemetry \"Device 1\" i16 78")
+                        && has(f, "telemetry \"Device 1\" relay true")
+                })
+                .await?;
+            }
             // Errors: a method no `rpc_methods` entry has, a method the server refuses (wrong
             // argument types), a node that does not exist, params in the wrong shape.
             for (id, method, params) in [
-                (36, "noSuchMethod", json!({})),
-                (37, "multiply", json!(["a", "b"])),
-                (38, "get", json!("NoSuchVar")),
-                (39, "multiply", json!({"a": 1})),
-                (40, "set", json!("NoSuchVar; 1")),
+                (38, "noSuchMethod", json!({})),
+                (39, "multiply", json!(["a", "b"])),
+                (40, "get", json!("NoSuchVar")),
+                (41, "multiply", json!({"a": 1})),
+                (42, "set", json!("NoSuchVar; 1")),
             ] {
-                rpc_lenient(&s, "Device 1", id, method, params, 12).await?;
+                rpc_lenient(&s, "Device 1", id, method, params, 8).await?;
             }
             Ok(())
         },
@@ -1187,6 +1251,12 @@ fn request_json(port: u16) -> Value {
             "deviceNameFilter": ".*", "methodFilter": "temp",
             "requestUrlExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
             "responseTimeout": 2, "httpMethod": "GET", "responseValueExpression": "${temp}",
+            "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+        }, {
+            "deviceNameFilter": ".*", "methodFilter": "temp2",
+            "requestUrlExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
+            "responseTimeout": 2, "httpMethod": "GET", "responseValueExpression": "${temp}",
+            "requestValueExpression": "${params}",
             "timeout": 2, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
         }, {
             "deviceNameFilter": ".*", "methodFilter": "fail",
@@ -1251,7 +1321,10 @@ async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Resu
 
 /// The body of an HTTP response, as compact JSON when it is JSON.
 fn http_body(response: &str) -> String {
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
     serde_json::from_str::<Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| body.to_string())
@@ -1273,7 +1346,11 @@ async fn http_received(port: u16, want: usize) -> Result<BTreeSet<String>, Strin
                 let body = serde_json::from_str::<Value>(text)
                     .map(|v| v.to_string())
                     .unwrap_or_else(|_| text.to_string());
-                format!("device got {} {} {body}", r["method"].as_str().unwrap_or_default(), r["path"].as_str().unwrap_or_default())
+                format!(
+                    "device got {} {} {body}",
+                    r["method"].as_str().unwrap_or_default(),
+                    r["path"].as_str().unwrap_or_default()
+                )
             })
             .collect();
         if got.len() >= want || tokio::time::Instant::now() > deadline {
@@ -1296,7 +1373,44 @@ async fn request_connector_matches_upstream() {
             vec![("request.json", request_json(port))]
         },
         &[],
-        &[],
+        &[
+            // A reserved `get` without `value`: upstream sends the RPC's params text as the
+            // request body; tbgw sends none.
+            (
+                "device got GET /sensor/SN-1/get requestUrlExpression=sensor/${deviceName}/get;httpMethod=GET;",
+                "device got GET /sensor/SN-1/get ",
+            ),
+            (
+                r#""echo":"requestUrlExpression=sensor/${deviceName}/get;httpMethod=GET;""#,
+                r#""echo":null"#,
+            ),
+            // An entry without `requestValueExpression` (as upstream's own sample `echo`):
+            // upstream fails on it and answers, double-encoded, that no entry matches.
+            (
+                r#"rpc reply "SN-1" 42 "{\"error\": \"No matching RPC request configuration found for this RPC. Please check your\"}""#,
+                r#"rpc reply "SN-1" 42 {"result":{"value":22.5}}"#,
+            ),
+            ("", "device got GET /sensor/SN-1/request/temp/42 "),
+            // `responseValueExpression`: upstream renders the value as text.
+            (
+                r#"rpc reply "SN-1" 48 {"result":{"value":"22.5"}}"#,
+                r#"rpc reply "SN-1" 48 {"result":{"value":22.5}}"#,
+            ),
+            // No entry for the method: upstream answers double-encoded; tbgw 404.
+            (
+                r#"rpc reply "SN-1" 45 "{\"error\": \"No matching RPC request configuration found for this RPC. Please check your\"}""#,
+                r#"rpc reply "SN-1" 45 {"code":404,"error":"method `noSuchMethod`: no serverSideRpc entry matches"}"#,
+            ),
+            // An HTTP error status is an error (upstream: a value), a timeout has its code.
+            (
+                r#"{"result":{"value":"status 500"}}"#,
+                r#"{"code":500,"error":"HTTP status 500","result":"status 500"}"#,
+            ),
+            (
+                r#"{"result":{"error":"Rpc timeout"}}"#,
+                r#"{"code":408,"error":"no response within 1s"}"#,
+            ),
+        ],
         move |s: Arc<Side>| async move {
             let port = if s.which == Impl::Upstream { p_up } else { p_ours };
             until(&s.tb, "the polled reading", |f| {
@@ -1311,6 +1425,8 @@ async fn request_connector_matches_upstream() {
             rpc_replied(&s, 41).await?;
             rpc(&s, 42, "temp", json!({})).await?;
             rpc_replied(&s, 42).await?;
+            rpc(&s, 48, "temp2", json!({})).await?;
+            rpc_replied(&s, 48).await?;
             // Reserved get and set.
             rpc(
                 &s,
@@ -1337,9 +1453,9 @@ async fn request_connector_matches_upstream() {
                 .map_err(|e| e.to_string())?;
             // Errors: no entry for the method, an HTTP error status, no answer in time.
             for (id, method) in [(45, "noSuchMethod"), (46, "fail"), (47, "slow")] {
-                rpc_lenient(&s, "SN-1", id, method, json!({"y": 2}), 12).await?;
+                rpc_lenient(&s, "SN-1", id, method, json!({"y": 2}), 8).await?;
             }
-            for f in http_received(port, 6).await? {
+            for f in http_received(port, 7).await? {
                 s.note(f);
             }
             Ok(())
@@ -1458,6 +1574,28 @@ async fn rest_connector_matches_upstream() {
             ("\"R-2\" count \"4\"", "\"R-2\" count 4"),
             ("\"R-2\" on \"false\"", "\"R-2\" on false"),
             ("\"R-2\" temperature \"22\"", "\"R-2\" temperature 22.0"),
+            // No entry for the method: upstream never answers; tbgw 404.
+            (
+                "",
+                r#"rpc reply "R-1" 54 {"code":404,"error":"method `noSuchMethod`: no request is waiting for this device and no serverSideRpc entry matches"}"#,
+            ),
+            // An HTTP error status and a timeout are errors with their code (upstream puts
+            // them under `result`).
+            (
+                r#"{"result":{"code":500,"error":"Internal Server Error"}}"#,
+                r#"{"code":500,"error":"HTTP status 500","result":"status 500"}"#,
+            ),
+            (
+                r#"{"result":{"code":408,"error":"Timeout"}}"#,
+                r#"{"code":408,"error":"no response within 1s"}"#,
+            ),
+            // A reserved `get` without `value`: upstream fails (no body template) and never
+            // answers; tbgw sends the request without a body.
+            ("", "device got GET /sensor/R-1/get2 "),
+            (
+                "",
+                r#"rpc reply "R-1" 57 {"result":{"echo":null,"temp":22.5}}"#,
+            ),
         ],
         move |s: Arc<Side>| async move {
             let device = if s.which == Impl::Upstream { p_up } else { p_ours };
@@ -1488,10 +1626,14 @@ async fn rest_connector_matches_upstream() {
                 Some(&json!({"deviceName": "R-1", "attribute": "fw", "attribute1": "n"})),
             )
             .await?;
+            // `id` is each gateway's own request number.
+            let mut body: Value = serde_json::from_str(&http_body(&answer)).unwrap_or(Value::Null);
+            if body.get("id").is_some_and(Value::is_number) {
+                body["id"] = json!("<id>");
+            }
             s.note(format!(
-                "http answer {} {}",
+                "http answer {} {body}",
                 answer.lines().next().unwrap_or_default(),
-                http_body(&answer)
             ));
             // Attribute updates reach the device.
             s.tb.send_attribute_update("R-1", json!({"fw": "2.0"}))
@@ -1507,7 +1649,18 @@ async fn rest_connector_matches_upstream() {
                 (
                     52,
                     "get",
-                    json!(format!("requestUrlExpression={};HTTPMethod=GET;", url("sensor/R-1/get"))),
+                    json!(format!(
+                        "requestUrlExpression={};HTTPMethod=GET;value=1;",
+                        url("sensor/R-1/get")
+                    )),
+                ),
+                (
+                    57,
+                    "get",
+                    json!(format!(
+                        "requestUrlExpression={};HTTPMethod=GET;",
+                        url("sensor/R-1/get2")
+                    )),
                 ),
                 (
                     53,
@@ -1521,9 +1674,9 @@ async fn rest_connector_matches_upstream() {
                 (55, "fail", json!({})),
                 (56, "slow", json!({})),
             ] {
-                rpc_lenient(&s, "R-1", id, method, params, 12).await?;
+                rpc_lenient(&s, "R-1", id, method, params, 8).await?;
             }
-            for f in http_received(device, 5).await? {
+            for f in http_received(device, 6).await? {
                 s.note(f);
             }
             Ok(())
@@ -1626,6 +1779,11 @@ async fn modbus_serial_connector_matches_upstream() {
             (
                 "",
                 "attribute request \"Serial Meter\" client=false [\"limit\"]",
+            ),
+            // A refused read is an error, not a value (as over TCP).
+            (
+                r#"{"result":{"value":{"error":"ExceptionResponse(dev_id=1, function_code=131, exception_code=2)"}}}"#,
+                r#"{"code":500,"error":"Serial Meter: Modbus exception 2 (illegal data address)"}"#,
             ),
         ],
         |s: Arc<Side>| async move {
@@ -1755,7 +1913,56 @@ async fn gateway_reports_match_upstream() {
             ]
         },
         &["sensor/+/#"],
-        &[],
+        &[
+            // Not sent by tbgw yet (open; docs/COMPATIBILITY.md, "Not matched yet"): the
+            // connector attribute's `id`, `configVersion` and `grpc_key`, a `ts` in
+            // `general_configuration` and `storage_configuration`, the `grpc_configuration`
+            // and `logs_configuration` attributes, the `ALL_ERRORS_COUNT` telemetry.
+            ("gateway attribute MQTT Levels.configVersion null", ""),
+            ("gateway attribute MQTT Levels.grpc_key null", ""),
+            ("gateway attribute MQTT Levels.id string", ""),
+            ("gateway attribute general_configuration.ts integer", ""),
+            ("gateway attribute storage_configuration.ts integer", ""),
+            ("gateway attribute grpc_configuration.enabled boolean", ""),
+            ("gateway attribute grpc_configuration.ts integer", ""),
+            ("gateway attribute logs_configuration.disable_existing_loggers boolean", ""),
+            ("gateway attribute logs_configuration.formatters object", ""),
+            ("gateway attribute logs_configuration.handlers object", ""),
+            ("gateway attribute logs_configuration.root object", ""),
+            ("gateway attribute logs_configuration.ts integer", ""),
+            ("gateway attribute logs_configuration.version integer", ""),
+            ("gateway telemetry ALL_ERRORS_COUNT integer", ""),
+            // tbgw's own keys (docs/SERVICES.md, **Ext:**).
+            ("", "gateway attribute gatewayImplementation string"),
+            ("", "gateway attribute totalDiskBytes integer"),
+            ("", "gateway attribute totalMemoryBytes integer"),
+            ("", "gateway telemetry machineStats.freeDiskBytes integer"),
+            ("", "gateway telemetry machineStats.freeMemoryBytes integer"),
+            ("", "gateway telemetry machineStats.gwMemoryBytes integer"),
+            ("", "gateway telemetry serviceStats.queueMsgDropped integer"),
+            ("", "gateway telemetry serviceStats.storageMsgDropped integer"),
+            ("", "gateway telemetry serviceStats.storageMsgPushed integer"),
+            ("", "gateway telemetry serviceStats.thingsboardConnected boolean"),
+            // Upstream lists a connector counter only once something counted it in the
+            // period; tbgw sends every counter. Upstream's must be among tbgw's.
+            ("", "gateway telemetry connectorsStats.MQTT Levels.connectorBytesReceived integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.connectorMsgsReceived integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.connectorRestarts integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.connectorTaskFailures integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.connectorsErrors integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.convertersAttrProduced integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.convertersErrors integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.convertersMsgDropped integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.convertersMsgProcessed integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.convertersTsProduced integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.devices integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.devicesConnected integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels.storageMsgPushed integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels_converter.convertersAttrProduced integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels_converter.convertersMsgDropped integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels_converter.convertersMsgProcessed integer"),
+            ("", "gateway telemetry connectorsStats.MQTT Levels_converter.convertersTsProduced integer"),
+        ],
         |s: Arc<Side>| async move {
             mqtt_probe(&s).await?;
             let deadline = tokio::time::Instant::now() + WAIT;
