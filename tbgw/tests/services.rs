@@ -987,3 +987,34 @@ async fn first_statistics_are_sent_once_connected_not_after_a_period() {
     let _ = r.stop.take().map(|s| s.send(()));
     let _ = (&mut r.gateway).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_single_shared_attribute_synced_on_connect_reaches_the_connector() {
+    // ThingsBoard answers a request for one key with `value`, not `values`.
+    let mut r = start(
+        json!({}),
+        json!({"devices": ["busy"], "tag": "t", "sync_keys": ["target"]}),
+        None,
+    )
+    .await;
+    r.tb.set_responder(|m| {
+        if m.topic != "v1/gateway/attributes/request" {
+            return Vec::new();
+        }
+        let Some(j) = &m.json else { return Vec::new() };
+        let body = json!({"id": j["id"], "device": j["device"], "value": 43});
+        vec![(
+            "v1/gateway/attributes/response".to_string(),
+            body.to_string().into(),
+        )]
+    });
+    let synced =
+        r.tb.wait_for(WAIT, |m| {
+            m.topic == "v1/gateway/telemetry" && m.text().contains("synced")
+        })
+        .await
+        .expect("a single shared attribute synced on connect");
+    assert!(synced.text().contains("43"), "{}", synced.text());
+    let _ = r.stop.take().map(|s| s.send(()));
+    let _ = (&mut r.gateway).await.unwrap();
+}
