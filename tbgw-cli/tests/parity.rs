@@ -1267,7 +1267,9 @@ fn request_json(port: u16) -> Value {
             "deviceNameFilter": ".*", "methodFilter": "slow",
             "requestUrlExpression": "slow?ms=4000",
             "responseTimeout": 1, "httpMethod": "GET", "requestValueExpression": "${params}",
-            "timeout": 1, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
+            // One try may take longer than the whole RPC (upstream's answer depends on which
+            // ends first when both are equal).
+            "timeout": 3, "tries": 1, "httpHeaders": {"Content-Type": "application/json"}
         }]
     })
 }
