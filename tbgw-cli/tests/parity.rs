@@ -1105,9 +1105,10 @@ async fn opcua_connector_matches_upstream() {
         &[
             // Upstream 3.8.5 sends nothing for a `constant` datapoint.
             ("", "attribute \"Device 1\" model \"tbgw-sim\""),
-            // Upstream's polling (converting every few milliseconds) does not deliver the
-            // values written by RPCs 34 and 35 within the scenario; tbgw's does (waited for
-            // below), and both read them back through `get`.
+            // Upstream's polling (converting every few milliseconds) does not reliably deliver
+            // the values written by the attribute update and RPCs 34 and 35 within the
+            // scenario; tbgw's does (waited for below), and both read them back through `get`.
+            ("", "telemetry \"Device 1\" i16 77"),
             ("", "telemetry \"Device 1\" i16 78"),
             ("", "telemetry \"Device 1\" relay true"),
             // Errors are `{"error", "code"}`. Upstream wraps them in `result`, and for a
@@ -1176,10 +1177,16 @@ async fn opcua_connector_matches_upstream() {
             s.tb.send_attribute_update("Device 1", json!({"i16": 77}))
                 .await
                 .map_err(|e| e.to_string())?;
-            until(&s.tb, "the written value", |f| {
-                has(f, "telemetry \"Device 1\" i16 77")
-            })
-            .await?;
+            if s.which == Impl::Tbgw {
+                until(&s.tb, "the written value", |f| {
+                    has(f, "telemetry \"Device 1\" i16 77")
+                })
+                .await?;
+            } else {
+                // Upstream's polled values lag (see KNOWN); the node is read back below.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            rpc(43, "get", json!("Int16Var")).await?;
             // Writes: a method that writes a node, with the configured argument and with
             // params; a reserved set by path (polling sends the written value).
             rpc(34, "set_relay", json!([true])).await?;
