@@ -92,9 +92,20 @@ pub enum UplinkMessage {
         client: bool,
         /// The keys.
         keys: Vec<String>,
-        /// Where the answer goes: the `value` or `values` ThingsBoard sent.
+        /// Where the answer goes: ThingsBoard's whole answer (`{"id", "device", "value"}` for
+        /// one key, `{"id", "device", "values"}` for several; see [`attribute_values`]).
         reply: oneshot::Sender<serde_json::Value>,
     },
+}
+
+/// The attribute values of ThingsBoard's answer to an attribute request: its `values` (several
+/// keys) or `value` (one key); `null` without either.
+pub fn attribute_values(response: &serde_json::Value) -> serde_json::Value {
+    response
+        .get("values")
+        .or_else(|| response.get("value"))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A connector's handle for sending data and device events. Cheap to clone.
@@ -200,6 +211,21 @@ impl UplinkSender {
     /// Asks ThingsBoard for a device's client (`client = true`) or shared attributes and waits
     /// for the answer: the `value` (one key) or `values` (several keys) ThingsBoard sent.
     pub async fn request_attributes(
+        &self,
+        device: impl Into<String>,
+        client: bool,
+        keys: Vec<String>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AttributeRequestError> {
+        self.request_attributes_response(device, client, keys, timeout)
+            .await
+            .map(|r| attribute_values(&r))
+    }
+
+    /// [`request_attributes`](Self::request_attributes) returning ThingsBoard's whole answer
+    /// (`{"id", "device", "value"}` or `{"id", "device", "values"}`), as upstream's REST
+    /// connector forwards it to the device.
+    pub async fn request_attributes_response(
         &self,
         device: impl Into<String>,
         client: bool,

@@ -369,6 +369,18 @@ async fn service_rpcs_renaming_deletion_filtering_statistics_and_prometheus() {
     ] {
         assert!(c[k].as_u64().is_some(), "{k}: {s}");
     }
+    // Upstream's place for the converter counters: `<connector>_converter`.
+    for k in [
+        "convertersTsProduced",
+        "convertersAttrProduced",
+        "convertersMsgProcessed",
+        "convertersMsgDropped",
+    ] {
+        assert!(
+            s["connectorsStats"]["Test_converter"][k].as_u64().is_some(),
+            "{k}: {s}"
+        );
+    }
     assert_eq!(
         s["connectorsStats"]["Test"]["devicesConnected"],
         json!(1),
@@ -949,4 +961,60 @@ async fn connectors_added_renamed_changed_and_removed_from_the_ui_as_upstreams()
     let _ = r.stop.take().map(|s| s.send(()));
     let report = (&mut r.gateway).await.unwrap();
     assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test]
+async fn first_statistics_are_sent_once_connected_not_after_a_period() {
+    // Upstream sends its first statistics at start, then every period.
+    let mut r = start(
+        json!({"statistics": {"enable": true, "statsSendPeriodInSeconds": 3600}}),
+        json!({"devices": ["d1"], "tag": "t"}),
+        None,
+    )
+    .await;
+    let stats =
+        r.tb.wait_for(WAIT, |m| {
+            m.topic == "v1/devices/me/telemetry"
+                && m.json
+                    .as_ref()
+                    .is_some_and(|j| j.get("machineStats").is_some())
+        })
+        .await;
+    assert!(
+        stats.is_some(),
+        "no statistics before the first period ended"
+    );
+    let _ = r.stop.take().map(|s| s.send(()));
+    let _ = (&mut r.gateway).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_single_shared_attribute_synced_on_connect_reaches_the_connector() {
+    // ThingsBoard answers a request for one key with `value`, not `values`.
+    let mut r = start(
+        json!({}),
+        json!({"devices": ["busy"], "tag": "t", "sync_keys": ["target"]}),
+        None,
+    )
+    .await;
+    r.tb.set_responder(|m| {
+        if m.topic != "v1/gateway/attributes/request" {
+            return Vec::new();
+        }
+        let Some(j) = &m.json else { return Vec::new() };
+        let body = json!({"id": j["id"], "device": j["device"], "value": 43});
+        vec![(
+            "v1/gateway/attributes/response".to_string(),
+            body.to_string().into(),
+        )]
+    });
+    let synced =
+        r.tb.wait_for(WAIT, |m| {
+            m.topic == "v1/gateway/telemetry" && m.text().contains("synced")
+        })
+        .await
+        .expect("a single shared attribute synced on connect");
+    assert!(synced.text().contains("43"), "{}", synced.text());
+    let _ = r.stop.take().map(|s| s.send(()));
+    let _ = (&mut r.gateway).await.unwrap();
 }

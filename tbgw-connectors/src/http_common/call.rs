@@ -292,10 +292,10 @@ pub fn rest_rpc_reply(reply: &Reply, response_value: Option<&Template>) -> Json 
 /// Parses the params of a reserved `get`/`set` RPC: a `key=value;` string (or an object with
 /// the same keys) naming the fields of one `serverSideRpc` entry: `requestUrlExpression`
 /// (required), `httpMethod`, `responseTimeout`, `timeout`, `tries`, `httpHeaders` (a JSON
-/// object), `valueExpression` and, for `set`, `value` (the body).
+/// object), `valueExpression` and `value` (the body).
 ///
-/// For `get`, `valueExpression` is applied to the response; for `set`, `value` (or
-/// `valueExpression`) is the request body.
+/// For `get`, `valueExpression` is applied to the response and `value`, when given, is the
+/// request body; for `set`, `value` (or `valueExpression`) is the request body.
 pub fn reserved(params: &Json, set: bool, tls: &ClientTls) -> Result<CallSpec, RpcError> {
     let mut fields: Map<String, Json> = Map::new();
     match params {
@@ -375,7 +375,11 @@ pub fn reserved(params: &Json, set: bool, tls: &ClientTls) -> Result<CallSpec, R
         }
         (value, None)
     } else {
-        (None, value_expr)
+        // As upstream's REST connector: a `get` with `value` sends it as the body.
+        let value = text("value")
+            .map(|v| Template::parse(&v).map_err(|e| bad(e.to_string())))
+            .transpose()?;
+        (value, value_expr)
     };
     let tries = num("tries")?.map_or(1, |t| t.clamp(1.0, 100.0) as u32);
     Ok(CallSpec {
@@ -418,6 +422,13 @@ mod tests {
         .unwrap();
         assert_eq!(get.method, Method::GET);
         assert!(get.body.is_none());
+        let get = reserved(
+            &json!("requestUrlExpression=x;value=1;"),
+            false,
+            &ClientTls::default(),
+        )
+        .unwrap();
+        assert_eq!(get.body.map(|b| b.source().to_string()), Some("1".into()));
         assert!(reserved(&json!("httpMethod=GET"), false, &ClientTls::default()).is_err());
         assert!(reserved(
             &json!("requestUrlExpression=x"),

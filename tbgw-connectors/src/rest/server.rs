@@ -28,7 +28,7 @@ use hyper::header::{
     HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 use tbgw::convert::{ConvertError, Converter, UplinkConverter, UplinkInput};
 use tbgw::expr::Template;
 use tbgw::model::now_millis;
@@ -635,21 +635,12 @@ impl Server {
         }
         match self
             .uplink
-            .request_attributes(device.clone(), ep.client, keys.clone(), ep.timeout)
+            .request_attributes_response(device, ep.client, keys, ep.timeout)
             .await
         {
-            Ok(v) => {
-                let body = match (keys.as_slice(), v) {
-                    ([one], v) if !v.as_object().is_some_and(|o| o.contains_key(one)) => {
-                        json!({ one: v })
-                    }
-                    (_, v) => v,
-                };
-                json_response(
-                    StatusCode::OK,
-                    &json!({"deviceName": device, "attributes": body}),
-                )
-            }
+            // As upstream: ThingsBoard's answer as it came (`{"id", "device", "value"}` for
+            // one key, `{"id", "device", "values"}` for several).
+            Ok(answer) => json_response(StatusCode::OK, &answer),
             Err(AttributeRequestError::Timeout(_)) => text(
                 StatusCode::GATEWAY_TIMEOUT,
                 "No answer from ThingsBoard in time",
@@ -699,6 +690,7 @@ pub fn attribute_names(t: &Template, data: &Json) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn routes_capture_parameters() {

@@ -78,6 +78,8 @@ struct Last {
     connectors: HashMap<(String, &'static str), u64>,
     cpu: Option<f64>,
     machine_cpu: Option<(u64, u64)>,
+    /// The first statistics message of the process went out.
+    sent: bool,
 }
 
 impl Services {
@@ -127,7 +129,18 @@ impl Services {
                 _ = self.cancel.cancelled() => return false,
                 ev = self.events.recv() => match ev {
                     None => return false,
-                    Some(ev) => self.on_event(ev, remote, shell).await,
+                    Some(ev) => {
+                        let ready = matches!(ev, ServiceEvent::Ready);
+                        self.on_event(ev, remote, shell).await;
+                        // As upstream: the first statistics go out as soon as the gateway is
+                        // connected, then every period.
+                        if ready && stats_cfg.enable && !last.sent {
+                            last.sent = true;
+                            let payload = self.statistics(last);
+                            self.publish(topic::ME_TELEMETRY, payload);
+                            stats_tick.reset();
+                        }
+                    }
                 },
                 _ = stats_tick.tick(), if stats_cfg.enable => {
                     let payload = self.statistics(last);
@@ -296,7 +309,7 @@ impl Services {
             .try_send(Control::AttributeRequest {
                 device: device.clone(),
                 client: false,
-                keys,
+                keys: keys.clone(),
                 reply: tx,
             })
             .is_err()
@@ -306,18 +319,19 @@ impl Services {
             return;
         }
         tokio::spawn(async move {
-            let Ok(Ok(values)) = tokio::time::timeout(Duration::from_secs(20), rx).await else {
+            let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(20), rx).await else {
                 tracing::debug!(device, "No answer to the shared attribute sync request.");
                 return;
             };
-            let values = match values {
-                Json::Object(m) => m,
-                Json::Null => return,
-                v => {
-                    // A single-key answer carries only the value.
-                    tracing::debug!(device, value = %v, "Single-value shared attribute answer ignored.");
-                    return;
+            let values = match (answer.get("values"), answer.get("value"), keys.as_slice()) {
+                (Some(Json::Object(m)), _, _) => m.clone(),
+                // A single-key answer carries only the value.
+                (None, Some(v), [key]) if !v.is_null() => {
+                    let mut m = serde_json::Map::new();
+                    m.insert(key.clone(), v.clone());
+                    m
                 }
+                _ => return,
             };
             if values.is_empty() {
                 return;
@@ -487,13 +501,15 @@ impl Services {
             // handed to storage was converted, a conversion error dropped its message.
             let pushed = d("sent_to_storage");
             let convert_errors = d("convert_errors");
+            let ts_produced = d("ts_produced");
+            let attr_produced = d("attr_produced");
             connectors.insert(
                 name.clone(),
                 json!({
                     "connectorMsgsReceived": d("messages_received"),
                     "connectorBytesReceived": d("bytes_received"),
-                    "convertersTsProduced": d("ts_produced"),
-                    "convertersAttrProduced": d("attr_produced"),
+                    "convertersTsProduced": ts_produced,
+                    "convertersAttrProduced": attr_produced,
                     "convertersMsgProcessed": pushed,
                     "convertersMsgDropped": convert_errors,
                     "storageMsgPushed": pushed,
@@ -503,6 +519,17 @@ impl Services {
                     "connectorTaskFailures": d("task_failures"),
                     "devices": known,
                     "devicesConnected": online,
+                }),
+            );
+            // Upstream counts its converters under the converter's logger name,
+            // `<connector>_converter`, where its dashboards read them; the same figures.
+            connectors.insert(
+                format!("{name}_converter"),
+                json!({
+                    "convertersTsProduced": ts_produced,
+                    "convertersAttrProduced": attr_produced,
+                    "convertersMsgProcessed": pushed,
+                    "convertersMsgDropped": convert_errors,
                 }),
             );
         }

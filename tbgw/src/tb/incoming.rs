@@ -33,12 +33,7 @@ impl TbClient {
                 let id = json.get("id").and_then(Json::as_i64);
                 match id.and_then(|id| s.pending_attr.remove(&id)) {
                     Some(tx) => {
-                        let value = json
-                            .get("values")
-                            .or_else(|| json.get("value"))
-                            .cloned()
-                            .unwrap_or(Json::Null);
-                        let _ = tx.send(value);
+                        let _ = tx.send(json);
                     }
                     None => tracing::debug!(?id, "Attribute response with no pending request."),
                 }
