@@ -181,9 +181,12 @@ async fn every_method_reads_snmpd_in_upstreams_shapes_without_its_bugs() {
     let multi = value(&d, "multi").expect("multiget is sent");
     assert_eq!(multi.as_str().unwrap(), format!("{descr},1.3.6.1.4.1.8072.3.2.10"));
     assert_eq!(value(&d, "next").unwrap(), json!({SYS_OBJECT_ID: "1.3.6.1.4.1.8072.3.2.10"}));
+    // GETBULK reads the *next* OIDs: sysObjectID for the scalar, sysUpTime and sysContact
+    // for two repetitions after sysObjectID; upstream keeps only the scalar.
     let bulk = value(&d, "bulk").unwrap();
-    assert_eq!(bulk[SYS_DESCR], json!(descr));
-    assert!(bulk.get("1.3.6.1.2.1.1.3.0").is_some(), "two repetitions after sysObjectID: {bulk}");
+    assert_eq!(bulk[SYS_OBJECT_ID], json!("1.3.6.1.4.1.8072.3.2.10"), "{bulk}");
+    assert!(bulk.get("1.3.6.1.2.1.1.3.0").is_some(), "{bulk}");
+    assert!(bulk.get(SYS_CONTACT).is_some(), "{bulk}");
     // A walk is one OID -> text map; upstream writes OCTET STRINGs as "b'...'".
     let walk = value(&d, "walk").unwrap();
     assert_eq!(walk[SYS_DESCR], json!(descr));
@@ -192,12 +195,15 @@ async fn every_method_reads_snmpd_in_upstreams_shapes_without_its_bugs() {
     assert_eq!(value(&d, "walkScalar").unwrap(), json!({SYS_DESCR: descr}));
     let mw = value(&d, "multiwalk").unwrap();
     assert_eq!(mw.as_object().unwrap().len(), 2, "{mw}");
-    assert_eq!(value(&d, "bulkwalk").unwrap(), walk);
+    let keys = |j: &Json| j.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&value(&d, "bulkwalk").unwrap()), keys(&walk));
     // Every row of ifTable, not only the last (upstream merges them).
     let table = value(&d, "table").unwrap();
     assert_eq!(table["1"]["2"], json!("lo"), "{table}");
     assert!(table.as_object().unwrap().len() >= 2, "{table}");
-    assert_eq!(value(&d, "bulktable").unwrap(), table);
+    let bulktable = value(&d, "bulktable").unwrap();
+    assert_eq!(keys(&bulktable), keys(&table));
+    assert_eq!(bulktable["1"]["2"], json!("lo"));
     assert!(value(&d, "uptime").unwrap().is_f64(), "TimeTicks are seconds");
     assert_eq!(value(&d, "missing"), None);
     assert!(stats.convert_errors() >= 1, "no such object is counted");
@@ -280,7 +286,11 @@ async fn agent_going_away_is_counted_and_polling_resumes_when_it_is_back() {
     agent.restart().await.unwrap();
     next_message(&mut ends, |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "router")).await;
     next_data(&mut ends, "router", |d| value(d, "name").is_some()).await;
-    assert_eq!(logs.count("SNMP request failed"), 1, "the same failure is logged once");
+    // A request in flight when the agent died times out, the next ones find the port
+    // closed: at most these two distinct errors are logged, however many were counted.
+    let logged = logs.count("SNMP request failed");
+    assert!((1..=2).contains(&logged), "logged {logged} times");
+    assert!(stats.errors() >= errors + 3);
     assert_eq!(logs.count("answers every key again"), 1);
     ends.cancel.cancel();
     task.await.unwrap();
@@ -385,8 +395,7 @@ async fn snmpv3_auth_no_priv_and_auth_priv_with_sha_and_aes() {
         device("priv", agent.port(), json!({"version": "v3", "username": "secret",
             "authenticationProtocol": "SHA_1", "authenticationPassphrase": "authpass2",
             "privacyProtocol": "AES_128", "privacyPassphrase": "privpass2",
-            "telemetry": key.clone()})),
-        device("v2c", agent.port(), json!({"timeout": 0.3, "retries": 0, "telemetry": key.clone()}))
+            "telemetry": key.clone()}))
     ]}));
     for name in ["auth", "priv"] {
         let d = next_data(&mut ends, name, |d| value(d, "descr").is_some()).await;
@@ -397,11 +406,13 @@ async fn snmpv3_auth_no_priv_and_auth_priv_with_sha_and_aes() {
     task.await.unwrap();
 }
 
-fn snmp_cmd(bin: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(bin)
+/// Runs a net-snmp command without blocking the runtime (the connector answers informs on it).
+async fn snmp_cmd(bin: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin)
         .env("MIBS", "")
         .args(args)
         .output()
+        .await
         .unwrap_or_else(|e| panic!("{bin} runs (apt-get install -y snmp): {e}"))
 }
 
@@ -417,7 +428,7 @@ async fn v1_and_v2c_traps_and_informs_become_telemetry_of_their_device() {
     let mut got = None;
     for _ in 0..50 {
         let out = snmp_cmd("snmptrap", &["-v2c", "-c", "public", &target, "", "1.3.6.1.6.3.1.1.5.3",
-            "1.3.6.1.2.1.2.2.1.1.2", "i", "2", "1.3.6.1.2.1.1.5.0", "s", "edge"]);
+            "1.3.6.1.2.1.2.2.1.1.2", "i", "2", "1.3.6.1.2.1.1.5.0", "s", "edge"]).await;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         if let Ok(Some(UplinkMessage::Data { data, .. })) =
             tokio::time::timeout(Duration::from_millis(200), ends.uplink.recv()).await
@@ -433,7 +444,7 @@ async fn v1_and_v2c_traps_and_informs_become_telemetry_of_their_device() {
     assert_eq!(value(&d, SYS_NAME), Some(json!("edge")));
 
     let out = snmp_cmd("snmptrap", &["-v1", "-c", "public", &target, "1.3.6.1.4.1.8072.2.3", "127.0.0.1",
-        "6", "17", "", "1.3.6.1.2.1.1.4.0", "s", "v1!"]);
+        "6", "17", "", "1.3.6.1.2.1.1.4.0", "s", "v1!"]).await;
     assert!(out.status.success());
     let d = next_data(&mut ends, "switch", |d| value(d, SYS_CONTACT).is_some()).await;
     assert_eq!(value(&d, "trapOid"), Some(json!("1.3.6.1.4.1.8072.2.3.0.17")));
@@ -441,13 +452,13 @@ async fn v1_and_v2c_traps_and_informs_become_telemetry_of_their_device() {
 
     // An inform is acknowledged: snmpinform exits 0 only with an answer.
     let out = snmp_cmd("snmpinform", &["-v2c", "-c", "public", "-t", "2", "-r", "1", &target, "",
-        "1.3.6.1.6.3.1.1.5.4", "1.3.6.1.2.1.2.2.1.1.3", "i", "3"]);
+        "1.3.6.1.6.3.1.1.5.4", "1.3.6.1.2.1.2.2.1.1.3", "i", "3"]).await;
     assert!(out.status.success(), "inform acknowledged: {}", String::from_utf8_lossy(&out.stderr));
     next_data(&mut ends, "switch", |d| value(d, "ifIndex") == Some(json!(3))).await;
 
     // A wrong community and garbage are counted, not sent.
     let before = stats.convert_errors();
-    let out = snmp_cmd("snmptrap", &["-v2c", "-c", "wrong", &target, "", "1.3.6.1.6.3.1.1.5.3"]);
+    let out = snmp_cmd("snmptrap", &["-v2c", "-c", "wrong", &target, "", "1.3.6.1.6.3.1.1.5.3"]).await;
     assert!(out.status.success());
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.send_to(b"\x30\x02\x05\x00garbage", &target).unwrap();

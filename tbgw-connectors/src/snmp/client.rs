@@ -143,10 +143,6 @@ pub enum Op<'a> {
     Set(&'a [(Vec<u64>, SetValue)]),
 }
 
-fn oid(c: &[u64]) -> Result<Oid<'static>, ClientError> {
-    Oid::from(c).map_err(|_| ClientError::Request(format!("cannot encode OID {c:?}")))
-}
-
 fn map_err(e: snmp2::Error) -> ClientError {
     match e {
         snmp2::Error::Send | snmp2::Error::Receive => {
@@ -242,7 +238,7 @@ impl Client {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1_000_003);
         let io = |e: std::io::Error| ClientError::Unreachable(format!("{}:{}: {e}", t.host, t.port));
-        let mut s = match t.version {
+        let s = match t.version {
             Version::V1 => AsyncSession::new_v1(dest, community.as_bytes(), id).await.map_err(io)?,
             Version::V2c => AsyncSession::new_v2c(dest, community.as_bytes(), id).await.map_err(io)?,
             Version::V3 => {
@@ -258,8 +254,6 @@ impl Client {
                 s
             }
         };
-        // Nothing to do for v1/v2c; keeps the three arms alike.
-        let _ = &mut s;
         Ok(s)
     }
 
@@ -312,16 +306,9 @@ impl Client {
                 Ok(Err(snmp2::Error::RequestIdMismatch)) => {
                     last = ClientError::Malformed("an answer to an earlier request".into());
                 }
-                Ok(Err(e)) => {
-                    let e = map_err(e);
-                    if matches!(e, ClientError::Unreachable(_)) {
-                        return Err(e);
-                    }
-                    last = e;
-                    if !matches!(last, ClientError::Timeout(_)) {
-                        return Err(last);
-                    }
-                }
+                // A closed port, a security failure, an undecodable answer: resending the same
+                // request would not help.
+                Ok(Err(e)) => return Err(map_err(e)),
             }
         }
         Err(last)
