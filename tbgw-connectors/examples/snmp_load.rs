@@ -50,10 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dontLogTCPWrappersConnects yes\nrocommunity public 127.0.0.1\n",
     )?;
     let ports: Vec<u16> = (0..agents).map(|_| free_udp_port()).collect();
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|p| format!("udp:127.0.0.1:{p}"))
-        .collect();
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("udp:127.0.0.1:{p}")).collect();
     let log = std::fs::File::create(dir.path().join("snmpd.log"))?;
     let mut snmpd = tokio::process::Command::new("/usr/sbin/snmpd")
         .env("SNMP_PERSISTENT_DIR", dir.path())
@@ -137,7 +134,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = (cpu_ticks(me) - cpu0) as f64 / 100.0 / elapsed * 100.0;
     println!(
         "snmp_load: {agents} agents x {n_oids} OIDs ({}) every 1 s, {elapsed:.1} s measured",
-        if multiget { "one multiget" } else { "one get each" }
+        if multiget {
+            "one multiget"
+        } else {
+            "one get each"
+        }
     );
     println!(
         "  polls/s {:.1} (expected {agents}), values/s {:.0}",

@@ -62,12 +62,19 @@ fn device(name: &str, port: u16, extra: Json) -> Json {
 }
 
 /// The next data of `device` for which `pred` holds.
-async fn next_data(ends: &mut TestEnds, device: &str, pred: impl Fn(&DeviceData) -> bool) -> DeviceData {
+async fn next_data(
+    ends: &mut TestEnds,
+    device: &str,
+    pred: impl Fn(&DeviceData) -> bool,
+) -> DeviceData {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout_at(deadline, ends.uplink.recv()).await {
             Ok(Some(UplinkMessage::Data { data, .. })) => {
-                if let Some(d) = data.into_iter().find(|d| d.device_name == device && pred(d)) {
+                if let Some(d) = data
+                    .into_iter()
+                    .find(|d| d.device_name == device && pred(d))
+                {
                     return d;
                 }
             }
@@ -117,7 +124,10 @@ async fn rpc(ends: &TestEnds, device: &str, method: &str, params: Json) -> Resul
 async fn wait_until(mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -157,34 +167,44 @@ impl Logs {
 async fn every_method_reads_snmpd_in_upstreams_shapes_without_its_bugs() {
     let agent = Snmpd::start().await.expect("snmpd starts");
     let (task, mut ends, stats) = start(json!({"devices": [device("router", agent.port(), json!({
-        "attributes": [
-            {"key": "descr", "method": "get", "oid": SYS_DESCR},
-            {"key": "multi", "method": "multiget", "oid": [SYS_DESCR, SYS_OBJECT_ID]},
-            {"key": "next", "method": "getnext", "oid": SYS_DESCR},
-            {"key": "bulk", "method": "bulkget", "scalarOid": [SYS_DESCR], "repeatingOid": [SYS_OBJECT_ID], "maxListSize": 2}
-        ],
-        "telemetry": [
-            {"key": "walk", "method": "walk", "oid": "1.3.6.1.2.1.1"},
-            {"key": "walkScalar", "method": "walk", "oid": SYS_DESCR},
-            {"key": "multiwalk", "method": "multiwalk", "oid": ["1.3.6.1.2.1.1.1", "1.3.6.1.2.1.1.5"]},
-            {"key": "bulkwalk", "method": "bulkwalk", "oid": ["1.3.6.1.2.1.1"], "bulkSize": 3},
-            {"key": "table", "method": "table", "oid": IF_TABLE},
-            {"key": "bulktable", "method": "bulktable", "oid": IF_TABLE},
-            {"key": "missing", "method": "get", "oid": "1.3.6.1.2.1.1.99.0"},
-            {"key": "uptime", "method": "get", "oid": "1.3.6.1.2.1.1.3.0"}
-        ]}))]}));
+    "attributes": [
+        {"key": "descr", "method": "get", "oid": SYS_DESCR},
+        {"key": "multi", "method": "multiget", "oid": [SYS_DESCR, SYS_OBJECT_ID]},
+        {"key": "next", "method": "getnext", "oid": SYS_DESCR},
+        {"key": "bulk", "method": "bulkget", "scalarOid": [SYS_DESCR], "repeatingOid": [SYS_OBJECT_ID], "maxListSize": 2}
+    ],
+    "telemetry": [
+        {"key": "walk", "method": "walk", "oid": "1.3.6.1.2.1.1"},
+        {"key": "walkScalar", "method": "walk", "oid": SYS_DESCR},
+        {"key": "multiwalk", "method": "multiwalk", "oid": ["1.3.6.1.2.1.1.1", "1.3.6.1.2.1.1.5"]},
+        {"key": "bulkwalk", "method": "bulkwalk", "oid": ["1.3.6.1.2.1.1"], "bulkSize": 3},
+        {"key": "table", "method": "table", "oid": IF_TABLE},
+        {"key": "bulktable", "method": "bulktable", "oid": IF_TABLE},
+        {"key": "missing", "method": "get", "oid": "1.3.6.1.2.1.1.99.0"},
+        {"key": "uptime", "method": "get", "oid": "1.3.6.1.2.1.1.3.0"}
+    ]}))]}));
     let d = next_data(&mut ends, "router", |d| d.datapoints() > 5).await;
     let descr = value(&d, "descr").expect("get");
     let descr = descr.as_str().expect("an OCTET STRING is text");
     assert!(descr.starts_with("Linux"), "{descr}");
     // Upstream drops a multiget of OCTET STRINGs; here it is the values joined by commas.
     let multi = value(&d, "multi").expect("multiget is sent");
-    assert_eq!(multi.as_str().unwrap(), format!("{descr},1.3.6.1.4.1.8072.3.2.10"));
-    assert_eq!(value(&d, "next").unwrap(), json!({SYS_OBJECT_ID: "1.3.6.1.4.1.8072.3.2.10"}));
+    assert_eq!(
+        multi.as_str().unwrap(),
+        format!("{descr},1.3.6.1.4.1.8072.3.2.10")
+    );
+    assert_eq!(
+        value(&d, "next").unwrap(),
+        json!({SYS_OBJECT_ID: "1.3.6.1.4.1.8072.3.2.10"})
+    );
     // GETBULK reads the *next* OIDs: sysObjectID for the scalar, sysUpTime and sysContact
     // for two repetitions after sysObjectID; upstream keeps only the scalar.
     let bulk = value(&d, "bulk").unwrap();
-    assert_eq!(bulk[SYS_OBJECT_ID], json!("1.3.6.1.4.1.8072.3.2.10"), "{bulk}");
+    assert_eq!(
+        bulk[SYS_OBJECT_ID],
+        json!("1.3.6.1.4.1.8072.3.2.10"),
+        "{bulk}"
+    );
     assert!(bulk.get("1.3.6.1.2.1.1.3.0").is_some(), "{bulk}");
     assert!(bulk.get(SYS_CONTACT).is_some(), "{bulk}");
     // A walk is one OID -> text map; upstream writes OCTET STRINGs as "b'...'".
@@ -204,7 +224,10 @@ async fn every_method_reads_snmpd_in_upstreams_shapes_without_its_bugs() {
     let bulktable = value(&d, "bulktable").unwrap();
     assert_eq!(keys(&bulktable), keys(&table));
     assert_eq!(bulktable["1"]["2"], json!("lo"));
-    assert!(value(&d, "uptime").unwrap().is_f64(), "TimeTicks are seconds");
+    assert!(
+        value(&d, "uptime").unwrap().is_f64(),
+        "TimeTicks are seconds"
+    );
     assert_eq!(value(&d, "missing"), None);
     assert!(stats.convert_errors() >= 1, "no such object is counted");
     ends.cancel.cancel();
@@ -215,50 +238,78 @@ async fn every_method_reads_snmpd_in_upstreams_shapes_without_its_bugs() {
 async fn attribute_updates_and_rpcs_write_with_set() {
     let agent = Snmpd::start().await.expect("snmpd starts");
     let (task, mut ends, _stats) = start(json!({"devices": [device("router", agent.port(), json!({
-        "telemetry": [
-            {"key": "contact", "method": "get", "oid": SYS_CONTACT},
-            {"key": "name", "method": "get", "oid": SYS_NAME}
-        ],
-        "attributeUpdateRequests": [
-            {"attributeFilter": "^contact$", "method": "set", "oid": SYS_CONTACT, "community": "private"},
-            {"attributeFilter": "^both$", "method": "multiset", "community": "private",
-             "mappings": {SYS_CONTACT: "${attribute}", SYS_NAME: "name-${attribute}"}}
-        ],
-        "serverSideRpcRequests": [
-            {"requestFilter": "^setName$", "method": "set", "oid": SYS_NAME, "community": "private"},
-            {"requestFilter": "^walkSystem$", "method": "walk", "oid": "1.3.6.1.2.1.1.5"},
-            {"requestFilter": "^denied$", "method": "set", "oid": SYS_NAME}
-        ]}))]}));
+    "telemetry": [
+        {"key": "contact", "method": "get", "oid": SYS_CONTACT},
+        {"key": "name", "method": "get", "oid": SYS_NAME}
+    ],
+    "attributeUpdateRequests": [
+        {"attributeFilter": "^contact$", "method": "set", "oid": SYS_CONTACT, "community": "private"},
+        {"attributeFilter": "^both$", "method": "multiset", "community": "private",
+         "mappings": {SYS_CONTACT: "${attribute}", SYS_NAME: "name-${attribute}"}}
+    ],
+    "serverSideRpcRequests": [
+        {"requestFilter": "^setName$", "method": "set", "oid": SYS_NAME, "community": "private"},
+        {"requestFilter": "^walkSystem$", "method": "walk", "oid": "1.3.6.1.2.1.1.5"},
+        {"requestFilter": "^denied$", "method": "set", "oid": SYS_NAME}
+    ]}))]}));
     let mut values = serde_json::Map::new();
     values.insert("contact".into(), json!("ops@example.com"));
     values.insert("unrelated".into(), json!(1));
     ends.downlink
-        .send(Downlink::AttributeUpdate(AttributeUpdate { device: "router".into(), values }))
+        .send(Downlink::AttributeUpdate(AttributeUpdate {
+            device: "router".into(),
+            values,
+        }))
         .await
         .unwrap();
-    next_data(&mut ends, "router", |d| value(d, "contact") == Some(json!("ops@example.com"))).await;
+    next_data(&mut ends, "router", |d| {
+        value(d, "contact") == Some(json!("ops@example.com"))
+    })
+    .await;
 
-    assert_eq!(rpc(&ends, "router", "setName", json!("edge-1")).await, Ok(json!({"result": "edge-1"})));
-    next_data(&mut ends, "router", |d| value(d, "name") == Some(json!("edge-1"))).await;
+    assert_eq!(
+        rpc(&ends, "router", "setName", json!("edge-1")).await,
+        Ok(json!({"result": "edge-1"}))
+    );
+    next_data(&mut ends, "router", |d| {
+        value(d, "name") == Some(json!("edge-1"))
+    })
+    .await;
     assert_eq!(
         rpc(&ends, "router", "walkSystem", json!(null)).await,
         Ok(json!({"result": {SYS_NAME: "edge-1"}}))
     );
     // Reserved get/set with upstream's `key=value;` params.
     assert_eq!(
-        rpc(&ends, "router", "get", json!(format!("method=get;oid={SYS_NAME}"))).await,
+        rpc(
+            &ends,
+            "router",
+            "get",
+            json!(format!("method=get;oid={SYS_NAME}"))
+        )
+        .await,
         Ok(json!({"result": "edge-1"}))
     );
-    let e = rpc(&ends, "router", "denied", json!("x")).await.unwrap_err();
+    let e = rpc(&ends, "router", "denied", json!("x"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), 500, "public cannot write: {e:?}");
-    assert!(matches!(rpc(&ends, "router", "nope", json!(null)).await, Err(RpcError::NotFound(_))));
-    let e = rpc(&ends, "router", "get", json!("method=get;oid=not.an.oid")).await.unwrap_err();
+    assert!(matches!(
+        rpc(&ends, "router", "nope", json!(null)).await,
+        Err(RpcError::NotFound(_))
+    ));
+    let e = rpc(&ends, "router", "get", json!("method=get;oid=not.an.oid"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), 400);
 
     let mut values = serde_json::Map::new();
     values.insert("both".into(), json!("x"));
     ends.downlink
-        .send(Downlink::AttributeUpdate(AttributeUpdate { device: "router".into(), values }))
+        .send(Downlink::AttributeUpdate(AttributeUpdate {
+            device: "router".into(),
+            values,
+        }))
         .await
         .unwrap();
     next_data(&mut ends, "router", |d| {
@@ -277,14 +328,26 @@ async fn agent_going_away_is_counted_and_polling_resumes_when_it_is_back() {
     let (task, mut ends, stats) = start(json!({"devices": [device("router", agent.port(), json!({
         "timeout": 0.3, "retries": 0,
         "telemetry": [{"key": "name", "method": "get", "oid": SYS_NAME}]}))]}));
-    next_message(&mut ends, |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "router")).await;
+    next_message(
+        &mut ends,
+        |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "router"),
+    )
+    .await;
     next_data(&mut ends, "router", |d| value(d, "name").is_some()).await;
     agent.stop().await.unwrap();
-    next_message(&mut ends, |m| matches!(m, UplinkMessage::Disconnect { device, .. } if device == "router")).await;
+    next_message(
+        &mut ends,
+        |m| matches!(m, UplinkMessage::Disconnect { device, .. } if device == "router"),
+    )
+    .await;
     let errors = stats.errors();
     wait_until(|| stats.errors() >= errors + 3).await;
     agent.restart().await.unwrap();
-    next_message(&mut ends, |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "router")).await;
+    next_message(
+        &mut ends,
+        |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "router"),
+    )
+    .await;
     next_data(&mut ends, "router", |d| value(d, "name").is_some()).await;
     // A request in flight when the agent died times out, the next ones find the port
     // closed: at most these two distinct errors are logged, however many were counted.
@@ -304,7 +367,9 @@ async fn fake_agent(garbage: bool) -> (u16, tokio::task::JoinHandle<()>) {
         let mut buf = vec![0u8; 2048];
         while let Ok((_, from)) = sock.recv_from(&mut buf).await {
             if garbage {
-                let _ = sock.send_to(&[0x30, 0x05, 0x02, 0x01, 0x01, 0xff, 0x00], from).await;
+                let _ = sock
+                    .send_to(&[0x30, 0x05, 0x02, 0x01, 0x01, 0xff, 0x00], from)
+                    .await;
             }
         }
     });
@@ -350,11 +415,11 @@ async fn a_timed_out_oid_does_not_drop_the_rest_of_the_poll() {
     );
     let agent = Snmpd::start_with(&conf).await.expect("snmpd starts");
     let (task, mut ends, stats) = start(json!({"devices": [device("router", agent.port(), json!({
-        "pollPeriod": 3000, "retries": 0,
-        "telemetry": [
-            {"key": "slow", "method": "get", "oid": "1.3.6.1.4.1.424242.1.0", "timeout": 0.3},
-            {"key": "name", "method": "get", "oid": SYS_NAME, "timeout": 5}
-        ]}))]}));
+    "pollPeriod": 3000, "retries": 0,
+    "telemetry": [
+        {"key": "slow", "method": "get", "oid": "1.3.6.1.4.1.424242.1.0", "timeout": 0.3},
+        {"key": "name", "method": "get", "oid": SYS_NAME, "timeout": 5}
+    ]}))]}));
     let d = next_data(&mut ends, "router", |_| true).await;
     assert!(value(&d, "name").is_some(), "{d:?}");
     assert_eq!(value(&d, "slow"), None);
@@ -372,7 +437,11 @@ async fn malformed_answers_are_counted_and_logged_once() {
         "pollPeriod": 50, "timeout": 0.5, "retries": 0,
         "telemetry": [{"key": "name", "method": "get", "oid": SYS_NAME}]}))]}));
     wait_until(|| stats.convert_errors() >= 3).await;
-    assert_eq!(logs.count("malformed answer"), 1, "logged once, counted every time");
+    assert_eq!(
+        logs.count("malformed answer"),
+        1,
+        "logged once, counted every time"
+    );
     _ends.cancel.cancel();
     task.await.unwrap();
     h.abort();
@@ -399,7 +468,11 @@ async fn snmpv3_auth_no_priv_and_auth_priv_with_sha_and_aes() {
     ]}));
     for name in ["auth", "priv"] {
         let d = next_data(&mut ends, name, |d| value(d, "descr").is_some()).await;
-        assert!(value(&d, "descr").unwrap().as_str().unwrap().starts_with("Linux"));
+        assert!(value(&d, "descr")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("Linux"));
         assert!(value(&d, "walk").unwrap().get(SYS_NAME).is_some());
     }
     ends.cancel.cancel();
@@ -427,9 +500,29 @@ async fn v1_and_v2c_traps_and_informs_become_telemetry_of_their_device() {
     let target = format!("127.0.0.1:{port}");
     let mut got = None;
     for _ in 0..50 {
-        let out = snmp_cmd("snmptrap", &["-v2c", "-c", "public", &target, "", "1.3.6.1.6.3.1.1.5.3",
-            "1.3.6.1.2.1.2.2.1.1.2", "i", "2", "1.3.6.1.2.1.1.5.0", "s", "edge"]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = snmp_cmd(
+            "snmptrap",
+            &[
+                "-v2c",
+                "-c",
+                "public",
+                &target,
+                "",
+                "1.3.6.1.6.3.1.1.5.3",
+                "1.3.6.1.2.1.2.2.1.1.2",
+                "i",
+                "2",
+                "1.3.6.1.2.1.1.5.0",
+                "s",
+                "edge",
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if let Ok(Some(UplinkMessage::Data { data, .. })) =
             tokio::time::timeout(Duration::from_millis(200), ends.uplink.recv()).await
         {
@@ -443,22 +536,69 @@ async fn v1_and_v2c_traps_and_informs_become_telemetry_of_their_device() {
     assert_eq!(value(&d, "ifIndex"), Some(json!(2)));
     assert_eq!(value(&d, SYS_NAME), Some(json!("edge")));
 
-    let out = snmp_cmd("snmptrap", &["-v1", "-c", "public", &target, "1.3.6.1.4.1.8072.2.3", "127.0.0.1",
-        "6", "17", "", "1.3.6.1.2.1.1.4.0", "s", "v1!"]).await;
+    let out = snmp_cmd(
+        "snmptrap",
+        &[
+            "-v1",
+            "-c",
+            "public",
+            &target,
+            "1.3.6.1.4.1.8072.2.3",
+            "127.0.0.1",
+            "6",
+            "17",
+            "",
+            "1.3.6.1.2.1.1.4.0",
+            "s",
+            "v1!",
+        ],
+    )
+    .await;
     assert!(out.status.success());
     let d = next_data(&mut ends, "switch", |d| value(d, SYS_CONTACT).is_some()).await;
-    assert_eq!(value(&d, "trapOid"), Some(json!("1.3.6.1.4.1.8072.2.3.0.17")));
+    assert_eq!(
+        value(&d, "trapOid"),
+        Some(json!("1.3.6.1.4.1.8072.2.3.0.17"))
+    );
     assert_eq!(value(&d, SYS_CONTACT), Some(json!("v1!")));
 
     // An inform is acknowledged: snmpinform exits 0 only with an answer.
-    let out = snmp_cmd("snmpinform", &["-v2c", "-c", "public", "-t", "2", "-r", "1", &target, "",
-        "1.3.6.1.6.3.1.1.5.4", "1.3.6.1.2.1.2.2.1.1.3", "i", "3"]).await;
-    assert!(out.status.success(), "inform acknowledged: {}", String::from_utf8_lossy(&out.stderr));
-    next_data(&mut ends, "switch", |d| value(d, "ifIndex") == Some(json!(3))).await;
+    let out = snmp_cmd(
+        "snmpinform",
+        &[
+            "-v2c",
+            "-c",
+            "public",
+            "-t",
+            "2",
+            "-r",
+            "1",
+            &target,
+            "",
+            "1.3.6.1.6.3.1.1.5.4",
+            "1.3.6.1.2.1.2.2.1.1.3",
+            "i",
+            "3",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "inform acknowledged: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    next_data(&mut ends, "switch", |d| {
+        value(d, "ifIndex") == Some(json!(3))
+    })
+    .await;
 
     // A wrong community and garbage are counted, not sent.
     let before = stats.convert_errors();
-    let out = snmp_cmd("snmptrap", &["-v2c", "-c", "wrong", &target, "", "1.3.6.1.6.3.1.1.5.3"]).await;
+    let out = snmp_cmd(
+        "snmptrap",
+        &["-v2c", "-c", "wrong", &target, "", "1.3.6.1.6.3.1.1.5.3"],
+    )
+    .await;
     assert!(out.status.success());
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.send_to(b"\x30\x02\x05\x00garbage", &target).unwrap();
@@ -478,29 +618,58 @@ fn upstream_sample_is_accepted() {
     SnmpFactory::new()
         .build(&spec(config), &mut ignored)
         .expect("upstream's snmp.json is accepted");
-    assert!(ignored.iter().any(|i| i.contains("converter")), "{ignored:?}");
+    assert!(
+        ignored.iter().any(|i| i.contains("converter")),
+        "{ignored:?}"
+    );
 }
 
 #[test]
 fn config_errors_name_the_key() {
     let bad = |d: Json| {
-        let Err(e) = SnmpFactory::new().build(&spec(json!({"devices": [d]})), &mut Vec::new()) else {
+        let Err(e) = SnmpFactory::new().build(&spec(json!({"devices": [d]})), &mut Vec::new())
+        else {
             panic!("invalid config accepted")
         };
         e.key
     };
     let tele = |t: Json| device("d", 161, json!({"telemetry": [t]}));
-    assert_eq!(bad(tele(json!({"key": "k", "method": "fetch", "oid": SYS_NAME}))), "devices[0].telemetry[0].method");
-    assert_eq!(bad(tele(json!({"key": "k", "method": "get", "oid": "x.y"}))), "devices[0].telemetry[0].oid");
-    assert_eq!(bad(tele(json!({"key": "k", "method": "set", "oid": SYS_NAME}))), "devices[0].telemetry[0].method");
-    assert_eq!(bad(device("d", 161, json!({"version": "v4"}))), "devices[0].version");
-    assert_eq!(bad(device("d", 161, json!({"version": "v3"}))), "devices[0].username");
     assert_eq!(
-        bad(device("d", 161, json!({"version": "v3", "username": "u", "authenticationPassphrase": "longenough", "privacyProtocol": "ROT13", "privacyPassphrase": "longenough"}))),
+        bad(tele(
+            json!({"key": "k", "method": "fetch", "oid": SYS_NAME})
+        )),
+        "devices[0].telemetry[0].method"
+    );
+    assert_eq!(
+        bad(tele(json!({"key": "k", "method": "get", "oid": "x.y"}))),
+        "devices[0].telemetry[0].oid"
+    );
+    assert_eq!(
+        bad(tele(json!({"key": "k", "method": "set", "oid": SYS_NAME}))),
+        "devices[0].telemetry[0].method"
+    );
+    assert_eq!(
+        bad(device("d", 161, json!({"version": "v4"}))),
+        "devices[0].version"
+    );
+    assert_eq!(
+        bad(device("d", 161, json!({"version": "v3"}))),
+        "devices[0].username"
+    );
+    assert_eq!(
+        bad(device(
+            "d",
+            161,
+            json!({"version": "v3", "username": "u", "authenticationPassphrase": "longenough", "privacyProtocol": "ROT13", "privacyPassphrase": "longenough"})
+        )),
         "devices[0].privacyProtocol"
     );
     assert_eq!(
-        bad(device("d", 161, json!({"attributeUpdateRequests": [{"attributeFilter": "(", "method": "set", "oid": SYS_NAME}]}))),
+        bad(device(
+            "d",
+            161,
+            json!({"attributeUpdateRequests": [{"attributeFilter": "(", "method": "set", "oid": SYS_NAME}]})
+        )),
         "devices[0].attributeUpdateRequests[0].attributeFilter"
     );
 }

@@ -70,7 +70,12 @@ fn oid(parts: &[u64]) -> Vec<u8> {
 fn value(rng: &mut Rng) -> Vec<u8> {
     match rng.below(9) {
         0 => int(0x02, rng.next() as i64 >> rng.below(64)),
-        1 => tlv(0x04, &(0..rng.below(40)).map(|_| rng.next() as u8).collect::<Vec<_>>()),
+        1 => tlv(
+            0x04,
+            &(0..rng.below(40))
+                .map(|_| rng.next() as u8)
+                .collect::<Vec<_>>(),
+        ),
         2 => oid(&[1, 3, 6, 1, rng.next() % 300, rng.next() % 5]),
         3 => tlv(0x40, &[10, 0, 0, rng.next() as u8]),
         4 => int(0x41, (rng.next() % (1 << 32)) as i64),

@@ -155,7 +155,10 @@ fn map_err(e: snmp2::Error) -> ClientError {
 }
 
 /// Sends one PDU on `s` and copies the answer.
-async fn exchange(s: &mut AsyncSession, op: Op<'_>) -> Result<(u32, u32, Vec<VarBind>), snmp2::Error> {
+async fn exchange(
+    s: &mut AsyncSession,
+    op: Op<'_>,
+) -> Result<(u32, u32, Vec<VarBind>), snmp2::Error> {
     let bad = |_| snmp2::Error::ValueOutOfRange;
     let pdu = match op {
         Op::Get(oids) => {
@@ -232,19 +235,29 @@ impl Client {
         &self.target
     }
 
-    async fn open(&mut self, community: &str, timeout: Duration) -> Result<AsyncSession, ClientError> {
+    async fn open(
+        &mut self,
+        community: &str,
+        timeout: Duration,
+    ) -> Result<AsyncSession, ClientError> {
         let t = &self.target;
         let dest = (t.host.as_str(), t.port);
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1_000_003);
-        let io = |e: std::io::Error| ClientError::Unreachable(format!("{}:{}: {e}", t.host, t.port));
+        let io =
+            |e: std::io::Error| ClientError::Unreachable(format!("{}:{}: {e}", t.host, t.port));
         let s = match t.version {
-            Version::V1 => AsyncSession::new_v1(dest, community.as_bytes(), id).await.map_err(io)?,
-            Version::V2c => AsyncSession::new_v2c(dest, community.as_bytes(), id).await.map_err(io)?,
+            Version::V1 => AsyncSession::new_v1(dest, community.as_bytes(), id)
+                .await
+                .map_err(io)?,
+            Version::V2c => AsyncSession::new_v2c(dest, community.as_bytes(), id)
+                .await
+                .map_err(io)?,
             Version::V3 => {
-                let sec = t.security.clone().ok_or_else(|| {
-                    ClientError::Request("SNMPv3 without a user".into())
-                })?;
+                let sec = t
+                    .security
+                    .clone()
+                    .ok_or_else(|| ClientError::Request("SNMPv3 without a user".into()))?;
                 let mut s = AsyncSession::new_v3(dest, id, sec).await.map_err(io)?;
                 match tokio::time::timeout(timeout, s.init()).await {
                     Err(_) => return Err(ClientError::Timeout(timeout)),
@@ -315,7 +328,12 @@ impl Client {
     }
 
     /// GET of one OID.
-    pub async fn get(&mut self, c: Option<&str>, t: Option<Duration>, o: &[u64]) -> Result<MethodResult, ClientError> {
+    pub async fn get(
+        &mut self,
+        c: Option<&str>,
+        t: Option<Duration>,
+        o: &[u64],
+    ) -> Result<MethodResult, ClientError> {
         let oids = [o.to_vec()];
         let binds = self.request(c, t, Op::Get(&oids)).await?;
         let v = binds
@@ -327,13 +345,25 @@ impl Client {
     }
 
     /// GET of several OIDs in one request.
-    pub async fn multiget(&mut self, c: Option<&str>, t: Option<Duration>, oids: &[Vec<u64>]) -> Result<MethodResult, ClientError> {
+    pub async fn multiget(
+        &mut self,
+        c: Option<&str>,
+        t: Option<Duration>,
+        oids: &[Vec<u64>],
+    ) -> Result<MethodResult, ClientError> {
         let binds = self.request(c, t, Op::Get(oids)).await?;
-        Ok(MethodResult::List(binds.into_iter().map(|b| b.value).collect()))
+        Ok(MethodResult::List(
+            binds.into_iter().map(|b| b.value).collect(),
+        ))
     }
 
     /// GETNEXT of one OID.
-    pub async fn getnext(&mut self, c: Option<&str>, t: Option<Duration>, o: &[u64]) -> Result<MethodResult, ClientError> {
+    pub async fn getnext(
+        &mut self,
+        c: Option<&str>,
+        t: Option<Duration>,
+        o: &[u64],
+    ) -> Result<MethodResult, ClientError> {
         let binds = self.request(c, t, Op::GetNext(o)).await?;
         Ok(MethodResult::Map(binds.into_iter().take(1).collect()))
     }

@@ -91,14 +91,18 @@ pub fn plan(
         .ok_or_else(|| ("method".to_string(), "missing".to_string()))?
         .trim()
         .to_ascii_lowercase();
-    let one = |o: &Option<super::config::OneOrMany>, key: &str| -> Result<Vec<u64>, (String, String)> {
-        let list = o.as_ref().map(|o| o.to_list()).unwrap_or_default();
-        let first = list
-            .first()
-            .ok_or_else(|| (key.to_string(), format!("missing; `{method}` needs an OID")))?;
-        parse_oid(first).ok_or_else(|| (key.to_string(), format!("{first:?} is not an OID")))
-    };
-    let many = |o: &Option<super::config::OneOrMany>, key: &str, needed: bool| -> Result<Vec<Vec<u64>>, (String, String)> {
+    let one =
+        |o: &Option<super::config::OneOrMany>, key: &str| -> Result<Vec<u64>, (String, String)> {
+            let list = o.as_ref().map(|o| o.to_list()).unwrap_or_default();
+            let first = list
+                .first()
+                .ok_or_else(|| (key.to_string(), format!("missing; `{method}` needs an OID")))?;
+            parse_oid(first).ok_or_else(|| (key.to_string(), format!("{first:?} is not an OID")))
+        };
+    let many = |o: &Option<super::config::OneOrMany>,
+                key: &str,
+                needed: bool|
+     -> Result<Vec<Vec<u64>>, (String, String)> {
         let list = o.as_ref().map(|o| o.to_list()).unwrap_or_default();
         if needed && list.is_empty() {
             return Err((key.to_string(), format!("missing; `{method}` needs OIDs")));
@@ -109,7 +113,8 @@ pub fn plan(
     };
     let ty = match kind {
         None => SetType::OctetString,
-        Some(k) => SetType::parse(k).ok_or_else(|| ("type".to_string(), format!("unknown SNMP type {k:?}")))?,
+        Some(k) => SetType::parse(k)
+            .ok_or_else(|| ("type".to_string(), format!("unknown SNMP type {k:?}")))?,
     };
     Ok(match method.as_str() {
         "get" => Plan::Get(one(&m.oid, "oid")?),
@@ -122,7 +127,10 @@ pub fn plan(
             let scalars = many(&m.scalar_oid, "scalarOid", false)?;
             let repeating = many(&m.repeating_oid, "repeatingOid", false)?;
             if scalars.is_empty() && repeating.is_empty() {
-                return Err(("scalarOid".into(), "bulkget needs scalarOid or repeatingOid".into()));
+                return Err((
+                    "scalarOid".into(),
+                    "bulkget needs scalarOid or repeatingOid".into(),
+                ));
             }
             Plan::BulkGet {
                 scalars,
@@ -144,7 +152,9 @@ pub fn plan(
         }
         "set" => Plan::Set(one(&m.oid, "oid")?, ty),
         "multiset" => Plan::MultiSet(
-            mappings.map(|j| downlink::parse_mappings(j, ty)).transpose()?,
+            mappings
+                .map(|j| downlink::parse_mappings(j, ty))
+                .transpose()?,
             ty,
         ),
         other => {
@@ -220,7 +230,10 @@ pub async fn execute(
                     for (k, val) in obj {
                         let o = parse_oid(k)
                             .ok_or_else(|| ClientError::Request(format!("{k:?} is not an OID")))?;
-                        out.push((o, downlink::convert(val, *ty).map_err(ClientError::Request)?));
+                        out.push((
+                            o,
+                            downlink::convert(val, *ty).map_err(ClientError::Request)?,
+                        ));
                     }
                     out
                 }
@@ -278,14 +291,26 @@ fn secs(file: &Path, path: String, v: Option<f64>) -> Result<Option<Duration>, C
     match v {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 && s < 86_400.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(ConfigError::new(file, path, format!("{s} is not a timeout in seconds (0 < t < 86400)"))),
+        Some(s) => Err(ConfigError::new(
+            file,
+            path,
+            format!("{s} is not a timeout in seconds (0 < t < 86400)"),
+        )),
     }
 }
 
-fn security(file: &Path, p: &str, d: &DeviceConfig) -> Result<Option<snmp2::v3::Security>, ConfigError> {
+fn security(
+    file: &Path,
+    p: &str,
+    d: &DeviceConfig,
+) -> Result<Option<snmp2::v3::Security>, ConfigError> {
     use snmp2::v3::{Auth, AuthProtocol, Cipher, Security};
     let Some(user) = d.username.as_deref() else {
-        return Err(ConfigError::new(file, format!("{p}.username"), "missing; SNMPv3 needs a user"));
+        return Err(ConfigError::new(
+            file,
+            format!("{p}.username"),
+            "missing; SNMPv3 needs a user",
+        ));
     };
     let auth_proto = match d
         .authentication_protocol
@@ -299,13 +324,13 @@ fn security(file: &Path, p: &str, d: &DeviceConfig) -> Result<Option<snmp2::v3::
         Some("SHA256") => AuthProtocol::Sha256,
         Some("SHA384") => AuthProtocol::Sha384,
         Some("SHA512") => AuthProtocol::Sha512,
-        Some(other) => {
-            return Err(ConfigError::new(
-                file,
-                format!("{p}.authenticationProtocol"),
-                format!("unknown protocol {other:?}; expected MD5, SHA, SHA224, SHA256, SHA384 or SHA512"),
-            ))
-        }
+        Some(other) => return Err(ConfigError::new(
+            file,
+            format!("{p}.authenticationProtocol"),
+            format!(
+                "unknown protocol {other:?}; expected MD5, SHA, SHA224, SHA256, SHA384 or SHA512"
+            ),
+        )),
     };
     let auth = match (&d.authentication_passphrase, &d.privacy_passphrase) {
         (None, None) => Auth::NoAuthNoPriv,
@@ -347,12 +372,22 @@ fn security(file: &Path, p: &str, d: &DeviceConfig) -> Result<Option<snmp2::v3::
         ("privacyPassphrase", &d.privacy_passphrase),
     ] {
         if v.as_deref().is_some_and(|s| s.len() < 8) {
-            return Err(ConfigError::new(file, format!("{p}.{k}"), "shorter than 8 characters (RFC 3414)"));
+            return Err(ConfigError::new(
+                file,
+                format!("{p}.{k}"),
+                "shorter than 8 characters (RFC 3414)",
+            ));
         }
     }
-    let mut s = Security::new(user.as_bytes(), d.authentication_passphrase.as_deref().unwrap_or("").as_bytes())
-        .with_auth_protocol(auth_proto)
-        .with_auth(auth);
+    let mut s = Security::new(
+        user.as_bytes(),
+        d.authentication_passphrase
+            .as_deref()
+            .unwrap_or("")
+            .as_bytes(),
+    )
+    .with_auth_protocol(auth_proto)
+    .with_auth(auth);
     if let Some(c) = &d.context_name {
         s = s.with_context_name(c);
     }
@@ -378,36 +413,64 @@ impl SnmpConnector {
                 ignored.push(format!("{p}.converter (custom Python converters are not run; the built-in conversion is used)"));
             }
             let version = Version::parse(&d.version).ok_or_else(|| {
-                ConfigError::new(file, format!("{p}.version"), format!("unknown version {:?}; expected v1, v2c or v3", d.version))
+                ConfigError::new(
+                    file,
+                    format!("{p}.version"),
+                    format!("unknown version {:?}; expected v1, v2c or v3", d.version),
+                )
             })?;
             if d.ip.trim().is_empty() {
                 return Err(ConfigError::new(file, format!("{p}.ip"), "empty"));
             }
-            let timeout = secs(file, format!("{p}.timeout"), d.timeout)?.unwrap_or(Duration::from_secs(6));
+            let timeout =
+                secs(file, format!("{p}.timeout"), d.timeout)?.unwrap_or(Duration::from_secs(6));
             let target = Arc::new(Target {
-                host: d.ip.trim().trim_start_matches('[').trim_end_matches(']').to_string(),
+                host: d
+                    .ip
+                    .trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
                 port: d.port,
                 version,
                 community: d.community.clone(),
-                security: if version == Version::V3 { security(file, &p, d)? } else { None },
+                security: if version == Version::V3 {
+                    security(file, &p, d)?
+                } else {
+                    None
+                },
                 timeout,
                 retries: d.retries.unwrap_or(1).min(10),
             });
             let mut overrides = ReportOverrides::default();
             let mut unused = Vec::new();
             if let Some(v) = &d.report_strategy {
-                overrides.device = tbgw::report::parse_strategy(v, file, &format!("{p}.reportStrategy"), &mut unused)?;
+                overrides.device = tbgw::report::parse_strategy(
+                    v,
+                    file,
+                    &format!("{p}.reportStrategy"),
+                    &mut unused,
+                )?;
             }
             let mut keys = Vec::new();
-            for (section, list, attribute) in [("attributes", &d.attributes, true), ("telemetry", &d.telemetry, false)] {
+            for (section, list, attribute) in [
+                ("attributes", &d.attributes, true),
+                ("telemetry", &d.telemetry, false),
+            ] {
                 for (j, k) in list.iter().enumerate() {
                     let kp = format!("{p}.{section}[{j}]");
-                    let plan = plan(&k.method, None, None).map_err(|(key, why)| ConfigError::new(file, format!("{kp}.{key}"), why))?;
+                    let plan = plan(&k.method, None, None)
+                        .map_err(|(key, why)| ConfigError::new(file, format!("{kp}.{key}"), why))?;
                     if plan.writes() {
                         return Err(ConfigError::new(file, format!("{kp}.method"), "set and multiset write; use them in attributeUpdateRequests or serverSideRpcRequests"));
                     }
                     if let Some(v) = &k.report_strategy {
-                        if let Some(s) = tbgw::report::parse_strategy(v, file, &format!("{kp}.reportStrategy"), &mut unused)? {
+                        if let Some(s) = tbgw::report::parse_strategy(
+                            v,
+                            file,
+                            &format!("{kp}.reportStrategy"),
+                            &mut unused,
+                        )? {
                             overrides.keys.entry(k.key.clone()).or_insert(s);
                         }
                     }
@@ -421,7 +484,10 @@ impl SnmpConnector {
                 }
             }
             ignored.extend(unused);
-            let rules = |list: &[RequestConfig], section: &str, attr: bool| -> Result<Vec<Rule>, ConfigError> {
+            let rules = |list: &[RequestConfig],
+                         section: &str,
+                         attr: bool|
+             -> Result<Vec<Rule>, ConfigError> {
                 let mut out = Vec::new();
                 for (j, r) in list.iter().enumerate() {
                     let rp = format!("{p}.{section}[{j}]");
@@ -433,7 +499,11 @@ impl SnmpConnector {
                     let plan = plan(&r.method, r.kind.as_deref(), r.mappings.as_ref())
                         .map_err(|(key, why)| ConfigError::new(file, format!("{rp}.{key}"), why))?;
                     if attr && !plan.writes() {
-                        return Err(ConfigError::new(file, format!("{rp}.method"), "attribute updates write: use set or multiset"));
+                        return Err(ConfigError::new(
+                            file,
+                            format!("{rp}.method"),
+                            "attribute updates write: use set or multiset",
+                        ));
                     }
                     out.push(Rule {
                         filter: filter(file, format!("{rp}.{fkey}"), fval)?,
@@ -444,11 +514,21 @@ impl SnmpConnector {
                 }
                 Ok(out)
             };
-            let attribute_rules = rules(&d.attribute_update_requests, "attributeUpdateRequests", true)?;
+            let attribute_rules = rules(
+                &d.attribute_update_requests,
+                "attributeUpdateRequests",
+                true,
+            )?;
             let rpc_rules = rules(&d.server_side_rpc_requests, "serverSideRpcRequests", false)?;
             let mut trap_keys = Vec::new();
             for (j, t) in d.trap_keys.iter().enumerate() {
-                let o = parse_oid(&t.oid).ok_or_else(|| ConfigError::new(file, format!("{p}.trapKeys[{j}].oid"), format!("{:?} is not an OID", t.oid)))?;
+                let o = parse_oid(&t.oid).ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        format!("{p}.trapKeys[{j}].oid"),
+                        format!("{:?} is not an OID", t.oid),
+                    )
+                })?;
                 trap_keys.push((o, t.key.clone()));
             }
             // Longest prefix first.
@@ -467,11 +547,19 @@ impl SnmpConnector {
         }
         if let Some(t) = &cfg.traps {
             if t.host.parse::<IpAddr>().is_err() {
-                return Err(ConfigError::new(file, "traps.host", format!("{:?} is not an IP address", t.host)));
+                return Err(ConfigError::new(
+                    file,
+                    "traps.host",
+                    format!("{:?} is not an IP address", t.host),
+                ));
             }
         }
         if devices.is_empty() && cfg.traps.is_none() {
-            return Err(ConfigError::new(file, "devices", "no device and no trap listener configured"));
+            return Err(ConfigError::new(
+                file,
+                "devices",
+                "no device and no trap listener configured",
+            ));
         }
         Ok(SnmpConnector {
             name: name.to_string(),
@@ -491,7 +579,13 @@ struct PollState {
 /// Polls one device on its own schedule until cancelled. Each key is its own request: a key
 /// that times out or fails is logged (once per distinct error) and counted, and the others
 /// are still read and sent.
-async fn poll_loop(connector: Arc<str>, d: Arc<Device>, uplink: UplinkSender, stats: ConnectorCounters, cancel: CancellationToken) {
+async fn poll_loop(
+    connector: Arc<str>,
+    d: Arc<Device>,
+    uplink: UplinkSender,
+    stats: ConnectorCounters,
+    cancel: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(d.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut client = Client::new(d.target.clone());
@@ -514,7 +608,11 @@ async fn poll_loop(connector: Arc<str>, d: Arc<Device>, uplink: UplinkSender, st
         if let Some(data) = data {
             if !st.online {
                 st.online = true;
-                if uplink.connect_device(d.name.clone(), d.profile.clone()).await.is_err() {
+                if uplink
+                    .connect_device(d.name.clone(), d.profile.clone())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -531,7 +629,13 @@ async fn poll_loop(connector: Arc<str>, d: Arc<Device>, uplink: UplinkSender, st
 }
 
 /// One poll of every key; `None` when nothing was read.
-async fn poll_once(connector: &str, d: &Device, client: &mut Client, stats: &ConnectorCounters, st: &mut PollState) -> Option<DeviceData> {
+async fn poll_once(
+    connector: &str,
+    d: &Device,
+    client: &mut Client,
+    stats: &ConnectorCounters,
+    st: &mut PollState,
+) -> Option<DeviceData> {
     let ts = now_millis();
     let mut data = DeviceData::new(d.name.clone(), d.profile.clone());
     data.report = d.report.clone();
@@ -591,15 +695,34 @@ fn rpc_error(e: ClientError) -> RpcError {
 }
 
 /// Writes each updated attribute with every rule whose `attributeFilter` matches its key.
-async fn handle_attribute_update(connector: &str, devices: &[Arc<Device>], u: AttributeUpdate, stats: &ConnectorCounters) {
+async fn handle_attribute_update(
+    connector: &str,
+    devices: &[Arc<Device>],
+    u: AttributeUpdate,
+    stats: &ConnectorCounters,
+) {
     let Some(d) = devices.iter().find(|d| d.name == u.device) else {
         return;
     };
     for (key, value) in &u.values {
-        for r in d.attribute_rules.iter().filter(|r| r.filter.is_match(key).unwrap_or(false)) {
+        for r in d
+            .attribute_rules
+            .iter()
+            .filter(|r| r.filter.is_match(key).unwrap_or(false))
+        {
             let mut client = Client::new(d.target.clone());
-            match execute(&mut client, &r.plan, r.community.as_deref(), r.timeout, Some(value)).await {
-                Ok(_) => tracing::debug!(connector, device = %d.name, attribute = %key, "Attribute written."),
+            match execute(
+                &mut client,
+                &r.plan,
+                r.community.as_deref(),
+                r.timeout,
+                Some(value),
+            )
+            .await
+            {
+                Ok(_) => {
+                    tracing::debug!(connector, device = %d.name, attribute = %key, "Attribute written.")
+                }
                 Err(e) => {
                     stats.add_errors(1);
                     tracing::warn!(connector, device = %d.name, attribute = %key, error = %e, "Attribute update failed.");
@@ -620,7 +743,9 @@ async fn handle_rpc(devices: &[Arc<Device>], rpc: RpcRequest) {
         ..
     } = rpc;
     let Some(name) = device else {
-        return responder.err(RpcError::NotFound(format!("the SNMP connector has no connector RPC `{method}`")));
+        return responder.err(RpcError::NotFound(format!(
+            "the SNMP connector has no connector RPC `{method}`"
+        )));
     };
     let Some(d) = devices.iter().find(|d| d.name == name) else {
         return responder.err(RpcError::NotFound(format!("no SNMP device `{name}`")));
@@ -631,10 +756,12 @@ async fn handle_rpc(devices: &[Arc<Device>], rpc: RpcRequest) {
             Ok(p) => p,
             Err(e) => return responder.err(RpcError::BadRequest(e)),
         };
-        let text = |k: &str| p.get(k).map(|v| match v {
-            Json::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        let text = |k: &str| {
+            p.get(k).map(|v| match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
         let m = MethodConfig {
             method: Some(text("method").unwrap_or_else(|| method.clone())),
             oid: text("oid").map(super::config::OneOrMany::One),
@@ -642,19 +769,38 @@ async fn handle_rpc(devices: &[Arc<Device>], rpc: RpcRequest) {
         };
         let plan = match plan(&m, text("type").as_deref(), None) {
             Ok(p) => p,
-            Err((k, why)) => return responder.err(RpcError::BadRequest(format!("params: {k}: {why}"))),
+            Err((k, why)) => {
+                return responder.err(RpcError::BadRequest(format!("params: {k}: {why}")))
+            }
         };
         let value = p.get("value").cloned();
         if method == "set" && value.is_none() {
             return responder.err(RpcError::BadRequest("params: value: missing".into()));
         }
-        let timeout = p.get("timeout").and_then(|t| t.as_f64().or_else(|| t.as_str()?.parse().ok())).filter(|t| *t > 0.0 && *t < 86_400.0).map(Duration::from_secs_f64);
+        let timeout = p
+            .get("timeout")
+            .and_then(|t| t.as_f64().or_else(|| t.as_str()?.parse().ok()))
+            .filter(|t| *t > 0.0 && *t < 86_400.0)
+            .map(Duration::from_secs_f64);
         execute(&mut client, &plan, None, timeout, value.as_ref()).await
     } else {
-        let Some(r) = d.rpc_rules.iter().find(|r| r.filter.is_match(&method).unwrap_or(false)) else {
-            return responder.err(RpcError::NotFound(format!("method `{method}`: no serverSideRpcRequests entry matches")));
+        let Some(r) = d
+            .rpc_rules
+            .iter()
+            .find(|r| r.filter.is_match(&method).unwrap_or(false))
+        else {
+            return responder.err(RpcError::NotFound(format!(
+                "method `{method}`: no serverSideRpcRequests entry matches"
+            )));
         };
-        execute(&mut client, &r.plan, r.community.as_deref(), r.timeout, Some(&params)).await
+        execute(
+            &mut client,
+            &r.plan,
+            r.community.as_deref(),
+            r.timeout,
+            Some(&params),
+        )
+        .await
     };
     match outcome {
         Ok(r) => responder.ok(json!({ "result": r.rpc_json() })),
@@ -664,9 +810,23 @@ async fn handle_rpc(devices: &[Arc<Device>], rpc: RpcRequest) {
 
 /// Receives traps and informs and sends them as telemetry of the device whose `ip` is the
 /// sender's address.
-async fn trap_loop(connector: Arc<str>, cfg: TrapConfig, devices: Vec<Arc<Device>>, uplink: UplinkSender, stats: ConnectorCounters, cancel: CancellationToken) -> Result<(), ConnectorError> {
-    let addr = SocketAddr::new(cfg.host.parse().map_err(|_| ConnectorError::Other("traps.host".into()))?, cfg.port);
-    let socket = UdpSocket::bind(addr).await.map_err(|e| ConnectorError::Connection(format!("trap listener on {addr}: {e}")))?;
+async fn trap_loop(
+    connector: Arc<str>,
+    cfg: TrapConfig,
+    devices: Vec<Arc<Device>>,
+    uplink: UplinkSender,
+    stats: ConnectorCounters,
+    cancel: CancellationToken,
+) -> Result<(), ConnectorError> {
+    let addr = SocketAddr::new(
+        cfg.host
+            .parse()
+            .map_err(|_| ConnectorError::Other("traps.host".into()))?,
+        cfg.port,
+    );
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|e| ConnectorError::Connection(format!("trap listener on {addr}: {e}")))?;
     tracing::info!(connector = %connector, %addr, "Listening for SNMP traps.");
     let mut by_ip: HashMap<IpAddr, Arc<Device>> = HashMap::new();
     for d in &devices {
@@ -676,7 +836,9 @@ async fn trap_loop(connector: Arc<str>, cfg: TrapConfig, devices: Vec<Arc<Device
                     by_ip.entry(canonical(a.ip())).or_insert_with(|| d.clone());
                 }
             }
-            Err(e) => tracing::warn!(connector = %connector, device = %d.name, error = %e, "Cannot resolve the device's ip; its traps are not recognised."),
+            Err(e) => {
+                tracing::warn!(connector = %connector, device = %d.name, error = %e, "Cannot resolve the device's ip; its traps are not recognised.")
+            }
         }
     }
     let mut once = LogOnce::new(LOG_ONCE_CAP);
@@ -709,7 +871,12 @@ async fn trap_loop(connector: Arc<str>, cfg: TrapConfig, devices: Vec<Arc<Device
                 continue;
             }
         };
-        if !cfg.communities.is_empty() && !cfg.communities.iter().any(|c| c.as_bytes() == trap.community.as_slice()) {
+        if !cfg.communities.is_empty()
+            && !cfg
+                .communities
+                .iter()
+                .any(|c| c.as_bytes() == trap.community.as_slice())
+        {
             stats.add_convert_errors(1);
             if once.first(&format!("{}: community", from.ip())) {
                 tracing::warn!(connector = %connector, from = %from, "Trap with a community not in traps.communities dropped (logged once per sender).");
@@ -778,16 +945,32 @@ impl Connector for SnmpConnector {
             if d.keys.is_empty() {
                 continue;
             }
-            let poll = poll_loop(name.clone(), d.clone(), cx.uplink().clone(), cx.stats().clone(), cancel.clone());
-            cx.spawn(format!("poll {} ({}:{})", d.name, d.target.host, d.target.port), async move {
-                poll.await;
-                Ok(())
-            });
+            let poll = poll_loop(
+                name.clone(),
+                d.clone(),
+                cx.uplink().clone(),
+                cx.stats().clone(),
+                cancel.clone(),
+            );
+            cx.spawn(
+                format!("poll {} ({}:{})", d.name, d.target.host, d.target.port),
+                async move {
+                    poll.await;
+                    Ok(())
+                },
+            );
         }
         if let Some(t) = &self.traps {
             cx.spawn(
                 format!("trap listener {}:{}", t.host, t.port),
-                trap_loop(name.clone(), t.clone(), self.devices.clone(), cx.uplink().clone(), cx.stats().clone(), cancel.clone()),
+                trap_loop(
+                    name.clone(),
+                    t.clone(),
+                    self.devices.clone(),
+                    cx.uplink().clone(),
+                    cx.stats().clone(),
+                    cancel.clone(),
+                ),
             );
         }
         let devices: Arc<[Arc<Device>]> = self.devices.clone().into();

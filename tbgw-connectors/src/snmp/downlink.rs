@@ -88,11 +88,10 @@ pub fn convert(v: &Json, ty: SetType) -> Result<SetValue, String> {
     let t = text(v);
     let int = || -> Result<i128, String> {
         match v {
-            Json::Number(n) if n.is_i64() || n.is_u64() => {
-                Ok(n.as_i64().map(i128::from).unwrap_or_else(|| {
-                    i128::from(n.as_u64().unwrap_or_default())
-                }))
-            }
+            Json::Number(n) if n.is_i64() || n.is_u64() => Ok(n
+                .as_i64()
+                .map(i128::from)
+                .unwrap_or_else(|| i128::from(n.as_u64().unwrap_or_default()))),
             Json::Bool(b) => Ok(i128::from(*b)),
             _ => t
                 .trim()
@@ -163,12 +162,14 @@ pub fn parse_mappings(m: &Json, default: SetType) -> Result<Vec<Mapping>, (Strin
             None | Some(Json::Null) => default,
             Some(Json::String(s)) => SetType::parse(s)
                 .ok_or_else(|| (format!("{at}.type"), format!("unknown SNMP type {s:?}")))?,
-            Some(other) => return Err((format!("{at}.type"), format!("{other} is not a type name"))),
+            Some(other) => {
+                return Err((format!("{at}.type"), format!("{other} is not a type name")))
+            }
         };
         let value = match value {
-            Some(Json::String(s)) => MappingValue::Template(
-                Template::parse(s).map_err(|e| (at.clone(), e.to_string()))?,
-            ),
+            Some(Json::String(s)) => {
+                MappingValue::Template(Template::parse(s).map_err(|e| (at.clone(), e.to_string()))?)
+            }
             Some(v) => MappingValue::Constant(v.clone()),
             None => MappingValue::Constant(Json::Null),
         };
@@ -194,7 +195,12 @@ pub fn parse_mappings(m: &Json, default: SetType) -> Result<Vec<Mapping>, (Strin
                 out.push(one(oid, item.get("value"), item.get("type"), at)?);
             }
         }
-        other => return Err(("mappings".into(), format!("{other} is neither an object nor a list"))),
+        other => {
+            return Err((
+                "mappings".into(),
+                format!("{other} is neither an object nor a list"),
+            ))
+        }
     }
     Ok(out)
 }
@@ -304,7 +310,11 @@ mod tests {
         assert_eq!(out[1].1, SetValue::OctetString(br#"{"n":3}"#.to_vec()));
         assert_eq!(out[2].1, SetValue::Integer(3));
         assert!(parse_mappings(&json!({"not-an-oid": "1"}), SetType::Integer).is_err());
-        assert!(parse_mappings(&json!([{"oid": "1.3.6", "type": "FLOAT"}]), SetType::Integer).is_err());
+        assert!(parse_mappings(
+            &json!([{"oid": "1.3.6", "type": "FLOAT"}]),
+            SetType::Integer
+        )
+        .is_err());
     }
 
     #[test]
@@ -312,7 +322,8 @@ mod tests {
         let p = reserved_params(&json!("method=get;oid=1.3.6.1.2.1.1.1.0;")).expect("text");
         assert_eq!(p["method"], json!("get"));
         assert_eq!(p["oid"], json!("1.3.6.1.2.1.1.1.0"));
-        let p = reserved_params(&json!("oid=1.3.6.1.2.1.1.4.0;value=a=b;type=STRING")).expect("text");
+        let p =
+            reserved_params(&json!("oid=1.3.6.1.2.1.1.4.0;value=a=b;type=STRING")).expect("text");
         assert_eq!(p["value"], json!("a=b"));
         assert!(reserved_params(&json!(5)).is_err());
     }

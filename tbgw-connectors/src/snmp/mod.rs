@@ -72,8 +72,7 @@ fn flattened_unknown_keys(raw: &serde_json::Value, ignored: &mut Vec<String>) {
             };
             for (j, entry) in list.iter().enumerate() {
                 for k in entry.as_object().into_iter().flat_map(|o| o.keys()) {
-                    if !config::METHOD_KEYS.contains(&k.as_str()) && !extra.contains(&k.as_str())
-                    {
+                    if !config::METHOD_KEYS.contains(&k.as_str()) && !extra.contains(&k.as_str()) {
                         ignored.push(format!("devices[{i}].{section}[{j}].{k}"));
                     }
                 }

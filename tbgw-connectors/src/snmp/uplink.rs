@@ -420,7 +420,10 @@ mod tests {
     #[test]
     fn scalars_are_typed_and_octet_strings_are_text() {
         assert_eq!(SnmpValue::Int(-5).to_json(), json!(-5));
-        assert_eq!(SnmpValue::Bytes(b"router".to_vec()).to_json(), json!("router"));
+        assert_eq!(
+            SnmpValue::Bytes(b"router".to_vec()).to_json(),
+            json!("router")
+        );
         assert_eq!(
             SnmpValue::Bytes(vec![0, 0x1a, 0xff]).to_json(),
             json!("00:1a:ff")
@@ -428,7 +431,10 @@ mod tests {
         assert_eq!(SnmpValue::Timeticks(12345).to_json(), json!(123.45));
         assert_eq!(SnmpValue::Ip([10, 0, 0, 1]).to_json(), json!("10.0.0.1"));
         assert_eq!(SnmpValue::Counter64(u64::MAX).to_json(), json!(u64::MAX));
-        assert_eq!(MethodResult::Scalar(SnmpValue::NoSuchObject).to_json(), None);
+        assert_eq!(
+            MethodResult::Scalar(SnmpValue::NoSuchObject).to_json(),
+            None
+        );
     }
 
     #[test]

@@ -19,8 +19,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// The agent configuration [`Snmpd::start`] uses: `public` reads, `private` reads and
 /// writes (from 127.0.0.1). `sysContact` and `sysName` are not set in the file, so they are
 /// writable over SNMP.
-pub const SNMPD_COMMUNITIES: &str =
-    "rocommunity public 127.0.0.1\nrwcommunity private 127.0.0.1\n";
+pub const SNMPD_COMMUNITIES: &str = "rocommunity public 127.0.0.1\nrwcommunity private 127.0.0.1\n";
 
 /// An `snmpd` process on `udp:127.0.0.1:<port>` with its config, persistent state and log
 /// in a temporary directory. Killed when dropped.
@@ -167,7 +166,10 @@ impl Snmpd {
                 let _ = child.kill().await;
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("snmpd did not start within {READY_TIMEOUT:?}; output:\n{}", self.log()),
+                    format!(
+                        "snmpd did not start within {READY_TIMEOUT:?}; output:\n{}",
+                        self.log()
+                    ),
                 ));
             }
             sleep(Duration::from_millis(20)).await;
