@@ -532,7 +532,7 @@ impl SnmpConnector {
                 trap_keys.push((o, t.key.clone()));
             }
             // Longest prefix first.
-            trap_keys.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            trap_keys.sort_by_key(|k| std::cmp::Reverse(k.0.len()));
             devices.push(Arc::new(Device {
                 name: d.device_name.clone(),
                 profile: d.device_type.clone(),
