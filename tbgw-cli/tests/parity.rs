@@ -1243,9 +1243,9 @@ fn snmp_json(port: u16) -> Value {
 
 #[tokio::test]
 async fn snmp_connector_matches_upstream() {
-    // One snmpd for both gateways; sysLocation and sysContact fixed by its config.
+    // One snmpd for both gateways; sysLocation, sysContact and sysServices fixed by its config.
     let agent = tbgw::test_util::Snmpd::start_with(
-        "rocommunity public 127.0.0.1\nsysLocation lab\nsysContact ops\n",
+        "rocommunity public 127.0.0.1\nsysLocation lab\nsysContact ops\nsysServices 72\n",
     )
     .await
     .expect("snmpd starts (apt-get install -y snmpd)");

@@ -25,9 +25,13 @@ use tbgw::test_util::process::{cpu_ticks, status_kb};
 use tbgw::uplink::UplinkMessage;
 use tbgw_connectors::snmp::SnmpFactory;
 
-/// Scalars snmpd always has: the system group, ifNumber, and row 1 (`lo`) of ifTable.
+/// Scalars snmpd always has: the system group (without sysServices, which needs a config
+/// line), ifNumber, and row 1 (`lo`) of ifTable.
 fn oids() -> Vec<String> {
-    let mut v: Vec<String> = (1..=8).map(|i| format!("1.3.6.1.2.1.1.{i}.0")).collect();
+    let mut v: Vec<String> = [1, 2, 3, 4, 5, 6, 8]
+        .iter()
+        .map(|i| format!("1.3.6.1.2.1.1.{i}.0"))
+        .collect();
     v.push("1.3.6.1.2.1.2.1.0".into());
     v.extend((1..=22).map(|c| format!("1.3.6.1.2.1.2.2.1.{c}.1")));
     v
@@ -53,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoints: Vec<String> = ports.iter().map(|p| format!("udp:127.0.0.1:{p}")).collect();
     let log = std::fs::File::create(dir.path().join("snmpd.log"))?;
     let mut snmpd = tokio::process::Command::new("/usr/sbin/snmpd")
-        .env("SNMP_PERSISTENT_DIR", dir.path())
+        // Not the config's folder: snmpd writes its persistent `snmpd.conf` there on exit.
+        .env("SNMP_PERSISTENT_DIR", dir.path().join("state"))
         .env("MIBS", "")
         .args(["-f", "-Lo", "-C", "-c"])
         .arg(&conf)

@@ -127,7 +127,8 @@ impl Snmpd {
         let log = std::fs::File::create(self.log_path())?;
         let bin = std::env::var_os("SNMPD").unwrap_or_else(|| DEFAULT_SNMPD_BIN.into());
         let mut child = Command::new(&bin)
-            .env("SNMP_PERSISTENT_DIR", self.dir.path())
+            // Not the config's folder: snmpd writes its persistent `snmpd.conf` there on exit.
+            .env("SNMP_PERSISTENT_DIR", self.dir.path().join("state"))
             .env("MIBS", "")
             .args(["-f", "-Lo", "-C", "-c"])
             .arg(&conf)
