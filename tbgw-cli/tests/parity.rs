@@ -1275,18 +1275,9 @@ async fn snmp_connector_matches_upstream() {
                 has(f, "rpc reply \"SNMP router\" 51 ")
             })
             .await?;
-            s.tb.send_rpc(
-                "SNMP router",
-                52,
-                "get",
-                json!("method=get;oid=1.3.6.1.2.1.1.6.0;"),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            until(&s.tb, "the reply to RPC 52", |f| {
-                has(f, "rpc reply \"SNMP router\" 52 ")
-            })
-            .await?;
+            // One RPC only: the stand-in's broker echoes the gateway's reply on
+            // v1/gateway/rpc, and upstream's RPC thread dies on that echo (`KeyError:
+            // 'method'`), so it never answers a second one.
             Ok(())
         },
     )
