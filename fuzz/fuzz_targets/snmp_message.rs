@@ -4,5 +4,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tbgw_fuzz::snmp_message(data);
+    let _ = tbgw_fuzz::snmp_message(data);
 });

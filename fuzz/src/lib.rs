@@ -135,6 +135,7 @@ fn check(
 /// One fuzz input: an SNMP datagram as an agent's answer or a trap arrives. It is decoded as
 /// the poller and the trap listener do, and every result shape (scalar, list, map, table at
 /// several base lengths) is rendered. Panics (the fuzzer's finding) only when a decoder does.
-pub fn snmp_message(data: &[u8]) {
-    let _ = tbgw_connectors::snmp::uplink::decode_any(data);
+/// Returns the size of what was rendered (0: nothing decoded).
+pub fn snmp_message(data: &[u8]) -> usize {
+    tbgw_connectors::snmp::uplink::decode_any(data)
 }

@@ -133,6 +133,7 @@ fn main() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
         let end = Instant::now() + Duration::from_secs(secs);
         let mut runs = 0u64;
+        let mut decoded = 0u64;
         while Instant::now() < end {
             for _ in 0..1000 {
                 let input = if rng.below(2) == 0 {
@@ -140,16 +141,18 @@ fn main() {
                 } else {
                     (0..rng.below(600)).map(|_| rng.next() as u8).collect()
                 };
-                tbgw_fuzz::snmp_message(&input);
+                if tbgw_fuzz::snmp_message(&input) > 0 {
+                    decoded += 1;
+                }
                 runs += 1;
             }
         }
-        println!("snmp_message: {runs} inputs in {secs} s, no failure");
+        println!("snmp_message: {runs} inputs ({decoded} decoded) in {secs} s, no failure");
         return;
     }
     for path in &args {
         let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::snmp_message(&data);
-        println!("{path}: ok");
+        let n = tbgw_fuzz::snmp_message(&data);
+        println!("{path}: ok ({n})");
     }
 }

@@ -324,13 +324,15 @@ fn security(
         Some("SHA256") => AuthProtocol::Sha256,
         Some("SHA384") => AuthProtocol::Sha384,
         Some("SHA512") => AuthProtocol::Sha512,
-        Some(other) => return Err(ConfigError::new(
-            file,
-            format!("{p}.authenticationProtocol"),
-            format!(
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{p}.authenticationProtocol"),
+                format!(
                 "unknown protocol {other:?}; expected MD5, SHA, SHA224, SHA256, SHA384 or SHA512"
             ),
-        )),
+            ))
+        }
     };
     let auth = match (&d.authentication_passphrase, &d.privacy_passphrase) {
         (None, None) => Auth::NoAuthNoPriv,
