@@ -131,3 +131,11 @@ fn check(
     }
     decode_values(&resp, sel);
 }
+
+/// One fuzz input: an SNMP datagram as an agent's answer or a trap arrives. It is decoded as
+/// the poller and the trap listener do, and every result shape (scalar, list, map, table at
+/// several base lengths) is rendered. Panics (the fuzzer's finding) only when a decoder does.
+/// Returns the size of what was rendered (0: nothing decoded).
+pub fn snmp_message(data: &[u8]) -> usize {
+    tbgw_connectors::snmp::uplink::decode_any(data)
+}

@@ -25,12 +25,14 @@ mod mosquitto;
 mod pki;
 pub mod process;
 mod python;
+mod snmpd;
 mod tb_standin;
 mod upstream;
 
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use python::{free_tcp_port, free_udp_port, peers_python, PythonPeer};
+pub use snmpd::{Snmpd, SNMPD_COMMUNITIES};
 pub use tb_standin::{
     default_session_limits, topic_matches, Received, Responder, TbStandIn,
     GATEWAY_ATTRIBUTES_TOPIC, GATEWAY_RPC_TOPIC, ME_ATTRIBUTES_TOPIC, ME_RPC_REQUEST_PREFIX,
