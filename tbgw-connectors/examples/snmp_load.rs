@@ -101,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: "SNMP".into(),
         connector_type: "snmp".into(),
         file: "snmp.json".into(),
-        config: json!({ "devices": devices }),
+        config: json!({ "devices": devices }).into(),
     };
     let mut connector = SnmpFactory::new().build(&spec, &mut Vec::new())?;
     let (mut cx, mut ends) = ConnectorContext::for_test("SNMP");

@@ -32,7 +32,7 @@ fn spec(config: Json) -> ConnectorSpec {
         name: "SNMP".into(),
         connector_type: "snmp".into(),
         file: "snmp.json".into(),
-        config,
+        config: config.into(),
     }
 }
 

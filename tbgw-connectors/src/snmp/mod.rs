@@ -41,7 +41,7 @@ mod connector;
 pub mod downlink;
 pub mod uplink;
 
-use tbgw::config::{parse, ConfigError};
+use tbgw::config::ConfigError;
 use tbgw::connector::{Connector, ConnectorFactory, ConnectorSpec};
 
 pub use config::SnmpConnectorConfig;
@@ -102,8 +102,8 @@ impl ConnectorFactory for SnmpFactory {
         spec: &ConnectorSpec,
         ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let cfg: SnmpConnectorConfig = parse::from_value(&spec.file, "", &spec.config, ignored)?;
-        flattened_unknown_keys(&spec.config, ignored);
+        let cfg: SnmpConnectorConfig = spec.config.deserialize(&spec.file, ignored)?;
+        flattened_unknown_keys(&spec.config.value(), ignored);
         Ok(Box::new(SnmpConnector::build(
             &spec.file, &spec.name, cfg, ignored,
         )?))
