@@ -11,6 +11,7 @@
 //! | `opcua` | `opcua` | `opcua` |
 //! | `request` | `request` | `request` |
 //! | `rest` | `rest` | `rest` |
+//! | `ftp` | `ftp` | `ftp` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -31,6 +32,8 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "ftp")]
+pub mod ftp;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -89,5 +92,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(
         rest::RestFactory::new().with_converters(converters.clone()),
     ));
+    #[cfg(feature = "ftp")]
+    v.push(Box::new(ftp::FtpFactory::new()));
     v
 }
