@@ -20,6 +20,8 @@
 
 #[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
 pub mod factory;
+#[cfg(feature = "ftp")]
+pub mod ftp;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
 #[cfg(feature = "modbus")]
@@ -32,8 +34,6 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
-#[cfg(feature = "ftp")]
-pub mod ftp;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;

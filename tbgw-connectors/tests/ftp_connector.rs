@@ -286,7 +286,10 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
     let port = free_tcp_port();
     let server = FtpServer::start(&root, port).await;
     let head = "name,model,temp,count\n";
-    server.write("data/log.csv", &format!("{head}meter1,M,1,1\nmeter1,M,2,2\n"));
+    server.write(
+        "data/log.csv",
+        &format!("{head}meter1,M,1,1\nmeter1,M,2,2\n"),
+    );
     let file = dir.path().join("ftp.json");
     let cfg = spec(config(port, json!([csv_path("PARTIAL")])), &file);
     let mut c = start(&cfg);
@@ -304,13 +307,17 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
     c.stop().await;
 
     // The cursor survived in the cursor file beside the connector file.
-    let cursors: Json =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ftp.cursors.json")).unwrap())
-            .unwrap();
+    let cursors: Json = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("ftp.cursors.json")).unwrap(),
+    )
+    .unwrap();
     let offset = cursors["data/log.csv"]["offset"].as_u64().unwrap();
     let text = server.read("data/log.csv");
     assert_eq!(offset as usize, text.rfind('\n').unwrap() + 1);
-    assert_eq!(cursors["data/log.csv"]["header"], json!("name,model,temp,count"));
+    assert_eq!(
+        cursors["data/log.csv"]["header"],
+        json!("name,model,temp,count")
+    );
 
     // Restart: the half line is completed meanwhile; only it and what follows are sent.
     server.append("data/log.csv", ",5\nmeter1,M,6,6\n");
@@ -360,7 +367,12 @@ async fn sliced_txt_table_txt_and_json_files() {
     ]);
     let mut c = start(&spec(config(port, paths), &dir.path().join("ftp.json")));
     let got = c.next(5).await;
-    let find = |n: &str| got.iter().filter(|d| d.device_name == n).cloned().collect::<Vec<_>>();
+    let find = |n: &str| {
+        got.iter()
+            .filter(|d| d.device_name == n)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let sliced = find("Sliced");
     assert_eq!(sliced.len(), 2);
     assert_eq!(value(&sliced[0], "temp"), Some(Value::Int(23)));
@@ -369,7 +381,10 @@ async fn sliced_txt_table_txt_and_json_files() {
     assert_eq!(value(&find("Tab1")[0], "v"), Some(Value::Int(5)));
     assert_eq!(value(&find("J1")[0], "temp"), Some(Value::Float(21.5)));
     assert_eq!(value(&find("J2")[0], "temp"), Some(Value::Float(3.0)));
-    assert_eq!(value(&find("J2")[0], "fw"), Some(Value::String("2.0".into())));
+    assert_eq!(
+        value(&find("J2")[0], "fw"),
+        Some(Value::String("2.0".into()))
+    );
     c.stop().await;
 }
 
@@ -388,7 +403,11 @@ async fn malformed_lines_are_counted_and_the_rest_is_sent() {
         &dir.path().join("ftp.json"),
     ));
     let rows = c.next(3).await;
-    assert_eq!(value(&rows[0], "temp"), None, "a non-number is not sent as a double");
+    assert_eq!(
+        value(&rows[0], "temp"),
+        None,
+        "a non-number is not sent as a double"
+    );
     assert_eq!(value(&rows[0], "count"), Some(Value::Int(1)));
     assert_eq!(value(&rows[1], "temp"), Some(Value::Float(1.0)));
     assert_eq!(c.stats.stats().convert_errors(), 2);
@@ -407,7 +426,11 @@ async fn attribute_updates_and_rpcs_write_and_read_files() {
 
     // Connector RPCs ftp_write / ftp_read.
     let r = c
-        .rpc(None, "write", json!({"valueExpression": "out/rpc.txt;hello;world"}))
+        .rpc(
+            None,
+            "write",
+            json!({"valueExpression": "out/rpc.txt;hello;world"}),
+        )
         .await;
     assert_eq!(r, json!({"success": true, "result": "hello;world"}));
     assert_eq!(server.read("out/rpc.txt"), "hello;world");
@@ -421,7 +444,9 @@ async fn attribute_updates_and_rpcs_write_and_read_files() {
         .rpc(Some("meter1"), "set", json!("filePath=out/r.txt;value=42"))
         .await;
     assert_eq!(r, json!({"result": "42"}));
-    let r = c.rpc(Some("meter1"), "get", json!("filePath=out/r.txt")).await;
+    let r = c
+        .rpc(Some("meter1"), "get", json!("filePath=out/r.txt"))
+        .await;
     assert_eq!(r, json!("42"));
 
     // Mapped serverSideRpc read/write.
@@ -429,7 +454,9 @@ async fn attribute_updates_and_rpcs_write_and_read_files() {
     assert_eq!(r, json!({"result": "7"}));
     let r = c.rpc(Some("meter1"), "read", json!("out/m.txt")).await;
     assert_eq!(r, json!("7"));
-    let r = c.rpc(Some("meter1"), "read", json!("out/missing.txt")).await;
+    let r = c
+        .rpc(Some("meter1"), "read", json!("out/missing.txt"))
+        .await;
     assert_eq!(r["code"], json!(500), "{r}");
     let r = c.rpc(Some("meter1"), "reboot", json!({})).await;
     assert_eq!(r["code"], json!(404), "{r}");
@@ -551,4 +578,112 @@ fn config_errors_name_the_key_path() {
         let text = err.to_string();
         assert!(text.contains(key), "{text} should name {key}");
     }
+}
+
+/// Debian's vsftpd on `port`, anonymous and FTPS only (`AUTH TLS` required), serving `root`.
+struct Vsftpd {
+    _child: tokio::process::Child,
+}
+
+impl Vsftpd {
+    async fn start(dir: &Path, root: &Path, port: u16, cert: &Path, key: &Path) -> Option<Vsftpd> {
+        let bin = ["/usr/sbin/vsftpd", "/usr/bin/vsftpd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            eprintln!("skipped: vsftpd is not installed (bash .ci/install)");
+            return None;
+        };
+        std::fs::create_dir_all("/var/run/vsftpd/empty").ok();
+        let conf = dir.join("vsftpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+                 seccomp_sandbox=NO\nanonymous_enable=YES\nno_anon_password=YES\nanon_root={}\n\
+                 local_enable=NO\nwrite_enable=NO\nssl_enable=YES\nallow_anon_ssl=YES\n\
+                 force_anon_data_ssl=YES\nforce_anon_logins_ssl=YES\nrequire_ssl_reuse=NO\n\
+                 rsa_cert_file={}\nrsa_private_key_file={}\npasv_enable=YES\n\
+                 secure_chroot_dir=/var/run/vsftpd/empty\nxferlog_enable=NO\n",
+                root.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new(bin)
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("vsftpd starts");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "vsftpd does not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Vsftpd { _child: child })
+    }
+}
+
+#[tokio::test]
+async fn ftps_against_vsftpd_checks_the_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // vsftpd's anonymous session runs as user `ftp`: the served tree must be world-readable.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pki = tbgw::test_util::Pki::generate(dir.path(), "ftps");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(
+        root.join("data/a.csv"),
+        "name,model,temp,count\r\nsecure1,M,4.5,1\r\n",
+    )
+    .unwrap();
+    for p in [&root, &root.join("data")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        root.join("data/a.csv"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let port = free_tcp_port();
+    let Some(_server) = Vsftpd::start(
+        dir.path(),
+        &root,
+        port,
+        &pki.server_cert(),
+        &pki.server_key(),
+    )
+    .await
+    else {
+        return;
+    };
+    let cfg = json!({
+        "parameters": {
+            "host": "127.0.0.1", "port": port, "TLSSupport": true,
+            "security": {"type": "anonymous"},
+            "caCert": pki.ca_cert().display().to_string()
+        },
+        "paths": [csv_path("FULL")]
+    });
+    let mut c = start(&spec(cfg, &dir.path().join("ftp.json")));
+    let rows = c.next(1).await;
+    assert_eq!(rows[0].device_name, "secure1");
+    assert_eq!(value(&rows[0], "temp"), Some(Value::Float(4.5)));
+    let r = c
+        .rpc(None, "read", json!({"valueExpression": "data/a.csv"}))
+        .await;
+    assert_eq!(
+        r["result"],
+        json!("name,model,temp,count\r\nsecure1,M,4.5,1\r\n")
+    );
+    c.stop().await;
 }

@@ -375,7 +375,8 @@ impl FtpConfig {
                     "must be a positive number of MB",
                 ));
             }
-            super::uplink::PathSpec::build(p).map_err(|(k, e)| ConfigError::new(file, at(&k), e))?;
+            super::uplink::PathSpec::build(p)
+                .map_err(|(k, e)| ConfigError::new(file, at(&k), e))?;
         }
         for (i, a) in self.attribute_updates.iter().enumerate() {
             let at = |k: &str| format!("attributeUpdates[{i}].{k}");

@@ -223,7 +223,9 @@ impl FtpConnector {
             .attribute_updates
             .iter()
             .enumerate()
-            .map(|(i, a)| AttributeRule::build(a).map_err(|e| (format!("attributeUpdates[{i}]"), e)))
+            .map(|(i, a)| {
+                AttributeRule::build(a).map_err(|e| (format!("attributeUpdates[{i}]"), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let rpc_rules = cfg
             .server_side_rpc
@@ -559,7 +561,12 @@ impl FtpConnector {
         Ok(())
     }
 
-    fn count_errors(&mut self, stats: &ConnectorCounters, file: &str, errors: &mut Vec<ConvertError>) {
+    fn count_errors(
+        &mut self,
+        stats: &ConnectorCounters,
+        file: &str,
+        errors: &mut Vec<ConvertError>,
+    ) {
         if errors.is_empty() {
             return;
         }
@@ -765,7 +772,13 @@ impl FtpConnector {
         }
     }
 
-    fn layout(&mut self, stats: &ConnectorCounters, spec: &PathSpec, file: &str, header: &str) -> Layout {
+    fn layout(
+        &mut self,
+        stats: &ConnectorCounters,
+        spec: &PathSpec,
+        file: &str,
+        header: &str,
+    ) -> Layout {
         let (layout, missing) = spec.layout(header);
         if !missing.is_empty() {
             stats.add_convert_errors(1);
@@ -895,7 +908,11 @@ impl FtpConnector {
         Ok(())
     }
 
-    async fn attribute_update(&mut self, s: &mut Session, u: &AttributeUpdate) -> Result<(), OpError> {
+    async fn attribute_update(
+        &mut self,
+        s: &mut Session,
+        u: &AttributeUpdate,
+    ) -> Result<(), OpError> {
         let rules = self.attribute_rules.clone();
         for (key, value) in &u.values {
             for rule in rules.iter() {
@@ -1028,7 +1045,8 @@ impl Connector for FtpConnector {
                     let end = self.session(cx, &mut s).await?;
                     match end {
                         SessionEnd::Cancelled => {
-                            let _ = tokio::time::timeout(Duration::from_secs(2), s.ftp.quit()).await;
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(2), s.ftp.quit()).await;
                             return Ok(());
                         }
                         SessionEnd::Lost(why) => {
@@ -1073,13 +1091,25 @@ mod tests {
         let data: &[u8] = b"ab\r\nlonglonglong\nlast";
         let mut r = BufReader::with_capacity(4, data);
         let mut buf = Vec::new();
-        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), (4, true, false));
+        assert_eq!(
+            read_line(&mut r, &mut buf, 8).await.unwrap(),
+            (4, true, false)
+        );
         assert_eq!(buf, b"ab\r");
-        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), (13, true, true));
+        assert_eq!(
+            read_line(&mut r, &mut buf, 8).await.unwrap(),
+            (13, true, true)
+        );
         assert!(buf.is_empty());
-        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), (4, false, false));
+        assert_eq!(
+            read_line(&mut r, &mut buf, 8).await.unwrap(),
+            (4, false, false)
+        );
         assert_eq!(buf, b"last");
-        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), (0, false, false));
+        assert_eq!(
+            read_line(&mut r, &mut buf, 8).await.unwrap(),
+            (0, false, false)
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub fn connector_rpc(method: &str, params: &Json) -> Result<FileOp, String> {
     match method {
         "read" => read(&expr),
         "write" => split_write(&expr),
-        other => Err(format!("unknown connector RPC ftp_{other} (ftp_read, ftp_write)")),
+        other => Err(format!(
+            "unknown connector RPC ftp_{other} (ftp_read, ftp_write)"
+        )),
     }
 }
 

@@ -59,8 +59,8 @@ impl ConnectorFactory for FtpFactory {
     ) -> Result<Box<dyn Connector>, ConfigError> {
         let file: FtpFile = parse::from_value(&spec.file, "", &spec.config, ignored)?;
         let cfg = file.into_config(&spec.file)?;
-        Ok(Box::new(FtpConnector::new(cfg).map_err(|(k, e)| {
-            ConfigError::new(&spec.file, k, e)
-        })?))
+        Ok(Box::new(
+            FtpConnector::new(cfg).map_err(|(k, e)| ConfigError::new(&spec.file, k, e))?,
+        ))
     }
 }

@@ -467,8 +467,8 @@ impl PathSpec {
             )));
             return None;
         };
-        let device_type = render(&layout.device_type, &fields)
-            .unwrap_or_else(|| self.device_type.src.clone());
+        let device_type =
+            render(&layout.device_type, &fields).unwrap_or_else(|| self.device_type.src.clone());
         let mut data = DeviceData::new(name, device_type);
         let ts = match &layout.ts {
             Some(t) => match render(t, &fields)
@@ -662,7 +662,10 @@ mod tests {
     fn path_patterns() {
         let p = PathPattern::parse("fol/*_hello*.txt").unwrap();
         assert!(p.matches_file("x_hello.txt"));
-        assert!(!p.matches_file("x_hello.csv"), "upstream matches any extension here");
+        assert!(
+            !p.matches_file("x_hello.csv"),
+            "upstream matches any extension here"
+        );
         assert!(!p.matches_file("x_hello.log"));
         let any = PathPattern::parse("*/*.*").unwrap();
         assert!(any.matches_file("a.json") && any.matches_file("b.csv"));
@@ -697,7 +700,10 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(d.device_name, "m1");
         assert_eq!(d.device_type, "meter");
-        assert_eq!(d.attributes, vec![("model".into(), Value::String("X2".into()))]);
+        assert_eq!(
+            d.attributes,
+            vec![("model".into(), Value::String("X2".into()))]
+        );
         assert_eq!(d.telemetry.len(), 1);
         assert_eq!(d.telemetry[0].ts, 1_700_000_000_000);
         assert_eq!(
