@@ -295,10 +295,13 @@ pub struct Layout {
     columns: usize,
     device_name: Vec<RPiece>,
     device_type: Vec<RPiece>,
-    attributes: Vec<(Vec<RPiece>, Vec<RPiece>, Option<Json>, DataType)>,
-    timeseries: Vec<(Vec<RPiece>, Vec<RPiece>, Option<Json>, DataType)>,
+    attributes: Vec<RPoint>,
+    timeseries: Vec<RPoint>,
     ts: Option<Vec<RPiece>>,
 }
+
+/// A datapoint resolved against a header: key pieces, value pieces, constant value, type.
+type RPoint = (Vec<RPiece>, Vec<RPiece>, Option<Json>, DataType);
 
 #[derive(Debug, Clone)]
 enum RPiece {
@@ -485,8 +488,7 @@ impl PathSpec {
             },
             None => now,
         };
-        let mut one = |(k, v, c, ty): &(Vec<RPiece>, Vec<RPiece>, Option<Json>, DataType),
-                       attribute: bool| {
+        let mut one = |(k, v, c, ty): &RPoint, attribute: bool| {
             let Some(key) = render(k, &fields) else {
                 return;
             };
