@@ -29,6 +29,9 @@ const SEEDS: [&str; 3] = [
     "[{\"name\": \"n\", \"k\": \"key\", \"v\": {\"x\": [1]}, \"a\": {\"b\": [\"2.5\"]}, \"u\": \"yes\", \"ts\": 1700000000}, {\"name\": 5}, 3, null]",
 ];
 
+/// Bytes that mean something to one of the three converters.
+const INSERTS: &[u8] = b";,\n\r[]{}:\"$0123456789-.";
+
 /// A seed file with bytes flipped, inserted, removed or cut, led by its selector byte.
 fn mutated(rng: &mut Rng) -> Vec<u8> {
     let sel = rng.below(3);
@@ -37,7 +40,7 @@ fn mutated(rng: &mut Rng) -> Vec<u8> {
         let i = rng.below(v.len() + 1);
         match rng.below(4) {
             0 if i < v.len() => v[i] ^= 1 << rng.below(8),
-            1 => v.insert(i, b";,\n\r[]{}:\"$0123456789-."[rng.below(24)]),
+            1 => v.insert(i, INSERTS[rng.below(INSERTS.len())]),
             2 if i < v.len() => {
                 v.remove(i);
             }
