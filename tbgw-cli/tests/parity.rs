@@ -1289,6 +1289,12 @@ async fn ftp_connector_matches_upstream() {
             "telemetry \"meter2\" count \"3\"",
             "telemetry \"meter2\" count 3",
         ),
+        // Upstream double-encodes a read's answer (a JSON string holding the content as JSON
+        // text); tbgw sends the content as the JSON string.
+        (
+            r##"rpc reply "meter1" 41 "\"name,model,temp,count\\nmeter1,M1,21.5,7\\nmeter2,M2,19.5,3\\n\"""##,
+            r##"rpc reply "meter1" 41 "name,model,temp,count\nmeter1,M1,21.5,7\nmeter2,M2,19.5,3\n""##,
+        ),
     ];
     differential(
         connectors,
