@@ -76,6 +76,17 @@ impl FtpServer {
     async fn stop(&mut self) {
         self.peer.stop().await;
     }
+
+    /// The bytes of each completed download of `rel`, from the server's log, in order.
+    fn downloads(&self, rel: &str) -> Vec<u64> {
+        let needle = format!("{rel} completed=1 bytes=");
+        self.peer
+            .log()
+            .lines()
+            .filter_map(|l| l.split_once(needle.as_str()))
+            .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
 }
 
 fn spec(config: Json, file: &Path) -> ConnectorSpec {
@@ -325,6 +336,12 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
     let rows = c.next(2).await;
     assert_eq!(value(&rows[0], "count"), Some(Value::Int(5)));
     assert_eq!(value(&rows[1], "count"), Some(Value::Int(6)));
+    // Resumed with REST: only the bytes after the stored offset were downloaded.
+    let len = server.read("data/log.csv").len() as u64;
+    assert_eq!(
+        server.downloads("data/log.csv").last(),
+        Some(&(len - offset))
+    );
     server.write("data/zz2.csv", &format!("{head}sentinel2,S,1,1\n"));
     let got = c.until_device("sentinel2").await;
     assert!(
