@@ -139,3 +139,88 @@ fn check(
 pub fn snmp_message(data: &[u8]) -> usize {
     tbgw_connectors::snmp::uplink::decode_any(data)
 }
+
+/// The FTP connector's three converters, compiled once: a TABLE csv path, a SLICED txt path
+/// and a json path, each with every value type and a `ts` key.
+fn ftp_specs() -> &'static [tbgw_connectors::ftp::uplink::PathSpec; 3] {
+    use std::sync::OnceLock;
+    use tbgw_connectors::ftp::config::PathConfig;
+    use tbgw_connectors::ftp::uplink::PathSpec;
+    static SPECS: OnceLock<[PathSpec; 3]> = OnceLock::new();
+    SPECS.get_or_init(|| {
+        let build = |v: serde_json::Value| {
+            let p: PathConfig = serde_json::from_value(v).expect("a valid path");
+            PathSpec::build(&p).expect("a valid path")
+        };
+        [
+            build(serde_json::json!({
+                "path": "d/*.csv", "devicePatternName": "${name}-${b}", "delimiter": ";",
+                "attributes": [{"key": "a_${a}", "value": "${a}"}],
+                "timeseries": [
+                    {"key": "b", "value": "${b}", "type": "int"},
+                    {"key": "c", "value": "x${c}y", "type": "double"},
+                    {"key": "d", "value": "${d}", "type": "bool"},
+                    {"key": "ts", "value": "${e}"}
+                ]
+            })),
+            build(serde_json::json!({
+                "path": "d/*.txt", "devicePatternName": "[0:3]", "txtFileDataView": "SLICED",
+                "attributes": [{"key": "[1:2]", "value": "[-3:]"}],
+                "timeseries": [
+                    {"key": "v", "value": "[2:6]", "type": "integer"},
+                    {"key": "w", "value": "[::2]", "type": "float"},
+                    {"key": "ts", "value": "[0:10]"}
+                ]
+            })),
+            build(serde_json::json!({
+                "path": "d/*.json", "devicePatternName": "${name}",
+                "attributes": [{"key": "${k}", "value": "${v}", "type": "json"}],
+                "timeseries": [
+                    {"key": "t", "value": "${a.b[0]}", "type": "double"},
+                    {"key": "u", "value": "${u}", "type": "boolean"}
+                ]
+            })),
+        ]
+    })
+}
+
+/// One fuzz input for the FTP connector's file → values path: byte 0 picks the view (TABLE
+/// csv, SLICED txt, json), the rest is the file's content. For csv the first line is the
+/// header and every other line a row. Panics (the fuzzer's finding) when a converter panics
+/// or returns a record without data.
+pub fn ftp_lines(data: &[u8]) {
+    let Some((&sel, content)) = data.split_first() else {
+        return;
+    };
+    let specs = ftp_specs();
+    let mut errors = Vec::new();
+    let check = |d: &tbgw::model::DeviceData| {
+        assert!(!d.is_empty(), "a record without data: {d:?}");
+    };
+    match sel % 3 {
+        0 | 1 => {
+            let spec = &specs[usize::from(sel % 3)];
+            let text = String::from_utf8_lossy(content);
+            let mut lines = text.split_inclusive('\n');
+            let layout = if sel % 3 == 0 {
+                lines.next().map(|h| spec.layout(h).0)
+            } else {
+                None
+            };
+            for line in lines {
+                let d = match &layout {
+                    Some(l) => spec.convert_row(l, line, 1, &mut errors),
+                    None => spec.convert_sliced(line, 1, &mut errors),
+                };
+                if let Some(d) = d {
+                    check(&d);
+                }
+            }
+        }
+        _ => {
+            if let Ok(records) = specs[2].convert_json(content, 1, &mut errors) {
+                records.iter().for_each(check);
+            }
+        }
+    }
+}

@@ -2063,3 +2063,105 @@ async fn snmp_connector_matches_upstream() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// FTP
+
+fn ftp_json(port: u16) -> Value {
+    json!({
+        "parameters": {
+            "host": "127.0.0.1", "port": port, "TLSSupport": false,
+            "security": {"type": "basic", "username": "tb", "password": "tbpass"}
+        },
+        "paths": [{
+            "path": "data/*.csv", "devicePatternName": "${name}", "devicePatternType": "meter",
+            "delimiter": ",", "readMode": "FULL", "maxFileSize": 5, "pollPeriod": 1,
+            "txtFileDataView": "TABLE", "withSortingFiles": true,
+            "attributes": [{"key": "model", "value": "${model}"}],
+            "timeseries": [
+                {"key": "temp", "type": "double", "value": "${temp}"},
+                {"key": "count", "type": "integer", "value": "${count}"}
+            ]
+        }],
+        "requestsMapping": {"attributeUpdates": [], "serverSideRpc": []}
+    })
+}
+
+#[tokio::test]
+async fn ftp_connector_matches_upstream() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(root.path().join("data")).expect("data dir");
+    std::fs::write(
+        root.path().join("data/a.csv"),
+        "name,model,temp,count\nmeter1,M1,21.5,7\nmeter2,M2,19.5,3\n",
+    )
+    .expect("csv");
+    let port = tbgw::test_util::free_tcp_port();
+    let mut peer = tbgw::test_util::PythonPeer::spawn([
+        "-m".to_string(),
+        "pyftpdlib".into(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-d".into(),
+        root.path().display().to_string(),
+        "-u".into(),
+        "tb".into(),
+        "-P".into(),
+        "tbpass".into(),
+    ])
+    .expect("pyftpdlib starts");
+    peer.wait_tcp(port, WAIT).await.expect("pyftpdlib listens");
+    let connectors = json!([{"type": "ftp", "name": "FTP", "configuration": "ftp.json"}]);
+    // Upstream sends every value as a string whatever `type` says; tbgw honours `type`.
+    let known = [
+        (
+            "telemetry \"meter1\" temp \"21.5\"",
+            "telemetry \"meter1\" temp 21.5",
+        ),
+        (
+            "telemetry \"meter1\" count \"7\"",
+            "telemetry \"meter1\" count 7",
+        ),
+        (
+            "telemetry \"meter2\" temp \"19.5\"",
+            "telemetry \"meter2\" temp 19.5",
+        ),
+        (
+            "telemetry \"meter2\" count \"3\"",
+            "telemetry \"meter2\" count 3",
+        ),
+        // Upstream double-encodes a read's answer (a JSON string holding the content as JSON
+        // text); tbgw sends the content as the JSON string.
+        (
+            r##"rpc reply "meter1" 41 "\"name,model,temp,count\\nmeter1,M1,21.5,7\\nmeter2,M2,19.5,3\\n\"""##,
+            r##"rpc reply "meter1" 41 "name,model,temp,count\nmeter1,M1,21.5,7\nmeter2,M2,19.5,3\n""##,
+        ),
+    ];
+    differential(
+        connectors,
+        move |_, _, _| vec![("ftp.json", ftp_json(port))],
+        &[],
+        &known,
+        |s: Arc<Side>| async move {
+            until(&s.tb, "both rows", |f| {
+                has(f, "telemetry \"meter1\" temp ")
+                    && has(f, "telemetry \"meter2\" count ")
+                    && has(f, "attribute \"meter2\" model ")
+            })
+            .await?;
+            // Reserved `get` answers the file's content alone.
+            s.tb.send_rpc("meter1", 41, "get", json!("filePath=data/a.csv"))
+                .await
+                .map_err(|e| e.to_string())?;
+            until(&s.tb, "the reply to RPC 41", |f| {
+                has(f, "rpc reply \"meter1\" 41 ")
+            })
+            .await?;
+            Ok(())
+        },
+    )
+    .await;
+    peer.stop().await;
+}

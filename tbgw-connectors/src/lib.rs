@@ -12,6 +12,7 @@
 //! | `request` | `request` | `request` |
 //! | `rest` | `rest` | `rest` |
 //! | `snmp` | `snmp` | `snmp` |
+//! | `ftp` | `ftp` | `ftp` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -20,6 +21,8 @@
 
 #[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
 pub mod factory;
+#[cfg(feature = "ftp")]
+pub mod ftp;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
 #[cfg(feature = "modbus")]
@@ -94,5 +97,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     ));
     #[cfg(feature = "snmp")]
     v.push(Box::new(snmp::SnmpFactory::new()));
+    #[cfg(feature = "ftp")]
+    v.push(Box::new(ftp::FtpFactory::new()));
     v
 }
