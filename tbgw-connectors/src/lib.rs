@@ -11,13 +11,19 @@
 //! | `opcua` | `opcua` | `opcua` |
 //! | `request` | `request` | `request` |
 //! | `rest` | `rest` | `rest` |
+//! | `socket` | `socket` | `socket` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
 //! # let _ = gateway_builder;
 //! ```
 
-#[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
+#[cfg(any(
+    feature = "mqtt",
+    feature = "request",
+    feature = "rest",
+    feature = "socket"
+))]
 pub mod factory;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
@@ -31,6 +37,8 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "socket")]
+pub mod socket;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -88,6 +96,10 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     #[cfg(feature = "rest")]
     v.push(Box::new(
         rest::RestFactory::new().with_converters(converters.clone()),
+    ));
+    #[cfg(feature = "socket")]
+    v.push(Box::new(
+        socket::SocketFactory::new().with_converters(converters.clone()),
     ));
     v
 }
