@@ -201,6 +201,7 @@ pub struct AttributeRequestConfig {
 #[serde(rename_all = "camelCase")]
 pub struct AttributeUpdateConfig {
     /// The shared attribute's key.
+    #[serde(rename = "attributeOnThingsBoard")]
     pub attribute_on_thingsboard: String,
     /// How the value is written (default: the device's `encoding`).
     pub encoding: Option<String>,
