@@ -264,6 +264,20 @@ async fn tcp_devices_are_told_apart_by_address_and_get_their_own_downlink() {
     let (dl, answer) = rpc(Some("Boiler"), "reset", json!("x"));
     ends.downlink.send(dl).await.unwrap();
     assert_eq!(answer.reply().await.unwrap()["code"], 503);
+    // An attribute update while it is away waits for it (the latest value per key).
+    for v in [70, 71] {
+        ends.downlink
+            .send(Downlink::AttributeUpdate(AttributeUpdate {
+                device: "Boiler".into(),
+                values: json!({"setpoint": v}).as_object().unwrap().clone(),
+            }))
+            .await
+            .unwrap();
+    }
+    let mut boiler = Socat::tcp(port, "127.0.0.2");
+    boiler.send(b"22").await;
+    assert_eq!(next_data(&mut ends).await.device_name, "Boiler");
+    boiler.expect(b"71").await;
     assert!(stats.messages_received() >= 3);
     assert_eq!(stats.convert_errors(), 0);
     ends.cancel.cancel();

@@ -128,7 +128,7 @@ impl Shared {
                     .connect_device(&dev.name, &dev.device_type)
                     .await?;
             }
-            self.flush_pending(i).await;
+            self.flush_pending(i);
             let mut errors = Vec::new();
             match dev.convert(&text, msg, ts, &mut errors) {
                 Message::Data(records) => {
@@ -155,8 +155,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Attribute updates that waited for the device: written now it is heard from.
-    async fn flush_pending(&self, i: usize) {
+    /// Attribute updates that waited for the device: written now it is heard from, by a
+    /// sub-task (the write goes through the connection task that is calling this).
+    fn flush_pending(self: &Arc<Self>, i: usize) {
         let values = {
             let mut p = lock(&self.pending);
             match p.get_mut(i) {
@@ -164,7 +165,13 @@ impl Shared {
                 _ => return,
             }
         };
-        self.attribute_update(i, values).await;
+        let me = self.clone();
+        let name = &self.settings.devices[i].name;
+        self.spawner
+            .spawn(format!("pending attribute updates of {name}"), async move {
+                me.attribute_update(i, values).await;
+                Ok(())
+            });
     }
 
     /// Asks ThingsBoard for attributes and writes the answer to the device (a sub-task, so the
@@ -389,7 +396,7 @@ impl Shared {
                         continue;
                     }
                     framer.push(chunk);
-                    while let Some(f) = framer.next() {
+                    while let Some(f) = framer.next_frame() {
                         match f {
                             Frame::Message(m) => {
                                 if let Err(e) = self.on_message(peer, &m).await { break 'conn Err(e) }

@@ -616,7 +616,7 @@ pub enum Framing {
     },
 }
 
-/// What [`Framer::next`] found.
+/// What [`Framer::next_frame`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// A message.
@@ -666,7 +666,7 @@ impl Framer {
     }
 
     /// The next message in what was pushed, if a whole one is there. Call until `None`.
-    pub fn next(&mut self) -> Option<Frame> {
+    pub fn next_frame(&mut self) -> Option<Frame> {
         let avail = &self.buf[self.start..];
         match &self.framing {
             Framing::None => {
@@ -986,15 +986,15 @@ mod tests {
     fn delimiter_framing_splits_joins_and_skips_long_messages() {
         let mut f = Framer::new(Framing::Delimiter(b"\r\n".to_vec(), false), 8);
         f.push(b"ab\r\ncd\r");
-        assert_eq!(f.next(), Some(Frame::Message(b"ab".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"ab".to_vec())));
+        assert_eq!(f.next_frame(), None);
         f.push(b"\n0123456789");
-        assert_eq!(f.next(), Some(Frame::Message(b"cd".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"cd".to_vec())));
+        assert_eq!(f.next_frame(), None);
         f.push(b"abcdef\r\nok\r\n");
-        assert_eq!(f.next(), Some(Frame::TooLong(16)));
-        assert_eq!(f.next(), Some(Frame::Message(b"ok".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(Frame::TooLong(16)));
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"ok".to_vec())));
+        assert_eq!(f.next_frame(), None);
         assert!(f.buf.len() <= 8 + 12 + 2);
     }
 
@@ -1002,10 +1002,10 @@ mod tests {
     fn fixed_and_length_prefix_framing() {
         let mut f = Framer::new(Framing::Fixed(3), 100);
         f.push(b"abcde");
-        assert_eq!(f.next(), Some(Frame::Message(b"abc".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"abc".to_vec())));
+        assert_eq!(f.next_frame(), None);
         f.push(b"f");
-        assert_eq!(f.next(), Some(Frame::Message(b"def".to_vec())));
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"def".to_vec())));
         let lp = |inc, keep| Framing::LengthPrefix {
             bytes: 2,
             order: Order::Big,
@@ -1014,16 +1014,16 @@ mod tests {
         };
         let mut f = Framer::new(lp(false, false), 10);
         f.push(b"\x00\x02hi\x00");
-        assert_eq!(f.next(), Some(Frame::Message(b"hi".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"hi".to_vec())));
+        assert_eq!(f.next_frame(), None);
         f.push(b"\x01x");
-        assert_eq!(f.next(), Some(Frame::Message(b"x".to_vec())));
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"x".to_vec())));
         f.push(b"\x00\x0b");
-        assert!(matches!(f.next(), Some(Frame::Broken(_))));
+        assert!(matches!(f.next_frame(), Some(Frame::Broken(_))));
         let mut f = Framer::new(lp(true, true), 10);
         f.push(b"\x00\x03z");
-        assert_eq!(f.next(), Some(Frame::Message(b"\x00\x03z".to_vec())));
+        assert_eq!(f.next_frame(), Some(Frame::Message(b"\x00\x03z".to_vec())));
         f.push(b"\x00\x01");
-        assert!(matches!(f.next(), Some(Frame::Broken(_))));
+        assert!(matches!(f.next_frame(), Some(Frame::Broken(_))));
     }
 }
