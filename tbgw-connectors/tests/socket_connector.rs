@@ -581,3 +581,30 @@ fn old_flat_config_is_read_as_upstream_converts_it() {
     assert!(s.settings().udp);
     assert_eq!(s.settings().buffer_size, 256);
 }
+
+#[test]
+fn buffer_size_keys_and_mode_checks() {
+    let build = |socket: Json| {
+        tbgw_connectors::socket::SocketConnector::build(
+            "socket.json".as_ref(),
+            serde_json::from_value(json!({"socket": socket, "devices": []})).unwrap(),
+            &Default::default(),
+            &mut Vec::new(),
+        )
+    };
+    // Upstream's code reads `buffer_size`; the documented `bufferSize` is read too.
+    let s = build(json!({"bufferSize": 100})).unwrap();
+    assert_eq!(s.settings().buffer_size, 100);
+    let s = build(json!({"bufferSize": 100, "buffer_size": 300})).unwrap();
+    assert_eq!(s.settings().buffer_size, 300);
+    let s = build(json!({})).unwrap();
+    assert_eq!(s.settings().buffer_size, 1024);
+    let e = build(json!({"type": "UDP", "mode": "client"})).err().unwrap();
+    assert_eq!(e.key, "socket.mode");
+    let e = build(json!({"framing": {"type": "fixed"}})).err().unwrap();
+    assert_eq!(e.key, "socket.framing.length");
+    let e = build(json!({"framing": {"type": "lengthPrefix", "prefixBytes": 3}}))
+        .err()
+        .unwrap();
+    assert_eq!(e.key, "socket.framing.prefixBytes");
+}
