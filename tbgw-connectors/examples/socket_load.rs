@@ -1,14 +1,16 @@
-//! Load benchmark of the Socket connector: 100 TCP devices sending frames as fast as the
-//! connector takes them, with the connector measured as its own process.
+//! Load benchmark of the Socket connector: 100 TCP devices sending frames at a given rate (or
+//! as fast as the connector takes them), with the connector measured as its own process.
 //!
 //! ```text
 //! cargo run --release -p tbgw-connectors --no-default-features --features socket --example socket_load -- 20
+//! cargo run --release -p tbgw-connectors --no-default-features --features socket --example socket_load -- 20 100 delimiter 0
 //! cargo run --release -p tbgw-connectors --no-default-features --features socket --example socket_load -- 20 100 none
 //! ```
 //!
 //! Arguments: seconds measured (default 20), devices (default 100), framing (`delimiter`,
-//! the default, one `23.5\n` frame per message; or `none`, upstream's every-read-is-a-message,
-//! with each device sending one frame per write and waiting 1 ms).
+//! the default, `23.5\n` frames; or `none`, upstream's every-read-is-a-message, each device
+//! writing one frame every 10 ms), and the offered rate in frames per second for all devices
+//! (default 30000, sent in batches every 10 ms; 0: as fast as the connections take them).
 //!
 //! Two processes:
 //!
@@ -20,6 +22,9 @@
 //!   the connector process's CPU time (user+sys, `/proc/<pid>/stat`) over the measured window
 //!   and its peak resident memory (`VmHWM`).
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -65,24 +70,33 @@ async fn connector(port: u16, framing: &str) -> Result<(), Box<dyn std::error::E
     }
 }
 
-async fn device(port: u16, framing: &'static str, stop: Instant) -> std::io::Result<u64> {
+/// One device: `per_tick` frames every 10 ms (0: as fast as the connection takes them).
+async fn device(
+    port: u16,
+    framing: &'static str,
+    per_tick: usize,
+    sent: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.set_nodelay(true)?;
-    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     if framing == "none" {
-        while Instant::now() < stop {
+        // Upstream's framing: one frame per write, so no two frames share a read.
+        loop {
+            tick.tick().await;
             s.write_all(b"23.5").await?;
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    } else {
-        let batch = b"23.5\n".repeat(40);
-        while Instant::now() < stop {
-            s.write_all(&batch).await?;
-            sent += 40;
+            sent.fetch_add(1, Relaxed);
         }
     }
-    Ok(sent)
+    let batch = b"23.5\n".repeat(per_tick.max(1));
+    loop {
+        if per_tick > 0 {
+            tick.tick().await;
+        }
+        s.write_all(&batch).await?;
+        sent.fetch_add(per_tick.max(1) as u64, Relaxed);
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -100,6 +114,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let framing: &'static str = match args.get(2).map(String::as_str) {
         Some("none") => "none",
         _ => "delimiter",
+    };
+    // Offered frames per second in all (0: as fast as the connections take them).
+    let rate: usize = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(30_000);
+    let per_tick = if rate == 0 {
+        0
+    } else {
+        (rate / devices / 100).max(1)
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,8 +148,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Warm up 2 s, then measure `secs`.
         let warm = Duration::from_secs(2);
         let stop = Instant::now() + warm + Duration::from_secs(secs);
+        let sent = Arc::new(AtomicU64::new(0));
         let senders: Vec<_> = (0..devices)
-            .map(|_| tokio::spawn(device(port, framing, stop)))
+            .map(|_| tokio::spawn(device(port, framing, per_tick, sent.clone())))
             .collect();
         let latest = |line: &str| -> Option<(u64, u64)> {
             let mut w = line.split_whitespace();
@@ -146,14 +172,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let (c1, cpu1, t1) = (last.0, cpu_ticks(pid), Instant::now());
-        let mut sent = 0;
-        for s in senders {
-            sent += s.await??;
+        for s in &senders {
+            s.abort();
         }
+        let sent = sent.load(Relaxed);
         let window = (t1 - t0).as_secs_f64();
         let cpu = (cpu1 - cpu0) as f64 / 100.0;
         println!(
-            "socket_load: {devices} TCP devices, framing {framing}, {window:.1} s measured"
+            "socket_load: {devices} TCP devices, framing {framing}, offered {} frames/s, {window:.1} s measured",
+            if framing == "none" { devices * 100 } else if rate == 0 { 0 } else { per_tick * devices * 100 }
         );
         println!(
             "frames into the uplink: {:.0}/s ({} in the window; {sent} sent in all, {} conversion errors)",

@@ -599,7 +599,9 @@ fn buffer_size_keys_and_mode_checks() {
     assert_eq!(s.settings().buffer_size, 300);
     let s = build(json!({})).unwrap();
     assert_eq!(s.settings().buffer_size, 1024);
-    let e = build(json!({"type": "UDP", "mode": "client"})).err().unwrap();
+    let e = build(json!({"type": "UDP", "mode": "client"}))
+        .err()
+        .unwrap();
     assert_eq!(e.key, "socket.mode");
     let e = build(json!({"framing": {"type": "fixed"}})).err().unwrap();
     assert_eq!(e.key, "socket.framing.length");
