@@ -1,6 +1,7 @@
 //! The Socket connector against real peers on loopback: socat playing devices (TCP and UDP,
 //! bound to 127.0.0.2.. so several devices are told apart by address, and listening for client
 //! mode), and plain sockets where a test needs bytes socat cannot send on cue.
+#![cfg_attr(not(feature = "socket"), allow(missing_docs))]
 #![cfg(feature = "socket")]
 
 use std::process::Stdio;
