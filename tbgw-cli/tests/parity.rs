@@ -1246,13 +1246,12 @@ async fn socket_device(bind: &str, port: u16) -> Result<tokio::net::TcpStream, S
         let s = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
         s.bind(format!("{bind}:0").parse().map_err(|e| format!("{e}"))?)
             .map_err(|e| e.to_string())?;
-        match s
-            .connect(([127, 0, 0, 1], port).into())
-            .await
-        {
+        match s.connect(([127, 0, 0, 1], port).into()).await {
             Ok(c) => return Ok(c),
             Err(e) if tokio::time::Instant::now() > deadline => {
-                return Err(format!("the Socket connector on {port} never accepted: {e}"))
+                return Err(format!(
+                    "the Socket connector on {port} never accepted: {e}"
+                ))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -1273,12 +1272,13 @@ async fn socket_connector_matches_upstream() {
             let mut two = socket_device("127.0.0.3", s.spare).await?;
             // Upstream converts one message every 0.2 s and treats every read as a message:
             // frames go ~0.4 s apart so each is read and converted on its own.
-            for (dev, frame) in [
-                (&mut one, &b"21.5"[..]),
-                (&mut two, &b"\x0b\xb8"[..]),
-                (&mut one, &b"-3.25"[..]),
-                (&mut two, &b"\x00\x01\xff"[..]),
+            for (first, frame) in [
+                (true, &b"21.5"[..]),
+                (false, &b"\x0b\xb8"[..]),
+                (true, &b"-3.25"[..]),
+                (false, &b"\x00\x01\xff"[..]),
             ] {
+                let dev = if first { &mut one } else { &mut two };
                 dev.write_all(frame).await.map_err(|e| e.to_string())?;
                 tokio::time::sleep(Duration::from_millis(400)).await;
             }
