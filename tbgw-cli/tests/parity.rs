@@ -1271,22 +1271,24 @@ async fn socket_connector_matches_upstream() {
             let mut one = socket_device("127.0.0.2", s.spare).await?;
             let mut two = socket_device("127.0.0.3", s.spare).await?;
             // Upstream converts one message every 0.2 s and treats every read as a message:
-            // frames go ~0.4 s apart so each is read and converted on its own.
-            for (first, frame) in [
-                (true, &b"21.5"[..]),
-                (false, &b"\x0b\xb8"[..]),
-                (true, &b"-3.25"[..]),
-                (false, &b"\x00\x01\xff"[..]),
+            // frames go at least 0.4 s apart so each is read and converted on its own, and
+            // each waits for the previous one at ThingsBoard (upstream merges the attributes of
+            // records stored before it is connected, so an earlier value would be lost).
+            for (first, frame, fact) in [
+                (true, &b"21.5"[..], "telemetry \"S-1\" temp \"21.5\""),
+                (false, &b"\x0b\xb8"[..], "telemetry \"S-2\" raw \"0bb8\""),
+                (true, &b"-3.25"[..], "telemetry \"S-1\" temp \"-3.25\""),
+                (
+                    false,
+                    &b"\x00\x01\xff"[..],
+                    "telemetry \"S-2\" raw \"0001ff\"",
+                ),
             ] {
                 let dev = if first { &mut one } else { &mut two };
                 dev.write_all(frame).await.map_err(|e| e.to_string())?;
+                until(&s.tb, fact, |f| has(f, fact)).await?;
                 tokio::time::sleep(Duration::from_millis(400)).await;
             }
-            until(&s.tb, "both devices' data", |f| {
-                has(f, "telemetry \"S-1\" temp \"-3.25\"")
-                    && has(f, "telemetry \"S-2\" raw \"0001ff\"")
-            })
-            .await?;
             // tbgw reports a TCP device as disconnected when its connection closes; upstream
             // does not: keep the connections open until the gateways stop.
             std::mem::forget(one);
