@@ -611,3 +611,43 @@ fn buffer_size_keys_and_mode_checks() {
         .unwrap();
     assert_eq!(e.key, "socket.framing.prefixBytes");
 }
+
+#[tokio::test]
+async fn ipv6_listener_and_patterns() {
+    let port = free_tcp_port();
+    let (task, mut ends, _stats) = start(json!({
+        "socket": {"address": "::1", "port": port},
+        "devices": [{"address": "[::1]:*", "deviceName": "V6",
+                     "telemetry": [{"key": "v", "type": "int"}],
+                     "attributeUpdates": [{"attributeOnThingsBoard": "a"}]}]
+    }));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut conn = loop {
+        match tokio::net::TcpStream::connect(("::1", port)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "not listening: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    conn.write_all(b"42").await.unwrap();
+    let d = next_data(&mut ends).await;
+    assert_eq!(d.device_name, "V6");
+    assert_eq!(telemetry(&d, "v"), Some(Value::Int(42)));
+    ends.downlink
+        .send(Downlink::AttributeUpdate(AttributeUpdate {
+            device: "V6".into(),
+            values: json!({"a": "six"}).as_object().unwrap().clone(),
+        }))
+        .await
+        .unwrap();
+    let mut got = [0u8; 3];
+    tokio::time::timeout(WAIT, conn.read_exact(&mut got))
+        .await
+        .expect("written back")
+        .unwrap();
+    assert_eq!(&got, b"six");
+    ends.cancel.cancel();
+    task.await.unwrap();
+}
