@@ -224,3 +224,147 @@ pub fn ftp_lines(data: &[u8]) {
         }
     }
 }
+
+pub use socket::socket_frame;
+
+/// The Socket connector's frame -> converter path.
+mod socket {
+    use tbgw_connectors::socket::uplink::{
+        AddressPattern, AttrRequest, Device, Encoding, Frame, Framer, Framing, Message, Order,
+        Point, Slice, ValueKind,
+    };
+
+    const ENCODINGS: [Encoding; 7] = [
+        Encoding::Utf8,
+        Encoding::Ascii,
+        Encoding::Latin1,
+        Encoding::Utf16,
+        Encoding::Utf16Le,
+        Encoding::Utf16Be,
+        Encoding::Hex,
+    ];
+
+    /// A device with a key of every value type over slices picked by `sel`.
+    fn socket_device(sel: u8) -> Device {
+        let order = if sel & 1 == 0 {
+            Order::Big
+        } else {
+            Order::Little
+        };
+        let kinds = [
+            ValueKind::String,
+            ValueKind::Int,
+            ValueKind::Double,
+            ValueKind::Bool,
+            ValueKind::Json,
+            ValueKind::BinInt(1, order),
+            ValueKind::BinUInt(2, order),
+            ValueKind::BinInt(4, order),
+            ValueKind::BinUInt(8, order),
+            ValueKind::BinFloat(4, order),
+            ValueKind::BinFloat(8, order),
+        ];
+        let s = i64::from(sel);
+        let slices = [
+            Slice::Range(Some(0), None),
+            Slice::Range(Some(s % 7), Some(s % 11)),
+            Slice::Range(Some(-(s % 5)), None),
+            Slice::Range(None, Some(-(s % 3))),
+            Slice::Index(s % 9 - 4),
+        ];
+        let points = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| Point {
+                key: format!("k{i}"),
+                attribute: i % 3 == 0,
+                slice: slices[(i + usize::from(sel)) % slices.len()],
+                kind,
+            })
+            .collect();
+        let attr = AttrRequest::parse(sel & 2 == 0, "${[0:2]==ar}", "[2:5][6:]");
+        Device {
+            name: "D".into(),
+            device_type: "default".into(),
+            pattern: AddressPattern::new("127.0.0.*:*"),
+            encoding: ENCODINGS[usize::from(sel >> 4) % ENCODINGS.len()],
+            points,
+            attr_requests: attr.into_iter().collect(),
+            attribute_updates: vec![],
+            rpcs: vec![],
+            converter: None,
+            report: None,
+        }
+    }
+
+    /// One fuzz input: byte 0 picks the framing, byte 1 the device's encoding, types and slices,
+    /// byte 2 the read size; the rest is the TCP stream, pushed read by read into the framer and
+    /// every message converted. Panics (the fuzzer's finding) when a frame breaks the framer's
+    /// contract (longer than the limit, a fixed frame of another length) or a conversion panics.
+    pub fn socket_frame(data: &[u8]) {
+        let [f, sel, chunk, wire @ ..] = data else {
+            return;
+        };
+        const MAX: usize = 64;
+        let framing = match f % 8 {
+            0 => Framing::None,
+            1 => Framing::Delimiter(vec![b'\n'], f & 8 != 0),
+            2 => Framing::Delimiter(b"\r\n".to_vec(), f & 8 != 0),
+            3 => Framing::Fixed(usize::from(f >> 3) % MAX + 1),
+            k => Framing::LengthPrefix {
+                bytes: [1, 2, 4, 1][usize::from(k - 4)],
+                order: if f & 8 == 0 {
+                    Order::Big
+                } else {
+                    Order::Little
+                },
+                includes_prefix: f & 16 != 0,
+                keep_prefix: f & 32 != 0,
+            },
+        };
+        let device = socket_device(*sel);
+        let mut framer = Framer::new(framing.clone(), MAX);
+        let step = usize::from(*chunk % 32) + 1;
+        for read in wire.chunks(step) {
+            framer.push(read);
+            while let Some(frame) = framer.next_frame() {
+                match frame {
+                    Frame::Message(m) => {
+                        match &framing {
+                            Framing::None => assert_eq!(m, read, "a read is one message"),
+                            Framing::Fixed(n) => assert_eq!(m.len(), *n, "fixed length"),
+                            Framing::Delimiter(d, keep) => {
+                                assert!(
+                                    m.len() <= MAX + d.len(),
+                                    "{} bytes over the limit",
+                                    m.len()
+                                );
+                                let body = if *keep {
+                                    assert!(m.ends_with(d), "the kept delimiter");
+                                    &m[..m.len() - d.len()]
+                                } else {
+                                    &m[..]
+                                };
+                                assert!(
+                                    !body.windows(d.len()).any(|w| w == d.as_slice()),
+                                    "a delimiter inside a message"
+                                );
+                            }
+                            Framing::LengthPrefix { bytes, .. } => {
+                                assert!(m.len() <= MAX + bytes, "{} bytes over the limit", m.len())
+                            }
+                        }
+                        let mut errors = Vec::new();
+                        match device.convert("127.0.0.2:5000", &m, 1, &mut errors) {
+                            Message::Data(v) => assert!(v.iter().all(|d| !d.is_empty())),
+                            Message::AttributeRequest(_, keys) => assert!(keys.len() == 2),
+                            Message::Nothing => {}
+                        }
+                    }
+                    Frame::TooLong(n) => assert!(n > MAX, "skipped {n} bytes, under the limit"),
+                    Frame::Broken(_) => return,
+                }
+            }
+        }
+    }
+}

@@ -2165,3 +2165,81 @@ async fn ftp_connector_matches_upstream() {
     .await;
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Socket
+
+fn socket_json(port: u16) -> Value {
+    json!({
+        "socket": {"type": "TCP", "address": "127.0.0.1", "port": port, "bufferSize": 1024},
+        "devices": [
+            {"address": "127.0.0.2:*", "deviceName": "S-1", "deviceType": "socket-sensor",
+             "encoding": "utf-8",
+             "telemetry": [{"key": "temp", "byteFrom": 0, "byteTo": -1},
+                           {"key": "head", "byteFrom": 0, "byteTo": 2}],
+             "attributes": [{"key": "tail", "byteFrom": 2, "byteTo": 4}]},
+            {"address": "127.0.0.3:*", "deviceName": "S-2", "encoding": "hex",
+             "telemetry": [{"key": "raw", "byteFrom": 0, "byteTo": -1}]}
+        ]
+    })
+}
+
+/// Connects from `bind` to the side's Socket connector, retrying until it listens.
+async fn socket_device(bind: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        s.bind(format!("{bind}:0").parse().map_err(|e| format!("{e}"))?)
+            .map_err(|e| e.to_string())?;
+        match s.connect(([127, 0, 0, 1], port).into()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(format!(
+                    "the Socket connector on {port} never accepted: {e}"
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn socket_connector_matches_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let connectors = json!([{"type": "socket", "name": "Socket", "configuration": "socket.json"}]);
+    differential(
+        connectors,
+        |_, spare, _| vec![("socket.json", socket_json(spare))],
+        &[],
+        &[],
+        |s: Arc<Side>| async move {
+            let mut one = socket_device("127.0.0.2", s.spare).await?;
+            let mut two = socket_device("127.0.0.3", s.spare).await?;
+            // Upstream converts one message every 0.2 s and treats every read as a message:
+            // frames go at least 0.4 s apart so each is read and converted on its own, and
+            // each waits for the previous one at ThingsBoard (upstream merges the attributes of
+            // records stored before it is connected, so an earlier value would be lost).
+            for (first, frame, fact) in [
+                (true, &b"21.5"[..], "telemetry \"S-1\" temp \"21.5\""),
+                (false, &b"\x0b\xb8"[..], "telemetry \"S-2\" raw \"0bb8\""),
+                (true, &b"-3.25"[..], "telemetry \"S-1\" temp \"-3.25\""),
+                (
+                    false,
+                    &b"\x00\x01\xff"[..],
+                    "telemetry \"S-2\" raw \"0001ff\"",
+                ),
+            ] {
+                let dev = if first { &mut one } else { &mut two };
+                dev.write_all(frame).await.map_err(|e| e.to_string())?;
+                until(&s.tb, fact, |f| has(f, fact)).await?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            // tbgw reports a TCP device as disconnected when its connection closes; upstream
+            // does not: keep the connections open until the gateways stop.
+            std::mem::forget(one);
+            std::mem::forget(two);
+            Ok(())
+        },
+    )
+    .await;
+}

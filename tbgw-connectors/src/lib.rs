@@ -13,13 +13,19 @@
 //! | `rest` | `rest` | `rest` |
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
+//! | `socket` | `socket` | `socket` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
 //! # let _ = gateway_builder;
 //! ```
 
-#[cfg(any(feature = "mqtt", feature = "request", feature = "rest"))]
+#[cfg(any(
+    feature = "mqtt",
+    feature = "request",
+    feature = "rest",
+    feature = "socket"
+))]
 pub mod factory;
 #[cfg(feature = "ftp")]
 pub mod ftp;
@@ -37,6 +43,8 @@ pub mod request;
 pub mod rest;
 #[cfg(feature = "snmp")]
 pub mod snmp;
+#[cfg(feature = "socket")]
+pub mod socket;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -99,5 +107,9 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(snmp::SnmpFactory::new()));
     #[cfg(feature = "ftp")]
     v.push(Box::new(ftp::FtpFactory::new()));
+    #[cfg(feature = "socket")]
+    v.push(Box::new(
+        socket::SocketFactory::new().with_converters(converters.clone()),
+    ));
     v
 }
