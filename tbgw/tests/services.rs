@@ -1040,7 +1040,10 @@ async fn client_attributes_carry_upstreams_keys_and_an_unchanged_section_is_not_
     let id = test["id"].as_str().expect("id").to_string();
     assert_eq!(id.len(), 36, "{test}");
     assert_eq!(test["configurationJson"]["id"], json!(id));
-    assert!(test.get("configVersion").is_some_and(Json::is_null), "{test}");
+    assert!(
+        test.get("configVersion").is_some_and(Json::is_null),
+        "{test}"
+    );
     assert!(test.get("grpc_key").is_some_and(Json::is_null), "{test}");
     let file: Json =
         serde_json::from_str(&std::fs::read_to_string(r.path("test.json")).unwrap()).unwrap();
@@ -1093,6 +1096,20 @@ async fn client_attributes_carry_upstreams_keys_and_an_unchanged_section_is_not_
     let main: Json =
         serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap()).unwrap();
     assert!(main["thingsboard"].get("ts").is_none(), "{main}");
+
+    // Renamed from the UI with the id it was reported with (none in its file): the old
+    // connector goes (no `active_connectors` needed to stop it).
+    let t1 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Renamed": {"name": "Renamed", "type": "test", "configuration": "test.json",
+            "ts": now_millis(),
+            "configurationJson": {"devices": ["d1"], "tag": "renamed", "id": id}}
+    }))
+    .await
+    .unwrap();
+    assert!(r.telemetry("d1", "renamed", t1).await, "renamed runs");
+    let active = reported(&r, t1, "active_connectors", |v| v == &json!(["Renamed"])).await;
+    assert!(active.is_some(), "the old name is gone");
     let _ = r.stop.take().map(|s| s.send(()));
     let report = (&mut r.gateway).await.unwrap();
     assert!(report.clean, "{report:?}");

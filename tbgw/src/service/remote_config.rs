@@ -528,7 +528,11 @@ async fn add_connector(
     }
     let file = dir.join(&file_name);
     // Renamed: the running connector with the same id goes.
-    if let Some(id) = cfg.get("id").and_then(Json::as_str) {
+    if cfg
+        .get("id")
+        .is_some_and(|v| v.is_string() || v.is_number())
+    {
+        let id = connector_id(name, cfg);
         let old: Vec<String> = s
             .manager
             .handles
@@ -610,7 +614,9 @@ fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
     out.insert("id".into(), json!(id));
     // Upstream writes the id it makes up into the file, so its `configurationJson` has it.
     if let Some(m) = cfg.as_object_mut() {
-        m.entry("id").or_insert_with(|| json!(id));
+        if m.get("id").is_none_or(Json::is_null) {
+            m.insert("id".into(), json!(id));
+        }
     }
     // Upstream's key of a gRPC connector; null for every other connector.
     out.insert("grpc_key".into(), Json::Null);
@@ -685,12 +691,14 @@ pub(crate) fn logs_configuration(dir: Option<&Path>) -> Json {
     }
 }
 
-/// A connector's id: the file's `id` when it has one (a string), else one derived from the
+/// A connector's id: the file's `id` when it has one (a string or a number), else one derived from the
 /// connector's name, the same at every start. Upstream makes up a random UUID and writes it
 /// into the connector file; tbgw does not rewrite files it was given.
 pub(crate) fn connector_id(name: &str, cfg: &Json) -> String {
-    if let Some(id) = cfg.get("id").and_then(Json::as_str) {
-        return id.to_string();
+    match cfg.get("id") {
+        Some(Json::String(id)) => return id.clone(),
+        Some(n @ Json::Number(_)) => return n.to_string(),
+        _ => {}
     }
     // Two 64-bit FNV-1a hashes of the name (different offsets), as a version 8 UUID.
     let fnv = |basis: u64| {
@@ -719,6 +727,7 @@ mod tests {
     #[test]
     fn connector_ids_are_the_files_or_stable_uuids() {
         assert_eq!(connector_id("A", &json!({"id": "given"})), "given");
+        assert_eq!(connector_id("A", &json!({"id": 7})), "7");
         let a = connector_id("MQTT Levels", &json!({}));
         assert_eq!(a, connector_id("MQTT Levels", &json!({"id": null})));
         assert_ne!(a, connector_id("MQTT Level", &json!({})));
