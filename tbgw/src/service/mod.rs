@@ -9,7 +9,8 @@
 //!   remote shell when enabled);
 //! * device inactivity, shared-attribute sync on connect;
 //! * hot reload of connector files and remote configuration (`manager`, `remote_config`);
-//! * remote logging ([`remote_log`]).
+//! * remote logging ([`remote_log`]) and upstream's `ALL_ERRORS_COUNT` /
+//!   `<logger>_ERRORS_COUNT` telemetry (ERROR records counted by its layer).
 //!
 //! Device filtering (`filter`) runs in the ingest task, on the data path.
 
