@@ -1018,3 +1018,99 @@ async fn a_single_shared_attribute_synced_on_connect_reaches_the_connector() {
     let _ = r.stop.take().map(|s| s.send(()));
     let _ = (&mut r.gateway).await.unwrap();
 }
+
+#[tokio::test]
+async fn client_attributes_carry_upstreams_keys_and_an_unchanged_section_is_not_applied() {
+    let t_start = std::time::Instant::now();
+    let logs = json!({"version": 1, "disable_existing_loggers": false, "formatters": {},
+                      "handlers": {}, "root": {"level": "ERROR", "handlers": []}});
+    let mut r = start_with(
+        json!({"remoteConfiguration": true}),
+        json!({"devices": ["d1"], "tag": "t"}),
+        Some(remote_log_handle()),
+        &[("logs.json", logs.clone())],
+    )
+    .await;
+    assert!(r.telemetry("d1", "t", t_start).await);
+    // The connector: an id (none in the file: a UUID, the same at every start), a null
+    // configVersion and grpc_key, the id in configurationJson too.
+    let test = reported(&r, t_start, "Test", |_| true)
+        .await
+        .expect("connector reported");
+    let id = test["id"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 36, "{test}");
+    assert_eq!(test["configurationJson"]["id"], json!(id));
+    assert!(
+        test.get("configVersion").is_some_and(Json::is_null),
+        "{test}"
+    );
+    assert!(test.get("grpc_key").is_some_and(Json::is_null), "{test}");
+    let file: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("test.json")).unwrap()).unwrap();
+    assert!(file.get("id").is_none(), "the file is not rewritten");
+    // The sections, each with a ts; grpc absent from the main file: `{ts}`; logs.json as is.
+    let ts_of = |v: &Json| v["ts"].as_i64().unwrap_or(0);
+    let general = reported(&r, t_start, "general_configuration", |_| true)
+        .await
+        .expect("general_configuration");
+    assert!(ts_of(&general) > 0, "{general}");
+    assert_eq!(general["host"], json!("127.0.0.1"));
+    let storage = reported(&r, t_start, "storage_configuration", |_| true)
+        .await
+        .expect("storage_configuration");
+    assert!(ts_of(&storage) > 0, "{storage}");
+    assert_eq!(storage["type"], json!("memory"));
+    let grpc = reported(&r, t_start, "grpc_configuration", |_| true)
+        .await
+        .expect("grpc_configuration");
+    assert_eq!(grpc, json!({"ts": ts_of(&grpc)}));
+    assert!(ts_of(&grpc) > 0);
+    let mut got_logs = reported(&r, t_start, "logs_configuration", |_| true)
+        .await
+        .expect("logs_configuration");
+    assert!(ts_of(&got_logs) > 0);
+    got_logs.as_object_mut().unwrap().remove("ts");
+    assert_eq!(got_logs, logs);
+    // Errors logged: in total and per connector, integers.
+    let errors =
+        r.tb.wait_for(WAIT, |m| {
+            m.topic == "v1/devices/me/telemetry"
+                && m.json.as_ref().is_some_and(|j| {
+                    j["ALL_ERRORS_COUNT"].is_u64() && j["Test_ERRORS_COUNT"].is_u64()
+                })
+        })
+        .await;
+    assert!(errors.is_some(), "ERRORS_COUNT telemetry");
+
+    // ThingsBoard sends back what was reported, with its ts: nothing to apply.
+    let backups = r.path("backup");
+    r.tb.send_gateway_attributes(json!({"general_configuration": general,
+                                         "storage_configuration": storage}))
+        .await
+        .unwrap();
+    // Handled in order: once this reply is in, the attributes were.
+    let _ = r.rpc(7, "gateway_version", json!({})).await;
+    assert_eq!(r.stats.remote_config_applied(), 0);
+    assert_eq!(r.stats.remote_config_rejected(), 0);
+    assert!(!backups.exists(), "nothing written");
+    let main: Json =
+        serde_json::from_str(&std::fs::read_to_string(r.path("tb_gateway.json")).unwrap()).unwrap();
+    assert!(main["thingsboard"].get("ts").is_none(), "{main}");
+
+    // Renamed from the UI with the id it was reported with (none in its file): the old
+    // connector goes (no `active_connectors` needed to stop it).
+    let t1 = std::time::Instant::now();
+    r.tb.send_gateway_attributes(json!({
+        "Renamed": {"name": "Renamed", "type": "test", "configuration": "test.json",
+            "ts": now_millis(),
+            "configurationJson": {"devices": ["d1"], "tag": "renamed", "id": id}}
+    }))
+    .await
+    .unwrap();
+    assert!(r.telemetry("d1", "renamed", t1).await, "renamed runs");
+    let active = reported(&r, t1, "active_connectors", |v| v == &json!(["Renamed"])).await;
+    assert!(active.is_some(), "the old name is gone");
+    let _ = r.stop.take().map(|s| s.send(()));
+    let report = (&mut r.gateway).await.unwrap();
+    assert!(report.clean, "{report:?}");
+}

@@ -9,7 +9,8 @@
 //!   remote shell when enabled);
 //! * device inactivity, shared-attribute sync on connect;
 //! * hot reload of connector files and remote configuration (`manager`, `remote_config`);
-//! * remote logging ([`remote_log`]).
+//! * remote logging ([`remote_log`]) and upstream's `ALL_ERRORS_COUNT` /
+//!   `<logger>_ERRORS_COUNT` telemetry (ERROR records counted by its layer).
 //!
 //! Device filtering (`filter`) runs in the ingest task, on the data path.
 
@@ -80,6 +81,60 @@ struct Last {
     machine_cpu: Option<(u64, u64)>,
     /// The first statistics message of the process went out.
     sent: bool,
+    errors: ErrorCounts,
+}
+
+/// How often the error counts are checked (and sent when they changed), as upstream.
+const ERRORS_PERIOD: Duration = Duration::from_secs(5);
+/// Error counts restart every this many checks (60 s), as upstream's.
+const ERRORS_WINDOW_TICKS: u64 = 12;
+
+/// Upstream's `ALL_ERRORS_COUNT` and `<logger>_ERRORS_COUNT` telemetry: ERROR records logged
+/// in the current minute, in total and per logger (a connector's name, `service`,
+/// `tb_connection`, `storage`), sent when they changed.
+#[derive(Debug, Default)]
+struct ErrorCounts {
+    /// A session with ThingsBoard was ready once (upstream sends only when connected).
+    connected: bool,
+    ticks: u64,
+    window: std::collections::BTreeMap<String, u64>,
+    previous: Option<Map<String, Json>>,
+}
+
+impl ErrorCounts {
+    /// Adds the errors counted since the last tick; returns the telemetry to send, if it
+    /// changed. Every running connector has its key (0 until it logs an error; upstream lists
+    /// a connector once it logged one), the other loggers once they logged one.
+    fn tick(
+        &mut self,
+        new: std::collections::BTreeMap<String, u64>,
+        connectors: &[String],
+    ) -> Option<Json> {
+        if self.ticks % ERRORS_WINDOW_TICKS == 0 {
+            self.window.values_mut().for_each(|v| *v = 0);
+        }
+        self.ticks += 1;
+        for (k, n) in new {
+            *self.window.entry(k).or_default() += n;
+        }
+        for c in connectors {
+            self.window.entry(c.clone()).or_default();
+        }
+        let mut batch: Map<String, Json> = self
+            .window
+            .iter()
+            .map(|(k, v)| (format!("{k}_ERRORS_COUNT"), json!(v)))
+            .collect();
+        batch.insert(
+            "ALL_ERRORS_COUNT".into(),
+            json!(self.window.values().sum::<u64>()),
+        );
+        if self.previous.as_ref() == Some(&batch) {
+            return None;
+        }
+        self.previous = Some(batch.clone());
+        Some(Json::Object(batch))
+    }
 }
 
 impl Services {
@@ -117,6 +172,7 @@ impl Services {
         let mut reload_tick = tokio::time::interval(Duration::from_secs(reload_period.max(1)));
         reload_tick.reset();
         let mut log_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut errors_tick = tokio::time::interval(ERRORS_PERIOD);
         let custom = self.custom_statistics();
         let mut custom_tick = tokio::time::interval(Duration::from_secs(
             stats_cfg.custom_stats_send_period_in_seconds.max(1),
@@ -131,6 +187,7 @@ impl Services {
                     None => return false,
                     Some(ev) => {
                         let ready = matches!(ev, ServiceEvent::Ready);
+                        last.errors.connected |= ready;
                         self.on_event(ev, remote, shell).await;
                         // As upstream: the first statistics go out as soon as the gateway is
                         // connected, then every period.
@@ -157,6 +214,14 @@ impl Services {
                     }
                 }
                 _ = log_tick.tick(), if self.remote_log.is_some() => self.flush_remote_logs(),
+                _ = errors_tick.tick(), if self.remote_log.is_some() && last.errors.connected => {
+                    let new = self.remote_log.as_ref().map(|h| h.take_errors()).unwrap_or_default();
+                    let names: Vec<String> =
+                        self.manager.handles.iter().map(|h| h.name.to_string()).collect();
+                    if let Some(batch) = last.errors.tick(new, &names) {
+                        self.publish(topic::ME_TELEMETRY, batch);
+                    }
+                }
                 _ = custom_tick.tick(), if !custom.is_empty() => {
                     let values = custom_stats::collect(&custom).await;
                     if values.as_object().is_some_and(|m| !m.is_empty()) {
@@ -717,6 +782,43 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_counts_are_sent_when_they_change_and_restart_every_minute() {
+        let mut e = ErrorCounts::default();
+        let names = ["MQTT A".to_string()];
+        let counted = |pairs: &[(&str, u64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        // The first check sends zeros for every connector and the total.
+        assert_eq!(
+            e.tick(counted(&[]), &names),
+            Some(json!({"ALL_ERRORS_COUNT": 0, "MQTT A_ERRORS_COUNT": 0}))
+        );
+        assert_eq!(e.tick(counted(&[]), &names), None, "unchanged: not sent");
+        assert_eq!(
+            e.tick(counted(&[("MQTT A", 2), ("storage", 1)]), &names),
+            Some(json!({"ALL_ERRORS_COUNT": 3, "MQTT A_ERRORS_COUNT": 2,
+                        "storage_ERRORS_COUNT": 1}))
+        );
+        assert_eq!(
+            e.tick(counted(&[("MQTT A", 1)]), &names),
+            Some(json!({"ALL_ERRORS_COUNT": 4, "MQTT A_ERRORS_COUNT": 3,
+                        "storage_ERRORS_COUNT": 1}))
+        );
+        for _ in 4..ERRORS_WINDOW_TICKS {
+            assert_eq!(e.tick(counted(&[]), &names), None);
+        }
+        // A new minute: the counts restart, the keys stay.
+        assert_eq!(
+            e.tick(counted(&[]), &names),
+            Some(json!({"ALL_ERRORS_COUNT": 0, "MQTT A_ERRORS_COUNT": 0,
+                        "storage_ERRORS_COUNT": 0}))
+        );
+    }
 
     #[test]
     fn restart_delay_is_checked_instead_of_panicking() {

@@ -2,8 +2,11 @@
 //! of the gateway device are the desired configuration, client attributes the reported one.
 //!
 //! After each connect the gateway reports `active_connectors`, one attribute per connector
-//! (`{name, type, configuration, configurationJson}`), `general_configuration` and
-//! `storage_configuration`, and requests the shared attributes with the same names.
+//! (`{name, type, configuration, configurationJson, id, configVersion, grpc_key, ts, ...}`),
+//! `general_configuration`, `storage_configuration`, `grpc_configuration` (each with `ts`) and
+//! `logs_configuration` (`logs.json` as read, with `ts`), and requests the shared attributes
+//! named `general_configuration`, `storage_configuration`, `active_connectors` and after the
+//! connectors.
 //!
 //! * A connector attribute whose `configurationJson` differs from what runs is validated and
 //!   built; the new connector replaces the running one on probation, and only when it survived
@@ -116,13 +119,22 @@ impl RemoteConfig {
         for h in &s.manager.handles {
             m.insert(h.name.to_string(), connector_attr(h, now));
         }
+        // As upstream: each section with the time it was reported (`ts`), a missing
+        // `grpc` section as `{}`, and `logs.json` beside the main file as read.
+        for (key, section) in [
+            ("general_configuration", "thingsboard"),
+            ("storage_configuration", "storage"),
+            ("grpc_configuration", "grpc"),
+        ] {
+            let mut v = main_file_section(s.config_file.as_deref(), section);
+            if v.is_null() && section == "grpc" {
+                v = json!({});
+            }
+            m.insert(key.into(), with_ts(v, now));
+        }
         m.insert(
-            "general_configuration".into(),
-            main_file_section(s.config_file.as_deref(), "thingsboard"),
-        );
-        m.insert(
-            "storage_configuration".into(),
-            main_file_section(s.config_file.as_deref(), "storage"),
+            "logs_configuration".into(),
+            with_ts(logs_configuration(s.config_dir.as_deref()), now),
         );
         Json::Object(m)
     }
@@ -284,9 +296,11 @@ impl RemoteConfig {
             ("general_configuration", "thingsboard"),
             ("storage_configuration", "storage"),
         ] {
-            let Some(v) = map.get(key).filter(|v| v.is_object()) else {
+            let Some(desired) = map.get(key).filter(|v| v.is_object()) else {
                 continue;
             };
+            // The `ts` ThingsBoard's UI adds is compared by the UI, not part of the section.
+            let v = &without_ts(desired);
             if *v == main_file_section(s.config_file.as_deref(), section)
                 || self.rejected.get(key) == Some(v)
             {
@@ -301,7 +315,8 @@ impl RemoteConfig {
                 Ok(()) => {
                     s.stats.add_remote_config_applied(1);
                     tracing::info!(key, "Remote configuration applied.");
-                    s.publish(topic::ME_ATTRIBUTES, json!({ key: v }));
+                    // Reported back with the update's own `ts`, as for connectors.
+                    s.publish(topic::ME_ATTRIBUTES, json!({ key: desired }));
                 }
                 Err(e) => {
                     self.rejected.insert(key.to_string(), v.clone());
@@ -309,7 +324,8 @@ impl RemoteConfig {
                     tracing::error!(key, error = %e, "Remote configuration rejected; the previous one stays.");
                     report_error(s, &format!("{key}: {e}"));
                     let current = main_file_section(s.config_file.as_deref(), section);
-                    s.publish(topic::ME_ATTRIBUTES, json!({ key: current }));
+                    let ts = s.config_file.as_deref().and_then(mtime_ms).unwrap_or(0);
+                    s.publish(topic::ME_ATTRIBUTES, json!({ key: with_ts(current, ts) }));
                 }
             }
         }
@@ -512,12 +528,16 @@ async fn add_connector(
     }
     let file = dir.join(&file_name);
     // Renamed: the running connector with the same id goes.
-    if let Some(id) = cfg.get("id").filter(|v| !v.is_null()) {
+    if cfg
+        .get("id")
+        .is_some_and(|v| v.is_string() || v.is_number())
+    {
+        let id = connector_id(name, cfg);
         let old: Vec<String> = s
             .manager
             .handles
             .iter()
-            .filter(|h| h.current_config().get("id") == Some(id))
+            .filter(|h| &*h.name != name && connector_id(&h.name, &h.current_config()) == id)
             .map(|h| h.name.to_string())
             .collect();
         for o in old {
@@ -590,9 +610,16 @@ fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
             .and_then(|f| f.file_name())
             .map(|n| n.to_string_lossy().into_owned())),
     );
-    if let Some(id) = cfg.get("id") {
-        out.insert("id".into(), id.clone());
+    let id = connector_id(&h.name, &cfg);
+    out.insert("id".into(), json!(id));
+    // Upstream writes the id it makes up into the file, so its `configurationJson` has it.
+    if let Some(m) = cfg.as_object_mut() {
+        if m.get("id").is_none_or(Json::is_null) {
+            m.insert("id".into(), json!(id));
+        }
     }
+    // Upstream's key of a gRPC connector; null for every other connector.
+    out.insert("grpc_key".into(), Json::Null);
     let taken: Vec<(String, Option<Json>)> = BESIDE_KEYS
         .iter()
         .map(|k| {
@@ -613,6 +640,9 @@ fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
             ("enableRemoteLogging", None) => {
                 out.insert(k, json!(false));
             }
+            ("configVersion", None) => {
+                out.insert(k, Json::Null);
+            }
             _ => {}
         }
     }
@@ -621,9 +651,111 @@ fn connector_attr(h: &super::manager::ConnectorHandle, ts: i64) -> Json {
     Json::Object(out)
 }
 
+/// `v` (an object) with `ts` set; anything else becomes `{"ts": ts}`.
+fn with_ts(v: Json, ts: i64) -> Json {
+    let mut m = match v {
+        Json::Object(m) => m,
+        _ => Map::new(),
+    };
+    m.insert("ts".into(), json!(ts));
+    Json::Object(m)
+}
+
+/// `v` without its `ts`.
+fn without_ts(v: &Json) -> Json {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("ts");
+    }
+    v
+}
+
+/// The `logs_configuration` client attribute's content: `logs.json` in the configuration
+/// directory as JSON, or `{}` when it is absent or not a JSON object (as upstream, which
+/// sends the file it configured its logging from).
+pub(crate) fn logs_configuration(dir: Option<&Path>) -> Json {
+    let Some(file) = dir.map(|d| d.join("logs.json")) else {
+        return json!({});
+    };
+    match std::fs::read(&file).map(|b| serde_json::from_slice::<Json>(&b)) {
+        Ok(Ok(v @ Json::Object(_))) => v,
+        Ok(_) => {
+            tracing::warn!(file = %file.display(), "logs.json is not a JSON object; reported as {{}}.");
+            json!({})
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "Cannot read logs.json; reported as {{}}.");
+            json!({})
+        }
+    }
+}
+
+/// A connector's id: the file's `id` when it has one (a string or a number), else one derived from the
+/// connector's name, the same at every start. Upstream makes up a random UUID and writes it
+/// into the connector file; tbgw does not rewrite files it was given.
+pub(crate) fn connector_id(name: &str, cfg: &Json) -> String {
+    match cfg.get("id") {
+        Some(Json::String(id)) => return id.clone(),
+        Some(n @ Json::Number(_)) => return n.to_string(),
+        _ => {}
+    }
+    // Two 64-bit FNV-1a hashes of the name (different offsets), as a version 8 UUID.
+    let fnv = |basis: u64| {
+        name.bytes().fold(basis, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hi = fnv(0xcbf2_9ce4_8422_2325);
+    let lo = fnv(0x6c62_272e_07bb_0142);
+    let hi = (hi & !0xf000) | 0x8000;
+    let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connector_ids_are_the_files_or_stable_uuids() {
+        assert_eq!(connector_id("A", &json!({"id": "given"})), "given");
+        assert_eq!(connector_id("A", &json!({"id": 7})), "7");
+        let a = connector_id("MQTT Levels", &json!({}));
+        assert_eq!(a, connector_id("MQTT Levels", &json!({"id": null})));
+        assert_ne!(a, connector_id("MQTT Level", &json!({})));
+        assert_eq!(a.len(), 36);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('8'), "{a}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn logs_configuration_is_logs_json_or_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(logs_configuration(None), json!({}));
+        assert_eq!(logs_configuration(Some(dir.path())), json!({}));
+        std::fs::write(dir.path().join("logs.json"), "not json").expect("write");
+        assert_eq!(logs_configuration(Some(dir.path())), json!({}));
+        let logs = json!({"version": 1, "disable_existing_loggers": false,
+                          "formatters": {}, "handlers": {}, "root": {"level": "ERROR"}});
+        std::fs::write(dir.path().join("logs.json"), logs.to_string()).expect("write");
+        assert_eq!(logs_configuration(Some(dir.path())), logs);
+        assert_eq!(with_ts(logs.clone(), 7)["ts"], 7);
+        assert_eq!(without_ts(&with_ts(logs.clone(), 7)), logs);
+        assert_eq!(with_ts(Json::Null, 3), json!({"ts": 3}));
+    }
 
     #[test]
     fn backups_keep_the_newest_ten() {

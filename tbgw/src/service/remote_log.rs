@@ -44,6 +44,9 @@ struct Inner {
     /// Connectors whose records are sent (`enableRemoteLogging: true` in their file); `None`:
     /// every connector's.
     connectors: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
+    /// ERROR records logged since the last [`RemoteLogHandle::take_errors`], by upstream's
+    /// logger name: the connector's name, `tb_connection`, `storage` or `service`.
+    errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The gateway's end of remote logging: the level and the queue.
@@ -117,6 +120,17 @@ impl RemoteLogHandle {
     /// Records dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Relaxed)
+    }
+
+    /// The ERROR records logged since the last call, by upstream's logger name (the
+    /// connector's name, `tb_connection`, `storage` or `service`); counted whatever the
+    /// remote logging level.
+    pub(crate) fn take_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner
+            .errors
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
     }
 
     /// Takes up to `max` queued records.
@@ -197,7 +211,8 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let level = self.inner.level.load(Relaxed);
         let meta = event.metadata();
-        if level == 0 || rank(meta.level()) > level {
+        let is_error = *meta.level() == Level::ERROR;
+        if !is_error && (level == 0 || rank(meta.level()) > level) {
             return;
         }
         let target = meta.target();
@@ -206,6 +221,22 @@ where
                 .from_root()
                 .find_map(|s| s.extensions().get::<ConnectorName>().map(|c| c.0.clone()))
         });
+        if is_error {
+            // Upstream's `<logger>_ERRORS_COUNT`: its connectors log under their name, the
+            // ThingsBoard client under `tb_connection`, storage under `storage`.
+            let logger = match &connector {
+                Some(c) => c.as_str(),
+                None if target.starts_with("tbgw::tb") => "tb_connection",
+                None if target.starts_with("tbgw::storage") => "storage",
+                None => "service",
+            };
+            if let Ok(mut e) = self.inner.errors.lock() {
+                *e.entry(logger.to_string()).or_default() += 1;
+            }
+            if level == 0 {
+                return;
+            }
+        }
         if let Some(c) = &connector {
             let allowed = self
                 .inner
@@ -284,6 +315,28 @@ mod tests {
         let got = handle.drain(100);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].key, "SERVICE_LOGS");
+    }
+
+    #[test]
+    fn errors_are_counted_by_logger_whatever_the_level() {
+        let (layer, handle) = remote_logging();
+        let sub = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!("service error, level NONE");
+            tracing::warn!("not an error");
+            tracing::error!(target: "tbgw::storage::file", "storage error");
+            let span = tracing::info_span!("connector", name = "MQTT A");
+            let _g = span.enter();
+            tracing::error!("connector error");
+            tracing::error!("another");
+        });
+        let e = handle.take_errors();
+        assert_eq!(e.get("service"), Some(&1), "{e:?}");
+        assert_eq!(e.get("storage"), Some(&1), "{e:?}");
+        assert_eq!(e.get("MQTT A"), Some(&2), "{e:?}");
+        assert_eq!(e.len(), 3);
+        assert!(handle.take_errors().is_empty());
+        assert!(handle.drain(10).is_empty(), "level NONE sends nothing");
     }
 
     #[test]
