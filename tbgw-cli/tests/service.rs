@@ -328,3 +328,257 @@ fn check_reports_logs_json_warnings_and_errors() {
         "{err}"
     );
 }
+
+/// Collects what the gateway tells systemd on a fake `$NOTIFY_SOCKET`.
+struct FakeSystemd {
+    socket: tokio::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl FakeSystemd {
+    fn bind(dir: &Path) -> FakeSystemd {
+        let path = dir.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        FakeSystemd { socket, path }
+    }
+
+    /// The next notification.
+    async fn next(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.socket.recv(&mut buf))
+            .await
+            .expect("a notification within the wait")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+/// `Type=notify`: `READY=1` only once ThingsBoard is connected, and the watchdog is fed
+/// (`WATCHDOG=1`) whether connected or not.
+#[tokio::test]
+async fn systemd_gets_ready_after_connecting_and_watchdog_keepalives() {
+    let devices = Mosquitto::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sd = FakeSystemd::bind(dir.path());
+
+    // ThingsBoard is not there: watchdog keepalives, and no readiness among them.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = write_config(dir.path(), closed_port, devices.port(), None);
+    let env = [
+        ("NOTIFY_SOCKET", sd.path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "100000"),
+    ];
+    let child = spawn(dir.path(), &config, &[], &env);
+    let mut watchdogs = 0;
+    while watchdogs < 5 {
+        let m = sd.next().await;
+        assert!(!m.contains("READY=1"), "ready without ThingsBoard: {m}");
+        watchdogs += usize::from(m.lines().any(|l| l == "WATCHDOG=1"));
+    }
+    terminate(child).await;
+
+    // ThingsBoard is there: readiness, then more keepalives; STOPPING=1 at the end.
+    let tbb = Mosquitto::start().await.unwrap();
+    let config = write_config(dir.path(), tbb.port(), devices.port(), None);
+    let child = spawn(dir.path(), &config, &[], &env);
+    let mut ready = false;
+    while !ready {
+        ready = sd.next().await.lines().any(|l| l == "READY=1");
+    }
+    while !sd.next().await.lines().any(|l| l == "WATCHDOG=1") {}
+    assert_eq!(terminate(child).await, Some(0));
+    let mut stopping = false;
+    while !stopping {
+        stopping = sd.next().await.lines().any(|l| l == "STOPPING=1");
+    }
+}
+
+/// `SIGHUP` applies a changed connector file (with the periodic check off), connector by
+/// connector, as remote configuration does.
+#[tokio::test]
+async fn sighup_reloads_changed_connector_files() {
+    let devices = Mosquitto::start().await.unwrap();
+    let tbb = Mosquitto::start().await.unwrap();
+    let tb = tbgw::test_util::TbStandIn::connect(tbb.port())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), tbb.port(), devices.port(), None);
+    let mut main: Value = serde_json::from_str(&read(&config)).unwrap();
+    main["thingsboard"]["checkConnectorsConfigurationInSeconds"] = json!(0);
+    std::fs::write(&config, main.to_string()).unwrap();
+    let child = spawn(dir.path(), &config, &[], &[]);
+    let dev = Device::connect(devices.port());
+
+    let send_until = |key: &'static str| {
+        let dev = &dev;
+        let tb = &tb;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                dev.client
+                    .publish(
+                        "sensor/d1/data",
+                        QoS::AtLeastOnce,
+                        false,
+                        json!({"seq": 1}).to_string(),
+                    )
+                    .await
+                    .unwrap();
+                if tb
+                    .wait_for(Duration::from_millis(300), |m| {
+                        m.topic == "v1/gateway/telemetry" && m.text().contains(key)
+                    })
+                    .await
+                    .is_some()
+                {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no {key} at ThingsBoard"
+                );
+            }
+        }
+    };
+    send_until("\"seq\"").await;
+    let mut mqtt: Value = serde_json::from_str(&read(&dir.path().join("mqtt.json"))).unwrap();
+    mqtt["mapping"][0]["converter"]["timeseries"][0]["key"] = json!("sequence");
+    std::fs::write(dir.path().join("mqtt.json"), mqtt.to_string()).unwrap();
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    send_until("\"sequence\"").await;
+    assert_eq!(terminate(child).await, Some(0));
+    let err = read(&dir.path().join("stderr.txt"));
+    assert!(err.contains("SIGHUP"), "{err}");
+}
+
+/// The unit file passes `systemd-analyze verify` (with this build's binary in `ExecStart`).
+#[test]
+fn unit_file_passes_systemd_analyze_verify() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/tbgw.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("Type=notify") && text.contains("WatchdogSec="));
+    let probe = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: systemd-analyze cannot run here (apt-get install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tbgw.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/bin/tbgw", env!("CARGO_BIN_EXE_tbgw")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+/// `tbgw status` (text and `--json`) against a running gateway: ThingsBoard connection,
+/// storage, the connector with its device and counters; the socket is not world-accessible.
+#[tokio::test]
+async fn status_shows_connection_storage_and_connectors() {
+    use std::os::unix::fs::PermissionsExt;
+    let devices = Mosquitto::start().await.unwrap();
+    let tbb = Mosquitto::start().await.unwrap();
+    let tb = tbgw::test_util::TbStandIn::connect(tbb.port())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), tbb.port(), devices.port(), None);
+    let sock = dir.path().join("run").join("status.sock");
+    let child = spawn(
+        dir.path(),
+        &config,
+        &["--status-socket", sock.to_str().unwrap()],
+        &[],
+    );
+    let dev = Device::connect(devices.port());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        dev.client
+            .publish(
+                "sensor/d7/data",
+                QoS::AtLeastOnce,
+                false,
+                json!({"seq": 7}).to_string(),
+            )
+            .await
+            .unwrap();
+        if tb
+            .wait_for(Duration::from_millis(300), |m| {
+                m.topic == "v1/gateway/telemetry" && m.text().contains("d7")
+            })
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing forwarded");
+    }
+    // Something for the last errors: a payload the converter cannot use.
+    dev.client
+        .publish("sensor/d8/data", QoS::AtLeastOnce, false, "not json")
+        .await
+        .unwrap();
+
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let status = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tbgw"));
+        c.args(["status", "--status-socket"]).arg(&sock);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let out = status(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["thingsboard"]["connected"], json!(true), "{doc}");
+    assert_eq!(doc["thingsboard"]["port"], json!(tbb.port()));
+    assert_eq!(doc["storage"]["type"], json!("memory"));
+    assert_eq!(doc["storage"]["capacity_records"], json!(1000));
+    assert!(doc["storage"]["records"].is_u64(), "{doc}");
+    let c = &doc["connectors"][0];
+    assert_eq!(c["name"], json!("Devices"), "{doc}");
+    assert_eq!(c["state"], json!("running"));
+    assert!(c["devices"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(c["messages_received"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(doc["devices"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(
+        doc["last_errors"].is_array() && doc["errors"].is_object(),
+        "{doc}"
+    );
+
+    let out = status(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("CONNECTED") && text.contains("Devices"),
+        "{text}"
+    );
+
+    assert_eq!(terminate(child).await, Some(0));
+    assert!(!sock.exists(), "the socket is removed at shutdown");
+    let out = status(true);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the gateway running?"));
+}
