@@ -203,4 +203,33 @@ mod tests {
             "{text}"
         );
     }
+
+    /// Every metric docs/grafana-dashboard.json queries exists.
+    #[test]
+    fn the_grafana_dashboard_queries_metrics_that_exist() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/grafana-dashboard.json");
+        let Ok(dashboard) = std::fs::read_to_string(&path) else {
+            return; // not in a packaged crate
+        };
+        let src = Sources {
+            gateway: Arc::new(GatewayStats::default()),
+            connectors: vec![("c".into(), Arc::new(ConnectorStats::default()))],
+            storage: Arc::new(MemoryStorage::new(10, 10, FullPolicy::default())),
+        };
+        let text = render(&src);
+        let mut names = 0;
+        for (i, _) in dashboard.match_indices("tbgw_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with("tbgw_process_") && !text.contains("tbgw_process_") {
+                continue; // no /proc here
+            }
+            names += 1;
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not served");
+        }
+        assert!(names > 10);
+    }
 }
