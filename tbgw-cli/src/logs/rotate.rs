@@ -240,11 +240,13 @@ impl State {
         } else if target.exists() {
             let _ = std::fs::remove_file(&target);
         }
+        // Old copies go first, so that no more than `backupCount` ever exist.
+        self.prune(self.policy.backup_count.saturating_sub(1));
         if self.path.exists() {
             let _ = std::fs::rename(&self.path, &target);
         }
         self.size = 0;
-        self.prune();
+        self.prune(self.policy.backup_count);
     }
 
     /// `RotatingFileHandler`: `<file>.1` is the newest, `<file>.<backupCount>` the oldest.
@@ -264,15 +266,15 @@ impl State {
         self.size = 0;
     }
 
-    /// Deletes the oldest rotated files beyond `backupCount`.
-    fn prune(&self) {
+    /// Deletes the oldest rotated files beyond `keep` (nothing when `backupCount` is 0).
+    fn prune(&self, keep: usize) {
         if self.policy.backup_count == 0 {
             return;
         }
         let mut rotated = rotated_files(&self.path);
-        if rotated.len() > self.policy.backup_count {
+        if rotated.len() > keep {
             rotated.sort();
-            let excess = rotated.len() - self.policy.backup_count;
+            let excess = rotated.len() - keep;
             for (_, p) in rotated.into_iter().take(excess) {
                 let _ = std::fs::remove_file(p);
             }

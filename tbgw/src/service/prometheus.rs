@@ -207,8 +207,8 @@ mod tests {
     /// Every metric docs/grafana-dashboard.json queries exists.
     #[test]
     fn the_grafana_dashboard_queries_metrics_that_exist() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs/grafana-dashboard.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
         let Ok(dashboard) = std::fs::read_to_string(&path) else {
             return; // not in a packaged crate
         };
@@ -228,7 +228,10 @@ mod tests {
                 continue; // no /proc here
             }
             names += 1;
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not served");
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is not served"
+            );
         }
         assert!(names > 10);
     }
