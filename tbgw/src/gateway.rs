@@ -343,6 +343,7 @@ impl GatewayBuilder {
             config_dir,
             device_filter,
             remote_log: self.remote_log,
+            control: Default::default(),
         };
         Ok((gateway, all_ignored))
     }
@@ -364,6 +365,7 @@ pub struct Gateway {
     config_dir: Option<PathBuf>,
     device_filter: Option<DeviceFilter>,
     remote_log: Option<RemoteLogHandle>,
+    control: crate::service::control::GatewayControl,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -412,6 +414,12 @@ impl Gateway {
         self.connector_stats.get(name).cloned()
     }
 
+    /// The host process's handle on the running gateway: each connector's state and device
+    /// count, and a reload trigger (see [`GatewayControl`](crate::service::control::GatewayControl)).
+    pub fn control(&self) -> crate::service::control::GatewayControl {
+        self.control.clone()
+    }
+
     /// Runs until `shutdown` completes, then shuts down gracefully within the deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let Gateway {
@@ -429,6 +437,7 @@ impl Gateway {
             config_dir,
             device_filter,
             remote_log,
+            control,
         } = self;
         let tasks = TaskTracker::new();
         let root = CancellationToken::new();
@@ -509,6 +518,7 @@ impl Gateway {
             rpc_timeout,
             service: Some(service_tx.clone()),
         });
+        control.attach(&shared);
         manager.spawner = Some(crate::service::manager::Spawner {
             uplink: spare_uplink,
             token: connectors_token.clone(),
@@ -589,6 +599,7 @@ impl Gateway {
             tb_options: tb_options.clone(),
             reconfigure: false,
             migrate_to: migrate_to.clone(),
+            host: control,
         };
         let services_task = tokio::spawn(services.run());
         let client = TbClient {

@@ -16,11 +16,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 macro_rules! counters {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident => $add:ident),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[doc = $doc:literal])* $field:ident => $add:ident),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
-            $($(#[$fmeta])* pub(crate) $field: AtomicU64,)*
+            $($(#[doc = $doc])* pub(crate) $field: AtomicU64,)*
         }
         impl $name {
             $(
@@ -28,7 +28,7 @@ macro_rules! counters {
                 #[allow(dead_code)] // not every counter is kept by the core itself
                 pub(crate) fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); }
 
-                $(#[$fmeta])*
+                $(#[doc = $doc])*
                 pub fn $field(&self) -> u64 { self.$field.load(Relaxed) }
             )*
 
@@ -36,6 +36,16 @@ macro_rules! counters {
             /// telemetry and the Prometheus endpoint).
             pub fn values(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($field), self.$field.load(Relaxed)),)*]
+            }
+
+            /// What a counter means (its documentation, one line), by field name; for the
+            /// Prometheus endpoint's `# HELP` lines.
+            pub fn help(field: &str) -> Option<String> {
+                let doc: &'static str = match field {
+                    $(stringify!($field) => concat!($($doc, "\n",)* ""),)*
+                    _ => return None,
+                };
+                Some(doc.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
             }
         }
     };

@@ -14,6 +14,7 @@
 //!
 //! Device filtering (`filter`) runs in the ingest task, on the data path.
 
+pub mod control;
 mod custom_stats;
 pub(crate) mod filter;
 pub(crate) mod machine;
@@ -70,6 +71,8 @@ pub(crate) struct Services {
     /// A storage that buffered records move into during the restart that applies a remote
     /// storage configuration.
     pub migrate_to: Arc<std::sync::Mutex<Option<Arc<dyn EventStorage>>>>,
+    /// The host process's handle: reload requests in, connector states out.
+    pub host: control::GatewayControl,
 }
 
 /// Counter values at the last statistics message, for per-period deltas.
@@ -181,8 +184,24 @@ impl Services {
             if self.reconfigure {
                 return true;
             }
+            self.host.set_connectors(
+                self.manager
+                    .handles
+                    .iter()
+                    .map(|h| (h.name.to_string(), h.connector_type.to_string(), h.running))
+                    .collect(),
+            );
             tokio::select! {
                 _ = self.cancel.cancelled() => return false,
+                _ = self.host.reload_requested() => {
+                    tracing::info!("Reload requested: applying changed connector files.");
+                    let (ok, bad) = self.manager.reload_changed().await;
+                    if ok + bad > 0 {
+                        self.stats.add_remote_config_applied(ok as u64);
+                        self.stats.add_remote_config_rejected(bad as u64);
+                    }
+                    tracing::info!(applied = ok, rejected = bad, "Reload done.");
+                }
                 ev = self.events.recv() => match ev {
                     None => return false,
                     Some(ev) => {

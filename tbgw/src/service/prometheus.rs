@@ -29,19 +29,23 @@ pub(crate) struct Sources {
 pub(crate) fn render(s: &Sources) -> String {
     let mut out = String::with_capacity(4096);
     for (name, v) in s.gateway.values() {
+        let help = help_text(GatewayStats::help(name));
         if name == "thingsboard_connected" {
-            let _ = writeln!(out, "# TYPE tbgw_{name} gauge\ntbgw_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP tbgw_{name} {help}\n# TYPE tbgw_{name} gauge\ntbgw_{name} {v}"
+            );
         } else {
             let _ = writeln!(
                 out,
-                "# TYPE tbgw_{name}_total counter\ntbgw_{name}_total {v}"
+                "# HELP tbgw_{name}_total {help}\n# TYPE tbgw_{name}_total counter\ntbgw_{name}_total {v}"
             );
         }
     }
     let st = s.storage.stats();
     let _ = writeln!(
         out,
-        "# TYPE tbgw_storage_records gauge\ntbgw_storage_records {}",
+        "# HELP tbgw_storage_records Records held in storage, not yet confirmed by ThingsBoard.\n# TYPE tbgw_storage_records gauge\ntbgw_storage_records {}",
         st.len
     );
     let mut per: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
@@ -51,7 +55,11 @@ pub(crate) fn render(s: &Sources) -> String {
         }
     }
     for (field, rows) in per {
-        let _ = writeln!(out, "# TYPE tbgw_connector_{field}_total counter");
+        let help = help_text(ConnectorStats::help(field));
+        let _ = writeln!(
+            out,
+            "# HELP tbgw_connector_{field}_total {help}\n# TYPE tbgw_connector_{field}_total counter"
+        );
         for (cname, v) in rows {
             let _ = writeln!(
                 out,
@@ -63,16 +71,23 @@ pub(crate) fn render(s: &Sources) -> String {
     if let Some(rss) = super::machine::process_memory("VmRSS") {
         let _ = writeln!(
             out,
-            "# TYPE tbgw_process_resident_memory_bytes gauge\ntbgw_process_resident_memory_bytes {rss}"
+            "# HELP tbgw_process_resident_memory_bytes Resident memory of the gateway process.\n# TYPE tbgw_process_resident_memory_bytes gauge\ntbgw_process_resident_memory_bytes {rss}"
         );
     }
     if let Some(cpu) = super::machine::process_cpu_seconds() {
         let _ = writeln!(
             out,
-            "# TYPE tbgw_process_cpu_seconds_total counter\ntbgw_process_cpu_seconds_total {cpu}"
+            "# HELP tbgw_process_cpu_seconds_total CPU time of the gateway process (user and system).\n# TYPE tbgw_process_cpu_seconds_total counter\ntbgw_process_cpu_seconds_total {cpu}"
         );
     }
     out
+}
+
+/// A `# HELP` text: backslashes and line breaks escaped as the text format wants.
+fn help_text(doc: Option<String>) -> String {
+    doc.unwrap_or_default()
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n")
 }
 
 fn escape(s: &str) -> String {
@@ -151,4 +166,73 @@ pub(crate) async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FullPolicy;
+    use crate::storage::MemoryStorage;
+
+    #[test]
+    fn every_metric_has_help_before_its_type() {
+        let src = Sources {
+            gateway: Arc::new(GatewayStats::default()),
+            connectors: vec![("A \"quoted\"".into(), Arc::new(ConnectorStats::default()))],
+            storage: Arc::new(MemoryStorage::new(10, 10, FullPolicy::default())),
+        };
+        let text = render(&src);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut types = 0;
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                types += 1;
+                let name = rest.split(' ').next().unwrap();
+                let help = i
+                    .checked_sub(1)
+                    .and_then(|j| lines[j].strip_prefix(&format!("# HELP {name} ")))
+                    .unwrap_or_else(|| panic!("no HELP before {l}\n{text}"));
+                assert!(help.len() > 10 && !help.contains('\n'), "{help}");
+            }
+        }
+        assert!(types > 30, "{text}");
+        assert!(
+            text.contains(
+                "# HELP tbgw_delivered_total Records delivered to ThingsBoard (PUBACK received)."
+            ),
+            "{text}"
+        );
+    }
+
+    /// Every metric docs/grafana-dashboard.json queries exists.
+    #[test]
+    fn the_grafana_dashboard_queries_metrics_that_exist() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+        let Ok(dashboard) = std::fs::read_to_string(&path) else {
+            return; // not in a packaged crate
+        };
+        let src = Sources {
+            gateway: Arc::new(GatewayStats::default()),
+            connectors: vec![("c".into(), Arc::new(ConnectorStats::default()))],
+            storage: Arc::new(MemoryStorage::new(10, 10, FullPolicy::default())),
+        };
+        let text = render(&src);
+        let mut names = 0;
+        for (i, _) in dashboard.match_indices("tbgw_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with("tbgw_process_") && !text.contains("tbgw_process_") {
+                continue; // no /proc here
+            }
+            names += 1;
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is not served"
+            );
+        }
+        assert!(names > 10);
+    }
 }
