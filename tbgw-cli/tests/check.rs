@@ -394,6 +394,9 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         ("opcua", "opcua.json"),
         ("request", "request.json"),
         ("rest", "rest.json"),
+        ("snmp", "snmp.json"),
+        ("ftp", "ftp.json"),
+        ("socket", "socket.json"),
     ];
     let connectors: Vec<Value> = samples
         .iter()
@@ -410,7 +413,7 @@ fn every_upstream_sample_whose_connector_exists_passes() {
     let out = check(&file);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("OK (6 connector(s))"),
+        String::from_utf8_lossy(&out.stdout).contains("OK (9 connector(s))"),
         "{}",
         describe(&out)
     );
