@@ -250,8 +250,12 @@ async fn tcp_devices_are_told_apart_by_address_and_get_their_own_downlink() {
     };
     assert_eq!((device.as_str(), client), ("Boiler", false));
     assert_eq!(keys, vec!["setpoint".to_string()]);
-    reply.send(json!({"setpoint": 65})).unwrap();
-    boiler.expect(b"{\"setpoint\": 65}").await;
+    // ThingsBoard's answer to one key is `{"id", "device", "value"}`; the device gets the
+    // value as JSON, as upstream writes `dumps(value or values)`.
+    reply
+        .send(json!({"id": 1, "device": "Boiler", "value": 65.5}))
+        .unwrap();
+    boiler.expect(b"65.5").await;
 
     // The device goes away: it is disconnected, and an RPC for it is a 503 at once.
     drop(boiler);
