@@ -8,6 +8,7 @@
 //!   simulated devices, the gateway between them).
 
 mod demo;
+mod grpc;
 mod logs;
 mod status;
 #[cfg(unix)]
@@ -188,10 +189,12 @@ fn main() -> ExitCode {
 }
 
 /// Every connector factory compiled into this binary: the standard connectors of
-/// `tbgw-connectors`, and the example `line` connector with the `example-line` feature.
-fn factories() -> Vec<Box<dyn tbgw::connector::ConnectorFactory>> {
+/// `tbgw-connectors`, `type: grpc` (feature `grpc`), and the example `line` connector with the
+/// `example-line` feature.
+fn factories(grpc: &grpc::Grpc) -> Vec<Box<dyn tbgw::connector::ConnectorFactory>> {
     #[allow(unused_mut)]
     let mut v = tbgw_connectors::factories();
+    v.extend(grpc.factories());
     #[cfg(feature = "example-line")]
     v.push(Box::new(tbgw_example_line::LineFactory));
     v
@@ -227,7 +230,14 @@ fn check_logs_json(path: &Path) -> bool {
 
 fn check(path: &Path) -> ExitCode {
     let logs_ok = check_logs_json(path);
-    let loaded = match config::load(path) {
+    let grpc = match grpc::Grpc::load(path, false) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
+            grpc::Grpc::default()
+        }
+    };
+    let mut loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
             print_errors(&e);
@@ -235,7 +245,7 @@ fn check(path: &Path) -> ExitCode {
             // (each problem once).
             let mut seen: std::collections::HashSet<String> =
                 e.0.iter().map(ToString::to_string).collect();
-            for e in tbgw::connector::check_connector_files(path, &factories()) {
+            for e in tbgw::connector::check_connector_files(path, &factories(&grpc)) {
                 if seen.insert(e.to_string()) {
                     eprintln!("{e}");
                 }
@@ -243,9 +253,10 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    grpc.fix_ignored(&mut loaded);
     let connectors = loaded.connectors.len();
     match Gateway::builder()
-        .factories(factories())
+        .factories(factories(&grpc))
         .config(loaded)
         .check()
     {
@@ -276,13 +287,21 @@ async fn run(
     status_socket: Option<PathBuf>,
     last_errors: status::LastErrors,
 ) -> ExitCode {
-    let loaded = match config::load(path) {
+    let mut loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
             print_errors(&e);
             return ExitCode::FAILURE;
         }
     };
+    let grpc = match grpc::Grpc::load(path, true) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    grpc.fix_ignored(&mut loaded);
     let tb = (
         loaded.gateway.thingsboard.host.clone(),
         loaded.gateway.thingsboard.port,
@@ -290,7 +309,7 @@ async fn run(
     let storage_cfg = loaded.gateway.storage.clone();
     let names: Vec<String> = loaded.connectors.iter().map(|c| c.name.clone()).collect();
     let gateway = match Gateway::builder()
-        .factories(factories())
+        .factories(factories(&grpc))
         .config(loaded)
         .remote_logging(remote_log)
         .build()
@@ -308,6 +327,10 @@ async fn run(
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "tbgw starting.");
     let control = gateway.control();
     let stop_helpers = tokio_util::sync::CancellationToken::new();
+    if let Err(e) = grpc.start(stop_helpers.clone()).await {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     let mut status_task = None;
     if let Some(sock) = status_socket {
         let src = status::Sources {

@@ -14,6 +14,7 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
+//! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -29,6 +30,8 @@
 pub mod factory;
 #[cfg(feature = "ftp")]
 pub mod ftp;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
 #[cfg(feature = "modbus")]
@@ -58,7 +61,7 @@ struct ReadmeDoctests;
 /// is off gets a precise error.
 pub const ALL_CONNECTOR_TYPES: &[&str] = &[
     "mqtt", "modbus", "opcua", "ble", "request", "can", "bacnet", "odbc", "rest", "snmp", "ftp",
-    "socket", "xmpp", "ocpp", "knx",
+    "socket", "xmpp", "ocpp", "knx", "grpc",
 ];
 
 /// A factory for every connector compiled into this build.
