@@ -318,3 +318,59 @@ async fn a_configured_command_is_started_and_serves_the_connector() {
     assert_eq!(body["method"], json!("ping"));
     h.stop().await;
 }
+
+/// Our `messages.proto` against the descriptor upstream's package ships
+/// (`thingsboard_gateway/gateway/proto/messages_pb2.py`): every message and enum the same
+/// (names, numbers, types, labels), and upstream's `stream` method unchanged. Skipped when
+/// upstream's virtualenv (`.ci/install`) is not there.
+#[test]
+fn messages_proto_is_upstreams_on_the_wire() {
+    let venv = std::env::var_os("TBGW_UPSTREAM_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tbgw-upstream"));
+    let upstream_python = venv.join("bin/python");
+    if !upstream_python.exists() {
+        eprintln!("skipped: no upstream virtualenv at {}", venv.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set = dir.path().join("ours.pb");
+    let st = std::process::Command::new(tbgw::test_util::peers_python())
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto_dir().display()))
+        .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg(proto_dir().join("messages.proto"))
+        .status()
+        .expect("protoc runs");
+    assert!(st.success());
+    let script = r#"
+import sys
+from google.protobuf import descriptor_pb2
+import thingsboard_gateway.gateway.proto.messages_pb2 as m
+up = descriptor_pb2.FileDescriptorProto()
+m.DESCRIPTOR.CopyToProto(up)
+fs = descriptor_pb2.FileDescriptorSet()
+fs.ParseFromString(open(sys.argv[1], 'rb').read())
+ours = fs.file[0]
+for fd in (up, ours):
+    for msg in fd.message_type:
+        for f in msg.field:
+            f.ClearField('json_name')
+assert up.package == ours.package, (up.package, ours.package)
+assert list(up.message_type) == list(ours.message_type), 'messages differ'
+assert list(up.enum_type) == list(ours.enum_type), 'enums differ'
+svc = {s.name: s for s in ours.service}
+for s in up.service:
+    mine = {x.name: x for x in svc[s.name].method}
+    for meth in s.method:
+        assert mine[meth.name] == meth, meth.name
+print('SAME', len(up.message_type), 'messages', len(up.enum_type), 'enums')
+"#;
+    let out = std::process::Command::new(&upstream_python)
+        .args(["-c", script])
+        .arg(&set)
+        .output()
+        .expect("upstream python runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("SAME 36 messages 2 enums"), "{text}");
+}
