@@ -65,18 +65,25 @@ fn register() -> FromConnectorMessage {
 }
 
 /// The Rust connector process: `grpc_bench client PORT unary|stream MESSAGES VALUES`.
-async fn client(port: u16, mode: &str, n: usize, values: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn client(
+    port: u16,
+    mode: &str,
+    n: usize,
+    values: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
         .connect()
         .await?;
     let mut c = TbGatewayProtoServiceClient::new(channel);
     if mode == "unary" {
         let mut req = tonic::Request::new(register());
-        req.metadata_mut().insert("identifier", "bench-unary".parse()?);
+        req.metadata_mut()
+            .insert("identifier", "bench-unary".parse()?);
         c.stream(req).await?;
         for i in 0..n {
             let mut req = tonic::Request::new(telemetry(i, values));
-            req.metadata_mut().insert("identifier", "bench-unary".parse()?);
+            req.metadata_mut()
+                .insert("identifier", "bench-unary".parse()?);
             c.stream(req).await?;
         }
     } else {
@@ -116,7 +123,13 @@ async fn gateway() -> Gateway {
         "connectors": [{"type": "grpc", "name": "Bench", "configuration": "b.json", "key": KEY}]
     });
     let factory = GrpcFactory::new(
-        GrpcMainConfig::from_value(&dir.path().join("tb_gateway.json"), dir.path(), &main, false).expect("config"),
+        GrpcMainConfig::from_value(
+            &dir.path().join("tb_gateway.json"),
+            dir.path(),
+            &main,
+            false,
+        )
+        .expect("config"),
     );
     let server = factory.server().await.expect("enabled").expect("binds");
     tokio::spawn(server.run(CancellationToken::new()));
@@ -139,7 +152,9 @@ async fn gateway() -> Gateway {
         while let Some(m) = ends.uplink.recv().await {
             if let UplinkMessage::Data { .. } = m {
                 let now = Instant::now();
-                f.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(now);
+                f.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(now);
                 *l.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
                 r.fetch_add(1, Ordering::Relaxed);
             }
@@ -170,7 +185,12 @@ fn python_client(port: u16, mode: &str, script: &[String]) -> tokio::process::Ch
         .expect("python client starts")
 }
 
-async fn throughput(label: &str, n: usize, values: usize, spawn: impl FnOnce(u16) -> tokio::process::Child) {
+async fn throughput(
+    label: &str,
+    n: usize,
+    values: usize,
+    spawn: impl FnOnce(u16) -> tokio::process::Child,
+) {
     let gw = gateway().await;
     let mut child = spawn(gw.port);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -252,20 +272,40 @@ async fn main() {
     for mode in ["stream", "unary"] {
         let count = if mode == "unary" { n / 10 } else { n };
         let me = me.clone();
-        throughput(&format!("Rust client, {mode}"), count, values, move |port| {
-            tokio::process::Command::new(&me)
-                .args(["client", &port.to_string(), mode, &count.to_string(), &values.to_string()])
-                .kill_on_drop(true)
-                .spawn()
-                .expect("client starts")
-        })
+        throughput(
+            &format!("Rust client, {mode}"),
+            count,
+            values,
+            move |port| {
+                tokio::process::Command::new(&me)
+                    .args([
+                        "client",
+                        &port.to_string(),
+                        mode,
+                        &count.to_string(),
+                        &values.to_string(),
+                    ])
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("client starts")
+            },
+        )
         .await;
     }
     for mode in ["stream", "unary"] {
         let count = if mode == "unary" { n / 20 } else { n / 4 };
-        throughput(&format!("Python grpcio client, {mode}"), count, values, move |port| {
-            python_client(port, mode, &["bench".into(), count.to_string(), values.to_string()])
-        })
+        throughput(
+            &format!("Python grpcio client, {mode}"),
+            count,
+            values,
+            move |port| {
+                python_client(
+                    port,
+                    mode,
+                    &["bench".into(), count.to_string(), values.to_string()],
+                )
+            },
+        )
         .await;
     }
     rpc_latency("RPC round trip, stream", "stream", 1000).await;

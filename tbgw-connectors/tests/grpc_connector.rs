@@ -39,14 +39,19 @@ struct Harness {
 async fn harness(key: &str, command: Option<Vec<String>>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("ext.json");
-    std::fs::write(&file, r#"{"id": "ext-id-1", "devices": [{"name": "Dev1"}]}"#).expect("write");
+    std::fs::write(
+        &file,
+        r#"{"id": "ext-id-1", "devices": [{"name": "Dev1"}]}"#,
+    )
+    .expect("write");
     let port = free_tcp_port();
     let main = json!({
         "grpc": {"enabled": true, "serverPort": port, "serverHost": "127.0.0.1", "keepAliveTimeMs": 10000},
         "connectors": [{"type": "grpc", "name": "Ext", "configuration": "ext.json", "key": key, "command": command}]
     });
-    let cfg = GrpcMainConfig::from_value(&dir.path().join("tb_gateway.json"), dir.path(), &main, true)
-        .expect("valid main file");
+    let cfg =
+        GrpcMainConfig::from_value(&dir.path().join("tb_gateway.json"), dir.path(), &main, true)
+            .expect("valid main file");
     let factory = GrpcFactory::new(cfg);
     let server = factory.server().await.expect("enabled").expect("binds");
     let server_stop = CancellationToken::new();
@@ -60,7 +65,10 @@ async fn harness(key: &str, command: Option<Vec<String>>) -> Harness {
     let mut connector = factory.build(&spec, &mut Vec::new()).expect("builds");
     let (mut cx, ends) = ConnectorContext::for_test("Ext");
     let task = tokio::spawn(async move {
-        connector.run(&mut cx).await.expect("connector ends cleanly");
+        connector
+            .run(&mut cx)
+            .await
+            .expect("connector ends cleanly");
     });
     Harness {
         ends,
@@ -97,7 +105,13 @@ impl Harness {
             .expect("uplink open")
     }
 
-    async fn rpc(&self, device: &str, id: i64, method: &str, params: Json) -> tbgw::downlink::RpcAnswer {
+    async fn rpc(
+        &self,
+        device: &str,
+        id: i64,
+        method: &str,
+        params: Json,
+    ) -> tbgw::downlink::RpcAnswer {
         let (responder, answer) = RpcResponder::new();
         self.ends
             .downlink
@@ -133,9 +147,16 @@ fn all_types() -> Vec<(&'static str, Value)> {
 async fn full_round(mode: &str) {
     let mut h = harness("secret-1", None).await;
     let mut client = h.client("secret-1", mode, "basic");
-    client.wait_output("REGISTERED Ext", WAIT).await.expect("registered");
+    client
+        .wait_output("REGISTERED Ext", WAIT)
+        .await
+        .expect("registered");
     // The connector file is the configuration the connector receives.
-    assert!(client.log().contains(r#""id": "ext-id-1""#), "{}", client.log());
+    assert!(
+        client.log().contains(r#""id": "ext-id-1""#),
+        "{}",
+        client.log()
+    );
 
     let mut connects = Vec::new();
     let mut disconnects = Vec::new();
@@ -143,7 +164,11 @@ async fn full_round(mode: &str) {
     let mut attributes = None;
     while telemetry.is_none() || attributes.is_none() || disconnects.is_empty() {
         match h.next().await {
-            UplinkMessage::Connect { device, device_type, .. } => connects.push((device, device_type)),
+            UplinkMessage::Connect {
+                device,
+                device_type,
+                ..
+            } => connects.push((device, device_type)),
             UplinkMessage::Disconnect { device, .. } => disconnects.push(device),
             UplinkMessage::Data { mut data, .. } => {
                 let d = data.remove(0);
@@ -159,20 +184,38 @@ async fn full_round(mode: &str) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(connects, vec![("Dev1".to_string(), "thermo".to_string()), ("Dev2".to_string(), "other".to_string())]);
+    assert_eq!(
+        connects,
+        vec![
+            ("Dev1".to_string(), "thermo".to_string()),
+            ("Dev2".to_string(), "other".to_string())
+        ]
+    );
     assert_eq!(disconnects, vec!["Dev2".to_string()]);
     let t = telemetry.expect("telemetry");
     assert_eq!(t.telemetry[0].ts, 1_700_000_000_000);
     let a = attributes.expect("attributes");
     for (k, v) in all_types() {
-        assert_eq!(value(&t.telemetry[0].values, k), Some(v.clone()), "telemetry {k}");
+        assert_eq!(
+            value(&t.telemetry[0].values, k),
+            Some(v.clone()),
+            "telemetry {k}"
+        );
         assert_eq!(value(&a.attributes, k), Some(v), "attribute {k}");
     }
 
     // The attribute request reaches ThingsBoard's side; its answer reaches the connector.
     match h.next().await {
-        UplinkMessage::AttributeRequest { device, client: is_client, keys, reply } => {
-            assert_eq!((device.as_str(), is_client, keys), ("Dev1", false, vec!["sk".to_string()]));
+        UplinkMessage::AttributeRequest {
+            device,
+            client: is_client,
+            keys,
+            reply,
+        } => {
+            assert_eq!(
+                (device.as_str(), is_client, keys),
+                ("Dev1", false, vec!["sk".to_string()])
+            );
             reply
                 .send(json!({"id": 1, "device": "Dev1", "value": "shared-value"}))
                 .expect("request waits");
@@ -190,8 +233,14 @@ async fn full_round(mode: &str) {
         .wait_output(r#"RPC Dev1 31 setValue {"v":5}"#, WAIT)
         .await
         .expect("rpc delivered");
-    let body = tokio::time::timeout(WAIT, answer.reply()).await.expect("answered").expect("answer");
-    assert_eq!(body, json!({"success": true, "method": "setValue", "echo": {"v": 5}}));
+    let body = tokio::time::timeout(WAIT, answer.reply())
+        .await
+        .expect("answered")
+        .expect("answer");
+    assert_eq!(
+        body,
+        json!({"success": true, "method": "setValue", "echo": {"v": 5}})
+    );
 
     // Shared attribute updates of every type, and a deletion.
     let values = json!({"b": false, "l": 7, "d": 0.5, "s": "x", "j": {"a": 1}});
@@ -214,15 +263,24 @@ async fn full_round(mode: &str) {
         .downlink
         .send(Downlink::AttributeUpdate(AttributeUpdate {
             device: "Dev1".into(),
-            values: json!({"deleted": ["s"]}).as_object().cloned().expect("object"),
+            values: json!({"deleted": ["s"]})
+                .as_object()
+                .cloned()
+                .expect("object"),
         }))
         .await
         .expect("downlink");
-    client.wait_output(r#"DELETED Dev1 ["s"]"#, WAIT).await.expect("deletion");
+    client
+        .wait_output(r#"DELETED Dev1 ["s"]"#, WAIT)
+        .await
+        .expect("deletion");
 
     // Stopping the connector tells the process it is no longer registered.
     h.ends.cancel.cancel();
-    client.wait_output("UNREGISTERED", WAIT).await.expect("told on stop");
+    client
+        .wait_output("UNREGISTERED", WAIT)
+        .await
+        .expect("told on stop");
     client.stop().await;
     h.stop().await;
 }
@@ -257,18 +315,39 @@ async fn a_wrong_key_is_refused() {
 async fn killed_and_restarted(mode: &str) {
     let mut h = harness("k", None).await;
     let mut first = h.client("k", mode, "noanswer");
-    first.wait_output("REGISTERED Ext", WAIT).await.expect("registered");
+    first
+        .wait_output("REGISTERED Ext", WAIT)
+        .await
+        .expect("registered");
     let a1 = h.rpc("Dev1", 1, "first", json!(1)).await;
-    first.wait_output("RPC Dev1 1 first 1", WAIT).await.expect("first process got it");
+    first
+        .wait_output("RPC Dev1 1 first 1", WAIT)
+        .await
+        .expect("first process got it");
     first.stop().await;
     let a2 = h.rpc("Dev1", 2, "second", json!("two")).await;
 
     let mut second = h.client("k", mode, "basic");
-    second.wait_output("REGISTERED Ext", WAIT).await.expect("registered again");
-    second.wait_output("RPC Dev1 1 first 1", WAIT).await.expect("unanswered RPC sent again");
-    second.wait_output("RPC Dev1 2 second two", WAIT).await.expect("queued RPC delivered");
-    let b1 = tokio::time::timeout(WAIT, a1.reply()).await.expect("answered").expect("answer");
-    let b2 = tokio::time::timeout(WAIT, a2.reply()).await.expect("answered").expect("answer");
+    second
+        .wait_output("REGISTERED Ext", WAIT)
+        .await
+        .expect("registered again");
+    second
+        .wait_output("RPC Dev1 1 first 1", WAIT)
+        .await
+        .expect("unanswered RPC sent again");
+    second
+        .wait_output("RPC Dev1 2 second two", WAIT)
+        .await
+        .expect("queued RPC delivered");
+    let b1 = tokio::time::timeout(WAIT, a1.reply())
+        .await
+        .expect("answered")
+        .expect("answer");
+    let b2 = tokio::time::timeout(WAIT, a2.reply())
+        .await
+        .expect("answered")
+        .expect("answer");
     assert_eq!(b1["echo"], json!(1));
     assert_eq!(b2["echo"], json!("two"));
     // The restarted connector's data still flows.
@@ -314,7 +393,10 @@ async fn a_configured_command_is_started_and_serves_the_connector() {
         }
     }
     let answer = h.rpc("Dev1", 5, "ping", json!({})).await;
-    let body = tokio::time::timeout(WAIT, answer.reply()).await.expect("answered").expect("answer");
+    let body = tokio::time::timeout(WAIT, answer.reply())
+        .await
+        .expect("answered")
+        .expect("answer");
     assert_eq!(body["method"], json!("ping"));
     h.stop().await;
 }
@@ -327,7 +409,9 @@ async fn a_configured_command_is_started_and_serves_the_connector() {
 fn messages_proto_is_upstreams_on_the_wire() {
     let venv = std::env::var_os("TBGW_UPSTREAM_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tbgw-upstream"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tbgw-upstream")
+        });
     let upstream_python = venv.join("bin/python");
     if !upstream_python.exists() {
         eprintln!("skipped: no upstream virtualenv at {}", venv.display());
@@ -371,6 +455,10 @@ print('SAME', len(up.message_type), 'messages', len(up.enum_type), 'enums')
         .arg(&set)
         .output()
         .expect("upstream python runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("SAME 36 messages 2 enums"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("SAME 36 messages 2 enums"),
+        "{text}"
+    );
 }

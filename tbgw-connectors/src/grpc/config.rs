@@ -179,9 +179,7 @@ impl GrpcMainConfig {
                     Some(k) => k.clone(),
                     None if write_keys => {
                         let k: String = (0..10)
-                            .map(|_| {
-                                char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0')
-                            })
+                            .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
                             .collect();
                         saved.insert(name.to_string(), k.clone());
                         keys_changed = true;
@@ -211,21 +209,18 @@ impl GrpcMainConfig {
                 Some(v) => {
                     used_keys.push(format!("connectors[{i}].command"));
                     let argv: Option<Vec<String>> = match v {
-                        serde_json::Value::Array(a) => a
-                            .iter()
-                            .map(|s| s.as_str().map(str::to_string))
-                            .collect(),
+                        serde_json::Value::Array(a) => {
+                            a.iter().map(|s| s.as_str().map(str::to_string)).collect()
+                        }
                         _ => None,
                     };
                     match argv {
                         Some(a) if !a.is_empty() => Some(a),
-                        _ => {
-                            return Err(ConfigError::new(
-                                file,
-                                format!("connectors[{i}].command"),
-                                "must be a non-empty list of strings (the program and its arguments)",
-                            ))
-                        }
+                        _ => return Err(ConfigError::new(
+                            file,
+                            format!("connectors[{i}].command"),
+                            "must be a non-empty list of strings (the program and its arguments)",
+                        )),
                     }
                 }
             };

@@ -38,7 +38,12 @@ pub struct GrpcConnector {
 }
 
 impl GrpcConnector {
-    pub(crate) fn new(slot: Arc<Slot>, file: PathBuf, configuration: String, child: Option<ChildSpec>) -> Self {
+    pub(crate) fn new(
+        slot: Arc<Slot>,
+        file: PathBuf,
+        configuration: String,
+        child: Option<ChildSpec>,
+    ) -> Self {
         GrpcConnector {
             slot,
             file,
@@ -50,7 +55,8 @@ impl GrpcConnector {
     /// The connector file as sent in `connectorConfigurationMsg` (upstream sends the file's
     /// JSON), and its `id` (the connector's name when the file has none).
     fn configuration(&self) -> (String, String) {
-        let text = std::fs::read_to_string(&self.file).unwrap_or_else(|_| self.configuration.clone());
+        let text =
+            std::fs::read_to_string(&self.file).unwrap_or_else(|_| self.configuration.clone());
         let id = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
@@ -91,9 +97,10 @@ impl Connector for GrpcConnector {
                 Ok(())
             });
         }
+        let cancel = cx.cancellation().clone();
         let stopping = loop {
             tokio::select! {
-                _ = cx.cancellation().cancelled() => break true,
+                _ = cancel.cancelled() => break true,
                 d = cx.recv_downlink() => match d {
                     None => break true,
                     Some(Downlink::AttributeUpdate(u)) => {
@@ -158,8 +165,18 @@ async fn supervise(
                 tracing::info!(connector = %name, pid = ?proc.id(), "gRPC connector process started.");
                 backoff.succeeded();
                 for (out, is_err) in [
-                    (proc.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), false),
-                    (proc.stderr.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), true),
+                    (
+                        proc.stdout
+                            .take()
+                            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                        false,
+                    ),
+                    (
+                        proc.stderr
+                            .take()
+                            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                        true,
+                    ),
                 ] {
                     if let Some(out) = out {
                         let name = name.to_string();

@@ -46,7 +46,10 @@ pub fn kv_proto(key: &str, value: &Json) -> KeyValueProto {
 }
 
 /// A response with a status and, as upstream does, the connector message it answers.
-pub fn response(status: ResponseStatus, answers: Option<FromConnectorMessage>) -> FromServiceMessage {
+pub fn response(
+    status: ResponseStatus,
+    answers: Option<FromConnectorMessage>,
+) -> FromServiceMessage {
     FromServiceMessage {
         response: Some(Box::new(Response {
             status: status as i32,
@@ -115,7 +118,11 @@ pub fn attribute_update(
         Some(Json::Array(keys)) if values.len() == 1 => {
             n.shared_deleted = keys
                 .iter()
-                .map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string()))
+                .map(|k| {
+                    k.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| k.to_string())
+                })
                 .collect();
         }
         _ => {
@@ -209,10 +216,16 @@ mod tests {
 
     #[test]
     fn json_values_get_their_proto_types() {
-        assert_eq!(kv_proto("b", &json!(true)).r#type, KeyValueType::BooleanV as i32);
+        assert_eq!(
+            kv_proto("b", &json!(true)).r#type,
+            KeyValueType::BooleanV as i32
+        );
         assert!(kv_proto("b", &json!(true)).bool_v);
         assert_eq!(kv_proto("l", &json!(5)).long_v, 5);
-        assert_eq!(kv_proto("l", &json!(u64::MAX)).r#type, KeyValueType::DoubleV as i32);
+        assert_eq!(
+            kv_proto("l", &json!(u64::MAX)).r#type,
+            KeyValueType::DoubleV as i32
+        );
         assert_eq!(kv_proto("d", &json!(1.5)).double_v, 1.5);
         assert_eq!(kv_proto("s", &json!("x")).string_v, "x");
         let j = kv_proto("j", &json!({"a": [1]}));
@@ -242,10 +255,24 @@ mod tests {
     #[test]
     fn rpc_params_and_answers() {
         let m = rpc_request("D", 3, "set", &json!({"v": 1}));
-        let r = m.gateway_device_rpc_request_msg.unwrap().rpc_request_msg.unwrap();
-        assert_eq!((r.request_id, r.method_name.as_str(), r.params.as_str()), (3, "set", r#"{"v":1}"#));
+        let r = m
+            .gateway_device_rpc_request_msg
+            .unwrap()
+            .rpc_request_msg
+            .unwrap();
+        assert_eq!(
+            (r.request_id, r.method_name.as_str(), r.params.as_str()),
+            (3, "set", r#"{"v":1}"#)
+        );
         let m = rpc_request("D", 3, "echo", &json!("plain"));
-        assert_eq!(m.gateway_device_rpc_request_msg.unwrap().rpc_request_msg.unwrap().params, "plain");
+        assert_eq!(
+            m.gateway_device_rpc_request_msg
+                .unwrap()
+                .rpc_request_msg
+                .unwrap()
+                .params,
+            "plain"
+        );
         assert_eq!(rpc_answer(r#"{"success": true}"#), json!({"success": true}));
         assert_eq!(rpc_answer("done"), json!("done"));
     }
@@ -253,7 +280,11 @@ mod tests {
     #[test]
     fn attribute_responses_for_one_and_several_keys() {
         let one = attribute_response("D", 1, false, &["k".into()], Ok(&json!({"value": 3})));
-        let r = one.gateway_attribute_response_msg.unwrap().response_msg.unwrap();
+        let r = one
+            .gateway_attribute_response_msg
+            .unwrap()
+            .response_msg
+            .unwrap();
         assert_eq!(r.shared_attribute_list[0].key, "k");
         assert_eq!(r.shared_attribute_list[0].long_v, 3);
         let many = attribute_response(
@@ -263,9 +294,20 @@ mod tests {
             &["a".into(), "b".into()],
             Ok(&json!({"values": {"a": "x", "b": true}})),
         );
-        let r = many.gateway_attribute_response_msg.unwrap().response_msg.unwrap();
+        let r = many
+            .gateway_attribute_response_msg
+            .unwrap()
+            .response_msg
+            .unwrap();
         assert_eq!(r.client_attribute_list.len(), 2);
         let err = attribute_response("D", 3, true, &[], Err("timeout".into()));
-        assert_eq!(err.gateway_attribute_response_msg.unwrap().response_msg.unwrap().error, "timeout");
+        assert_eq!(
+            err.gateway_attribute_response_msg
+                .unwrap()
+                .response_msg
+                .unwrap()
+                .error,
+            "timeout"
+        );
     }
 }

@@ -117,7 +117,8 @@ impl Slot {
     pub(crate) fn detach(&self, stopping: bool) {
         let mut s = self.lock();
         s.link = None;
-        if stopping && s.owner.take().is_some() {
+        if stopping && s.owner.is_some() {
+            // The owner keeps the slot until it has taken this message (see `pop_for`).
             s.replies.clear();
             s.replies.push_back(downlink::unregistered());
         }
@@ -141,8 +142,10 @@ impl Slot {
         let previous = s.owner.replace(session.clone());
         s.replies.clear();
         let config = s.configuration.clone();
-        s.replies
-            .push_back(downlink::registration(ResponseStatus::Success, Some(config)));
+        s.replies.push_back(downlink::registration(
+            ResponseStatus::Success,
+            Some(config),
+        ));
         let resend: Vec<FromServiceMessage> = s
             .pending
             .iter_mut()
@@ -204,7 +207,13 @@ impl Slot {
     }
 
     /// Queues an RPC and keeps its responder until the connector answers.
-    pub(crate) fn push_rpc(&self, device: &str, id: i32, msg: FromServiceMessage, responder: RpcResponder) -> u64 {
+    pub(crate) fn push_rpc(
+        &self,
+        device: &str,
+        id: i32,
+        msg: FromServiceMessage,
+        responder: RpcResponder,
+    ) -> u64 {
         {
             let mut s = self.lock();
             let now = Instant::now();
@@ -260,6 +269,10 @@ impl Slot {
             return Pop::NotOwner;
         }
         if let Some(m) = s.replies.pop_front() {
+            if m.unregister_connector_msg.is_some() {
+                // Told it is no longer registered: the session owns nothing any more.
+                s.owner = None;
+            }
             return Pop::Msg(m);
         }
         let Some(m) = s.outbox.pop_front() else {
@@ -342,7 +355,12 @@ impl GrpcHub {
         }
     }
 
-    pub(crate) fn set_owner(&self, session: &SessionId, slot: &Arc<Slot>, previous: Option<SessionId>) {
+    pub(crate) fn set_owner(
+        &self,
+        session: &SessionId,
+        slot: &Arc<Slot>,
+        previous: Option<SessionId>,
+    ) {
         let mut s = self.sessions();
         if let Some(p) = previous {
             s.remove(&p);

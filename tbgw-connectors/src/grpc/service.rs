@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::config::GrpcSettings;
 use super::downlink;
 use super::hub::{GrpcHub, Pop, SessionId, Slot};
-use super::pb::tb_gateway_proto_service_server::{TbGatewayProtoService, TbGatewayProtoServiceServer};
+use super::pb::tb_gateway_proto_service_server::{
+    TbGatewayProtoService, TbGatewayProtoServiceServer,
+};
 use super::pb::{
     ConnectorDeviceInfo, ConnectorGetConnectedDevicesMsg, ConnectorGetConnectedDevicesResponseMsg,
     FromConnectorMessage, FromServiceMessage, ResponseStatus,
@@ -64,11 +66,17 @@ impl GrpcService {
 
     /// Handles one connector message; returns the direct answer, if any. For the owner of a
     /// slot the caller queues it in the slot (answers keep their order with downlink).
-    async fn handle(&self, session: &SessionId, msg: FromConnectorMessage) -> Option<FromServiceMessage> {
+    async fn handle(
+        &self,
+        session: &SessionId,
+        msg: FromConnectorMessage,
+    ) -> Option<FromServiceMessage> {
         if let Some(reg) = &msg.register_connector_msg {
             let Some(slot) = self.hub.find(&reg.connector_key) else {
                 if self.first(&format!("unknown key {}", reg.connector_key)) {
-                    tracing::warn!("A gRPC connector tried to register with an unknown key; refused.");
+                    tracing::warn!(
+                        "A gRPC connector tried to register with an unknown key; refused."
+                    );
                 }
                 return Some(downlink::registration(ResponseStatus::NotFound, None));
             };
@@ -101,7 +109,9 @@ impl GrpcService {
             let mut m = downlink::response(
                 ResponseStatus::Success,
                 Some(FromConnectorMessage {
-                    connector_get_connected_devices_msg: Some(ConnectorGetConnectedDevicesMsg::default()),
+                    connector_get_connected_devices_msg: Some(
+                        ConnectorGetConnectedDevicesMsg::default(),
+                    ),
                     ..Default::default()
                 }),
             );
@@ -114,21 +124,28 @@ impl GrpcService {
                 })
                 .collect();
             devices.sort_by(|a, b| a.device_name.cmp(&b.device_name));
-            m.connector_get_connected_devices_response_msg = Some(ConnectorGetConnectedDevicesResponseMsg {
-                connector_devices: devices,
-            });
+            m.connector_get_connected_devices_response_msg =
+                Some(ConnectorGetConnectedDevicesResponseMsg {
+                    connector_devices: devices,
+                });
             reply = Some(m);
         }
         if let Some(c) = &msg.connect_msg {
             stats.add_messages_received(1);
-            let ty = if c.device_type.is_empty() { "default" } else { &c.device_type };
+            let ty = if c.device_type.is_empty() {
+                "default"
+            } else {
+                &c.device_type
+            };
             slot.devices_add(&c.device_name, ty);
-            let ok = !c.device_name.is_empty() && link.uplink.connect_device(&c.device_name, ty).await.is_ok();
+            let ok = !c.device_name.is_empty()
+                && link.uplink.connect_device(&c.device_name, ty).await.is_ok();
             reply = Some(ack(ok, &msg));
         }
         if let Some(d) = &msg.disconnect_msg {
             stats.add_messages_received(1);
-            let ok = !d.device_name.is_empty() && link.uplink.disconnect_device(&d.device_name).await.is_ok();
+            let ok = !d.device_name.is_empty()
+                && link.uplink.disconnect_device(&d.device_name).await.is_ok();
             reply = Some(ack(ok, &msg));
         }
         let mut errors = Vec::new();
@@ -163,7 +180,10 @@ impl GrpcService {
             if self.first(&format!("{}:claim", slot.name())) {
                 tracing::warn!(connector = %slot.name(), "Device claiming is not supported by tbgw; the claim is refused.");
             }
-            reply = Some(downlink::response(ResponseStatus::Failure, Some(msg.clone())));
+            reply = Some(downlink::response(
+                ResponseStatus::Failure,
+                Some(msg.clone()),
+            ));
         }
         if let Some(r) = &msg.gateway_rpc_response_msg {
             stats.add_messages_received(1);
@@ -177,11 +197,24 @@ impl GrpcService {
             let slot = slot.clone();
             tokio::spawn(async move {
                 let answer = uplink
-                    .request_attributes_response(r.device_name.clone(), r.client, r.keys.clone(), ATTRIBUTE_REQUEST_TIMEOUT)
+                    .request_attributes_response(
+                        r.device_name.clone(),
+                        r.client,
+                        r.keys.clone(),
+                        ATTRIBUTE_REQUEST_TIMEOUT,
+                    )
                     .await;
                 let msg = match &answer {
-                    Ok(v) => downlink::attribute_response(&r.device_name, r.id, r.client, &r.keys, Ok(v)),
-                    Err(e) => downlink::attribute_response(&r.device_name, r.id, r.client, &r.keys, Err(e.to_string())),
+                    Ok(v) => {
+                        downlink::attribute_response(&r.device_name, r.id, r.client, &r.keys, Ok(v))
+                    }
+                    Err(e) => downlink::attribute_response(
+                        &r.device_name,
+                        r.id,
+                        r.client,
+                        &r.keys,
+                        Err(e.to_string()),
+                    ),
                 };
                 slot.push_downlink(msg);
             });
@@ -190,7 +223,11 @@ impl GrpcService {
     }
 
     /// Queues the answer for the owner, or returns it for a session that owns nothing.
-    fn route(&self, session: &SessionId, reply: Option<FromServiceMessage>) -> Result<Option<Arc<Slot>>, FromServiceMessage> {
+    fn route(
+        &self,
+        session: &SessionId,
+        reply: Option<FromServiceMessage>,
+    ) -> Result<Option<Arc<Slot>>, FromServiceMessage> {
         match self.hub.slot_of(session) {
             Some(slot) => {
                 if let Some(r) = reply {
@@ -209,7 +246,10 @@ impl GrpcService {
 /// The answer to anything but a registration from a session that is not registered
 /// (upstream's `FAILURE`, with the message it answers, data left out).
 fn not_registered(mut msg: FromConnectorMessage) -> Option<FromServiceMessage> {
-    if msg.response.is_some() && msg.gateway_telemetry_msg.is_none() && msg.gateway_attributes_msg.is_none() {
+    if msg.response.is_some()
+        && msg.gateway_telemetry_msg.is_none()
+        && msg.gateway_attributes_msg.is_none()
+    {
         // A poll from a session that is not registered: nothing to hand out.
         return None;
     }
@@ -219,7 +259,11 @@ fn not_registered(mut msg: FromConnectorMessage) -> Option<FromServiceMessage> {
 }
 
 fn ack(ok: bool, msg: &FromConnectorMessage) -> FromServiceMessage {
-    let status = if ok { ResponseStatus::Success } else { ResponseStatus::Failure };
+    let status = if ok {
+        ResponseStatus::Success
+    } else {
+        ResponseStatus::Failure
+    };
     let mut answered = msg.clone();
     answered.gateway_telemetry_msg = None;
     answered.gateway_attributes_msg = None;
@@ -228,7 +272,11 @@ fn ack(ok: bool, msg: &FromConnectorMessage) -> FromServiceMessage {
 
 /// Sends what the slot has for `session` into its stream until the client goes away or
 /// another session takes the slot over (then the client is told it is unregistered).
-async fn pump(slot: Arc<Slot>, session: SessionId, tx: mpsc::Sender<Result<FromServiceMessage, Status>>) {
+async fn pump(
+    slot: Arc<Slot>,
+    session: SessionId,
+    tx: mpsc::Sender<Result<FromServiceMessage, Status>>,
+) {
     loop {
         let notified = slot.notified();
         tokio::pin!(notified);
@@ -237,7 +285,13 @@ async fn pump(slot: Arc<Slot>, session: SessionId, tx: mpsc::Sender<Result<FromS
             return;
         };
         match slot.pop_for(&session) {
-            Pop::Msg(m) => permit.send(Ok(m)),
+            Pop::Msg(m) => {
+                let last = m.unregister_connector_msg.is_some();
+                permit.send(Ok(m));
+                if last {
+                    return;
+                }
+            }
             Pop::NotOwner => {
                 permit.send(Ok(downlink::unregistered()));
                 return;
@@ -255,7 +309,10 @@ async fn pump(slot: Arc<Slot>, session: SessionId, tx: mpsc::Sender<Result<FromS
 
 #[tonic::async_trait]
 impl TbGatewayProtoService for GrpcService {
-    async fn stream(&self, request: Request<FromConnectorMessage>) -> Result<Response<FromServiceMessage>, Status> {
+    async fn stream(
+        &self,
+        request: Request<FromConnectorMessage>,
+    ) -> Result<Response<FromServiceMessage>, Status> {
         let id = request
             .metadata()
             .get("identifier")
@@ -277,7 +334,10 @@ impl TbGatewayProtoService for GrpcService {
 
     type sessionStream = ReceiverStream<Result<FromServiceMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<FromConnectorMessage>>) -> Result<Response<Self::sessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<FromConnectorMessage>>,
+    ) -> Result<Response<Self::sessionStream>, Status> {
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let session = self.hub.new_stream_id();
@@ -336,7 +396,11 @@ impl GrpcServer {
         let listener = match &settings.server_host {
             Some(h) => {
                 let addr = format!("{h}:{port}");
-                let addr = if h.contains(':') && !h.starts_with('[') { format!("[{h}]:{port}") } else { addr };
+                let addr = if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]:{port}")
+                } else {
+                    addr
+                };
                 tokio::net::TcpListener::bind(&addr)
                     .await
                     .map_err(|source| GrpcServerError::Bind { addr, source })?
@@ -367,7 +431,8 @@ impl GrpcServer {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
         let addr = self.listener.local_addr().ok();
         tracing::info!(addr = ?addr, "gRPC connector API listening.");
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .http2_keepalive_interval(self.settings.keep_alive())
             .http2_keepalive_timeout(Some(self.settings.keep_alive_timeout()))

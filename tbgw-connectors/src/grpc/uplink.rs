@@ -111,7 +111,9 @@ pub fn attributes(
 
 #[cfg(test)]
 mod tests {
-    use super::super::pb::{AttributesMsg, PostAttributeMsg, PostTelemetryMsg, TelemetryMsg, TsKvListProto};
+    use super::super::pb::{
+        AttributesMsg, PostAttributeMsg, PostTelemetryMsg, TelemetryMsg, TsKvListProto,
+    };
     use super::*;
 
     fn kv(key: &str, ty: KeyValueType) -> KeyValueProto {
@@ -140,12 +142,21 @@ mod tests {
         assert_eq!(kv_value(&l), Ok(Value::Int(-7)));
         assert_eq!(kv_value(&f), Ok(Value::Float(2.5)));
         assert_eq!(kv_value(&s), Ok(Value::String("x".into())));
-        assert_eq!(kv_value(&j), Ok(Value::Json(serde_json::json!({"a": [1, 2]}))));
+        assert_eq!(
+            kv_value(&j),
+            Ok(Value::Json(serde_json::json!({"a": [1, 2]})))
+        );
         assert_eq!(kv_value(&bad_json), Ok(Value::String("not json".into())));
         let mut unknown = kv("u", KeyValueType::BooleanV);
         unknown.r#type = 9;
-        assert!(matches!(kv_value(&unknown), Err(KvError::UnknownType { ty: 9, .. })));
-        assert_eq!(kv_value(&kv("", KeyValueType::LongV)), Err(KvError::EmptyKey));
+        assert!(matches!(
+            kv_value(&unknown),
+            Err(KvError::UnknownType { ty: 9, .. })
+        ));
+        assert_eq!(
+            kv_value(&kv("", KeyValueType::LongV)),
+            Err(KvError::EmptyKey)
+        );
     }
 
     #[test]
@@ -159,8 +170,14 @@ mod tests {
                 device_name: "D".into(),
                 msg: Some(PostTelemetryMsg {
                     ts_kv_list: vec![
-                        TsKvListProto { ts: 1000, kv: vec![l.clone(), bad] },
-                        TsKvListProto { ts: 0, kv: vec![l.clone()] },
+                        TsKvListProto {
+                            ts: 1000,
+                            kv: vec![l.clone(), bad],
+                        },
+                        TsKvListProto {
+                            ts: 0,
+                            kv: vec![l.clone()],
+                        },
                     ],
                 }),
             }],
