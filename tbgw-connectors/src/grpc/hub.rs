@@ -80,7 +80,7 @@ pub struct Slot {
 /// What [`Slot::pop_for`] found.
 #[derive(Debug)]
 pub(crate) enum Pop {
-    Msg(FromServiceMessage),
+    Msg(Box<FromServiceMessage>),
     Empty,
     NotOwner,
 }
@@ -273,7 +273,7 @@ impl Slot {
                 // Told it is no longer registered: the session owns nothing any more.
                 s.owner = None;
             }
-            return Pop::Msg(m);
+            return Pop::Msg(Box::new(m));
         }
         let Some(m) = s.outbox.pop_front() else {
             return Pop::Empty;
@@ -288,7 +288,7 @@ impl Slot {
                 p.delivered = true;
             }
         }
-        Pop::Msg(m)
+        Pop::Msg(Box::new(m))
     }
 
     /// Waits until something may have changed for this slot's sessions.

@@ -223,24 +223,30 @@ impl GrpcService {
     }
 
     /// Queues the answer for the owner, or returns it for a session that owns nothing.
-    fn route(
-        &self,
-        session: &SessionId,
-        reply: Option<FromServiceMessage>,
-    ) -> Result<Option<Arc<Slot>>, FromServiceMessage> {
+    fn route(&self, session: &SessionId, reply: Option<FromServiceMessage>) -> Route {
         match self.hub.slot_of(session) {
             Some(slot) => {
                 if let Some(r) = reply {
                     slot.push_reply(session, r);
                 }
-                Ok(Some(slot))
+                Route::Owner(slot)
             }
             None => match reply {
-                Some(r) => Err(r),
-                None => Ok(None),
+                Some(r) => Route::Direct(Box::new(r)),
+                None => Route::Nothing,
             },
         }
     }
+}
+
+/// Where the answer to a session's message goes.
+enum Route {
+    /// Queued in the slot the session owns.
+    Owner(Arc<Slot>),
+    /// Straight back: the session owns no slot.
+    Direct(Box<FromServiceMessage>),
+    /// No answer.
+    Nothing,
 }
 
 /// The answer to anything but a registration from a session that is not registered
@@ -287,7 +293,7 @@ async fn pump(
         match slot.pop_for(&session) {
             Pop::Msg(m) => {
                 let last = m.unregister_connector_msg.is_some();
-                permit.send(Ok(m));
+                permit.send(Ok(*m));
                 if last {
                     return;
                 }
@@ -322,12 +328,12 @@ impl TbGatewayProtoService for GrpcService {
         let session = SessionId::Unary(id);
         let reply = self.handle(&session, request.into_inner()).await;
         let out = match self.route(&session, reply) {
-            Ok(Some(slot)) => match slot.pop_for(&session) {
-                Pop::Msg(m) => m,
+            Route::Owner(slot) => match slot.pop_for(&session) {
+                Pop::Msg(m) => *m,
                 Pop::Empty | Pop::NotOwner => downlink::idle(),
             },
-            Ok(None) => downlink::idle(),
-            Err(direct) => direct,
+            Route::Nothing => downlink::idle(),
+            Route::Direct(direct) => *direct,
         };
         Ok(Response::new(out))
     }
@@ -347,7 +353,7 @@ impl TbGatewayProtoService for GrpcService {
             while let Ok(Some(msg)) = input.message().await {
                 let reply = this.handle(&session, msg).await;
                 match this.route(&session, reply) {
-                    Ok(Some(slot)) => {
+                    Route::Owner(slot) => {
                         let running = pumping
                             .as_ref()
                             .is_some_and(|(s, h)| Arc::ptr_eq(s, &slot) && !h.is_finished());
@@ -359,9 +365,9 @@ impl TbGatewayProtoService for GrpcService {
                             pumping = Some((slot, h));
                         }
                     }
-                    Ok(None) => {}
-                    Err(direct) => {
-                        if tx.send(Ok(direct)).await.is_err() {
+                    Route::Nothing => {}
+                    Route::Direct(direct) => {
+                        if tx.send(Ok(*direct)).await.is_err() {
                             break;
                         }
                     }
