@@ -230,13 +230,6 @@ fn check_logs_json(path: &Path) -> bool {
 
 fn check(path: &Path) -> ExitCode {
     let logs_ok = check_logs_json(path);
-    let grpc = match grpc::Grpc::load(path, false) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("{e}");
-            grpc::Grpc::default()
-        }
-    };
     let mut loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -245,11 +238,19 @@ fn check(path: &Path) -> ExitCode {
             // (each problem once).
             let mut seen: std::collections::HashSet<String> =
                 e.0.iter().map(ToString::to_string).collect();
+            let grpc = grpc::Grpc::load(path, false).unwrap_or_default();
             for e in tbgw::connector::check_connector_files(path, &factories(&grpc)) {
                 if seen.insert(e.to_string()) {
                     eprintln!("{e}");
                 }
             }
+            return ExitCode::FAILURE;
+        }
+    };
+    let grpc = match grpc::Grpc::load(path, false) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };

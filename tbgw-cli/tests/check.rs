@@ -452,3 +452,36 @@ fn keys_that_are_accepted_but_not_used_are_reported_as_ignored() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!stderr(&out).contains("ignored"), "{}", describe(&out));
 }
+
+#[cfg(feature = "grpc")]
+#[test]
+fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
+    let dir = TempDir::new().expect("tempdir");
+    write_json(dir.path(), "ext.json", &json!({"anything": 1}));
+    let mut main = main_file(json!([
+        {"type": "grpc", "name": "Ext", "configuration": "ext.json", "key": "k1"}
+    ]));
+    main["grpc"] = json!({"enabled": true, "serverPort": 9595});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        !err.contains("grpc: ignored") && !err.contains("key: ignored"),
+        "{}",
+        describe(&out)
+    );
+
+    main["connectors"][0]
+        .as_object_mut()
+        .expect("entry")
+        .remove("key");
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("connectors[0].key"),
+        "{}",
+        describe(&out)
+    );
+}
