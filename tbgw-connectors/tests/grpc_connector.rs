@@ -32,11 +32,19 @@ struct Harness {
     ends: TestEnds,
     port: u16,
     server_stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    not_started: Option<(Box<dyn tbgw::connector::Connector>, ConnectorContext)>,
     _dir: tempfile::TempDir,
 }
 
 async fn harness(key: &str, command: Option<Vec<String>>) -> Harness {
+    let mut h = harness_not_started(key, command).await;
+    h.start();
+    h
+}
+
+/// The server runs, the connector is built but does not run until [`Harness::start`].
+async fn harness_not_started(key: &str, command: Option<Vec<String>>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("ext.json");
     std::fs::write(
@@ -62,24 +70,30 @@ async fn harness(key: &str, command: Option<Vec<String>>) -> Harness {
         file: file.clone(),
         config: json!({"devices": [{"name": "Dev1"}]}).into(),
     };
-    let mut connector = factory.build(&spec, &mut Vec::new()).expect("builds");
-    let (mut cx, ends) = ConnectorContext::for_test("Ext");
-    let task = tokio::spawn(async move {
-        connector
-            .run(&mut cx)
-            .await
-            .expect("connector ends cleanly");
-    });
+    let connector = factory.build(&spec, &mut Vec::new()).expect("builds");
+    let (cx, ends) = ConnectorContext::for_test("Ext");
     Harness {
         ends,
         port,
         server_stop,
-        task,
+        task: None,
+        not_started: Some((connector, cx)),
         _dir: dir,
     }
 }
 
 impl Harness {
+    fn start(&mut self) {
+        if let Some((mut connector, mut cx)) = self.not_started.take() {
+            self.task = Some(tokio::spawn(async move {
+                connector
+                    .run(&mut cx)
+                    .await
+                    .expect("connector ends cleanly");
+            }));
+        }
+    }
+
     fn client(&self, key: &str, mode: &str, script: &str) -> PythonPeer {
         PythonPeer::spawn([
             client_script().display().to_string(),
@@ -94,7 +108,9 @@ impl Harness {
 
     async fn stop(self) {
         self.ends.cancel.cancel();
-        let _ = tokio::time::timeout(WAIT, self.task).await;
+        if let Some(task) = self.task {
+            let _ = tokio::time::timeout(WAIT, task).await;
+        }
         self.server_stop.cancel();
     }
 
@@ -398,6 +414,30 @@ async fn a_configured_command_is_started_and_serves_the_connector() {
         .expect("answered")
         .expect("answer");
     assert_eq!(body["method"], json!("ping"));
+    h.stop().await;
+}
+
+/// A connector process that registers and sends before its tbgw connector runs (the server
+/// starts first): its data waits for the connector instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_before_the_connector_runs_wait_for_it() {
+    let mut h = harness_not_started("early", None).await;
+    let mut client = h.client("early", "stream", "basic");
+    client
+        .wait_output("SENT", WAIT)
+        .await
+        .expect("registered and sent");
+    assert!(
+        h.ends.uplink.try_recv().is_err(),
+        "nothing can arrive before the connector runs"
+    );
+    h.start();
+    let mut got_data = false;
+    while !got_data {
+        got_data = matches!(h.next().await, UplinkMessage::Data { .. });
+    }
+    assert!(!client.log().contains("FAILURE"), "{}", client.log());
+    client.stop().await;
     h.stop().await;
 }
 

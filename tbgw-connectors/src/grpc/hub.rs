@@ -20,6 +20,11 @@ use super::pb::{ConnectorConfigurationMsg, FromServiceMessage, ResponseStatus};
 /// Downlink messages kept per connector while it is not there to take them; beyond, the
 /// oldest is dropped (and counted in `queue_dropped`).
 pub const MAX_OUTBOX: usize = 10_000;
+/// How long a connector's message waits for its tbgw connector to run before it is refused.
+pub const LINK_WAIT: Duration = Duration::from_secs(10);
+/// Answers (acknowledgements) kept for a connector that sends without reading; beyond, the
+/// oldest is dropped.
+pub const MAX_REPLIES: usize = 1_000;
 /// RPCs kept waiting for an answer per connector; beyond, the oldest is answered with an error.
 pub const MAX_PENDING_RPCS: usize = 1_000;
 /// An RPC not answered within this time is forgotten (the gateway has long answered it with a
@@ -106,6 +111,26 @@ impl Slot {
 
     pub(crate) fn attach(&self, link: Link) {
         self.lock().link = Some(link);
+        self.notify.notify_waiters();
+    }
+
+    /// The link, waiting up to `timeout` for the tbgw connector to run (at start-up the
+    /// server may take a connector's messages before its connector runs; after a restart of
+    /// the connector, for the supervisor's backoff).
+    pub(crate) async fn wait_link(&self, timeout: Duration) -> Option<Link> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(l) = self.link() {
+                return Some(l);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return self.link(),
+            }
+        }
     }
 
     pub(crate) fn set_configuration(&self, configuration: ConnectorConfigurationMsg) {
@@ -185,6 +210,10 @@ impl Slot {
     pub(crate) fn push_reply(&self, session: &SessionId, msg: FromServiceMessage) {
         let mut s = self.lock();
         if s.owner.as_ref() == Some(session) {
+            // A client that sends without reading: its oldest answers go first.
+            while s.replies.len() >= MAX_REPLIES {
+                s.replies.pop_front();
+            }
             s.replies.push_back(msg);
             drop(s);
             self.notify.notify_waiters();

@@ -100,7 +100,16 @@ impl GrpcService {
         let Some(slot) = self.hub.slot_of(session) else {
             return not_registered(msg);
         };
-        let Some(link) = slot.link() else {
+        let is_poll = msg.response.is_some()
+            && msg
+                == FromConnectorMessage {
+                    response: msg.response.clone(),
+                    ..Default::default()
+                };
+        if is_poll {
+            return None;
+        }
+        let Some(link) = slot.wait_link(super::hub::LINK_WAIT).await else {
             return Some(downlink::response(ResponseStatus::Failure, None));
         };
         let mut reply = None;
