@@ -183,6 +183,8 @@ impl GrpcMainConfig {
                             .collect();
                         saved.insert(name.to_string(), k.clone());
                         keys_changed = true;
+                        // As upstream: the operator needs the key for the connector process.
+                        tracing::info!(connector = %name, key = %k, file = %keys_path.display(), "Generated the key of a `key: auto` gRPC connector.");
                         k
                     }
                     None => format!("auto:{name}"),
@@ -236,9 +238,6 @@ impl GrpcMainConfig {
                     tracing::warn!(file = %keys_path.display(), error = %e, "Cannot save the generated gRPC connector keys.");
                 }
             }
-        }
-        for e in &entries {
-            tracing::debug!(connector = %e.name, "gRPC connector key resolved.");
         }
         Ok(GrpcMainConfig {
             settings,
