@@ -34,7 +34,7 @@ struct Harness {
     server_stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     not_started: Option<(Box<dyn tbgw::connector::Connector>, ConnectorContext)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn harness(key: &str, command: Option<Vec<String>>) -> Harness {
@@ -78,7 +78,7 @@ async fn harness_not_started(key: &str, command: Option<Vec<String>>) -> Harness
         server_stop,
         task: None,
         not_started: Some((connector, cx)),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -389,18 +389,21 @@ async fn streaming_connector_killed_and_restarted_loses_no_downlink() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_configured_command_is_started_and_serves_the_connector() {
+async fn a_configured_command_is_started_restarted_when_it_exits_and_serves_the_connector() {
     let python = tbgw::test_util::peers_python().display().to_string();
     // The supervised process gets upstream's two extra arguments (settings JSON, config
-    // dir); this wrapper reads the port and key from the JSON and runs the test client.
+    // dir). This wrapper exits at once the first time (leaving a mark in the config dir), so
+    // only the restarted process runs the test client with the port and key of the JSON.
     let wrapper = format!(
-        "import json,subprocess,sys; s=json.loads(sys.argv[1]); \
+        "import json,os,subprocess,sys; s=json.loads(sys.argv[1]); mark=sys.argv[2]+'started-once'\n\
+         if not os.path.exists(mark):\n    open(mark,'w').close(); sys.exit(1)\n\
          sys.exit(subprocess.call([{python:?}, {script:?}, {proto:?}, str(s['gateway']['port']), s['grpc_key'], 'stream', 'basic']))",
         script = client_script().display().to_string(),
         proto = proto_dir().display().to_string(),
     );
     let mut h = harness("cmd-key", Some(vec![python, "-c".into(), wrapper])).await;
-    // The process registers and sends its data without the test starting anything.
+    // The process registers and sends its data without the test starting anything, after
+    // one restart.
     let mut seen = 0;
     while seen < 1 {
         if let UplinkMessage::Data { data, .. } = h.next().await {
@@ -414,6 +417,7 @@ async fn a_configured_command_is_started_and_serves_the_connector() {
         .expect("answered")
         .expect("answer");
     assert_eq!(body["method"], json!("ping"));
+    assert!(h.dir.path().join("started-once").exists());
     h.stop().await;
 }
 
