@@ -38,6 +38,8 @@ use super::uplink;
 
 /// How long a TLS + WebSocket handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The WebSocket read buffer of one connection.
+const READ_BUFFER: usize = 4096;
 /// Calls queued for one charge point.
 const CALL_QUEUE: usize = 16;
 
@@ -384,7 +386,11 @@ impl Shared {
     {
         let mut hs = Handshake::default();
         let max = self.settings.max_message_bytes;
+        // Small buffers: OCPP messages are small and a central system holds thousands of
+        // connections (tungstenite's defaults are 128 KiB each way).
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let accepted = tokio::time::timeout(
@@ -754,11 +760,15 @@ impl Connector for OcppConnector {
         });
         let cancel = cx.cancellation().child_token();
         let spawner = cx.spawner();
+        let mut downlink_open = true;
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
-                d = cx.recv_downlink() => {
-                    let Some(d) = d else { continue };
+                d = cx.recv_downlink(), if downlink_open => {
+                    let Some(d) = d else {
+                        downlink_open = false;
+                        continue;
+                    };
                     downlink(&shared, &spawner, d);
                 }
                 a = listener.accept() => {
