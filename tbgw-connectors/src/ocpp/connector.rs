@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{OcppFileConfig, Settings};
 use super::downlink::{attribute_call, reserved_call, rpc_call, OutCall};
-use super::frame::{self, call_error, decode, encode, negotiate, Frame, Version};
+use super::frame::{call_error, decode, encode, negotiate, Frame, Version};
 use super::messages::{self, Decision};
 use super::uplink;
 
@@ -863,7 +863,7 @@ mod tests {
 
     #[test]
     fn version_codes() {
-        assert_eq!(frame::Version::V16.framework_error(), "ProtocolError");
-        assert_eq!(frame::Version::V201.format_violation(), "FormatViolation");
+        assert_eq!(Version::V16.framework_error(), "ProtocolError");
+        assert_eq!(Version::V201.format_violation(), "FormatViolation");
     }
 }
