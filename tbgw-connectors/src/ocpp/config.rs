@@ -287,7 +287,8 @@ fn regex(file: &Path, key: &str, src: &str, anchored: bool) -> Result<Regex, Con
     } else {
         src.to_owned()
     };
-    Regex::new(&text).map_err(|e| ConfigError::new(file, key, format!("invalid regular expression: {e}")))
+    Regex::new(&text)
+        .map_err(|e| ConfigError::new(file, key, format!("invalid regular expression: {e}")))
 }
 
 fn template(file: &Path, key: &str, src: &str) -> Result<Template, ConfigError> {
@@ -297,7 +298,11 @@ fn template(file: &Path, key: &str, src: &str) -> Result<Template, ConfigError> 
 fn timeout(file: &Path, key: &str, t: Option<f64>) -> Result<Duration, ConfigError> {
     let t = t.unwrap_or(DEFAULT_TIMEOUT_S);
     if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
-        return Err(ConfigError::new(file, key, "must be a number of seconds above 0 and at most 3600"));
+        return Err(ConfigError::new(
+            file,
+            key,
+            "must be a number of seconds above 0 and at most 3600",
+        ));
     }
     Ok(Duration::from_secs_f64(t))
 }
@@ -311,7 +316,11 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let cs = cfg.central_system;
         let tls = match &cs.connection {
-            Some(c) if c.kind.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("tls")) => {
+            Some(c)
+                if c.kind
+                    .as_deref()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("tls")) =>
+            {
                 let cert = c.cert.as_deref().ok_or_else(|| {
                     ConfigError::new(file, "centralSystem.connection.cert", "required for TLS")
                 })?;
@@ -328,7 +337,9 @@ impl Settings {
                 })
             }
             Some(c)
-                if c.kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("insecure")) =>
+                if c.kind
+                    .as_deref()
+                    .is_some_and(|k| !k.eq_ignore_ascii_case("insecure")) =>
             {
                 return Err(ConfigError::new(
                     file,
@@ -369,14 +380,22 @@ impl Settings {
                     v.push(ver);
                 }
                 if v.is_empty() {
-                    return Err(ConfigError::new(file, "centralSystem.subprotocols", "must not be empty"));
+                    return Err(ConfigError::new(
+                        file,
+                        "centralSystem.subprotocols",
+                        "must not be empty",
+                    ));
                 }
                 v
             }
         };
         let max_message_bytes = cs.max_message_bytes.unwrap_or(65536);
         if max_message_bytes < 1024 {
-            return Err(ConfigError::new(file, "centralSystem.maxMessageBytes", "must be at least 1024"));
+            return Err(ConfigError::new(
+                file,
+                "centralSystem.maxMessageBytes",
+                "must be at least 1024",
+            ));
         }
         let max_charge_points = cs.max_charge_points.unwrap_or(10_000).max(1);
         let mut charge_points = Vec::new();
@@ -413,7 +432,11 @@ impl Settings {
                 let k = at(&format!("attributeUpdates[{j}]"));
                 attribute_updates.push(Downlink {
                     name: a.attribute_on_things_board,
-                    value: Some(template(file, &format!("{k}.valueExpression"), &a.value_expression)?),
+                    value: Some(template(
+                        file,
+                        &format!("{k}.valueExpression"),
+                        &a.value_expression,
+                    )?),
                     action: a.action,
                     timeout: timeout(file, &format!("{k}.timeout"), a.timeout)?,
                     with_response: true,
@@ -436,8 +459,16 @@ impl Settings {
             }
             charge_points.push(ChargePoint {
                 pattern: regex(file, &at("idRegexpPattern"), &cp.id_regexp_pattern, true)?,
-                host: cp.host.as_deref().map(|h| regex(file, &at("host"), h, true)).transpose()?,
-                port: cp.port.as_deref().map(|p| regex(file, &at("port"), p, true)).transpose()?,
+                host: cp
+                    .host
+                    .as_deref()
+                    .map(|h| regex(file, &at("host"), h, true))
+                    .transpose()?,
+                port: cp
+                    .port
+                    .as_deref()
+                    .map(|p| regex(file, &at("port"), p, true))
+                    .transpose()?,
                 name: cp
                     .device_name_expression
                     .as_deref()
@@ -512,10 +543,22 @@ mod tests {
         assert_eq!(s.port, 9000);
         assert_eq!(s.auth.tokens, vec!["Bearer T".to_owned()]);
         assert_eq!(s.versions, Version::ALL.to_vec());
-        assert_eq!(s.charge_points[0].attributes[0].filter, vec!["MeterValues".to_owned()]);
-        assert_eq!(s.charge_point_for("bidon/hello/CP_1", "127.0.0.1", 1), Some(0));
-        assert_eq!(s.charge_point_for("bidon/hello/CP_12", "127.0.0.1", 1), Some(0));
-        assert_eq!(s.charge_point_for("x/bidon/hello/CP_1", "127.0.0.1", 1), None);
+        assert_eq!(
+            s.charge_points[0].attributes[0].filter,
+            vec!["MeterValues".to_owned()]
+        );
+        assert_eq!(
+            s.charge_point_for("bidon/hello/CP_1", "127.0.0.1", 1),
+            Some(0)
+        );
+        assert_eq!(
+            s.charge_point_for("bidon/hello/CP_12", "127.0.0.1", 1),
+            Some(0)
+        );
+        assert_eq!(
+            s.charge_point_for("x/bidon/hello/CP_1", "127.0.0.1", 1),
+            None
+        );
     }
 
     #[test]
@@ -527,8 +570,10 @@ mod tests {
         assert_eq!(e.key, "centralSystem.subprotocols[0]");
         let e = build(json!({"centralSystem": {"connection": {"type": "tls"}}})).unwrap_err();
         assert_eq!(e.key, "centralSystem.connection.cert");
-        let e = build(json!({"centralSystem": {}, "chargePoints": [{"idRegexpPattern": "x",
-            "serverSideRpc": [{"methodRPC": "m", "timeout": 0}]}]}))
+        let e = build(
+            json!({"centralSystem": {}, "chargePoints": [{"idRegexpPattern": "x",
+            "serverSideRpc": [{"methodRPC": "m", "timeout": 0}]}]}),
+        )
         .unwrap_err();
         assert_eq!(e.key, "chargePoints[0].serverSideRpc[0].timeout");
         let e = build(json!({"centralSystem": {"security": [{"type": "x"}]}})).unwrap_err();

@@ -193,18 +193,19 @@ impl Shared {
         let default_timeout = configured
             .map(|r| r.timeout)
             .unwrap_or(Duration::from_secs(5));
-        let (call, with_response) = match reserved_call(session.version, &method, &params, default_timeout) {
-            Some(r) => (r, true),
-            None => match configured {
-                Some(dl) => (rpc_call(dl, &method, &params, id), dl.with_response),
-                None => {
-                    responder.err(RpcError::NotFound(format!(
-                        "method {method} is not in serverSideRpc of {device}"
-                    )));
-                    return;
-                }
-            },
-        };
+        let (call, with_response) =
+            match reserved_call(session.version, &method, &params, default_timeout) {
+                Some(r) => (r, true),
+                None => match configured {
+                    Some(dl) => (rpc_call(dl, &method, &params, id), dl.with_response),
+                    None => {
+                        responder.err(RpcError::NotFound(format!(
+                            "method {method} is not in serverSideRpc of {device}"
+                        )));
+                        return;
+                    }
+                },
+            };
         let call = match call {
             Ok(c) => c,
             Err(e) => {
@@ -325,6 +326,7 @@ fn base64(input: &[u8]) -> String {
 
 impl Shared {
     /// The handshake callback's decision: path → `chargePoints[]`, credentials, subprotocol.
+    #[allow(clippy::result_large_err)] // the signature of tungstenite's `Callback`
     fn handshake(
         &self,
         peer: SocketAddr,
@@ -380,6 +382,7 @@ impl Shared {
     }
 
     /// One TCP (or TLS) connection, from the WebSocket handshake to its end.
+    #[allow(clippy::result_large_err)] // the handshake closure has tungstenite's signature
     async fn serve<S>(self: &Arc<Self>, stream: S, peer: SocketAddr, cancel: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -537,7 +540,11 @@ impl Shared {
         name: String,
         ty: String,
     ) -> Result<(), ConnectorError> {
-        if st.device.as_ref().is_some_and(|(n, t)| *n == name && *t == ty) {
+        if st
+            .device
+            .as_ref()
+            .is_some_and(|(n, t)| *n == name && *t == ty)
+        {
             return Ok(());
         }
         {
@@ -666,7 +673,14 @@ impl Shared {
         }
         let (name, ty) = st.device.clone().unwrap_or_default();
         let (msg, ts) = uplink::message(action, payload, &now);
-        let data = uplink::convert(cp, (&name, &ty), action, &msg, payload, ts.unwrap_or_else(now_millis));
+        let data = uplink::convert(
+            cp,
+            (&name, &ty),
+            action,
+            &msg,
+            payload,
+            ts.unwrap_or_else(now_millis),
+        );
         if !data.is_empty() {
             self.uplink.send(data).await?;
         }
@@ -707,7 +721,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -724,15 +740,16 @@ fn tls_acceptor(settings: &Settings) -> Result<Option<tokio_rustls::TlsAcceptor>
     let Some(t) = &settings.tls else {
         return Ok(None);
     };
-    let identity = tls::Identity::load(&t.cert, &t.key)
-        .map_err(|e| ConnectorError::Other(e.to_string()))?;
+    let identity =
+        tls::Identity::load(&t.cert, &t.key).map_err(|e| ConnectorError::Other(e.to_string()))?;
     let roots = t
         .ca_cert
         .as_deref()
         .map(tls::load_roots)
         .transpose()
         .map_err(|e| ConnectorError::Other(e.to_string()))?;
-    let cfg = tls::server_config(identity, roots).map_err(|e| ConnectorError::Other(e.to_string()))?;
+    let cfg =
+        tls::server_config(identity, roots).map_err(|e| ConnectorError::Other(e.to_string()))?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
 }
 
@@ -831,7 +848,11 @@ fn downlink(shared: &Arc<Shared>, spawner: &TaskSpawner, d: Downlink) {
     let me = shared.clone();
     match d {
         Downlink::Rpc(req) => {
-            let name = format!("RPC {} to {}", req.method, req.device.as_deref().unwrap_or("-"));
+            let name = format!(
+                "RPC {} to {}",
+                req.method,
+                req.device.as_deref().unwrap_or("-")
+            );
             spawner.spawn(name, async move {
                 me.rpc(req).await;
                 Ok(())

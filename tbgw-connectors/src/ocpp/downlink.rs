@@ -142,7 +142,8 @@ pub fn reserved_call(
         )));
     }
     let r = if version.is_2x() {
-        let (Some(component), Some(variable)) = (text(&m, "component"), text(&m, "variable")) else {
+        let (Some(component), Some(variable)) = (text(&m, "component"), text(&m, "variable"))
+        else {
             return Some(Err(RpcError::BadRequest(format!(
                 "reserved RPC '{method}' requires 'component' and 'variable' params (e.g. 'component=OCPPCommCtrlr;variable=HeartbeatInterval;value=30')"
             ))));
@@ -153,7 +154,9 @@ pub fn reserved_call(
         }
         if let Some(e) = text(&m, "evseId") {
             let Ok(id) = e.parse::<i64>() else {
-                return Some(Err(RpcError::BadRequest(format!("evseId {e:?} is not an integer"))));
+                return Some(Err(RpcError::BadRequest(format!(
+                    "evseId {e:?} is not an integer"
+                ))));
             };
             comp["evse"] = json!({ "id": id });
         }
@@ -229,9 +232,17 @@ mod tests {
             3,
         )
         .expect("ok");
-        assert_eq!((c.action.as_str(), c.payload), ("Reset", json!({"type": "Soft"})));
-        let c = rpc_call(&dl(None, Some("RemoteStartTransaction")), "m", &json!({"idTag": "A"}), 3)
-            .expect("ok");
+        assert_eq!(
+            (c.action.as_str(), c.payload),
+            ("Reset", json!({"type": "Soft"}))
+        );
+        let c = rpc_call(
+            &dl(None, Some("RemoteStartTransaction")),
+            "m",
+            &json!({"idTag": "A"}),
+            3,
+        )
+        .expect("ok");
         assert_eq!(c.payload, json!({"idTag": "A"}));
         assert!(rpc_call(&dl(Some("${params.x}"), None), "m", &json!({}), 3).is_err());
         assert!(rpc_call(&dl(Some("not json"), Some("Reset")), "m", &json!({}), 3).is_err());
@@ -245,16 +256,24 @@ mod tests {
             &json!(5),
         )
         .expect("ok");
-        assert_eq!(c.payload, json!({"vendorId": "1", "data": "{\"shared\":\"5\"}"}));
+        assert_eq!(
+            c.payload,
+            json!({"vendorId": "1", "data": "{\"shared\":\"5\"}"})
+        );
         assert!(attribute_call(&dl(Some("${other}"), None), "k", &json!(1)).is_err());
     }
 
     #[test]
     fn reserved_get_set_per_version() {
         let t = Duration::from_secs(5);
-        let c = reserved_call(Version::V21, "set", &json!("component=OCPPCommCtrlr;variable=HeartbeatInterval;value=30;evseId=1"), t)
-            .expect("reserved")
-            .expect("ok");
+        let c = reserved_call(
+            Version::V21,
+            "set",
+            &json!("component=OCPPCommCtrlr;variable=HeartbeatInterval;value=30;evseId=1"),
+            t,
+        )
+        .expect("reserved")
+        .expect("ok");
         assert_eq!(c.action, "SetVariables");
         assert_eq!(
             c.payload,
@@ -262,23 +281,43 @@ mod tests {
                 "component": {"name": "OCPPCommCtrlr", "evse": {"id": 1}},
                 "variable": {"name": "HeartbeatInterval"}}]})
         );
-        let c = reserved_call(Version::V201, "get", &json!({"component": "C", "variable": "V", "timeout": 2}), t)
+        let c = reserved_call(
+            Version::V201,
+            "get",
+            &json!({"component": "C", "variable": "V", "timeout": 2}),
+            t,
+        )
+        .expect("reserved")
+        .expect("ok");
+        assert_eq!(
+            (c.action.as_str(), c.timeout),
+            ("GetVariables", Duration::from_secs(2))
+        );
+        assert!(reserved_call(Version::V21, "get", &json!("variable=V"), t)
             .expect("reserved")
-            .expect("ok");
-        assert_eq!((c.action.as_str(), c.timeout), ("GetVariables", Duration::from_secs(2)));
-        assert!(reserved_call(Version::V21, "get", &json!("variable=V"), t).expect("reserved").is_err());
+            .is_err());
         let c = reserved_call(Version::V16, "get", &json!("key=HeartbeatInterval"), t)
             .expect("reserved")
             .expect("ok");
         assert_eq!(c.payload, json!({"key": ["HeartbeatInterval"]}));
-        let c = reserved_call(Version::V16, "set", &json!("variable=HeartbeatInterval;value=30"), t)
-            .expect("reserved")
-            .expect("ok");
+        let c = reserved_call(
+            Version::V16,
+            "set",
+            &json!("variable=HeartbeatInterval;value=30"),
+            t,
+        )
+        .expect("reserved")
+        .expect("ok");
         assert_eq!(
             (c.action.as_str(), c.payload),
-            ("ChangeConfiguration", json!({"key": "HeartbeatInterval", "value": "30"}))
+            (
+                "ChangeConfiguration",
+                json!({"key": "HeartbeatInterval", "value": "30"})
+            )
         );
-        assert!(reserved_call(Version::V16, "set", &json!("key=a"), t).expect("reserved").is_err());
+        assert!(reserved_call(Version::V16, "set", &json!("key=a"), t)
+            .expect("reserved")
+            .is_err());
         assert!(reserved_call(Version::V16, "reboot", &json!({}), t).is_none());
     }
 }

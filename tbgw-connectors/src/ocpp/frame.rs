@@ -172,20 +172,34 @@ fn err(id: Option<String>, is_call: bool, reason: impl Into<String>) -> FrameErr
 
 /// Decodes one text message.
 pub fn decode(text: &str) -> Result<Frame, FrameError> {
-    let v: Json = serde_json::from_str(text)
-        .map_err(|e| err(None, true, format!("not JSON: {e}")))?;
+    let v: Json =
+        serde_json::from_str(text).map_err(|e| err(None, true, format!("not JSON: {e}")))?;
     let Json::Array(items) = v else {
         return Err(err(None, true, "not a JSON array"));
     };
     let Some(kind) = items.first().and_then(Json::as_u64) else {
-        return Err(err(None, true, "the first element is not a message type number"));
+        return Err(err(
+            None,
+            true,
+            "the first element is not a message type number",
+        ));
     };
     let id = match items.get(1) {
         Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
         Some(Json::String(s)) if s.len() > MAX_ID_LEN => {
-            return Err(err(None, kind == 2, "the message id is longer than 36 characters"))
+            return Err(err(
+                None,
+                kind == 2,
+                "the message id is longer than 36 characters",
+            ))
         }
-        _ => return Err(err(None, kind == 2, "the message id is not a non-empty string")),
+        _ => {
+            return Err(err(
+                None,
+                kind == 2,
+                "the message id is not a non-empty string",
+            ))
+        }
     };
     match kind {
         2 | 6 => {
@@ -197,7 +211,10 @@ pub fn decode(text: &str) -> Result<Frame, FrameError> {
                     format!("a CALL has 4 elements, not {}", items.len()),
                 ));
             }
-            let Some(action) = items.get(2).and_then(Json::as_str).filter(|a| !a.is_empty())
+            let Some(action) = items
+                .get(2)
+                .and_then(Json::as_str)
+                .filter(|a| !a.is_empty())
             else {
                 return Err(err(Some(id), is_call, "the action is not a string"));
             };
@@ -228,7 +245,10 @@ pub fn decode(text: &str) -> Result<Frame, FrameError> {
             if !(4..=5).contains(&items.len()) {
                 return Err(err(Some(id), false, "a CALLERROR has 5 elements"));
             }
-            let code = items.get(2).and_then(Json::as_str).unwrap_or("GenericError");
+            let code = items
+                .get(2)
+                .and_then(Json::as_str)
+                .unwrap_or("GenericError");
             let description = items.get(3).and_then(Json::as_str).unwrap_or("");
             Ok(Frame::CallError {
                 id,
@@ -359,14 +379,8 @@ mod tests {
     fn negotiation_takes_the_newest_offered_version() {
         let all = Version::ALL;
         assert_eq!(negotiate(["ocpp1.6"], &all), Some(Version::V16));
-        assert_eq!(
-            negotiate(["ocpp1.6, ocpp2.0.1"], &all),
-            Some(Version::V201)
-        );
-        assert_eq!(
-            negotiate(["ocpp1.6", "ocpp2.1"], &all),
-            Some(Version::V21)
-        );
+        assert_eq!(negotiate(["ocpp1.6, ocpp2.0.1"], &all), Some(Version::V201));
+        assert_eq!(negotiate(["ocpp1.6", "ocpp2.1"], &all), Some(Version::V21));
         assert_eq!(negotiate(["ocpp1.5", "ocpp2.0"], &all), None);
         assert_eq!(negotiate([], &all), None);
         assert_eq!(negotiate(["ocpp2.1"], &[Version::V16]), None);

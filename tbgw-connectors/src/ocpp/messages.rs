@@ -54,16 +54,22 @@ fn required(version: Version, action: &str) -> Option<&'static [(&'static str, K
             ("meterStart", Int),
             ("timestamp", Str),
         ],
-        (false, "StopTransaction") => {
-            &[("meterStop", Int), ("timestamp", Str), ("transactionId", Int)]
-        }
+        (false, "StopTransaction") => &[
+            ("meterStop", Int),
+            ("timestamp", Str),
+            ("transactionId", Int),
+        ],
         (true, "BootNotification") => &[
             ("chargingStation", Obj),
             ("chargingStation.model", Str),
             ("chargingStation.vendorName", Str),
             ("reason", Str),
         ],
-        (true, "Authorize") => &[("idToken", Obj), ("idToken.idToken", Str), ("idToken.type", Str)],
+        (true, "Authorize") => &[
+            ("idToken", Obj),
+            ("idToken.idToken", Str),
+            ("idToken.type", Str),
+        ],
         (true, "StatusNotification") => &[
             ("timestamp", Str),
             ("connectorStatus", Str),
@@ -314,7 +320,8 @@ mod tests {
             ("evseId", "evse_id"),
             ("chargePointVendor", "charge_point_vendor"),
             ("idTag", "id_tag"),
-            ("SoC", "soc"), ("socV2X", "soc_v2x"),
+            ("SoC", "soc"),
+            ("socV2X", "soc_v2x"),
             ("ocppCSMSURL", "ocpp_csms_url"),
             ("value", "value"),
             ("chargingStation", "charging_station"),
@@ -333,7 +340,11 @@ mod tests {
     fn checks_required_fields_and_types() {
         let v = Version::V16;
         assert_eq!(
-            check(v, "BootNotification", &json!({"chargePointVendor": "a", "chargePointModel": "b"})),
+            check(
+                v,
+                "BootNotification",
+                &json!({"chargePointVendor": "a", "chargePointModel": "b"})
+            ),
             Ok(())
         );
         assert_eq!(
@@ -343,9 +354,13 @@ mod tests {
             "OccurenceConstraintViolation"
         );
         assert_eq!(
-            check(v, "MeterValues", &json!({"connectorId": "1", "meterValue": []}))
-                .unwrap_err()
-                .code,
+            check(
+                v,
+                "MeterValues",
+                &json!({"connectorId": "1", "meterValue": []})
+            )
+            .unwrap_err()
+            .code,
             "TypeConstraintViolation"
         );
         assert_eq!(
@@ -358,9 +373,13 @@ mod tests {
         );
         let v = Version::V21;
         assert_eq!(
-            check(v, "BootNotification", &json!({"chargingStation": {"model": "m"}, "reason": "PowerUp"}))
-                .unwrap_err()
-                .description,
+            check(
+                v,
+                "BootNotification",
+                &json!({"chargingStation": {"model": "m"}, "reason": "PowerUp"})
+            )
+            .unwrap_err()
+            .description,
             "chargingStation.vendorName is required"
         );
         assert_eq!(
@@ -389,17 +408,28 @@ mod tests {
             answer(v, "StartTransaction", &json!({"idTag": "x"}), &d(true)),
             json!({"idTagInfo": {"status": "Accepted"}, "transactionId": 7})
         );
-        assert_eq!(answer(v, "StopTransaction", &json!({}), &d(true)), json!({}));
+        assert_eq!(
+            answer(v, "StopTransaction", &json!({}), &d(true)),
+            json!({})
+        );
         let v = Version::V201;
         assert_eq!(
             answer(v, "Authorize", &json!({}), &d(true)),
             json!({"idTokenInfo": {"status": "Accepted"}})
         );
         assert_eq!(
-            answer(v, "TransactionEvent", &json!({"idToken": {"idToken": "a", "type": "ISO14443"}}), &d(false)),
+            answer(
+                v,
+                "TransactionEvent",
+                &json!({"idToken": {"idToken": "a", "type": "ISO14443"}}),
+                &d(false)
+            ),
             json!({"idTokenInfo": {"status": "Invalid"}})
         );
-        assert_eq!(answer(v, "TransactionEvent", &json!({}), &d(true)), json!({}));
+        assert_eq!(
+            answer(v, "TransactionEvent", &json!({}), &d(true)),
+            json!({})
+        );
         assert_eq!(
             answer(v, "DataTransfer", &json!({}), &d(true)),
             json!({"status": "Accepted"})

@@ -30,7 +30,11 @@ pub fn profile(cp_id: &str, boot: &Json) -> Json {
     m.insert("Model".into(), pick(&["model", "chargePointModel"]));
     m.insert(
         "SerialNumber".into(),
-        pick(&["serialNumber", "chargePointSerialNumber", "chargeBoxSerialNumber"]),
+        pick(&[
+            "serialNumber",
+            "chargePointSerialNumber",
+            "chargeBoxSerialNumber",
+        ]),
     );
     m.insert("FirmwareVersion".into(), pick(&["firmwareVersion"]));
     m.insert("ChargePointId".into(), Json::String(cp_id.to_owned()));
@@ -59,7 +63,10 @@ pub fn device_identity(cp: &ChargePoint, profile: &Json) -> (String, String) {
 
 const MEASURAND_KEYS: [(&str, &str); 3] = [
     ("SoC", "soc"),
-    ("Energy.Active.Import.Register", "energy_active_import_register"),
+    (
+        "Energy.Active.Import.Register",
+        "energy_active_import_register",
+    ),
     ("Power.Active.Import", "power_active_import"),
 ];
 
@@ -205,7 +212,8 @@ mod tests {
 
     fn cp(v: Json) -> ChargePoint {
         let cfg: OcppFileConfig =
-            serde_json::from_value(json!({"centralSystem": {}, "chargePoints": [v]})).expect("parses");
+            serde_json::from_value(json!({"centralSystem": {}, "chargePoints": [v]}))
+                .expect("parses");
         Settings::build(Path::new("ocpp.json"), cfg, &mut Vec::new())
             .expect("valid")
             .charge_points
@@ -214,14 +222,25 @@ mod tests {
 
     #[test]
     fn profile_and_names_for_both_generations() {
-        let c = cp(json!({"idRegexpPattern": "x", "deviceNameExpression": "${Vendor} ${Model}",
-                          "deviceTypeExpression": "${Vendor}"}));
-        let p16 = profile("CP1", &json!({"chargePointVendor": "Eco", "chargePointModel": "Sim"}));
+        let c = cp(
+            json!({"idRegexpPattern": "x", "deviceNameExpression": "${Vendor} ${Model}",
+                          "deviceTypeExpression": "${Vendor}"}),
+        );
+        let p16 = profile(
+            "CP1",
+            &json!({"chargePointVendor": "Eco", "chargePointModel": "Sim"}),
+        );
         assert_eq!(device_identity(&c, &p16), ("Eco Sim".into(), "Eco".into()));
-        let p21 = profile("CP2", &json!({"chargingStation": {"vendorName": "V", "model": "M"}, "reason": "PowerUp"}));
+        let p21 = profile(
+            "CP2",
+            &json!({"chargingStation": {"vendorName": "V", "model": "M"}, "reason": "PowerUp"}),
+        );
         assert_eq!(device_identity(&c, &p21).0, "V M");
         let c = cp(json!({"idRegexpPattern": "x", "deviceNameExpression": "EV ${ChargePointId}"}));
-        assert_eq!(device_identity(&c, &p21), ("EV CP2".into(), "default".into()));
+        assert_eq!(
+            device_identity(&c, &p21),
+            ("EV CP2".into(), "default".into())
+        );
         let c = cp(json!({"idRegexpPattern": "x", "deviceNameExpression": "${Nope}"}));
         assert_eq!(device_identity(&c, &p21).0, "${Nope}");
     }
@@ -247,7 +266,11 @@ mod tests {
                            {"messageTypeFilter": "Heartbeat", "key": "hb", "value": "${current_time}"}]}));
         let d = convert(&c, ("D", "T"), "MeterValues", &msg, &raw, ts.unwrap_or(0));
         assert_eq!(d.attributes.len(), 1);
-        let keys: Vec<_> = d.telemetry.iter().flat_map(|e| e.values.iter().map(|(k, _)| k.clone())).collect();
+        let keys: Vec<_> = d
+            .telemetry
+            .iter()
+            .flat_map(|e| e.values.iter().map(|(k, _)| k.clone()))
+            .collect();
         assert_eq!(keys, vec!["energy", "soc", "camel"]);
         assert_eq!(d.telemetry[0].ts, 1_767_225_600_000);
     }
@@ -259,13 +282,31 @@ mod tests {
             &json!({"chargingStation": {"vendorName": "V", "model": "M", "serialNumber": "S"}, "reason": "PowerUp"}),
             "now",
         );
-        assert_eq!((m["Vendor"].clone(), m["serial_number"].clone(), m["reason"].clone()), (json!("V"), json!("S"), json!("PowerUp")));
+        assert_eq!(
+            (
+                m["Vendor"].clone(),
+                m["serial_number"].clone(),
+                m["reason"].clone()
+            ),
+            (json!("V"), json!("S"), json!("PowerUp"))
+        );
         let (m, _) = message("Heartbeat", &json!({}), "2026-01-01T00:00:00Z");
         assert_eq!(m["current_time"], json!("2026-01-01T00:00:00Z"));
-        let (m, _) = message("DataTransfer", &json!({"vendorId": "v", "data": "{\"temp\": 21}"}), "now");
+        let (m, _) = message(
+            "DataTransfer",
+            &json!({"vendorId": "v", "data": "{\"temp\": 21}"}),
+            "now",
+        );
         assert_eq!(m["data"]["temp"], json!(21));
-        let (m, ts) = message("TransactionEvent", &json!({"timestamp": "2026-01-01T00:00:01Z",
-            "meterValue": [{"sampledValue": [{"value": 5, "measurand": "Power.Active.Import"}]}]}), "now");
-        assert_eq!((m["power_active_import"].clone(), ts), (json!(5), Some(1_767_225_601_000)));
+        let (m, ts) = message(
+            "TransactionEvent",
+            &json!({"timestamp": "2026-01-01T00:00:01Z",
+            "meterValue": [{"sampledValue": [{"value": 5, "measurand": "Power.Active.Import"}]}]}),
+            "now",
+        );
+        assert_eq!(
+            (m["power_active_import"].clone(), ts),
+            (json!(5), Some(1_767_225_601_000))
+        );
     }
 }
