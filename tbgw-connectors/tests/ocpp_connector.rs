@@ -573,3 +573,23 @@ async fn id_tokens_from_a_shared_attribute_replace_the_list() {
     );
     task.abort();
 }
+
+#[test]
+fn upstreams_sample_builds() {
+    let Some(path) = tbgw::test_util::upstream_sample("ocpp.json") else {
+        return;
+    };
+    let text = std::fs::read_to_string(&path).expect("sample readable");
+    let config: Json = serde_json::from_str(&text).expect("sample is JSON");
+    let spec = ConnectorSpec {
+        name: "OCPP".into(),
+        connector_type: "ocpp".into(),
+        file: path,
+        config: config.into(),
+    };
+    let mut ignored = Vec::new();
+    OcppFactory::new()
+        .build(&spec, &mut ignored)
+        .expect("upstream's sample is valid");
+    assert!(ignored.is_empty(), "{ignored:?}");
+}

@@ -48,7 +48,10 @@ fn mutated(rng: &mut Rng) -> Vec<u8> {
             1 => {
                 input.remove(i);
             }
-            2 => input.insert(i, b"[]{}\",:0a-"[rng.below(11)]),
+            2 => {
+                const BYTES: &[u8] = b"[]{}\",:0a-";
+                input.insert(i, BYTES[rng.below(BYTES.len())]);
+            }
             _ => input.truncate(i),
         }
     }
