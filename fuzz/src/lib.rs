@@ -368,3 +368,54 @@ mod socket {
         }
     }
 }
+
+pub use ocpp::ocpp_frame;
+
+mod ocpp {
+    use serde_json::Value as Json;
+    use tbgw_connectors::ocpp::frame::{decode, encode, Frame, Version};
+    use tbgw_connectors::ocpp::messages::{answer, check, snake_case_keys, Decision};
+    use tbgw_connectors::ocpp::uplink::{message, profile};
+
+    /// The OCPP connector's path for one WebSocket text message: frame decoding, and for a
+    /// CALL the schema check, the answer, the converter's message and the profile, under each
+    /// version. Panics (the fuzzer's finding) when a decoded frame does not survive an
+    /// encode/decode round trip, or any step panics.
+    pub fn ocpp_frame(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let Ok(frame) = decode(&text) else {
+            return;
+        };
+        let again = decode(&encode(&frame)).expect("an encoded frame decodes");
+        let head = |f: &Frame| match f {
+            Frame::Call { id, action, .. } => (2, id.clone(), action.clone()),
+            Frame::CallResult { id, .. } => (3, id.clone(), String::new()),
+            Frame::CallError { id, code, .. } => (4, id.clone(), code.clone()),
+            Frame::Send { id, action, .. } => (6, id.clone(), action.clone()),
+        };
+        // Payload floats may move by one ULP through serde_json's fast parser; ids and
+        // actions must survive exactly.
+        assert_eq!(head(&again), head(&frame), "round trip");
+        if let Frame::Call {
+            action, payload, ..
+        } = &frame
+        {
+            let _ = snake_case_keys(payload);
+            for v in [Version::V16, Version::V201, Version::V21] {
+                if check(v, action, payload).is_ok() {
+                    let d = Decision {
+                        now: "2026-01-01T00:00:00.000Z",
+                        heartbeat_interval: 10,
+                        authorized: true,
+                        transaction_id: 1,
+                    };
+                    let a = answer(v, action, payload, &d);
+                    assert!(a.is_object(), "answers are objects");
+                    let (m, _) = message(action, payload, "now");
+                    assert!(matches!(m, Json::Object(_)));
+                    let _ = profile("cp", payload);
+                }
+            }
+        }
+    }
+}

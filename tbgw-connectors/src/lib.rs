@@ -15,6 +15,7 @@
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
 //! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
+//! | `ocpp` | `ocpp` | `ocpp` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -38,6 +39,8 @@ mod http_common;
 pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "ocpp")]
+pub mod ocpp;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 #[cfg(feature = "request")]
@@ -114,5 +117,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(
         socket::SocketFactory::new().with_converters(converters.clone()),
     ));
+    #[cfg(feature = "ocpp")]
+    v.push(Box::new(ocpp::OcppFactory::new()));
     v
 }
