@@ -14,6 +14,7 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
+//! | `odbc` | `odbc` | `odbc` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -35,6 +36,8 @@ mod http_common;
 pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "odbc")]
+pub mod odbc;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 #[cfg(feature = "request")]
@@ -111,5 +114,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(
         socket::SocketFactory::new().with_converters(converters.clone()),
     ));
+    #[cfg(feature = "odbc")]
+    v.push(Box::new(odbc::OdbcFactory::new()));
     v
 }
