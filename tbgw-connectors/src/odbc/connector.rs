@@ -23,6 +23,7 @@ use tbgw::connector::{Connector, ConnectorContext, ConnectorError};
 use tbgw::downlink::{Downlink, RpcError};
 use tbgw::eval::Val;
 use tbgw::log_once::LogOnce;
+use tbgw::stats::ConnectorCounters;
 use tbgw::uplink::{StoreOutcome, StoreReceipt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -183,8 +184,8 @@ impl OdbcConnector {
         }
     }
 
-    async fn downlink(&mut self, rpc_worker: &Worker, cx: &ConnectorContext, dl: Downlink) {
-        cx.stats().add_downlink(1);
+    async fn downlink(&mut self, rpc_worker: &Worker, stats: &ConnectorCounters, dl: Downlink) {
+        stats.add_downlink(1);
         if let Some(cmd) = self.rpc(dl) {
             if !rpc_worker.send(cmd).await {
                 tracing::warn!("The ODBC RPC worker is gone.");
@@ -213,6 +214,12 @@ impl OdbcConnector {
         }
         match rx.await {
             Ok(Ok(Val::None)) => Ok(None),
+            // An expression column some drivers type as text: bind it as the number it is.
+            Ok(Ok(Val::Str(s))) => Ok(Some(match (s.trim().parse::<i64>(), s.trim().parse::<f64>()) {
+                (Ok(i), _) => Val::Int(i),
+                (_, Ok(f)) => Val::Float(f),
+                _ => Val::Str(s),
+            })),
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(DbError { msg: "worker gone".into(), lost: true }),
@@ -243,7 +250,7 @@ impl OdbcConnector {
                 biased;
                 _ = cancel.cancelled() => return Ok(self.cancelled()),
                 dl = cx.recv_downlink() => match dl {
-                    Some(dl) => self.downlink(rpc_worker, cx, dl).await,
+                    Some(dl) => self.downlink(rpc_worker, &stats, dl).await,
                     None => return Ok(PollEnd::Cancelled),
                 },
                 ev = rx.recv() => match ev {
@@ -348,12 +355,14 @@ impl OdbcConnector {
         d: Duration,
     ) -> bool {
         let until = tokio::time::Instant::now() + d;
+        let cancel = cx.cancellation().clone();
+        let stats = cx.stats().clone();
         loop {
             tokio::select! {
                 biased;
-                _ = cx.cancellation().cancelled() => return false,
+                _ = cancel.cancelled() => return false,
                 dl = cx.recv_downlink() => match dl {
-                    Some(dl) => self.downlink(rpc_worker, cx, dl).await,
+                    Some(dl) => self.downlink(rpc_worker, &stats, dl).await,
                     None => return false,
                 },
                 _ = tokio::time::sleep_until(until) => return true,

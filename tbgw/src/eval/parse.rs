@@ -3,7 +3,7 @@
 use super::{EvalError, Val};
 
 /// Deepest nesting the parser accepts (keeps evaluation's recursion bounded too).
-const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BinOp {
@@ -346,21 +346,27 @@ impl Parser<'_> {
 
     fn or_test(&mut self) -> Result<Node, EvalError> {
         let mut l = self.and_test()?;
+        let depth = self.depth;
         while self.is_kw("or") {
             self.bump();
+            self.enter()?;
             let r = self.and_test()?;
             l = Node::Or(Box::new(l), Box::new(r));
         }
+        self.depth = depth;
         Ok(l)
     }
 
     fn and_test(&mut self) -> Result<Node, EvalError> {
         let mut l = self.not_test()?;
+        let depth = self.depth;
         while self.is_kw("and") {
             self.bump();
+            self.enter()?;
             let r = self.not_test()?;
             l = Node::And(Box::new(l), Box::new(r));
         }
+        self.depth = depth;
         Ok(l)
     }
 
@@ -421,15 +427,20 @@ impl Parser<'_> {
         next: fn(&mut Self) -> Result<Node, EvalError>,
     ) -> Result<Node, EvalError> {
         let mut l = next(self)?;
+        // Each operator nests the tree one level deeper (left-associative): count it, so a
+        // long chain cannot overflow the evaluator's stack.
+        let depth = self.depth;
         'outer: loop {
             for (text, op) in ops {
                 if self.is_op(text) {
                     self.bump();
+                    self.enter()?;
                     let r = next(self)?;
                     l = Node::Binary(*op, Box::new(l), Box::new(r));
                     continue 'outer;
                 }
             }
+            self.depth = depth;
             return Ok(l);
         }
     }
@@ -492,7 +503,11 @@ impl Parser<'_> {
 
     fn postfix(&mut self) -> Result<Node, EvalError> {
         let mut n = self.atom()?;
+        let depth = self.depth;
         loop {
+            if self.is_op("[") || self.is_op(".") {
+                self.enter()?;
+            }
             if self.is_op("[") {
                 self.bump();
                 self.enter()?;
@@ -557,6 +572,7 @@ impl Parser<'_> {
             } else if self.is_op("(") {
                 return Err(self.error("only the built-in functions can be called"));
             } else {
+                self.depth = depth;
                 return Ok(n);
             }
         }

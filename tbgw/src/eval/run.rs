@@ -259,7 +259,7 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, EvalError> {
                 let d = x.checked_div_euclid(y).ok_or(EvalError::Overflow)?;
                 let m = x.rem_euclid(y);
                 // Python floors toward negative infinity; euclid differs when y < 0.
-                let (d, m) = if y < 0 && m != 0 { (d + 1, m + y) } else { (d, m) };
+                let (d, m) = if y < 0 && m != 0 { (d - 1, m + y) } else { (d, m) };
                 Some(if op == BinOp::FloorDiv { d } else { m })
             }
             BinOp::Pow => {
@@ -520,7 +520,7 @@ fn parse_int(s: &str, base: u32) -> Result<i64, EvalError> {
 }
 
 fn call(f: Func, mut args: Vec<Val>) -> Result<Val, EvalError> {
-    let arg = |args: &Vec<Val>, i: usize| args.get(i).cloned();
+    let arg = |args: &[Val], i: usize| args.get(i).cloned();
     match f {
         Func::Str => Ok(Val::Str(arg(&args, 0).map(|v| py_str(&v)).unwrap_or_default())),
         Func::Bool => Ok(Val::Bool(arg(&args, 0).is_some_and(|v| v.truthy()))),

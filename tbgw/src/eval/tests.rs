@@ -60,6 +60,8 @@ fn arithmetic_follows_python() {
     assert_eq!(ev("-7 // 2"), Val::Int(-4));
     assert_eq!(ev("-7 % 3"), Val::Int(2));
     assert_eq!(ev("7 % -3"), Val::Int(-2));
+    assert_eq!(ev("7 // -3"), Val::Int(-3));
+    assert_eq!(ev("-7 // -3"), Val::Int(2));
     assert_eq!(ev("-7.5 % 2"), Val::Float(0.5));
     assert_eq!(ev("2 ** 10"), Val::Int(1024));
     assert_eq!(ev("2 ** -1"), Val::Float(0.5));
@@ -166,6 +168,15 @@ fn unsafe_or_unknown_syntax_is_rejected_at_parse_time() {
     assert!(parse_err(&deep).contains("nested too deeply"));
     let deep = format!("{}1", "not ".repeat(10_000));
     assert!(parse_err(&deep).contains("nested too deeply"));
+    // Long flat chains nest the tree too.
+    for op in ["+", "*", " and ", " or ", "|"] {
+        let chain = vec!["1"; 10_000].join(op);
+        assert!(parse_err(&chain).contains("nested too deeply"), "{op}");
+    }
+    let chain = format!("s{}", ".upper()".repeat(10_000));
+    assert!(parse_err(&chain).contains("nested too deeply"));
+    // A realistic length is fine.
+    assert_eq!(ev(&vec!["1"; 50].join(" + ")), Val::Int(50));
 }
 
 #[test]
