@@ -32,7 +32,10 @@ fn exec(conn: &str, sql: &str) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rows: i64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let rows: i64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let db = args.get(1).cloned().unwrap_or_else(|| "sqlite".into());
     let batch: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let dir = tempfile::tempdir()?;
@@ -43,7 +46,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _pg = Some(pg);
         c
     } else {
-        format!("Driver=SQLite3;Database={}", dir.path().join("bench.db").display())
+        format!(
+            "Driver=SQLite3;Database={}",
+            dir.path().join("bench.db").display()
+        )
     };
     let t0 = Instant::now();
     exec(&conn, "CREATE TABLE t (id BIGINT PRIMARY KEY, dev VARCHAR(16), temp DOUBLE PRECISION, n BIGINT, note VARCHAR(32))")?;
@@ -53,7 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows}) INSERT INTO t SELECT i, 'd' || (i % 100), i * 0.5, i, 'row' FROM s")
     };
     exec(&conn, &fill)?;
-    eprintln!("{rows} rows written in {:.1} s ({db})", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{rows} rows written in {:.1} s ({db})",
+        t0.elapsed().as_secs_f64()
+    );
 
     let spec = ConnectorSpec {
         name: "ODBC".into(),
@@ -89,7 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last_sample = Instant::now();
     let mut samples = Vec::new();
     while got < rows {
-        let Some(m) = tokio::time::timeout(Duration::from_secs(60), ends.uplink.recv()).await? else {
+        let Some(m) = tokio::time::timeout(Duration::from_secs(60), ends.uplink.recv()).await?
+        else {
             break;
         };
         if let UplinkMessage::Data { data, ack, .. } = m {

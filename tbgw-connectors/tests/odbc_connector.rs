@@ -174,7 +174,11 @@ impl Running {
 
 fn assert_once(seen: &BTreeMap<i64, u32>, ids: std::ops::RangeInclusive<i64>) {
     for id in ids {
-        assert_eq!(seen.get(&id), Some(&1), "row {id} must arrive exactly once; seen {seen:?}");
+        assert_eq!(
+            seen.get(&id),
+            Some(&1),
+            "row {id} must arrive exactly once; seen {seen:?}"
+        );
     }
 }
 
@@ -194,11 +198,21 @@ fn mapping() -> Json {
 fn insert_sql(from: i64, to: i64) -> String {
     let rows: Vec<String> = (from..=to)
         .map(|i| {
-            let temp = if i % 5 == 0 { "NULL".to_string() } else { format!("{}.5", i) };
-            format!("({i}, '{}', {temp}, {i}, 'row {i}')", if i % 2 == 0 { "a" } else { "b" })
+            let temp = if i % 5 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("{}.5", i)
+            };
+            format!(
+                "({i}, '{}', {temp}, {i}, 'row {i}')",
+                if i % 2 == 0 { "a" } else { "b" }
+            )
         })
         .collect();
-    format!("INSERT INTO t (id, dev, temp, n, note) VALUES {}", rows.join(", "))
+    format!(
+        "INSERT INTO t (id, dev, temp, n, note) VALUES {}",
+        rows.join(", ")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,11 +242,23 @@ async fn sqlite_follows_the_table_across_connector_restarts() {
     let first = &got[0];
     assert_eq!(first.device_name, "Dev b");
     assert_eq!(first.device_type, "meters");
-    assert_eq!(first.attributes, vec![("note".to_string(), Value::String("row 1".into()))]);
+    assert_eq!(
+        first.attributes,
+        vec![("note".to_string(), Value::String("row 1".into()))]
+    );
     let values = &first.telemetry[0].values;
-    assert!(values.contains(&("temp".into(), Value::Float(1.5))), "{values:?}");
-    assert!(values.contains(&("twice_b".into(), Value::Int(2))), "{values:?}");
-    assert!(values.contains(&("label".into(), Value::String("1/B".into()))), "{values:?}");
+    assert!(
+        values.contains(&("temp".into(), Value::Float(1.5))),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&("twice_b".into(), Value::Int(2))),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&("label".into(), Value::String("1/B".into()))),
+        "{values:?}"
+    );
     let fifth = got.iter().find(|d| id_of(d) == 5).unwrap();
     assert!(!fifth.telemetry[0].values.iter().any(|(k, _)| k == "temp"));
     assert_eq!(run.nulls.nulls.load(Ordering::Relaxed), 2);
@@ -249,16 +275,24 @@ async fn sqlite_follows_the_table_across_connector_restarts() {
     run.until_id(25, &mut seen).await;
     let mut old = run.stop().await;
     while old.try_recv().is_ok() {}
-    let saved: Json = serde_json::from_slice(&std::fs::read(dir.path().join("odbc.iterator.json")).unwrap()).unwrap();
+    let saved: Json =
+        serde_json::from_slice(&std::fs::read(dir.path().join("odbc.iterator.json")).unwrap())
+            .unwrap();
     assert_eq!(saved["column"], "id");
-    assert_eq!(saved["value"], 20, "the file holds the last acknowledged row: {saved}");
+    assert_eq!(
+        saved["value"], 20,
+        "the file holds the last acknowledged row: {saved}"
+    );
 
     exec(&conn, &insert_sql(26, 30));
     let mut run = start(&spec);
     let mut seen2 = BTreeMap::new();
     run.until_id(30, &mut seen2).await;
     assert_once(&seen2, 21..=30);
-    assert!(seen2.keys().all(|id| *id > 20), "nothing acknowledged is sent again: {seen2:?}");
+    assert!(
+        seen2.keys().all(|id| *id > 20),
+        "nothing acknowledged is sent again: {seen2:?}"
+    );
     assert_eq!(run.stats.stats().convert_errors(), 0);
     run.stop().await;
 }
@@ -274,8 +308,14 @@ async fn postgres_survives_database_and_connector_restarts_and_answers_rpc() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("odbc.json");
     let mut m = mapping();
-    m["timeseries"].as_array_mut().unwrap().push(json!({"name": "ok", "column": "ok"}));
-    m["timeseries"].as_array_mut().unwrap().push(json!({"name": "amount", "column": "amount"}));
+    m["timeseries"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "ok", "column": "ok"}));
+    m["timeseries"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "amount", "column": "amount"}));
     let config = json!({
         "connection": {"str": conn, "reconnect": true, "reconnectPeriod": 1},
         "polling": {
@@ -298,22 +338,46 @@ async fn postgres_survives_database_and_connector_restarts_and_answers_rpc() {
     let mut run = start(&spec);
     let got = run.until_id(10, &mut seen).await;
     let values = &got[0].telemetry[0].values;
-    assert!(values.contains(&("ok".into(), Value::Bool(true))), "{values:?}");
-    assert!(values.contains(&("amount".into(), Value::Float(12.5))), "{values:?}");
-    assert!(values.contains(&("temp".into(), Value::Float(1.5))), "{values:?}");
+    assert!(
+        values.contains(&("ok".into(), Value::Bool(true))),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&("amount".into(), Value::Float(12.5))),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&("temp".into(), Value::Float(1.5))),
+        "{values:?}"
+    );
 
     // RPC: a stored function (psqlODBC rewrites {CALL} to SELECT), with overridden args, a
     // query with a result, a reserved `get` whose query has `=` in it, an unknown method.
-    assert_eq!(run.rpc("add_cmd", json!({})).await, json!({"success": true}));
-    assert_eq!(run.rpc("add_cmd", json!({"args": ["p", "q"]})).await, json!({"success": true}));
-    assert_eq!(run.rpc("count", json!({})).await, json!({"n": 2, "last": "xy"}));
     assert_eq!(
-        run.rpc("get", json!("query=SELECT v FROM cmd WHERE id = 2;with_result=true;")).await,
+        run.rpc("add_cmd", json!({})).await,
+        json!({"success": true})
+    );
+    assert_eq!(
+        run.rpc("add_cmd", json!({"args": ["p", "q"]})).await,
+        json!({"success": true})
+    );
+    assert_eq!(
+        run.rpc("count", json!({})).await,
+        json!({"n": 2, "last": "xy"})
+    );
+    assert_eq!(
+        run.rpc(
+            "get",
+            json!("query=SELECT v FROM cmd WHERE id = 2;with_result=true;")
+        )
+        .await,
         json!({"result": {"v": "pq"}})
     );
     let unknown = run.rpc("dropAll", json!({"query": "DROP TABLE t"})).await;
     assert_eq!(unknown["code"], 404, "{unknown}");
-    let bad = run.rpc("count", json!({"query": "SELECT nope FROM nowhere"})).await;
+    let bad = run
+        .rpc("count", json!({"query": "SELECT nope FROM nowhere"}))
+        .await;
     assert_eq!(bad["code"], 500, "{bad}");
 
     // The database goes away and comes back; rows written meanwhile arrive once.
@@ -323,10 +387,15 @@ async fn postgres_survives_database_and_connector_restarts_and_answers_rpc() {
     exec(&conn, &insert_sql(11, 20));
     run.until_id(20, &mut seen).await;
     assert_once(&seen, 1..=20);
-    assert!(run.stats.stats().errors() >= 1, "the lost connection is counted");
+    assert!(
+        run.stats.stats().errors() >= 1,
+        "the lost connection is counted"
+    );
 
     // The connector restarts: it resumes after row 20.
     run.stop().await;
+    let saved = std::fs::read_to_string(dir.path().join("odbc.iterator.json")).unwrap();
+    assert!(saved.contains("\"value\": 20"), "{saved}");
     exec(&conn, &insert_sql(21, 25));
     let mut run = start(&spec);
     run.until_id(25, &mut seen).await;
@@ -361,5 +430,10 @@ fn unreadable_expression_is_a_config_error() {
         .err()
         .expect("rejected")
         .to_string();
-    assert!(e.contains("odbc.json") && e.contains("mapping.device.name") && e.contains("unknown function `__import__`"), "{e}");
+    assert!(
+        e.contains("odbc.json")
+            && e.contains("mapping.device.name")
+            && e.contains("unknown function `__import__`"),
+        "{e}"
+    );
 }

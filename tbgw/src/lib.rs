@@ -91,6 +91,7 @@ pub mod connector;
 pub mod convert;
 pub mod downlink;
 pub mod error;
+pub mod eval;
 pub mod expr;
 mod gateway;
 pub mod log_once;
@@ -110,7 +111,6 @@ mod throttle;
 pub mod tls;
 pub mod topic;
 pub mod uplink;
-pub mod eval;
 
 #[doc(hidden)]
 pub mod internal {

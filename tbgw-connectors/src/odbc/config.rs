@@ -334,11 +334,9 @@ fn points(file: &Path, key: &str, c: Option<Columns>) -> Result<Points, ConfigEr
                     },
                     ColumnItem::Item(it) => {
                         let key = match (it.name, it.name_expression) {
-                            (_, Some(e)) => KeySpec::Expr(parse_expr(
-                                file,
-                                &format!("{k}.nameExpression"),
-                                &e,
-                            )?),
+                            (_, Some(e)) => {
+                                KeySpec::Expr(parse_expr(file, &format!("{k}.nameExpression"), &e)?)
+                            }
                             (Some(n), None) if !n.is_empty() => KeySpec::Fixed(n),
                             _ => {
                                 return Err(ConfigError::new(
@@ -354,11 +352,7 @@ fn points(file: &Path, key: &str, c: Option<Columns>) -> Result<Points, ConfigEr
                                 ValueSpec::Expr(parse_expr(file, &format!("{k}.value"), &v)?)
                             }
                             (None, None) => {
-                                return Err(ConfigError::new(
-                                    file,
-                                    k,
-                                    "needs `column` or `value`",
-                                ))
+                                return Err(ConfigError::new(file, k, "needs `column` or `value`"))
                             }
                         };
                         Datapoint { key, value }
@@ -380,7 +374,11 @@ fn is_utf8(name: &str) -> bool {
 impl OdbcFile {
     /// Validates and converts; `file` names the connector file in errors and is where the
     /// iterator file lives. Accepted keys tbgw does not act on are appended to `ignored`.
-    pub fn into_config(self, file: &Path, ignored: &mut Vec<String>) -> Result<OdbcConfig, ConfigError> {
+    pub fn into_config(
+        self,
+        file: &Path,
+        ignored: &mut Vec<String>,
+    ) -> Result<OdbcConfig, ConfigError> {
         if self.converter.is_some() {
             return Err(ConfigError::new(
                 file,
@@ -390,7 +388,11 @@ impl OdbcFile {
         }
         let c = &self.connection;
         if c.str.trim().is_empty() {
-            return Err(ConfigError::new(file, "connection.str", "empty connection string"));
+            return Err(ConfigError::new(
+                file,
+                "connection.str",
+                "empty connection string",
+            ));
         }
         if !(c.reconnect_period.is_finite() && c.reconnect_period > 0.0) {
             return Err(ConfigError::new(
@@ -415,7 +417,11 @@ impl OdbcFile {
             }
             Some(_) => ignored.push("connection.decoding".into()),
         }
-        if self.pyodbc.as_ref().is_some_and(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
+        if self
+            .pyodbc
+            .as_ref()
+            .is_some_and(|p| p.as_object().is_some_and(|m| !m.is_empty()))
+        {
             ignored.push("pyodbc".into());
         }
         if self.mapping.send_data_only_on_change == Some(true) {
@@ -462,7 +468,11 @@ impl OdbcFile {
         }
         let it = &p.iterator;
         if it.column.is_empty() {
-            return Err(ConfigError::new(file, "polling.iterator.column", "empty column name"));
+            return Err(ConfigError::new(
+                file,
+                "polling.iterator.column",
+                "empty column name",
+            ));
         }
         let iterator_value = it.value.as_ref().map(Val::from_json);
         if matches!(iterator_value, Some(Val::List(_))) {
@@ -581,7 +591,8 @@ mod tests {
     use serde_json::json;
 
     fn cfg(v: Json) -> Result<OdbcConfig, ConfigError> {
-        let f: OdbcFile = serde_json::from_value(v).map_err(|e| ConfigError::new("odbc.json", "", e.to_string()))?;
+        let f: OdbcFile = serde_json::from_value(v)
+            .map_err(|e| ConfigError::new("odbc.json", "", e.to_string()))?;
         f.into_config(Path::new("/etc/tbgw/odbc.json"), &mut Vec::new())
     }
 
@@ -598,10 +609,16 @@ mod tests {
         let c = cfg(base()).unwrap();
         assert!(c.persistent && c.reconnect && c.autocommit);
         assert_eq!(c.period, Duration::from_secs(60));
-        assert_eq!(c.iterator_file, PathBuf::from("/etc/tbgw/odbc.iterator.json"));
+        assert_eq!(
+            c.iterator_file,
+            PathBuf::from("/etc/tbgw/odbc.iterator.json")
+        );
         assert_eq!(c.iterator_value, Some(Val::Int(0)));
         assert!(matches!(c.timeseries, Points::All));
-        assert_eq!(c.device_type.as_ref().and_then(|t| t.as_name()), Some("postgres"));
+        assert_eq!(
+            c.device_type.as_ref().and_then(|t| t.as_name()),
+            Some("postgres")
+        );
     }
 
     #[test]
@@ -609,14 +626,20 @@ mod tests {
         let mut v = base();
         v["mapping"]["device"]["name"] = json!("__import__('os')");
         let e = cfg(v).unwrap_err().to_string();
-        assert!(e.contains("mapping.device.name") && e.contains("__import__"), "{e}");
+        assert!(
+            e.contains("mapping.device.name") && e.contains("__import__"),
+            "{e}"
+        );
         let mut v = base();
         v["mapping"]["attributes"] = json!([{"name": "a", "value": "x +"}]);
         let e = cfg(v).unwrap_err().to_string();
         assert!(e.contains("mapping.attributes[0].value"), "{e}");
         let mut v = base();
         v["mapping"]["attributes"] = json!([{"name": "a"}]);
-        assert!(cfg(v).unwrap_err().to_string().contains("needs `column` or `value`"));
+        assert!(cfg(v)
+            .unwrap_err()
+            .to_string()
+            .contains("needs `column` or `value`"));
     }
 
     #[test]
@@ -634,7 +657,10 @@ mod tests {
 
     #[test]
     fn params_outside_quotes() {
-        assert_eq!(count_params("SELECT '?' , \"a?\" FROM t WHERE x > ? -- why?\n"), 1);
+        assert_eq!(
+            count_params("SELECT '?' , \"a?\" FROM t WHERE x > ? -- why?\n"),
+            1
+        );
     }
 
     #[test]
@@ -643,7 +669,10 @@ mod tests {
         v["serverSideRpc"] = json!({"methods": ["p1", {"name": "p2", "args": ["One", 2, 3.0]}]});
         let c = cfg(v).unwrap();
         assert_eq!(c.rpc.methods.len(), 2);
-        assert_eq!(c.rpc.methods[1].args, vec![json!("One"), json!(2), json!(3.0)]);
+        assert_eq!(
+            c.rpc.methods[1].args,
+            vec![json!("One"), json!(2), json!(3.0)]
+        );
         let mut v = base();
         v["serverSideRpc"] = json!({"methods": ["p1", "p1"]});
         assert!(cfg(v).unwrap_err().to_string().contains("listed twice"));

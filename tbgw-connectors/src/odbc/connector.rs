@@ -35,6 +35,8 @@ use super::downlink::{plan, PlanError};
 const IN_FLIGHT: usize = 8;
 /// The iterator file is rewritten at most this often during a catch-up (and at its end).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// At shutdown, how long receipts of rows already sent may still take to count.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Counters beyond the gateway's connector counters.
 #[derive(Debug, Default)]
@@ -77,7 +79,9 @@ struct IteratorFile {
 fn load_iterator(file: &Path, column: &str) -> Option<(Val, u64)> {
     let bytes = std::fs::read(file).ok()?;
     match serde_json::from_slice::<IteratorFile>(&bytes) {
-        Ok(f) if f.column == column && !f.value.is_null() => Some((Val::from_json(&f.value), f.total)),
+        Ok(f) if f.column == column && !f.value.is_null() => {
+            Some((Val::from_json(&f.value), f.total))
+        }
         Ok(_) => {
             tracing::info!(file = %file.display(), "The iterator file is for another column; starting from the configuration.");
             None
@@ -139,8 +143,19 @@ impl OdbcConnector {
         }
     }
 
-    /// Cancelled mid-poll: the file gets the last acknowledged value.
-    fn cancelled(&mut self) -> PollEnd {
+    /// Cancelled mid-poll: receipts storage answers within [`STOP_GRACE`] still move the
+    /// iterator, then the file gets the last acknowledged value.
+    async fn cancelled(&mut self, in_flight: &mut VecDeque<(StoreReceipt, Val, u64)>) -> PollEnd {
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while let Some((receipt, v, n)) = in_flight.pop_front() {
+            match tokio::time::timeout_at(deadline, receipt.wait()).await {
+                Ok(StoreOutcome::Stored) | Ok(StoreOutcome::Dropped(_)) => {
+                    self.total += n;
+                    self.acked = Some(v);
+                }
+                _ => break,
+            }
+        }
         if let Some(v) = self.acked.clone() {
             self.persist(&v);
         }
@@ -156,7 +171,12 @@ impl OdbcConnector {
         if !self.cfg.persistent {
             return;
         }
-        if let Err(e) = save_iterator(&self.cfg.iterator_file, &self.cfg.iterator_column, value, self.total) {
+        if let Err(e) = save_iterator(
+            &self.cfg.iterator_file,
+            &self.cfg.iterator_column,
+            value,
+            self.total,
+        ) {
             if self.logged.first("iterator file") {
                 tracing::warn!(file = %self.cfg.iterator_file.display(), error = %e, "Cannot write the ODBC iterator file: a restart resumes from the last value written.");
             }
@@ -170,7 +190,8 @@ impl OdbcConnector {
             Ok(stmt) => Some(Cmd::Rpc(stmt, rpc.responder)),
             Err(PlanError::Unknown(m)) => {
                 tracing::warn!(method = %m, "Unknown ODBC RPC method (enableUnknownRpc is off).");
-                rpc.responder.err(RpcError::NotFound(format!("unknown RPC method {m:?}")));
+                rpc.responder
+                    .err(RpcError::NotFound(format!("unknown RPC method {m:?}")));
                 None
             }
             Err(PlanError::BadParams(why)) => {
@@ -196,7 +217,9 @@ impl OdbcConnector {
     /// The iterator's start: the file, else `value`, else `query` (NULL: try again later).
     async fn start_value(&mut self, worker: &Worker) -> Result<Option<Val>, DbError> {
         if self.cfg.persistent {
-            if let Some((v, total)) = load_iterator(&self.cfg.iterator_file, &self.cfg.iterator_column) {
+            if let Some((v, total)) =
+                load_iterator(&self.cfg.iterator_file, &self.cfg.iterator_column)
+            {
                 tracing::info!(column = %self.cfg.iterator_column, value = %v.to_py_string(), "ODBC iterator resumed from its file.");
                 self.total = total;
                 return Ok(Some(v));
@@ -210,19 +233,27 @@ impl OdbcConnector {
         };
         let (tx, rx) = oneshot::channel();
         if !worker.send(Cmd::Scalar(q, tx)).await {
-            return Err(DbError { msg: "worker gone".into(), lost: true });
+            return Err(DbError {
+                msg: "worker gone".into(),
+                lost: true,
+            });
         }
         match rx.await {
             Ok(Ok(Val::None)) => Ok(None),
             // An expression column some drivers type as text: bind it as the number it is.
-            Ok(Ok(Val::Str(s))) => Ok(Some(match (s.trim().parse::<i64>(), s.trim().parse::<f64>()) {
-                (Ok(i), _) => Val::Int(i),
-                (_, Ok(f)) => Val::Float(f),
-                _ => Val::Str(s),
-            })),
+            Ok(Ok(Val::Str(s))) => Ok(Some(
+                match (s.trim().parse::<i64>(), s.trim().parse::<f64>()) {
+                    (Ok(i), _) => Val::Int(i),
+                    (_, Ok(f)) => Val::Float(f),
+                    _ => Val::Str(s),
+                },
+            )),
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(DbError { msg: "worker gone".into(), lost: true }),
+            Err(_) => Err(DbError {
+                msg: "worker gone".into(),
+                lost: true,
+            }),
         }
     }
 
@@ -235,7 +266,10 @@ impl OdbcConnector {
     ) -> Result<PollEnd, ConnectorError> {
         let (tx, mut rx) = mpsc::channel(2);
         if !worker.send(Cmd::Poll(sent.clone(), tx)).await {
-            return Ok(PollEnd::Db(DbError { msg: "worker gone".into(), lost: true }));
+            return Ok(PollEnd::Db(DbError {
+                msg: "worker gone".into(),
+                lost: true,
+            }));
         }
         let cancel = cx.cancellation().clone();
         let uplink = cx.uplink().clone();
@@ -248,7 +282,7 @@ impl OdbcConnector {
         while end.is_none() {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ok(self.cancelled()),
+                _ = cancel.cancelled() => return Ok(self.cancelled(&mut in_flight).await),
                 dl = cx.recv_downlink() => match dl {
                     Some(dl) => self.downlink(rpc_worker, &stats, dl).await,
                     None => return Ok(PollEnd::Cancelled),
@@ -283,7 +317,7 @@ impl OdbcConnector {
                                     failed = true;
                                     break;
                                 }
-                                Settled::Cancelled => return Ok(self.cancelled()),
+                                Settled::Cancelled => return Ok(self.cancelled(&mut in_flight).await),
                             }
                         }
                         if failed {
@@ -299,7 +333,7 @@ impl OdbcConnector {
             match self.settle(&cancel, &mut in_flight, &mut saved_at).await {
                 Settled::Stored => {}
                 Settled::Failed => failed = true,
-                Settled::Cancelled => return Ok(self.cancelled()),
+                Settled::Cancelled => return Ok(self.cancelled(&mut in_flight).await),
             }
         }
         if let Some(v) = self.acked.clone() {
@@ -330,9 +364,20 @@ impl OdbcConnector {
         let Some((receipt, v, n)) = in_flight.pop_front() else {
             return Settled::Stored;
         };
+        let mut wait = Box::pin(receipt.wait());
         let outcome = tokio::select! {
-            _ = cancel.cancelled() => return Settled::Cancelled,
-            o = receipt.wait() => o,
+            biased;
+            o = &mut wait => o,
+            _ = cancel.cancelled() => {
+                // Stopping: the receipt may still count within the grace period.
+                if let Ok(StoreOutcome::Stored | StoreOutcome::Dropped(_)) =
+                    tokio::time::timeout(STOP_GRACE, wait).await
+                {
+                    self.total += n;
+                    self.acked = Some(v);
+                }
+                return Settled::Cancelled;
+            }
         };
         match outcome {
             StoreOutcome::Failed => Settled::Failed,
@@ -348,12 +393,7 @@ impl OdbcConnector {
         }
     }
 
-    async fn wait(
-        &mut self,
-        cx: &mut ConnectorContext,
-        rpc_worker: &Worker,
-        d: Duration,
-    ) -> bool {
+    async fn wait(&mut self, cx: &mut ConnectorContext, rpc_worker: &Worker, d: Duration) -> bool {
         let until = tokio::time::Instant::now() + d;
         let cancel = cx.cancellation().clone();
         let stats = cx.stats().clone();
@@ -390,10 +430,16 @@ impl Connector for OdbcConnector {
             let connected = if worker.send(Cmd::Connect(tx)).await {
                 match rx.await {
                     Ok(r) => r,
-                    Err(_) => Err(DbError { msg: "worker gone".into(), lost: true }),
+                    Err(_) => Err(DbError {
+                        msg: "worker gone".into(),
+                        lost: true,
+                    }),
                 }
             } else {
-                Err(DbError { msg: "worker gone".into(), lost: true })
+                Err(DbError {
+                    msg: "worker gone".into(),
+                    lost: true,
+                })
             };
             let mut failure = match connected {
                 Ok(()) => {
@@ -415,7 +461,14 @@ impl Connector for OdbcConnector {
                             if self.logged.first("iterator null") {
                                 tracing::info!("The iterator query returned no value yet (empty table?); trying again after the polling period.");
                             }
-                            if !self.wait(cx, &rpc_worker, self.cfg.period.max(Duration::from_millis(100))).await {
+                            if !self
+                                .wait(
+                                    cx,
+                                    &rpc_worker,
+                                    self.cfg.period.max(Duration::from_millis(100)),
+                                )
+                                .await
+                            {
                                 return Ok(());
                             }
                             continue;
@@ -438,9 +491,14 @@ impl Connector for OdbcConnector {
                     PollEnd::Storage => {
                         cx.stats().add_errors(1);
                         if self.logged.first("storage") {
-                            tracing::warn!("Storage failed; the rows are read again after the polling period.");
+                            tracing::warn!(
+                                "Storage failed; the rows are read again after the polling period."
+                            );
                         }
-                        if !self.wait(cx, &rpc_worker, self.cfg.period.max(Duration::from_secs(1))).await {
+                        if !self
+                            .wait(cx, &rpc_worker, self.cfg.period.max(Duration::from_secs(1)))
+                            .await
+                        {
                             return Ok(());
                         }
                     }

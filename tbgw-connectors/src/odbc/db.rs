@@ -67,6 +67,7 @@ pub enum PollEvent {
 }
 
 /// A request to the worker.
+#[derive(Debug)]
 pub enum Cmd {
     /// Open the connection (if closed).
     Connect(oneshot::Sender<Result<(), DbError>>),
@@ -79,6 +80,7 @@ pub enum Cmd {
 }
 
 /// The handle of a worker thread; dropping it ends the thread after its current request.
+#[derive(Debug)]
 pub struct Worker {
     tx: mpsc::Sender<Cmd>,
 }
@@ -117,7 +119,8 @@ fn connect(cfg: &OdbcConfig) -> Result<Connection<'static>, DbError> {
             },
         )
         .map_err(|e| err(e, true))?;
-    conn.set_autocommit(cfg.autocommit).map_err(|e| err(e, true))?;
+    conn.set_autocommit(cfg.autocommit)
+        .map_err(|e| err(e, true))?;
     Ok(conn)
 }
 
@@ -190,7 +193,9 @@ fn param(v: &Val) -> Box<dyn InputParameter> {
 }
 
 fn scalar(conn: &Connection<'_>, sql: &str) -> Result<Val, DbError> {
-    let cursor = conn.execute(sql, (), None).map_err(|e| err(e, is_lost(conn)))?;
+    let cursor = conn
+        .execute(sql, (), None)
+        .map_err(|e| err(e, is_lost(conn)))?;
     let Some(mut cursor) = cursor else {
         return Ok(Val::None);
     };
@@ -225,6 +230,13 @@ fn kind_of(t: DataType) -> Kind {
         DataType::Numeric { scale: 0, .. } | DataType::Decimal { scale: 0, .. } => Kind::Number,
         DataType::Numeric { .. } | DataType::Decimal { .. } => Kind::Float,
         DataType::Bit => Kind::Bool,
+        // Codes some drivers report for integers (sqliteodbc: `BIGINT` as SQL_C_SBIGINT, -25):
+        // SQL_BIGINT, SQL_TINYINT and the signed/unsigned C integer types.
+        DataType::Other { data_type, .. } => match data_type.0 {
+            -5 | -6 | -15 | -16 | -17 | -18 | -25 | -26 | -27 | -28 => Kind::Int,
+            -7 => Kind::Bool,
+            _ => Kind::Text,
+        },
         _ => Kind::Text,
     }
 }
@@ -237,11 +249,18 @@ fn typed(kind: Kind, bytes: Option<&[u8]>) -> Val {
     match kind {
         Kind::Text => as_text(),
         Kind::Int => t.parse::<i64>().map(Val::Int).unwrap_or_else(|_| {
-            t.parse::<f64>().map(Val::Float).unwrap_or_else(|_| as_text())
+            t.parse::<f64>()
+                .map(Val::Float)
+                .unwrap_or_else(|_| as_text())
         }),
-        Kind::Float => t.parse::<f64>().map(Val::Float).unwrap_or_else(|_| as_text()),
+        Kind::Float => t
+            .parse::<f64>()
+            .map(Val::Float)
+            .unwrap_or_else(|_| as_text()),
         Kind::Number => t.parse::<i64>().map(Val::Int).unwrap_or_else(|_| {
-            t.parse::<f64>().map(Val::Float).unwrap_or_else(|_| as_text())
+            t.parse::<f64>()
+                .map(Val::Float)
+                .unwrap_or_else(|_| as_text())
         }),
         Kind::Bool => match t {
             "1" | "true" | "TRUE" | "t" => Val::Bool(true),
@@ -251,7 +270,9 @@ fn typed(kind: Kind, bytes: Option<&[u8]>) -> Val {
     }
 }
 
-fn describe(cursor: &mut impl ResultSetMetadata) -> Result<(Vec<String>, Vec<Kind>), odbc_api::Error> {
+fn describe(
+    cursor: &mut impl ResultSetMetadata,
+) -> Result<(Vec<String>, Vec<Kind>), odbc_api::Error> {
     let n = cursor.num_result_cols()?;
     let mut names = Vec::with_capacity(n.max(0) as usize);
     let mut kinds = Vec::with_capacity(n.max(0) as usize);
@@ -336,8 +357,11 @@ fn poll(
 
 /// Runs an RPC statement; `Some(row)` (an object) for `with_result`.
 fn rpc(conn: &Connection<'_>, stmt: &Statement) -> Result<Option<Json>, DbError> {
-    let params: Vec<Box<dyn InputParameter>> =
-        stmt.args.iter().map(|a| param(&Val::from_json(a))).collect();
+    let params: Vec<Box<dyn InputParameter>> = stmt
+        .args
+        .iter()
+        .map(|a| param(&Val::from_json(a)))
+        .collect();
     let cursor = conn
         .execute(&stmt.sql, &params[..], None)
         .map_err(|e| err(e, is_lost(conn)))?;
@@ -364,11 +388,18 @@ fn rpc(conn: &Connection<'_>, stmt: &Statement) -> Result<Option<Json>, DbError>
 }
 
 /// The answer ThingsBoard gets (upstream's shapes; errors as tbgw's `{"error", "code"}`).
-fn answer(reserved: bool, with_result: bool, res: Result<Option<Json>, DbError>, responder: RpcResponder) {
+fn answer(
+    reserved: bool,
+    with_result: bool,
+    res: Result<Option<Json>, DbError>,
+    responder: RpcResponder,
+) {
     match (res, reserved) {
         (Ok(Some(row)), false) if with_result => responder.verbatim(row),
         (Ok(_), false) => responder.verbatim(serde_json::json!({"success": true})),
-        (Ok(Some(row)), true) if with_result => responder.verbatim(serde_json::json!({"result": row})),
+        (Ok(Some(row)), true) if with_result => {
+            responder.verbatim(serde_json::json!({"result": row}))
+        }
         (Ok(_), true) => responder.verbatim(serde_json::json!({"result": {"success": true}})),
         (Err(e), _) => responder.err(RpcError::Device(e.msg)),
     }
@@ -389,7 +420,19 @@ mod tests {
         assert_eq!(typed(Kind::Text, Some(b" a ")), Val::Str(" a ".into()));
         assert_eq!(typed(Kind::Int, Some(b"x")), Val::Str("x".into()));
         assert_eq!(kind_of(DataType::BigInt), Kind::Int);
-        assert_eq!(kind_of(DataType::Decimal { precision: 10, scale: 2 }), Kind::Float);
+        assert_eq!(
+            kind_of(DataType::Decimal {
+                precision: 10,
+                scale: 2
+            }),
+            Kind::Float
+        );
         assert_eq!(kind_of(DataType::Timestamp { precision: 3 }), Kind::Text);
+        let sbigint = DataType::Other {
+            data_type: odbc_api::sys::SqlDataType(-25),
+            column_size: None,
+            decimal_digits: 0,
+        };
+        assert_eq!(kind_of(sbigint), Kind::Int);
     }
 }

@@ -72,8 +72,7 @@ fn statement(name: &str, m: &RpcMethod, reserved: bool) -> Result<Statement, Pla
 /// `{CALL …}` escape.
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '$'))
 }
 
@@ -205,37 +204,68 @@ mod tests {
     #[test]
     fn listed_methods() {
         let c = cfg(false, false);
-        assert_eq!(plan(&c, "procedureOne", &Json::Null).unwrap().sql, "{CALL procedureOne}");
+        assert_eq!(
+            plan(&c, "procedureOne", &Json::Null).unwrap().sql,
+            "{CALL procedureOne}"
+        );
         let s = plan(&c, "procedureTwo", &json!({"args": [9]})).unwrap();
         assert_eq!(s.sql, "{CALL procedureTwo (?,?,?)}");
         assert_eq!(s.args.len(), 3);
         let s = plan(&c, "last", &Json::Null).unwrap();
-        assert_eq!((s.sql.as_str(), s.args.clone(), s.with_result), ("SELECT v FROM t WHERE id = ?", vec![json!(1)], true));
-        assert_eq!(plan(&c, "nope", &json!({"query": "DROP TABLE t"})), Err(PlanError::Unknown("nope".into())));
+        assert_eq!(
+            (s.sql.as_str(), s.args.clone(), s.with_result),
+            ("SELECT v FROM t WHERE id = ?", vec![json!(1)], true)
+        );
+        assert_eq!(
+            plan(&c, "nope", &json!({"query": "DROP TABLE t"})),
+            Err(PlanError::Unknown("nope".into()))
+        );
     }
 
     #[test]
     fn override_and_unknown() {
         let c = cfg(true, true);
         let s = plan(&c, "procedureTwo", &json!({"args": [9]})).unwrap();
-        assert_eq!((s.sql.as_str(), s.args.clone()), ("{CALL procedureTwo (?)}", vec![json!(9)]));
-        let s = plan(&c, "adhoc", &json!({"query": "INSERT INTO t VALUES (?)", "args": [5]})).unwrap();
+        assert_eq!(
+            (s.sql.as_str(), s.args.clone()),
+            ("{CALL procedureTwo (?)}", vec![json!(9)])
+        );
+        let s = plan(
+            &c,
+            "adhoc",
+            &json!({"query": "INSERT INTO t VALUES (?)", "args": [5]}),
+        )
+        .unwrap();
         assert_eq!(s.sql, "INSERT INTO t VALUES (?)");
         let s = plan(&c, "doIt", &Json::Null).unwrap();
         assert_eq!(s.sql, "{CALL doIt}");
-        assert!(matches!(plan(&c, "x}; DROP", &Json::Null), Err(PlanError::BadParams(_))));
+        assert!(matches!(
+            plan(&c, "x}; DROP", &Json::Null),
+            Err(PlanError::BadParams(_))
+        ));
     }
 
     #[test]
     fn reserved_rpc() {
         let c = cfg(false, false);
-        let s = plan(&c, "get", &json!("query=SELECT v FROM t WHERE id = 1;with_result=true;")).unwrap();
+        let s = plan(
+            &c,
+            "get",
+            &json!("query=SELECT v FROM t WHERE id = 1;with_result=true;"),
+        )
+        .unwrap();
         assert_eq!(s.sql, "SELECT v FROM t WHERE id = 1");
         assert!(s.with_result && s.reserved);
         let s = plan(&c, "set", &json!("procedure_name=setIt;value=a,2;")).unwrap();
         assert_eq!(s.sql, "{CALL setIt (?,?)}");
         assert_eq!(s.args, vec![json!("a"), json!("2")]);
-        assert!(matches!(plan(&c, "set", &json!("")), Err(PlanError::BadParams(_))));
-        assert!(matches!(plan(&c, "set", &json!({"a": 1})), Err(PlanError::BadParams(_))));
+        assert!(matches!(
+            plan(&c, "set", &json!("")),
+            Err(PlanError::BadParams(_))
+        ));
+        assert!(matches!(
+            plan(&c, "set", &json!({"a": 1})),
+            Err(PlanError::BadParams(_))
+        ));
     }
 }

@@ -73,7 +73,9 @@ fn eval(e: &Expr, vars: &RowVars<'_>) -> Result<Val, String> {
 
 fn ts_of(v: &Val) -> Option<i64> {
     match v {
-        Val::Int(_) | Val::Float(_) | Val::Str(_) => parse_timestamp(&v.to_json(), TsOptions::default()),
+        Val::Int(_) | Val::Float(_) | Val::Str(_) => {
+            parse_timestamp(&v.to_json(), TsOptions::default())
+        }
         _ => None,
     }
 }
@@ -90,9 +92,10 @@ pub fn convert_row(
     let vars = RowVars { cols, row };
     let name = match eval(&cfg.device_name, &vars) {
         Ok(Val::None) => {
-            report
-                .errors
-                .push(format!("device name {:?} is None", cfg.device_name.source()));
+            report.errors.push(format!(
+                "device name {:?} is None",
+                cfg.device_name.source()
+            ));
             return None;
         }
         Ok(v) => v.to_py_string(),
@@ -118,9 +121,10 @@ pub fn convert_row(
     let ts = match cols.ts.and_then(|i| row.get(i)) {
         None | Some(Val::None) => now,
         Some(v) => ts_of(v).unwrap_or_else(|| {
-            report
-                .errors
-                .push(format!("column ts: {} is not a timestamp", v.to_py_string()));
+            report.errors.push(format!(
+                "column ts: {} is not a timestamp",
+                v.to_py_string()
+            ));
             now
         }),
     };
@@ -196,7 +200,8 @@ mod tests {
             "mapping": mapping
         }))
         .unwrap();
-        f.into_config(Path::new("odbc.json"), &mut Vec::new()).unwrap()
+        f.into_config(Path::new("odbc.json"), &mut Vec::new())
+            .unwrap()
     }
 
     fn get<'a>(kv: &'a tbgw::model::KeyValues, k: &str) -> Option<&'a Value> {
@@ -232,8 +237,14 @@ mod tests {
         assert_eq!(d.device_type, "postgres");
         assert_eq!(d.telemetry.len(), 1);
         assert_eq!(d.telemetry[0].ts, 1_700_000_000_000);
-        assert_eq!(get(&d.telemetry[0].values, "value"), Some(&Value::Float(1.5)));
-        assert_eq!(get(&d.attributes, "entity_id"), Some(&Value::String("e7".into())));
+        assert_eq!(
+            get(&d.telemetry[0].values, "value"),
+            Some(&Value::Float(1.5))
+        );
+        assert_eq!(
+            get(&d.attributes, "entity_id"),
+            Some(&Value::String("e7".into()))
+        );
         assert_eq!(get(&d.attributes, "dbl_v"), Some(&Value::Float(1.5)));
         assert_eq!(d.attributes.len(), 3);
         assert_eq!(r.nulls, 3);
@@ -259,7 +270,10 @@ mod tests {
         assert_eq!(d.device_type, "meter");
         assert_eq!(d.telemetry[0].ts, 42);
         assert_eq!(get(&d.telemetry[0].values, "long_v"), Some(&Value::Int(9)));
-        assert_eq!(get(&d.telemetry[0].values, "k_e1"), Some(&Value::Float(2.0)));
+        assert_eq!(
+            get(&d.telemetry[0].values, "k_e1"),
+            Some(&Value::Float(2.0))
+        );
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         assert!(r.errors[0].contains("division by zero"));
     }
@@ -267,9 +281,20 @@ mod tests {
     #[test]
     fn name_failure_drops_the_row() {
         let c = cfg(json!({"device": {"name": "'x' + long_v"}, "timeseries": "*"}));
-        let row = vec![Val::None, Val::None, Val::None, Val::Int(1), Val::None, Val::None];
+        let row = vec![
+            Val::None,
+            Val::None,
+            Val::None,
+            Val::Int(1),
+            Val::None,
+            Val::None,
+        ];
         let mut r = RowReport::default();
         assert!(convert_row(&c, &cols(), &row, 0, &mut r).is_none());
-        assert!(r.errors[0].contains("unsupported operand"), "{:?}", r.errors);
+        assert!(
+            r.errors[0].contains("unsupported operand"),
+            "{:?}",
+            r.errors
+        );
     }
 }

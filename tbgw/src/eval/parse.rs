@@ -145,7 +145,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, EvalError> {
             }
             out.push((Tok::Name(rest[..len].to_string()), start));
             i += len;
-        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
             let (tok, len) = number(&src[i..]).ok_or_else(|| err(src, i, "invalid number"))?;
             out.push((tok, start));
             i += len;
@@ -204,7 +205,9 @@ fn number(s: &str) -> Option<(Tok, usize)> {
             break;
         }
     }
-    if b.get(len).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_') {
+    if b.get(len)
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+    {
         return None;
     }
     let text: String = s[..len].chars().filter(|c| *c != '_').collect();
@@ -273,8 +276,25 @@ pub(super) fn parse(src: &str) -> Result<Node, EvalError> {
 fn is_keyword(n: &str) -> bool {
     matches!(
         n,
-        "and" | "or" | "not" | "in" | "is" | "if" | "else" | "for" | "lambda" | "True" | "False"
-            | "None" | "import" | "yield" | "await" | "def" | "class" | "del" | "global"
+        "and"
+            | "or"
+            | "not"
+            | "in"
+            | "is"
+            | "if"
+            | "else"
+            | "for"
+            | "lambda"
+            | "True"
+            | "False"
+            | "None"
+            | "import"
+            | "yield"
+            | "await"
+            | "def"
+            | "class"
+            | "del"
+            | "global"
     )
 }
 
@@ -566,7 +586,11 @@ impl Parser<'_> {
                     Method::Upper | Method::Lower => (0, 0),
                 };
                 if args.len() < min || args.len() > max {
-                    return Err(err(self.src, at, format!("wrong number of arguments for `{name}`")));
+                    return Err(err(
+                        self.src,
+                        at,
+                        format!("wrong number of arguments for `{name}`"),
+                    ));
                 }
                 n = Node::Method(Box::new(n), method, args);
             } else if self.is_op("(") {
@@ -640,7 +664,11 @@ impl Parser<'_> {
                         Func::Min | Func::Max => !args.is_empty(),
                     };
                     if !ok {
-                        return Err(err(self.src, at, format!("wrong number of arguments for `{n}`")));
+                        return Err(err(
+                            self.src,
+                            at,
+                            format!("wrong number of arguments for `{n}`"),
+                        ));
                     }
                     Ok(Node::Call(func, args))
                 }
@@ -669,7 +697,9 @@ impl Parser<'_> {
                     let vat = self.at();
                     let var = match self.bump() {
                         Tok::Name(v) if !is_keyword(&v) => v,
-                        _ => return Err(err(self.src, vat, "expected a variable name after `for`")),
+                        _ => {
+                            return Err(err(self.src, vat, "expected a variable name after `for`"))
+                        }
                     };
                     if !self.is_kw("in") {
                         return Err(self.error("expected `in`"));
@@ -739,7 +769,9 @@ pub(super) fn free_names(n: &Node, bound: &mut Vec<String>, out: &mut Vec<String
         }
         Node::Slice(a, lo, hi) => {
             free_names(a, bound, out);
-            lo.iter().chain(hi.iter()).for_each(|x| free_names(x, bound, out));
+            lo.iter()
+                .chain(hi.iter())
+                .for_each(|x| free_names(x, bound, out));
         }
         Node::Method(a, _, args) => {
             free_names(a, bound, out);

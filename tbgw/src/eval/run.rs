@@ -129,12 +129,18 @@ pub(super) fn eval(n: &Node, s: &Scope<'_>) -> Result<Val, EvalError> {
             slice(v, lo, hi)
         }
         Node::Call(f, args) => {
-            let args = args.iter().map(|a| eval(a, s)).collect::<Result<Vec<_>, _>>()?;
+            let args = args
+                .iter()
+                .map(|a| eval(a, s))
+                .collect::<Result<Vec<_>, _>>()?;
             call(*f, args)
         }
         Node::Method(a, m, args) => {
             let target = eval(a, s)?;
-            let args = args.iter().map(|a| eval(a, s)).collect::<Result<Vec<_>, _>>()?;
+            let args = args
+                .iter()
+                .map(|a| eval(a, s))
+                .collect::<Result<Vec<_>, _>>()?;
             method(target, *m, args)
         }
         Node::Comp {
@@ -259,7 +265,11 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, EvalError> {
                 let d = x.checked_div_euclid(y).ok_or(EvalError::Overflow)?;
                 let m = x.rem_euclid(y);
                 // Python floors toward negative infinity; euclid differs when y < 0.
-                let (d, m) = if y < 0 && m != 0 { (d - 1, m + y) } else { (d, m) };
+                let (d, m) = if y < 0 && m != 0 {
+                    (d - 1, m + y)
+                } else {
+                    (d, m)
+                };
                 Some(if op == BinOp::FloorDiv { d } else { m })
             }
             BinOp::Pow => {
@@ -289,8 +299,14 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, EvalError> {
             }
         };
         // Bool & bool stays bool, as in Python.
-        if matches!((op, &a, &b), (BinOp::BitAnd | BinOp::BitOr | BinOp::BitXor, Val::Bool(_), Val::Bool(_)))
-        {
+        if matches!(
+            (op, &a, &b),
+            (
+                BinOp::BitAnd | BinOp::BitOr | BinOp::BitXor,
+                Val::Bool(_),
+                Val::Bool(_)
+            )
+        ) {
             return Ok(Val::Bool(r.unwrap_or(0) != 0));
         }
         return r.map(Val::Int).ok_or(EvalError::Overflow);
@@ -490,10 +506,7 @@ pub(super) fn py_str(v: &Val) -> String {
         Val::Int(i) => i.to_string(),
         Val::Float(f) => py_float(*f),
         Val::Str(s) => s.clone(),
-        Val::List(l) => format!(
-            "[{}]",
-            l.iter().map(py_repr).collect::<Vec<_>>().join(", ")
-        ),
+        Val::List(l) => format!("[{}]", l.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -522,14 +535,17 @@ fn parse_int(s: &str, base: u32) -> Result<i64, EvalError> {
 fn call(f: Func, mut args: Vec<Val>) -> Result<Val, EvalError> {
     let arg = |args: &[Val], i: usize| args.get(i).cloned();
     match f {
-        Func::Str => Ok(Val::Str(arg(&args, 0).map(|v| py_str(&v)).unwrap_or_default())),
+        Func::Str => Ok(Val::Str(
+            arg(&args, 0).map(|v| py_str(&v)).unwrap_or_default(),
+        )),
         Func::Bool => Ok(Val::Bool(arg(&args, 0).is_some_and(|v| v.truthy()))),
         Func::Int => match (arg(&args, 0), arg(&args, 1)) {
             (None, _) => Ok(Val::Int(0)),
             (Some(Val::Str(s)), base) => {
                 let base = match base {
-                    Some(b) => u32::try_from(int_of(&b)?)
-                        .map_err(|_| EvalError::Type("int() base must be >= 2 and <= 36, or 0".into()))?,
+                    Some(b) => u32::try_from(int_of(&b)?).map_err(|_| {
+                        EvalError::Type("int() base must be >= 2 and <= 36, or 0".into())
+                    })?,
                     None => 10,
                 };
                 parse_int(&s, base).map(Val::Int)
@@ -565,7 +581,9 @@ fn call(f: Func, mut args: Vec<Val>) -> Result<Val, EvalError> {
                 t.replace('_', "")
                     .parse::<f64>()
                     .map(Val::Float)
-                    .map_err(|_| EvalError::Type(format!("could not convert string to float: {s:?}")))
+                    .map_err(|_| {
+                        EvalError::Type(format!("could not convert string to float: {s:?}"))
+                    })
             }
             Some(v) => match num(&v) {
                 Some(n) => Ok(Val::Float(as_f64(&n))),
@@ -626,7 +644,9 @@ fn call(f: Func, mut args: Vec<Val>) -> Result<Val, EvalError> {
                 .ok_or_else(|| EvalError::Type("min()/max() of an empty sequence".into()))?;
             for x in it {
                 let o = order(&x, &best)?;
-                if (f == Func::Min && o == Ordering::Less) || (f == Func::Max && o == Ordering::Greater) {
+                if (f == Func::Min && o == Ordering::Less)
+                    || (f == Func::Max && o == Ordering::Greater)
+                {
                     best = x;
                 }
             }
@@ -686,7 +706,10 @@ fn method(target: Val, m: Method, args: Vec<Val>) -> Result<Val, EvalError> {
             Val::Str(s.trim_end_matches(|c| f(c)).to_string())
         }
         Method::Replace => {
-            let (from, to) = (str_arg(0)?.unwrap_or_default(), str_arg(1)?.unwrap_or_default());
+            let (from, to) = (
+                str_arg(0)?.unwrap_or_default(),
+                str_arg(1)?.unwrap_or_default(),
+            );
             let r = if from.is_empty() {
                 s.clone()
             } else {

@@ -101,7 +101,10 @@ fn strings_functions_methods() {
     assert_eq!(ev("str(True) + str(None)"), s("TrueNone"));
     assert_eq!(ev("str(1e16)"), s("1e+16"));
     assert_eq!(ev("str([1, 'a'])"), s("[1, 'a']"));
-    assert_eq!(ev("int('0x1f', 16) + int(' 7 ') + int(2.9) + int(-2.9)"), Val::Int(31 + 7 + 2 - 2));
+    assert_eq!(
+        ev("int('0x1f', 16) + int(' 7 ') + int(2.9) + int(-2.9)"),
+        Val::Int(31 + 7 + 2 - 2)
+    );
     assert_eq!(ev("float('1.5') + float(1)"), Val::Float(2.5));
     assert_eq!(ev("round(2.5) + round(3.5)"), Val::Int(6));
     assert_eq!(ev("round(2.675, 1)"), Val::Float(2.7));
@@ -110,11 +113,20 @@ fn strings_functions_methods() {
     assert_eq!(ev("len(name) + len([1,2])"), Val::Int(11));
     assert_eq!(ev("name.strip().lower()"), s("pump-7"));
     assert_eq!(ev("name.strip().upper().replace('-', '_')"), s("PUMP_7"));
-    assert_eq!(ev("name.strip().startswith('Pu') and name.endswith(' ')"), Val::Bool(true));
+    assert_eq!(
+        ev("name.strip().startswith('Pu') and name.endswith(' ')"),
+        Val::Bool(true)
+    );
     assert_eq!(ev("'x-y-'.rstrip('-')"), s("x-y"));
-    assert_eq!(ev("entity_id[0] + entity_id[-1] + 'abcdef'[1:3] + 'abc'[:-1]"), s("e1bcab"));
+    assert_eq!(
+        ev("entity_id[0] + entity_id[-1] + 'abcdef'[1:3] + 'abc'[:-1]"),
+        s("e1bcab")
+    );
     assert_eq!(ev("'it''s' \"ok\\n\""), s("itsok\n"));
-    assert_eq!(ev("[x * 2 for x in [1, 2, 3] if x > 1 if x < 3]"), Val::List(vec![Val::Int(4)]));
+    assert_eq!(
+        ev("[x * 2 for x in [1, 2, 3] if x > 1 if x < 3]"),
+        Val::List(vec![Val::Int(4)])
+    );
 }
 
 #[test]
@@ -139,10 +151,16 @@ fn runtime_errors() {
 #[test]
 fn unsafe_or_unknown_syntax_is_rejected_at_parse_time() {
     for (src, needle) in [
-        ("__import__('os').system('id')", "unknown function `__import__`"),
+        (
+            "__import__('os').system('id')",
+            "unknown function `__import__`",
+        ),
         ("open('/etc/passwd')", "unknown function `open`"),
         ("eval('1')", "unknown function `eval`"),
-        ("entity_id.__class__", "attribute `__class__` is not supported"),
+        (
+            "entity_id.__class__",
+            "attribute `__class__` is not supported",
+        ),
         ("(lambda: 1)()", "unexpected `lambda`"),
         ("{'a': 1}", "unexpected character '{'"),
         ("a = 1", "unexpected character '='"),
@@ -212,6 +230,9 @@ fn closure_lookup_and_value_conversion() {
         Some(Value::Json(serde_json::json!([1, "a"])))
     );
     assert_eq!(Val::from_value(&Value::String("x".into())), s("x"));
-    assert_eq!(Val::from_json(&serde_json::json!([1, null])), Val::List(vec![Val::Int(1), Val::None]));
+    assert_eq!(
+        Val::from_json(&serde_json::json!([1, null])),
+        Val::List(vec![Val::Int(1), Val::None])
+    );
     assert!(!Val::List(vec![]).truthy() && Val::Float(0.1).truthy());
 }

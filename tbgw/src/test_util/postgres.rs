@@ -138,7 +138,9 @@ impl Postgres {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("postgres-{}.log", self.launches))
+        self.dir
+            .path()
+            .join(format!("postgres-{}.log", self.launches))
     }
 
     /// Stops the server (fast shutdown: SIGINT) and waits for it.
@@ -209,7 +211,10 @@ impl Postgres {
                 let _ = child.kill().await;
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("postgres did not start within {READY_TIMEOUT:?}; output:\n{}", self.log()),
+                    format!(
+                        "postgres did not start within {READY_TIMEOUT:?}; output:\n{}",
+                        self.log()
+                    ),
                 ));
             }
             sleep(Duration::from_millis(50)).await;
