@@ -695,15 +695,15 @@ fn method(target: Val, m: Method, args: Vec<Val>) -> Result<Val, EvalError> {
         Method::Lower => Val::Str(s.to_lowercase()),
         Method::Strip => {
             let f = strip_set(str_arg(0)?);
-            Val::Str(s.trim_matches(|c| f(c)).to_string())
+            Val::Str(s.trim_matches(&*f).to_string())
         }
         Method::Lstrip => {
             let f = strip_set(str_arg(0)?);
-            Val::Str(s.trim_start_matches(|c| f(c)).to_string())
+            Val::Str(s.trim_start_matches(&*f).to_string())
         }
         Method::Rstrip => {
             let f = strip_set(str_arg(0)?);
-            Val::Str(s.trim_end_matches(|c| f(c)).to_string())
+            Val::Str(s.trim_end_matches(&*f).to_string())
         }
         Method::Replace => {
             let (from, to) = (
