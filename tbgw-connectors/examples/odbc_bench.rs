@@ -5,11 +5,13 @@
 //! ```text
 //! cargo run --release -p tbgw-connectors --no-default-features --features odbc --example odbc_bench
 //! cargo run --release -p tbgw-connectors --no-default-features --features odbc --example odbc_bench -- 1000000 postgres
+//! cargo run --release -p tbgw-connectors --no-default-features --features odbc --example odbc_bench -- 1000000 postgres 1000 10000
 //! ```
 //!
 //! Arguments: rows (default 1000000), database (`sqlite`, the default: unixODBC + Debian
 //! `libsqliteodbc` on a temporary file; or `postgres`: a temporary cluster through psqlODBC),
-//! batch size (default 1000). The table has five columns (`id BIGINT`, `dev`, `temp DOUBLE`,
+//! batch size (default 1000), `LIMIT` per query (default 0: none; the drivers hold a whole
+//! result set in memory, so a limit keeps the process flat). The table has five columns (`id BIGINT`, `dev`, `temp DOUBLE`,
 //! `n BIGINT`, `note`); the mapping evaluates a device-name expression and four datapoints per
 //! row.
 
@@ -38,6 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1_000_000);
     let db = args.get(1).cloned().unwrap_or_else(|| "sqlite".into());
     let batch: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    // A LIMIT per query (0: none). The drivers buffer a whole result set (psqlODBC without
+    // UseDeclareFetch, sqliteodbc): a LIMIT keeps memory flat, and costs nothing as a poll
+    // that returned rows is followed at once by the next.
+    let limit: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
     let dir = tempfile::tempdir()?;
     let mut _pg = None;
     let conn = if db == "postgres" {
@@ -71,7 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config: json!({
             "connection": {"str": conn},
             "polling": {
-                "query": "SELECT id, dev, temp, n, note FROM t WHERE id > ? ORDER BY id",
+                "query": if limit > 0 {
+                    format!("SELECT id, dev, temp, n, note FROM t WHERE id > ? ORDER BY id LIMIT {limit}")
+                } else {
+                    "SELECT id, dev, temp, n, note FROM t WHERE id > ? ORDER BY id".to_string()
+                },
                 "period": 1,
                 "batchSize": batch,
                 "iterator": {"column": "id", "value": 0}
@@ -120,7 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = task.await;
     let quarter = samples.len() / 4;
     println!(
-        "odbc_bench {db}: {got} rows in {secs:.2} s = {:.0} rows/s; RSS before {} KiB, peak {} KiB, at 25% {} KiB, at 100% {} KiB (batch {batch})",
+        "odbc_bench {db}: {got} rows in {secs:.2} s = {:.0} rows/s; RSS before {} KiB, peak {} KiB, at 25% {} KiB, at 100% {} KiB (batch {batch}, limit {limit})",
         got as f64 / secs,
         rss0,
         peak,
