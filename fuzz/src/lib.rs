@@ -419,3 +419,33 @@ mod ocpp {
         }
     }
 }
+
+/// The safe expression language (`tbgw::eval`, ODBC and CAN expressions): any text is parsed
+/// and, when it parses, evaluated against a few variables of every type; neither may panic,
+/// overflow the stack or grow without bound.
+pub fn eval_expr(data: &[u8]) {
+    use tbgw::eval::{Expr, Val};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(e) = Expr::parse(text) else {
+        return;
+    };
+    let vars = |name: &str| -> Option<Val> {
+        Some(match name {
+            "i" => Val::Int(i64::MAX),
+            "n" => Val::Int(-7),
+            "f" => Val::Float(2.5),
+            "s" => Val::Str("héllo".into()),
+            "b" => Val::Bool(true),
+            "l" => Val::List(vec![Val::Int(1), Val::None, Val::Str("x".into())]),
+            "z" => Val::None,
+            _ => return None,
+        })
+    };
+    if let Ok(v) = e.eval(&vars) {
+        let _ = v.to_py_string();
+        let _ = v.into_value();
+    }
+    let _ = e.names();
+}

@@ -16,6 +16,7 @@
 //! | `socket` | `socket` | `socket` |
 //! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
 //! | `ocpp` | `ocpp` | `ocpp` |
+//! | `odbc` | `odbc` | `odbc` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -41,6 +42,8 @@ pub mod modbus;
 pub mod mqtt;
 #[cfg(feature = "ocpp")]
 pub mod ocpp;
+#[cfg(feature = "odbc")]
+pub mod odbc;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 #[cfg(feature = "request")]
@@ -119,5 +122,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     ));
     #[cfg(feature = "ocpp")]
     v.push(Box::new(ocpp::OcppFactory::new()));
+    #[cfg(feature = "odbc")]
+    v.push(Box::new(odbc::OdbcFactory::new()));
     v
 }

@@ -57,7 +57,8 @@
 //!   converters, the custom-converter registry keyed by upstream's class names; [`topic`]:
 //!   MQTT topic filter matching; [`expr`]: the `${...}` expressions, JSON paths, byte
 //!   slices and timestamps converters are built from; [`report`]: report strategy overrides a
-//!   connector attaches to its data.
+//!   connector attaches to its data; [`eval`]: the safe Python-expression subset that
+//!   replaces upstream's `eval` of configuration strings (ODBC, CAN).
 //! * [`config`]: upstream-format configuration, [`config::parse`] to read a connector file
 //!   with precise errors, [`config::resolve_beside`] for the paths it names; `tls`: PEM
 //!   loading and rustls configurations (feature `tls`).
@@ -90,6 +91,7 @@ pub mod connector;
 pub mod convert;
 pub mod downlink;
 pub mod error;
+pub mod eval;
 pub mod expr;
 mod gateway;
 pub mod log_once;
