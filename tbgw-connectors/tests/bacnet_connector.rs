@@ -445,3 +445,103 @@ fn upstream_sample_builds() {
         .build(&spec(cfg), &mut ignored)
         .expect("upstream's sample is accepted");
 }
+
+/// A network namespace joined to this one by a veth pair (10.213.N.1/24 here, .2 there),
+/// deleted on drop.
+struct Netns {
+    name: String,
+    link: String,
+    net: String,
+}
+
+impl Netns {
+    /// Creates it, or prints why not and returns None.
+    fn create() -> Option<Netns> {
+        let id = std::process::id() % 200 + 20;
+        let n = Netns {
+            name: format!("tbgwbn{id}"),
+            link: format!("tbgwbn{id}a"),
+            net: format!("10.213.{id}"),
+        };
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                    }
+                })
+        };
+        let peer = format!("tbgwbn{id}b");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), n.name.clone()],
+            vec!["link".into(), "add".into(), n.link.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), peer.clone()],
+            vec!["link".into(), "set".into(), peer.clone(), "netns".into(), n.name.clone()],
+            vec!["addr".into(), "add".into(), format!("{}.1/24", n.net), "dev".into(), n.link.clone()],
+            vec!["link".into(), "set".into(), n.link.clone(), "up".into()],
+            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+            vec!["-n".into(), n.name.clone(), "addr".into(), "add".into(), format!("{}.2/24", n.net), "dev".into(), peer.clone()],
+            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), peer, "up".into()],
+        ];
+        for s in steps {
+            let args: Vec<&str> = s.iter().map(|a| a.as_str()).collect();
+            if let Err(e) = ip(&args) {
+                eprintln!("skipped: cannot create a network namespace with a veth pair (ip {}: {})", s.join(" "), e.trim());
+                drop(n);
+                return None;
+            }
+        }
+        Some(n)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.link]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+#[tokio::test]
+async fn broadcast_discovery_across_a_veth_pair() {
+    let Some(ns) = Netns::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("device.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(tbgw::test_util::peers_python())
+        .args([PEER, "--name", "far", "--instance", "4242", "--address"])
+        .arg(format!("{}.2/24", ns.net))
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ip netns exec runs");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("bacnet device up") {
+        assert!(tokio::time::Instant::now() < deadline, "device in the namespace did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut config = gateway(0, vec![device_entry(0, json!({}))]);
+    config["application"]["host"] = json!(format!("{}.1", ns.net));
+    config["application"]["port"] = json!(free_udp_port());
+    config["application"]["mask"] = json!("24");
+    let dev = &mut config["devices"][0];
+    for k in ["host", "port", "mask"] {
+        dev.as_object_mut().unwrap().remove(k);
+    }
+    dev["address"] = json!(format!("{}.X", ns.net));
+    let (task, mut ends) = start(config);
+    let d = next_data(&mut ends, "BACnet Device far", |d| value(d, "temperature").is_some()).await;
+    assert_eq!(value(&d, "temperature"), Some(json!(21.5)));
+    ends.cancel.cancel();
+    task.await.unwrap();
+    let _ = child.kill().await;
+    drop(ns);
+}

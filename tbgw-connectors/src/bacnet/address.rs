@@ -113,7 +113,7 @@ fn parse_ip_port(s: &str) -> Result<SocketAddrV4, String> {
 
 fn parse_mac(s: &str) -> Result<Vec<u8>, String> {
     if let Some(h) = s.strip_prefix("0x") {
-        if h.is_empty() || h.len() % 2 != 0 {
+        if h.is_empty() || h.len() % 2 != 0 || !h.is_ascii() {
             return Err(format!("{s:?} is not a hex MAC"));
         }
         return (0..h.len())
@@ -155,6 +155,7 @@ pub fn parse(s: &str) -> Result<AddrSpec, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let first_is_net = parts.len() >= 2
         && !parts[0].is_empty()
+        && parts[0] != "*"
         && parts[0].chars().all(|c| c.is_ascii_digit() || c == 'X' || c == '*')
         && !parts[0].contains('.');
     if first_is_net {
@@ -305,6 +306,10 @@ mod tests {
         let p = parse("10.0.0.X").unwrap();
         assert!(p.matches(&peer("10.0.0.5:47808")));
         assert!(!p.matches(&peer("10.0.0.5:47809")));
+        let p = parse("*:47809").unwrap();
+        assert!(p.matches(&peer("10.1.2.3:47809")));
+        assert!(!p.matches(&peer("10.1.2.3:47808")));
+        assert!(parse("2:0xé1").is_err());
         let p = parse("*").unwrap();
         assert!(p.matches(&peer("1.2.3.4:5")));
         let routed = Peer {

@@ -428,6 +428,6 @@ mod tests {
         };
         assert_eq!(decode_cov_notification(&cov_notification(&n)).unwrap(), n);
         let s = subscribe_cov(3, AV1, true, Some(300));
-        assert_eq!(s, [0x09, 3, 0x1c, 0x00, 0x80, 0, 1, 0x29, 1, 0x39, 0x01, 0x2c]);
+        assert_eq!(s, [0x09, 3, 0x1c, 0x00, 0x80, 0, 1, 0x29, 1, 0x3a, 0x01, 0x2c]);
     }
 }
