@@ -254,11 +254,11 @@ pub fn device_id_matches(pattern: &Json, id: u32) -> bool {
             }
         }
     }
-    let id = u64::from(id);
+    let id64 = u64::from(id);
     match pattern {
         Json::String(s) if s.trim() == "*" => true,
-        Json::String(s) => range(s).is_some_and(|(a, b)| a <= id && id <= b),
-        Json::Number(n) => n.as_u64() == Some(id),
+        Json::String(s) => range(s).is_some_and(|(a, b)| a <= id64 && id64 <= b),
+        Json::Number(n) => n.as_u64() == Some(id64),
         Json::Array(items) => items.iter().any(|i| device_id_matches(i, id)),
         _ => false,
     }
