@@ -73,7 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "--address".into(),
         format!("127.0.0.1/8:{cov_port}"),
     ])?;
-    p.wait_output("bacnet device up", Duration::from_secs(60)).await?;
+    p.wait_output("bacnet device up", Duration::from_secs(60))
+        .await?;
     peers.push(p);
     devices.push(json!({
         "deviceInfo": {"deviceNameExpression": "cov"},

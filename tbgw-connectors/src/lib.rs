@@ -21,6 +21,8 @@
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(feature = "bacnet")]
+pub mod bacnet;
 #[cfg(any(
     feature = "mqtt",
     feature = "request",
@@ -46,8 +48,6 @@ pub mod rest;
 pub mod snmp;
 #[cfg(feature = "socket")]
 pub mod socket;
-#[cfg(feature = "bacnet")]
-pub mod bacnet;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;

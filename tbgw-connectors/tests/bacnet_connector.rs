@@ -175,7 +175,12 @@ async fn rpc(ends: &TestEnds, device: &str, method: &str, params: Json) -> Resul
 
 #[tokio::test]
 async fn two_devices_typed_values_and_a_dead_one() {
-    let (p1, p2, dead, gw) = (free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port());
+    let (p1, p2, dead, gw) = (
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+    );
     let _d1 = device("dev1", 1001, p1).await;
     let _d2 = device("dev2", 1002, p2).await;
     let (task, mut ends) = start(gateway(
@@ -183,17 +188,36 @@ async fn two_devices_typed_values_and_a_dead_one() {
         vec![
             device_entry(dead, json!({})),
             device_entry(p1, json!({})),
-            device_entry(p2, json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002})),
+            device_entry(
+                p2,
+                json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002}),
+            ),
         ],
     ));
     for (dev, inst) in [("BACnet Device dev1", 1001), ("BACnet Device dev2", 1002)] {
         let d = next_data(&mut ends, dev, |d| value(d, "temperature").is_some()).await;
         assert_eq!(d.device_type, "default");
-        assert_eq!(value(&d, "temperature"), Some(json!(21.5)), "REAL is a float");
-        assert_eq!(value(&d, "flags"), Some(json!([false, false, false, false])), "bit string");
-        assert_eq!(value(&d, "mode"), Some(json!(2)), "key from ${{objectName}}, unsigned");
+        assert_eq!(
+            value(&d, "temperature"),
+            Some(json!(21.5)),
+            "REAL is a float"
+        );
+        assert_eq!(
+            value(&d, "flags"),
+            Some(json!([false, false, false, false])),
+            "bit string"
+        );
+        assert_eq!(
+            value(&d, "mode"),
+            Some(json!(2)),
+            "key from ${{objectName}}, unsigned"
+        );
         let t = next_data(&mut ends, dev, |d| value(d, "state").is_some()).await;
-        assert_eq!(value(&t, "state"), Some(json!(0)), "enumerated is an integer");
+        assert_eq!(
+            value(&t, "state"),
+            Some(json!(0)),
+            "enumerated is an integer"
+        );
         assert_eq!(value(&t, "setpoint"), Some(json!(20.0)));
         assert_eq!(
             value(&t, "name"),
@@ -217,20 +241,28 @@ async fn restarted_device_comes_back_and_the_other_keeps_flowing() {
     next_data(&mut ends, "BACnet Device dev1", |_| true).await;
     next_data(&mut ends, "BACnet Device dev2", |_| true).await;
     drop(d1);
-    next_message(&mut ends, |m| {
-        matches!(m, UplinkMessage::Disconnect { device, .. } if device == "BACnet Device dev1")
-    })
+    next_message(
+        &mut ends,
+        |m| matches!(m, UplinkMessage::Disconnect { device, .. } if device == "BACnet Device dev1"),
+    )
     .await;
     // dev1 is away; dev2 is still read, several times.
     for _ in 0..3 {
-        next_data(&mut ends, "BACnet Device dev2", |d| value(d, "state").is_some()).await;
+        next_data(&mut ends, "BACnet Device dev2", |d| {
+            value(d, "state").is_some()
+        })
+        .await;
     }
     let _d1 = device("dev1", 1001, p1).await;
-    next_message(&mut ends, |m| {
-        matches!(m, UplinkMessage::Connect { device, .. } if device == "BACnet Device dev1")
+    next_message(
+        &mut ends,
+        |m| matches!(m, UplinkMessage::Connect { device, .. } if device == "BACnet Device dev1"),
+    )
+    .await;
+    let d = next_data(&mut ends, "BACnet Device dev1", |d| {
+        value(d, "temperature").is_some()
     })
     .await;
-    let d = next_data(&mut ends, "BACnet Device dev1", |d| value(d, "temperature").is_some()).await;
     assert_eq!(value(&d, "temperature"), Some(json!(21.5)));
     ends.cancel.cancel();
     task.await.unwrap();
@@ -280,7 +312,10 @@ async fn rpc_and_attribute_updates_write_with_priority() {
         rpc(&ends, dev, "set_setpoint", json!(7.75)).await.unwrap(),
         json!({"result": {"value": 7.75}})
     );
-    next_data(&mut ends, dev, |d| value(d, "setpoint") == Some(json!(7.75))).await;
+    next_data(&mut ends, dev, |d| {
+        value(d, "setpoint") == Some(json!(7.75))
+    })
+    .await;
     let get_pv = "objectType=analogOutput;objectId=1;propertyId=presentValue;";
     assert_eq!(
         rpc(&ends, dev, "get", json!(get_pv)).await.unwrap(),
@@ -292,7 +327,10 @@ async fn rpc_and_attribute_updates_write_with_priority() {
         rpc(&ends, dev, "set", json!(set)).await.unwrap(),
         json!({"result": {"value": 30}})
     );
-    next_data(&mut ends, dev, |d| value(d, "setpoint") == Some(json!(30.0))).await;
+    next_data(&mut ends, dev, |d| {
+        value(d, "setpoint") == Some(json!(30.0))
+    })
+    .await;
     let pa = rpc(
         &ends,
         dev,
@@ -301,10 +339,19 @@ async fn rpc_and_attribute_updates_write_with_priority() {
     )
     .await
     .unwrap();
-    let arr = pa["result"]["value"].as_array().expect("priority array").clone();
+    let arr = pa["result"]["value"]
+        .as_array()
+        .expect("priority array")
+        .clone();
     assert_eq!(arr.len(), 16);
-    assert!(arr[7].to_string().contains("30"), "priority 8 holds 30: {arr:?}");
-    assert!(arr[9].to_string().contains("7.75"), "priority 10 holds 7.75: {arr:?}");
+    assert!(
+        arr[7].to_string().contains("30"),
+        "priority 8 holds 30: {arr:?}"
+    );
+    assert!(
+        arr[9].to_string().contains("7.75"),
+        "priority 10 holds 7.75: {arr:?}"
+    );
     // Attribute update, configured priority 8.
     let mut values = serde_json::Map::new();
     values.insert("brightness".into(), json!(12.5));
@@ -316,7 +363,10 @@ async fn rpc_and_attribute_updates_write_with_priority() {
         }))
         .await
         .unwrap();
-    next_data(&mut ends, dev, |d| value(d, "setpoint") == Some(json!(12.5))).await;
+    next_data(&mut ends, dev, |d| {
+        value(d, "setpoint") == Some(json!(12.5))
+    })
+    .await;
     // Errors.
     assert!(matches!(
         rpc(&ends, dev, "nope", Json::Null).await,
@@ -327,7 +377,13 @@ async fn rpc_and_attribute_updates_write_with_priority() {
         Err(RpcError::BadRequest(_))
     ));
     assert!(matches!(
-        rpc(&ends, dev, "get", json!("objectType=analogOutput;objectId=9;propertyId=presentValue;")).await,
+        rpc(
+            &ends,
+            dev,
+            "get",
+            json!("objectType=analogOutput;objectId=9;propertyId=presentValue;")
+        )
+        .await,
         Err(RpcError::Device(_))
     ));
     assert!(matches!(
@@ -479,18 +535,65 @@ impl Netns {
         let peer = format!("tbgwbn{id}b");
         let steps: Vec<Vec<String>> = vec![
             vec!["netns".into(), "add".into(), n.name.clone()],
-            vec!["link".into(), "add".into(), n.link.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), peer.clone()],
-            vec!["link".into(), "set".into(), peer.clone(), "netns".into(), n.name.clone()],
-            vec!["addr".into(), "add".into(), format!("{}.1/24", n.net), "dev".into(), n.link.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                n.link.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                peer.clone(),
+                "netns".into(),
+                n.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}.1/24", n.net),
+                "dev".into(),
+                n.link.clone(),
+            ],
             vec!["link".into(), "set".into(), n.link.clone(), "up".into()],
-            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
-            vec!["-n".into(), n.name.clone(), "addr".into(), "add".into(), format!("{}.2/24", n.net), "dev".into(), peer.clone()],
-            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), peer, "up".into()],
+            vec![
+                "-n".into(),
+                n.name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                n.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{}.2/24", n.net),
+                "dev".into(),
+                peer.clone(),
+            ],
+            vec![
+                "-n".into(),
+                n.name.clone(),
+                "link".into(),
+                "set".into(),
+                peer,
+                "up".into(),
+            ],
         ];
         for s in steps {
             let args: Vec<&str> = s.iter().map(|a| a.as_str()).collect();
             if let Err(e) = ip(&args) {
-                eprintln!("skipped: cannot create a network namespace with a veth pair (ip {}: {})", s.join(" "), e.trim());
+                eprintln!(
+                    "skipped: cannot create a network namespace with a veth pair (ip {}: {})",
+                    s.join(" "),
+                    e.trim()
+                );
                 drop(n);
                 return None;
             }
@@ -501,8 +604,12 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.link]).output();
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.link])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -524,8 +631,15 @@ async fn broadcast_discovery_across_a_veth_pair() {
         .spawn()
         .expect("ip netns exec runs");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("bacnet device up") {
-        assert!(tokio::time::Instant::now() < deadline, "device in the namespace did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("bacnet device up")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device in the namespace did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut config = gateway(0, vec![device_entry(0, json!({}))]);
@@ -538,7 +652,10 @@ async fn broadcast_discovery_across_a_veth_pair() {
     }
     dev["address"] = json!(format!("{}.X", ns.net));
     let (task, mut ends) = start(config);
-    let d = next_data(&mut ends, "BACnet Device far", |d| value(d, "temperature").is_some()).await;
+    let d = next_data(&mut ends, "BACnet Device far", |d| {
+        value(d, "temperature").is_some()
+    })
+    .await;
     assert_eq!(value(&d, "temperature"), Some(json!(21.5)));
     ends.cancel.cancel();
     task.await.unwrap();

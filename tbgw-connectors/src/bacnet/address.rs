@@ -118,7 +118,9 @@ fn parse_mac(s: &str) -> Result<Vec<u8>, String> {
         }
         return (0..h.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("{s:?} is not a hex MAC")))
+            .map(|i| {
+                u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("{s:?} is not a hex MAC"))
+            })
             .collect();
     }
     if let Ok(b) = s.parse::<u8>() {
@@ -156,7 +158,9 @@ pub fn parse(s: &str) -> Result<AddrSpec, String> {
     let first_is_net = parts.len() >= 2
         && !parts[0].is_empty()
         && parts[0] != "*"
-        && parts[0].chars().all(|c| c.is_ascii_digit() || c == 'X' || c == '*')
+        && parts[0]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == 'X' || c == '*')
         && !parts[0].contains('.');
     if first_is_net {
         let rest = parts[1..].join(":");
@@ -227,7 +231,11 @@ impl AddrSpec {
                 router.map(|r| r.port()).unwrap_or(DEFAULT_PORT),
                 Some(Remote {
                     net: *net,
-                    addr: if router.is_some() { mac.clone() } else { vec![] },
+                    addr: if router.is_some() {
+                        mac.clone()
+                    } else {
+                        vec![]
+                    },
                 }),
             ),
             AddrSpec::Pattern { routed, port, .. } => (
@@ -267,7 +275,10 @@ pub fn device_id_matches(pattern: &Json, id: u32) -> bool {
 /// A single instance named by `deviceId`, for a Who-Is with an instance range.
 pub fn device_id_range(pattern: &Json) -> Option<(u32, u32)> {
     match pattern {
-        Json::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()).map(|v| (v, v)),
+        Json::Number(n) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .map(|v| (v, v)),
         Json::String(s) => {
             let (a, b) = s.trim().split_once('-')?;
             Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
@@ -290,12 +301,20 @@ mod tests {
 
     #[test]
     fn host_port_mask_matches_the_reply() {
-        let a = merge(None, Some("127.0.0.4"), Some(&json!("47809")), Some(&json!("8"))).unwrap();
+        let a = merge(
+            None,
+            Some("127.0.0.4"),
+            Some(&json!("47809")),
+            Some(&json!("8")),
+        )
+        .unwrap();
         assert_eq!(a, "127.0.0.4/8:47809");
         let spec = parse(&a).unwrap();
         assert!(spec.matches(&peer("127.0.0.4:47809")));
         assert!(!spec.matches(&peer("127.0.0.4:47808")));
-        assert!(parse("192.168.2.110").unwrap().matches(&peer("192.168.2.110:47808")));
+        assert!(parse("192.168.2.110")
+            .unwrap()
+            .matches(&peer("192.168.2.110:47808")));
     }
 
     #[test]

@@ -153,7 +153,11 @@ fn target(
         .and_then(address::json_text)
         .ok_or_else(|| ConfigError::new(file, format!("{p}.objectType"), "missing"))?;
     let kind = ids::object_type(&t).ok_or_else(|| {
-        ConfigError::new(file, format!("{p}.objectType"), format!("unknown object type {t:?}"))
+        ConfigError::new(
+            file,
+            format!("{p}.objectType"),
+            format!("unknown object type {t:?}"),
+        )
     })?;
     let object = match object_id {
         None | Some(Json::Null) if kind == ids::DEVICE => None,
@@ -161,7 +165,11 @@ fn target(
             address::json_text(v)
                 .and_then(|s| s.parse::<u32>().ok())
                 .ok_or_else(|| {
-                    ConfigError::new(file, format!("{p}.objectId"), format!("{v} is not one object id"))
+                    ConfigError::new(
+                        file,
+                        format!("{p}.objectId"),
+                        format!("{v} is not one object id"),
+                    )
                 })?,
         ),
         None => return Err(ConfigError::new(file, format!("{p}.objectId"), "missing")),
@@ -170,7 +178,11 @@ fn target(
         .and_then(address::json_text)
         .unwrap_or_else(|| "presentValue".into());
     let property = ids::property(&prop).ok_or_else(|| {
-        ConfigError::new(file, format!("{p}.propertyId"), format!("unknown property {prop:?}"))
+        ConfigError::new(
+            file,
+            format!("{p}.propertyId"),
+            format!("unknown property {prop:?}"),
+        )
     })?;
     let priority = downlink::priority(priority)
         .map_err(|e| ConfigError::new(file, format!("{p}.priority"), e))?;
@@ -212,16 +224,25 @@ fn points_of(
                 )
                 .map_err(|(k, why)| ConfigError::new(file, format!("{kp}.{k}"), why))?;
                 if let Some(rs) = item.get("reportStrategy") {
-                    if let Some(s) =
-                        tbgw::report::parse_strategy(rs, file, &format!("{kp}.reportStrategy"), ignored)?
-                    {
+                    if let Some(s) = tbgw::report::parse_strategy(
+                        rs,
+                        file,
+                        &format!("{kp}.reportStrategy"),
+                        ignored,
+                    )? {
                         overrides.keys.entry(key.to_string()).or_insert(s);
                     }
                 }
                 if let Some(o) = item.as_object() {
                     for k in o.keys() {
-                        if !["key", "objectType", "objectId", "propertyId", "reportStrategy"]
-                            .contains(&k.as_str())
+                        if ![
+                            "key",
+                            "objectType",
+                            "objectId",
+                            "propertyId",
+                            "reportStrategy",
+                        ]
+                        .contains(&k.as_str())
                         {
                             ignored.push(format!("{kp}.{k}"));
                         }
@@ -279,8 +300,9 @@ fn device_spec(
     let mut alt = Vec::new();
     for (j, a) in d.alt_responses_addresses.iter().enumerate() {
         alt.push(
-            address::parse(a)
-                .map_err(|e| ConfigError::new(file, format!("{p}.altResponsesAddresses[{j}]"), e))?,
+            address::parse(a).map_err(|e| {
+                ConfigError::new(file, format!("{p}.altResponsesAddresses[{j}]"), e)
+            })?,
         );
     }
     if let Some(id) = &d.device_id {
@@ -303,7 +325,15 @@ fn device_spec(
         overrides.device =
             tbgw::report::parse_strategy(v, file, &format!("{p}.reportStrategy"), ignored)?;
     }
-    let mut points = points_of(file, &p, "attributes", d.attributes.as_ref(), true, &mut overrides, ignored)?;
+    let mut points = points_of(
+        file,
+        &p,
+        "attributes",
+        d.attributes.as_ref(),
+        true,
+        &mut overrides,
+        ignored,
+    )?;
     points.extend(points_of(
         file,
         &p,
@@ -348,7 +378,9 @@ fn device_spec(
             }
         };
         let timeout = match r.request_timeout {
-            Some(ms) if ms.is_finite() && ms > 0.0 => Some(Duration::from_millis(ms.min(3.6e6) as u64)),
+            Some(ms) if ms.is_finite() && ms > 0.0 => {
+                Some(Duration::from_millis(ms.min(3.6e6) as u64))
+            }
             _ => None,
         };
         rpcs.push(RpcSpec {
@@ -440,11 +472,16 @@ impl BacnetConnector {
                 format!("{host:?} is not an IPv4 address"),
             )
         })?;
-        let port = port_of(file, "application.port", port.as_ref(), address::DEFAULT_PORT)?;
+        let port = port_of(
+            file,
+            "application.port",
+            port.as_ref(),
+            address::DEFAULT_PORT,
+        )?;
         let prefix = prefix_of(prefix.as_ref());
-        let instance = a.object_identifier.ok_or_else(|| {
-            ConfigError::new(file, "application.objectIdentifier", "missing")
-        })?;
+        let instance = a
+            .object_identifier
+            .ok_or_else(|| ConfigError::new(file, "application.objectIdentifier", "missing"))?;
         if instance >= 4_194_303 {
             return Err(ConfigError::new(
                 file,
@@ -589,7 +626,9 @@ impl Connector for BacnetConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let ep = Endpoint::bind(self.bind, self.local.clone(), self.timeout, self.retries)
             .await
-            .map_err(|e| ConnectorError::Connection(format!("cannot bind UDP {}: {e}", self.bind)))?;
+            .map_err(|e| {
+                ConnectorError::Connection(format!("cannot bind UDP {}: {e}", self.bind))
+            })?;
         tracing::info!(connector = %self.name, bind = %self.bind, instance = self.local.instance, "BACnet device of the gateway is up.");
         let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
         let receiver = ep.clone();
@@ -767,14 +806,22 @@ async fn discover(
             _ => ep.who_is(addr, is_broadcast, dest.as_ref(), range).await,
         };
         match r {
-            Ok(()) => tracing::debug!(connector, to = %addr, address = %s.address_text, "Who-Is sent."),
-            Err(e) => tracing::warn!(connector, to = %addr, error = %e, "Who-Is could not be sent."),
+            Ok(()) => {
+                tracing::debug!(connector, to = %addr, address = %s.address_text, "Who-Is sent.")
+            }
+            Err(e) => {
+                tracing::warn!(connector, to = %addr, error = %e, "Who-Is could not be sent.")
+            }
         }
     }
 }
 
 /// The device's object list: whole, or element by element when it does not fit.
-async fn object_list(ep: &Endpoint, peer: &Peer, instance: u32) -> Result<Vec<ObjectId>, ClientError> {
+async fn object_list(
+    ep: &Endpoint,
+    peer: &Peer,
+    instance: u32,
+) -> Result<Vec<ObjectId>, ClientError> {
     let dev = ObjectId::new(ids::DEVICE, instance);
     let whole = PropRef {
         property: ids::OBJECT_LIST,
@@ -872,7 +919,9 @@ async fn read_all(
                     }
                     i = end;
                 }
-                Err(ClientError::Abort(_)) | Err(ClientError::Malformed(_)) if plan.per_request > 1 => {
+                Err(ClientError::Abort(_)) | Err(ClientError::Malformed(_))
+                    if plan.per_request > 1 =>
+                {
                     plan.per_request = (plan.per_request / 2).max(1);
                 }
                 Err(ClientError::Abort(_)) | Err(ClientError::Malformed(_)) => plan.rpm = false,
@@ -949,9 +998,12 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
     let mut once = LogOnce::new(LOG_ONCE_CAP);
     let mut backoff = tbgw::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     // The device's name, which may need its objectName.
-    let needs_name = [(&spec.name_expr, spec.name_constant), (&spec.profile_expr, spec.profile_constant)]
-        .iter()
-        .any(|(e, c)| !c && e.contains("${objectName}"));
+    let needs_name = [
+        (&spec.name_expr, spec.name_constant),
+        (&spec.profile_expr, spec.profile_constant),
+    ]
+    .iter()
+    .any(|(e, c)| !c && e.contains("${objectName}"));
     let object_name = if needs_name {
         loop {
             let r = sh
@@ -1006,7 +1058,12 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
         }
         reg.by_name.insert(name.clone(), live.clone());
     }
-    if sh.uplink.connect_device(name.clone(), profile.clone()).await.is_err() {
+    if sh
+        .uplink
+        .connect_device(name.clone(), profile.clone())
+        .await
+        .is_err()
+    {
         return;
     }
     let mut online = true;
@@ -1058,6 +1115,13 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
                 }
                 continue;
             }
+            _ = tokio::time::sleep_until(cov_renew), if spec.cov.is_some() && !first_poll && online => {
+                if let Some(cov) = spec.cov {
+                    covered = subscribe_all(&sh, &live, &name, process, cov, &points, &mut once).await;
+                    cov_renew = Instant::now() + Duration::from_secs(u64::from(cov.lifetime / 2).max(5));
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         // Object discovery for `objectId: "*"` and `"*"` sections.
@@ -1079,39 +1143,13 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
                 }
             }
         }
-        // COV subscriptions (and renewal at half the lifetime).
-        if let Some(cov) = spec.cov {
-            if !first_poll && Instant::now() >= cov_renew {
-                let mut objs: Vec<ObjectId> = points
-                    .iter()
-                    .filter(|p| p.props.contains(&ids::PRESENT_VALUE) && p.object.kind != ids::DEVICE)
-                    .map(|p| p.object)
-                    .collect();
-                objs.sort();
-                objs.dedup();
-                let mut now_covered = HashSet::new();
-                for o in objs {
-                    match sh.ep.subscribe_cov(peer, process, o, cov.confirmed, cov.lifetime).await {
-                        Ok(()) => {
-                            now_covered.insert(o);
-                        }
-                        Err(e) => {
-                            if once.first(&format!("cov {o}: {e}")) {
-                                tracing::info!(connector = %connector, device = %name, object = %o, error = %e, "SubscribeCOV refused; this object is polled.");
-                            }
-                            if e.is_timeout() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                covered = now_covered;
-                cov_renew = Instant::now() + Duration::from_secs(u64::from(cov.lifetime / 2).max(5));
-            }
-        }
         // Poll what COV does not cover (everything on the first poll, to learn the
         // properties a key expression needs).
-        let skip = if first_poll { HashSet::new() } else { covered.clone() };
+        let skip = if first_poll {
+            HashSet::new()
+        } else {
+            covered.clone()
+        };
         let wanted = wanted_of(&points, &skip);
         if wanted.is_empty() {
             first_poll = false;
@@ -1129,7 +1167,11 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
                 sh.stats.add_messages_received(1);
                 for ((o, p), v) in &read {
                     if let Err((c, k)) = v {
-                        let why = format!("{o} {}: {}", ids::property_name(*p), super::proto::services::error_text(*c, *k));
+                        let why = format!(
+                            "{o} {}: {}",
+                            ids::property_name(*p),
+                            super::proto::services::error_text(*c, *k)
+                        );
                         if once.first(&why) {
                             tracing::warn!(connector = %connector, device = %name, error = %why, "The device answered a read with an error (logged once; counted).");
                         }
@@ -1141,11 +1183,25 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
                     online = true;
                     once.clear();
                     tracing::info!(connector = %connector, device = %name, "The device answers again.");
-                    if sh.uplink.connect_device(name.clone(), profile.clone()).await.is_err() {
+                    if sh
+                        .uplink
+                        .connect_device(name.clone(), profile.clone())
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     // Subscriptions were lost with a restart: renew now.
                     cov_renew = Instant::now();
+                }
+                if let Some(cov) = spec.cov {
+                    if Instant::now() >= cov_renew {
+                        covered =
+                            subscribe_all(&sh, &live, &name, process, cov, &points, &mut once)
+                                .await;
+                        cov_renew = Instant::now()
+                            + Duration::from_secs(u64::from(cov.lifetime / 2).max(5));
+                    }
                 }
                 let polled: Vec<ResolvedPoint> = points
                     .iter()
@@ -1178,6 +1234,47 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
     reg.cov.remove(&(peer.addr, process));
 }
 
+/// Subscribes to COV of every point object with presentValue; returns those accepted.
+async fn subscribe_all(
+    sh: &Shared,
+    live: &Live,
+    name: &str,
+    process: u32,
+    cov: CovSpec,
+    points: &[ResolvedPoint],
+    once: &mut LogOnce,
+) -> HashSet<ObjectId> {
+    let mut objs: Vec<ObjectId> = points
+        .iter()
+        .filter(|p| p.props.contains(&ids::PRESENT_VALUE) && p.object.kind != ids::DEVICE)
+        .map(|p| p.object)
+        .collect();
+    objs.sort();
+    objs.dedup();
+    let mut covered = HashSet::new();
+    for o in objs {
+        match sh
+            .ep
+            .subscribe_cov(&live.peer, process, o, cov.confirmed, cov.lifetime)
+            .await
+        {
+            Ok(()) => {
+                covered.insert(o);
+            }
+            Err(e) => {
+                if once.first(&format!("cov {o}: {e}")) {
+                    tracing::info!(connector = %sh.connector, device = %name, object = %o, error = %e, "SubscribeCOV refused; this object is polled.");
+                }
+                if e.is_timeout() {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::debug!(connector = %sh.connector, device = %name, subscribed = covered.len(), "COV subscriptions made.");
+    covered
+}
+
 fn live_by_name(sh: &Shared, name: &str) -> Option<Arc<Live>> {
     sh.registry().by_name.get(name).cloned()
 }
@@ -1192,7 +1289,9 @@ async fn attribute_update(sh: &Shared, u: AttributeUpdate) {
         return;
     };
     for t in &live.spec.updates {
-        let Some(v) = u.values.get(&t.key) else { continue };
+        let Some(v) = u.values.get(&t.key) else {
+            continue;
+        };
         let value = match downlink::write_value(t.kind, t.property, v) {
             Ok(v) => v,
             Err(e) => {
@@ -1206,8 +1305,14 @@ async fn attribute_update(sh: &Shared, u: AttributeUpdate) {
             property: t.property,
             index: None,
         };
-        match sh.ep.write_property(&live.peer, o, p, &value, t.priority, None).await {
-            Ok(()) => tracing::debug!(connector = %sh.connector, device = %u.device, key = %t.key, "Attribute written."),
+        match sh
+            .ep
+            .write_property(&live.peer, o, p, &value, t.priority, None)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(connector = %sh.connector, device = %u.device, key = %t.key, "Attribute written.")
+            }
             Err(e) => {
                 sh.stats.add_errors(1);
                 tracing::warn!(connector = %sh.connector, device = %u.device, key = %t.key, object = %o, error = %e, "Attribute update failed.");
@@ -1283,7 +1388,9 @@ async fn rpc(sh: &Shared, r: RpcRequest) {
                 "Neither of configured device rpc methods match with {method}"
             )));
         };
-        let read = spec.read.unwrap_or(params.is_null() && spec.target.priority.is_none());
+        let read = spec
+            .read
+            .unwrap_or(params.is_null() && spec.target.priority.is_none());
         (spec.target.clone(), read, params, spec.timeout)
     };
     let o = object_of(&live, &t);
@@ -1293,7 +1400,9 @@ async fn rpc(sh: &Shared, r: RpcRequest) {
     };
     if read {
         match sh.ep.read_property(&live.peer, o, p, timeout).await {
-            Ok(v) => responder.verbatim(json!({"result": {"value": uplink::to_value(&v).to_json()}})),
+            Ok(v) => {
+                responder.verbatim(json!({"result": {"value": uplink::to_value(&v).to_json()}}))
+            }
             Err(e) => responder.err(rpc_error(e)),
         }
     } else {
@@ -1301,7 +1410,11 @@ async fn rpc(sh: &Shared, r: RpcRequest) {
             Ok(v) => v,
             Err(e) => return responder.err(RpcError::BadRequest(e)),
         };
-        match sh.ep.write_property(&live.peer, o, p, &av, t.priority, timeout).await {
+        match sh
+            .ep
+            .write_property(&live.peer, o, p, &av, t.priority, timeout)
+            .await
+        {
             Ok(()) => responder.verbatim(json!({"result": {"value": value}})),
             Err(e) => responder.err(rpc_error(e)),
         }

@@ -42,7 +42,13 @@ pub fn write_value(kind: u16, property: u32, v: &Json) -> Result<AppValue, Strin
     if v.is_null() {
         return Ok(AppValue::Null);
     }
-    let bad = || format!("{v} cannot be written to {} of a {}", ids::property_name(property), ids::object_type_name(kind));
+    let bad = || {
+        format!(
+            "{v} cannot be written to {} of a {}",
+            ids::property_name(property),
+            ids::object_type_name(kind)
+        )
+    };
     let commandable = matches!(property, 85 | 104 | 40 | 6);
     if commandable {
         return match kind {
@@ -63,7 +69,9 @@ pub fn write_value(kind: u16, property: u32, v: &Json) -> Result<AppValue, Strin
     }
     match property {
         // covIncrement, deadband, highLimit, lowLimit, minPresValue, maxPresValue, resolution
-        22 | 25 | 45 | 59 | 65 | 69 | 106 => number(v).map(|f| AppValue::Real(f as f32)).ok_or_else(bad),
+        22 | 25 | 45 | 59 | 65 | 69 | 106 => {
+            number(v).map(|f| AppValue::Real(f as f32)).ok_or_else(bad)
+        }
         // outOfService
         81 => binary(v).map(|b| AppValue::Bool(b == 1)).ok_or_else(bad),
         // objectName, description, location, activeText, inactiveText
@@ -178,22 +186,50 @@ mod tests {
 
     #[test]
     fn typed_writes() {
-        assert_eq!(write_value(1, 85, &json!(7.75)).unwrap(), AppValue::Real(7.75));
-        assert_eq!(write_value(1, 85, &json!("7.5")).unwrap(), AppValue::Real(7.5));
-        assert_eq!(write_value(4, 85, &json!(true)).unwrap(), AppValue::Enumerated(1));
-        assert_eq!(write_value(5, 85, &json!("inactive")).unwrap(), AppValue::Enumerated(0));
-        assert_eq!(write_value(19, 85, &json!(3)).unwrap(), AppValue::Unsigned(3));
+        assert_eq!(
+            write_value(1, 85, &json!(7.75)).unwrap(),
+            AppValue::Real(7.75)
+        );
+        assert_eq!(
+            write_value(1, 85, &json!("7.5")).unwrap(),
+            AppValue::Real(7.5)
+        );
+        assert_eq!(
+            write_value(4, 85, &json!(true)).unwrap(),
+            AppValue::Enumerated(1)
+        );
+        assert_eq!(
+            write_value(5, 85, &json!("inactive")).unwrap(),
+            AppValue::Enumerated(0)
+        );
+        assert_eq!(
+            write_value(19, 85, &json!(3)).unwrap(),
+            AppValue::Unsigned(3)
+        );
         assert_eq!(write_value(2, 85, &Json::Null).unwrap(), AppValue::Null);
-        assert_eq!(write_value(2, 77, &json!("n")).unwrap(), AppValue::Text("n".into()));
-        assert_eq!(write_value(2, 81, &json!(true)).unwrap(), AppValue::Bool(true));
+        assert_eq!(
+            write_value(2, 77, &json!("n")).unwrap(),
+            AppValue::Text("n".into())
+        );
+        assert_eq!(
+            write_value(2, 81, &json!(true)).unwrap(),
+            AppValue::Bool(true)
+        );
         assert!(write_value(4, 85, &json!(5)).is_err());
         assert!(write_value(1, 85, &json!("x")).is_err());
-        assert_eq!(write_value(99, 512, &json!(-3)).unwrap(), AppValue::Signed(-3));
+        assert_eq!(
+            write_value(99, 512, &json!(-3)).unwrap(),
+            AppValue::Signed(-3)
+        );
     }
 
     #[test]
     fn reserved() {
-        let r = parse_reserved("objectType=analogValue;objectId=1;propertyId=presentValue;", false).unwrap();
+        let r = parse_reserved(
+            "objectType=analogValue;objectId=1;propertyId=presentValue;",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.object_id, 1);
         assert_eq!(r.value, None);
         let r = parse_reserved(
@@ -202,9 +238,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.priority, r.value), (Some(8), Some(json!(7.75))));
-        assert!(parse_reserved("objectType=analogOutput;objectId=1;propertyId=presentValue;", true).is_err());
-        assert!(parse_reserved("objectType=analogOutput;objectId=x;propertyId=presentValue;", false).is_err());
-        assert!(parse_reserved("objectType=a;objectId=1;propertyId=p;priority=17;value=1;", true).is_err());
+        assert!(parse_reserved(
+            "objectType=analogOutput;objectId=1;propertyId=presentValue;",
+            true
+        )
+        .is_err());
+        assert!(parse_reserved(
+            "objectType=analogOutput;objectId=x;propertyId=presentValue;",
+            false
+        )
+        .is_err());
+        assert!(parse_reserved(
+            "objectType=a;objectId=1;propertyId=p;priority=17;value=1;",
+            true
+        )
+        .is_err());
         assert_eq!(priority(Some(&json!("8"))).unwrap(), Some(8));
         assert!(priority(Some(&json!(0))).is_err());
     }

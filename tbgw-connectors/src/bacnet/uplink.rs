@@ -73,14 +73,23 @@ fn ids_of(v: &Json) -> Result<Option<Vec<u32>>, String> {
         let s = s.trim();
         match s.split_once('-') {
             Some((a, b)) => {
-                let a: u32 = a.trim().parse().map_err(|_| format!("{s:?} is not a range"))?;
-                let b: u32 = b.trim().parse().map_err(|_| format!("{s:?} is not a range"))?;
+                let a: u32 = a
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a range"))?;
+                let b: u32 = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a range"))?;
                 if b < a || b - a > 100_000 {
                     return Err(format!("{s:?} is not a range of at most 100000 ids"));
                 }
                 out.extend(a..=b);
             }
-            None => out.push(s.parse().map_err(|_| format!("{s:?} is not an object id"))?),
+            None => out.push(
+                s.parse()
+                    .map_err(|_| format!("{s:?} is not an object id"))?,
+            ),
         }
         Ok(())
     }
@@ -126,14 +135,19 @@ pub fn expand(
     let mut types = Vec::new();
     if !any_type {
         for t in &types_txt {
-            types.push(
-                ids::object_type(t)
-                    .ok_or_else(|| ("objectType".to_string(), format!("unknown object type {t:?}")))?,
-            );
+            types.push(ids::object_type(t).ok_or_else(|| {
+                (
+                    "objectType".to_string(),
+                    format!("unknown object type {t:?}"),
+                )
+            })?);
         }
     }
     let mut props = Vec::new();
-    for p in property_id.map(list_of_text).unwrap_or_else(|| vec!["presentValue".into()]) {
+    for p in property_id
+        .map(list_of_text)
+        .unwrap_or_else(|| vec!["presentValue".into()])
+    {
         let id = ids::property(&p)
             .ok_or_else(|| ("propertyId".to_string(), format!("unknown property {p:?}")))?;
         if !props.contains(&id) {
@@ -173,10 +187,7 @@ pub fn expand(
         }]);
     };
     if any_type {
-        return Err((
-            "objectType".into(),
-            "\"*\" needs objectId \"*\"".into(),
-        ));
+        return Err(("objectType".into(), "\"*\" needs objectId \"*\"".into()));
     }
     if types.len() > 1 {
         return Err((
@@ -279,9 +290,15 @@ pub fn to_value(v: &AppValue) -> Value {
         }),
         AppValue::Time(h, m, s, c) => Value::String(format!("{h:02}:{m:02}:{s:02}.{c:02}")),
         AppValue::Object(o) => Value::String(o.to_string()),
-        AppValue::List(items) => Value::Json(Json::Array(items.iter().map(|i| to_value(i).to_json()).collect())),
-        AppValue::Context(n, b) => Value::Json(json!({ "tag": n, "data": b.iter().map(|x| format!("{x:02x}")).collect::<String>() })),
-        AppValue::Constructed(n, inner) => Value::Json(json!({ "tag": n, "value": to_value(inner).to_json() })),
+        AppValue::List(items) => Value::Json(Json::Array(
+            items.iter().map(|i| to_value(i).to_json()).collect(),
+        )),
+        AppValue::Context(n, b) => Value::Json(
+            json!({ "tag": n, "data": b.iter().map(|x| format!("{x:02x}")).collect::<String>() }),
+        ),
+        AppValue::Constructed(n, inner) => {
+            Value::Json(json!({ "tag": n, "value": to_value(inner).to_json() }))
+        }
     }
 }
 
@@ -364,7 +381,14 @@ mod tests {
 
     #[test]
     fn expansion() {
-        let p = expand("t", Some(&json!("analogValue")), Some(&json!("1-3")), None, false).unwrap();
+        let p = expand(
+            "t",
+            Some(&json!("analogValue")),
+            Some(&json!("1-3")),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[2].objects, Objects::One(ObjectId::new(2, 3)));
         assert_eq!(p[0].props, vec![85]);
@@ -378,13 +402,48 @@ mod tests {
         .unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[0].props, vec![85, 111, 77]);
-        let p = expand("x", Some(&json!(["analogInput", "analogValue"])), Some(&json!("*")), None, true).unwrap();
+        let p = expand(
+            "x",
+            Some(&json!(["analogInput", "analogValue"])),
+            Some(&json!("*")),
+            None,
+            true,
+        )
+        .unwrap();
         assert_eq!(p[0].objects, Objects::AllOf(vec![0, 2]));
-        assert!(expand("x", Some(&json!(["analogInput", "analogValue"])), Some(&json!(1)), None, true).is_err());
+        assert!(expand(
+            "x",
+            Some(&json!(["analogInput", "analogValue"])),
+            Some(&json!(1)),
+            None,
+            true
+        )
+        .is_err());
         assert!(expand("x", Some(&json!("nope")), Some(&json!(1)), None, true).is_err());
-        assert!(expand("x", Some(&json!("analogValue")), Some(&json!("5-1")), None, true).is_err());
-        assert!(expand("x", Some(&json!("analogValue")), Some(&json!(1)), Some(&json!("bogus")), true).is_err());
-        let d = expand("fw", Some(&json!("device")), None, Some(&json!("firmwareRevision")), true).unwrap();
+        assert!(expand(
+            "x",
+            Some(&json!("analogValue")),
+            Some(&json!("5-1")),
+            None,
+            true
+        )
+        .is_err());
+        assert!(expand(
+            "x",
+            Some(&json!("analogValue")),
+            Some(&json!(1)),
+            Some(&json!("bogus")),
+            true
+        )
+        .is_err());
+        let d = expand(
+            "fw",
+            Some(&json!("device")),
+            None,
+            Some(&json!("firmwareRevision")),
+            true,
+        )
+        .unwrap();
         assert_eq!(d[0].objects, Objects::Device);
     }
 
@@ -396,13 +455,22 @@ mod tests {
         assert_eq!(to_value(&AppValue::Unsigned(7)), Value::Int(7));
         assert_eq!(to_value(&AppValue::Signed(-7)), Value::Int(-7));
         assert_eq!(to_value(&AppValue::Bool(true)), Value::Bool(true));
-        assert_eq!(to_value(&AppValue::Text("a".into())), Value::String("a".into()));
+        assert_eq!(
+            to_value(&AppValue::Text("a".into())),
+            Value::String("a".into())
+        );
         assert_eq!(
             to_value(&AppValue::Bits(vec![false, true])),
             Value::Json(json!([false, true]))
         );
-        assert_eq!(to_value(&AppValue::Date(2026, 12, 3, 4)), Value::String("2026-12-03".into()));
-        assert_eq!(to_value(&AppValue::Object(AV1)), Value::String("analogValue,1".into()));
+        assert_eq!(
+            to_value(&AppValue::Date(2026, 12, 3, 4)),
+            Value::String("2026-12-03".into())
+        );
+        assert_eq!(
+            to_value(&AppValue::Object(AV1)),
+            Value::String("analogValue,1".into())
+        );
         assert_eq!(
             to_value(&AppValue::List(vec![AppValue::Null, AppValue::Real(2.0)])),
             Value::Json(json!([null, 2.0]))
@@ -422,7 +490,10 @@ mod tests {
             object: AV1,
             props: vec![85, 77],
         };
-        assert_eq!(point_values(&p, &read), vec![("temp".to_string(), Value::Float(21.5))]);
+        assert_eq!(
+            point_values(&p, &read),
+            vec![("temp".to_string(), Value::Float(21.5))]
+        );
         let p = ResolvedPoint {
             key: "t".into(),
             attribute: false,
@@ -437,7 +508,10 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].object, AV1);
         assert_eq!(
-            device_expression("BACnet Device ${objectName}", &[("objectName", "dev".into())]),
+            device_expression(
+                "BACnet Device ${objectName}",
+                &[("objectName", "dev".into())]
+            ),
             "BACnet Device dev"
         );
     }

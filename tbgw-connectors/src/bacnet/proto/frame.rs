@@ -347,7 +347,9 @@ pub fn decode_apdu(b: &[u8]) -> Result<Apdu, DecodeError> {
 fn enumerated(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
     match r.app_value()? {
         super::tags::AppValue::Enumerated(v) => Ok(v),
-        v => Err(DecodeError::new(format!("expected an enumeration, got {v:?}"))),
+        v => Err(DecodeError::new(format!(
+            "expected an enumeration, got {v:?}"
+        ))),
     }
 }
 
@@ -432,14 +434,7 @@ pub fn encode(function: u8, dest: Option<&Remote>, expecting_reply: bool, apdu: 
 /// A Register-Foreign-Device request with a time-to-live in seconds.
 pub fn register_foreign_device(ttl: u16) -> Vec<u8> {
     let t = ttl.to_be_bytes();
-    vec![
-        BVLC_TYPE,
-        bvlc::REGISTER_FOREIGN_DEVICE,
-        0,
-        6,
-        t[0],
-        t[1],
-    ]
+    vec![BVLC_TYPE, bvlc::REGISTER_FOREIGN_DEVICE, 0, 6, t[0], t[1]]
 }
 
 #[cfg(test)]
@@ -482,8 +477,12 @@ mod tests {
         let p = decode(&d).unwrap();
         assert_eq!(p.npdu.unwrap().dest, Some(dest));
         // A Forwarded-NPDU from 10.0.0.9:47808 carrying an I-Am from net 3, mac 0x21.
-        let mut f = vec![0x81, 0x04, 0, 0, 10, 0, 0, 9, 0xba, 0xc0, 1, 0x08, 0, 3, 1, 0x21];
-        f.extend_from_slice(&[0x10, 0x00, 0xc4, 0x02, 0, 0, 5, 0x22, 0x05, 0xc4, 0x91, 0, 0x21, 15]);
+        let mut f = vec![
+            0x81, 0x04, 0, 0, 10, 0, 0, 9, 0xba, 0xc0, 1, 0x08, 0, 3, 1, 0x21,
+        ];
+        f.extend_from_slice(&[
+            0x10, 0x00, 0xc4, 0x02, 0, 0, 5, 0x22, 0x05, 0xc4, 0x91, 0, 0x21, 15,
+        ]);
         let l = f.len() as u16;
         f[2..4].copy_from_slice(&l.to_be_bytes());
         let p = decode(&f).unwrap();

@@ -88,8 +88,17 @@ pub fn i_am(i: &IAm) -> Vec<u8> {
 /// Decodes an I-Am.
 pub fn decode_i_am(b: &[u8]) -> Result<IAm, DecodeError> {
     let mut r = Reader::new(b);
-    let (AppValue::Object(device), AppValue::Unsigned(max), AppValue::Enumerated(seg), AppValue::Unsigned(vendor)) =
-        (r.app_value()?, r.app_value()?, r.app_value()?, r.app_value()?)
+    let (
+        AppValue::Object(device),
+        AppValue::Unsigned(max),
+        AppValue::Enumerated(seg),
+        AppValue::Unsigned(vendor),
+    ) = (
+        r.app_value()?,
+        r.app_value()?,
+        r.app_value()?,
+        r.app_value()?,
+    )
     else {
         return Err(DecodeError::new("I-Am fields have the wrong types"));
     };
@@ -338,7 +347,11 @@ pub fn error_text(class: u32, code: u32) -> String {
     } else {
         c.into()
     };
-    let k = if k.is_empty() { code.to_string() } else { k.into() };
+    let k = if k.is_empty() {
+        code.to_string()
+    } else {
+        k.into()
+    };
     format!("{c}: {k}")
 }
 
@@ -358,7 +371,10 @@ mod tests {
     #[test]
     fn who_is_and_i_am() {
         assert!(who_is(None).is_empty());
-        assert_eq!(decode_who_is(&who_is(Some((5, 900)))).unwrap(), Some((5, 900)));
+        assert_eq!(
+            decode_who_is(&who_is(Some((5, 900)))).unwrap(),
+            Some((5, 900))
+        );
         let i = IAm {
             device: ObjectId::new(8, 999),
             max_apdu: 1476,
@@ -372,7 +388,9 @@ mod tests {
     #[test]
     fn read_property_ack() {
         // What bacpypes3 answers for analog-value,1 present-value = 21.5.
-        let ack = [0x0c, 0x00, 0x80, 0, 1, 0x19, 0x55, 0x3e, 0x44, 0x41, 0xac, 0, 0, 0x3f];
+        let ack = [
+            0x0c, 0x00, 0x80, 0, 1, 0x19, 0x55, 0x3e, 0x44, 0x41, 0xac, 0, 0, 0x3f,
+        ];
         let (o, p, v) = decode_read_property_ack(&ack).unwrap();
         assert_eq!((o, p, v), (AV1, PV, AppValue::Real(21.5)));
         assert_eq!(&read_property(AV1, PV)[..], &ack[..7]);
@@ -399,8 +417,20 @@ mod tests {
         assert_eq!(r[1].2, Err((2, 32)));
         assert_eq!(error_text(2, 32), "property: unknown-property");
         assert!(decode_rpm_ack(&w.buf[..w.buf.len() - 1]).is_err());
-        let req = read_property_multiple(&[(AV1, vec![PV, PropRef { property: 77, index: None }])]);
-        assert_eq!(req, [0x0c, 0x00, 0x80, 0, 1, 0x1e, 0x09, 0x55, 0x09, 0x4d, 0x1f]);
+        let req = read_property_multiple(&[(
+            AV1,
+            vec![
+                PV,
+                PropRef {
+                    property: 77,
+                    index: None,
+                },
+            ],
+        )]);
+        assert_eq!(
+            req,
+            [0x0c, 0x00, 0x80, 0, 1, 0x1e, 0x09, 0x55, 0x09, 0x4d, 0x1f]
+        );
     }
 
     #[test]
@@ -428,6 +458,9 @@ mod tests {
         };
         assert_eq!(decode_cov_notification(&cov_notification(&n)).unwrap(), n);
         let s = subscribe_cov(3, AV1, true, Some(300));
-        assert_eq!(s, [0x09, 3, 0x1c, 0x00, 0x80, 0, 1, 0x29, 1, 0x3a, 0x01, 0x2c]);
+        assert_eq!(
+            s,
+            [0x09, 3, 0x1c, 0x00, 0x80, 0, 1, 0x29, 1, 0x3a, 0x01, 0x2c]
+        );
     }
 }

@@ -124,7 +124,9 @@ impl<'a> Reader<'a> {
                 number,
                 kind: TagKind::Open,
             } if number == n => Ok(()),
-            t => Err(DecodeError::new(format!("expected opening tag {n}, got {t:?}"))),
+            t => Err(DecodeError::new(format!(
+                "expected opening tag {n}, got {t:?}"
+            ))),
         }
     }
     /// Expects a closing tag `n`.
@@ -134,7 +136,9 @@ impl<'a> Reader<'a> {
                 number,
                 kind: TagKind::Close,
             } if number == n => Ok(()),
-            t => Err(DecodeError::new(format!("expected closing tag {n}, got {t:?}"))),
+            t => Err(DecodeError::new(format!(
+                "expected closing tag {n}, got {t:?}"
+            ))),
         }
     }
     /// True when the next tag is context tag `n` (primitive, opening or closing).
@@ -156,7 +160,9 @@ impl<'a> Reader<'a> {
                 number,
                 kind: TagKind::Context(len),
             } if number == n => self.take(len),
-            t => Err(DecodeError::new(format!("expected context tag {n}, got {t:?}"))),
+            t => Err(DecodeError::new(format!(
+                "expected context tag {n}, got {t:?}"
+            ))),
         }
     }
     /// Context tag `n` as an unsigned.
@@ -375,7 +381,9 @@ fn object_id(b: &[u8]) -> Result<ObjectId, DecodeError> {
     if b.len() != 4 {
         return Err(DecodeError::new("object identifier is not 4 bytes"));
     }
-    Ok(ObjectId::from_u32(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    Ok(ObjectId::from_u32(u32::from_be_bytes([
+        b[0], b[1], b[2], b[3],
+    ])))
 }
 
 /// Decodes the contents of application tag `number`.
@@ -446,7 +454,11 @@ pub fn decode_app(number: u8, b: &[u8]) -> Result<AppValue, DecodeError> {
             let a: [u8; 4] = b
                 .try_into()
                 .map_err(|_| DecodeError::new("Date is not 4 bytes"))?;
-            let year = if a[0] == 255 { 255 } else { 1900 + u16::from(a[0]) };
+            let year = if a[0] == 255 {
+                255
+            } else {
+                1900 + u16::from(a[0])
+            };
             AppValue::Date(year, a[1], a[2], a[3])
         }
         11 => {
@@ -665,7 +677,9 @@ mod tests {
         round(AppValue::Real(21.5));
         round(AppValue::Double(-1.25));
         round(AppValue::Octets(vec![1, 2, 3, 4, 5, 6]));
-        round(AppValue::Text("héllo, a longer string over 254 bytes? no".into()));
+        round(AppValue::Text(
+            "héllo, a longer string over 254 bytes? no".into(),
+        ));
         round(AppValue::Text("x".repeat(300)));
         round(AppValue::Bits(vec![false, true, false, false]));
         round(AppValue::Bits(vec![true; 9]));
