@@ -113,7 +113,7 @@ fn parse_ip_port(s: &str) -> Result<SocketAddrV4, String> {
 
 fn parse_mac(s: &str) -> Result<Vec<u8>, String> {
     if let Some(h) = s.strip_prefix("0x") {
-        if h.is_empty() || h.len() % 2 != 0 || !h.is_ascii() {
+        if h.is_empty() || !h.len().is_multiple_of(2) || !h.is_ascii() {
             return Err(format!("{s:?} is not a hex MAC"));
         }
         return (0..h.len())

@@ -18,8 +18,8 @@ fn binary(v: &Json) -> Option<u32> {
     match v {
         Json::Bool(b) => Some(u32::from(*b)),
         Json::Number(n) => match n.as_f64() {
-            Some(x) if x == 0.0 => Some(0),
-            Some(x) if x == 1.0 => Some(1),
+            Some(x) if x.abs() < f64::EPSILON => Some(0),
+            Some(x) if (x - 1.0).abs() < f64::EPSILON => Some(1),
             _ => None,
         },
         Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
