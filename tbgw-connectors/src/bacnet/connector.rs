@@ -1144,13 +1144,19 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
             }
         }
         // Poll what COV does not cover (everything on the first poll, to learn the
-        // properties a key expression needs).
-        let skip = if first_poll {
+        // properties a key expression needs). When COV covers every object, everything is
+        // still polled: that is how a device that went away (and lost its subscriptions)
+        // is noticed.
+        let mut skip = if first_poll {
             HashSet::new()
         } else {
             covered.clone()
         };
-        let wanted = wanted_of(&points, &skip);
+        let mut wanted = wanted_of(&points, &skip);
+        if wanted.is_empty() && !skip.is_empty() {
+            skip.clear();
+            wanted = wanted_of(&points, &skip);
+        }
         if wanted.is_empty() {
             first_poll = false;
             continue;
