@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "address": format!("127.0.0.1:{cov_port}"), "pollPeriod": 3_600_000,
         "subscribeCov": true,
         "timeseries": [{"key": "setpoint", "objectType": "analogOutput", "objectId": 1}],
-        "serverSideRpc": [{"method": "set", "requestType": "writeProperty", "objectType": "analogOutput",
+        "serverSideRpc": [{"method": "write_setpoint", "requestType": "writeProperty", "objectType": "analogOutput",
                            "objectId": 1, "propertyId": "presentValue", "priority": 8}]
     }));
     let spec = ConnectorSpec {
@@ -124,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .send(Downlink::Rpc(RpcRequest {
                     device: Some("cov".into()),
                     id: 1,
-                    method: "set".into(),
+                    method: "write_setpoint".into(),
                     params: json!(setpoint),
                     responder,
                 }))
