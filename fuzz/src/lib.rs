@@ -449,3 +449,27 @@ pub fn eval_expr(data: &[u8]) {
     }
     let _ = e.names();
 }
+
+/// The BACnet/IP decoders: BVLC, NPDU, APDU and the service data of every service the
+/// connector decodes, plus the value conversion of whatever decoded.
+pub fn bacnet_apdu(data: &[u8]) {
+    use tbgw_connectors::bacnet::proto::{self, frame, services, tags};
+    let _ = proto::decode_all(data);
+    // The bytes as bare service data and tag streams too (most inputs fail the BVLC check).
+    let _ = frame::decode_apdu(data);
+    let _ = services::decode_rpm_ack(data);
+    let _ = services::decode_read_property_ack(data);
+    let _ = services::decode_cov_notification(data);
+    let _ = services::decode_i_am(data);
+    let mut r = tags::Reader::new(data);
+    while !r.is_empty() {
+        match r.app_value() {
+            Ok(v) => {
+                let _ = tbgw_connectors::bacnet::uplink::to_value(&v).to_json();
+            }
+            Err(_) => break,
+        }
+    }
+    let mut r = tags::Reader::new(data);
+    while !r.is_empty() && r.skip().is_ok() {}
+}

@@ -17,12 +17,15 @@
 //! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
 //! | `ocpp` | `ocpp` | `ocpp` |
 //! | `odbc` | `odbc` | `odbc` |
+//! | `bacnet` | `bacnet` | `bacnet` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
 //! # let _ = gateway_builder;
 //! ```
 
+#[cfg(feature = "bacnet")]
+pub mod bacnet;
 #[cfg(any(
     feature = "mqtt",
     feature = "request",
@@ -124,5 +127,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(ocpp::OcppFactory::new()));
     #[cfg(feature = "odbc")]
     v.push(Box::new(odbc::OdbcFactory::new()));
+    #[cfg(feature = "bacnet")]
+    v.push(Box::new(bacnet::BacnetFactory::new()));
     v
 }
