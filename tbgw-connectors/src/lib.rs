@@ -14,6 +14,7 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
+//! | `s7` | `s7` | `s7` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -45,6 +46,8 @@ pub mod rest;
 pub mod snmp;
 #[cfg(feature = "socket")]
 pub mod socket;
+#[cfg(feature = "s7")]
+pub mod s7;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -58,7 +61,7 @@ struct ReadmeDoctests;
 /// is off gets a precise error.
 pub const ALL_CONNECTOR_TYPES: &[&str] = &[
     "mqtt", "modbus", "opcua", "ble", "request", "can", "bacnet", "odbc", "rest", "snmp", "ftp",
-    "socket", "xmpp", "ocpp", "knx",
+    "socket", "xmpp", "ocpp", "knx", "s7",
 ];
 
 /// A factory for every connector compiled into this build.
@@ -111,5 +114,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(
         socket::SocketFactory::new().with_converters(converters.clone()),
     ));
+    #[cfg(feature = "s7")]
+    v.push(Box::new(s7::S7Factory::new()));
     v
 }
