@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= warmup {
-            window = Some((now, cpu_ticks(me), polls, values, stats.messages_received()));
+            window = Some((now, cpu_ticks(me), polls, values, stats.stats().messages_received()));
         }
         if now >= end {
             break;
@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n_polls as f64 / elapsed,
         1000.0 / period as f64,
         (values - values0) as f64 / elapsed,
-        (stats.messages_received() - req0) as f64 / n_polls.max(1) as f64
+        (stats.stats().messages_received() - req0) as f64 / n_polls.max(1) as f64
     );
     println!(
         "  CPU {cpu:.1} % of one core, RSS {} kB (peak {} kB)",
@@ -98,8 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  errors {}, convert errors {}",
-        stats.errors(),
-        stats.convert_errors()
+        stats.stats().errors(),
+        stats.stats().convert_errors()
     );
     ends.cancel.cancel();
     let _ = run.await;

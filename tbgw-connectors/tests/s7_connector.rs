@@ -352,6 +352,11 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
         json!({"result": 1234})
     );
     c.update("LOGO", "lightLevel", json!(-5)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.read(1, 30, 2).await != (-5i16).to_be_bytes() {
+        assert!(tokio::time::Instant::now() < deadline, "lightLevel not written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     c.rpc(Some("LOGO"), "setLight", json!(7)).await;
     assert_eq!(server.read(1, 30, 2).await, 7i16.to_be_bytes());
     // A connector RPC names the device and the address in its params.

@@ -140,7 +140,7 @@ impl DataType {
         };
         let a = arr(need.min(8));
         Ok(match self {
-            DataType::Bool => json!(b[0] >> (bit & 7) & 1 == 1),
+            DataType::Bool => json!((b[0] >> (bit & 7)) & 1 == 1),
             DataType::Byte => json!(b[0]),
             DataType::SInt => json!(b[0] as i8),
             DataType::Int => json!(i16::from_be_bytes([a[0], a[1]])),

@@ -74,7 +74,8 @@ impl Client {
         let r = c.take_ref();
         c.send(&proto::setup_request(r, OFFERED_PDU)).await?;
         let f = c.recv().await?;
-        c.pdu = proto::parse_setup_response(f, r)?.min(OFFERED_PDU);
+        let pdu = proto::parse_setup_response(f, r)?;
+        c.pdu = pdu.min(OFFERED_PDU);
         Ok(c)
     }
 

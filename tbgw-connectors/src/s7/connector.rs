@@ -131,7 +131,7 @@ pub(crate) fn address(p: &PointConfig) -> Result<Address, (String, String)> {
         None if p.db_number.is_some() => "data".into(),
         None => return Err(("type".into(), "missing; expected tag, data or vm".into())),
     };
-    match kind.as_str() {
+    let addr = match kind.as_str() {
         "tag" => {
             let t = p
                 .tag
@@ -165,7 +165,18 @@ pub(crate) fn address(p: &PointConfig) -> Result<Address, (String, String)> {
             "type".into(),
             format!("unknown type {other:?}; expected tag, data or vm"),
         )),
-    }
+    };
+    addr.and_then(|a| {
+        // Bit addresses on the wire have 24 bits.
+        if u64::from(a.start) + u64::from(a.len) > 0x20_0000 {
+            Err((
+                "start".into(),
+                format!("byte {} is beyond the S7 address space (2 MiB)", a.start),
+            ))
+        } else {
+            Ok(a)
+        }
+    })
 }
 
 impl S7Connector {
@@ -391,7 +402,7 @@ struct DeviceTask {
     uplink: UplinkSender,
     stats: ConnectorCounters,
     client: Option<Client>,
-    plan: Option<Plan>,
+    plan: Option<(u16, Arc<Plan>)>,
     announced: bool,
     once: LogOnce,
     backoff: Backoff,
@@ -426,10 +437,10 @@ impl DeviceTask {
             Ok(c) => {
                 tracing::info!(connector = %self.connector, device = %d.name, host = %d.host, port = d.port, pdu = c.pdu_size(), "Connected to the S7 device.");
                 let pdu = c.pdu_size();
-                if self.plan.is_none() {
+                if self.plan.as_ref().is_none_or(|(p, _)| *p != pdu) {
                     let plan = Plan::new(&self.spans(), pdu);
                     tracing::debug!(connector = %self.connector, device = %d.name, requests = plan.request_count(), tags = d.points.len(), "Read plan.");
-                    self.plan = Some(plan);
+                    self.plan = Some((pdu, Arc::new(plan)));
                 }
                 self.client = Some(c);
                 self.failures = 0;
@@ -494,7 +505,7 @@ impl DeviceTask {
     }
 
     async fn poll(&mut self) {
-        let (Some(plan), Some(_)) = (self.plan.clone(), self.client.as_ref()) else {
+        let (Some((_, plan)), Some(_)) = (self.plan.clone(), self.client.as_ref()) else {
             return;
         };
         let mut bufs = plan.buffers();
@@ -573,12 +584,8 @@ impl DeviceTask {
     }
 
     async fn job(&mut self, job: Job) {
-        let unreachable = || {
-            JobError::Unreachable(format!(
-                "the S7 device {} is not connected",
-                self.d.name
-            ))
-        };
+        let offline = format!("the S7 device {} is not connected", self.d.name);
+        let unreachable = || JobError::Unreachable(offline.clone());
         match job {
             Job::Read(addr, tx) => {
                 let Some(c) = self.client.as_mut() else {

@@ -70,7 +70,7 @@ impl Plan {
                 Some(b)
                     if b.area == s.area
                         && b.db == s.db
-                        && s.start <= b.start + b.len + GAP =>
+                        && s.start <= b.start.saturating_add(b.len).saturating_add(GAP) =>
                 {
                     b.len = b.len.max(end - b.start);
                 }
