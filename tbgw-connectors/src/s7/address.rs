@@ -391,12 +391,16 @@ fn tod(ms: u32) -> String {
     }
 }
 
-/// Upstream's `str_to_bool` plus numbers: `true`/`false`, 1/0, `"true"`, `"1"`, `"on"`,
-/// `"yes"` (and their opposites).
+/// Upstream's `str_to_bool`: `true`/`false`, 1/0, `"true"`, `"1"`, `"on"`, `"yes"`, `"y"`,
+/// `"t"` (and their opposites), in any case.
 pub fn to_bool(v: &Json) -> Result<bool, String> {
     match v {
         Json::Bool(b) => Ok(*b),
-        Json::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
+        Json::Number(n) => match n.as_u64() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            _ => Err(format!("{n} is not a boolean (0 or 1)")),
+        },
         Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "on" | "yes" | "y" | "t" => Ok(true),
             "false" | "0" | "off" | "no" | "n" | "f" => Ok(false),
