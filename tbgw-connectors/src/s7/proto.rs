@@ -549,7 +549,7 @@ mod tests {
         let r = parse_read_response(&a, 9, 2).unwrap();
         assert_eq!(r[0], Err(ItemError(0x0a)));
         assert_eq!(r[1], Ok(vec![4, 5]));
-        assert!(r[0].unwrap_err().to_string().contains("does not exist"));
+        assert!(r[0].as_ref().unwrap_err().to_string().contains("does not exist"));
         // Too few items, a whole-request error, a truncated item.
         assert!(parse_read_response(&a, 9, 3).is_err());
         let mut refused = ack_frame(9, &[4, 0], &[]);
