@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(d(DataType::LReal, &55.25f64.to_be_bytes()), json!(55.25));
         assert_eq!(d(DataType::Char, b"A"), json!("A"));
         assert_eq!(d(DataType::WChar, &[0x20, 0xac]), json!("€"));
-        assert_eq!(d(DataType::String(20), b"\x14\x05hello\0\0"), json!("hello"));
+        assert_eq!(d(DataType::String(5), b"\x05\x05hello"), json!("hello"));
         assert_eq!(d(DataType::String(3), b"\x03\x09abc"), json!("abc"));
         assert_eq!(d(DataType::FString(6), b"ab  \0\0"), json!("ab"));
         assert_eq!(d(DataType::Time, &(-1500i32).to_be_bytes()), json!(-1.5));

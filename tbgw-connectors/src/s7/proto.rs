@@ -541,7 +541,7 @@ mod tests {
             0xff, 4, 0, 16, 4, 5,
         ];
         let a = ack_frame(9, &[4, 2], &data);
-        assert_eq!(a.len() - 7, read_response_size([3, 2]) - 1);
+        assert_eq!(a.len() - 7, read_response_size([3, 2]));
         let r = parse_read_response(&a, 9, 2).unwrap();
         assert_eq!(r, vec![Ok(vec![1, 2, 3]), Ok(vec![4, 5])]);
         // An item error.
