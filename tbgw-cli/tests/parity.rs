@@ -2264,18 +2264,21 @@ fn s7_json(port: u16) -> Value {
 /// The python-snap7 server of `tbgw-connectors/tests/peers/s7_server.py` on a free port.
 async fn s7_server() -> (u16, tbgw::test_util::PythonPeer) {
     let port = tbgw::test_util::free_tcp_port();
-    let mut peer = tbgw::test_util::PythonPeer::spawn([
-        s7_script(),
-        "serve".into(),
-        port.to_string(),
-    ])
-    .expect("the S7 server starts (pip install python-snap7==2.1.0)");
-    peer.wait_output("ready", WAIT).await.expect("the S7 server is ready");
+    let mut peer =
+        tbgw::test_util::PythonPeer::spawn([s7_script(), "serve".into(), port.to_string()])
+            .expect("the S7 server starts (pip install python-snap7==2.1.0)");
+    peer.wait_output("ready", WAIT)
+        .await
+        .expect("the S7 server is ready");
     (port, peer)
 }
 
 fn s7_script() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../tbgw-connectors/tests/peers/s7_server.py").into()
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tbgw-connectors/tests/peers/s7_server.py"
+    )
+    .into()
 }
 
 #[tokio::test]
@@ -2296,8 +2299,14 @@ async fn s7_connector_matches_upstream() {
             (r"bytearray(b'\\x01')", "true"),
             // A `data`-form BOOL write: upstream writes the whole byte from zeros (bits 1 and 2
             // are cleared), tbgw writes the bit.
-            ("DB1 byte 0 after setRelay: 01", "DB1 byte 0 after setRelay: 07"),
-            ("telemetry \"S7 PLC\" bit1 false", "telemetry \"S7 PLC\" bit1 true"),
+            (
+                "DB1 byte 0 after setRelay: 01",
+                "DB1 byte 0 after setRelay: 07",
+            ),
+            (
+                "telemetry \"S7 PLC\" bit1 false",
+                "telemetry \"S7 PLC\" bit1 true",
+            ),
         ],
         |s: Arc<Side>| async move {
             until(&s.tb, "the polled values", |f| {
@@ -2321,7 +2330,14 @@ async fn s7_connector_matches_upstream() {
                 until(&s.tb, &want, |f| has(f, &want)).await?;
             }
             let out = tokio::process::Command::new(tbgw::test_util::peers_python())
-                .args([s7_script(), "read".into(), port_of(s.which).to_string(), "1".into(), "0".into(), "1".into()])
+                .args([
+                    s7_script(),
+                    "read".into(),
+                    port_of(s.which).to_string(),
+                    "1".into(),
+                    "0".into(),
+                    "1".into(),
+                ])
                 .output()
                 .await
                 .map_err(|e| e.to_string())?;

@@ -62,7 +62,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= warmup {
-            window = Some((now, cpu_ticks(me), polls, values, stats.stats().messages_received()));
+            window = Some((
+                now,
+                cpu_ticks(me),
+                polls,
+                values,
+                stats.stats().messages_received(),
+            ));
         }
         if now >= end {
             break;

@@ -42,12 +42,12 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "s7")]
+pub mod s7;
 #[cfg(feature = "snmp")]
 pub mod snmp;
 #[cfg(feature = "socket")]
 pub mod socket;
-#[cfg(feature = "s7")]
-pub mod s7;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;

@@ -54,7 +54,11 @@ impl S7Server {
             .output()
             .await
             .expect("python runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let hex = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (0..hex.len())
             .step_by(2)
@@ -279,7 +283,10 @@ async fn a_thousand_tags_take_a_few_requests_per_poll() {
     let d = c.next_of("big").await;
     assert_eq!(value(&d, "t0"), Some(Value::Float(0.0)));
     assert_eq!(value(&d, "t999"), Some(Value::Float(999.0)));
-    assert_eq!(d.telemetry.iter().map(|e| e.values.len()).sum::<usize>(), 1000);
+    assert_eq!(
+        d.telemetry.iter().map(|e| e.values.len()).sum::<usize>(),
+        1000
+    );
     // 4,000 bytes: 9 requests with a 480-byte PDU, 5 with 960 (upstream: 1,000).
     let requests = c.stats.stats().messages_received();
     assert!((1..=9).contains(&requests), "{requests} requests");
@@ -310,18 +317,29 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
     c.update("S7 PLC", "setpoint", json!(42.5)).await;
     c.update("S7 PLC", "unmapped", json!(1)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.read(1, 20, 4).await != 42.5f32.to_be_bytes() || server.read(1, 0, 1).await != [0b110] {
-        assert!(tokio::time::Instant::now() < deadline, "attribute updates not written");
+    while server.read(1, 20, 4).await != 42.5f32.to_be_bytes()
+        || server.read(1, 0, 1).await != [0b110]
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attribute updates not written"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Reserved get/set in the three forms.
     assert_eq!(
-        c.rpc(Some("S7 PLC"), "set", json!("type=tag;tag=DB1.DBW2:INT;value=-77;")).await["result"],
+        c.rpc(
+            Some("S7 PLC"),
+            "set",
+            json!("type=tag;tag=DB1.DBW2:INT;value=-77;")
+        )
+        .await["result"],
         json!("Successfully wrote value -77 to device S7 PLC for RPC method set")
     );
     assert_eq!(server.read(1, 2, 2).await, (-77i16).to_be_bytes());
     assert_eq!(
-        c.rpc(Some("S7 PLC"), "get", json!("type=tag;tag=DB1.DBW2:INT;")).await,
+        c.rpc(Some("S7 PLC"), "get", json!("type=tag;tag=DB1.DBW2:INT;"))
+            .await,
         json!({"result": -77})
     );
     assert_eq!(
@@ -344,8 +362,12 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
         .await,
         json!({"result": 99})
     );
-    c.rpc(Some("LOGO"), "set", json!("type=vm;vmAddress=VW30;value=1234;"))
-        .await;
+    c.rpc(
+        Some("LOGO"),
+        "set",
+        json!("type=vm;vmAddress=VW30;value=1234;"),
+    )
+    .await;
     assert_eq!(server.read(1, 30, 2).await, 1234i16.to_be_bytes());
     assert_eq!(
         c.rpc(Some("LOGO"), "getLight", Json::Null).await,
@@ -354,7 +376,10 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
     c.update("LOGO", "lightLevel", json!(-5)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.read(1, 30, 2).await != (-5i16).to_be_bytes() {
-        assert!(tokio::time::Instant::now() < deadline, "lightLevel not written");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lightLevel not written"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.rpc(Some("LOGO"), "setLight", json!(7)).await;
@@ -372,10 +397,28 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
     // Errors: schema mismatch, unknown method, a value of the wrong type, no such DB.
     let r = c.rpc(Some("S7 PLC"), "get", json!("type=tag;")).await;
     assert_eq!(r["code"], json!(400), "{r}");
-    assert!(r["error"].as_str().unwrap().contains("does not match with the schema"));
-    assert_eq!(c.rpc(Some("S7 PLC"), "nope", Json::Null).await["code"], json!(404));
-    assert_eq!(c.rpc(Some("S7 PLC"), "set", json!("type=tag;tag=DB1.DBW2:INT;value=x;")).await["code"], json!(400));
-    assert_eq!(c.rpc(Some("S7 PLC"), "get", json!("type=tag;tag=DB9.DBW2:INT;")).await["code"], json!(500));
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .contains("does not match with the schema"));
+    assert_eq!(
+        c.rpc(Some("S7 PLC"), "nope", Json::Null).await["code"],
+        json!(404)
+    );
+    assert_eq!(
+        c.rpc(
+            Some("S7 PLC"),
+            "set",
+            json!("type=tag;tag=DB1.DBW2:INT;value=x;")
+        )
+        .await["code"],
+        json!(400)
+    );
+    assert_eq!(
+        c.rpc(Some("S7 PLC"), "get", json!("type=tag;tag=DB9.DBW2:INT;"))
+            .await["code"],
+        json!(500)
+    );
     // The polled values follow (records polled before the writes may still be queued).
     loop {
         let d = c.next_of("S7 PLC").await;
@@ -430,21 +473,33 @@ async fn a_malformed_answer_is_counted_and_the_connection_renewed() {
     let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let _ = accepted_tx.send(());
             tokio::spawn(async move {
                 let _ = read_frame(&mut s).await;
-                s.write_all(&[3, 0, 0, 11, 6, 0xd0, 0, 1, 0, 1, 0]).await.unwrap();
-                let Some(f) = read_frame(&mut s).await else { return };
-                let r = [f[11], f[12]];
-                s.write_all(&[3, 0, 0, 27, 2, 0xf0, 0x80, 0x32, 3, 0, 0, r[0], r[1], 0, 8, 0, 0, 0, 0, 0xf0, 0, 0, 1, 0, 1, 0, 240])
+                s.write_all(&[3, 0, 0, 11, 6, 0xd0, 0, 1, 0, 1, 0])
                     .await
                     .unwrap();
+                let Some(f) = read_frame(&mut s).await else {
+                    return;
+                };
+                let r = [f[11], f[12]];
+                s.write_all(&[
+                    3, 0, 0, 27, 2, 0xf0, 0x80, 0x32, 3, 0, 0, r[0], r[1], 0, 8, 0, 0, 0, 0, 0xf0,
+                    0, 0, 1, 0, 1, 0, 240,
+                ])
+                .await
+                .unwrap();
                 while let Some(f) = read_frame(&mut s).await {
                     let r = [f[11], f[12]];
                     // ReadVar answer claiming 3 items, with one.
                     let _ = s
-                        .write_all(&[3, 0, 0, 25, 2, 0xf0, 0x80, 0x32, 3, 0, 0, r[0], r[1], 0, 2, 0, 4, 0, 0, 4, 3, 0xff, 4, 0, 0])
+                        .write_all(&[
+                            3, 0, 0, 25, 2, 0xf0, 0x80, 0x32, 3, 0, 0, r[0], r[1], 0, 2, 0, 4, 0,
+                            0, 4, 3, 0xff, 4, 0, 0,
+                        ])
                         .await;
                 }
             });
@@ -452,7 +507,10 @@ async fn a_malformed_answer_is_counted_and_the_connection_renewed() {
     });
     let c = start(json!({"devices": [plc(port, 50)]}));
     for _ in 0..2 {
-        tokio::time::timeout(WAIT, accepted.recv()).await.expect("a connection").unwrap();
+        tokio::time::timeout(WAIT, accepted.recv())
+            .await
+            .expect("a connection")
+            .unwrap();
     }
     assert!(c.stats.stats().convert_errors() >= 1);
     c.stop().await;
@@ -474,20 +532,43 @@ fn upstream_sample_builds() {
 fn config_errors_name_the_key_path() {
     let cases = [
         (json!({"devices": []}), "devices"),
-        (json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "slot": 1}]}), "devices[0].rack"),
-        (json!({"devices": [{"type": "X", "address": "h", "deviceName": "d"}]}), "devices[0].type"),
-        (json!({"devices": [{"type": "LOGO", "address": "h", "deviceName": "d", "tsapSnap7": "zz", "tsapLogo": 1}]}), "devices[0].tsapSnap7"),
-        (json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
-            "timeseries": [{"type": "tag", "key": "k", "tag": "DB1.DBQ2:INT"}]}]}), "devices[0].timeseries[0].tag"),
-        (json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
-            "attributes": [{"type": "data", "key": "k", "dbNumber": 1, "dataType": "real"}]}]}), "devices[0].attributes[0].start"),
-        (json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
-            "serverSideRpc": [{"method": "m", "requestType": "poke", "type": "vm", "vmAddress": "VW0"}]}]}), "devices[0].serverSideRpc[0].requestType"),
-        (json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1, "retryDelay": -1}]}), "devices[0].retryDelay"),
+        (
+            json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "slot": 1}]}),
+            "devices[0].rack",
+        ),
+        (
+            json!({"devices": [{"type": "X", "address": "h", "deviceName": "d"}]}),
+            "devices[0].type",
+        ),
+        (
+            json!({"devices": [{"type": "LOGO", "address": "h", "deviceName": "d", "tsapSnap7": "zz", "tsapLogo": 1}]}),
+            "devices[0].tsapSnap7",
+        ),
+        (
+            json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
+            "timeseries": [{"type": "tag", "key": "k", "tag": "DB1.DBQ2:INT"}]}]}),
+            "devices[0].timeseries[0].tag",
+        ),
+        (
+            json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
+            "attributes": [{"type": "data", "key": "k", "dbNumber": 1, "dataType": "real"}]}]}),
+            "devices[0].attributes[0].start",
+        ),
+        (
+            json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1,
+            "serverSideRpc": [{"method": "m", "requestType": "poke", "type": "vm", "vmAddress": "VW0"}]}]}),
+            "devices[0].serverSideRpc[0].requestType",
+        ),
+        (
+            json!({"devices": [{"type": "PLC", "address": "h", "deviceName": "d", "rack": 0, "slot": 1, "retryDelay": -1}]}),
+            "devices[0].retryDelay",
+        ),
     ];
     for (config, key) in cases {
         let mut ignored = Vec::new();
-        let e = match S7Factory::new().build(&spec(config.clone(), Path::new("s7.json")), &mut ignored) {
+        let e = match S7Factory::new()
+            .build(&spec(config.clone(), Path::new("s7.json")), &mut ignored)
+        {
             Ok(_) => panic!("{config} accepted"),
             Err(e) => e.to_string(),
         };

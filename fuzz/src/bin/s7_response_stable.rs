@@ -48,7 +48,21 @@ fn mutated_answer(rng: &mut Rng) -> Vec<u8> {
     };
     let s7_len = 12 + params.len() + data.len();
     let total = 7 + s7_len;
-    let mut f = vec![3, 0, (total >> 8) as u8, total as u8, 2, 0xf0, 0x80, 0x32, 3, 0, 0, 0, 1];
+    let mut f = vec![
+        3,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        2,
+        0xf0,
+        0x80,
+        0x32,
+        3,
+        0,
+        0,
+        0,
+        1,
+    ];
     f.extend_from_slice(&(params.len() as u16).to_be_bytes());
     f.extend_from_slice(&(data.len() as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);

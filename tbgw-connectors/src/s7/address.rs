@@ -69,7 +69,10 @@ impl DataType {
             if rest.is_empty() {
                 return Some(None);
             }
-            let inner = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(rest);
+            let inner = rest
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .unwrap_or(rest);
             inner.parse().ok().map(Some)
         };
         Some(match n.as_str() {
@@ -116,11 +119,7 @@ impl DataType {
         match self {
             DataType::Bool | DataType::Byte | DataType::SInt | DataType::Char => 1,
             DataType::Int | DataType::UInt | DataType::WChar | DataType::Date => 2,
-            DataType::DInt
-            | DataType::UDInt
-            | DataType::Real
-            | DataType::Time
-            | DataType::Tod => 4,
+            DataType::DInt | DataType::UDInt | DataType::Real | DataType::Time | DataType::Tod => 4,
             DataType::LInt | DataType::ULInt | DataType::LReal | DataType::LTime => 8,
             DataType::String(n) => n + 2,
             DataType::FString(n) | DataType::Raw(n) => n,
@@ -149,9 +148,7 @@ impl DataType {
             DataType::UDInt => json!(u32::from_be_bytes([a[0], a[1], a[2], a[3]])),
             DataType::LInt => json!(i64::from_be_bytes(a)),
             DataType::ULInt => json!(u64::from_be_bytes(a)),
-            DataType::Real => {
-                float(f64::from(f32::from_be_bytes([a[0], a[1], a[2], a[3]])))?
-            }
+            DataType::Real => float(f64::from(f32::from_be_bytes([a[0], a[1], a[2], a[3]])))?,
             DataType::LReal => float(f64::from_be_bytes(a))?,
             DataType::Char => json!(char::from(b[0]).to_string()),
             DataType::WChar => json!(char::from_u32(u32::from(u16::from_be_bytes([a[0], a[1]])))
@@ -159,7 +156,10 @@ impl DataType {
                 .to_string()),
             DataType::String(_) => {
                 let len = usize::from(b[1]).min(b.len() - 2);
-                json!(b[2..2 + len].iter().map(|&c| char::from(c)).collect::<String>())
+                json!(b[2..2 + len]
+                    .iter()
+                    .map(|&c| char::from(c))
+                    .collect::<String>())
             }
             DataType::FString(_) => {
                 let s: String = b.iter().map(|&c| char::from(c)).collect();
@@ -274,8 +274,9 @@ impl DataType {
             DataType::LTime => ((flt()? * 1e9).round() as i64).to_be_bytes().to_vec(),
             DataType::Tod => {
                 let ms = match v {
-                    Json::String(s) if s.contains(':') => parse_tod(s)
-                        .ok_or_else(|| format!("{s:?} is not HH:MM:SS[.fff]"))?,
+                    Json::String(s) if s.contains(':') => {
+                        parse_tod(s).ok_or_else(|| format!("{s:?} is not HH:MM:SS[.fff]"))?
+                    }
                     _ => ranged(0, 86_399_999)? as u32,
                 };
                 ms.to_be_bytes().to_vec()
@@ -283,8 +284,8 @@ impl DataType {
             DataType::Date => {
                 let days = match v {
                     Json::String(s) if s.contains('-') => {
-                        let days = parse_date(s)
-                            .ok_or_else(|| format!("{s:?} is not YYYY-MM-DD"))?;
+                        let days =
+                            parse_date(s).ok_or_else(|| format!("{s:?} is not YYYY-MM-DD"))?;
                         i128::from(days - DAYS_1970_TO_1990)
                     }
                     _ => int()?,
@@ -473,7 +474,8 @@ impl Address {
         let (area, db, (start, bit), ty) = match parts.as_slice() {
             [db, off, ty] if db.starts_with("DB") => (Area::Db, db_no(db)?, offset(off)?, *ty),
             [addr, ty] => {
-                if let Some((db, rest)) = addr.split_once('.').filter(|(d, _)| d.starts_with("DB")) {
+                if let Some((db, rest)) = addr.split_once('.').filter(|(d, _)| d.starts_with("DB"))
+                {
                     let off = if let Some(x) = rest.strip_prefix("DBX") {
                         offset(x)?
                     } else if let Some(x) = ["DBB", "DBW", "DBD"]
@@ -593,7 +595,11 @@ impl Address {
                 return Err(format!("{v} is not a list of {} values", self.count));
             };
             if items.len() != usize::from(self.count) {
-                return Err(format!("{} values, the array has {}", items.len(), self.count));
+                return Err(format!(
+                    "{} values, the array has {}",
+                    items.len(),
+                    self.count
+                ));
             }
             let mut out = Vec::new();
             for i in items {
@@ -619,7 +625,10 @@ mod tests {
     #[test]
     fn tags() {
         let a = Address::from_tag("DB1.DBD204:REAL").unwrap();
-        assert_eq!((a.area, a.db, a.start, a.ty, a.len), (Area::Db, 1, 204, DataType::Real, 4));
+        assert_eq!(
+            (a.area, a.db, a.start, a.ty, a.len),
+            (Area::Db, 1, 204, DataType::Real, 4)
+        );
         let a = Address::from_tag("DB1.DBX0.3:BOOL").unwrap();
         assert_eq!((a.start, a.bit, a.ty), (0, 3, DataType::Bool));
         let a = Address::from_tag("db2:10:int").unwrap();
@@ -684,7 +693,10 @@ mod tests {
         assert_eq!(d(DataType::SInt, &[0xff]), json!(-1));
         assert_eq!(d(DataType::Int, &[0xfb, 0x2e]), json!(-1234));
         assert_eq!(d(DataType::UInt, &[0xfd, 0xe8]), json!(65000));
-        assert_eq!(d(DataType::DInt, &123456789i32.to_be_bytes()), json!(123456789));
+        assert_eq!(
+            d(DataType::DInt, &123456789i32.to_be_bytes()),
+            json!(123456789)
+        );
         assert_eq!(d(DataType::UDInt, &[0xff; 4]), json!(u32::MAX));
         assert_eq!(d(DataType::LInt, &(-5i64).to_be_bytes()), json!(-5));
         assert_eq!(d(DataType::ULInt, &[0xff; 8]), json!(u64::MAX));
@@ -696,13 +708,25 @@ mod tests {
         assert_eq!(d(DataType::String(3), b"\x03\x09abc"), json!("abc"));
         assert_eq!(d(DataType::FString(6), b"ab  \0\0"), json!("ab"));
         assert_eq!(d(DataType::Time, &(-1500i32).to_be_bytes()), json!(-1.5));
-        assert_eq!(d(DataType::LTime, &2_500_000_000i64.to_be_bytes()), json!(2.5));
-        assert_eq!(d(DataType::Tod, &3_723_004u32.to_be_bytes()), json!("1:02:03.004000"));
-        assert_eq!(d(DataType::Tod, &3_600_000u32.to_be_bytes()), json!("1:00:00"));
+        assert_eq!(
+            d(DataType::LTime, &2_500_000_000i64.to_be_bytes()),
+            json!(2.5)
+        );
+        assert_eq!(
+            d(DataType::Tod, &3_723_004u32.to_be_bytes()),
+            json!("1:02:03.004000")
+        );
+        assert_eq!(
+            d(DataType::Tod, &3_600_000u32.to_be_bytes()),
+            json!("1:00:00")
+        );
         assert_eq!(d(DataType::Date, &[0, 1]), json!("1990-01-02"));
         assert_eq!(d(DataType::Raw(2), &[1, 2]), json!([1, 2]));
         assert!(DataType::Real.decode(&[1, 2], 0).is_err());
-        assert!(DataType::Real.decode(&[0x7f, 0xc0, 0, 0], 0).is_err(), "NaN");
+        assert!(
+            DataType::Real.decode(&[0x7f, 0xc0, 0, 0], 0).is_err(),
+            "NaN"
+        );
         let a = Address::from_tag("DB1:0:INT[2]").unwrap();
         assert_eq!(a.decode(&[0, 1, 0, 2]).unwrap(), json!([1, 2]));
         assert!(a.decode(&[0, 1, 0]).is_err());
@@ -736,7 +760,10 @@ mod tests {
             assert_eq!(t.decode(&b, 0).unwrap(), v, "{t:?}");
         }
         assert_eq!(DataType::Int.encode(&json!("12")).unwrap(), vec![0, 12]);
-        assert_eq!(DataType::Real.encode(&json!("1.5")).unwrap(), 1.5f32.to_be_bytes());
+        assert_eq!(
+            DataType::Real.encode(&json!("1.5")).unwrap(),
+            1.5f32.to_be_bytes()
+        );
         assert!(DataType::Byte.encode(&json!(256)).is_err());
         assert!(DataType::Int.encode(&json!(1.5)).is_err());
         assert!(DataType::Int.encode(&json!("x")).is_err());

@@ -140,8 +140,8 @@ impl Client {
 
     /// Reads `len` bytes from `range.start`, in as many requests as the PDU size needs.
     pub async fn read_bytes(&mut self, range: Range) -> Result<Vec<u8>, ClientError> {
-        let max = (usize::from(self.pdu).saturating_sub(proto::read_response_size([0])) & !1)
-            .max(2) as u16;
+        let max = (usize::from(self.pdu).saturating_sub(proto::read_response_size([0])) & !1).max(2)
+            as u16;
         let mut out = Vec::with_capacity(usize::from(range.len));
         let mut off = 0u16;
         while off < range.len {

@@ -101,7 +101,11 @@ fn tsap(file: &Path, path: String, v: Option<&Json>) -> Result<u16, ConfigError>
         None => Err(err("missing; a LOGO needs tsapSnap7 and tsapLogo".into())),
         Some(Json::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .and_then(|n| u16::try_from(n).ok())
             .ok_or_else(|| err(format!("{n} is not a TSAP (0 ..= 65535)"))),
         Some(Json::String(s)) => {
@@ -188,7 +192,12 @@ impl S7Connector {
     ) -> Result<Self, ConfigError> {
         let mut devices = Vec::new();
         for (i, d) in cfg.devices.iter().enumerate() {
-            devices.push(Arc::new(Self::device(file, &format!("devices[{i}]"), d, ignored)?));
+            devices.push(Arc::new(Self::device(
+                file,
+                &format!("devices[{i}]"),
+                d,
+                ignored,
+            )?));
         }
         if devices.is_empty() {
             return Err(ConfigError::new(file, "devices", "no device configured"));
@@ -224,10 +233,18 @@ impl S7Connector {
         let (local_tsap, remote_tsap) = match d.kind.trim().to_ascii_uppercase().as_str() {
             "PLC" => {
                 let rack = d.rack.ok_or_else(|| {
-                    ConfigError::new(file, format!("{p}.rack"), "missing; a PLC needs rack and slot")
+                    ConfigError::new(
+                        file,
+                        format!("{p}.rack"),
+                        "missing; a PLC needs rack and slot",
+                    )
                 })?;
                 let slot = d.slot.ok_or_else(|| {
-                    ConfigError::new(file, format!("{p}.slot"), "missing; a PLC needs rack and slot")
+                    ConfigError::new(
+                        file,
+                        format!("{p}.slot"),
+                        "missing; a PLC needs rack and slot",
+                    )
                 })?;
                 if rack > 7 || slot > 31 {
                     return Err(ConfigError::new(
@@ -258,7 +275,8 @@ impl S7Connector {
             tracing::warn!(file = %file.display(), key = %format!("{p}.pollPeriod"), "pollPeriod {period_ms} is not a positive number of milliseconds; using 10000");
             Duration::from_secs(10)
         };
-        let timeout = secs(file, format!("{p}.timeout"), d.timeout, 5.0)?.max(Duration::from_millis(10));
+        let timeout =
+            secs(file, format!("{p}.timeout"), d.timeout, 5.0)?.max(Duration::from_millis(10));
         let retry_delay = secs(file, format!("{p}.retryDelay"), d.retry_delay, 1.0)?
             .max(Duration::from_millis(10));
         let max_delay = secs(file, format!("{p}.maxDelay"), d.max_delay, 30.0)?.max(retry_delay);
@@ -271,12 +289,8 @@ impl S7Connector {
         let mut overrides = ReportOverrides::default();
         let mut unused = Vec::new();
         if let Some(v) = &d.report_strategy {
-            overrides.device = tbgw::report::parse_strategy(
-                v,
-                file,
-                &format!("{p}.reportStrategy"),
-                &mut unused,
-            )?;
+            overrides.device =
+                tbgw::report::parse_strategy(v, file, &format!("{p}.reportStrategy"), &mut unused)?;
         }
         let point_err = |path: String| {
             move |(k, why): (String, String)| ConfigError::new(file, format!("{path}.{k}"), why)
@@ -519,7 +533,8 @@ impl DeviceTask {
                     plan.store(&mut bufs, i, Ok(&answer));
                 }
                 Err(e) => {
-                    let refused = matches!(e, ClientError::Proto(proto::ProtoError::Refused { .. }));
+                    let refused =
+                        matches!(e, ClientError::Proto(proto::ProtoError::Refused { .. }));
                     let text = self.failed(e).await;
                     if !refused {
                         return;
@@ -608,10 +623,8 @@ impl DeviceTask {
                     }
                     Err(ClientError::Item(e)) => Err(JobError::Device(e.to_string())),
                     Err(e) => {
-                        let unreachable_now = !matches!(
-                            e,
-                            ClientError::Proto(proto::ProtoError::Refused { .. })
-                        );
+                        let unreachable_now =
+                            !matches!(e, ClientError::Proto(proto::ProtoError::Refused { .. }));
                         let text = self.failed(e).await;
                         Err(if unreachable_now {
                             JobError::Unreachable(text)
@@ -745,7 +758,12 @@ impl Handle {
 }
 
 /// Writes each updated attribute that has an `attributeUpdates` entry.
-async fn handle_attribute_update(connector: &str, handles: &[Handle], u: AttributeUpdate, stats: &ConnectorCounters) {
+async fn handle_attribute_update(
+    connector: &str,
+    handles: &[Handle],
+    u: AttributeUpdate,
+    stats: &ConnectorCounters,
+) {
     let Some(h) = handles.iter().find(|h| h.d.name == u.device) else {
         return;
     };
@@ -766,7 +784,14 @@ async fn handle_attribute_update(connector: &str, handles: &[Handle], u: Attribu
 
 /// Runs one read or write and answers in upstream's shape: `{"result": value}` for a read,
 /// `{"result": "Successfully wrote value …"}` for a write.
-async fn answer(h: &Handle, method: &str, write: bool, addr: Address, value: Option<Json>, responder: RpcResponder) {
+async fn answer(
+    h: &Handle,
+    method: &str,
+    write: bool,
+    addr: Address,
+    value: Option<Json>,
+    responder: RpcResponder,
+) {
     if write {
         let Some(v) = value.filter(|v| !v.is_null()) else {
             return responder.err(RpcError::BadRequest(format!(
@@ -832,9 +857,19 @@ async fn handle_rpc(handles: &[Handle], rpc: RpcRequest) {
         };
         let addr = match address(&pc) {
             Ok(a) => a,
-            Err((k, why)) => return responder.err(RpcError::BadRequest(format!("params.{k}: {why}"))),
+            Err((k, why)) => {
+                return responder.err(RpcError::BadRequest(format!("params.{k}: {why}")))
+            }
         };
-        return answer(h, &method, write, addr, params.get("value").cloned(), responder).await;
+        return answer(
+            h,
+            &method,
+            write,
+            addr,
+            params.get("value").cloned(),
+            responder,
+        )
+        .await;
     }
     if method == "get" || method == "set" {
         let r = match downlink::reserved(&method, &params) {
@@ -878,10 +913,13 @@ impl Connector for S7Connector {
                 last_io: Instant::now(),
             };
             let c = cancel.clone();
-            cx.spawn(format!("device {} ({}:{})", d.name, d.host, d.port), async move {
-                task.run(rx, c).await;
-                Ok(())
-            });
+            cx.spawn(
+                format!("device {} ({}:{})", d.name, d.host, d.port),
+                async move {
+                    task.run(rx, c).await;
+                    Ok(())
+                },
+            );
             handles.push(Handle { d: d.clone(), tx });
         }
         let handles: Arc<[Handle]> = handles.into();

@@ -21,7 +21,11 @@ const SET_SCHEMA: &str = "type=tag;tag=<S7 tag address>;value=<value>; OR type=d
 /// Parses the params of `get` or `set`: a `key=value;` string (upstream's form) or an
 /// object with the same keys.
 pub fn reserved(method: &str, params: &Json) -> Result<Reserved, String> {
-    let schema = if method == "set" { SET_SCHEMA } else { GET_SCHEMA };
+    let schema = if method == "set" {
+        SET_SCHEMA
+    } else {
+        GET_SCHEMA
+    };
     let mismatch = || format!("The requested RPC does not match with the schema: {schema}");
     let mut map = Map::new();
     match params {
@@ -67,7 +71,8 @@ pub fn reserved(method: &str, params: &Json) -> Result<Reserved, String> {
                 && (method == "set" || map.contains_key("size")) => {}
         _ => return Err(mismatch()),
     }
-    let point: PointConfig = serde_json::from_value(Json::Object(map)).map_err(|e| format!("{}: {e}", mismatch()))?;
+    let point: PointConfig =
+        serde_json::from_value(Json::Object(map)).map_err(|e| format!("{}: {e}", mismatch()))?;
     Ok(Reserved {
         point,
         value: if method == "set" { value } else { None },
@@ -91,7 +96,10 @@ mod tests {
             &json!("type=data;dbNumber=1;start=8;dataType=real;size=4;"),
         )
         .unwrap();
-        assert_eq!((r.point.db_number, r.point.start, r.point.size), (Some(1), Some(8), Some(4)));
+        assert_eq!(
+            (r.point.db_number, r.point.start, r.point.size),
+            (Some(1), Some(8), Some(4))
+        );
         let r = reserved(
             "set",
             &json!("type=data;dbNumber=1;start=0;dataType=bool;bit=3;value=1;"),
@@ -110,7 +118,10 @@ mod tests {
             ("get", json!("tag=DB1.DBW2:INT;")),
             ("get", json!("type=foo;tag=x;")),
             ("get", json!("type=data;dbNumber=1;start=0;dataType=int;")),
-            ("get", json!("type=data;dbNumber=x;start=0;dataType=int;size=2;")),
+            (
+                "get",
+                json!("type=data;dbNumber=x;start=0;dataType=int;size=2;"),
+            ),
             ("set", json!("type=tag;tag=DB1.DBW2:INT;")),
             ("get", json!(5)),
             ("get", json!("garbage")),

@@ -150,7 +150,11 @@ impl Plan {
     /// Empty buffers for one poll.
     pub fn buffers(&self) -> Buffers {
         Buffers {
-            data: self.blocks.iter().map(|b| vec![0; b.len as usize]).collect(),
+            data: self
+                .blocks
+                .iter()
+                .map(|b| vec![0; b.len as usize])
+                .collect(),
             failed: vec![Vec::new(); self.blocks.len()],
         }
     }
@@ -195,10 +199,7 @@ impl Plan {
     pub fn tag<'a>(&self, bufs: &'a Buffers, i: usize) -> Result<&'a [u8], String> {
         let &(b, off, len) = self.tags.get(i).ok_or("no such tag")?;
         let end = off + u32::from(len);
-        if let Some((_, _, e)) = bufs.failed[b]
-            .iter()
-            .find(|(f, t, _)| *f < end && off < *t)
-        {
+        if let Some((_, _, e)) = bufs.failed[b].iter().find(|(f, t, _)| *f < end && off < *t) {
             return Err(e.clone());
         }
         bufs.data[b]
@@ -222,7 +223,12 @@ mod tests {
 
     #[test]
     fn neighbours_merge_and_far_tags_do_not() {
-        let spans = [span(1, 204, 4), span(1, 200, 4), span(1, 0, 1), span(2, 0, 2)];
+        let spans = [
+            span(1, 204, 4),
+            span(1, 200, 4),
+            span(1, 0, 1),
+            span(2, 0, 2),
+        ];
         let p = Plan::new(&spans, 480);
         assert_eq!(p.request_count(), 1);
         let reqs: Vec<_> = p.requests().collect();
@@ -273,11 +279,7 @@ mod tests {
         let spans = [span(1, 0, 2), span(5, 0, 2)];
         let p = Plan::new(&spans, 480);
         let mut bufs = p.buffers();
-        p.store(
-            &mut bufs,
-            0,
-            Ok(&[Ok(vec![1, 2]), Err(ItemError(0x0a))]),
-        );
+        p.store(&mut bufs, 0, Ok(&[Ok(vec![1, 2]), Err(ItemError(0x0a))]));
         assert_eq!(p.tag(&bufs, 0).unwrap(), &[1, 2]);
         assert!(p.tag(&bufs, 1).unwrap_err().contains("does not exist"));
         let mut bufs = p.buffers();

@@ -182,8 +182,12 @@ pub fn check_connect_confirm(frame: &[u8]) -> Result<(), ProtoError> {
     let payload = tpkt_payload(frame)?;
     match payload.get(1) {
         Some(0xd0) => Ok(()),
-        Some(0x80) => bad("the PLC refused the connection (COTP disconnect request; wrong rack, slot or TSAP?)"),
-        Some(t) => bad(format!("expected a COTP connection confirm, got TPDU type 0x{t:02x}")),
+        Some(0x80) => bad(
+            "the PLC refused the connection (COTP disconnect request; wrong rack, slot or TSAP?)",
+        ),
+        Some(t) => bad(format!(
+            "expected a COTP connection confirm, got TPDU type 0x{t:02x}"
+        )),
         None => bad("empty COTP TPDU"),
     }
 }
@@ -253,16 +257,19 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// Parses an acknowledgement (ROSCTR 3, or 2) to the job `pdu_ref`.
 fn ack(frame: &[u8], pdu_ref: u16) -> Result<Ack<'_>, ProtoError> {
     let p = tpkt_payload(frame)?;
-    let li = usize::from(*p.first().ok_or(ProtoError::Malformed("empty COTP".into()))?);
+    let li = usize::from(
+        *p.first()
+            .ok_or(ProtoError::Malformed("empty COTP".into()))?,
+    );
     if p.get(1) != Some(&0xf0) {
         return bad(format!(
             "expected a COTP data TPDU, got type 0x{:02x}",
             p.get(1).copied().unwrap_or(0)
         ));
     }
-    let s7 = p
-        .get(li + 1..)
-        .ok_or(ProtoError::Malformed("COTP header longer than the frame".into()))?;
+    let s7 = p.get(li + 1..).ok_or(ProtoError::Malformed(
+        "COTP header longer than the frame".into(),
+    ))?;
     if s7.first() != Some(&0x32) {
         return bad("not an S7 PDU (protocol id is not 0x32)");
     }
@@ -276,9 +283,7 @@ fn ack(frame: &[u8], pdu_ref: u16) -> Result<Ack<'_>, ProtoError> {
     }
     let got_ref = be16(s7, 4).unwrap_or(0);
     if got_ref != pdu_ref {
-        return bad(format!(
-            "answer to request {got_ref}, expected {pdu_ref}"
-        ));
+        return bad(format!("answer to request {got_ref}, expected {pdu_ref}"));
     }
     let plen = usize::from(be16(s7, 6).unwrap_or(0));
     let dlen = usize::from(be16(s7, 8).unwrap_or(0));
@@ -286,9 +291,9 @@ fn ack(frame: &[u8], pdu_ref: u16) -> Result<Ack<'_>, ProtoError> {
     if class != 0 || code != 0 {
         return Err(ProtoError::Refused { class, code });
     }
-    let params = s7
-        .get(header..header + plen)
-        .ok_or(ProtoError::Malformed("parameter length beyond the frame".into()))?;
+    let params = s7.get(header..header + plen).ok_or(ProtoError::Malformed(
+        "parameter length beyond the frame".into(),
+    ))?;
     let data = s7
         .get(header + plen..header + plen + dlen)
         .ok_or(ProtoError::Malformed("data length beyond the frame".into()))?;
@@ -365,7 +370,7 @@ pub fn parse_read_response(
         }
         let bytes = match ts {
             // BIT, BYTE/WORD/DWORD, INTEGER: the length is in bits.
-            3 | 4 | 5 => len.div_ceil(8),
+            3..=5 => len.div_ceil(8),
             // REAL, OCTET STRING: in bytes.
             7 | 9 => len,
             other => return bad(format!("item {i}: unknown transport size {other}")),
@@ -373,7 +378,9 @@ pub fn parse_read_response(
         let data = a
             .data
             .get(at..at + bytes)
-            .ok_or(ProtoError::Malformed(format!("item {i}: data beyond the frame")))?;
+            .ok_or(ProtoError::Malformed(format!(
+                "item {i}: data beyond the frame"
+            )))?;
         out.push(Ok(data.to_vec()));
         at += bytes;
         if bytes & 1 == 1 && i + 1 < n {
@@ -385,7 +392,12 @@ pub fn parse_read_response(
 
 /// Bytes of a WriteVar request of items with these data lengths.
 pub fn write_request_size(lens: impl IntoIterator<Item = usize>) -> usize {
-    JOB_HEADER + 2 + lens.into_iter().map(|l| 12 + 4 + l + (l & 1)).sum::<usize>()
+    JOB_HEADER
+        + 2
+        + lens
+            .into_iter()
+            .map(|l| 12 + 4 + l + (l & 1))
+            .sum::<usize>()
 }
 
 /// A WriteVar request.
@@ -450,7 +462,13 @@ pub fn parse_write_response(
     }
     Ok(a.data[..n]
         .iter()
-        .map(|&rc| if rc == 0xff { Ok(()) } else { Err(ItemError(rc)) })
+        .map(|&rc| {
+            if rc == 0xff {
+                Ok(())
+            } else {
+                Err(ItemError(rc))
+            }
+        })
         .collect())
 }
 
@@ -489,10 +507,7 @@ mod tests {
         let f = connect_request(LOCAL_TSAP_PG, remote_tsap(0, 1));
         assert_eq!(
             f,
-            [
-                3, 0, 0, 22, 17, 0xe0, 0, 0, 0, 1, 0, 0xc0, 1, 0x0a, 0xc1, 2, 1, 0, 0xc2, 2, 1,
-                1
-            ]
+            [3, 0, 0, 22, 17, 0xe0, 0, 0, 0, 1, 0, 0xc0, 1, 0x0a, 0xc1, 2, 1, 0, 0xc2, 2, 1, 1]
         );
         assert_eq!(remote_tsap(0, 2), 0x0102);
         assert_eq!(remote_tsap(1, 3), 0x0123);
@@ -549,7 +564,11 @@ mod tests {
         let r = parse_read_response(&a, 9, 2).unwrap();
         assert_eq!(r[0], Err(ItemError(0x0a)));
         assert_eq!(r[1], Ok(vec![4, 5]));
-        assert!(r[0].as_ref().unwrap_err().to_string().contains("does not exist"));
+        assert!(r[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
         // Too few items, a whole-request error, a truncated item.
         assert!(parse_read_response(&a, 9, 3).is_err());
         let mut refused = ack_frame(9, &[4, 0], &[]);
@@ -589,7 +608,10 @@ mod tests {
         assert_eq!(f.len(), 7 + write_request_size([1, 2]));
         let params = &f[17..17 + 26];
         assert_eq!(&params[..2], &[5, 2]);
-        assert_eq!(&params[2..14], &[0x12, 0x0a, 0x10, 1, 0, 1, 0, 1, 0x84, 0, 0, 3]);
+        assert_eq!(
+            &params[2..14],
+            &[0x12, 0x0a, 0x10, 1, 0, 1, 0, 1, 0x84, 0, 0, 3]
+        );
         assert_eq!(&f[17 + 26..], &[0, 3, 0, 1, 1, 0, 0, 4, 0, 16, 0xaa, 0xbb]);
         let a = ack_frame(3, &[5, 2], &[0xff, 0x05]);
         assert_eq!(
