@@ -473,3 +473,67 @@ pub fn bacnet_apdu(data: &[u8]) {
     let mut r = tags::Reader::new(data);
     while !r.is_empty() && r.skip().is_ok() {}
 }
+
+pub use s7::s7_response;
+
+/// The S7 connector's answer parsing and value decoding.
+mod s7 {
+    use tbgw_connectors::s7::address::{Address, DataType};
+    use tbgw_connectors::s7::proto;
+
+    const TYPES: [DataType; 20] = [
+        DataType::Bool,
+        DataType::Byte,
+        DataType::SInt,
+        DataType::Int,
+        DataType::UInt,
+        DataType::DInt,
+        DataType::UDInt,
+        DataType::LInt,
+        DataType::ULInt,
+        DataType::Real,
+        DataType::LReal,
+        DataType::Char,
+        DataType::WChar,
+        DataType::String(4),
+        DataType::FString(3),
+        DataType::Time,
+        DataType::LTime,
+        DataType::Tod,
+        DataType::Date,
+        DataType::Raw(5),
+    ];
+
+    /// One fuzz input: byte 0 picks the item count expected and the bit; the rest is a
+    /// frame as a PLC would send it (TPKT header first). Every parser runs on it; the items
+    /// of a ReadVar answer are decoded as every data type. Also parsed as a tag and a VM
+    /// address. Panics only if a parser or decoder panics.
+    pub fn s7_response(data: &[u8]) {
+        let [sel, frame @ ..] = data else {
+            return;
+        };
+        proto::parse_any(frame);
+        let n = usize::from(sel % 21);
+        if let Ok(items) = proto::parse_read_response(frame, 1, n) {
+            assert_eq!(items.len(), n);
+            for b in items.iter().flatten() {
+                assert!(b.len() <= proto::MAX_FRAME);
+                for t in TYPES {
+                    let _ = t.decode(b, sel >> 5);
+                }
+            }
+        }
+        if let Ok(w) = proto::parse_write_response(frame, 1, n) {
+            assert_eq!(w.len(), n);
+        }
+        if let Ok(pdu) = proto::parse_setup_response(frame, 1) {
+            assert!(pdu >= 64);
+        }
+        let text = String::from_utf8_lossy(frame);
+        if let Ok(a) = Address::from_tag(&text) {
+            let _ = a.decode(frame);
+            let _ = a.write_item(&serde_json::json!(text));
+        }
+        let _ = Address::from_vm(&text);
+    }
+}

@@ -404,6 +404,7 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         ("ftp", "ftp.json"),
         ("socket", "socket.json"),
         ("ocpp", "ocpp.json"),
+        ("s7", "s7.json"),
     ];
     let connectors: Vec<Value> = samples
         .iter()
@@ -421,6 +422,8 @@ fn every_upstream_sample_whose_connector_exists_passes() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("OK (10 connector(s))"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("OK ({} connector(s))", samples.len())),
         "{}",
         describe(&out)
     );

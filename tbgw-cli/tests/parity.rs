@@ -2231,3 +2231,126 @@ async fn socket_connector_matches_upstream() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// S7
+
+fn s7_json(port: u16) -> Value {
+    json!({"devices": [{
+        "type": "PLC", "address": "127.0.0.1", "port": port, "rack": 0, "slot": 1,
+        "deviceName": "S7 PLC", "deviceProfileName": "plc",
+        "autoReconnect": true, "maxRetries": 3, "retryDelay": 1.0, "maxDelay": 5.0,
+        "heartbeatInterval": 0, "pollPeriod": 500,
+        "attributes": [
+            {"type": "tag", "key": "power", "tag": "DB1.DBD204:REAL"},
+            {"type": "tag", "key": "name", "tag": "DB1.DBB100:STRING[20]"}
+        ],
+        "timeseries": [
+            {"type": "data", "key": "temperature", "dataType": "real", "dbNumber": 1, "start": 50, "size": 4},
+            {"type": "data", "key": "humidity", "dataType": "lreal", "dbNumber": 1, "start": 54, "size": 8},
+            {"type": "data", "key": "word", "dataType": "word", "dbNumber": 1, "start": 12, "size": 2},
+            {"type": "tag", "key": "int", "tag": "DB1.DBW2:INT"},
+            {"type": "tag", "key": "bit1", "tag": "DB1.DBX0.1:BOOL"}
+        ],
+        "attributeUpdates": [],
+        "serverSideRpc": [
+            {"method": "getInt", "requestType": "read", "type": "tag", "tag": "DB1.DBW2:INT"},
+            {"method": "setRelay", "requestType": "write", "type": "data", "dataType": "bool",
+             "dbNumber": 1, "start": 0, "size": 1, "bit": 0}
+        ]
+    }]})
+}
+
+/// The python-snap7 server of `tbgw-connectors/tests/peers/s7_server.py` on a free port.
+async fn s7_server() -> (u16, tbgw::test_util::PythonPeer) {
+    let port = tbgw::test_util::free_tcp_port();
+    let mut peer =
+        tbgw::test_util::PythonPeer::spawn([s7_script(), "serve".into(), port.to_string()])
+            .expect("the S7 server starts (pip install python-snap7==2.1.0)");
+    peer.wait_output("ready", WAIT)
+        .await
+        .expect("the S7 server is ready");
+    (port, peer)
+}
+
+fn s7_script() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tbgw-connectors/tests/peers/s7_server.py"
+    )
+    .into()
+}
+
+#[tokio::test]
+async fn s7_connector_matches_upstream() {
+    // One server per side: the scenario writes.
+    let ((up_port, mut up_peer), (our_port, mut our_peer)) = tokio::join!(s7_server(), s7_server());
+    let port_of = move |which: Impl| match which {
+        Impl::Upstream => up_port,
+        Impl::Tbgw => our_port,
+    };
+    let connectors = json!([{"type": "s7", "name": "S7", "configuration": "s7.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| vec![("s7.json", s7_json(port_of(which)))],
+        &[],
+        &[
+            // A write's answer names the value written: upstream as Python's repr of the bytes.
+            (r"bytearray(b'\\x01')", "true"),
+            // A `data`-form BOOL write: upstream writes the whole byte from zeros (bits 1 and 2
+            // are cleared), tbgw writes the bit.
+            (
+                "DB1 byte 0 after setRelay: 01",
+                "DB1 byte 0 after setRelay: 07",
+            ),
+            (
+                "telemetry \"S7 PLC\" bit1 false",
+                "telemetry \"S7 PLC\" bit1 true",
+            ),
+        ],
+        |s: Arc<Side>| async move {
+            until(&s.tb, "the polled values", |f| {
+                has(f, "attribute \"S7 PLC\" power ")
+                    && has(f, "attribute \"S7 PLC\" name ")
+                    && has(f, "telemetry \"S7 PLC\" temperature ")
+                    && has(f, "telemetry \"S7 PLC\" humidity ")
+                    && has(f, "telemetry \"S7 PLC\" int ")
+                    && has(f, "telemetry \"S7 PLC\" bit1 ")
+            })
+            .await?;
+            for (id, method, params) in [
+                (61, "getInt", json!(null)),
+                (62, "get", json!("type=tag;tag=DB1.DBD8:REAL;")),
+                (63, "setRelay", json!(true)),
+            ] {
+                s.tb.send_rpc("S7 PLC", id, method, params)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let want = format!("rpc reply \"S7 PLC\" {id} ");
+                until(&s.tb, &want, |f| has(f, &want)).await?;
+            }
+            let out = tokio::process::Command::new(tbgw::test_util::peers_python())
+                .args([
+                    s7_script(),
+                    "read".into(),
+                    port_of(s.which).to_string(),
+                    "1".into(),
+                    "0".into(),
+                    "1".into(),
+                ])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            s.note(format!(
+                "DB1 byte 0 after setRelay: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+            // The poll after the write.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        },
+    )
+    .await;
+    up_peer.stop().await;
+    our_peer.stop().await;
+}

@@ -18,6 +18,7 @@
 //! | `ocpp` | `ocpp` | `ocpp` |
 //! | `odbc` | `odbc` | `odbc` |
 //! | `bacnet` | `bacnet` | `bacnet` |
+//! | `s7` | `s7` | `s7` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -53,6 +54,8 @@ pub mod opcua;
 pub mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "s7")]
+pub mod s7;
 #[cfg(feature = "snmp")]
 pub mod snmp;
 #[cfg(feature = "socket")]
@@ -71,6 +74,7 @@ struct ReadmeDoctests;
 pub const ALL_CONNECTOR_TYPES: &[&str] = &[
     "mqtt", "modbus", "opcua", "ble", "request", "can", "bacnet", "odbc", "rest", "snmp", "ftp",
     "socket", "xmpp", "ocpp", "knx", "grpc",
+    "socket", "xmpp", "ocpp", "knx", "s7",
 ];
 
 /// A factory for every connector compiled into this build.
@@ -129,5 +133,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(odbc::OdbcFactory::new()));
     #[cfg(feature = "bacnet")]
     v.push(Box::new(bacnet::BacnetFactory::new()));
+    #[cfg(feature = "s7")]
+    v.push(Box::new(s7::S7Factory::new()));
     v
 }
