@@ -14,6 +14,7 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
+//! | `xmpp` | `xmpp` | `xmpp` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -45,6 +46,8 @@ pub mod rest;
 pub mod snmp;
 #[cfg(feature = "socket")]
 pub mod socket;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -111,5 +114,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(
         socket::SocketFactory::new().with_converters(converters.clone()),
     ));
+    #[cfg(feature = "xmpp")]
+    v.push(Box::new(xmpp::XmppFactory::new()));
     v
 }

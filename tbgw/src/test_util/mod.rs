@@ -24,6 +24,7 @@
 mod mosquitto;
 mod pki;
 pub mod process;
+mod prosody;
 mod python;
 mod snmpd;
 mod tb_standin;
@@ -31,6 +32,7 @@ mod upstream;
 
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
+pub use prosody::Prosody;
 pub use python::{free_tcp_port, free_udp_port, peers_python, PythonPeer};
 pub use snmpd::{Snmpd, SNMPD_COMMUNITIES};
 pub use tb_standin::{
