@@ -265,7 +265,7 @@ async fn attribute_updates_rpcs_and_set_are_chat_messages_and_two_way_rpc_waits_
         body(&dev1.next_message(WAIT).await.expect("second update")),
     ];
     got.sort();
-    assert_eq!(got, vec![r#"{"shared":"on"}"#.to_string(), "mode=3".to_string()]);
+    assert_eq!(got, vec!["mode=3".to_string(), r#"{"shared":"on"}"#.to_string()]);
 
     // Two-way RPC: the device answers in the RPC's thread; its answer is the result.
     let (dl, answer) = rpc("SN-1", "rpc1", json!({"led": true}));

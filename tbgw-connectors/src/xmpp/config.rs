@@ -238,7 +238,7 @@ impl Settings {
                     ));
                 }
             }
-            let mut points = |list: Vec<PointConfig>, name: &str| {
+            let points = |list: Vec<PointConfig>, name: &str| {
                 list.into_iter()
                     .enumerate()
                     .map(|(j, p)| {
