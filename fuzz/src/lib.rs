@@ -391,10 +391,19 @@ mod xmpp {
             jid: Jid::new("device@localhost/r").expect("a valid JID"),
             name: t(NAMES[usize::from(sel) % NAMES.len()]),
             device_type: t(if sel & 8 == 0 { "default" } else { "${type}" }),
-            attributes: vec![Point { key: t("k"), value: v(0) }],
+            attributes: vec![Point {
+                key: t("k"),
+                value: v(0),
+            }],
             timeseries: vec![
-                Point { key: t("${key}"), value: v(1) },
-                Point { key: t("h"), value: v(2) },
+                Point {
+                    key: t("${key}"),
+                    value: v(1),
+                },
+                Point {
+                    key: t("h"),
+                    value: v(2),
+                },
             ],
         }
     }
@@ -413,7 +422,11 @@ mod xmpp {
                 assert!(!d.device_name.is_empty(), "a device name");
                 assert!(!d.is_empty(), "Some only with datapoints");
                 assert!(d.attributes.iter().all(|(k, _)| !k.is_empty()));
-                assert!(d.telemetry.iter().flat_map(|e| &e.values).all(|(k, _)| !k.is_empty()));
+                assert!(d
+                    .telemetry
+                    .iter()
+                    .flat_map(|e| &e.values)
+                    .all(|(k, _)| !k.is_empty()));
                 assert!(body.len() <= MAX_BODY_BYTES);
             }
             Ok(None) | Err(_) => {}

@@ -45,10 +45,17 @@ fn chat(body: String) -> Result<Message, Box<dyn std::error::Error>> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let total: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let devices: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10).max(1);
+    let devices: usize = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10)
+        .max(1);
     let mut users = vec![("gw".to_string(), "gwpass".to_string())];
     users.extend((0..devices).map(|i| (format!("dev{i}"), "devpass".to_string())));
-    let refs: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let refs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, p)| (u.as_str(), p.as_str()))
+        .collect();
     let server = Prosody::start(&refs).await?;
     let port = server.port();
     let prosody_pid = server.pid();
@@ -93,11 +100,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         clients[0]
             .send_stanza(chat(json!({"serialNumber": "warmup", "temp": 0}).to_string())?.into())
             .await?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), ends.uplink.recv()).await {
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(500), ends.uplink.recv()).await
+        {
             break;
         }
     }
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), ends.uplink.recv()).await {}
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), ends.uplink.recv()).await
+    {}
 
     let me = std::process::id();
     let (cpu0, pcpu0) = (cpu_ticks(me), prosody_pid.map(cpu_ticks).unwrap_or(0));

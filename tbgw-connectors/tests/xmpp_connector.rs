@@ -66,7 +66,10 @@ fn start(config: Json) -> (tokio::task::JoinHandle<()>, TestEnds, ConnectorCount
     let mut connector = XmppFactory::new()
         .build(&spec(config), &mut ignored)
         .expect("config is valid");
-    assert!(ignored.contains(&"server.plugins".to_string()), "{ignored:?}");
+    assert!(
+        ignored.contains(&"server.plugins".to_string()),
+        "{ignored:?}"
+    );
     let (mut cx, ends) = ConnectorContext::for_test("XMPP");
     let stats = cx.stats().clone();
     let task = tokio::spawn(async move {
@@ -109,7 +112,8 @@ impl DeviceClient {
     }
 
     async fn say_in(&mut self, body: &str, thread: Option<String>) {
-        let mut m = Message::chat(Some(Jid::new(GW).unwrap())).with_body(Lang::default(), body.into());
+        let mut m =
+            Message::chat(Some(Jid::new(GW).unwrap())).with_body(Lang::default(), body.into());
         m.thread = thread.map(|id| Thread { parent: None, id });
         self.client.send_stanza(m.into()).await.unwrap();
     }
@@ -118,7 +122,9 @@ impl DeviceClient {
     async fn next_message(&mut self, wait: Duration) -> Option<Message> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let ev = tokio::time::timeout_at(deadline, self.client.next()).await.ok()??;
+            let ev = tokio::time::timeout_at(deadline, self.client.next())
+                .await
+                .ok()??;
             if let Event::Stanza(Stanza::Message(m)) = ev {
                 if m.type_ != MessageType::Error && !m.bodies.is_empty() {
                     return Some(m);
@@ -164,7 +170,10 @@ async fn say_until_data(dev: &mut DeviceClient, ends: &mut TestEnds, msg: &str) 
         if let Some(d) = next_data(ends, Duration::from_millis(500)).await {
             return d;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the gateway never received {msg}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never received {msg}"
+        );
     }
 }
 
@@ -177,7 +186,10 @@ fn telemetry(d: &DeviceData, key: &str) -> Option<Value> {
 }
 
 fn attribute(d: &DeviceData, key: &str) -> Option<Value> {
-    d.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    d.attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
 }
 
 const ACCOUNTS: &[(&str, &str)] = &[
@@ -202,16 +214,23 @@ async fn device_messages_become_typed_data_by_full_and_bare_jid() {
     assert_eq!(d.device_type, "thermo");
     assert_eq!(attribute(&d, "temperature"), Some(Value::Float(21.5)));
     assert_eq!(telemetry(&d, "humidity"), Some(Value::Int(40)));
-    assert_eq!(telemetry(&d, "combination"), Some(Value::String("21.5:40".into())));
+    assert_eq!(
+        telemetry(&d, "combination"),
+        Some(Value::String("21.5:40".into()))
+    );
 
     // A stranger's messages and dev1 from another resource (dev1 is configured by full JID)
     // are dropped; dev2 is configured by bare JID, so any resource of it matches.
-    let mut stranger = DeviceClient::login(server.port(), "stranger@localhost/x", "strangerpass").await;
+    let mut stranger =
+        DeviceClient::login(server.port(), "stranger@localhost/x", "strangerpass").await;
     stranger.say(r#"{"serialNumber": "EVIL", "temp": 1}"#).await;
     let mut dev1b = DeviceClient::login(server.port(), "dev1@localhost/other", "dev1pass").await;
-    dev1b.say(r#"{"serialNumber": "WRONG-RESOURCE", "temp": 1}"#).await;
+    dev1b
+        .say(r#"{"serialNumber": "WRONG-RESOURCE", "temp": 1}"#)
+        .await;
     let mut dev2 = DeviceClient::login(server.port(), "dev2@localhost/anything", "dev2pass").await;
-    dev2.say(r#"{"id": 7, "rpm": 1500, "ts": 1700000000000}"#).await;
+    dev2.say(r#"{"id": 7, "rpm": 1500, "ts": 1700000000000}"#)
+        .await;
     let d = next_data(&mut ends, WAIT).await.expect("dev2's data");
     assert_eq!(d.device_name, "Pump 7");
     assert_eq!(d.device_type, "default");
@@ -250,13 +269,21 @@ async fn attribute_updates_rpcs_and_set_are_chat_messages_and_two_way_rpc_waits_
     let server = Prosody::start(ACCOUNTS).await.expect("prosody starts");
     let (task, mut ends, _stats) = start(config(server.port(), 1_500));
     let mut dev1 = DeviceClient::login(server.port(), "dev1@localhost/TMP_1101", "dev1pass").await;
-    say_until_data(&mut dev1, &mut ends, r#"{"serialNumber": "SN-1", "hum": 1}"#).await;
+    say_until_data(
+        &mut dev1,
+        &mut ends,
+        r#"{"serialNumber": "SN-1", "hum": 1}"#,
+    )
+    .await;
 
     // Both configured keys of one update are sent (upstream sends only the first).
     ends.downlink
         .send(Downlink::AttributeUpdate(AttributeUpdate {
             device: "SN-1".into(),
-            values: json!({"shared": "on", "mode": 3, "other": 1}).as_object().unwrap().clone(),
+            values: json!({"shared": "on", "mode": 3, "other": 1})
+                .as_object()
+                .unwrap()
+                .clone(),
         }))
         .await
         .unwrap();
@@ -265,7 +292,10 @@ async fn attribute_updates_rpcs_and_set_are_chat_messages_and_two_way_rpc_waits_
         body(&dev1.next_message(WAIT).await.expect("second update")),
     ];
     got.sort();
-    assert_eq!(got, vec!["mode=3".to_string(), r#"{"shared":"on"}"#.to_string()]);
+    assert_eq!(
+        got,
+        vec!["mode=3".to_string(), r#"{"shared":"on"}"#.to_string()]
+    );
 
     // Two-way RPC: the device answers in the RPC's thread; its answer is the result.
     let (dl, answer) = rpc("SN-1", "rpc1", json!({"led": true}));
@@ -274,7 +304,10 @@ async fn attribute_updates_rpcs_and_set_are_chat_messages_and_two_way_rpc_waits_
     assert_eq!(body(&m), r#"{"led":true}"#);
     let thread = m.thread.clone().expect("RPC carries a thread").id;
     dev1.say_in(r#"{"led": "done"}"#, Some(thread)).await;
-    let reply = tokio::time::timeout(WAIT, answer.reply()).await.unwrap().unwrap();
+    let reply = tokio::time::timeout(WAIT, answer.reply())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply, json!({"result": {"led": "done"}}));
 
     // Unanswered: a timeout error, not "success".
@@ -287,16 +320,23 @@ async fn attribute_updates_rpcs_and_set_are_chat_messages_and_two_way_rpc_waits_
     // One-way RPC: answered once sent.
     let (dl, answer) = rpc("SN-1", "blink", json!({"times": 3}));
     ends.downlink.send(dl).await.unwrap();
-    assert_eq!(body(&dev1.next_message(WAIT).await.expect("blink")), r#"{"blink": 3}"#);
+    assert_eq!(
+        body(&dev1.next_message(WAIT).await.expect("blink")),
+        r#"{"blink": 3}"#
+    );
     let r = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
     assert!(r.is_ok(), "{r:?}");
 
     // Reserved set: upstream's "k=v;k2=v2" as a JSON object.
     let (dl, answer) = rpc("SN-1", "set", json!("value=1;mode=auto"));
     ends.downlink.send(dl).await.unwrap();
-    let sent: Json = serde_json::from_str(&body(&dev1.next_message(WAIT).await.expect("set"))).unwrap();
+    let sent: Json =
+        serde_json::from_str(&body(&dev1.next_message(WAIT).await.expect("set"))).unwrap();
     assert_eq!(sent, json!({"value": "1", "mode": "auto"}));
-    let reply = tokio::time::timeout(WAIT, answer.reply()).await.unwrap().unwrap();
+    let reply = tokio::time::timeout(WAIT, answer.reply())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply, json!({"result": {"success": true}}));
 
     // Unknown method and unknown device.
@@ -318,14 +358,24 @@ async fn reconnects_and_announces_presence_again_after_the_server_restarts() {
     let mut server = Prosody::start(ACCOUNTS).await.expect("prosody starts");
     let (task, mut ends, stats) = start(config(server.port(), 10_000));
     let mut dev1 = DeviceClient::login(server.port(), "dev1@localhost/TMP_1101", "dev1pass").await;
-    say_until_data(&mut dev1, &mut ends, r#"{"serialNumber": "SN-1", "hum": 1}"#).await;
+    say_until_data(
+        &mut dev1,
+        &mut ends,
+        r#"{"serialNumber": "SN-1", "hum": 1}"#,
+    )
+    .await;
 
     drop(dev1);
     server.restart().await.expect("prosody restarts");
     // The device logs in again (a fresh client); the gateway must be back online with its
     // presence announced, or the server bounces every message.
     let mut dev1 = DeviceClient::login(server.port(), "dev1@localhost/TMP_1101", "dev1pass").await;
-    let d = say_until_data(&mut dev1, &mut ends, r#"{"serialNumber": "SN-1", "hum": 2}"#).await;
+    let d = say_until_data(
+        &mut dev1,
+        &mut ends,
+        r#"{"serialNumber": "SN-1", "hum": 2}"#,
+    )
+    .await;
     assert_eq!(telemetry(&d, "humidity"), Some(Value::Int(2)));
     assert!(stats.errors() >= 1, "the lost connection is counted");
 

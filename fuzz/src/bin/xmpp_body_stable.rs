@@ -25,10 +25,30 @@ impl Rng {
 
 /// A JSON body a device could send, then cut and bit-flipped.
 fn mutated_body(rng: &mut Rng) -> Vec<u8> {
-    let keys = ["serialNumber", "id", "temp", "hum", "ts", "type", "key", "list", "a", "v", "b"];
+    let keys = [
+        "serialNumber",
+        "id",
+        "temp",
+        "hum",
+        "ts",
+        "type",
+        "key",
+        "list",
+        "a",
+        "v",
+        "b",
+    ];
     let values = [
-        "\"SN-1\"", "21.5", "true", "null", "[1,2,3]", "{\"b\":[\"x\"]}", "1700000000000",
-        "\"\"", "-1e400", "\"h\\u00e9\"",
+        "\"SN-1\"",
+        "21.5",
+        "true",
+        "null",
+        "[1,2,3]",
+        "{\"b\":[\"x\"]}",
+        "1700000000000",
+        "\"\"",
+        "-1e400",
+        "\"h\\u00e9\"",
     ];
     let mut s = String::from("{");
     for i in 0..rng.below(7) {

@@ -164,7 +164,9 @@ pub struct DeviceSettings {
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<IpAddr>().map(|a| a.is_loopback()).unwrap_or(false)
+        || h.parse::<IpAddr>()
+            .map(|a| a.is_loopback())
+            .unwrap_or(false)
 }
 
 fn template(file: &Path, key: String, src: &str) -> Result<Template, ConfigError> {
@@ -234,7 +236,9 @@ impl Settings {
                     return Err(ConfigError::new(
                         file,
                         at("converter"),
-                        format!("unknown converter {c:?}; the XMPP connector has XmppUplinkConverter"),
+                        format!(
+                            "unknown converter {c:?}; the XMPP connector has XmppUplinkConverter"
+                        ),
                     ));
                 }
             }
@@ -318,7 +322,8 @@ mod tests {
     }
 
     fn server(extra: serde_json::Value) -> serde_json::Value {
-        let mut s = json!({"jid": "gw@localhost", "password": "p", "host": "127.0.0.1", "port": 5222});
+        let mut s =
+            json!({"jid": "gw@localhost", "password": "p", "host": "127.0.0.1", "port": 5222});
         if let (Some(m), Some(e)) = (s.as_object_mut(), extra.as_object()) {
             m.extend(e.clone());
         }
@@ -340,9 +345,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = build(json!({"server": server(json!({"disable_starttls": true, "host": "10.0.0.1"}))}))
-            .unwrap_err()
-            .to_string();
+        let e =
+            build(json!({"server": server(json!({"disable_starttls": true, "host": "10.0.0.1"}))}))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("server.disable_starttls"), "{e}");
         let e = build(json!({"server": server(json!({"jid": "localhost"}))}))
             .unwrap_err()

@@ -121,7 +121,13 @@ impl Session {
         self.logged.first(key)
     }
 
-    async fn send_chat(&self, stream: &StanzaStream, to: Jid, body: String, thread: Option<String>) {
+    async fn send_chat(
+        &self,
+        stream: &StanzaStream,
+        to: Jid,
+        body: String,
+        thread: Option<String>,
+    ) {
         let mut m = Message::chat(Some(to)).with_body(Lang::default(), body);
         if let Some(id) = thread {
             m.thread = Some(Thread { parent: None, id });
@@ -155,7 +161,11 @@ impl Session {
             }
         }
         let settings = self.settings.clone();
-        let Some(i) = settings.devices.iter().position(|d| d.device.matches(&from)) else {
+        let Some(i) = settings
+            .devices
+            .iter()
+            .position(|d| d.device.matches(&from))
+        else {
             if self.log_once(&format!("no device: {from}")) {
                 tracing::info!(from = %from, "No device is configured for this JID; its messages are dropped (logged once per JID).");
             }

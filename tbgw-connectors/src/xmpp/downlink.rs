@@ -40,7 +40,10 @@ pub fn attribute_body(expression: &str, key: &str, value: &Json) -> String {
 /// `${method}` written as JSON (upstream's `dumps(value)`). None when a placeholder has no
 /// match in the request.
 pub fn rpc_body(value: &Template, method: &str, params: &Json) -> Option<String> {
-    value.render_scope(&json!({ "params": params, "method": method }), Encoding::Json)
+    value.render_scope(
+        &json!({ "params": params, "method": method }),
+        Encoding::Json,
+    )
 }
 
 /// The body of the reserved `set`: `"key=value;key2=value2"` (upstream's format) or an object
@@ -82,9 +85,15 @@ mod tests {
     #[test]
     fn attribute_body_as_upstream_sample() {
         let e = r#"{"${attributeKey}":"${attributeValue}"}"#;
-        assert_eq!(attribute_body(e, "shared", &json!("on")), r#"{"shared":"on"}"#);
+        assert_eq!(
+            attribute_body(e, "shared", &json!("on")),
+            r#"{"shared":"on"}"#
+        );
         assert_eq!(attribute_body(e, "shared", &json!(5)), r#"{"shared":"5"}"#);
-        assert_eq!(attribute_body("${attributeValue}", "k", &json!(true)), "true");
+        assert_eq!(
+            attribute_body("${attributeValue}", "k", &json!(true)),
+            "true"
+        );
     }
 
     #[test]

@@ -146,13 +146,23 @@ mod tests {
     fn converts_upstream_sample_body_with_types_kept() {
         let d = device("device@localhost/TMP_1101");
         let out = d
-            .convert(r#"{"serialNumber":"SN-1","temp":21.5,"hum":40,"ok":true}"#, 7)
+            .convert(
+                r#"{"serialNumber":"SN-1","temp":21.5,"hum":40,"ok":true}"#,
+                7,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(out.device_name, "SN-1");
         assert_eq!(out.device_type, "default");
-        assert_eq!(out.attributes, vec![("temperature".into(), Value::Float(21.5))]);
-        let ts: Vec<_> = out.telemetry.iter().flat_map(|e| e.values.clone()).collect();
+        assert_eq!(
+            out.attributes,
+            vec![("temperature".into(), Value::Float(21.5))]
+        );
+        let ts: Vec<_> = out
+            .telemetry
+            .iter()
+            .flat_map(|e| e.values.clone())
+            .collect();
         assert_eq!(
             ts,
             vec![

@@ -149,7 +149,9 @@ impl Prosody {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("prosody-{}.log", self.launches))
+        self.dir
+            .path()
+            .join(format!("prosody-{}.log", self.launches))
     }
 
     fn write_config(&self) -> io::Result<()> {
