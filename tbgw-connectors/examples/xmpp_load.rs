@@ -115,14 +115,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let per = total / devices;
     let mut senders = Vec::new();
+    let gw = Jid::new("gw@localhost")?;
     for (i, mut c) in clients.into_iter().enumerate() {
+        let gw = gw.clone();
         senders.push(tokio::spawn(async move {
             for n in 0..per {
                 let body = json!({"serialNumber": format!("SN-{i}"), "temp": 20.0 + (n % 100) as f64 / 10.0, "hum": n % 100}).to_string();
-                if let Ok(m) = chat(body) {
-                    if c.send_stanza(m.into()).await.is_err() {
-                        break;
-                    }
+                let m = Message::chat(Some(gw.clone())).with_body(Lang::default(), body);
+                if c.send_stanza(m.into()).await.is_err() {
+                    break;
                 }
             }
             c
