@@ -537,3 +537,74 @@ mod s7 {
         let _ = Address::from_vm(&text);
     }
 }
+
+pub use xmpp::xmpp_body;
+
+mod xmpp {
+    use serde_json::json;
+    use tbgw::expr::Template;
+    use tbgw_connectors::xmpp::downlink::{answer_value, attribute_body, rpc_body, set_body};
+    use tbgw_connectors::xmpp::uplink::{Device, Point, MAX_BODY_BYTES};
+    use tbgw_connectors::xmpp::Jid;
+
+    const NAMES: [&str; 4] = ["${serialNumber}", "Dev ${id}", "${a.b[0]}", "fixed"];
+    const VALUES: [&str; 5] = ["${temp}", "${temp}:${hum}", "${list[1:3]}", "${a..b}", "x"];
+
+    fn t(s: &str) -> Template {
+        Template::parse(s).expect("the fuzz templates are valid")
+    }
+
+    fn device(sel: u8) -> Device {
+        let v = |i: usize| t(VALUES[(usize::from(sel) + i) % VALUES.len()]);
+        Device {
+            jid: Jid::new("device@localhost/r").expect("a valid JID"),
+            name: t(NAMES[usize::from(sel) % NAMES.len()]),
+            device_type: t(if sel & 8 == 0 { "default" } else { "${type}" }),
+            attributes: vec![Point {
+                key: t("k"),
+                value: v(0),
+            }],
+            timeseries: vec![
+                Point {
+                    key: t("${key}"),
+                    value: v(1),
+                },
+                Point {
+                    key: t("h"),
+                    value: v(2),
+                },
+            ],
+        }
+    }
+
+    /// One fuzz input: byte 0 picks the device's expressions; the rest is a chat message body
+    /// (lossy UTF-8, as XML text always is), converted to data, and also used as the params of
+    /// an RPC and `set`, an attribute value and a device's answer. Panics (the fuzzer's
+    /// finding) when a conversion panics or yields a record without a name or with an empty key.
+    pub fn xmpp_body(data: &[u8]) {
+        let [sel, body @ ..] = data else {
+            return;
+        };
+        let body = String::from_utf8_lossy(body);
+        match device(*sel).convert(&body, 0) {
+            Ok(Some(d)) => {
+                assert!(!d.device_name.is_empty(), "a device name");
+                assert!(!d.is_empty(), "Some only with datapoints");
+                assert!(d.attributes.iter().all(|(k, _)| !k.is_empty()));
+                assert!(d
+                    .telemetry
+                    .iter()
+                    .flat_map(|e| &e.values)
+                    .all(|(k, _)| !k.is_empty()));
+                assert!(body.len() <= MAX_BODY_BYTES);
+            }
+            Ok(None) | Err(_) => {}
+        }
+        let answer = answer_value(&body);
+        let _ = set_body(&answer);
+        let _ = set_body(&json!(body));
+        let _ = rpc_body(&t("${params}"), "m", &answer);
+        let _ = rpc_body(&t("{\"v\": ${params.v}}"), "m", &answer);
+        let _ = attribute_body("{\"${attributeKey}\":\"${attributeValue}\"}", "k", &answer);
+    }
+}

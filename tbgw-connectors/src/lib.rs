@@ -19,6 +19,7 @@
 //! | `odbc` | `odbc` | `odbc` |
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
+//! | `xmpp` | `xmpp` | `xmpp` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -60,6 +61,8 @@ pub mod s7;
 pub mod snmp;
 #[cfg(feature = "socket")]
 pub mod socket;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;
 
 use tbgw::connector::ConnectorFactory;
 use tbgw::convert::ConverterRegistry;
@@ -135,5 +138,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(bacnet::BacnetFactory::new()));
     #[cfg(feature = "s7")]
     v.push(Box::new(s7::S7Factory::new()));
+    #[cfg(feature = "xmpp")]
+    v.push(Box::new(xmpp::XmppFactory::new()));
     v
 }

@@ -25,6 +25,7 @@ mod mosquitto;
 mod pki;
 mod postgres;
 pub mod process;
+mod prosody;
 mod python;
 mod snmpd;
 mod tb_standin;
@@ -33,6 +34,7 @@ mod upstream;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use postgres::{Postgres, POSTGRES_PASSWORD};
+pub use prosody::Prosody;
 pub use python::{free_tcp_port, free_udp_port, peers_python, PythonPeer};
 pub use snmpd::{Snmpd, SNMPD_COMMUNITIES};
 pub use tb_standin::{
