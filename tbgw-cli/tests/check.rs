@@ -286,7 +286,7 @@ fn problems_in_several_connector_files_are_all_reported() {
         &main_file(json!([
             {"type": "mqtt", "name": "A", "configuration": "a.json"},
             {"type": "mqtt", "name": "B", "configuration": "b.json"},
-            {"type": "bacnet", "name": "BACnet", "configuration": "a.json"}
+            {"type": "knx", "name": "KNX", "configuration": "a.json"}
         ])),
     );
     let out = check(&file);
@@ -299,7 +299,7 @@ fn problems_in_several_connector_files_are_all_reported() {
                 "unterminated",
             ),
             (&b, "broker.port", "invalid type"),
-            (&file, "connectors[name=BACnet].type", "`bacnet`"),
+            (&file, "connectors[name=KNX].type", "`knx`"),
         ],
     );
 }
@@ -331,13 +331,13 @@ fn a_broken_main_file_does_not_hide_a_broken_connector_file() {
 #[test]
 fn a_connector_type_that_is_not_built_is_rejected_by_name() {
     let dir = TempDir::new().expect("tempdir");
-    // BACnet is a connector type tbgw knows but has not built yet.
-    write_json(dir.path(), "bacnet.json", &json!({"devices": []}));
+    // KNX is a connector type tbgw knows but has not built yet.
+    write_json(dir.path(), "knx.json", &json!({"devices": []}));
     let file = write_json(
         dir.path(),
         "tb_gateway.json",
         &main_file(json!([
-            {"type": "bacnet", "name": "BACnet Connector", "configuration": "bacnet.json"}
+            {"type": "knx", "name": "KNX Connector", "configuration": "knx.json"}
         ])),
     );
     let out = check(&file);
@@ -345,7 +345,7 @@ fn a_connector_type_that_is_not_built_is_rejected_by_name() {
         &out,
         &[(
             &file,
-            "connectors[name=BACnet Connector].type",
+            "connectors[name=KNX Connector].type",
             "not available in this build",
         )],
     );
@@ -421,7 +421,6 @@ fn every_upstream_sample_whose_connector_exists_passes() {
     let out = check(&file);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("OK (10 connector(s))"),
         String::from_utf8_lossy(&out.stdout)
             .contains(&format!("OK ({} connector(s))", samples.len())),
         "{}",

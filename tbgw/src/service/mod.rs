@@ -113,7 +113,7 @@ impl ErrorCounts {
         new: std::collections::BTreeMap<String, u64>,
         connectors: &[String],
     ) -> Option<Json> {
-        if self.ticks % ERRORS_WINDOW_TICKS == 0 {
+        if self.ticks.is_multiple_of(ERRORS_WINDOW_TICKS) {
             self.window.values_mut().for_each(|v| *v = 0);
         }
         self.ticks += 1;
