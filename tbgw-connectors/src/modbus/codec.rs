@@ -606,7 +606,7 @@ fn decode_ascii(buf: &[u8]) -> Result<Option<Frame>, CodecError> {
     if body.last() == Some(&b'\r') {
         body = &body[..body.len() - 1];
     }
-    if body.len() % 2 != 0 || body.len() < 6 {
+    if !body.len().is_multiple_of(2) || body.len() < 6 {
         return Err(malformed(
             "ASCII frame",
             format!("{} hex digits", body.len()),

@@ -273,12 +273,12 @@ impl ConnectionTask {
                         };
                         connect_failures += 1;
                         self.stats.add_errors(1);
-                        let wait = if connect_failures % attempt_count == 0 {
+                        let wait = if connect_failures.is_multiple_of(attempt_count) {
                             long_wait
                         } else {
                             backoff.next_delay()
                         };
-                        if connect_failures == 1 || connect_failures % attempt_count == 0 {
+                        if connect_failures == 1 || connect_failures.is_multiple_of(attempt_count) {
                             tracing::warn!(connector = %self.connector, endpoint = %self.plan.endpoint, error = %error, attempts = connect_failures, retry_in_ms = wait.as_millis() as u64, "Cannot connect to the Modbus device.");
                         }
                         next_connect = Instant::now() + wait;

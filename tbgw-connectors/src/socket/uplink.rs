@@ -131,7 +131,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Bytes from hex digits (white space ignored).
 pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("an odd number of hex digits".into());
     }
     digits
