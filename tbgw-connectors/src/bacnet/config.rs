@@ -1,7 +1,7 @@
 //! The keys of upstream's `bacnet.json`, read unchanged. Fields that upstream accepts in
 //! several JSON shapes (a port as number or string, `objectId` as number, list, range or
 //! `"*"`, `propertyId` as one name or a list) are kept as JSON here and interpreted by
-//! [`super::points`] and [`super::address`].
+//! [`super::uplink`] and [`super::address`].
 
 use serde::Deserialize;
 use serde_json::Value as Json;

@@ -42,9 +42,9 @@ pub enum DataType {
     Char,
     /// WCHAR: one UTF-16 unit.
     WChar,
-    /// STRING[n]: max length, length, characters (n + 2 bytes).
+    /// `STRING[n]`: max length, length, characters (n + 2 bytes).
     String(u16),
-    /// FSTRING[n]: n characters, padded with spaces or NULs.
+    /// `FSTRING[n]`: n characters, padded with spaces or NULs.
     FString(u16),
     /// TIME: signed milliseconds, as seconds.
     Time,
@@ -179,7 +179,7 @@ impl DataType {
         })
     }
 
-    /// Encodes `v` as this type's bytes (a BOOL as one byte 0/1; see [`write_item`]).
+    /// Encodes `v` as this type's bytes (a BOOL as one byte 0/1; see [`Address::write_item`]).
     pub fn encode(self, v: &Json) -> Result<Vec<u8>, String> {
         let int = || -> Result<i128, String> {
             match v {
