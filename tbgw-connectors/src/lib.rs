@@ -76,7 +76,7 @@ struct ReadmeDoctests;
 /// is off gets a precise error.
 pub const ALL_CONNECTOR_TYPES: &[&str] = &[
     "mqtt", "modbus", "opcua", "ble", "request", "can", "bacnet", "odbc", "rest", "snmp", "ftp",
-    "socket", "xmpp", "ocpp", "knx", "grpc", "socket", "xmpp", "ocpp", "knx", "s7",
+    "socket", "xmpp", "ocpp", "knx", "grpc", "s7", "custom",
 ];
 
 /// A factory for every connector compiled into this build.
