@@ -1,0 +1,179 @@
+//! The real bus: Linux SocketCAN through the `socketcan` crate's tokio sockets (raw CAN
+//! sockets, `CAN_RAW_FD_FRAMES` when `backend.fd` is set, kernel receive filters from the
+//! connector's routes).
+
+use async_trait::async_trait;
+use socketcan::{
+    id::FdFlags, CanAnyFrame, CanDataFrame, CanFdFrame, EmbeddedFrame, ExtendedId, Id, SocketOptions,
+    StandardId,
+};
+
+use super::bus::{BusError, BusSpec, CanBus, CanBusOpener, CanFilter, CanFrame};
+
+/// The kernel's limit on receive filters per socket (`CAN_RAW_FILTER_MAX`); with more routes
+/// than this the socket receives everything and the connector filters alone.
+const MAX_KERNEL_FILTERS: usize = 512;
+
+/// Opens SocketCAN interfaces (`"interface": "socketcan"`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketCanOpener;
+
+enum Sock {
+    Classic(socketcan::tokio::CanSocket),
+    Fd(socketcan::tokio::CanFdSocket),
+}
+
+/// One open SocketCAN socket.
+pub struct SocketCanBus {
+    channel: String,
+    sock: Sock,
+}
+
+impl std::fmt::Debug for SocketCanBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketCanBus")
+            .field("channel", &self.channel)
+            .field("fd", &matches!(self.sock, Sock::Fd(_)))
+            .finish()
+    }
+}
+
+const EFF_FLAG: u32 = 0x8000_0000;
+
+fn kernel_filter(f: &CanFilter) -> socketcan::CanFilter {
+    if f.extended {
+        socketcan::CanFilter::new(f.id | EFF_FLAG, f.mask | EFF_FLAG)
+    } else {
+        socketcan::CanFilter::new(f.id, f.mask | EFF_FLAG)
+    }
+}
+
+impl CanBusOpener for SocketCanOpener {
+    fn open(&self, spec: &BusSpec) -> Result<Box<dyn CanBus>, BusError> {
+        let open_err = |e: std::io::Error| BusError::Open {
+            channel: spec.channel.clone(),
+            reason: e.to_string(),
+        };
+        let sock = if spec.fd {
+            Sock::Fd(socketcan::tokio::CanFdSocket::open(&spec.channel).map_err(open_err)?)
+        } else {
+            Sock::Classic(socketcan::tokio::CanSocket::open(&spec.channel).map_err(open_err)?)
+        };
+        if !spec.filters.is_empty() && spec.filters.len() <= MAX_KERNEL_FILTERS {
+            let filters: Vec<socketcan::CanFilter> =
+                spec.filters.iter().map(kernel_filter).collect();
+            let r = match &sock {
+                Sock::Classic(s) => s.set_filters(&filters),
+                Sock::Fd(s) => s.set_filters(&filters),
+            };
+            r.map_err(open_err)?;
+        }
+        Ok(Box::new(SocketCanBus {
+            channel: spec.channel.clone(),
+            sock,
+        }))
+    }
+}
+
+fn id_of(frame: &CanFrame) -> Option<Id> {
+    if frame.extended {
+        ExtendedId::new(frame.id).map(Id::Extended)
+    } else {
+        u16::try_from(frame.id)
+            .ok()
+            .and_then(StandardId::new)
+            .map(Id::Standard)
+    }
+}
+
+fn from_id(id: Id) -> (u32, bool) {
+    match id {
+        Id::Standard(s) => (u32::from(s.as_raw()), false),
+        Id::Extended(e) => (e.as_raw(), true),
+    }
+}
+
+impl SocketCanBus {
+    fn io(&self, e: std::io::Error) -> BusError {
+        BusError::Io {
+            channel: self.channel.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn send_err(&self, frame: &CanFrame, e: std::io::Error) -> BusError {
+        match e.raw_os_error() {
+            // EINVAL: too long for the interface's MTU; ENOBUFS: the transmit queue is full.
+            Some(libc_einval) if libc_einval == 22 || libc_einval == 105 => BusError::Refused {
+                frame: frame.to_string(),
+                reason: e.to_string(),
+            },
+            _ => self.io(e),
+        }
+    }
+}
+
+#[async_trait]
+impl CanBus for SocketCanBus {
+    async fn send(&mut self, frame: &CanFrame) -> Result<(), BusError> {
+        let refused = |why: &str| BusError::Refused {
+            frame: frame.to_string(),
+            reason: why.to_string(),
+        };
+        let id = id_of(frame).ok_or_else(|| refused("arbitration id out of range"))?;
+        let r = match &self.sock {
+            Sock::Fd(s) if frame.fd => {
+                let flags = if frame.brs {
+                    FdFlags::BRS
+                } else {
+                    FdFlags::empty()
+                };
+                let f = CanFdFrame::with_flags(id, &frame.data, flags)
+                    .ok_or_else(|| refused("does not fit a CAN FD frame"))?;
+                s.write_frame(&f).await
+            }
+            Sock::Fd(s) => {
+                let f = CanDataFrame::new(id, &frame.data)
+                    .ok_or_else(|| refused("does not fit a classic CAN frame"))?;
+                s.write_frame(&f).await
+            }
+            Sock::Classic(_) if frame.fd => {
+                return Err(refused(
+                    "a CAN FD frame, but the bus is open without backend.fd",
+                ))
+            }
+            Sock::Classic(s) => {
+                let f = socketcan::CanFrame::new(id, &frame.data)
+                    .ok_or_else(|| refused("does not fit a classic CAN frame"))?;
+                s.write_frame(f).await
+            }
+        };
+        r.map_err(|e| self.send_err(frame, e))
+    }
+
+    async fn recv(&mut self) -> Result<CanFrame, BusError> {
+        loop {
+            let got = match &self.sock {
+                Sock::Fd(s) => s.read_frame().await.map_err(|e| self.io(e))?,
+                Sock::Classic(s) => match s.read_frame().await.map_err(|e| self.io(e))? {
+                    socketcan::CanFrame::Data(d) => CanAnyFrame::Normal(d),
+                    _ => continue,
+                },
+            };
+            let (id, fd, brs, data) = match got {
+                CanAnyFrame::Normal(d) => (d.id(), false, false, d.data().to_vec()),
+                CanAnyFrame::Fd(f) => (f.id(), true, f.is_brs(), f.data().to_vec()),
+                // Remote and error frames carry no values.
+                _ => continue,
+            };
+            let (id, extended) = from_id(id);
+            return Ok(CanFrame {
+                id,
+                extended,
+                fd,
+                brs,
+                data,
+            });
+        }
+    }
+}
