@@ -393,7 +393,7 @@ impl Encoder {
             let lookup = |name: &str| -> Option<Val> {
                 match obj {
                     Some(o) => o.get(name).map(Val::from_json),
-                    None if name == "value" => Some(Val::from_json(params)),
+                    None if name == "value" && !params.is_object() => Some(Val::from_json(params)),
                     None => None,
                 }
             };
@@ -401,7 +401,7 @@ impl Encoder {
                 .map_err(|err| format!("dataExpression {:?}: {err}", e.source()))?
         } else if let Some(v) = obj.and_then(|o| o.get("value")) {
             Val::from_json(v)
-        } else if obj.is_none() && !params.is_null() {
+        } else if !params.is_null() && !params.is_object() {
             // Beyond upstream: a bare value as params.
             Val::from_json(params)
         } else {
