@@ -405,6 +405,7 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         ("socket", "socket.json"),
         ("ocpp", "ocpp.json"),
         ("s7", "s7.json"),
+        ("can", "can.json"),
     ];
     let connectors: Vec<Value> = samples
         .iter()
@@ -484,6 +485,48 @@ fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         stderr(&out).contains("connectors[0].key"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[cfg(feature = "can")]
+#[test]
+fn can_files_are_checked_and_a_broken_rpc_hex_is_a_warning() {
+    let dir = TempDir::new().expect("tempdir");
+    let can = |expression: &str| {
+        json!({
+            "interface": "socketcan", "channel": "vcan0", "backend": {"fd": true},
+            "devices": [{
+                "name": "Car", "strictEval": false,
+                "timeseries": [{"key": "rpm", "nodeId": 1918, "isExtendedId": true,
+                    "value": "4:2:big:int", "expression": expression}],
+                "serverSideRpc": [{"method": "sendSameData", "nodeId": 4, "isExtendedId": true,
+                    "isFd": true, "dataInHex": "aa bb cc d ee ff"}]
+            }]
+        })
+    };
+    write_json(dir.path(), "can.json", &can("value / 4"));
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{"type": "can", "name": "CAN", "configuration": "can.json"}])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("devices[0].serverSideRpc[0].dataInHex") && err.contains("not hex"),
+        "{}",
+        describe(&out)
+    );
+    // An expression outside the safe subset: named with its position.
+    write_json(dir.path(), "can.json", &can("__import__('os').system('x')"));
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("devices[0].timeseries[0].expression") && err.contains("cannot read expression"),
         "{}",
         describe(&out)
     );
