@@ -631,3 +631,106 @@ async fn on_a_real_vcan0_when_there_is_one() {
     assert_eq!(f.data, [1, 2]);
     run.stop().await;
 }
+
+/// Builds CAN connectors on the fake network, for a whole gateway.
+#[derive(Debug)]
+struct FakeCanFactory(FakeCan);
+
+impl tbgw::connector::ConnectorFactory for FakeCanFactory {
+    fn connector_type(&self) -> &'static str {
+        "can"
+    }
+
+    fn build(
+        &self,
+        spec: &ConnectorSpec,
+        ignored: &mut Vec<String>,
+    ) -> Result<Box<dyn Connector>, tbgw::config::ConfigError> {
+        Ok(Box::new(
+            CanFactory::new()
+                .build_can(spec, ignored)?
+                .with_opener(Arc::new(self.0.clone())),
+        ))
+    }
+}
+
+/// Upstream #2102: with `remoteConfiguration`, every reconnect to ThingsBoard tore the CAN
+/// connector down and up, and the bus never came back. Here ThingsBoard's broker restarts
+/// twice and ThingsBoard sends the (unchanged) connector configuration again, as it does on
+/// a connect: the bus is opened once and frames keep arriving.
+#[tokio::test]
+async fn thingsboard_reconnects_never_touch_the_bus() {
+    use tbgw::test_util::{Mosquitto, TbStandIn};
+    let mut broker = Mosquitto::start().await.expect("mosquitto starts");
+    let tb = TbStandIn::connect(broker.port()).await.expect("stand-in");
+    let dir = tempfile::tempdir().unwrap();
+    let can = json!({"channel": "can0", "reconnectPeriod": 0.1, "devices": [{"name": "Car",
+        "timeseries": [{"key": "t", "nodeId": 0x10, "value": "0:2:int"}]}]});
+    std::fs::write(dir.path().join("can.json"), can.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("tb_gateway.json"),
+        json!({
+            "thingsboard": {"host": "127.0.0.1", "port": broker.port(), "remoteConfiguration": true,
+                "security": {"type": "accessToken", "accessToken": "gw"}, "sessionLimitsTimeoutMs": 500},
+            "storage": {"type": "memory"},
+            "connectors": [{"type": "can", "name": "CAN", "configuration": "can.json"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let net = FakeCan::new();
+    net.add_interface("can0", false);
+    let loaded = tbgw::config::load(&dir.path().join("tb_gateway.json")).expect("config loads");
+    let gateway = tbgw::Gateway::builder()
+        .factory(Box::new(FakeCanFactory(net.clone())))
+        .config(loaded)
+        .build()
+        .expect("gateway builds");
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(gateway.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let mut dev = net.socket("can0", false).unwrap();
+    let seen = |n: u16| {
+        let tb = &tb;
+        async move {
+            tb.wait_for(WAIT, |m| {
+                m.topic == "v1/gateway/telemetry" && m.text().contains(&format!("\"t\":{n}"))
+            })
+            .await
+            .is_some()
+        }
+    };
+    // Until the connector is up, frames may go unheard: send until one arrives.
+    let mut n = 1u16;
+    loop {
+        dev.send(&frame(0x10, false, &n.to_be_bytes())).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(300), seen(n)).await.unwrap_or(false) {
+            break;
+        }
+        n += 1;
+        assert!(n < 100, "the connector never reported");
+    }
+    for round in 0..2u64 {
+        broker.restart().await.expect("broker restarts");
+        assert!(tb.wait_ready_count(2 + round, WAIT).await, "stand-in back");
+        // ThingsBoard sends the connector's configuration again on connect.
+        tb.send_gateway_attributes(json!({"CAN": {"name": "CAN", "type": "can",
+            "configuration": "can.json", "configurationJson": can}}))
+            .await
+            .unwrap();
+        n = 1000 + round as u16;
+        let mut delivered = false;
+        for _ in 0..50 {
+            dev.send(&frame(0x10, false, &n.to_be_bytes())).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(300), seen(n)).await.unwrap_or(false) {
+                delivered = true;
+                break;
+            }
+        }
+        assert!(delivered, "frames after ThingsBoard reconnect {round}");
+    }
+    assert_eq!(net.opens(), 1, "the bus was opened once");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(WAIT, gateway).await;
+}
