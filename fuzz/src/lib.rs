@@ -608,3 +608,124 @@ mod xmpp {
         let _ = attribute_body("{\"${attributeKey}\":\"${attributeValue}\"}", "k", &answer);
     }
 }
+
+pub use can::can_frame;
+
+/// The CAN connector's frame decoding.
+mod can {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use serde_json::json;
+    use tbgw_connectors::can::codec::{from_hex, Command, Slice};
+    use tbgw_connectors::can::config::CanConnectorConfig;
+    use tbgw_connectors::can::{dbc, decode, CanFrame, Decoder};
+
+    const DBC: &str = r#"VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: ECU
+
+BO_ 2364540158 EEC1: 8 ECU
+ SG_ EngineSpeed : 24|16@1+ (0.125,0) [0|8031.875] "rpm" Vector__XXX
+ SG_ Torque : 8|8@1- (1,-125) [-125|125] "%" Vector__XXX
+
+BO_ 256 Moto: 64 ECU
+ SG_ Temp : 7|12@0+ (0.1,-40) [-40|200] "degC" Vector__XXX
+ SG_ Wide : 500|64@0- (1,0) [0|0] "" Vector__XXX
+
+BO_ 512 Muxed: 8 ECU
+ SG_ Page M : 0|8@1+ (1,0) [0|255] "" Vector__XXX
+ SG_ A m0 : 8|16@1+ (1,0) [0|65535] "" Vector__XXX
+ SG_ B m1 : 8|56@1- (1,0) [0|0] "" Vector__XXX
+
+BO_ 513 Floats: 16 ECU
+ SG_ F : 0|32@1- (1,0) [0|0] "V" Vector__XXX
+ SG_ D : 64|64@1- (1,0) [0|0] "V" Vector__XXX
+
+SIG_VALTYPE_ 513 F : 1;
+SIG_VALTYPE_ 513 D : 2;
+"#;
+
+    /// Every value type, byte order, command filter, expression (with `can_data`), FD lengths,
+    /// DBC signals (both bit orders, multiplexed, float) and J1939 PGNs, on ids 1..=4, the
+    /// DBC messages' ids and PGN 61444.
+    fn decoder() -> &'static Decoder {
+        static D: OnceLock<Decoder> = OnceLock::new();
+        D.get_or_init(|| {
+            let v = |key: &str, node: u32, value: &str| json!({"key": key, "nodeId": node, "value": value});
+            let mut ts = vec![
+                v("b", 1, "0:1:bool"), v("i", 1, "1:2:int"), v("il", 1, "1:3:little:int:signed"),
+                v("l", 1, "0:8:long"), v("f", 1, "2:4:float"), v("d", 1, "0:8:little:double"),
+                v("s", 1, "3:-1:string"), v("u", 1, "0:-1:string:utf-8"), v("r", 1, "5:-1:raw"),
+                v("lat", 2, "0:-1:string:latin-1"), v("fd", 3, "40:8:big:long:signed"),
+                json!({"key": "cmd", "nodeId": 2, "command": "0:2:little:513", "value": "2:2:int",
+                       "expression": "value / 0 if value == 7 else value * 2 + can_data[-1]"}),
+                json!({"key": "x", "nodeId": 4, "isExtendedId": true, "value": "0:1:int",
+                       "expression": "[b for b in can_data if b > value][0] if len(can_data) > 2 else None"}),
+                json!({"key": "pgn", "pgn": 61444, "value": "3:2:little:int", "expression": "value * 0.125"}),
+                json!({"key": "pgnsa", "pgn": 65262, "sourceAddress": 0, "value": "0:1:int"}),
+                json!({"key": "speed", "signal": "EngineSpeed"}),
+                json!({"key": "wide", "signal": "Wide"}),
+            ];
+            ts.push(json!({"key": "temp", "signal": "Temp", "message": 256}));
+            let cfg: CanConnectorConfig = serde_json::from_value(json!({
+                "devices": [
+                    {"name": "A", "dbcFile": "x.dbc", "dbcMessages": ["Muxed", "Floats"], "timeseries": ts},
+                    {"name": "B", "attributes": [{"key": "b2", "nodeId": 1, "value": "7:1:int"}]}
+                ]
+            }))
+            .expect("config");
+            let load = |_: &Path| dbc::parse(DBC);
+            decode::plan_with(Path::new("can.json"), &cfg, &mut Vec::new(), &load)
+                .expect("plan")
+                .decoder
+        })
+    }
+
+    /// One fuzz input: byte 0 picks the id (one of the routed ids, or any) and the frame kind;
+    /// the rest is the frame data (cut to 64 bytes). Also fed to the value, command and hex
+    /// parsers as text, and to the bit extraction. Panics (the fuzzer's finding) when decoding
+    /// panics or yields a record without values.
+    pub fn can_frame(data: &[u8]) {
+        let [sel, rest @ ..] = data else {
+            return;
+        };
+        let ids = [1u32, 2, 3, 4, 0x0CF0_04FE, 256, 512, 513, 0x18F0_0401, 0x18FE_EE00];
+        let (id, extended) = match usize::from(sel & 0x0F) {
+            i if i < ids.len() => (ids[i], ids[i] > 0x7FF || i == 3),
+            _ => {
+                let raw = rest.iter().take(4).fold(0u32, |a, &b| (a << 8) | u32::from(b));
+                (raw & 0x1FFF_FFFF, sel & 0x40 != 0)
+            }
+        };
+        let fd = sel & 0x80 != 0;
+        let mut payload: Vec<u8> = rest.iter().copied().take(if fd { 64 } else { 8 }).collect();
+        if !fd {
+            payload.truncate(8);
+        }
+        let id = if extended { id } else { id & 0x7FF };
+        if let Ok(frame) = CanFrame::new(id, extended, fd, false, payload) {
+            let (mut out, mut errors) = (Vec::new(), Vec::new());
+            decoder().decode(&frame, 0, &mut out, &mut errors);
+            for d in &out {
+                assert!(!d.is_empty(), "a record has values");
+            }
+            let _ = decoder().wants(&frame);
+        }
+        let text = String::from_utf8_lossy(rest);
+        let _ = from_hex(&text);
+        if let Ok(s) = Slice::parse(&json!(text)) {
+            let _ = s.decode(rest);
+        }
+        if let Ok(c) = Command::parse(&json!(text)) {
+            let _ = c.matches(rest);
+        }
+        let start = u32::from(rest.first().copied().unwrap_or(0)) * 2;
+        let size = u32::from(rest.get(1).copied().unwrap_or(0)) % 70;
+        let _ = dbc::raw_bits(rest, start, size, sel & 0x20 != 0);
+    }
+}

@@ -620,8 +620,19 @@ enum RouteKey {
     Pgn(u32, Option<u8>),
 }
 
-/// Validates the connector file.
+/// Validates the connector file (DBC files are read from disk).
 pub fn plan(file: &Path, cfg: &CanConnectorConfig, ignored: &mut Vec<String>) -> Result<Plan, ConfigError> {
+    plan_with(file, cfg, ignored, &dbc::load)
+}
+
+/// [`plan`] with DBC files read by `load_dbc` (given the resolved path): for the fuzz target
+/// and benchmarks, which keep their DBC text in memory.
+pub fn plan_with(
+    file: &Path,
+    cfg: &CanConnectorConfig,
+    ignored: &mut Vec<String>,
+    load_dbc: &dyn Fn(&Path) -> Result<Vec<dbc::Message>, String>,
+) -> Result<Plan, ConfigError> {
     if cfg.interface != "socketcan" {
         return Err(ConfigError::new(
             file,
@@ -697,7 +708,7 @@ pub fn plan(file: &Path, cfg: &CanConnectorConfig, ignored: &mut Vec<String>) ->
         let msgs = match &d.dbc_file {
             Some(f) => {
                 let path = tbgw::config::resolve_beside(file, f);
-                dbc::load(&path).map_err(|e| ConfigError::new(file, format!("{p}.dbcFile"), e))?
+                load_dbc(&path).map_err(|e| ConfigError::new(file, format!("{p}.dbcFile"), e))?
             }
             None => Vec::new(),
         };
