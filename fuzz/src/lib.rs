@@ -694,11 +694,25 @@ SIG_VALTYPE_ 513 D : 2;
         let [sel, rest @ ..] = data else {
             return;
         };
-        let ids = [1u32, 2, 3, 4, 0x0CF0_04FE, 256, 512, 513, 0x18F0_0401, 0x18FE_EE00];
+        let ids = [
+            1u32,
+            2,
+            3,
+            4,
+            0x0CF0_04FE,
+            256,
+            512,
+            513,
+            0x18F0_0401,
+            0x18FE_EE00,
+        ];
         let (id, extended) = match usize::from(sel & 0x0F) {
             i if i < ids.len() => (ids[i], ids[i] > 0x7FF || i == 3),
             _ => {
-                let raw = rest.iter().take(4).fold(0u32, |a, &b| (a << 8) | u32::from(b));
+                let raw = rest
+                    .iter()
+                    .take(4)
+                    .fold(0u32, |a, &b| (a << 8) | u32::from(b));
                 (raw & 0x1FFF_FFFF, sel & 0x40 != 0)
             }
         };

@@ -526,7 +526,8 @@ fn can_files_are_checked_and_a_broken_rpc_hex_is_a_warning() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("devices[0].timeseries[0].expression") && err.contains("cannot read expression"),
+        err.contains("devices[0].timeseries[0].expression")
+            && err.contains("cannot read expression"),
         "{}",
         describe(&out)
     );

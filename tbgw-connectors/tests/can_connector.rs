@@ -269,25 +269,47 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
     for _ in 0..2 {
         seen.push(recv(&mut ecu_sock).await);
     }
-    assert!(seen.iter().any(|f| f.id == 41 && !f.extended && f.data == [0xAB, 0xCD, 0xAB, 0xCD]));
-    assert!(seen.iter().any(|f| f.id == 1918 && f.extended && f.data == [0xAA, 0xAA, 0xBB, 0xBB, 0xAA, 0xAA, 0xBB, 0xBB]));
+    assert!(seen
+        .iter()
+        .any(|f| f.id == 41 && !f.extended && f.data == [0xAB, 0xCD, 0xAB, 0xCD]));
+    assert!(seen.iter().any(|f| f.id == 1918
+        && f.extended
+        && f.data == [0xAA, 0xAA, 0xBB, 0xBB, 0xAA, 0xAA, 0xBB, 0xBB]));
     let ecu_task = ecu(ecu_sock, 400);
     // The door: a one-time poll, answered once the ECU listens; answer it by hand.
     let mut dev = net.socket("can0", true).unwrap();
-    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x04])).await.unwrap();
-    assert_eq!(run.value_of("Car", "isDriverDoorOpened").await, Value::Bool(true));
-    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x00])).await.unwrap();
-    assert_eq!(run.value_of("Car", "isDriverDoorOpened").await, Value::Bool(false));
+    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x04]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.value_of("Car", "isDriverDoorOpened").await,
+        Value::Bool(true)
+    );
+    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x00]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.value_of("Car", "isDriverDoorOpened").await,
+        Value::Bool(false)
+    );
     // rpm from the answers to the periodic poll (upstream would never report it: the
     // mileage entry without a command switches the command filter off in upstream).
-    let Value::Float(r1) = run.value_of("Car", "rpm").await else { panic!("rpm is a float") };
-    let Value::Float(r2) = run.value_of("Car", "rpm").await else { panic!("rpm is a float") };
+    let Value::Float(r1) = run.value_of("Car", "rpm").await else {
+        panic!("rpm is a float")
+    };
+    let Value::Float(r2) = run.value_of("Car", "rpm").await else {
+        panic!("rpm is a float")
+    };
     assert!(r2 > r1 && r1 >= 101.0, "{r1} {r2}");
     // Mileage rides on every frame of 1918, little-endian.
-    dev.send(&frame(1918, true, &[9, 9, 9, 9, 0x10, 0x00])).await.unwrap();
+    dev.send(&frame(1918, true, &[9, 9, 9, 9, 0x10, 0x00]))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let Up::Data(d) = run.next().await else { continue };
+        let Up::Data(d) = run.next().await else {
+            continue;
+        };
         if let (Some(m), None) = (value(&d, "milliage"), value(&d, "rpm")) {
             assert_eq!(m, Value::Int(160));
             break;
@@ -296,12 +318,21 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
     }
     // A frame of another id, a frame of the right id but the other id kind: ignored.
     dev.send(&frame(1919, true, &[0; 8])).await.unwrap();
-    dev.send(&frame(41, true, &[0, 0, 0x22, 0x0D, 0x04])).await.unwrap();
+    dev.send(&frame(41, true, &[0, 0, 0x22, 0x0D, 0x04]))
+        .await
+        .unwrap();
     // Too short for the door's value: counted, the connector goes on.
     let before = run.stats.stats().convert_errors();
-    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D])).await.unwrap();
-    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x04])).await.unwrap();
-    assert_eq!(run.value_of("Car", "isDriverDoorOpened").await, Value::Bool(true));
+    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D]))
+        .await
+        .unwrap();
+    dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x04]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.value_of("Car", "isDriverDoorOpened").await,
+        Value::Bool(true)
+    );
     assert_eq!(run.stats.stats().convert_errors(), before + 1);
     assert_eq!(net.opens(), 1);
     run.stop().await;
@@ -319,16 +350,28 @@ async fn rpcs_and_attribute_updates_become_frames() {
     let r = run.rpc("Car", "setLightLevel", json!({"value": 258})).await;
     assert_eq!(r, json!({"success": true}));
     let f = next_not_poll(&mut dev).await;
-    assert_eq!((f.id, f.extended, f.data.clone()), (5, false, vec![0x00, 0xAA, 0x02, 0x01]));
+    assert_eq!(
+        (f.id, f.extended, f.data.clone()),
+        (5, false, vec![0x00, 0xAA, 0x02, 0x01])
+    );
     // setSpeed: the expression over the params, then dataAfter.
-    let r = run.rpc("Car", "setSpeed", json!({"userSpeed": 50, "maxAllowedSpeed": 40})).await;
+    let r = run
+        .rpc(
+            "Car",
+            "setSpeed",
+            json!({"userSpeed": 50, "maxAllowedSpeed": 40}),
+        )
+        .await;
     assert_eq!(r, json!({"success": true}));
     let f = next_not_poll(&mut dev).await;
     assert_eq!((f.id, f.data.clone()), (16, vec![40, 1, 2]));
     // A parameter the expression needs is missing: 400 naming it.
     let r = run.rpc("Car", "setSpeed", json!({"userSpeed": 50})).await;
     assert_eq!(r["code"], 400, "{r}");
-    assert!(r["error"].as_str().unwrap().contains("maxAllowedSpeed"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("maxAllowedSpeed"),
+        "{r}"
+    );
     // Upstream's sample RPC with broken hex: a clear error, nothing sent.
     let r = run.rpc("Car", "sendSameData", json!({})).await;
     assert_eq!(r["code"], 400, "{r}");
@@ -343,14 +386,23 @@ async fn rpcs_and_attribute_updates_become_frames() {
     let r = run.rpc("Car", "nope", json!({})).await;
     assert_eq!(r["code"], 404, "{r}");
     // Reserved set in upstream's text form.
-    let r = run.rpc("Car", "set", json!("nodeId=300;isExtendedId=true;value=7;dataLength=2")).await;
+    let r = run
+        .rpc(
+            "Car",
+            "set",
+            json!("nodeId=300;isExtendedId=true;value=7;dataLength=2"),
+        )
+        .await;
     assert_eq!(r, json!({"result": {"success": true}}));
     let f = next_not_poll(&mut dev).await;
     assert_eq!((f.id, f.extended, f.data.clone()), (300, true, vec![0, 7]));
     // Attribute update: value + 5, 4 bytes little-endian, extended id 64.
     run.update("Car", "softwareVersion", json!(1)).await;
     let f = next_not_poll(&mut dev).await;
-    assert_eq!((f.id, f.extended, f.data.clone()), (64, true, vec![6, 0, 0, 0]));
+    assert_eq!(
+        (f.id, f.extended, f.data.clone()),
+        (64, true, vec![6, 0, 0, 0])
+    );
     // An attribute nobody configured: nothing sent, nothing breaks.
     run.update("Car", "other", json!(1)).await;
     let r = run.rpc("Car", "setLightLevel", json!({"value": 1})).await;
@@ -379,16 +431,30 @@ async fn unknown_rpcs_with_override_describe_their_own_frame() {
         "serverSideRpc": [{"method": "dim", "nodeId": 7, "dataLength": 1}]}]});
     let mut run = start(cfg, &net);
     run.wait_for(|u| matches!(u, Up::Connect(_))).await;
-    let r = run.rpc("Lamp", "anything", json!({"nodeId": 9, "value": 513, "dataLength": 2, "dataByteorder": "little"})).await;
+    let r = run
+        .rpc(
+            "Lamp",
+            "anything",
+            json!({"nodeId": 9, "value": 513, "dataLength": 2, "dataByteorder": "little"}),
+        )
+        .await;
     assert_eq!(r, json!({"success": true}));
     let f = recv(&mut dev).await;
     assert_eq!((f.id, f.data.clone()), (9, vec![1, 2]));
     // Params override the configured entry.
-    let r = run.rpc("Lamp", "dim", json!({"value": 300, "dataLength": 2})).await;
+    let r = run
+        .rpc("Lamp", "dim", json!({"value": 300, "dataLength": 2}))
+        .await;
     assert_eq!(r, json!({"success": true}));
     assert_eq!(recv(&mut dev).await.data, [1, 44]);
     // An FD frame on a classic bus: refused by the bus, 500, the bus stays open.
-    let r = run.rpc("Lamp", "anything", json!({"nodeId": 9, "isFd": true, "dataInHex": "01"})).await;
+    let r = run
+        .rpc(
+            "Lamp",
+            "anything",
+            json!({"nodeId": 9, "isFd": true, "dataInHex": "01"}),
+        )
+        .await;
     assert_eq!(r["code"], 500, "{r}");
     let r = run.rpc("Lamp", "anything", json!({"value": 1})).await;
     assert_eq!(r["code"], 400, "{r}");
@@ -402,11 +468,13 @@ async fn the_interface_going_down_and_up_is_survived() {
     let net = FakeCan::new();
     net.add_interface("can0", true);
     let mut run = start(car("can0"), &net);
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
     run.value_of("Car", "rpm").await;
     net.set_up("can0", false);
-    run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Car"))
+        .await;
     // While the bus is closed: RPCs are answered at once with 503.
     let r = run.rpc("Car", "setLightLevel", json!({"value": 1})).await;
     assert_eq!(r["code"], 503, "{r}");
@@ -416,7 +484,8 @@ async fn the_interface_going_down_and_up_is_survived() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = ecu_task.await;
     net.set_up("can0", true);
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
     run.value_of("Car", "rpm").await;
     assert_eq!(net.opens(), 2, "one open before, one after: no flapping");
@@ -445,8 +514,12 @@ async fn a_device_that_goes_quiet_and_lost_frames_do_not_disturb_the_bus() {
     net.drop_every("can0", 3);
     let received = run.stats.stats().messages_received();
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 1000);
-    let Value::Float(first) = run.value_of("Car", "rpm").await else { panic!() };
-    let Value::Float(later) = run.value_of("Car", "rpm").await else { panic!() };
+    let Value::Float(first) = run.value_of("Car", "rpm").await else {
+        panic!()
+    };
+    let Value::Float(later) = run.value_of("Car", "rpm").await else {
+        panic!()
+    };
     assert!(later > first);
     assert!(run.stats.stats().messages_received() > received);
     assert!(net.lost("can0").0 > 0);
@@ -511,17 +584,30 @@ BO_ 512 Body: 8 ECU
         if let Up::Data(d) = run.next().await {
             if let Some(u) = value(&d, "EngineSpeed_unit") {
                 assert_eq!(u, Value::String("rpm".into()));
-                assert_eq!(value(&d, "EngineTorque_unit"), Some(Value::String("%".into())));
+                assert_eq!(
+                    value(&d, "EngineTorque_unit"),
+                    Some(Value::String("%".into()))
+                );
                 break;
             }
         }
         assert!(tokio::time::Instant::now() < deadline);
     }
     let mut dev = net.socket("can0", false).unwrap();
-    dev.send(&frame(0x0CF0_04FE, true, &[0, 135, 0, 0x40, 0x1F, 0, 0, 0])).await.unwrap();
-    assert_eq!(run.value_of("Truck", "EngineSpeed").await, Value::Float(1000.0));
-    dev.send(&frame(0x0CF0_04FE, true, &[0, 127, 0, 0x40, 0x1F, 0, 0, 0])).await.unwrap();
-    assert_eq!(run.value_of("Truck", "EngineTorque").await, Value::Float(2.0));
+    dev.send(&frame(0x0CF0_04FE, true, &[0, 135, 0, 0x40, 0x1F, 0, 0, 0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.value_of("Truck", "EngineSpeed").await,
+        Value::Float(1000.0)
+    );
+    dev.send(&frame(0x0CF0_04FE, true, &[0, 127, 0, 0x40, 0x1F, 0, 0, 0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.value_of("Truck", "EngineTorque").await,
+        Value::Float(2.0)
+    );
     dev.send(&frame(512, false, &[1])).await.unwrap();
     assert_eq!(run.value_of("Truck", "door").await, Value::Int(1));
     run.stop().await;
@@ -533,14 +619,17 @@ async fn j1939_values_match_by_pgn_and_are_requested() {
     net.add_interface("can0", false);
     let mut ecu = net.socket("can0", false).unwrap();
     let cfg = json!({"channel": "can0", "devices": [{"name": "Engine", "j1939SourceAddress": 249,
-        "timeseries": [
-            {"key": "coolant", "pgn": 65262, "sourceAddress": 0, "value": "0:1:int", "expression": "value - 40",
-             "polling": {"period": 0.05}}
-        ]}]});
+    "timeseries": [
+        {"key": "coolant", "pgn": 65262, "sourceAddress": 0, "value": "0:1:int", "expression": "value - 40",
+         "polling": {"period": 0.05}}
+    ]}]});
     let mut run = start(cfg, &net);
     // The J1939 Request for PGN 65262 from 0xF9 to the engine (0x00).
     let req = recv(&mut ecu).await;
-    assert_eq!((req.id, req.extended, req.data.clone()), (0x18EA_00F9, true, vec![0xEE, 0xFE, 0x00]));
+    assert_eq!(
+        (req.id, req.extended, req.data.clone()),
+        (0x18EA_00F9, true, vec![0xEE, 0xFE, 0x00])
+    );
     // Answers from the engine (0x00) at two priorities; one from another node is not ours.
     ecu.send(&frame(0x1CFE_EE01, true, &[200])).await.unwrap();
     ecu.send(&frame(0x18FE_EE00, true, &[130])).await.unwrap();
@@ -564,10 +653,17 @@ async fn can_fd_frames_carry_values_beyond_eight_bytes() {
     data[40] = 0xE8;
     data[41] = 0x03;
     data[48..64].copy_from_slice(b"PACK-0001-ABCDEF");
-    dev.send(&CanFrame::new(0x123, false, true, true, data).unwrap()).await.unwrap();
-    let Up::Data(d) = run.next().await else { panic!() };
+    dev.send(&CanFrame::new(0x123, false, true, true, data).unwrap())
+        .await
+        .unwrap();
+    let Up::Data(d) = run.next().await else {
+        panic!()
+    };
     assert_eq!(value(&d, "cell40"), Some(Value::Int(1000)));
-    assert_eq!(value(&d, "serial"), Some(Value::String("PACK-0001-ABCDEF".into())));
+    assert_eq!(
+        value(&d, "serial"),
+        Some(Value::String("PACK-0001-ABCDEF".into()))
+    );
     run.stop().await;
 }
 
@@ -582,10 +678,13 @@ async fn upstreams_sample_is_accepted_and_its_broken_rpc_answers_an_error() {
     net.add_interface("vcan0", true);
     let (mut run, ignored) = start_with(cfg, Path::new("can.json"), Arc::new(net.clone()));
     assert!(
-        ignored.iter().any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex")),
+        ignored
+            .iter()
+            .any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex")),
         "{ignored:?}"
     );
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let r = run.rpc("Car", "sendSameData", json!({})).await;
     assert_eq!(r["code"], 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("not hex"), "{r}");
@@ -704,8 +803,13 @@ async fn thingsboard_reconnects_never_touch_the_bus() {
     // Until the connector is up, frames may go unheard: send until one arrives.
     let mut n = 1u16;
     loop {
-        dev.send(&frame(0x10, false, &n.to_be_bytes())).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(300), seen(n)).await.unwrap_or(false) {
+        dev.send(&frame(0x10, false, &n.to_be_bytes()))
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(300), seen(n))
+            .await
+            .unwrap_or(false)
+        {
             break;
         }
         n += 1;
@@ -722,8 +826,13 @@ async fn thingsboard_reconnects_never_touch_the_bus() {
         n = 1000 + round as u16;
         let mut delivered = false;
         for _ in 0..50 {
-            dev.send(&frame(0x10, false, &n.to_be_bytes())).await.unwrap();
-            if tokio::time::timeout(Duration::from_millis(300), seen(n)).await.unwrap_or(false) {
+            dev.send(&frame(0x10, false, &n.to_be_bytes()))
+                .await
+                .unwrap();
+            if tokio::time::timeout(Duration::from_millis(300), seen(n))
+                .await
+                .unwrap_or(false)
+            {
                 delivered = true;
                 break;
             }

@@ -125,16 +125,25 @@ impl Slice {
             Json::Object(o) => {
                 let int = |k: &str| -> Result<i64, String> {
                     match o.get(k) {
-                        Some(Json::Number(n)) => n.as_i64().ok_or_else(|| format!("{k}: {n} is not an integer")),
-                        Some(Json::String(s)) => s.trim().parse().map_err(|_| format!("{k}: {s:?} is not an integer")),
+                        Some(Json::Number(n)) => n
+                            .as_i64()
+                            .ok_or_else(|| format!("{k}: {n} is not an integer")),
+                        Some(Json::String(s)) => s
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("{k}: {s:?} is not an integer")),
                         Some(other) => Err(format!("{k}: {other} is not an integer")),
                         None => Err(format!("{k} is missing")),
                     }
                 };
-                let start = usize::try_from(int("start")?).map_err(|_| "start is negative".to_string())?;
+                let start =
+                    usize::try_from(int("start")?).map_err(|_| "start is negative".to_string())?;
                 let len = int("length")?;
                 let order = Order::parse(o.get("byteorder").and_then(Json::as_str).unwrap_or(""))?;
-                let ty = o.get("type").and_then(Json::as_str).ok_or("type is missing")?;
+                let ty = o
+                    .get("type")
+                    .and_then(Json::as_str)
+                    .ok_or("type is missing")?;
                 let extra = if ty.starts_with('i') || ty.starts_with('l') {
                     match o.get("signed") {
                         Some(Json::Bool(true)) => "signed",
@@ -145,7 +154,9 @@ impl Slice {
                 };
                 Slice::build(start, len, order, ty, extra)
             }
-            other => Err(format!("{other} is not a value description (a string like \"0:2:big:int\" or an object)")),
+            other => Err(format!(
+                "{other} is not a value description (a string like \"0:2:big:int\" or an object)"
+            )),
         }
     }
 
@@ -163,39 +174,54 @@ impl Slice {
             3 => (Order::Big, parts[2], ""),
             4 if matches!(parts[2], "big" | "little") => (Order::parse(parts[2])?, parts[3], ""),
             4 => (Order::Big, parts[2], parts[3]),
-            _ => (Order::parse(parts[2]).map_err(|e| format!("{s:?}: {e}"))?, parts[3], parts[4]),
+            _ => (
+                Order::parse(parts[2]).map_err(|e| format!("{s:?}: {e}"))?,
+                parts[3],
+                parts[4],
+            ),
         };
         Slice::build(start, len, order, ty, extra).map_err(|e| format!("{s:?}: {e}"))
     }
 
     fn build(start: usize, len: i64, order: Order, ty: &str, extra: &str) -> Result<Slice, String> {
         if start > 63 {
-            return Err(format!("start {start} is beyond the 64 bytes of a CAN FD frame"));
+            return Err(format!(
+                "start {start} is beyond the 64 bytes of a CAN FD frame"
+            ));
         }
         let len = match len {
             -1 => None,
             0..=64 => Some(len as usize),
-            _ => return Err(format!("length {len}: expected 1 ..= 64, or -1 for the rest of the frame")),
+            _ => {
+                return Err(format!(
+                    "length {len}: expected 1 ..= 64, or -1 for the rest of the frame"
+                ))
+            }
         };
         let kind = match ty {
             "bool" | "boolean" => Kind::Bool,
-            "int" | "long" => Kind::Int { signed: extra == "signed" },
+            "int" | "long" => Kind::Int {
+                signed: extra == "signed",
+            },
             "float" => Kind::Float,
             "double" => Kind::Double,
             "string" => Kind::Str(Encoding::parse(extra)?),
             "raw" => Kind::Raw,
-            other => {
-                return Err(format!(
-                    "type {other:?}: expected bool, boolean, int, long, float, double, string or raw"
-                ))
-            }
+            other => return Err(format!(
+                "type {other:?}: expected bool, boolean, int, long, float, double, string or raw"
+            )),
         };
         if let (Kind::Int { .. }, Some(l)) = (kind, len) {
             if l > 8 {
                 return Err(format!("an int of {l} bytes does not fit 64 bits"));
             }
         }
-        Ok(Slice { start, len, order, kind })
+        Ok(Slice {
+            start,
+            len,
+            order,
+            kind,
+        })
     }
 
     /// The value in `data`.
@@ -228,7 +254,10 @@ impl Slice {
                 }
             }
             Kind::Float => {
-                let w: [u8; 4] = b.get(..4).and_then(|s| s.try_into().ok()).ok_or("a float needs 4 bytes")?;
+                let w: [u8; 4] = b
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or("a float needs 4 bytes")?;
                 let f = match self.order {
                     Order::Big => f32::from_be_bytes(w),
                     Order::Little => f32::from_le_bytes(w),
@@ -236,7 +265,10 @@ impl Slice {
                 Val::Float(f64::from(f))
             }
             Kind::Double => {
-                let w: [u8; 8] = b.get(..8).and_then(|s| s.try_into().ok()).ok_or("a double needs 8 bytes")?;
+                let w: [u8; 8] = b
+                    .get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or("a double needs 8 bytes")?;
                 Val::Float(match self.order {
                     Order::Big => f64::from_be_bytes(w),
                     Order::Little => f64::from_le_bytes(w),
@@ -321,13 +353,18 @@ impl Command {
                     num(start, "start")?,
                     num(len, "length")?,
                     Order::parse(order)?,
-                    value.parse::<u64>().map_err(|_| format!("{s:?}: value {value:?} is not a number; {shape}"))?,
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("{s:?}: value {value:?} is not a number; {shape}"))?,
                 )
             }
             Json::Object(o) => {
                 let n = |k: &str| {
                     o.get(k)
-                        .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+                        .and_then(|v| {
+                            v.as_u64()
+                                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                        })
                         .ok_or_else(|| format!("{k} is missing or not a number"))
                 };
                 (
@@ -340,9 +377,16 @@ impl Command {
             other => return Err(format!("{other} is not a command")),
         };
         if !(1..=8).contains(&len) || start > 63 {
-            return Err(format!("start {start}, length {len}: the length is 1 ..= 8 bytes within 64"));
+            return Err(format!(
+                "start {start}, length {len}: the length is 1 ..= 8 bytes within 64"
+            ));
         }
-        Ok(Command { start, len, order, value })
+        Ok(Command {
+            start,
+            len,
+            order,
+            value,
+        })
     }
 
     /// Does `data` carry this command?
@@ -386,7 +430,11 @@ impl Encoder {
             Json::Object(o) if !o.is_empty() => Some(o),
             _ => None,
         };
-        if let Some(h) = obj.and_then(|o| o.get("dataInHex")).and_then(Json::as_str).filter(|s| !s.is_empty()) {
+        if let Some(h) = obj
+            .and_then(|o| o.get("dataInHex"))
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+        {
             return from_hex(h).map_err(|e| format!("params.dataInHex: {e}"));
         }
         let value = if let Some(e) = &self.expr {
@@ -414,7 +462,9 @@ impl Encoder {
             Val::Int(i) => {
                 let len = self.length.max(1);
                 if len > 8 {
-                    return Err(format!("dataLength {len}: integers are written with at most 8 bytes"));
+                    return Err(format!(
+                        "dataLength {len}: integers are written with at most 8 bytes"
+                    ));
                 }
                 let signed = self.signed || i < 0;
                 let fits = if len == 8 {
@@ -426,7 +476,10 @@ impl Encoder {
                     i >= 0 && i < (1i64 << (8 * len))
                 };
                 if !fits {
-                    return Err(format!("{i} does not fit {len} byte(s){}", if signed { " signed" } else { "" }));
+                    return Err(format!(
+                        "{i} does not fit {len} byte(s){}",
+                        if signed { " signed" } else { "" }
+                    ));
                 }
                 let be = i.to_be_bytes();
                 let bytes = &be[8 - len..];
@@ -471,25 +524,45 @@ mod tests {
         assert_eq!(slice("1:1:bool").decode(&d), Ok(Val::Bool(true)));
         assert_eq!(slice("0:1:boolean").decode(&d), Ok(Val::Bool(false)));
         assert_eq!(slice("2:2:raw").decode(&d), Ok(Val::Str("210b".into())));
-        assert_eq!(slice("0:-1:raw").decode(&d), Ok(Val::Str("0001210b3412fffe".into())));
-        assert_eq!(slice("0:8:long").decode(&[0xFF; 8]), Ok(Val::Float(u64::MAX as f64)));
+        assert_eq!(
+            slice("0:-1:raw").decode(&d),
+            Ok(Val::Str("0001210b3412fffe".into()))
+        );
+        assert_eq!(
+            slice("0:8:long").decode(&[0xFF; 8]),
+            Ok(Val::Float(u64::MAX as f64))
+        );
         let f = 12.5f32.to_le_bytes();
         assert_eq!(slice("0:4:little:float").decode(&f), Ok(Val::Float(12.5)));
         let dd = (-3.25f64).to_be_bytes();
         assert_eq!(slice("0:8:double").decode(&dd), Ok(Val::Float(-3.25)));
         assert_eq!(slice("0:2:string").decode(b"OK"), Ok(Val::Str("OK".into())));
-        assert_eq!(slice("0:-1:string:utf-8").decode("é".as_bytes()), Ok(Val::Str("é".into())));
+        assert_eq!(
+            slice("0:-1:string:utf-8").decode("é".as_bytes()),
+            Ok(Val::Str("é".into()))
+        );
         assert!(slice("0:1:string").decode(&[0xE9]).is_err());
         // Beyond the frame: an error, not a short value.
         assert!(slice("6:4:int").decode(&d).is_err());
         assert!(slice("0:4:float").decode(&[1, 2]).is_err());
-        let o = Slice::parse(&json!({"start": 1, "length": 2, "byteorder": "little", "type": "int", "signed": true})).unwrap();
+        let o = Slice::parse(
+            &json!({"start": 1, "length": 2, "byteorder": "little", "type": "int", "signed": true}),
+        )
+        .unwrap();
         assert_eq!(o.decode(&[0, 0xFE, 0xFF]), Ok(Val::Int(-2)));
     }
 
     #[test]
     fn bad_value_descriptions_are_named() {
-        for bad in ["4:int", "x:1:int", "0:9:int", "0:1:bits", "0:1:middle:int", "70:1:int", "0::int"] {
+        for bad in [
+            "4:int",
+            "x:1:int",
+            "0:9:int",
+            "0:1:bits",
+            "0:1:middle:int",
+            "70:1:int",
+            "0::int",
+        ] {
             assert!(Slice::parse(&json!(bad)).is_err(), "{bad}");
         }
         assert!(Slice::parse(&json!(5)).is_err());
@@ -535,24 +608,49 @@ mod tests {
             before: vec![0x00, 0xAA],
             ..Encoder::default()
         };
-        assert_eq!(e.encode(&json!({"value": 0x1234})), Ok(vec![0, 0xAA, 0x34, 0x12]));
+        assert_eq!(
+            e.encode(&json!({"value": 0x1234})),
+            Ok(vec![0, 0xAA, 0x34, 0x12])
+        );
         assert_eq!(e.encode(&json!(7)), Ok(vec![0, 0xAA, 7, 0]));
         assert!(e.encode(&json!({"value": 70000})).is_err());
-        assert_eq!(e.encode(&json!({"value": -1})), Ok(vec![0, 0xAA, 0xFF, 0xFF]));
+        assert_eq!(
+            e.encode(&json!({"value": -1})),
+            Ok(vec![0, 0xAA, 0xFF, 0xFF])
+        );
         let e = Encoder {
             after: vec![1, 2],
             expr: Some(
-                Expr::parse("userSpeed if maxAllowedSpeed > userSpeed else maxAllowedSpeed").unwrap(),
+                Expr::parse("userSpeed if maxAllowedSpeed > userSpeed else maxAllowedSpeed")
+                    .unwrap(),
             ),
             length: 1,
             ..Encoder::default()
         };
-        assert_eq!(e.encode(&json!({"userSpeed": 50, "maxAllowedSpeed": 40})), Ok(vec![40, 1, 2]));
-        assert!(e.encode(&json!({"userSpeed": 50})).unwrap_err().contains("maxAllowedSpeed"));
-        assert_eq!(Encoder::default().encode(&json!({"value": true})), Ok(vec![1]));
-        assert_eq!(Encoder::default().encode(&json!({"value": "Hi"})), Ok(b"Hi".to_vec()));
-        assert_eq!(Encoder::default().encode(&json!({"value": 1.5})), Ok(1.5f32.to_be_bytes().to_vec()));
-        assert_eq!(Encoder::default().encode(&json!({"dataInHex": "0102"})), Ok(vec![1, 2]));
+        assert_eq!(
+            e.encode(&json!({"userSpeed": 50, "maxAllowedSpeed": 40})),
+            Ok(vec![40, 1, 2])
+        );
+        assert!(e
+            .encode(&json!({"userSpeed": 50}))
+            .unwrap_err()
+            .contains("maxAllowedSpeed"));
+        assert_eq!(
+            Encoder::default().encode(&json!({"value": true})),
+            Ok(vec![1])
+        );
+        assert_eq!(
+            Encoder::default().encode(&json!({"value": "Hi"})),
+            Ok(b"Hi".to_vec())
+        );
+        assert_eq!(
+            Encoder::default().encode(&json!({"value": 1.5})),
+            Ok(1.5f32.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            Encoder::default().encode(&json!({"dataInHex": "0102"})),
+            Ok(vec![1, 2])
+        );
         assert!(Encoder::default().encode(&json!({})).is_err());
         let bad = Encoder {
             in_hex: Some(from_hex("cc d ee")),

@@ -107,7 +107,12 @@ impl Run {
         }
     }
 
-    async fn frame(&mut self, f: &CanFrame, out: &mut Vec<DeviceData>, errors: &mut Vec<DecodeError>) {
+    async fn frame(
+        &mut self,
+        f: &CanFrame,
+        out: &mut Vec<DeviceData>,
+        errors: &mut Vec<DecodeError>,
+    ) {
         self.stats.add_messages_received(1);
         self.stats.add_bytes_received(f.data.len() as u64);
         out.clear();
@@ -116,7 +121,10 @@ impl Run {
         if !errors.is_empty() {
             self.stats.add_convert_errors(errors.len() as u64);
             for e in errors.drain(..) {
-                if self.once.first(&format!("{}/{}: {}", e.device, e.key, e.reason)) {
+                if self
+                    .once
+                    .first(&format!("{}/{}: {}", e.device, e.key, e.reason))
+                {
                     tracing::warn!(connector = %self.connector, device = %e.device, key = %e.key, frame = %f, error = %e.reason, "Cannot convert a CAN frame (each distinct error is logged once; all are counted).");
                 }
             }
@@ -126,17 +134,8 @@ impl Run {
         }
     }
 
-    /// Sends a downlink frame; a fatal bus error ends the session.
-    async fn send(&mut self, bus: &mut dyn CanBus, f: &CanFrame) -> Result<(), BusError> {
-        bus.send(f).await
-    }
-
     /// One bus session.
-    async fn session(
-        &mut self,
-        mut bus: Box<dyn CanBus>,
-        cx: &mut ConnectorContext,
-    ) -> End {
+    async fn session(&mut self, mut bus: Box<dyn CanBus>, cx: &mut ConnectorContext) -> End {
         let cancel = cx.cancellation().clone();
         let plan = self.plan.clone();
         // Polls: `once` at the start of every session (as upstream's poller), `always` now
@@ -193,7 +192,7 @@ impl Run {
                             continue;
                         }
                         due[i] = now + p.period;
-                        if let Err(e) = self.send(bus.as_mut(), &p.frame).await {
+                        if let Err(e) = bus.send(&p.frame).await {
                             self.stats.add_errors(1);
                             if e.is_fatal() {
                                 return End::Bus(e);
@@ -208,7 +207,11 @@ impl Run {
 
     /// Handles one downlink request; `bus` is `None` while the bus is closed. Returns a fatal
     /// bus error (the session ends) after answering the request.
-    async fn downlink(&mut self, bus: Option<&mut dyn CanBus>, dl: Downlink) -> Result<(), BusError> {
+    async fn downlink(
+        &mut self,
+        bus: Option<&mut dyn CanBus>,
+        dl: Downlink,
+    ) -> Result<(), BusError> {
         match dl {
             Downlink::Rpc(rpc) => self.rpc(bus, rpc).await,
             Downlink::AttributeUpdate(u) => self.attribute_update(bus, u).await,
@@ -217,10 +220,18 @@ impl Run {
     }
 
     fn device_index(&self, name: &str) -> Option<usize> {
-        self.plan.decoder.devices.iter().position(|d| d.name == name)
+        self.plan
+            .decoder
+            .devices
+            .iter()
+            .position(|d| d.name == name)
     }
 
-    async fn attribute_update(&mut self, mut bus: Option<&mut dyn CanBus>, u: AttributeUpdate) -> Result<(), BusError> {
+    async fn attribute_update(
+        &mut self,
+        mut bus: Option<&mut dyn CanBus>,
+        u: AttributeUpdate,
+    ) -> Result<(), BusError> {
         let Some(i) = self.device_index(&u.device) else {
             return Ok(());
         };
@@ -230,7 +241,10 @@ impl Run {
                 let r = match build_frame(down, &json!({ "value": value })) {
                     Err(e) => Err(e),
                     Ok(f) => match bus.as_deref_mut() {
-                        None => Err(RpcError::Unreachable(format!("the CAN bus {} is not open", plan.channel))),
+                        None => Err(RpcError::Unreachable(format!(
+                            "the CAN bus {} is not open",
+                            plan.channel
+                        ))),
                         Some(b) => match b.send(&f).await {
                             Ok(()) => Ok(()),
                             Err(e) if e.is_fatal() => {
@@ -243,7 +257,9 @@ impl Run {
                     },
                 };
                 match r {
-                    Ok(()) => tracing::debug!(connector = %self.connector, device = %u.device, attribute = %key, "Attribute update sent."),
+                    Ok(()) => {
+                        tracing::debug!(connector = %self.connector, device = %u.device, attribute = %key, "Attribute update sent.")
+                    }
                     Err(e) => {
                         self.stats.add_errors(1);
                         tracing::warn!(connector = %self.connector, device = %u.device, attribute = %key, error = ?e, "Cannot write the attribute update to the CAN bus.");
@@ -255,9 +271,17 @@ impl Run {
     }
 
     async fn rpc(&mut self, bus: Option<&mut dyn CanBus>, rpc: RpcRequest) -> Result<(), BusError> {
-        let RpcRequest { device, method, params, responder, .. } = rpc;
+        let RpcRequest {
+            device,
+            method,
+            params,
+            responder,
+            ..
+        } = rpc;
         let Some(device) = device else {
-            responder.err(RpcError::NotFound(format!("the CAN connector has no connector RPC {method}")));
+            responder.err(RpcError::NotFound(format!(
+                "the CAN connector has no connector RPC {method}"
+            )));
             return Ok(());
         };
         let Some(i) = self.device_index(&device) else {
@@ -286,12 +310,16 @@ impl Run {
                 }
                 // Invariant: `None` with unknown RPCs enabled means override is on (upstream).
                 Some(m) => Ok(m.down.clone()),
-                None => Err(RpcError::NotFound(format!("no serverSideRpc method {method}"))),
+                None => Err(RpcError::NotFound(format!(
+                    "no serverSideRpc method {method}"
+                ))),
             };
             (
                 down.and_then(|d| {
                     build_frame(&d, &params).map_err(|e| match e {
-                        RpcError::BadRequest(s) => RpcError::BadRequest(format!("serverSideRpc {method}: {s}")),
+                        RpcError::BadRequest(s) => {
+                            RpcError::BadRequest(format!("serverSideRpc {method}: {s}"))
+                        }
                         other => other,
                     })
                 }),
@@ -308,7 +336,10 @@ impl Run {
             }
         };
         let Some(bus) = bus else {
-            responder.err(RpcError::Unreachable(format!("the CAN bus {} is not open", plan.channel)));
+            responder.err(RpcError::Unreachable(format!(
+                "the CAN bus {} is not open",
+                plan.channel
+            )));
             return Ok(());
         };
         match bus.send(&frame).await {
@@ -345,7 +376,8 @@ fn build_frame(down: &Down, params: &Json) -> Result<CanFrame, RpcError> {
         .node
         .ok_or_else(|| RpcError::BadRequest("nodeId is missing".into()))?;
     let data = down.encoder.encode(params).map_err(RpcError::BadRequest)?;
-    CanFrame::new(id, extended, down.fd, down.brs, data).map_err(|e| RpcError::BadRequest(e.to_string()))
+    CanFrame::new(id, extended, down.fd, down.brs, data)
+        .map_err(|e| RpcError::BadRequest(e.to_string()))
 }
 
 /// Reserved `set`: params `"nodeId=5;value=12;dataLength=2"` (upstream's text form) or an
@@ -383,7 +415,8 @@ fn reserved_set(params: &Json) -> Result<CanFrame, RpcError> {
             "RPC params are empty; expected \"nodeId=<id>;value=<v>[;dataLength=..]\"".into(),
         ));
     }
-    let down = down_from(&obj, &mut Vec::new()).map_err(|(k, why)| RpcError::BadRequest(format!("{k}: {why}")))?;
+    let down = down_from(&obj, &mut Vec::new())
+        .map_err(|(k, why)| RpcError::BadRequest(format!("{k}: {why}")))?;
     build_frame(&down, &Json::Object(obj))
 }
 
@@ -408,7 +441,9 @@ impl Connector for CanConnector {
         };
         // Upstream waits `reconnectPeriod` between attempts; a little jitter keeps gateways
         // on one bus from retrying in step.
-        let mut backoff = Backoff::new(plan.reconnect_period, plan.reconnect_period).with_factor(1.0).with_jitter(0.1);
+        let mut backoff = Backoff::new(plan.reconnect_period, plan.reconnect_period)
+            .with_factor(1.0)
+            .with_jitter(0.1);
         let mut failures: u64 = 0;
         let mut gave_up = false;
         loop {
@@ -441,7 +476,11 @@ impl Connector for CanConnector {
                     tracing::error!(connector = %run.connector, channel = %plan.channel, attempts = failures, "Last attempt to open the CAN bus failed; the connector stays idle (reconnect/reconnectCount).");
                 }
             }
-            let wait = if gave_up { Duration::from_secs(86_400 * 365) } else { backoff.next_delay() };
+            let wait = if gave_up {
+                Duration::from_secs(86_400 * 365)
+            } else {
+                backoff.next_delay()
+            };
             let until = Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -473,11 +512,20 @@ mod tests {
 
     #[test]
     fn reserved_set_reads_upstreams_text_form() {
-        let f = reserved_set(&json!("nodeId=0x10;value=258;dataLength=2;dataByteorder=little")).unwrap();
+        let f = reserved_set(&json!(
+            "nodeId=0x10;value=258;dataLength=2;dataByteorder=little"
+        ))
+        .unwrap();
         assert_eq!((f.id, f.extended, f.data.clone()), (16, false, vec![2, 1]));
-        let f = reserved_set(&json!({"nodeId": 300, "isExtendedId": true, "dataInHex": "0102"})).unwrap();
+        let f = reserved_set(&json!({"nodeId": 300, "isExtendedId": true, "dataInHex": "0102"}))
+            .unwrap();
         assert_eq!((f.id, f.extended, f.data.clone()), (300, true, vec![1, 2]));
-        assert!(matches!(reserved_set(&json!("")), Err(RpcError::BadRequest(_))));
-        assert!(matches!(reserved_set(&json!("value=1")), Err(RpcError::BadRequest(s)) if s.contains("nodeId")));
+        assert!(matches!(
+            reserved_set(&json!("")),
+            Err(RpcError::BadRequest(_))
+        ));
+        assert!(
+            matches!(reserved_set(&json!("value=1")), Err(RpcError::BadRequest(s)) if s.contains("nodeId"))
+        );
     }
 }

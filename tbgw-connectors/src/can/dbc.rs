@@ -148,8 +148,8 @@ pub fn raw_bits(data: &[u8], start_bit: u32, size: u32, little_endian: bool) -> 
 impl Signal {
     /// The unscaled value.
     fn raw(&self, data: &[u8]) -> Result<Val, String> {
-        let bits = raw_bits(data, self.start_bit, self.size, self.little_endian).ok_or_else(
-            || {
+        let bits =
+            raw_bits(data, self.start_bit, self.size, self.little_endian).ok_or_else(|| {
                 format!(
                     "signal {} (bits {}+{}) is beyond the frame's {} data bytes",
                     self.name,
@@ -157,8 +157,7 @@ impl Signal {
                     self.size,
                     data.len()
                 )
-            },
-        )?;
+            })?;
         Ok(match self.float {
             Some(32) => Val::Float(f64::from(f32::from_bits(bits as u32))),
             Some(_) => Val::Float(f64::from_bits(bits)),

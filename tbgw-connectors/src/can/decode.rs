@@ -15,7 +15,7 @@ use tbgw::report::ReportOverrides;
 
 use super::bus::{id_key, CanFilter, CanFrame, MAX_EXTENDED_ID, MAX_STANDARD_ID};
 use super::codec::{from_hex, Command, Encoder, Encoding, Order, Slice};
-use super::config::{CanConnectorConfig, DeviceConfig, ValueConfig};
+use super::config::{CanConnectorConfig, ValueConfig};
 use super::{dbc, j1939};
 
 /// Default `reconnectPeriod`, seconds (upstream's).
@@ -248,9 +248,7 @@ impl Decoder {
                         Some(v) if v == want => {}
                         // Another page of the multiplexed message.
                         Some(_) => return,
-                        None => {
-                            return fail(errors, "the multiplexer is beyond the frame".into())
-                        }
+                        None => return fail(errors, "the multiplexer is beyond the frame".into()),
                     }
                 }
                 signal.decode(&frame.data)
@@ -273,9 +271,7 @@ impl Decoder {
                 };
                 match e.eval(&lookup) {
                     Ok(v) => v,
-                    Err(err) => {
-                        return fail(errors, format!("expression {:?}: {err}", e.source()))
-                    }
+                    Err(err) => return fail(errors, format!("expression {:?}: {err}", e.source())),
                 }
             }
         };
@@ -283,10 +279,7 @@ impl Decoder {
         let Some(value) = value.into_value() else {
             return;
         };
-        let data = match out[first..]
-            .iter_mut()
-            .find(|d| d.device_name == dev.name)
-        {
+        let data = match out[first..].iter_mut().find(|d| d.device_name == dev.name) {
             Some(d) => d,
             None => {
                 let mut d = DeviceData::new(dev.name.clone(), dev.profile.clone());
@@ -305,7 +298,12 @@ impl Decoder {
 }
 
 /// A number of seconds in `0 < s <= 1 day`.
-fn seconds(file: &Path, key: String, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+fn seconds(
+    file: &Path,
+    key: String,
+    v: Option<f64>,
+    default: f64,
+) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
     if s.is_finite() && s > 0.0 && s <= 86_400.0 {
         Ok(Duration::from_secs_f64(s))
@@ -337,16 +335,17 @@ pub fn node_id(v: &Json, extended: bool) -> Result<u32, String> {
     } else {
         MAX_STANDARD_ID
     };
-    u32::try_from(n)
-        .ok()
-        .filter(|&n| n <= max)
-        .ok_or_else(|| {
-            format!(
-                "{n} does not fit {} (0 ..= {max:#x}){}",
-                if extended { "29 bits" } else { "11 bits" },
-                if extended { "" } else { "; set isExtendedId for a 29-bit id" }
-            )
-        })
+    u32::try_from(n).ok().filter(|&n| n <= max).ok_or_else(|| {
+        format!(
+            "{n} does not fit {} (0 ..= {max:#x}){}",
+            if extended { "29 bits" } else { "11 bits" },
+            if extended {
+                ""
+            } else {
+                "; set isExtendedId for a 29-bit id"
+            }
+        )
+    })
 }
 
 fn get_bool(o: &Map<String, Json>, k: &str) -> Result<bool, String> {
@@ -371,7 +370,10 @@ fn get_str<'a>(o: &'a Map<String, Json>, k: &str) -> Result<Option<&'a str>, Str
 /// A downlink frame description from an `attributeUpdates`/`serverSideRpc` entry, or from
 /// an RPC's merged params. `Err((key, reason))`. A `dataInHex` that is not hex is kept as an
 /// error the request answers (and pushed to `warnings`).
-pub fn down_from(o: &Map<String, Json>, warnings: &mut Vec<(String, String)>) -> Result<Down, (String, String)> {
+pub fn down_from(
+    o: &Map<String, Json>,
+    warnings: &mut Vec<(String, String)>,
+) -> Result<Down, (String, String)> {
     fn e(k: &str) -> impl Fn(String) -> (String, String) + '_ {
         move |why: String| (k.to_string(), why)
     }
@@ -390,20 +392,29 @@ pub fn down_from(o: &Map<String, Json>, warnings: &mut Vec<(String, String)>) ->
         r
     });
     let expr = match get_str(o, "dataExpression").map_err(e("dataExpression"))? {
-        Some(s) => Some(Expr::parse(s).map_err(|err| ("dataExpression".to_string(), err.to_string()))?),
+        Some(s) => {
+            Some(Expr::parse(s).map_err(|err| ("dataExpression".to_string(), err.to_string()))?)
+        }
         None => None,
     };
     let length = match o.get("dataLength") {
         None | Some(Json::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=8).contains(n))
-            .ok_or_else(|| ("dataLength".to_string(), format!("{v}: expected 1 ..= 8 bytes")))? as usize,
+        Some(v) => v.as_u64().filter(|n| (1..=8).contains(n)).ok_or_else(|| {
+            (
+                "dataLength".to_string(),
+                format!("{v}: expected 1 ..= 8 bytes"),
+            )
+        })? as usize,
     };
     let order = match get_str(o, "dataByteorder").map_err(e("dataByteorder"))? {
         Some("big") => Some(Order::Big),
         Some("little") => Some(Order::Little),
-        Some(other) => return Err(("dataByteorder".into(), format!("{other:?}: expected big or little"))),
+        Some(other) => {
+            return Err((
+                "dataByteorder".into(),
+                format!("{other:?}: expected big or little"),
+            ))
+        }
         None => None,
     };
     let encoding = match get_str(o, "dataEncoding").map_err(e("dataEncoding"))? {
@@ -477,7 +488,9 @@ fn message_ref(v: &Json) -> String {
 fn find_message<'a>(msgs: &'a [dbc::Message], r: &Json) -> Option<&'a dbc::Message> {
     match r {
         Json::String(s) => msgs.iter().find(|m| &m.name == s).or_else(|| {
-            node_id(r, true).ok().and_then(|id| msgs.iter().find(|m| m.id == id))
+            node_id(r, true)
+                .ok()
+                .and_then(|id| msgs.iter().find(|m| m.id == id))
         }),
         other => node_id(other, true)
             .ok()
@@ -500,11 +513,9 @@ impl Builder<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn value(
         &mut self,
         dev: usize,
-        d: &DeviceConfig,
         p: &str,
         v: &ValueConfig,
         attribute: bool,
@@ -520,37 +531,68 @@ impl Builder<'_> {
         let (source, from_dbc) = match (&v.signal, &v.value) {
             (Some(name), _) => {
                 if msgs.is_empty() {
-                    return Err(err("signal", format!("{name:?}: the device has no dbcFile")));
+                    return Err(err(
+                        "signal",
+                        format!("{name:?}: the device has no dbcFile"),
+                    ));
                 }
                 let m = match &v.message {
                     Some(r) => find_message(msgs, r).ok_or_else(|| {
-                        err("message", format!("no message {} in the DBC file", message_ref(r)))
+                        err(
+                            "message",
+                            format!("no message {} in the DBC file", message_ref(r)),
+                        )
                     })?,
                     None => {
-                        let mut found = msgs.iter().filter(|m| m.signals.iter().any(|s| &s.name == name));
-                        let first = found.next().ok_or_else(|| err("signal", format!("no signal {name:?} in the DBC file")))?;
+                        let mut found = msgs
+                            .iter()
+                            .filter(|m| m.signals.iter().any(|s| &s.name == name));
+                        let first = found.next().ok_or_else(|| {
+                            err("signal", format!("no signal {name:?} in the DBC file"))
+                        })?;
                         if found.next().is_some() {
-                            return Err(err("signal", format!("{name:?} is in several messages; name one with `message`")));
+                            return Err(err(
+                                "signal",
+                                format!("{name:?} is in several messages; name one with `message`"),
+                            ));
                         }
                         first
                     }
                 };
                 let signal = m.signals.iter().find(|s| &s.name == name).ok_or_else(|| {
-                    err("signal", format!("no signal {name:?} in message {}", m.name))
+                    err(
+                        "signal",
+                        format!("no signal {name:?} in message {}", m.name),
+                    )
                 })?;
-                let switch = m.signals.iter().find(|s| s.is_mux).map(|s| (s.start_bit, s.size, s.little_endian));
+                let switch = m
+                    .signals
+                    .iter()
+                    .find(|s| s.is_mux)
+                    .map(|s| (s.start_bit, s.size, s.little_endian));
                 (
-                    Source::Signal { signal: signal.clone(), switch },
+                    Source::Signal {
+                        signal: signal.clone(),
+                        switch,
+                    },
                     Some((m.id, m.extended, signal.unit.clone())),
                 )
             }
-            (None, Some(val)) => (Source::Slice(Slice::parse(val).map_err(|e| err("value", e))?), None),
-            (None, None) => return Err(err("value", "missing (or `signal` with a dbcFile)".into())),
+            (None, Some(val)) => (
+                Source::Slice(Slice::parse(val).map_err(|e| err("value", e))?),
+                None,
+            ),
+            (None, None) => {
+                return Err(err("value", "missing (or `signal` with a dbcFile)".into()))
+            }
         };
         let key = match (v.pgn, &v.node_id, &from_dbc) {
             (Some(pgn), _, _) => {
                 if pgn > j1939::MAX_PGN {
-                    return Err(err("pgn", format!("{pgn} is not a PGN (0 ..= {})", j1939::MAX_PGN)));
+                    return Err(err(
+                        "pgn",
+                        format!("{pgn} is not a PGN (0 ..= {})", j1939::MAX_PGN),
+                    ));
                 }
                 RouteKey::Pgn(pgn, v.source_address)
             }
@@ -559,11 +601,18 @@ impl Builder<'_> {
                 v.is_extended_id,
             )),
             (None, None, Some((id, ext, _))) => RouteKey::Exact(id_key(*id, *ext)),
-            (None, None, None) => return Err(err("nodeId", "missing (or `pgn`, or `signal` with a dbcFile)".into())),
+            (None, None, None) => {
+                return Err(err(
+                    "nodeId",
+                    "missing (or `pgn`, or `signal` with a dbcFile)".into(),
+                ))
+            }
         };
         if let Some((_, _, unit)) = &from_dbc {
             if !unit.is_empty() {
-                self.decoder.devices[dev].units.push((v.key.clone(), unit.clone()));
+                self.decoder.devices[dev]
+                    .units
+                    .push((v.key.clone(), unit.clone()));
             }
         }
         let command = match &v.command {
@@ -579,36 +628,64 @@ impl Builder<'_> {
             let once = match pc.kind.as_deref().unwrap_or("always") {
                 "always" => false,
                 "once" => true,
-                other => return Err(err("polling.type", format!("{other:?}: expected always or once"))),
+                other => {
+                    return Err(err(
+                        "polling.type",
+                        format!("{other:?}: expected always or once"),
+                    ))
+                }
             };
-            let period = seconds(file, format!("{p}.polling.period"), pc.period, DEFAULT_POLL_PERIOD)?
-                .max(MIN_POLL_PERIOD);
+            let period = seconds(
+                file,
+                format!("{p}.polling.period"),
+                pc.period,
+                DEFAULT_POLL_PERIOD,
+            )?
+            .max(MIN_POLL_PERIOD);
             let frame = match (&pc.data_in_hex, key) {
                 (Some(h), _) => from_hex(h).and_then(|data| {
                     let (id, ext) = match key {
                         RouteKey::Exact(k) => (k & MAX_EXTENDED_ID, k & 0x8000_0000 != 0),
                         RouteKey::Pgn(pgn, sa) => (
-                            j1939::J1939Id { priority: 6, pgn, source: j1939_sa, destination: sa }.to_id(),
+                            j1939::J1939Id {
+                                priority: 6,
+                                pgn,
+                                source: j1939_sa,
+                                destination: sa,
+                            }
+                            .to_id(),
                             true,
                         ),
                     };
-                    CanFrame::new(id, ext, v.is_fd, v.bitrate_switch, data).map_err(|e| e.to_string())
+                    CanFrame::new(id, ext, v.is_fd, v.bitrate_switch, data)
+                        .map_err(|e| e.to_string())
                 }),
                 (None, RouteKey::Pgn(pgn, sa)) => Ok(j1939::request(pgn, j1939_sa, sa)),
                 (None, RouteKey::Exact(_)) => Err("dataInHex is missing".to_string()),
             };
             match frame {
-                Ok(frame) => self.polls.push(Poll { key: v.key.clone(), frame, once, period }),
+                Ok(frame) => self.polls.push(Poll {
+                    key: v.key.clone(),
+                    frame,
+                    once,
+                    period,
+                }),
                 // Upstream drops the polling of such an entry with a warning; so does tbgw.
                 Err(why) => self.ignored.push(format!(
                     "{p}.polling ({why}; this key is not polled, as upstream)"
                 )),
             }
         }
-        let _ = d;
         self.route(
             key,
-            Target { device: dev, key: v.key.clone(), attribute, command, source, expr },
+            Target {
+                device: dev,
+                key: v.key.clone(),
+                attribute,
+                command,
+                source,
+                expr,
+            },
         );
         Ok(())
     }
@@ -621,7 +698,11 @@ enum RouteKey {
 }
 
 /// Validates the connector file (DBC files are read from disk).
-pub fn plan(file: &Path, cfg: &CanConnectorConfig, ignored: &mut Vec<String>) -> Result<Plan, ConfigError> {
+pub fn plan(
+    file: &Path,
+    cfg: &CanConnectorConfig,
+    ignored: &mut Vec<String>,
+) -> Result<Plan, ConfigError> {
     plan_with(file, cfg, ignored, &dbc::load)
 }
 
@@ -649,18 +730,34 @@ pub fn plan_with(
     let fd = match cfg.backend.get("fd") {
         None | Some(Json::Null) => false,
         Some(Json::Bool(b)) => *b,
-        Some(other) => return Err(ConfigError::new(file, "backend.fd", format!("{other} is not true or false"))),
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                "backend.fd",
+                format!("{other} is not true or false"),
+            ))
+        }
     };
     for k in cfg.backend.keys().filter(|k| k.as_str() != "fd") {
         ignored.push(format!(
             "backend.{k} (python-can bus option; set bit rates with `ip link set <channel> type can ...`)"
         ));
     }
-    let reconnect_period = seconds(file, "reconnectPeriod".into(), cfg.reconnect_period, DEFAULT_RECONNECT_PERIOD)?;
+    let reconnect_period = seconds(
+        file,
+        "reconnectPeriod".into(),
+        cfg.reconnect_period,
+        DEFAULT_RECONNECT_PERIOD,
+    )?;
     if cfg.devices.is_empty() {
         return Err(ConfigError::new(file, "devices", "no device configured"));
     }
-    let mut b = Builder { file, ignored, decoder: Decoder::default(), polls: Vec::new() };
+    let mut b = Builder {
+        file,
+        ignored,
+        decoder: Decoder::default(),
+        polls: Vec::new(),
+    };
     let mut down = Vec::new();
     for (i, d) in cfg.devices.iter().enumerate() {
         let p = format!("devices[{i}]");
@@ -668,18 +765,25 @@ pub fn plan_with(
             return Err(ConfigError::new(file, format!("{p}.name"), "empty"));
         }
         if b.decoder.devices.iter().any(|x| x.name == d.name) {
-            return Err(ConfigError::new(file, format!("{p}.name"), format!("{:?} is configured twice", d.name)));
+            return Err(ConfigError::new(
+                file,
+                format!("{p}.name"),
+                format!("{:?} is configured twice", d.name),
+            ));
         }
         if d.converters.is_some() {
             b.ignored.push(format!("{p}.converters (custom Python converters are not run; the built-in bytes conversion is used)"));
         }
         if d.strict_eval.is_some() {
-            b.ignored.push(format!("{p}.strictEval (tbgw always evaluates expressions with its safe subset)"));
+            b.ignored.push(format!(
+                "{p}.strictEval (tbgw always evaluates expressions with its safe subset)"
+            ));
         }
         let mut overrides = ReportOverrides::default();
         let mut unused = Vec::new();
         if let Some(v) = &d.report_strategy {
-            overrides.device = tbgw::report::parse_strategy(v, file, &format!("{p}.reportStrategy"), &mut unused)?;
+            overrides.device =
+                tbgw::report::parse_strategy(v, file, &format!("{p}.reportStrategy"), &mut unused)?;
         }
         if overrides.device.is_none() {
             overrides.device = tbgw::report::legacy_on_change(
@@ -691,7 +795,12 @@ pub fn plan_with(
         for (section, list) in [("attributes", &d.attributes), ("timeseries", &d.timeseries)] {
             for (j, v) in list.iter().enumerate() {
                 if let Some(s) = &v.report_strategy {
-                    if let Some(s) = tbgw::report::parse_strategy(s, file, &format!("{p}.{section}[{j}].reportStrategy"), &mut unused)? {
+                    if let Some(s) = tbgw::report::parse_strategy(
+                        s,
+                        file,
+                        &format!("{p}.{section}[{j}].reportStrategy"),
+                        &mut unused,
+                    )? {
                         overrides.keys.entry(v.key.clone()).or_insert(s);
                     }
                 }
@@ -714,14 +823,18 @@ pub fn plan_with(
         };
         let sa = d.j1939_source_address.unwrap_or(0xFE);
         for (j, v) in d.attributes.iter().enumerate() {
-            b.value(dev, d, &format!("{p}.attributes[{j}]"), v, true, &msgs, sa)?;
+            b.value(dev, &format!("{p}.attributes[{j}]"), v, true, &msgs, sa)?;
         }
         for (j, v) in d.timeseries.iter().enumerate() {
-            b.value(dev, d, &format!("{p}.timeseries[{j}]"), v, false, &msgs, sa)?;
+            b.value(dev, &format!("{p}.timeseries[{j}]"), v, false, &msgs, sa)?;
         }
         for (j, r) in d.dbc_messages.iter().enumerate() {
             let m = find_message(&msgs, r).ok_or_else(|| {
-                ConfigError::new(file, format!("{p}.dbcMessages[{j}]"), format!("no message {} in the DBC file", message_ref(r)))
+                ConfigError::new(
+                    file,
+                    format!("{p}.dbcMessages[{j}]"),
+                    format!("no message {} in the DBC file", message_ref(r)),
+                )
             })?;
             for s in &m.signals {
                 let v = ValueConfig {
@@ -740,7 +853,7 @@ pub fn plan_with(
                     source_address: None,
                     report_strategy: None,
                 };
-                b.value(dev, d, &format!("{p}.dbcMessages[{j}]"), &v, false, &msgs, sa)?;
+                b.value(dev, &format!("{p}.dbcMessages[{j}]"), &v, false, &msgs, sa)?;
             }
         }
         let mut dd = DeviceDown {
@@ -750,16 +863,23 @@ pub fn plan_with(
         };
         for (j, u) in d.attribute_updates.iter().enumerate() {
             let kp = format!("{p}.attributeUpdates[{j}]");
-            let o = u.as_object().ok_or_else(|| ConfigError::new(file, &kp, "not an object"))?;
+            let o = u
+                .as_object()
+                .ok_or_else(|| ConfigError::new(file, &kp, "not an object"))?;
             let name = get_str(o, "attributeOnThingsBoard")
                 .ok()
                 .flatten()
                 .or_else(|| get_str(o, "attribute").ok().flatten())
-                .ok_or_else(|| ConfigError::new(file, format!("{kp}.attributeOnThingsBoard"), "missing"))?;
+                .ok_or_else(|| {
+                    ConfigError::new(file, format!("{kp}.attributeOnThingsBoard"), "missing")
+                })?;
             let mut warnings = Vec::new();
-            let down = down_from(o, &mut warnings).map_err(|(k, why)| ConfigError::new(file, format!("{kp}.{k}"), why))?;
+            let down = down_from(o, &mut warnings)
+                .map_err(|(k, why)| ConfigError::new(file, format!("{kp}.{k}"), why))?;
             for (k, why) in warnings {
-                b.ignored.push(format!("{kp}.{k} ({why}; every update of {name} answers this error)"));
+                b.ignored.push(format!(
+                    "{kp}.{k} ({why}; every update of {name} answers this error)"
+                ));
             }
             if down.node.is_none() {
                 return Err(ConfigError::new(file, format!("{kp}.nodeId"), "missing"));
@@ -768,15 +888,20 @@ pub fn plan_with(
         }
         for (j, r) in d.server_side_rpc.iter().enumerate() {
             let kp = format!("{p}.serverSideRpc[{j}]");
-            let o = r.as_object().ok_or_else(|| ConfigError::new(file, &kp, "not an object"))?;
+            let o = r
+                .as_object()
+                .ok_or_else(|| ConfigError::new(file, &kp, "not an object"))?;
             let method = get_str(o, "method")
                 .ok()
                 .flatten()
                 .ok_or_else(|| ConfigError::new(file, format!("{kp}.method"), "missing"))?;
             let mut warnings = Vec::new();
-            let down = down_from(o, &mut warnings).map_err(|(k, why)| ConfigError::new(file, format!("{kp}.{k}"), why))?;
+            let down = down_from(o, &mut warnings)
+                .map_err(|(k, why)| ConfigError::new(file, format!("{kp}.{k}"), why))?;
             for (k, why) in warnings {
-                b.ignored.push(format!("{kp}.{k} ({why}; the RPC {method} answers this error)"));
+                b.ignored.push(format!(
+                    "{kp}.{k} ({why}; the RPC {method} answers this error)"
+                ));
             }
             if down.node.is_none() && !dd.override_rpc {
                 return Err(ConfigError::new(
@@ -785,7 +910,13 @@ pub fn plan_with(
                     "missing (needed unless overrideRpcConfig lets the RPC's params name it)",
                 ));
             }
-            dd.methods.insert(method.to_string(), Method { down, raw: o.clone() });
+            dd.methods.insert(
+                method.to_string(),
+                Method {
+                    down,
+                    raw: o.clone(),
+                },
+            );
         }
         down.push(dd);
     }
@@ -851,21 +982,43 @@ mod tests {
         assert_eq!(p.reconnect_period, Duration::from_secs(5));
         assert_eq!(p.polls.len(), 2);
         assert!(p.polls[0].once && !p.polls[1].once);
-        assert_eq!(p.polls[1].frame.data, [0xAA, 0xAA, 0xBB, 0xBB, 0xAA, 0xAA, 0xBB, 0xBB]);
+        assert_eq!(
+            p.polls[1].frame.data,
+            [0xAA, 0xAA, 0xBB, 0xBB, 0xAA, 0xAA, 0xBB, 0xBB]
+        );
         assert!(p.polls[1].frame.extended);
-        assert!(ignored.iter().any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex") && w.contains("not hex")), "{ignored:?}");
-        assert!(ignored.iter().any(|w| w.starts_with("devices[0].strictEval")));
+        assert!(
+            ignored
+                .iter()
+                .any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex")
+                    && w.contains("not hex")),
+            "{ignored:?}"
+        );
+        assert!(ignored
+            .iter()
+            .any(|w| w.starts_with("devices[0].strictEval")));
         let m = &p.down[0].methods["same"];
         assert!(matches!(&m.down.encoder.in_hex, Some(Err(_))));
         assert!(p.down[0].override_rpc);
         // rpm with its command and mileage without: both from one frame.
-        let f = CanFrame::new(1918, true, false, false, vec![0, 0, 0xBB, 0xBB, 0x01, 0x90]).unwrap();
+        let f =
+            CanFrame::new(1918, true, false, false, vec![0, 0, 0xBB, 0xBB, 0x01, 0x90]).unwrap();
         let (mut out, mut errors) = (Vec::new(), Vec::new());
         p.decoder.decode(&f, 1, &mut out, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(out.len(), 1);
-        let vals: Vec<_> = out[0].telemetry.iter().flat_map(|e| e.values.iter().cloned()).collect();
-        assert_eq!(vals, [("rpm".to_string(), Value::Float(100.0)), ("mileage".to_string(), Value::Int(0x9001 * 10))]);
+        let vals: Vec<_> = out[0]
+            .telemetry
+            .iter()
+            .flat_map(|e| e.values.iter().cloned())
+            .collect();
+        assert_eq!(
+            vals,
+            [
+                ("rpm".to_string(), Value::Float(100.0)),
+                ("mileage".to_string(), Value::Int(0x9001 * 10))
+            ]
+        );
         // Another command: only mileage.
         let f = CanFrame::new(1918, true, false, false, vec![0, 0, 0, 1, 0x01, 0x00]).unwrap();
         out.clear();
@@ -875,7 +1028,10 @@ mod tests {
         let door = CanFrame::new(41, false, false, false, vec![0, 0, 0x22, 0x0D, 0x04]).unwrap();
         out.clear();
         p.decoder.decode(&door, 1, &mut out, &mut errors);
-        assert_eq!(out[0].attributes, vec![("doorOpen".to_string(), Value::Bool(true))]);
+        assert_eq!(
+            out[0].attributes,
+            vec![("doorOpen".to_string(), Value::Bool(true))]
+        );
         // Too short: an error, counted by the connector.
         let short = CanFrame::new(41, false, false, false, vec![0, 0, 0x22, 0x0D]).unwrap();
         out.clear();
@@ -888,16 +1044,43 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         let cases = [
-            (json!({"interface": "pcan", "devices": [{"name": "x"}]}), "interface"),
+            (
+                json!({"interface": "pcan", "devices": [{"name": "x"}]}),
+                "interface",
+            ),
             (json!({"devices": []}), "devices"),
-            (json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 2048, "value": "0:1:int"}]}]}), "devices[0].timeseries[0].nodeId"),
-            (json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:nope"}]}]}), "devices[0].timeseries[0].value"),
-            (json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:int", "expression": "__import__('os')"}]}]}), "devices[0].timeseries[0].expression"),
-            (json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:int", "command": "1:x"}]}]}), "devices[0].timeseries[0].command"),
-            (json!({"devices": [{"name": "x", "attributeUpdates": [{"attributeOnThingsBoard": "a"}]}]}), "devices[0].attributeUpdates[0].nodeId"),
-            (json!({"devices": [{"name": "x", "serverSideRpc": [{"method": "m", "nodeId": 1, "dataExpression": "a +"}]}]}), "devices[0].serverSideRpc[0].dataExpression"),
-            (json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "signal": "S"}]}]}), "devices[0].timeseries[0].signal"),
-            (json!({"reconnectPeriod": -1, "devices": [{"name": "x"}]}), "reconnectPeriod"),
+            (
+                json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 2048, "value": "0:1:int"}]}]}),
+                "devices[0].timeseries[0].nodeId",
+            ),
+            (
+                json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:nope"}]}]}),
+                "devices[0].timeseries[0].value",
+            ),
+            (
+                json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:int", "expression": "__import__('os')"}]}]}),
+                "devices[0].timeseries[0].expression",
+            ),
+            (
+                json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "nodeId": 1, "value": "0:1:int", "command": "1:x"}]}]}),
+                "devices[0].timeseries[0].command",
+            ),
+            (
+                json!({"devices": [{"name": "x", "attributeUpdates": [{"attributeOnThingsBoard": "a"}]}]}),
+                "devices[0].attributeUpdates[0].nodeId",
+            ),
+            (
+                json!({"devices": [{"name": "x", "serverSideRpc": [{"method": "m", "nodeId": 1, "dataExpression": "a +"}]}]}),
+                "devices[0].serverSideRpc[0].dataExpression",
+            ),
+            (
+                json!({"devices": [{"name": "x", "timeseries": [{"key": "k", "signal": "S"}]}]}),
+                "devices[0].timeseries[0].signal",
+            ),
+            (
+                json!({"reconnectPeriod": -1, "devices": [{"name": "x"}]}),
+                "reconnectPeriod",
+            ),
         ];
         for (cfg, key) in cases {
             let e = plan_of(cfg).map(|_| ()).unwrap_err().to_string();
@@ -916,7 +1099,8 @@ mod tests {
         assert_eq!(p.polls[0].frame.data, [0x04, 0xF0, 0x00]);
         let (mut out, mut errors) = (Vec::new(), Vec::new());
         for id in [0x0CF0_0400u32, 0x18F0_0417] {
-            let f = CanFrame::new(id, true, false, false, vec![0, 0, 0, 0x40, 0x1F, 0, 0, 0]).unwrap();
+            let f =
+                CanFrame::new(id, true, false, false, vec![0, 0, 0, 0x40, 0x1F, 0, 0, 0]).unwrap();
             p.decoder.decode(&f, 1, &mut out, &mut errors);
         }
         assert_eq!(out.len(), 2);
@@ -931,7 +1115,10 @@ mod tests {
 
     #[test]
     fn rpc_params_override_like_upstream() {
-        let c = json!({"method": "m", "nodeId": 5, "dataLength": 2}).as_object().cloned().unwrap();
+        let c = json!({"method": "m", "nodeId": 5, "dataLength": 2})
+            .as_object()
+            .cloned()
+            .unwrap();
         let m = merge_rpc(&json!({"value": 3, "dataLength": 4}), Some(&c));
         assert_eq!(m["nodeId"], 5);
         assert_eq!(m["dataLength"], 4);

@@ -334,10 +334,7 @@ mod tests {
         b.send(&frame(0x20, &[3])).await.unwrap();
         assert_eq!(a.recv().await.unwrap().data, [3]);
         let fd = CanFrame::new(0x10, false, true, false, vec![0; 12]).unwrap();
-        assert!(matches!(
-            a.send(&fd).await,
-            Err(BusError::Refused { .. })
-        ));
+        assert!(matches!(a.send(&fd).await, Err(BusError::Refused { .. })));
         net.set_up("vcan0", false);
         assert!(b.recv().await.unwrap_err().is_fatal());
         assert!(net.open(&spec).is_err());
@@ -358,9 +355,7 @@ mod tests {
             a.send(&frame(1, &[n])).await.unwrap();
         }
         let mut got = Vec::new();
-        while let Ok(Ok(f)) =
-            tokio::time::timeout(Duration::from_millis(50), b.recv()).await
-        {
+        while let Ok(Ok(f)) = tokio::time::timeout(Duration::from_millis(50), b.recv()).await {
             got.push(f.data[0]);
         }
         assert_eq!(got, [0, 1, 3, 4]);

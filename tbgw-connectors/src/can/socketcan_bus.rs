@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use socketcan::{
-    id::FdFlags, CanAnyFrame, CanDataFrame, CanFdFrame, EmbeddedFrame, ExtendedId, Id, SocketOptions,
-    StandardId,
+    id::FdFlags, CanAnyFrame, CanDataFrame, CanFdFrame, EmbeddedFrame, ExtendedId, Id,
+    SocketOptions, StandardId,
 };
 
 use super::bus::{BusError, BusSpec, CanBus, CanBusOpener, CanFilter, CanFrame};
