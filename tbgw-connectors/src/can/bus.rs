@@ -30,6 +30,9 @@ pub struct CanFrame {
     pub brs: bool,
     /// The data bytes.
     pub data: Vec<u8>,
+    /// When the frame was received (ms since the Unix epoch; the kernel's receive timestamp
+    /// on SocketCAN); 0: unknown (frames to send, or a bus without timestamps).
+    pub ts: i64,
 }
 
 impl CanFrame {
@@ -82,6 +85,7 @@ impl CanFrame {
             fd,
             brs,
             data,
+            ts: 0,
         })
     }
 
@@ -204,6 +208,12 @@ pub trait CanBus: Send {
     /// The next frame that passes the filters (frames sent through this same bus are not
     /// received back).
     async fn recv(&mut self) -> Result<CanFrame, BusError>;
+    /// A frame that is already waiting, without waiting (`None`: none). The connector drains
+    /// the waiting frames after each [`recv`](CanBus::recv) to decode them in one batch. The
+    /// default never has one.
+    fn try_recv(&mut self) -> Option<Result<CanFrame, BusError>> {
+        None
+    }
 }
 
 /// Opens buses: [`SocketCanOpener`](super::socketcan_bus::SocketCanOpener) for real ones,

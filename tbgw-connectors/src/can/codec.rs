@@ -207,9 +207,11 @@ impl Slice {
             "double" => Kind::Double,
             "string" => Kind::Str(Encoding::parse(extra)?),
             "raw" => Kind::Raw,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "type {other:?}: expected bool, boolean, int, long, float, double, string or raw"
-            )),
+            ))
+            }
         };
         if let (Kind::Int { .. }, Some(l)) = (kind, len) {
             if l > 8 {

@@ -24,6 +24,12 @@ use super::decode::{down_from, merge_rpc, DecodeError, Down, Plan};
 
 /// Distinct errors logged before they are only counted.
 const LOG_ONCE_CAP: usize = 128;
+/// Frames already waiting that are decoded together and sent to the gateway in one message.
+const BATCH: usize = 256;
+/// Batches closer together than this mean a busy bus ...
+const BUSY: Duration = Duration::from_millis(2);
+/// ... on which reading pauses this long after each batch (the added latency, at most).
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// The CAN connector. Build it with [`CanFactory`](super::CanFactory), or with
 /// [`CanConnector::with_opener`] to run it on another bus (the fake one in tests).
@@ -107,17 +113,18 @@ impl Run {
         }
     }
 
-    async fn frame(
+    /// Decodes one frame into `out` (not sent yet).
+    fn frame(
         &mut self,
         f: &CanFrame,
+        ts: i64,
         out: &mut Vec<DeviceData>,
         errors: &mut Vec<DecodeError>,
     ) {
         self.stats.add_messages_received(1);
         self.stats.add_bytes_received(f.data.len() as u64);
-        out.clear();
         errors.clear();
-        self.plan.decoder.decode(f, now_millis(), out, errors);
+        self.plan.decoder.decode(f, ts, out, errors);
         if !errors.is_empty() {
             self.stats.add_convert_errors(errors.len() as u64);
             for e in errors.drain(..) {
@@ -129,9 +136,48 @@ impl Run {
                 }
             }
         }
-        for d in out.drain(..) {
-            let _ = self.uplink.send(d).await;
+    }
+
+    /// Sends what the frames of one wake-up gave, in one message to the gateway.
+    async fn flush(&mut self, out: &mut Vec<DeviceData>) {
+        match out.len() {
+            0 => {}
+            1 => {
+                if let Some(d) = out.pop() {
+                    let _ = self.uplink.send(d).await;
+                }
+            }
+            // The receipt is not needed: a bus cannot be asked to send a frame again.
+            _ => drop(self.uplink.send_acked(std::mem::take(out)).await),
         }
+    }
+
+    /// The frame `first` and every frame already waiting (up to [`BATCH`]), decoded and sent
+    /// together; a fatal error after the batch is returned.
+    async fn frames(
+        &mut self,
+        bus: &mut dyn CanBus,
+        first: CanFrame,
+        out: &mut Vec<DeviceData>,
+        errors: &mut Vec<DecodeError>,
+    ) -> Result<(), BusError> {
+        let now = now_millis();
+        let ts = |f: &CanFrame| if f.ts > 0 { f.ts } else { now };
+        self.frame(&first, ts(&first), out, errors);
+        let mut result = Ok(());
+        for _ in 1..BATCH {
+            match bus.try_recv() {
+                None => break,
+                Some(Ok(f)) => self.frame(&f, ts(&f), out, errors),
+                Some(Err(e)) if e.is_fatal() => {
+                    result = Err(e);
+                    break;
+                }
+                Some(Err(e)) => self.warn_once("CAN receive error", &e),
+            }
+        }
+        self.flush(out).await;
+        result
     }
 
     /// One bus session.
@@ -157,6 +203,11 @@ impl Run {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let mut downlink_open = true;
+        // On a busy bus, reading pauses briefly after each batch so that the frames of the
+        // next COALESCE arrive together: one wake-up and one message to the gateway for many
+        // frames instead of one per frame.
+        let mut hold: Option<Instant> = None;
+        let mut last_batch = Instant::now();
         loop {
             let next_poll = plan
                 .polls
@@ -166,11 +217,21 @@ impl Run {
                 .map(|(_, t)| *t)
                 .min()
                 .unwrap_or(far);
+            let wake = hold.map_or(next_poll, |h| h.min(next_poll));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return End::Cancelled,
-                r = bus.recv() => match r {
-                    Ok(f) => self.frame(&f, &mut out, &mut errors).await,
+                r = bus.recv(), if hold.is_none() => match r {
+                    Ok(f) => {
+                        if let Err(e) = self.frames(bus.as_mut(), f, &mut out, &mut errors).await {
+                            return End::Bus(e);
+                        }
+                        let now = Instant::now();
+                        if now.duration_since(last_batch) < BUSY {
+                            hold = Some(now + COALESCE);
+                        }
+                        last_batch = now;
+                    }
                     Err(e) if e.is_fatal() => return End::Bus(e),
                     Err(e) => self.warn_once("CAN receive error", &e),
                 },
@@ -185,8 +246,11 @@ impl Run {
                         return End::Bus(e);
                     }
                 }
-                _ = tokio::time::sleep_until(next_poll) => {
+                _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
+                    if hold.is_some_and(|h| h <= now) {
+                        hold = None;
+                    }
                     for (i, p) in plan.polls.iter().enumerate() {
                         if p.once || due[i] > now {
                             continue;

@@ -270,8 +270,11 @@ impl CanBus for FakeSocket {
             return Ok(());
         }
         let mut overflowed = 0;
+        // The receive timestamp, as the kernel stamps a frame when it arrives.
+        let mut frame = frame.clone();
+        frame.ts = tbgw::model::now_millis();
         for s in &i.sockets {
-            if s.id == self.id || (frame.fd && !s.fd) || !passes(&s.filters, frame) {
+            if s.id == self.id || (frame.fd && !s.fd) || !passes(&s.filters, &frame) {
                 continue;
             }
             if s.tx.try_send(frame.clone()).is_err() {
@@ -280,6 +283,17 @@ impl CanBus for FakeSocket {
         }
         i.overflowed += overflowed;
         Ok(())
+    }
+
+    fn try_recv(&mut self) -> Option<Result<CanFrame, BusError>> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Some(Err(self.down()));
+        }
+        match self.rx.try_recv() {
+            Ok(f) => Some(Ok(f)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(self.down())),
+        }
     }
 
     async fn recv(&mut self) -> Result<CanFrame, BusError> {

@@ -101,6 +101,7 @@ pub fn request(pgn: u32, source: u8, destination: Option<u8>) -> CanFrame {
         fd: false,
         brs: false,
         data: vec![p[0], p[1], p[2]],
+        ts: 0,
     }
 }
 

@@ -59,6 +59,12 @@ impl CanBusOpener for SocketCanOpener {
         } else {
             Sock::Classic(socketcan::tokio::CanSocket::open(&spec.channel).map_err(open_err)?)
         };
+        // Kernel receive timestamps: frames decoded together keep their own arrival times.
+        let r = match &sock {
+            Sock::Classic(s) => s.set_recv_timestamp(true),
+            Sock::Fd(s) => s.set_recv_timestamp(true),
+        };
+        r.map_err(open_err)?;
         if !spec.filters.is_empty() && spec.filters.len() <= MAX_KERNEL_FILTERS {
             let filters: Vec<socketcan::CanFilter> =
                 spec.filters.iter().map(kernel_filter).collect();
@@ -154,26 +160,82 @@ impl CanBus for SocketCanBus {
     async fn recv(&mut self) -> Result<CanFrame, BusError> {
         loop {
             let got = match &self.sock {
-                Sock::Fd(s) => s.read_frame().await.map_err(|e| self.io(e))?,
-                Sock::Classic(s) => match s.read_frame().await.map_err(|e| self.io(e))? {
-                    socketcan::CanFrame::Data(d) => CanAnyFrame::Normal(d),
-                    _ => continue,
-                },
+                Sock::Fd(s) => s.read_frame_with_timestamp().await,
+                Sock::Classic(s) => s
+                    .read_frame_with_timestamp()
+                    .await
+                    .map(|(f, t)| (classic(f), t)),
             };
-            let (id, fd, brs, data) = match got {
-                CanAnyFrame::Normal(d) => (d.id(), false, false, d.data().to_vec()),
-                CanAnyFrame::Fd(f) => (f.id(), true, f.is_brs(), f.data().to_vec()),
-                // Remote and error frames carry no values.
-                _ => continue,
-            };
-            let (id, extended) = from_id(id);
-            return Ok(CanFrame {
-                id,
-                extended,
-                fd,
-                brs,
-                data,
-            });
+            let (f, t) = got.map_err(|e| self.io(e))?;
+            if let Some(f) = convert(f, t) {
+                return Ok(f);
+            }
         }
     }
+
+    fn try_recv(&mut self) -> Option<Result<CanFrame, BusError>> {
+        loop {
+            // One poll: the socket is read when its readiness is known (it is right after a
+            // frame); otherwise this is `Pending` and nothing is waiting.
+            let got = match &self.sock {
+                Sock::Fd(s) => poll_once(s.read_frame_with_timestamp())?,
+                Sock::Classic(s) => {
+                    poll_once(s.read_frame_with_timestamp())?.map(|(f, t)| (classic(f), t))
+                }
+            };
+            match got {
+                Ok((f, t)) => {
+                    if let Some(f) = convert(f, t) {
+                        return Some(Ok(f));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) => return Some(Err(self.io(e))),
+            }
+        }
+    }
+}
+
+/// Polls `f` once with a waker that does nothing.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A classic socket's frame as the FD socket's kind.
+fn classic(f: socketcan::CanFrame) -> CanAnyFrame {
+    match f {
+        socketcan::CanFrame::Data(d) => CanAnyFrame::Normal(d),
+        socketcan::CanFrame::Remote(r) => CanAnyFrame::Remote(r),
+        socketcan::CanFrame::Error(e) => CanAnyFrame::Error(e),
+    }
+}
+
+/// A data frame stamped with its arrival; `None` for remote and error frames (they carry no
+/// values).
+fn convert(f: CanAnyFrame, at: std::time::SystemTime) -> Option<CanFrame> {
+    let (id, fd, brs, data) = match f {
+        CanAnyFrame::Normal(d) => (d.id(), false, false, d.data().to_vec()),
+        CanAnyFrame::Fd(f) => (f.id(), true, f.is_brs(), f.data().to_vec()),
+        _ => return None,
+    };
+    let (id, extended) = from_id(id);
+    let ts = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(tbgw::model::now_millis);
+    Some(CanFrame {
+        id,
+        extended,
+        fd,
+        brs,
+        data,
+        ts,
+    })
 }
