@@ -37,6 +37,18 @@ fn thread_id() -> u32 {
         .unwrap_or(0)
 }
 
+/// Counters at the start of the measured window.
+struct Snapshot {
+    at: Instant,
+    ticks: u64,
+    run_ns: u64,
+    wakeups: u64,
+    records: u64,
+    values: u64,
+    frames: u64,
+    sent: u64,
+}
+
 /// Nanoseconds a thread has run (`/proc/<tid>/schedstat`, the scheduler's own account; the
 /// tick-sampled user+sys of `/proc/<tid>/stat` overcharges a thread woken by timers).
 fn run_ns(tid: u32) -> u64 {
@@ -172,24 +184,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut values = 0u64;
         let warmup = Instant::now() + Duration::from_secs(3);
         let end = warmup + Duration::from_secs(secs);
-        let mut window: Option<(Instant, u64, u64, u64, u64, u64, u64, u64)> = None;
+        let mut window: Option<Snapshot> = None;
         let mut result = (0, 0);
         loop {
             let now = Instant::now();
             if window.is_none() && now >= warmup {
-                window = Some((
-                    now,
-                    cpu_ticks(tid.load(Ordering::SeqCst)),
-                    run_ns(tid.load(Ordering::SeqCst)),
-                    status_kb(tid.load(Ordering::SeqCst), "voluntary_ctxt_switches"),
+                let t = tid.load(Ordering::SeqCst);
+                window = Some(Snapshot {
+                    at: now,
+                    ticks: cpu_ticks(t),
+                    run_ns: run_ns(t),
+                    wakeups: status_kb(t, "voluntary_ctxt_switches"),
                     records,
                     values,
-                    stats.stats().messages_received(),
-                    sent.load(Ordering::Relaxed),
-                ));
+                    frames: stats.stats().messages_received(),
+                    sent: sent.load(Ordering::Relaxed),
+                });
             }
             if now >= end {
-                let (t0, c0, n0, w0, r0, v0, m0, s0) = window.expect("window");
+                let Snapshot {
+                    at: t0,
+                    ticks: c0,
+                    run_ns: n0,
+                    wakeups: w0,
+                    records: r0,
+                    values: v0,
+                    frames: m0,
+                    sent: s0,
+                } = window.expect("window");
                 let dt = t0.elapsed().as_secs_f64();
                 let cpu = (cpu_ticks(tid.load(Ordering::SeqCst)) - c0) as f64 / 100.0;
                 let frames = stats.stats().messages_received() - m0;

@@ -135,7 +135,7 @@ pub fn raw_bits(data: &[u8], start_bit: u32, size: u32, little_endian: bool) -> 
         for _ in 0..size {
             let byte = *data.get((pos / 8) as usize)?;
             v = (v << 1) | u64::from((byte >> (pos % 8)) & 1);
-            if pos % 8 == 0 {
+            if pos.is_multiple_of(8) {
                 pos = (pos / 8 + 1) * 8 + 7;
             } else {
                 pos -= 1;

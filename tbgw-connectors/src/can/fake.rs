@@ -265,7 +265,7 @@ impl CanBus for FakeSocket {
             return Err(self.down());
         };
         i.sent += 1;
-        if i.drop_every > 0 && i.sent % i.drop_every == 0 {
+        if i.drop_every > 0 && i.sent.is_multiple_of(i.drop_every) {
             i.lost += 1;
             return Ok(());
         }
