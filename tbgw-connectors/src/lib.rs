@@ -14,7 +14,7 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
-//! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
+//! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: `grpc::GrpcFactory`) |
 //! | `ocpp` | `ocpp` | `ocpp` |
 //! | `odbc` | `odbc` | `odbc` |
 //! | `bacnet` | `bacnet` | `bacnet` |

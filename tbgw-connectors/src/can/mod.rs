@@ -30,7 +30,7 @@
 //!   cannot be built, such as a `dataInHex` that is not hex, 404 for an unknown method, 503
 //!   while the bus is closed).
 //!
-//! The bus is behind the [`CanBus`](bus::CanBus) trait: [`socketcan_bus`] on Linux, and
+//! The bus is behind the [`CanBus`] trait: [`socketcan_bus`] on Linux, and
 //! the in-process [`fake`] network for tests (this machine's kernel has no CAN).
 //!
 //! * [`config`]: the file's keys.
