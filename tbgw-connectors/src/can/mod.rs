@@ -26,6 +26,9 @@
 //! * the bus session is independent of the ThingsBoard connection: a ThingsBoard reconnect
 //!   never closes the bus (upstream #2102, where the bus never came back), and a lost bus is
 //!   reopened after `reconnectPeriod` whatever the error;
+//! * frames already waiting are decoded together and reach the gateway in one message; on a
+//!   busy bus reading pauses 5 ms after each batch (frames keep their receive timestamps), so
+//!   10,000 frames/s cost about 2 % of one core (`examples/can_load.rs`);
 //! * every RPC is answered (`{"success": true}`, or an error with a code: 400 for a frame that
 //!   cannot be built, such as a `dataInHex` that is not hex, 404 for an unknown method, 503
 //!   while the bus is closed).
