@@ -59,12 +59,15 @@ impl CanBusOpener for SocketCanOpener {
         } else {
             Sock::Classic(socketcan::tokio::CanSocket::open(&spec.channel).map_err(open_err)?)
         };
-        // Kernel receive timestamps: frames decoded together keep their own arrival times.
+        // Kernel receive timestamps: frames decoded together keep their own arrival times
+        // (without them, the time of reading).
         let r = match &sock {
             Sock::Classic(s) => s.set_recv_timestamp(true),
             Sock::Fd(s) => s.set_recv_timestamp(true),
         };
-        r.map_err(open_err)?;
+        if let Err(e) = r {
+            tracing::debug!(channel = %spec.channel, error = %e, "No kernel receive timestamps on this CAN socket.");
+        }
         if !spec.filters.is_empty() && spec.filters.len() <= MAX_KERNEL_FILTERS {
             let filters: Vec<socketcan::CanFilter> =
                 spec.filters.iter().map(kernel_filter).collect();
@@ -160,9 +163,9 @@ impl CanBus for SocketCanBus {
     async fn recv(&mut self) -> Result<CanFrame, BusError> {
         loop {
             let got = match &self.sock {
-                Sock::Fd(s) => s.read_frame_with_timestamp().await,
+                Sock::Fd(s) => s.read_frame_with_timestamps().await,
                 Sock::Classic(s) => s
-                    .read_frame_with_timestamp()
+                    .read_frame_with_timestamps()
                     .await
                     .map(|(f, t)| (classic(f), t)),
             };
@@ -178,9 +181,9 @@ impl CanBus for SocketCanBus {
             // One poll: the socket is read when its readiness is known (it is right after a
             // frame); otherwise this is `Pending` and nothing is waiting.
             let got = match &self.sock {
-                Sock::Fd(s) => poll_once(s.read_frame_with_timestamp())?,
+                Sock::Fd(s) => poll_once(s.read_frame_with_timestamps())?,
                 Sock::Classic(s) => {
-                    poll_once(s.read_frame_with_timestamp())?.map(|(f, t)| (classic(f), t))
+                    poll_once(s.read_frame_with_timestamps())?.map(|(f, t)| (classic(f), t))
                 }
             };
             match got {
@@ -217,16 +220,17 @@ fn classic(f: socketcan::CanFrame) -> CanAnyFrame {
 
 /// A data frame stamped with its arrival; `None` for remote and error frames (they carry no
 /// values).
-fn convert(f: CanAnyFrame, at: std::time::SystemTime) -> Option<CanFrame> {
+fn convert(f: CanAnyFrame, at: socketcan::CanTimestamps) -> Option<CanFrame> {
     let (id, fd, brs, data) = match f {
         CanAnyFrame::Normal(d) => (d.id(), false, false, d.data().to_vec()),
         CanAnyFrame::Fd(f) => (f.id(), true, f.is_brs(), f.data().to_vec()),
         _ => return None,
     };
     let (id, extended) = from_id(id);
+    // No `SO_TIMESTAMPNS` message (the option was refused): the time of reading.
     let ts = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
+        .socket
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
         .filter(|&t| t > 0)
         .unwrap_or_else(tbgw::model::now_millis);
