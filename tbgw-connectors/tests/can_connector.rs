@@ -480,12 +480,22 @@ async fn the_interface_going_down_and_up_is_survived() {
     assert_eq!(r["code"], 503, "{r}");
     let errors = run.stats.stats().errors();
     assert!(errors >= 1);
+    // An attribute update meanwhile: kept (the latest one) and written when the bus is back.
+    run.update("Car", "softwareVersion", json!(1)).await;
+    run.update("Car", "softwareVersion", json!(2)).await;
     // Attempts fail while it is down; then it comes back and so does the data.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = ecu_task.await;
     net.set_up("can0", true);
+    let mut listener = net.socket("can0", true).unwrap();
     run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
         .await;
+    let f = next_not_poll(&mut listener).await;
+    assert_eq!(
+        (f.id, f.extended, f.data.clone()),
+        (64, true, vec![7, 0, 0, 0])
+    );
+    drop(listener);
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
     run.value_of("Car", "rpm").await;
     assert_eq!(net.opens(), 2, "one open before, one after: no flapping");

@@ -74,6 +74,9 @@ struct Run {
     stats: ConnectorCounters,
     once: LogOnce,
     announced: bool,
+    /// Attribute updates that arrived while the bus was closed (the latest per device and
+    /// key; only configured keys, so bounded by the configuration), written when it is back.
+    pending: Vec<(String, String, Json)>,
 }
 
 impl Run {
@@ -199,6 +202,14 @@ impl Run {
         }
         self.announce().await;
         self.once.clear();
+        for (device, key, value) in std::mem::take(&mut self.pending) {
+            let mut values = Map::new();
+            values.insert(key, value);
+            let u = AttributeUpdate { device, values };
+            if let Err(e) = self.attribute_update(Some(bus.as_mut()), u).await {
+                return End::Bus(e);
+            }
+        }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -291,6 +302,13 @@ impl Run {
             .position(|d| d.name == name)
     }
 
+    /// Keeps an attribute update for when the bus is back (replacing an older one).
+    fn keep(&mut self, device: &str, key: &str, value: &Json) {
+        self.pending.retain(|(d, k, _)| !(d == device && k == key));
+        self.pending
+            .push((device.to_string(), key.to_string(), value.clone()));
+    }
+
     async fn attribute_update(
         &mut self,
         mut bus: Option<&mut dyn CanBus>,
@@ -305,15 +323,17 @@ impl Run {
                 let r = match build_frame(down, &json!({ "value": value })) {
                     Err(e) => Err(e),
                     Ok(f) => match bus.as_deref_mut() {
-                        None => Err(RpcError::Unreachable(format!(
-                            "the CAN bus {} is not open",
-                            plan.channel
-                        ))),
+                        None => {
+                            self.keep(&u.device, key, value);
+                            tracing::debug!(connector = %self.connector, device = %u.device, attribute = %key, "The CAN bus is closed; the attribute update is written when it is back.");
+                            continue;
+                        }
                         Some(b) => match b.send(&f).await {
                             Ok(()) => Ok(()),
                             Err(e) if e.is_fatal() => {
                                 self.stats.add_errors(1);
-                                tracing::warn!(connector = %self.connector, device = %u.device, attribute = %key, error = %e, "Cannot write the attribute update to the CAN bus.");
+                                self.keep(&u.device, key, value);
+                                tracing::warn!(connector = %self.connector, device = %u.device, attribute = %key, error = %e, "Cannot write the attribute update to the CAN bus; it is written when the bus is back.");
                                 return Err(e);
                             }
                             Err(e) => Err(RpcError::Device(e.to_string())),
@@ -496,6 +516,7 @@ impl Connector for CanConnector {
             stats: cx.stats().clone(),
             once: LogOnce::new(LOG_ONCE_CAP),
             announced: false,
+            pending: Vec::new(),
         };
         let spec = BusSpec {
             interface: plan.interface.clone(),
