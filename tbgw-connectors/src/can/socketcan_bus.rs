@@ -243,3 +243,50 @@ fn convert(f: CanAnyFrame, at: socketcan::CanTimestamps) -> Option<CanFrame> {
         ts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_frames_become_ours_with_their_timestamp() {
+        let id = Id::Extended(ExtendedId::new(0x18FE_F100).unwrap());
+        let d = CanDataFrame::new(id, &[1, 2, 3]).unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let ts = socketcan::CanTimestamps {
+            socket: Some(at),
+            ..Default::default()
+        };
+        let f = convert(CanAnyFrame::Normal(d), ts).unwrap();
+        assert_eq!(
+            (f.id, f.extended, f.fd, f.data.clone(), f.ts),
+            (0x18FE_F100, true, false, vec![1, 2, 3], 1_700_000_000_123)
+        );
+        let sid = Id::Standard(StandardId::new(0x123).unwrap());
+        let fd = CanFdFrame::with_flags(sid, &[9; 12], FdFlags::BRS).unwrap();
+        let f = convert(CanAnyFrame::Fd(fd), Default::default()).unwrap();
+        assert!(f.fd && f.brs && !f.extended && f.id == 0x123 && f.data.len() == 12);
+        assert!(f.ts > 0, "no kernel timestamp: the time of reading");
+        let r = socketcan::CanRemoteFrame::new_remote(sid, 2).unwrap();
+        assert!(convert(CanAnyFrame::Remote(r), Default::default()).is_none());
+    }
+
+    #[test]
+    fn filters_carry_the_extended_flag() {
+        let f = kernel_filter(&CanFilter {
+            id: 0x100,
+            mask: 0x7FF,
+            extended: false,
+        });
+        assert_eq!(f, socketcan::CanFilter::new(0x100, 0x7FF | EFF_FLAG));
+        let f = kernel_filter(&CanFilter {
+            id: 0x00F0_0400,
+            mask: 0x03FF_FF00,
+            extended: true,
+        });
+        assert_eq!(
+            f,
+            socketcan::CanFilter::new(0x00F0_0400 | EFF_FLAG, 0x03FF_FF00 | EFF_FLAG)
+        );
+    }
+}
