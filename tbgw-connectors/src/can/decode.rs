@@ -714,7 +714,11 @@ pub fn plan_with(
     ignored: &mut Vec<String>,
     load_dbc: &dyn Fn(&Path) -> Result<Vec<dbc::Message>, String>,
 ) -> Result<Plan, ConfigError> {
-    if cfg.interface != "socketcan" {
+    // python-can 3's names of the same backend are accepted too.
+    if !matches!(
+        cfg.interface.as_str(),
+        "socketcan" | "socketcan_native" | "socketcan_ctypes"
+    ) {
         return Err(ConfigError::new(
             file,
             "interface",
