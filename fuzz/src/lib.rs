@@ -619,6 +619,7 @@ mod can {
     use serde_json::json;
     use tbgw_connectors::can::codec::{from_hex, Command, Slice};
     use tbgw_connectors::can::config::CanConnectorConfig;
+    use tbgw_connectors::can::j1939::Reassembler;
     use tbgw_connectors::can::{dbc, decode, CanFrame, Decoder};
 
     const DBC: &str = r#"VERSION ""
@@ -729,6 +730,29 @@ SIG_VALTYPE_ 513 D : 2;
                 assert!(!d.is_empty(), "a record has values");
             }
             let _ = decoder().wants(&frame);
+        }
+        // The input as a sequence of J1939 frames (9 bytes each: which id, then 8 data
+        // bytes) through the multi-packet reassembler; completed messages are decoded.
+        let mut tp = Reassembler::new();
+        for chunk in rest.chunks(9) {
+            let [which, data @ ..] = chunk else { continue };
+            let id = match which % 4 {
+                0 => 0x18EC_FF00,
+                1 => 0x1CEB_FF00,
+                2 => 0x18EC_FF01,
+                _ => 0x1CEB_FF01,
+            };
+            let Ok(f) = CanFrame::new(id, true, false, false, data.to_vec()) else {
+                continue;
+            };
+            if let Ok(Some(m)) = tp.feed(&f) {
+                assert!(
+                    m.data.len() <= 1785,
+                    "a J1939 message holds at most 1785 bytes"
+                );
+                let (mut out, mut errors) = (Vec::new(), Vec::new());
+                decoder().decode(&m, 0, &mut out, &mut errors);
+            }
         }
         let text = String::from_utf8_lossy(rest);
         let _ = from_hex(&text);

@@ -650,6 +650,51 @@ async fn j1939_values_match_by_pgn_and_are_requested() {
 }
 
 #[tokio::test]
+async fn j1939_multi_packet_broadcasts_are_reassembled() {
+    let net = FakeCan::new();
+    net.add_interface("can0", false);
+    let cfg = json!({"channel": "can0", "devices": [{"name": "Engine",
+        "attributes": [{"key": "vin", "pgn": 65260, "value": "0:-1:string"}],
+        "timeseries": [{"key": "speed", "pgn": 61444, "value": "3:2:little:int"}]}]});
+    let mut run = start(cfg, &net);
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    let mut ecu = net.socket("can0", false).unwrap();
+    let announce = |size: u8, packets: u8| {
+        frame(
+            0x18EC_FF00,
+            true,
+            &[32, size, 0, packets, 0xFF, 0xEC, 0xFE, 0x00],
+        )
+    };
+    let packet = |n: u8, chunk: &[u8]| {
+        let mut d = vec![n];
+        d.extend_from_slice(chunk);
+        d.resize(8, 0xFF);
+        frame(0x1CEB_FF00, true, &d)
+    };
+    let vin = b"1FUJGLDR12LM12345";
+    // A broken transfer first (packet 3 before 2): counted, nothing reported.
+    let errors = run.stats.stats().convert_errors();
+    ecu.send(&announce(17, 3)).await.unwrap();
+    ecu.send(&packet(1, &vin[0..7])).await.unwrap();
+    ecu.send(&packet(3, &vin[14..])).await.unwrap();
+    // Then a whole one, with a single-frame PGN in between.
+    ecu.send(&announce(17, 3)).await.unwrap();
+    ecu.send(&packet(1, &vin[0..7])).await.unwrap();
+    ecu.send(&frame(0x0CF0_0400, true, &[0, 0, 0, 0x40, 0x1F, 0, 0, 0]))
+        .await
+        .unwrap();
+    ecu.send(&packet(2, &vin[7..14])).await.unwrap();
+    ecu.send(&packet(3, &vin[14..])).await.unwrap();
+    assert_eq!(
+        run.value_of("Engine", "vin").await,
+        Value::String("1FUJGLDR12LM12345".into())
+    );
+    assert_eq!(run.stats.stats().convert_errors(), errors + 1);
+    run.stop().await;
+}
+
+#[tokio::test]
 async fn can_fd_frames_carry_values_beyond_eight_bytes() {
     let net = FakeCan::new();
     net.add_interface("can0", true);

@@ -27,7 +27,28 @@ impl Rng {
 /// A selector byte and data of a random length (0..=70), or value-description-like text.
 fn input(rng: &mut Rng) -> Vec<u8> {
     let mut v = vec![rng.next() as u8];
-    match rng.below(4) {
+    match rng.below(5) {
+        4 => {
+            // A J1939 broadcast (announce + packets) for the reassembler, sometimes broken.
+            let size = 9 + rng.below(60);
+            let packets = size.div_ceil(7);
+            let pgn = [65260u32, 61444, 65262][rng.below(3)].to_le_bytes();
+            let declared = if rng.below(8) == 0 {
+                rng.next() as u8
+            } else {
+                packets as u8
+            };
+            v.extend_from_slice(&[0, 32, size as u8, 0, declared, 0xFF, pgn[0], pgn[1], pgn[2]]);
+            for n in 1..=packets {
+                let seq = if rng.below(20) == 0 {
+                    rng.next() as u8
+                } else {
+                    n as u8
+                };
+                v.extend_from_slice(&[1, seq]);
+                v.extend((0..7).map(|_| rng.next() as u8));
+            }
+        }
         0 => {
             const PARTS: [&str; 14] = [
                 "0", "1", "2", "-1", "64", "big", "little", "int", "float", "string", "raw",

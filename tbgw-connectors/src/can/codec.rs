@@ -11,6 +11,10 @@
 use serde_json::Value as Json;
 use tbgw::eval::{Expr, Val};
 
+/// The longest message a value can be read from: a J1939 multi-packet message (a CAN FD
+/// frame has 64 bytes, a classic one 8); a slice beyond a frame's data is a conversion error.
+pub const MAX_MESSAGE: usize = 1785;
+
 /// Byte order of a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -184,17 +188,17 @@ impl Slice {
     }
 
     fn build(start: usize, len: i64, order: Order, ty: &str, extra: &str) -> Result<Slice, String> {
-        if start > 63 {
+        if start >= MAX_MESSAGE {
             return Err(format!(
-                "start {start} is beyond the 64 bytes of a CAN FD frame"
+                "start {start} is beyond the {MAX_MESSAGE} bytes of the longest message (a J1939 multi-packet message; a CAN FD frame has 64)"
             ));
         }
         let len = match len {
             -1 => None,
-            0..=64 => Some(len as usize),
+            0..=1785 => Some(len as usize),
             _ => {
                 return Err(format!(
-                    "length {len}: expected 1 ..= 64, or -1 for the rest of the frame"
+                    "length {len}: expected 1 ..= {MAX_MESSAGE}, or -1 for the rest of the frame"
                 ))
             }
         };
@@ -378,9 +382,9 @@ impl Command {
             }
             other => return Err(format!("{other} is not a command")),
         };
-        if !(1..=8).contains(&len) || start > 63 {
+        if !(1..=8).contains(&len) || start >= MAX_MESSAGE {
             return Err(format!(
-                "start {start}, length {len}: the length is 1 ..= 8 bytes within 64"
+                "start {start}, length {len}: the length is 1 ..= 8 bytes within {MAX_MESSAGE}"
             ));
         }
         Ok(Command {
@@ -562,7 +566,7 @@ mod tests {
             "0:9:int",
             "0:1:bits",
             "0:1:middle:int",
-            "70:1:int",
+            "1785:1:int",
             "0::int",
         ] {
             assert!(Slice::parse(&json!(bad)).is_err(), "{bad}");

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::bus::{BusError, BusSpec, CanBus, CanBusOpener, CanFrame};
 use super::decode::{down_from, merge_rpc, DecodeError, Down, Plan};
+use super::j1939::Reassembler;
 
 /// Distinct errors logged before they are only counted.
 const LOG_ONCE_CAP: usize = 128;
@@ -77,6 +78,8 @@ struct Run {
     /// Attribute updates that arrived while the bus was closed (the latest per device and
     /// key; only configured keys, so bounded by the configuration), written when it is back.
     pending: Vec<(String, String, Json)>,
+    /// J1939 multi-packet broadcasts in progress (when the configuration has PGNs).
+    tp: Option<Reassembler>,
 }
 
 impl Run {
@@ -128,6 +131,17 @@ impl Run {
         self.stats.add_bytes_received(f.data.len() as u64);
         errors.clear();
         self.plan.decoder.decode(f, ts, out, errors);
+        if let Some(tp) = self.tp.as_mut() {
+            match tp.feed(f) {
+                Ok(Some(message)) => self.plan.decoder.decode(&message, ts, out, errors),
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.add_convert_errors(1);
+                    let what = e.to_string();
+                    self.warn_once("Broken J1939 multi-packet transfer", &what);
+                }
+            }
+        }
         if !errors.is_empty() {
             self.stats.add_convert_errors(errors.len() as u64);
             for e in errors.drain(..) {
@@ -517,6 +531,7 @@ impl Connector for CanConnector {
             once: LogOnce::new(LOG_ONCE_CAP),
             announced: false,
             pending: Vec::new(),
+            tp: plan.decoder.has_pgns().then(Reassembler::new),
         };
         let spec = BusSpec {
             interface: plan.interface.clone(),

@@ -75,7 +75,7 @@ pub fn parse(text: &str) -> Result<Vec<Message>, String> {
         };
         let mut signals = Vec::new();
         for s in &m.signals {
-            if s.size == 0 || s.size > 64 || s.start_bit > 511 {
+            if s.size == 0 || s.size > 64 || s.start_bit >= 8 * 1785 {
                 return Err(format!(
                     "message {} signal {}: start bit {} size {} do not fit a frame",
                     m.name, s.name, s.start_bit, s.size

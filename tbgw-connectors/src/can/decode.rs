@@ -181,8 +181,19 @@ impl Decoder {
                 v.extend(s.into_iter().map(|sa| j1939::filter(*pgn, sa)));
             }
         }
+        if !self.pgn.is_empty() {
+            // Multi-packet broadcasts (the connector reassembles them).
+            v.push(j1939::filter(j1939::PGN_TP_CM, None));
+            v.push(j1939::filter(j1939::PGN_TP_DT, None));
+        }
         v.sort_by_key(|f| (f.extended, f.id, f.mask));
         v
+    }
+
+    /// Does the configuration address J1939 PGNs (so multi-packet broadcasts are
+    /// reassembled)?
+    pub fn has_pgns(&self) -> bool {
+        !self.pgn.is_empty()
     }
 
     /// Does any route want this frame?

@@ -149,3 +149,180 @@ mod tests {
         assert_eq!(r.data, [0xEE, 0xFE, 0x00]);
     }
 }
+
+/// TP.CM, the transport protocol's connection management PGN (60416).
+pub const PGN_TP_CM: u32 = 0xEC00;
+/// TP.DT, the transport protocol's data transfer PGN (60160).
+pub const PGN_TP_DT: u32 = 0xEB00;
+/// TP.CM control byte of a broadcast announce message (BAM).
+const BAM: u8 = 32;
+
+/// One multi-packet broadcast being received.
+#[derive(Debug, Clone)]
+struct Transfer {
+    pgn: u32,
+    size: usize,
+    packets: u8,
+    next: u8,
+    data: Vec<u8>,
+}
+
+/// Reassembles J1939 multi-packet broadcasts (BAM: a TP.CM announce, then TP.DT packets of 7
+/// bytes numbered from 1) into one message of up to 1785 bytes, handed on as a frame with the
+/// announced PGN's id (priority and source of the data packets). One transfer per sender at a
+/// time, as the standard allows; a packet out of sequence or from a sender without an
+/// announce drops the transfer ([`TpError`]). Connection-mode transfers (RTS/CTS) are
+/// addressed to one node and not answered by the gateway.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    transfers: std::collections::HashMap<u8, Transfer>,
+}
+
+/// A broken multi-packet transfer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("J1939 transfer from {sender:#04x}: {reason}")]
+pub struct TpError {
+    /// The sender's address.
+    pub sender: u8,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl Reassembler {
+    /// A reassembler with no transfer in progress.
+    pub fn new() -> Reassembler {
+        Reassembler::default()
+    }
+
+    /// Feeds one frame: `Ok(Some(message))` when it completed a transfer, `Ok(None)` for
+    /// other frames and transfers still in progress.
+    pub fn feed(&mut self, f: &CanFrame) -> Result<Option<CanFrame>, TpError> {
+        if !f.extended {
+            return Ok(None);
+        }
+        let id = J1939Id::from_id(f.id);
+        let err = |reason: String| TpError {
+            sender: id.source,
+            reason,
+        };
+        match id.pgn {
+            PGN_TP_CM => {
+                let [control, s0, s1, packets, _, p0, p1, p2, ..] = f.data[..] else {
+                    return Err(err("TP.CM shorter than 8 bytes".into()));
+                };
+                if control != BAM {
+                    return Ok(None);
+                }
+                let size = usize::from(u16::from_le_bytes([s0, s1]));
+                let pgn = u32::from_le_bytes([p0, p1, p2, 0]);
+                if !(9..=1785).contains(&size) || usize::from(packets) != size.div_ceil(7) {
+                    self.transfers.remove(&id.source);
+                    return Err(err(format!(
+                        "BAM of {size} bytes in {packets} packets is not a valid announce"
+                    )));
+                }
+                self.transfers.insert(
+                    id.source,
+                    Transfer {
+                        pgn,
+                        size,
+                        packets,
+                        next: 1,
+                        data: Vec::with_capacity(usize::from(packets) * 7),
+                    },
+                );
+                Ok(None)
+            }
+            PGN_TP_DT => {
+                let Some(t) = self.transfers.get_mut(&id.source) else {
+                    return Ok(None);
+                };
+                let (Some(&seq), Some(payload)) = (f.data.first(), f.data.get(1..8)) else {
+                    self.transfers.remove(&id.source);
+                    return Err(err("TP.DT shorter than 8 bytes".into()));
+                };
+                if seq != t.next {
+                    let want = t.next;
+                    self.transfers.remove(&id.source);
+                    return Err(err(format!(
+                        "packet {seq} where {want} was due: the transfer is dropped"
+                    )));
+                }
+                t.data.extend_from_slice(payload);
+                t.next = t.next.wrapping_add(1);
+                if seq < t.packets {
+                    return Ok(None);
+                }
+                // Invariant: present (just used above).
+                let mut t = self.transfers.remove(&id.source).expect("transfer");
+                t.data.truncate(t.size);
+                let message = J1939Id {
+                    priority: id.priority,
+                    pgn: t.pgn,
+                    source: id.source,
+                    destination: None,
+                };
+                Ok(Some(CanFrame {
+                    id: message.to_id(),
+                    extended: true,
+                    fd: false,
+                    brs: false,
+                    data: t.data,
+                    ts: f.ts,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tp_tests {
+    use super::*;
+
+    fn frame(id: u32, data: &[u8]) -> CanFrame {
+        CanFrame::new(id, true, false, false, data.to_vec()).unwrap()
+    }
+
+    /// A VIN (PGN 65260) of 17 bytes from 0x00: three packets.
+    fn vin_frames() -> Vec<CanFrame> {
+        let vin = b"1FUJGLDR12LM12345";
+        let mut v = vec![frame(0x18EC_FF00, &[32, 17, 0, 3, 0xFF, 0xEC, 0xFE, 0x00])];
+        for (i, chunk) in vin.chunks(7).enumerate() {
+            let mut d = vec![i as u8 + 1];
+            d.extend_from_slice(chunk);
+            d.resize(8, 0xFF);
+            v.push(frame(0x1CEB_FF00, &d));
+        }
+        v
+    }
+
+    #[test]
+    fn a_broadcast_is_reassembled() {
+        let mut r = Reassembler::new();
+        let frames = vin_frames();
+        assert_eq!(r.feed(&frames[0]), Ok(None));
+        assert_eq!(r.feed(&frames[1]), Ok(None));
+        assert_eq!(r.feed(&frames[2]), Ok(None));
+        let m = r.feed(&frames[3]).unwrap().expect("complete");
+        assert_eq!(m.data, b"1FUJGLDR12LM12345");
+        let id = J1939Id::from_id(m.id);
+        assert_eq!((id.pgn, id.source, id.priority), (65260, 0, 7));
+    }
+
+    #[test]
+    fn broken_transfers_are_dropped_and_named() {
+        let mut r = Reassembler::new();
+        let frames = vin_frames();
+        r.feed(&frames[0]).unwrap();
+        r.feed(&frames[1]).unwrap();
+        assert!(r.feed(&frames[3]).is_err(), "packet 3 before 2");
+        assert_eq!(r.feed(&frames[2]), Ok(None), "no transfer any more");
+        let bad = frame(0x18EC_FF00, &[32, 17, 0, 9, 0xFF, 0xEC, 0xFE, 0x00]);
+        assert!(r.feed(&bad).is_err());
+        assert!(r.feed(&frame(0x18EC_FF00, &[32, 1])).is_err());
+        // RTS (connection mode) is not ours to answer.
+        let rts = frame(0x18EC_2100, &[16, 17, 0, 3, 0xFF, 0xEC, 0xFE, 0x00]);
+        assert_eq!(r.feed(&rts), Ok(None));
+    }
+}
