@@ -406,7 +406,7 @@ async fn differential<F, Fut>(
     if let Err(e) = r_ours {
         panic!("tbgw: {e}\n{logs}");
     }
-    let mut f_up = facts(&up.tb);
+    let mut f_up = unwrap_upstream_attributes(facts(&up.tb));
     let mut f_ours = facts(&ours.tb);
     if let (Some(a), Some(b)) = (&up.device, &ours.device) {
         f_up.extend(a.received());
@@ -454,6 +454,41 @@ async fn differential<F, Fut>(
             .collect::<Vec<_>>()
             .join("\n  "),
     );
+}
+
+/// Upstream's BACnet and ODBC connectors send attributes wrapped as `{"ts": …, "values": {…}}`
+/// (docs/COMPATIBILITY.md): in upstream's facts, `attribute D ts N` is dropped and
+/// `attribute D values {"ts":N,"k":v}` becomes `attribute D k v`, so the values themselves are
+/// still compared with tbgw's plain attributes.
+fn unwrap_upstream_attributes(facts: BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for f in facts {
+        let Some(rest) = f.strip_prefix("attribute \"") else {
+            out.insert(f);
+            continue;
+        };
+        let Some(end) = rest.find("\" ") else {
+            out.insert(f);
+            continue;
+        };
+        let (device, tail) = (&rest[..end], &rest[end + 2..]);
+        if let Some(ts) = tail.strip_prefix("ts ") {
+            if ts.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+        }
+        if let Some(Ok(Value::Object(values))) = tail
+            .strip_prefix("values ")
+            .map(serde_json::from_str::<Value>)
+        {
+            for (k, v) in values.iter().filter(|(k, _)| k.as_str() != "ts") {
+                out.insert(format!("attribute \"{device}\" {k} {v}"));
+            }
+            continue;
+        }
+        out.insert(f);
+    }
+    out
 }
 
 /// Waits until `pred` holds for what the stand-in received.
@@ -2347,6 +2382,157 @@ async fn s7_connector_matches_upstream() {
             ));
             // The poll after the write.
             tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        },
+    )
+    .await;
+    up_peer.stop().await;
+    our_peer.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BACnet
+
+/// `bacnet.json` for a gateway on 127.0.0.1:`gateway` polling the bacpypes3 device on
+/// 127.0.0.1:`device` (the `address` form: upstream never matches the replies of a device given
+/// as host + port + mask, the form of its own sample).
+fn bacnet_json(gateway: u16, device: u16) -> Value {
+    json!({
+        "application": {
+            "objectName": "TB_gateway", "host": "127.0.0.1", "port": gateway, "mask": "8",
+            "objectIdentifier": 599, "maxApduLengthAccepted": 1476,
+            "segmentationSupported": "segmentedBoth", "vendorIdentifier": 15
+        },
+        "devicesDiscoverPeriodSeconds": 5,
+        "devices": [{
+            "deviceInfo": {
+                "deviceNameExpression": "BACnet ${objectName}",
+                "deviceProfileExpression": "bacnet",
+                "deviceNameExpressionSource": "expression",
+                "deviceProfileExpressionSource": "constant"
+            },
+            "altResponsesAddresses": [],
+            "address": format!("127.0.0.1:{device}"),
+            "pollPeriod": 1000,
+            "attributes": [
+                {"key": "units", "objectType": "analogValue", "objectId": 1, "propertyId": "units"}
+            ],
+            "timeseries": [
+                {"key": "temperature", "objectType": "analogValue", "objectId": 1, "propertyId": "presentValue"},
+                {"key": "relay", "objectType": "binaryValue", "objectId": 1, "propertyId": "presentValue"},
+                {"key": "mode", "objectType": "multiStateValue", "objectId": 1, "propertyId": "presentValue"},
+                {"key": "outputName", "objectType": "analogOutput", "objectId": 1, "propertyId": "objectName"}
+            ],
+            "attributeUpdates": [
+                {"key": "setpoint", "objectType": "analogOutput", "objectId": 1,
+                 "propertyId": "presentValue", "priority": 8}
+            ],
+            "serverSideRpc": [
+                {"method": "getSetpoint", "requestType": "readProperty", "requestTimeout": 5000,
+                 "objectType": "analogOutput", "objectId": 1, "propertyId": "presentValue"},
+                {"method": "setSetpoint", "requestType": "writeProperty", "requestTimeout": 5000,
+                 "objectType": "analogOutput", "objectId": 1, "propertyId": "presentValue",
+                 "priority": 8}
+            ]
+        }]
+    })
+}
+
+/// The bacpypes3 device of `tbgw-connectors/tests/peers/bacnet_device.py` on a free UDP port.
+async fn bacnet_device() -> (u16, tbgw::test_util::PythonPeer) {
+    let port = tbgw::test_util::free_udp_port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tbgw-connectors/tests/peers/bacnet_device.py"
+    );
+    let mut peer = tbgw::test_util::PythonPeer::spawn([
+        script.to_string(),
+        "--name".into(),
+        "dev1".into(),
+        "--instance".into(),
+        "1001".into(),
+        "--address".into(),
+        format!("127.0.0.1/8:{port}"),
+    ])
+    .expect("the BACnet device starts (pip install bacpypes3)");
+    peer.wait_output("bacnet device up", WAIT)
+        .await
+        .expect("the BACnet device is ready");
+    (port, peer)
+}
+
+#[tokio::test]
+async fn bacnet_connector_matches_upstream() {
+    // One device per side: the scenario writes.
+    let ((up_dev, mut up_peer), (our_dev, mut our_peer)) =
+        tokio::join!(bacnet_device(), bacnet_device());
+    let (up_gw, our_gw) = (
+        tbgw::test_util::free_udp_port(),
+        tbgw::test_util::free_udp_port(),
+    );
+    let ports = move |which: Impl| match which {
+        Impl::Upstream => (up_gw, up_dev),
+        Impl::Tbgw => (our_gw, our_dev),
+    };
+    let connectors = json!([{"type": "bacnet", "name": "BACnet", "configuration": "bacnet.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| {
+            let (gw, dev) = ports(which);
+            vec![("bacnet.json", bacnet_json(gw, dev))]
+        },
+        &[],
+        &[
+            // Upstream sends every value that is not a REAL as a string; tbgw types it as
+            // BACnet encodes it (enumerations and unsigned as integers, names as strings).
+            ("mode \"2\"", "mode 2"),
+            ("relay \"0\"", "relay 0"),
+            ("units \"degrees-celsius\"", "units 62"),
+            // Upstream's RPC replies are Python's repr of a dict, its values strings but for
+            // a write; tbgw answers JSON.
+            (r#""{'value': '20.0'}""#, r#"{"value":20.0}"#),
+            (r#""{'value': 23.5}""#, r#"{"value":23.5}"#),
+            (r#""{'value': '23.5'}""#, r#"{"value":23.5}"#),
+            (r#""{'value': '21.5'}""#, r#"{"value":21.5}"#),
+            (r#""{'value': '24.25'}""#, r#"{"value":24.25}"#),
+        ],
+        |s: Arc<Side>| async move {
+            until(&s.tb, "the polled values", |f| {
+                let f = unwrap_upstream_attributes(f.clone());
+                has(&f, "attribute \"BACnet dev1\" units ")
+                    && has(&f, "telemetry \"BACnet dev1\" temperature ")
+                    && has(&f, "telemetry \"BACnet dev1\" relay ")
+                    && has(&f, "telemetry \"BACnet dev1\" mode ")
+                    && has(&f, "telemetry \"BACnet dev1\" outputName ")
+            })
+            .await?;
+            for (id, method, params) in [
+                (71, "getSetpoint", json!(null)),
+                (72, "setSetpoint", json!(23.5)),
+                (73, "getSetpoint", json!(null)),
+                (
+                    74,
+                    "get",
+                    json!("objectType=analogValue;objectId=1;propertyId=presentValue;"),
+                ),
+            ] {
+                s.tb.send_rpc("BACnet dev1", id, method, params)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let want = format!("rpc reply \"BACnet dev1\" {id} ");
+                until(&s.tb, &want, |f| has(f, &want)).await?;
+            }
+            s.tb.send_attribute_update("BACnet dev1", json!({"setpoint": 24.25}))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            s.tb.send_rpc("BACnet dev1", 75, "getSetpoint", json!(null))
+                .await
+                .map_err(|e| e.to_string())?;
+            until(&s.tb, "the reply to RPC 75", |f| {
+                has(f, "rpc reply \"BACnet dev1\" 75 ")
+            })
+            .await?;
             Ok(())
         },
     )
