@@ -8,6 +8,8 @@ use serde_json::Value as Json;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BleConnectorConfig {
+    /// The connector's name (`tb_gateway.json` names it too).
+    pub name: Option<String>,
     /// Scan passively (default true). See the docs: BlueZ through btleplug scans actively.
     pub passive_scan_mode: Option<bool>,
     /// Log every device heard during the first scan (and `scanner.deviceName`'s).
