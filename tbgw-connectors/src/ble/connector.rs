@@ -814,7 +814,9 @@ impl Reporter {
                     }
                     if now >= t.next_send {
                         let d = &self.devices[t.device];
-                        t.next_send = now + d.period;
+                        // On the device's own grid, so a tick that comes a little early
+                        // does not skip a period; after a stall, from now.
+                        t.next_send = (t.next_send + d.period).max(now);
                         due.push((name.clone(), t.device, t.adv.clone(), !t.announced));
                         t.announced = true;
                     }
