@@ -2410,8 +2410,12 @@ async fn ble_connector_matches_upstream() {
     {
         let mut b = bluez.lock().await;
         let _ = BLE_BUS.set(b.bus_address());
-        b.add_device("4C:65:A8:DF:85:C0", "LYWSD03MMC").await.expect("device");
-        b.add_device("11:22:33:44:55:66", "other").await.expect("device");
+        b.add_device("4C:65:A8:DF:85:C0", "LYWSD03MMC")
+            .await
+            .expect("device");
+        b.add_device("11:22:33:44:55:66", "other")
+            .await
+            .expect("device");
         b.set_manufacturer_data("4C:65:A8:DF:85:C0", 0x0499, &[0x01, 0x02, 0xff])
             .await
             .expect("data");

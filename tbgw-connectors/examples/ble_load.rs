@@ -64,11 +64,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         file: "ble.json".into(),
         config: config.clone().into(),
     };
-    let mut connector = BleFactory::with_central(Arc::new(radio.clone())).build(&spec, &mut Vec::new())?;
+    let mut connector =
+        BleFactory::with_central(Arc::new(radio.clone())).build(&spec, &mut Vec::new())?;
     let (mut cx, ends) = ConnectorContext::for_test("BLE");
     let mut uplink = ends.uplink;
     let cancel = ends.cancel;
-    let counts = Arc::new(std::sync::Mutex::new((0u64, 0u64, HashSet::<String>::new())));
+    let counts = Arc::new(std::sync::Mutex::new((
+        0u64,
+        0u64,
+        HashSet::<String>::new(),
+    )));
     let c2 = counts.clone();
     tokio::spawn(async move {
         while let Some(m) = uplink.recv().await {
@@ -107,7 +112,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let n = sent as u32;
                 r2.advertise(m, |a| {
                     a.rssi = Some(-40 - (n % 50) as i16);
-                    a.manufacturer_data.insert(0x0499, vec![(n >> 8) as u8, n as u8, 90]);
+                    a.manufacturer_data
+                        .insert(0x0499, vec![(n >> 8) as u8, n as u8, 90]);
                     a.service_data.insert(svc, n.to_be_bytes().to_vec());
                 });
                 sent += 1;
@@ -119,7 +125,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let me = std::process::id();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (t0, c0, o0) = (Instant::now(), cpu_ticks(me), offered.load(std::sync::atomic::Ordering::Relaxed));
+    let (t0, c0, o0) = (
+        Instant::now(),
+        cpu_ticks(me),
+        offered.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let (r0, v0) = {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner());
         (c.0, c.1)

@@ -225,7 +225,8 @@ fn advertisements_through_a_mocked_bluez() {
             .set_manufacturer_data(SENSOR, 0x0499, &[0x00, 0x10, 0x01])
             .await
             .unwrap();
-        run.wait_value("Sensor", "temperature", Value::Int(16)).await;
+        run.wait_value("Sensor", "temperature", Value::Int(16))
+            .await;
 
         cancel.cancel();
         tokio::time::timeout(WAIT, task)

@@ -222,13 +222,7 @@ fn sensor(radio: &FakeCentral) {
     let m = mac(SENSOR);
     radio.add_device(m, Some("LYWSD03MMC"));
     radio.add_characteristic(m, uuid(SVC), uuid(TEMP), &["notify", "read"], &[0, 0, 0]);
-    radio.add_characteristic(
-        m,
-        uuid(SVC),
-        uuid(NAME_CHAR),
-        &["read", "write"],
-        b"Te",
-    );
+    radio.add_characteristic(m, uuid(SVC), uuid(NAME_CHAR), &["read", "write"], b"Te");
     radio.advertise(m, |a| a.rssi = Some(-60));
 }
 
@@ -320,7 +314,10 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     // Several failed attempts (connectRetry 2), then it is back.
     let deadline = tokio::time::Instant::now() + WAIT;
     while r.stats.errors() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "no reconnect attempts");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconnect attempts"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     radio.set_present(mac(SENSOR), true);
@@ -334,7 +331,10 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     // Subscribed again on the new connection.
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.subscribers(mac(SENSOR), uuid(TEMP)) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never subscribed again");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never subscribed again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[1, 2, 3]);
@@ -385,34 +385,53 @@ async fn rpcs_and_attribute_updates_write_and_read_characteristics() {
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"25");
     assert_eq!(r.rpc(DEV, "rpcMethod1", Json::Null).await, json!(25));
     // Write: str(params), answered "Ok".
+    assert_eq!(r.rpc(DEV, "rpcMethod2", json!("hello")).await, json!("Ok"));
     assert_eq!(
-        r.rpc(DEV, "rpcMethod2", json!("hello")).await,
-        json!("Ok")
+        r.rpc(DEV, "quiet", json!(7)).await,
+        json!({"success": true})
     );
-    assert_eq!(r.rpc(DEV, "quiet", json!(7)).await, json!({"success": true}));
     assert_eq!(
         radio.written(mac(SENSOR), uuid(NAME_CHAR)),
         vec![b"hello".to_vec(), b"7".to_vec()]
     );
     // Reserved get/set.
     assert_eq!(
-        r.rpc(DEV, "set", json!("characteristicUUID=00002A00-0000-1000-8000-00805F9B34FB;value=a=b"))
-            .await,
+        r.rpc(
+            DEV,
+            "set",
+            json!("characteristicUUID=00002A00-0000-1000-8000-00805F9B34FB;value=a=b")
+        )
+        .await,
         json!("Ok")
     );
     assert_eq!(
-        r.rpc(DEV, "get", json!("characteristicUUID=00002A00-0000-1000-8000-00805F9B34FB"))
-            .await,
+        r.rpc(
+            DEV,
+            "get",
+            json!("characteristicUUID=00002A00-0000-1000-8000-00805F9B34FB")
+        )
+        .await,
         json!("a=b")
     );
-    let e = r.rpc(DEV, "get", json!("characteristicUUID=0000ffff-0000-1000-8000-00805f9b34fb")).await;
+    let e = r
+        .rpc(
+            DEV,
+            "get",
+            json!("characteristicUUID=0000ffff-0000-1000-8000-00805f9b34fb"),
+        )
+        .await;
     assert_eq!(e["code"], 404, "{e}");
     let e = r.rpc(DEV, "get", json!("value=1")).await;
     assert_eq!(e["code"], 400, "{e}");
     // Scan: the GATT map.
     let map = r.rpc(DEV, "rpcMethod3", Json::Null).await;
     let chars = map["services"][0]["characteristics"].as_array().unwrap();
-    assert!(chars.iter().any(|c| c["uuid"] == NAME_CHAR && c["value"] == "613d62"), "{map}");
+    assert!(
+        chars
+            .iter()
+            .any(|c| c["uuid"] == NAME_CHAR && c["value"] == "613d62"),
+        "{map}"
+    );
     // Unknown method, unknown device.
     assert_eq!(r.rpc(DEV, "nope", Json::Null).await["code"], 404);
     assert_eq!(r.rpc("other", "get", Json::Null).await["code"], 404);
@@ -421,7 +440,10 @@ async fn rpcs_and_attribute_updates_write_and_read_characteristics() {
     r.update(DEV, "unrelated", json!(1)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.written(mac(SENSOR), uuid(NAME_CHAR)).len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "attribute not written");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attribute not written"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
@@ -481,7 +503,8 @@ async fn advertisements_are_decoded_and_a_silent_device_gets_nothing() {
     radio.advertise(b, |a| {
         a.rssi = Some(-42);
         a.manufacturer_data.insert(0x0499, vec![0x01, 0x02, 0xff]);
-        a.service_data.insert(uuid("0000fe95-0000-1000-8000-00805f9b34fb"), vec![9, 0, 5]);
+        a.service_data
+            .insert(uuid("0000fe95-0000-1000-8000-00805f9b34fb"), vec![9, 0, 5]);
     });
     r.wait_event(|e| matches!(e, Event::Connect(d) if d == "Beacon"))
         .await;
@@ -536,11 +559,15 @@ async fn devices_are_matched_by_name_and_service() {
         a.manufacturer_data.insert(0x0059, vec![22]);
     });
     radio.advertise(e1, |a| {
-        a.service_data
-            .insert(uuid("0000181a-0000-1000-8000-00805f9b34fb"), vec![0x01, 0x00]);
+        a.service_data.insert(
+            uuid("0000181a-0000-1000-8000-00805f9b34fb"),
+            vec![0x01, 0x00],
+        );
     });
-    r.wait_value("Tag 10:00:00:00:00:01", "v", Value::Int(11)).await;
-    r.wait_value("Tag 10:00:00:00:00:02", "v", Value::Int(22)).await;
+    r.wait_value("Tag 10:00:00:00:00:01", "v", Value::Int(11))
+        .await;
+    r.wait_value("Tag 10:00:00:00:00:02", "v", Value::Int(22))
+        .await;
     r.wait_value("ESS env", "raw", Value::Int(256)).await;
     r.stop().await;
 }
@@ -630,8 +657,7 @@ fn config_errors_name_the_key() {
     let radio = FakeCentral::new();
     let bad = |device: Json| {
         let cfg = json!({"devices": [device]});
-        match BleFactory::with_central(Arc::new(radio.clone())).build(&spec(cfg), &mut Vec::new())
-        {
+        match BleFactory::with_central(Arc::new(radio.clone())).build(&spec(cfg), &mut Vec::new()) {
             Ok(_) => panic!("accepted"),
             Err(e) => e.to_string(),
         }
@@ -651,7 +677,10 @@ fn config_errors_name_the_key() {
     assert!(e.contains("characteristicUUID"), "{e}");
     let e = bad(json!({"name": "x", "MACAddress": "4C:65:A8:DF:85:C0",
         "serverSideRpc": [{"methodRPC": "m", "methodProcessing": "erase"}]}));
-    assert!(e.contains("devices[0].serverSideRpc[0].methodProcessing"), "{e}");
+    assert!(
+        e.contains("devices[0].serverSideRpc[0].methodProcessing"),
+        "{e}"
+    );
     let e = bad(json!({"name": "x", "MACAddress": "4C:65:A8:DF:85:C0",
         "telemetry": [{"key": "k", "dataSourceType": "advertisement", "compute": "import os"}]}));
     assert!(e.contains("devices[0].telemetry[0].compute"), "{e}");

@@ -297,7 +297,10 @@ fn props(f: CharPropFlags) -> Vec<String> {
     [
         (CharPropFlags::BROADCAST, "broadcast"),
         (CharPropFlags::READ, "read"),
-        (CharPropFlags::WRITE_WITHOUT_RESPONSE, "write-without-response"),
+        (
+            CharPropFlags::WRITE_WITHOUT_RESPONSE,
+            "write-without-response",
+        ),
         (CharPropFlags::WRITE, "write"),
         (CharPropFlags::NOTIFY, "notify"),
         (CharPropFlags::INDICATE, "indicate"),
@@ -326,7 +329,12 @@ async fn timed<T>(
 #[async_trait]
 impl BlePeripheral for BluezPeripheral {
     async fn discover(&self) -> Result<Vec<GattService>, BleError> {
-        timed(self.timeout, "service discovery", self.p.discover_services()).await?;
+        timed(
+            self.timeout,
+            "service discovery",
+            self.p.discover_services(),
+        )
+        .await?;
         Ok(self
             .p
             .services()

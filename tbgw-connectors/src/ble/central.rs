@@ -140,7 +140,10 @@ impl BleError {
     /// Errors that concern one characteristic only; the connection stays usable (upstream
     /// logs these and goes on; any other error drops the connection).
     pub fn is_per_characteristic(&self) -> bool {
-        matches!(self, BleError::NoCharacteristic(_) | BleError::NotSupported(_))
+        matches!(
+            self,
+            BleError::NoCharacteristic(_) | BleError::NotSupported(_)
+        )
     }
 }
 

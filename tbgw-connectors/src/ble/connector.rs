@@ -113,9 +113,9 @@ impl Matcher {
                 .local_name
                 .as_ref()
                 .is_none_or(|n| a.local_name.as_deref() == Some(n.as_str()))
-            && self.service.is_none_or(|s| {
-                a.services.contains(&s) || a.service_data.contains_key(&s)
-            })
+            && self
+                .service
+                .is_none_or(|s| a.services.contains(&s) || a.service_data.contains_key(&s))
     }
 }
 
@@ -221,8 +221,8 @@ impl BleConnector {
         let window_ms = cfg
             .scanner_timeout
             .or_else(|| cfg.scanner.as_ref().and_then(|s| s.timeout));
-        let window = ms(file, "scannerTimeout".into(), window_ms, 10_000.0)?
-            .max(Duration::from_millis(100));
+        let window =
+            ms(file, "scannerTimeout".into(), window_ms, 10_000.0)?.max(Duration::from_millis(100));
         if cfg.scanner_poll_period.is_some() {
             ignored.push(
                 "scannerPollPeriod (tbgw scans continuously; see docs/connectors/ble.md)".into(),
@@ -373,9 +373,10 @@ impl BleConnector {
             (true, _) => Render::Int,
         };
         let compute = match &it.compute {
-            Some(c) => Some(Expr::parse(c).map_err(|e| {
-                ConfigError::new(file, format!("{kp}.compute"), e.to_string())
-            })?),
+            Some(c) => Some(
+                Expr::parse(c)
+                    .map_err(|e| ConfigError::new(file, format!("{kp}.compute"), e.to_string()))?,
+            ),
             None => None,
         };
         Ok(Item {
@@ -435,10 +436,10 @@ impl BleConnector {
                 ));
             }
         }
-        let period = ms(file, format!("{p}.pollPeriod"), d.poll_period, 5000.0)?
-            .max(MIN_POLL_PERIOD);
-        let timeout = ms(file, format!("{p}.timeout"), d.timeout, 10_000.0)?
-            .max(Duration::from_millis(100));
+        let period =
+            ms(file, format!("{p}.pollPeriod"), d.poll_period, 5000.0)?.max(MIN_POLL_PERIOD);
+        let timeout =
+            ms(file, format!("{p}.timeout"), d.timeout, 10_000.0)?.max(Duration::from_millis(100));
         let retry_delay = secs(
             file,
             format!("{p}.connectRetryInSeconds"),
@@ -566,7 +567,14 @@ impl BleConnector {
         for d in self.devices.iter().filter(|d| !d.adv_items.is_empty()) {
             if d.matcher.matches(adv) {
                 let mut data = DeviceData::new(d.name_for(adv), d.profile.clone());
-                decode_items(d.adv_items.iter(), Some(adv), None, ts, &mut data, &mut errors);
+                decode_items(
+                    d.adv_items.iter(),
+                    Some(adv),
+                    None,
+                    ts,
+                    &mut data,
+                    &mut errors,
+                );
                 out.push(data);
             }
         }
@@ -616,7 +624,10 @@ pub(crate) fn decode_items<'a>(
             _ => continue,
         };
         let Some(bytes) = bytes else {
-            errors.push((it.key.clone(), "the advertisement carries no such data".into()));
+            errors.push((
+                it.key.clone(),
+                "the advertisement carries no such data".into(),
+            ));
             continue;
         };
         match it.expr.render(bytes, it.render) {
@@ -807,7 +818,9 @@ impl Reporter {
                 let mut h = lock(&self.shared);
                 h.targets.retain(|name, t| {
                     if now.duration_since(t.heard) > self.window {
-                        if t.announced {
+                        // A device with a GATT connection is announced by its own task
+                        // (peripherals often stop advertising once connected).
+                        if t.announced && !self.devices[t.device].persistent() {
                             lost.push(name.clone());
                         }
                         return false;
@@ -817,7 +830,8 @@ impl Reporter {
                         // On the device's own grid, so a tick that comes a little early
                         // does not skip a period; after a stall, from now.
                         t.next_send = (t.next_send + d.period).max(now);
-                        due.push((name.clone(), t.device, t.adv.clone(), !t.announced));
+                        let announce = !t.announced && !d.persistent();
+                        due.push((name.clone(), t.device, t.adv.clone(), announce));
                         t.announced = true;
                     }
                     true
@@ -839,7 +853,14 @@ impl Reporter {
                 let mut data = DeviceData::new(name.clone(), d.profile.clone());
                 data.report = d.report.clone();
                 let mut errors = Vec::new();
-                decode_items(d.adv_items.iter(), Some(&adv), None, ts, &mut data, &mut errors);
+                decode_items(
+                    d.adv_items.iter(),
+                    Some(&adv),
+                    None,
+                    ts,
+                    &mut data,
+                    &mut errors,
+                );
                 for (key, why) in errors {
                     self.stats.add_convert_errors(1);
                     if once.first(&format!("{name}/{key}: {why}")) {
@@ -871,8 +892,10 @@ impl Reporter {
             })
             .collect();
         found.sort();
-        let map: serde_json::Map<String, Json> =
-            found.into_iter().map(|(m, n)| (m, Json::String(n))).collect();
+        let map: serde_json::Map<String, Json> = found
+            .into_iter()
+            .map(|(m, n)| (m, Json::String(n)))
+            .collect();
         tracing::info!(connector = %self.connector, devices = %Json::Object(map), "BLE devices heard (MAC: name).");
     }
 }
@@ -955,7 +978,7 @@ impl DeviceTask {
                 self.stats.add_errors(1);
                 self.failures = self.failures.saturating_add(1);
                 let mut delay = self.d.retry_delay;
-                if self.failures % self.d.connect_retry == 0 {
+                if self.failures.is_multiple_of(self.d.connect_retry) {
                     delay += self.d.wait_after;
                 }
                 self.next_connect = Instant::now() + delay;
@@ -1041,14 +1064,14 @@ impl DeviceTask {
             else {
                 continue;
             };
-            if !read.contains_key(&uuid) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(uuid) {
                 let Some(link) = self.link.as_ref() else {
                     return;
                 };
                 match link.read(uuid).await {
                     Ok(v) => {
                         self.stats.add_messages_received(1);
-                        read.insert(uuid, v);
+                        slot.insert(v);
                     }
                     Err(e) if e.is_per_characteristic() => {
                         self.stats.add_errors(1);
@@ -1066,7 +1089,14 @@ impl DeviceTask {
                 value: read.get(&uuid).cloned().unwrap_or_default(),
             };
             let mut errors = Vec::new();
-            decode_items(std::iter::once(it), None, Some(&n), ts, &mut data, &mut errors);
+            decode_items(
+                std::iter::once(it),
+                None,
+                Some(&n),
+                ts,
+                &mut data,
+                &mut errors,
+            );
             self.convert_errors(errors);
         }
         if !data.is_empty() {
@@ -1144,12 +1174,8 @@ impl DeviceTask {
                 }
             }
         }
-        let offline = || {
-            RpcError::Unreachable(format!(
-                "the BLE device {} is not connected",
-                self.d.name
-            ))
-        };
+        let offline =
+            || RpcError::Unreachable(format!("the BLE device {} is not connected", self.d.name));
         match job {
             Job::Read(u, tx) => {
                 let r = match self.link.as_ref() {
@@ -1425,9 +1451,7 @@ async fn handle_rpc(handles: &[Handle], rpc: RpcRequest) {
             ));
         };
         let Some(u) = parse_uuid(u) else {
-            return responder.err(RpcError::BadRequest(format!(
-                "params: {u:?} is not a UUID"
-            )));
+            return responder.err(RpcError::BadRequest(format!("params: {u:?} is not a UUID")));
         };
         if method == "set" {
             let Some(v) = p.get("value").cloned() else {
@@ -1443,7 +1467,14 @@ async fn handle_rpc(handles: &[Handle], rpc: RpcRequest) {
                 "RPC method {method} is not configured for {name}"
             )));
         };
-        run_method(h, m.processing, m.uuid, m.with_response, Some(py_str(&params))).await
+        run_method(
+            h,
+            m.processing,
+            m.uuid,
+            m.with_response,
+            Some(py_str(&params)),
+        )
+        .await
     };
     match r {
         Ok(Some(body)) => responder.verbatim(body),
@@ -1566,7 +1597,10 @@ mod tests {
             parse_uuid("2A00").unwrap().to_string(),
             "00002a00-0000-1000-8000-00805f9b34fb"
         );
-        assert_eq!(parse_uuid("0x2a19"), parse_uuid("00002A19-0000-1000-8000-00805F9B34FB"));
+        assert_eq!(
+            parse_uuid("0x2a19"),
+            parse_uuid("00002A19-0000-1000-8000-00805F9B34FB")
+        );
         assert!(parse_uuid("2A0").is_none());
     }
 

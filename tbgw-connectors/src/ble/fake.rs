@@ -357,10 +357,13 @@ impl BlePeripheral for FakePeripheral {
         self.with(|d, _| {
             let mut services: BTreeMap<Uuid, Vec<GattCharacteristic>> = BTreeMap::new();
             for (u, c) in &d.chars {
-                services.entry(c.service).or_default().push(GattCharacteristic {
-                    uuid: *u,
-                    properties: c.properties.clone(),
-                });
+                services
+                    .entry(c.service)
+                    .or_default()
+                    .push(GattCharacteristic {
+                        uuid: *u,
+                        properties: c.properties.clone(),
+                    });
             }
             Ok(services
                 .into_iter()
@@ -448,9 +451,10 @@ impl BlePeripheral for FakePeripheral {
             l.notify.push(tx);
             Ok(())
         })?;
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|n| (n, rx))
-        })
+        Ok(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|n| (n, rx)) },
+        )
         .boxed())
     }
 

@@ -347,10 +347,7 @@ mod tests {
     #[test]
     fn compute_maps_the_value() {
         let e = Expr::parse("value / 10").unwrap();
-        assert_eq!(
-            compute(&e, Value::Int(215)).unwrap(),
-            Value::Float(21.5)
-        );
+        assert_eq!(compute(&e, Value::Int(215)).unwrap(), Value::Float(21.5));
         let e = Expr::parse("nope").unwrap();
         assert!(compute(&e, Value::Int(1)).is_err());
     }

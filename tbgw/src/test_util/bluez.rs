@@ -121,10 +121,7 @@ impl BluezMock {
 
     /// `DBUS_SYSTEM_BUS_ADDRESS` for programs that should use the mock.
     pub fn bus_address(&self) -> String {
-        format!(
-            "unix:path={}",
-            self.dir.path().join("system_bus").display()
-        )
+        format!("unix:path={}", self.dir.path().join("system_bus").display())
     }
 
     async fn expect_line(&mut self, want: &str) -> io::Result<String> {
