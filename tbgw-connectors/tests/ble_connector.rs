@@ -730,3 +730,45 @@ fn upstreams_sample_is_accepted() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[tokio::test]
+async fn a_connected_device_that_stops_advertising_stays_connected() {
+    // Peripherals often stop advertising once connected: the advertisement keys then stop,
+    // the GATT connection (and the device in ThingsBoard) stays.
+    let radio = FakeCentral::new();
+    sensor(&radio);
+    let cfg = json!({
+        "scannerTimeout": 300,
+        "devices": [{
+            "name": DEV, "MACAddress": SENSOR, "pollPeriod": 100,
+            "telemetry": [
+                {"key": "temperature", "method": "notify", "characteristicUUID": TEMP, "valueExpression": "[2]"},
+                {"key": "adv", "dataSourceType": "advertisement", "valueExpression": "[0:2]"}
+            ]
+        }]
+    });
+    let mut r = start(&radio, cfg);
+    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
+        .await;
+    radio.advertise(mac(SENSOR), |a| {
+        a.manufacturer_data.insert(0x0499, vec![0, 42]);
+    });
+    r.wait_value(DEV, "adv", Value::Int(42)).await;
+    // Not heard for longer than the window (300 ms), but connected: no disconnect.
+    let quiet = r.drain_for(Duration::from_millis(1500)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|e| matches!(e, Event::Disconnect(d) if d == DEV)),
+        "{quiet:?}"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while radio.subscribers(mac(SENSOR), uuid(TEMP)) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    radio.notify(mac(SENSOR), uuid(TEMP), &[0, 0, 33]);
+    r.wait_value(DEV, "temperature", Value::String("33".into()))
+        .await;
+    r.stop().await;
+}
