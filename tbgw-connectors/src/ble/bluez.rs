@@ -8,7 +8,10 @@
 //! adapter) went away, and the scan ends with [`BleError::Adapter`] so the connector starts a
 //! new one with backoff. A scan that hears nothing for [`QUIET_RESTART`] starts discovery
 //! again, which also covers a bluetoothd that restarted between two health checks (it does not
-//! resume discovery for us).
+//! resume discovery for us). Every `refresh` (half the connector's scan window) discovery is
+//! stopped and started again: BlueZ signals a known device only when its data or signal
+//! changes, and a new discovery session makes every device still advertising heard again, as
+//! upstream's repeated scans do.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -141,7 +144,7 @@ impl BluezCentral {
 
 #[async_trait]
 impl BleCentral for BluezCentral {
-    async fn scan(&self, mode: ScanMode) -> Result<Box<dyn Scan>, BleError> {
+    async fn scan(&self, mode: ScanMode, refresh: Duration) -> Result<Box<dyn Scan>, BleError> {
         let _ = mode; // BlueZ's discovery through btleplug always scans actively.
         let adapter = self.adapter().await?;
         let events = adapter
@@ -155,11 +158,14 @@ impl BleCentral for BluezCentral {
         self.lock().adapter = Some(adapter.clone());
         let mut health = tokio::time::interval(HEALTH_PERIOD);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval_at(Instant::now() + refresh, refresh);
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Box::new(BluezScan {
             adapter,
             events,
             cache: HashMap::new(),
             health,
+            refresh,
             last_heard: Instant::now(),
         }))
     }
@@ -197,6 +203,7 @@ struct BluezScan {
     events: Pin<Box<dyn Stream<Item = CentralEvent> + Send>>,
     cache: HashMap<PeripheralId, Advertisement>,
     health: tokio::time::Interval,
+    refresh: tokio::time::Interval,
     last_heard: Instant,
 }
 
@@ -262,6 +269,14 @@ impl Scan for BluezScan {
                     let adv = self.entry(&id).await;
                     change(adv);
                     return Ok(adv.clone());
+                }
+                _ = self.refresh.tick() => {
+                    // A new discovery session: BlueZ reports every device heard in it again,
+                    // also those whose data and signal did not change.
+                    let _ = self.adapter.stop_scan().await;
+                    if let Err(e) = self.adapter.start_scan(ScanFilter::default()).await {
+                        return Err(BleError::Adapter(format!("restarting discovery: {e}")));
+                    }
                 }
                 _ = self.health.tick() => {
                     if let Err(e) = self.adapter.adapter_info().await {

@@ -158,8 +158,10 @@ pub trait Scan: Send {
 /// A BLE central: the local adapter.
 #[async_trait]
 pub trait BleCentral: Send + Sync + fmt::Debug + 'static {
-    /// Starts scanning.
-    async fn scan(&self, mode: ScanMode) -> Result<Box<dyn Scan>, BleError>;
+    /// Starts scanning. `refresh`: how often to start the discovery session anew, so that a
+    /// device whose advertisement and signal do not change is reported again (BlueZ signals a
+    /// known device only when something about it changes).
+    async fn scan(&self, mode: ScanMode, refresh: Duration) -> Result<Box<dyn Scan>, BleError>;
 
     /// Connects to a device that was heard while scanning, within `timeout`.
     async fn connect(

@@ -727,6 +727,7 @@ struct Scanner {
     connector: Arc<str>,
     central: Arc<dyn BleCentral>,
     mode: ScanMode,
+    refresh: Duration,
     devices: Arc<[Arc<Device>]>,
     adv_devices: Vec<usize>,
     shared: Shared,
@@ -738,7 +739,7 @@ impl Scanner {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut once = LogOnce::new(LOG_ONCE_CAP);
         loop {
-            let mut scan = match self.central.scan(self.mode).await {
+            let mut scan = match self.central.scan(self.mode, self.refresh).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.stats.add_errors(1);
@@ -1506,6 +1507,8 @@ impl Connector for BleConnector {
             connector: name.clone(),
             central: self.central.clone(),
             mode: self.mode,
+            // Every device still advertising is heard at least twice per window.
+            refresh: (self.window / 2).max(Duration::from_secs(1)),
             devices: devices.clone(),
             adv_devices,
             shared: shared.clone(),

@@ -286,7 +286,7 @@ impl Scan for FakeScan {
 
 #[async_trait]
 impl BleCentral for FakeCentral {
-    async fn scan(&self, mode: ScanMode) -> Result<Box<dyn Scan>, BleError> {
+    async fn scan(&self, mode: ScanMode, _refresh: Duration) -> Result<Box<dyn Scan>, BleError> {
         let mut st = self.lock();
         if !st.adapter_up {
             return Err(BleError::Adapter("no adapter (fake switched off)".into()));
