@@ -53,6 +53,9 @@ const LOG_ONCE_CAP: usize = 64;
 const JOB_QUEUE: usize = 64;
 /// Devices remembered from scanning (for name and service matching and `showMap`).
 const SEEN_CAP: usize = 10_000;
+/// Advertising ThingsBoard devices reported at once (heard within one scan window); more are
+/// not added until others fall silent, and counted as dropped.
+const TARGET_CAP: usize = 20_000;
 
 /// Where a value comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -684,20 +687,29 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Heard> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Stores an advertisement: remembered, and the latest of every device it matches.
-fn hear(shared: &Shared, devices: &[Arc<Device>], adv_devices: &[usize], adv: Advertisement) {
+/// Stores an advertisement: remembered, and the latest of every device it matches. Returns
+/// the names of matching devices that could not be added ([`TARGET_CAP`]).
+fn hear(
+    shared: &Shared,
+    devices: &[Arc<Device>],
+    adv_devices: &[usize],
+    adv: Advertisement,
+) -> Vec<String> {
     let now = Instant::now();
+    let mut refused = Vec::new();
     let mut h = lock(shared);
     for &i in adv_devices {
         let d = &devices[i];
         if d.matcher.matches(&adv) {
             let name = d.name_for(&adv);
+            let full = h.targets.len() >= TARGET_CAP;
             match h.targets.get_mut(&name) {
                 Some(t) => {
                     t.adv = adv.clone();
                     t.heard = now;
                     t.device = i;
                 }
+                None if full => refused.push(name),
                 None => {
                     h.targets.insert(
                         name,
@@ -721,6 +733,7 @@ fn hear(shared: &Shared, devices: &[Arc<Device>], adv_devices: &[usize], adv: Ad
         }
     }
     h.seen.insert(adv.address, (adv, now));
+    refused
 }
 
 struct Scanner {
@@ -764,7 +777,12 @@ impl Scanner {
                 match r {
                     Ok(adv) => {
                         self.stats.add_messages_received(1);
-                        hear(&self.shared, &self.devices, &self.adv_devices, adv);
+                        for name in hear(&self.shared, &self.devices, &self.adv_devices, adv) {
+                            self.stats.add_queue_dropped(1);
+                            if once.first("target cap") {
+                                tracing::warn!(connector = %self.connector, device = %name, cap = TARGET_CAP, "Too many advertising devices heard within one scan window; new ones are not reported until others fall silent (logged once; all are counted as dropped).");
+                            }
+                        }
                     }
                     Err(e) => {
                         self.stats.add_errors(1);
