@@ -28,9 +28,10 @@ const STEP: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct BluezMock {
     dir: tempfile::TempDir,
-    bus: Child,
+    /// Killed when dropped, like the others.
+    _bus: Child,
     bluetoothd: Option<Child>,
-    control: Child,
+    _control: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
@@ -108,9 +109,9 @@ impl BluezMock {
             .ok_or_else(|| io::Error::other("no stdout"))?;
         let mut mock = BluezMock {
             dir,
-            bus,
+            _bus: bus,
             bluetoothd: None,
-            control,
+            _control: control,
             stdin,
             lines: BufReader::new(stdout).lines(),
         };
@@ -200,11 +201,6 @@ impl BluezMock {
     /// The mocked bluetoothd's output.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("bluetoothd.log")).unwrap_or_default()
-    }
-
-    /// The process ids of the bus and the control script (for the record).
-    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
-        (self.bus.id(), self.control.id())
     }
 }
 
