@@ -354,7 +354,7 @@ async fn a_slow_device_holds_up_no_other_device() {
     radio.advertise(slow, |_| {});
     let mut cfg = gatt_config();
     cfg["devices"].as_array_mut().unwrap().push(json!({
-        "name": "Slow", "MACAddress": "11:22:33:44:55:66", "pollPeriod": 100,
+        "name": "Slow", "MACAddress": "11:22:33:44:55:66", "pollPeriod": 100, "timeout": 300,
         "attributes": [{"key": "name", "method": "read", "characteristicUUID": "2A00"}]
     }));
     let mut r = start(&radio, cfg);
@@ -370,6 +370,9 @@ async fn a_slow_device_holds_up_no_other_device() {
         r.wait_value(DEV, "temperature", Value::String(i.to_string()))
             .await;
     }
+    // A read that takes longer than the device's `timeout` drops its connection.
+    r.wait_event(|e| matches!(e, Event::Disconnect(d) if d == "Slow"))
+        .await;
     r.stop().await;
 }
 

@@ -978,8 +978,13 @@ impl DeviceTask {
             BleError::Connect("no matching device has been heard yet".to_string())
         })?;
         tracing::debug!(connector = %self.connector, device = %self.d.name, address = %addr, "Connecting.");
-        let link = self.central.connect(addr, self.d.timeout).await?;
-        match link.discover().await {
+        let link = timed(
+            self.d.timeout * 2,
+            "connecting",
+            self.central.connect(addr, self.d.timeout),
+        )
+        .await?;
+        match timed(self.d.timeout, "service discovery", link.discover()).await {
             Ok(s) => self.services = s,
             Err(e) => {
                 link.disconnect().await;
@@ -1016,7 +1021,7 @@ impl DeviceTask {
         let stream = if notify.is_empty() {
             None
         } else {
-            let s = match link.notifications().await {
+            let s = match timed(self.d.timeout, "notifications", link.notifications()).await {
                 Ok(s) => s,
                 Err(e) => {
                     link.disconnect().await;
@@ -1025,7 +1030,7 @@ impl DeviceTask {
                 }
             };
             for u in notify {
-                if let Err(e) = link.subscribe(u).await {
+                if let Err(e) = timed(self.d.timeout, "subscribing", link.subscribe(u)).await {
                     if e.is_per_characteristic() {
                         self.stats.add_errors(1);
                         self.warn_once("Cannot subscribe", &e);
@@ -1087,7 +1092,7 @@ impl DeviceTask {
                 let Some(link) = self.link.as_ref() else {
                     return;
                 };
-                match link.read(uuid).await {
+                match timed(d.timeout, "reading", link.read(uuid)).await {
                     Ok(v) => {
                         self.stats.add_messages_received(1);
                         slot.insert(v);
@@ -1153,7 +1158,7 @@ impl DeviceTask {
             for c in &s.characteristics {
                 let value = if c.properties.iter().any(|p| p == "read") {
                     match self.link.as_ref() {
-                        Some(l) => match l.read(c.uuid).await {
+                        Some(l) => match timed(self.d.timeout, "reading", l.read(c.uuid)).await {
                             Ok(v) => json!(uplink::hex(&v)),
                             Err(e) => json!({ "error": e.to_string() }),
                         },
@@ -1199,7 +1204,7 @@ impl DeviceTask {
             Job::Read(u, tx) => {
                 let r = match self.link.as_ref() {
                     None => Err(offline()),
-                    Some(l) => match l.read(u).await {
+                    Some(l) => match timed(self.d.timeout, "reading", l.read(u)).await {
                         Ok(v) => {
                             self.stats.add_messages_received(1);
                             Ok(v)
@@ -1217,15 +1222,19 @@ impl DeviceTask {
             Job::Write(u, data, with_response, tx) => {
                 let r = match self.link.as_ref() {
                     None => Err(offline()),
-                    Some(l) => match l.write(u, &data, with_response).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            if !e.is_per_characteristic() && !temporary {
-                                self.lost(&e).await;
+                    Some(l) => {
+                        match timed(self.d.timeout, "writing", l.write(u, &data, with_response))
+                            .await
+                        {
+                            Ok(()) => Ok(()),
+                            Err(e) => {
+                                if !e.is_per_characteristic() && !temporary {
+                                    self.lost(&e).await;
+                                }
+                                Err(rpc_err(e))
                             }
-                            Err(rpc_err(e))
                         }
-                    },
+                    }
                 };
                 let _ = tx.send(r);
             }
@@ -1299,6 +1308,19 @@ impl DeviceTask {
         if let Some(l) = self.link.take() {
             l.disconnect().await;
         }
+    }
+}
+
+/// A radio operation with the device's `timeout` (the radio layer has its own; this one keeps a
+/// stuck implementation from holding the device's task forever).
+async fn timed<T>(
+    d: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, BleError>>,
+) -> Result<T, BleError> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r,
+        Err(_) => Err(BleError::Timeout(format!("{what} took longer than {d:?}"))),
     }
 }
 
