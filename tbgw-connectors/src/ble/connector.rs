@@ -668,7 +668,7 @@ fn push(
 #[derive(Debug)]
 struct Target {
     device: usize,
-    adv: Advertisement,
+    adv: Arc<Advertisement>,
     heard: Instant,
     next_send: Instant,
     announced: bool,
@@ -677,7 +677,7 @@ struct Target {
 /// What the scanner shares with the reporter and the device tasks.
 #[derive(Debug, Default)]
 struct Heard {
-    seen: HashMap<Mac, (Advertisement, Instant)>,
+    seen: HashMap<Mac, (Arc<Advertisement>, Instant)>,
     targets: HashMap<String, Target>,
 }
 
@@ -697,6 +697,7 @@ fn hear(
 ) -> Vec<String> {
     let now = Instant::now();
     let mut refused = Vec::new();
+    let adv = Arc::new(adv);
     let mut h = lock(shared);
     for &i in adv_devices {
         let d = &devices[i];
