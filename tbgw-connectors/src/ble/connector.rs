@@ -43,6 +43,7 @@ use super::central::{
     Advertisement, BleCentral, BleError, BlePeripheral, GattService, Mac, Notification, ScanMode,
 };
 use super::config::{BleConnectorConfig, DeviceConfig, ItemConfig};
+use super::downlink::{as_reply, py_str, reserved_params};
 use super::uplink::{self, Render, ValueExpr};
 
 /// Shortest `pollPeriod` accepted.
@@ -1367,23 +1368,6 @@ impl Handle {
     }
 }
 
-/// Python's `str(value)` for what ThingsBoard sends: text as is, `True`/`False`, `None`,
-/// numbers as JSON writes them, anything else as JSON.
-pub(crate) fn py_str(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        Json::Bool(true) => "True".into(),
-        Json::Bool(false) => "False".into(),
-        Json::Null => "None".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Upstream answers with `str(result)`, which its gateway reads back as JSON when it can.
-fn as_reply(text: String) -> Json {
-    serde_json::from_str(&text).unwrap_or(Json::String(text))
-}
-
 async fn handle_attribute_update(
     connector: &str,
     handles: &[Handle],
@@ -1407,31 +1391,6 @@ async fn handle_attribute_update(
             }
         }
     }
-}
-
-/// `characteristicUUID=…;value=…` (each part split at its first `=`), or the same keys in a
-/// JSON object.
-fn reserved_params(params: &Json) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    match params {
-        Json::String(s) => {
-            for part in s.split(';') {
-                if let Some((k, v)) = part.split_once('=') {
-                    let (k, v) = (k.trim(), v.trim());
-                    if !k.is_empty() && !v.is_empty() {
-                        out.insert(k.to_string(), v.to_string());
-                    }
-                }
-            }
-        }
-        Json::Object(m) => {
-            for (k, v) in m {
-                out.insert(k.clone(), py_str(v));
-            }
-        }
-        _ => {}
-    }
-    out
 }
 
 async fn run_method(
@@ -1646,23 +1605,5 @@ mod tests {
             parse_uuid("00002A19-0000-1000-8000-00805F9B34FB")
         );
         assert!(parse_uuid("2A0").is_none());
-    }
-
-    #[test]
-    fn python_str_of_attribute_values() {
-        assert_eq!(py_str(&json!("on")), "on");
-        assert_eq!(py_str(&json!(true)), "True");
-        assert_eq!(py_str(&json!(25)), "25");
-        assert_eq!(py_str(&json!(2.5)), "2.5");
-        assert_eq!(py_str(&Json::Null), "None");
-    }
-
-    #[test]
-    fn reserved_params_split_at_the_first_equals() {
-        let p = reserved_params(&json!("characteristicUUID=2A00;value=a=b"));
-        assert_eq!(p["characteristicUUID"], "2A00");
-        assert_eq!(p["value"], "a=b");
-        let p = reserved_params(&json!({"characteristicUUID": "2A00", "value": 5}));
-        assert_eq!(p["value"], "5");
     }
 }

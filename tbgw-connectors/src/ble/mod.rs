@@ -29,11 +29,13 @@
 //! * [`central`]: the seam.
 //! * [`bluez`], [`fake`]: its two implementations.
 //! * [`uplink`]: `valueExpression` decoding.
+//! * [`downlink`]: what RPCs and attribute updates write, and how answers are read back.
 
 pub mod bluez;
 pub mod central;
 pub mod config;
 mod connector;
+pub mod downlink;
 pub mod fake;
 pub mod uplink;
 
