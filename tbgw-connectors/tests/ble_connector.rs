@@ -775,3 +775,35 @@ async fn a_connected_device_that_stops_advertising_stays_connected() {
         .await;
     r.stop().await;
 }
+
+#[tokio::test]
+async fn type_switches_between_upstreams_two_renderings() {
+    // `type: hex`: characteristics as big-endian integers; `type: bytes`: advertisement data as
+    // upstream's decimal text.
+    let radio = FakeCentral::new();
+    sensor(&radio);
+    let b = mac("AA:BB:CC:DD:EE:02");
+    radio.add_device(b, None);
+    let cfg = json!({
+        "scannerTimeout": 5000,
+        "devices": [
+            {"name": "Hex", "MACAddress": SENSOR, "type": "hex", "pollPeriod": 100,
+             "attributes": [{"key": "n", "method": "read", "characteristicUUID": "2A00", "valueExpression": "[0:2]"}]},
+            {"name": "Text", "MACAddress": "aa:bb:cc:dd:ee:02", "type": "bytes", "pollPeriod": 100,
+             "telemetry": [{"key": "t", "dataSourceType": "advertisement", "valueExpression": "v=[0]/[1:]"}]}
+        ]
+    });
+    let mut r = start(&radio, cfg);
+    r.wait_value("Hex", "n", Value::Int(0x5465)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while radio.scans() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no scan");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    radio.advertise(b, |a| {
+        a.manufacturer_data.insert(7, vec![1, 2, 3]);
+    });
+    r.wait_value("Text", "t", Value::String("v=1/23".into()))
+        .await;
+    r.stop().await;
+}
