@@ -608,3 +608,61 @@ mod xmpp {
         let _ = attribute_body("{\"${attributeKey}\":\"${attributeValue}\"}", "k", &answer);
     }
 }
+
+pub use ble::ble_advertisement;
+
+/// The BLE connector's `valueExpression` parsing and decoding, and its advertisement path.
+mod ble {
+    use std::sync::OnceLock;
+
+    use tbgw_connectors::ble::central::Advertisement;
+    use tbgw_connectors::ble::uplink::{Render, ValueExpr};
+    use tbgw_connectors::ble::{AdvertisementDecoder, BleConnectorConfig};
+
+    fn decoder() -> &'static AdvertisementDecoder {
+        static D: OnceLock<AdvertisementDecoder> = OnceLock::new();
+        D.get_or_init(|| {
+            let cfg: BleConnectorConfig = serde_json::from_value(serde_json::json!({
+                "devices": [{
+                    "name": "B ${MACAddress} ${localName}", "localName": "b",
+                    "telemetry": [
+                        {"key": "a", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
+                        {"key": "b", "dataSourceType": "advertisement", "valueExpression": "[-1]", "compute": "value * 2 - 1"},
+                        {"key": "c", "dataSourceType": "advertisement", "advertisementField": "serviceData", "valueExpression": "x [1:] y [:3]"},
+                        {"key": "d", "dataSourceType": "advertisement", "advertisementField": "rssi"}
+                    ],
+                    "attributes": [
+                        {"key": "e", "dataSourceType": "advertisement", "valueExpression": "[:]", "compute": "str(value)[:4]"}
+                    ]
+                }]
+            }))
+            .expect("a valid config");
+            AdvertisementDecoder::new(cfg).expect("a valid config")
+        })
+    }
+
+    /// Input: a `valueExpression`, a 0 byte, then the advertised bytes.
+    pub fn ble_advertisement(data: &[u8]) {
+        let (expr, bytes) = match data.iter().position(|b| *b == 0) {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (&data[..0], data),
+        };
+        let text = String::from_utf8_lossy(expr);
+        if let Ok(e) = ValueExpr::parse(&text) {
+            if let Ok(tbgw::model::Value::String(s)) = e.render(bytes, Render::Text) {
+                // Each slice writes at most three digits per byte.
+                assert!(s.len() <= text.len() + 3 * bytes.len() * e.parts().len().max(1));
+            }
+            let _ = e.render(bytes, Render::Int);
+        }
+        let mut adv = Advertisement {
+            local_name: Some("b".into()),
+            rssi: Some(-40),
+            ..Advertisement::default()
+        };
+        adv.manufacturer_data.insert(0x0499, bytes.to_vec());
+        adv.service_data.insert(Default::default(), bytes.to_vec());
+        let (out, _) = decoder().decode(&adv);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -488,3 +488,38 @@ fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
         describe(&out)
     );
 }
+
+#[cfg(feature = "ble")]
+#[test]
+fn upstreams_ble_sample_passes_and_ble_errors_name_the_key() {
+    let dir = TempDir::new().expect("tempdir");
+    if let Some(upstream) = upstream_dir() {
+        let file = write_json(
+            dir.path(),
+            "tb_gateway.json",
+            &main_file(json!([
+                {"type": "ble", "name": "BLE", "configuration": upstream.join("ble.json")}
+            ])),
+        );
+        let out = check(&file);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    write_json(
+        dir.path(),
+        "ble.json",
+        &json!({"devices": [{"name": "x", "MACAddress": "4C:65:A8:DF:85:C0",
+            "telemetry": [{"key": "t", "dataSourceType": "advertisement", "valueExpression": "[a]"}]}]}),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{"type": "ble", "name": "BLE", "configuration": "ble.json"}])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("devices[0].telemetry[0].valueExpression"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -146,6 +146,7 @@ impl Side {
                 cmd.env_remove(&k);
             }
         }
+        cmd.envs(side_env(&connectors));
         let child = cmd
             .current_dir(&run)
             .stdin(Stdio::null())
@@ -2433,6 +2434,38 @@ fn bacnet_json(gateway: u16, device: u16) -> Value {
                 {"method": "setSetpoint", "requestType": "writeProperty", "requestTimeout": 5000,
                  "objectType": "analogOutput", "objectId": 1, "propertyId": "presentValue",
                  "priority": 8}
+// BLE (advertisement mode through python-dbusmock's BlueZ; GATT cannot be mocked that way)
+
+/// The private system bus of the BLE scenario, for the gateways whose connectors include `ble`.
+static BLE_BUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Environment a side's gateway gets: `DBUS_SYSTEM_BUS_ADDRESS` of the mocked BlueZ when one
+/// of its connectors is `ble` (not set process-wide: the other scenarios run alongside).
+fn side_env(connectors: &Value) -> Vec<(String, String)> {
+    let ble = connectors
+        .as_array()
+        .is_some_and(|a| a.iter().any(|c| c["type"] == "ble"));
+    match (ble, BLE_BUS.get()) {
+        (true, Some(bus)) => vec![("DBUS_SYSTEM_BUS_ADDRESS".to_string(), bus.clone())],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(feature = "ble")]
+fn ble_json() -> Value {
+    json!({
+        "name": "BLE Connector",
+        "passiveScanMode": true,
+        "scannerTimeout": 3000,
+        "devices": [{
+            "name": "Sensor", "MACAddress": "4c:65:a8:df:85:c0", "pollPeriod": 1000,
+            "telemetry": [
+                {"key": "temperature", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
+                {"key": "middle", "dataSourceType": "advertisement", "valueExpression": "[1:3]"},
+                {"key": "battery", "dataSourceType": "advertisement", "valueExpression": "[2]"}
+            ],
+            "attributes": [
+                {"key": "all", "dataSourceType": "advertisement", "valueExpression": "[0:]"}
             ]
         }]
     })
@@ -2539,4 +2572,80 @@ async fn bacnet_connector_matches_upstream() {
     .await;
     up_peer.stop().await;
     our_peer.stop().await;
+#[cfg(feature = "ble")]
+#[tokio::test]
+async fn ble_connector_matches_upstream() {
+    if let Some(why) = tbgw::test_util::BluezMock::unavailable() {
+        eprintln!("SKIPPED ble_connector_matches_upstream: {why}");
+        return;
+    }
+    // One mocked bluetoothd that both gateways scan.
+    let bluez = Arc::new(tokio::sync::Mutex::new(
+        tbgw::test_util::BluezMock::start()
+            .await
+            .expect("the mocked BlueZ starts"),
+    ));
+    {
+        let mut b = bluez.lock().await;
+        let _ = BLE_BUS.set(b.bus_address());
+        b.add_device("4C:65:A8:DF:85:C0", "LYWSD03MMC")
+            .await
+            .expect("device");
+        b.add_device("11:22:33:44:55:66", "other")
+            .await
+            .expect("device");
+        b.set_manufacturer_data("4C:65:A8:DF:85:C0", 0x0499, &[0x01, 0x02, 0xff])
+            .await
+            .expect("data");
+        b.set_manufacturer_data("11:22:33:44:55:66", 0x0499, &[9, 9, 9])
+            .await
+            .expect("data");
+    }
+    let connectors = json!([{"type": "ble", "name": "BLE", "configuration": "ble.json"}]);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b2, c2, r2) = (bluez.clone(), changed.clone(), ready.clone());
+    differential(
+        connectors,
+        |_, _, _| vec![("ble.json", ble_json())],
+        &[],
+        &[
+            // `[i]` in advertisement mode: upstream fails (`str += int`); tbgw sends the byte.
+            ("", "telemetry \"Sensor\" battery 255"),
+            ("", "telemetry \"Sensor\" battery 7"),
+        ],
+        move |s: Arc<Side>| {
+            let (bluez, changed, ready) = (b2.clone(), c2.clone(), r2.clone());
+            async move {
+                // By MAC (configured in lower case), slices as big-endian integers.
+                until(&s.tb, "the first advertisement", |f| {
+                    f.contains("telemetry \"Sensor\" temperature 258")
+                        && f.contains("telemetry \"Sensor\" middle 767")
+                        && f.contains("attribute \"Sensor\" all 66303")
+                })
+                .await?;
+                // Both sides have the first data: the device changes what it advertises.
+                if ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    bluez
+                        .lock()
+                        .await
+                        .set_manufacturer_data("4C:65:A8:DF:85:C0", 0x0499, &[0x00, 0xfa, 0x07])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    changed.notify_waiters();
+                    changed.notify_one();
+                } else {
+                    changed.notified().await;
+                }
+                until(&s.tb, "the changed advertisement", |f| {
+                    f.contains("telemetry \"Sensor\" temperature 250")
+                        && f.contains("telemetry \"Sensor\" middle 64007")
+                        && f.contains("attribute \"Sensor\" all 64007")
+                })
+                .await?;
+                Ok(())
+            }
+        },
+    )
+    .await;
 }

@@ -20,6 +20,7 @@
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
+//! | `ble` | `ble` | `ble` (BlueZ through btleplug; links libdbus) |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -28,6 +29,8 @@
 
 #[cfg(feature = "bacnet")]
 pub mod bacnet;
+#[cfg(feature = "ble")]
+pub mod ble;
 #[cfg(any(
     feature = "mqtt",
     feature = "request",
@@ -139,5 +142,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(s7::S7Factory::new()));
     #[cfg(feature = "xmpp")]
     v.push(Box::new(xmpp::XmppFactory::new()));
+    #[cfg(feature = "ble")]
+    v.push(Box::new(ble::BleFactory::new()));
     v
 }

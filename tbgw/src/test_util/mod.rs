@@ -4,7 +4,8 @@
 //!   and can stop/restart it on the same port;
 //! * [`TbStandIn`] plays ThingsBoard's side of the gateway MQTT API on that
 //!   broker: it records what the gateway publishes, answers
-//!   `getSessionLimits`, and sends RPCs and attribute updates.
+//!   `getSessionLimits`, and sends RPCs and attribute updates;
+//! * [`BluezMock`] plays BlueZ (python-dbusmock) on a private D-Bus system bus.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bluez;
 mod mosquitto;
 mod pki;
 mod postgres;
@@ -31,6 +33,7 @@ mod snmpd;
 mod tb_standin;
 mod upstream;
 
+pub use bluez::BluezMock;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use postgres::{Postgres, POSTGRES_PASSWORD};
