@@ -20,6 +20,7 @@
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
+//! | `knx` | `knx` | `knx` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -47,6 +48,8 @@ pub mod modbus;
 pub mod mqtt;
 #[cfg(feature = "ocpp")]
 pub mod ocpp;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "odbc")]
 pub mod odbc;
 #[cfg(feature = "opcua")]
@@ -139,5 +142,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(s7::S7Factory::new()));
     #[cfg(feature = "xmpp")]
     v.push(Box::new(xmpp::XmppFactory::new()));
+    #[cfg(feature = "knx")]
+    v.push(Box::new(knx::KnxFactory::new()));
     v
 }
