@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod knxd;
 mod mosquitto;
 mod pki;
 mod postgres;
@@ -31,6 +32,7 @@ mod snmpd;
 mod tb_standin;
 mod upstream;
 
+pub use knxd::Knxd;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use postgres::{Postgres, POSTGRES_PASSWORD};
