@@ -301,9 +301,9 @@ async fn a_switch_pressed_between_polls_arrives() {
     member.send(json!({"write": "1/0/1", "value": false})).await;
     let d = c.next_with("Device Boiler", "switch").await;
     assert_eq!(value(&d, "switch"), Some(Value::Bool(false)));
-    member.send(json!({"write": "1/0/6", "value": 23.25})).await;
+    member.send(json!({"write": "1/0/6", "value": 23.5})).await;
     let d = c.next_with("Device Boiler", "temperature").await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(23.25)));
+    assert_eq!(value(&d, "temperature"), Some(Value::Float(23.5)));
     // A new name on the bus renames the device.
     member.send(json!({"write": "1/0/5", "value": "Heater"})).await;
     member.send(json!({"write": "1/0/1", "value": true})).await;
