@@ -2459,7 +2459,10 @@ mod knx_parity {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !bus_log().contains(line) {
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("the bus member did not see {line:?}:\n{}", bus_log()));
+                return Err(format!(
+                    "the bus member did not see {line:?}:\n{}",
+                    bus_log()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -101,8 +101,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
 
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", control)).await?;
-    s.write_all(format!("{}\n", json!({"burst": "1/0/1", "count": count, "rate": rate})).as_bytes())
-        .await?;
+    s.write_all(
+        format!(
+            "{}\n",
+            json!({"burst": "1/0/1", "count": count, "rate": rate})
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut reader = BufReader::new(s);
     let burst = async {
         let mut line = String::new();
@@ -152,7 +158,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.stats().errors(),
         stats.stats().convert_errors()
     );
-    let pct = |pid: Option<u32>, t0: u64| pid.map_or(f64::NAN, |p| (cpu_ticks(p) - t0) as f64 / elapsed);
+    let pct =
+        |pid: Option<u32>, t0: u64| pid.map_or(f64::NAN, |p| (cpu_ticks(p) - t0) as f64 / elapsed);
     println!(
         "  knxd CPU {:.1} %, xknx sender CPU {:.1} % of one core",
         pct(knxd_pid, others0.0),

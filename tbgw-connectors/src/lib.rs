@@ -42,14 +42,14 @@ pub mod ftp;
 pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "ocpp")]
 pub mod ocpp;
-#[cfg(feature = "knx")]
-pub mod knx;
 #[cfg(feature = "odbc")]
 pub mod odbc;
 #[cfg(feature = "opcua")]

@@ -260,7 +260,11 @@ async fn writes_and_reads_reach_the_bus_member() {
     assert_eq!(r, json!({"result": {"value": "Kitchen"}}));
     member.wait_write("WRITE 1/1/1 \"Kitchen\"").await;
     let r = c
-        .rpc("Device Boiler", "get", json!("groupAddress=1/1/1;dataType=string"))
+        .rpc(
+            "Device Boiler",
+            "get",
+            json!("groupAddress=1/1/1;dataType=string"),
+        )
         .await;
     assert_eq!(r, json!({"result": {"value": "Kitchen"}}));
     // Reserved set and a configured read.
@@ -277,14 +281,22 @@ async fn writes_and_reads_reach_the_bus_member() {
     assert_eq!(r, json!({"result": {"value": "Boiler"}}));
     // No member answers 2/0/0: a timeout, code 408.
     let r = c
-        .rpc("Device Boiler", "get", json!("groupAddress=2/0/0;dataType=switch"))
+        .rpc(
+            "Device Boiler",
+            "get",
+            json!("groupAddress=2/0/0;dataType=switch"),
+        )
         .await;
     assert_eq!(r["code"], json!(408), "{r}");
     // The filter does not match this device; unknown methods; bad values.
     let r = c.rpc("Device Boiler", "hidden", json!({})).await;
     assert_eq!(r["code"], json!(404), "{r}");
     let r = c
-        .rpc("Device Boiler", "set", json!("groupAddress=1/0/6;dataType=temperature;value=warm"))
+        .rpc(
+            "Device Boiler",
+            "set",
+            json!("groupAddress=1/0/6;dataType=temperature;value=warm"),
+        )
         .await;
     assert_eq!(r["code"], json!(400), "{r}");
     c.stop().await;
@@ -305,7 +317,9 @@ async fn a_switch_pressed_between_polls_arrives() {
     let d = c.next_with("Device Boiler", "temperature").await;
     assert_eq!(value(&d, "temperature"), Some(Value::Float(23.5)));
     // A new name on the bus renames the device.
-    member.send(json!({"write": "1/0/5", "value": "Heater"})).await;
+    member
+        .send(json!({"write": "1/0/5", "value": "Heater"}))
+        .await;
     member.send(json!({"write": "1/0/1", "value": true})).await;
     let d = c.next_with("Device Heater", "switch").await;
     assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
@@ -324,7 +338,10 @@ async fn knxd_restarted() {
     // Records polled before the restart may still be queued: wait for the reconnect.
     let deadline = tokio::time::Instant::now() + WAIT;
     while c.stats.stats().errors() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the lost tunnel was not noticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost tunnel was not noticed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     while c.data.try_recv().is_ok() {}
@@ -386,7 +403,10 @@ fn upstream_sample_builds() {
         KnxFactory::new()
             .build(&spec(config, &path), &mut ignored)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(ignored.iter().all(|i| i.contains("logLevel")), "{ignored:?}");
+        assert!(
+            ignored.iter().all(|i| i.contains("logLevel")),
+            "{ignored:?}"
+        );
     }
 }
 
@@ -403,12 +423,20 @@ fn config_errors_name_the_key_path() {
         (json!({"client": {"type": "TUNNELING"}}), "client.gatewayIp"),
         (json!({"client": {"type": "ROUTING_SECURE"}}), "client.type"),
         (json!({"client": {"type": "CARRIER_PIGEON"}}), "client.type"),
-        (json!({"client": {"individualAddress": "1.2"}}), "client.individualAddress"),
+        (
+            json!({"client": {"individualAddress": "1.2"}}),
+            "client.individualAddress",
+        ),
         (json!({"client": {"localIp": "here"}}), "client.localIp"),
         (json!({"client": {"rateLimit": -1}}), "client.rateLimit"),
-        (json!({"client": {"multicastGroup": "10.0.0.1"}}), "client.multicastGroup"),
         (
-            dev(json!({"timeseries": [{"key": "k", "type": "temperature", "groupAddress": "32/0/0"}]})),
+            json!({"client": {"multicastGroup": "10.0.0.1"}}),
+            "client.multicastGroup",
+        ),
+        (
+            dev(
+                json!({"timeseries": [{"key": "k", "type": "temperature", "groupAddress": "32/0/0"}]}),
+            ),
             "devices[0].timeseries[0].groupAddress",
         ),
         (
@@ -441,7 +469,9 @@ fn config_errors_name_the_key_path() {
     ];
     for (config, key) in cases {
         let mut ignored = Vec::new();
-        let e = match KnxFactory::new().build(&spec(config.clone(), Path::new("knx.json")), &mut ignored) {
+        let e = match KnxFactory::new()
+            .build(&spec(config.clone(), Path::new("knx.json")), &mut ignored)
+        {
             Ok(_) => panic!("{config} accepted"),
             Err(e) => e.to_string(),
         };
@@ -461,5 +491,10 @@ fn secure_is_reported_as_not_supported() {
             &mut ignored,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(ignored.iter().any(|i| i.contains("security") && i.contains("not supported")), "{ignored:?}");
+    assert!(
+        ignored
+            .iter()
+            .any(|i| i.contains("security") && i.contains("not supported")),
+        "{ignored:?}"
+    );
 }

@@ -193,8 +193,13 @@ fn secs(file: &Path, path: &str, v: Option<f64>, default: f64) -> Result<Duratio
 
 fn regex(file: &Path, path: String, f: Option<&str>) -> Result<Regex, ConfigError> {
     let f = f.unwrap_or(".*");
-    Regex::new(&format!("^(?:{f})$"))
-        .map_err(|e| ConfigError::new(file, path, format!("{f:?} is not a regular expression: {e}")))
+    Regex::new(&format!("^(?:{f})$")).map_err(|e| {
+        ConfigError::new(
+            file,
+            path,
+            format!("{f:?} is not a regular expression: {e}"),
+        )
+    })
 }
 
 fn dpt(file: &Path, path: String, v: Option<&str>) -> Result<Dpt, ConfigError> {
@@ -224,7 +229,11 @@ fn template(
     let d = dpt(
         file,
         format!("{p}.{type_key}"),
-        Some(data_type.filter(|t| !t.eq_ignore_ascii_case("none")).unwrap_or("string")),
+        Some(
+            data_type
+                .filter(|t| !t.eq_ignore_ascii_case("none"))
+                .unwrap_or("string"),
+        ),
     )?;
     Template::parse(text, d).map_err(|e| ConfigError::new(file, format!("{p}.{expr_key}"), e))
 }
@@ -260,7 +269,11 @@ impl KnxConnector {
         let local_ip: IpAddr = match c.local_ip.as_deref().map(str::trim) {
             None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Some(s) => s.parse().map_err(|_| {
-                ConfigError::new(file, "client.localIp", format!("{s:?} is not an IP address"))
+                ConfigError::new(
+                    file,
+                    "client.localIp",
+                    format!("{s:?} is not an IP address"),
+                )
             })?,
         };
         let individual = match c.individual_address.as_deref() {
@@ -294,7 +307,10 @@ impl KnxConnector {
             ));
         }
         if let Some(f) = &c.address_format {
-            if !matches!(f.trim().to_ascii_uppercase().as_str(), "LONG" | "SHORT" | "FREE") {
+            if !matches!(
+                f.trim().to_ascii_uppercase().as_str(),
+                "LONG" | "SHORT" | "FREE"
+            ) {
                 return Err(ConfigError::new(
                     file,
                     "client.addressFormat",
@@ -309,8 +325,13 @@ impl KnxConnector {
         }
         let scanner = match &c.gateways_scanner {
             Some(s) if s.enabled => Some((
-                secs(file, "client.gatewaysScanner.scanPeriod", s.scan_period, 3.0)?
-                    .max(Duration::from_millis(100)),
+                secs(
+                    file,
+                    "client.gatewaysScanner.scanPeriod",
+                    s.scan_period,
+                    3.0,
+                )?
+                .max(Duration::from_millis(100)),
                 s.stop_on_found,
             )),
             _ => None,
@@ -340,11 +361,19 @@ impl KnxConnector {
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| ConfigError::new(file, format!("{p}.key"), "missing"))?;
             updates.push(Route {
-                filter: regex(file, format!("{p}.deviceNameFilter"), u.device_name_filter.as_deref())?,
+                filter: regex(
+                    file,
+                    format!("{p}.deviceNameFilter"),
+                    u.device_name_filter.as_deref(),
+                )?,
                 name: key,
                 write: true,
                 dpt: dpt(file, format!("{p}.dataType"), u.data_type.as_deref())?,
-                ga: ga(file, format!("{p}.groupAddress"), u.group_address.as_deref())?,
+                ga: ga(
+                    file,
+                    format!("{p}.groupAddress"),
+                    u.group_address.as_deref(),
+                )?,
             });
         }
         let mut methods = Vec::new();
@@ -367,11 +396,19 @@ impl KnxConnector {
                 }
             };
             methods.push(Route {
-                filter: regex(file, format!("{p}.deviceNameFilter"), r.device_name_filter.as_deref())?,
+                filter: regex(
+                    file,
+                    format!("{p}.deviceNameFilter"),
+                    r.device_name_filter.as_deref(),
+                )?,
                 name: method,
                 write,
                 dpt: dpt(file, format!("{p}.dataType"), r.data_type.as_deref())?,
-                ga: ga(file, format!("{p}.groupAddress"), r.group_address.as_deref())?,
+                ga: ga(
+                    file,
+                    format!("{p}.groupAddress"),
+                    r.group_address.as_deref(),
+                )?,
             });
         }
         let timeout =
@@ -404,7 +441,12 @@ impl KnxConnector {
     }
 
     fn kind(file: &Path, c: &ClientConfig, ignored: &mut Vec<String>) -> Result<Kind, ConfigError> {
-        let text = c.kind.as_deref().unwrap_or("AUTOMATIC").trim().to_ascii_uppercase();
+        let text = c
+            .kind
+            .as_deref()
+            .unwrap_or("AUTOMATIC")
+            .trim()
+            .to_ascii_uppercase();
         let kind = match text.as_str() {
             "AUTOMATIC" => Kind::Automatic,
             "TUNNELING" | "TUNNELLING" => Kind::Fixed(Mode::TunnelUdp),
@@ -429,7 +471,9 @@ impl KnxConnector {
             ignored.push("client.security (KNX IP Secure is not supported by tbgw)".into());
         }
         if c.connection_type.is_some() {
-            ignored.push("client.connectionType (the connection type is read from client.type)".into());
+            ignored.push(
+                "client.connectionType (the connection type is read from client.type)".into(),
+            );
         }
         Ok(kind)
     }
@@ -440,7 +484,10 @@ impl KnxConnector {
         d: &super::config::DeviceConfig,
         ignored: &mut Vec<String>,
     ) -> Result<Device, ConfigError> {
-        for (k, v) in [("converter", &d.converter), ("uplinkConverter", &d.uplink_converter)] {
+        for (k, v) in [
+            ("converter", &d.converter),
+            ("uplinkConverter", &d.uplink_converter),
+        ] {
             if v.is_some() {
                 ignored.push(format!(
                     "{p}.{k} (custom Python converters are not run; the built-in conversion is used)"
@@ -498,7 +545,14 @@ impl KnxConnector {
         ] {
             for (j, pc) in list.iter().enumerate() {
                 let kp = format!("{p}.{section}[{j}]");
-                points.push(Self::point(file, &kp, pc, attribute, &mut overrides, &mut unused)?);
+                points.push(Self::point(
+                    file,
+                    &kp,
+                    pc,
+                    attribute,
+                    &mut overrides,
+                    &mut unused,
+                )?);
             }
         }
         ignored.extend(unused);
@@ -544,7 +598,11 @@ impl KnxConnector {
             }
         }
         Ok(Point {
-            ga: ga(file, format!("{kp}.groupAddress"), pc.group_address.as_deref())?,
+            ga: ga(
+                file,
+                format!("{kp}.groupAddress"),
+                pc.group_address.as_deref(),
+            )?,
             dpt: dpt(file, format!("{kp}.type"), pc.kind.as_deref())?,
             key,
             attribute,
@@ -577,7 +635,11 @@ struct Bus {
     cache: HashMap<GroupAddress, Json>,
     announced: HashSet<String>,
     polls: Vec<Poll>,
-    reads: Vec<(GroupAddress, oneshot::Sender<Result<Payload, String>>, Instant)>,
+    reads: Vec<(
+        GroupAddress,
+        oneshot::Sender<Result<Payload, String>>,
+        Instant,
+    )>,
     next_poll: Vec<Instant>,
 }
 
@@ -636,7 +698,10 @@ impl Bus {
         Ok(LinkConfig {
             mode,
             gateway: target.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, KNX_PORT))),
-            local: if mode == Mode::TunnelUdp && s.local.ip().is_unspecified() && target.is_some_and(|t| t.ip().is_loopback()) {
+            local: if mode == Mode::TunnelUdp
+                && s.local.ip().is_unspecified()
+                && target.is_some_and(|t| t.ip().is_loopback())
+            {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), s.local.port())
             } else {
                 s.local
@@ -672,7 +737,9 @@ impl Bus {
                     tracing::info!(connector = %self.connector, name = %g.name, address = %g.address, endpoint = %g.control.addr, tunnelling = g.tunnelling, routing = g.routing, "Found KNX gateway.");
                 }
             }
-            Err(e) => tracing::warn!(connector = %self.connector, error = %e, "KNX gateways scan failed."),
+            Err(e) => {
+                tracing::warn!(connector = %self.connector, error = %e, "KNX gateways scan failed.")
+            }
         }
     }
 
@@ -877,7 +944,10 @@ impl Bus {
     fn names(&mut self, i: usize) -> Option<(String, String)> {
         let d = &self.s.devices[i];
         let name = d.name.render(&self.cache)?;
-        let profile = d.profile.render(&self.cache).unwrap_or_else(|| "default".into());
+        let profile = d
+            .profile
+            .render(&self.cache)
+            .unwrap_or_else(|| "default".into());
         Some((name, profile))
     }
 
@@ -923,7 +993,10 @@ impl Bus {
             }
             Err(e) => {
                 self.stats.add_convert_errors(1);
-                self.warn_once(&format!("Cannot decode {} ({}) of {}", pt.key, pt.dpt, pt.ga), &e);
+                self.warn_once(
+                    &format!("Cannot decode {} ({}) of {}", pt.key, pt.dpt, pt.ga),
+                    &e,
+                );
             }
         }
     }
@@ -1146,7 +1219,11 @@ fn reserved(params: &Json) -> Result<(GroupAddress, Dpt, Option<Json>), String> 
                 map.insert(k.clone(), v.clone());
             }
         }
-        other => return Err(format!("params {other} are neither `key=value;...` nor an object")),
+        other => {
+            return Err(format!(
+                "params {other} are neither `key=value;...` nor an object"
+            ))
+        }
     }
     let g = map
         .get("groupAddress")
@@ -1237,7 +1314,8 @@ mod tests {
         assert_eq!(g.to_string(), "1/0/5");
         assert_eq!(d, Dpt::parse("string").unwrap());
         assert_eq!(v, Some(json!("a=b")));
-        let (_, d, v) = reserved(&json!({"groupAddress": "1/0/6", "dataType": "temperature"})).unwrap();
+        let (_, d, v) =
+            reserved(&json!({"groupAddress": "1/0/6", "dataType": "temperature"})).unwrap();
         assert_eq!(d.main, 9);
         assert_eq!(v, None);
         assert!(reserved(&json!("dataType=string")).is_err());

@@ -203,7 +203,9 @@ impl Dpt {
         let int = |min: f64, max: f64| -> Result<i64, String> {
             let f = num()?;
             if !f.is_finite() || f < min || f > max {
-                return Err(format!("{f} is out of range {min} ..= {max} for DPT {self}"));
+                return Err(format!(
+                    "{f} is out of range {min} ..= {max} for DPT {self}"
+                ));
             }
             Ok(f as i64)
         };
@@ -365,16 +367,76 @@ mod tests {
 
     #[test]
     fn names_and_numbers() {
-        assert_eq!(Dpt::parse("temperature").unwrap(), Dpt { main: 9, sub: Some(1) });
-        assert_eq!(Dpt::parse("humidity").unwrap(), Dpt { main: 9, sub: Some(7) });
-        assert_eq!(Dpt::parse("percentU8").unwrap(), Dpt { main: 5, sub: Some(4) });
-        assert_eq!(Dpt::parse("precent_U8").unwrap(), Dpt { main: 5, sub: Some(4) });
-        assert_eq!(Dpt::parse("switch").unwrap(), Dpt { main: 1, sub: Some(1) });
-        assert_eq!(Dpt::parse("string").unwrap(), Dpt { main: 16, sub: Some(0) });
-        assert_eq!(Dpt::parse("9.001").unwrap(), Dpt { main: 9, sub: Some(1) });
-        assert_eq!(Dpt::parse("DPT-14.056").unwrap(), Dpt { main: 14, sub: Some(56) });
-        assert_eq!(Dpt::parse("DPST-5-1").unwrap(), Dpt { main: 5, sub: Some(1) });
-        assert_eq!(Dpt::parse("12").unwrap(), Dpt { main: 12, sub: None });
+        assert_eq!(
+            Dpt::parse("temperature").unwrap(),
+            Dpt {
+                main: 9,
+                sub: Some(1)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("humidity").unwrap(),
+            Dpt {
+                main: 9,
+                sub: Some(7)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("percentU8").unwrap(),
+            Dpt {
+                main: 5,
+                sub: Some(4)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("precent_U8").unwrap(),
+            Dpt {
+                main: 5,
+                sub: Some(4)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("switch").unwrap(),
+            Dpt {
+                main: 1,
+                sub: Some(1)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("string").unwrap(),
+            Dpt {
+                main: 16,
+                sub: Some(0)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("9.001").unwrap(),
+            Dpt {
+                main: 9,
+                sub: Some(1)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("DPT-14.056").unwrap(),
+            Dpt {
+                main: 14,
+                sub: Some(56)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("DPST-5-1").unwrap(),
+            Dpt {
+                main: 5,
+                sub: Some(1)
+            }
+        );
+        assert_eq!(
+            Dpt::parse("12").unwrap(),
+            Dpt {
+                main: 12,
+                sub: None
+            }
+        );
         assert_eq!(Dpt::parse("").unwrap(), Dpt::RAW);
         assert!(Dpt::parse("time").is_err());
         assert!(Dpt::parse("10.001").unwrap_err().contains("not supported"));
@@ -393,23 +455,44 @@ mod tests {
         assert_eq!(rt("temperature", json!(21.5)), json!(21.5));
         assert_eq!(rt("temperature", json!(-30.0)), json!(-30.0));
         assert_eq!(rt("humidity", json!("55.2")), json!(55.2));
-        assert_eq!(rt("4byte_unsigned", json!(4_000_000_000u64)), json!(4_000_000_000u64));
+        assert_eq!(
+            rt("4byte_unsigned", json!(4_000_000_000u64)),
+            json!(4_000_000_000u64)
+        );
         assert_eq!(rt("active_energy", json!(-123456)), json!(-123456));
         assert_eq!(rt("power", json!(1500.5)), json!(1500.5));
         assert_eq!(rt("string", json!("Kitchen")), json!("Kitchen"));
         assert_eq!(rt("latin_1", json!("Küche")), json!("Küche"));
-        assert_eq!(rt("8byte_signed", json!(-9_000_000_000i64)), json!(-9_000_000_000i64));
+        assert_eq!(
+            rt("8byte_signed", json!(-9_000_000_000i64)),
+            json!(-9_000_000_000i64)
+        );
         assert_eq!(rt("scene_number", json!(12)), json!(12));
         // Bytes as xknx gives them.
         let t = Dpt::parse("temperature").unwrap();
-        assert_eq!(t.encode(&json!(21.5)).unwrap(), Payload::Bytes(vec![0x0C, 0x33]));
-        assert_eq!(t.decode(&Payload::Bytes(vec![0x0C, 0x1A])).unwrap(), json!(21.0));
+        assert_eq!(
+            t.encode(&json!(21.5)).unwrap(),
+            Payload::Bytes(vec![0x0C, 0x33])
+        );
+        assert_eq!(
+            t.decode(&Payload::Bytes(vec![0x0C, 0x1A])).unwrap(),
+            json!(21.0)
+        );
         assert!(t.decode(&Payload::Bytes(vec![0x7F, 0xFF])).is_err());
         assert!(t.decode(&Payload::Bytes(vec![1])).is_err());
         assert!(t.decode(&Payload::Small(1)).is_err());
         assert!(t.encode(&json!("warm")).is_err());
-        assert!(Dpt::parse("string").unwrap().encode(&json!("fifteen chars!!")).is_err());
-        assert!(Dpt::parse("percentU8").unwrap().encode(&json!(256)).is_err());
-        assert_eq!(Dpt::RAW.decode(&Payload::Bytes(vec![1, 2])).unwrap(), json!([1, 2]));
+        assert!(Dpt::parse("string")
+            .unwrap()
+            .encode(&json!("fifteen chars!!"))
+            .is_err());
+        assert!(Dpt::parse("percentU8")
+            .unwrap()
+            .encode(&json!(256))
+            .is_err());
+        assert_eq!(
+            Dpt::RAW.decode(&Payload::Bytes(vec![1, 2])).unwrap(),
+            json!([1, 2])
+        );
     }
 }

@@ -119,7 +119,11 @@ impl GroupAddress {
             [a, b, c] => (num(a, 31)? << 11) | (num(b, 7)? << 8) | num(c, 255)?,
             [a, b] => (num(a, 31)? << 11) | num(b, 2047)?,
             [a] => num(a, 65535)?,
-            _ => return Err(format!("{s:?} is not a group address (1/2/3, 1/234 or 1234)")),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a group address (1/2/3, 1/234 or 1234)"
+                ))
+            }
         };
         Ok(GroupAddress(raw as u16))
     }

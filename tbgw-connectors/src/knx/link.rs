@@ -340,7 +340,9 @@ impl Link {
             }
             Frame::RoutingIndication(cemi) if self.mode == Mode::Routing => cemi,
             Frame::RoutingBusy if self.mode == Mode::Routing => {
-                self.next_send = self.next_send.max(Instant::now() + Duration::from_millis(100));
+                self.next_send = self
+                    .next_send
+                    .max(Instant::now() + Duration::from_millis(100));
                 return Ok(None);
             }
             Frame::TunnelAck {
@@ -349,7 +351,8 @@ impl Link {
                 status,
             } => {
                 if channel == self.channel {
-                    if let Some((_, _, _)) = self.in_flight.as_ref().filter(|_| seq == self.send_seq)
+                    if let Some((_, _, _)) =
+                        self.in_flight.as_ref().filter(|_| seq == self.send_seq)
                     {
                         if let Some((out, _, _)) = self.in_flight.take() {
                             self.send_seq = self.send_seq.wrapping_add(1);
@@ -380,9 +383,7 @@ impl Link {
             Frame::DisconnectRequest { channel, .. } => {
                 if channel == self.channel {
                     let _ = self
-                        .write(
-                            &Frame::DisconnectResponse { channel, status: 0 }.to_bytes(),
-                        )
+                        .write(&Frame::DisconnectResponse { channel, status: 0 }.to_bytes())
                         .await;
                     return Err(LinkError::Closed);
                 }
@@ -547,8 +548,8 @@ impl Link {
                 channel: self.channel,
                 control: self.control,
             };
-            let _ = tokio::time::timeout(Duration::from_millis(200), self.write(&f.to_bytes()))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), self.write(&f.to_bytes())).await;
         }
         self.fail_queued("the connection to the bus was closed");
     }
@@ -599,7 +600,11 @@ pub async fn scan(
     let s = UdpSocket::bind((local, 0)).await?;
     let _ = s.set_multicast_loop_v4(true);
     let me = v4(s.local_addr()?);
-    let req = Frame::SearchRequest(Hpai { udp: true, addr: me }).to_bytes();
+    let req = Frame::SearchRequest(Hpai {
+        udp: true,
+        addr: me,
+    })
+    .to_bytes();
     // The multicast send fails where there is no multicast route; unicast may still work.
     let mut sent = s.send_to(&req, multicast).await.is_ok();
     if let Some(u) = unicast {
