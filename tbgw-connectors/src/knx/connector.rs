@@ -211,18 +211,36 @@ fn ga(file: &Path, path: String, v: Option<&str>) -> Result<GroupAddress, Config
     GroupAddress::parse(v).map_err(|e| ConfigError::new(file, path, e))
 }
 
+/// The device name (`profile` false) or profile template of `deviceInfo`.
 fn template(
     file: &Path,
     p: &str,
-    source: Option<&str>,
-    expr: Option<&str>,
-    expr_key: &str,
-    data_type: Option<&str>,
-    type_key: &str,
-    default: &str,
+    info: &DeviceInfo,
+    profile: bool,
 ) -> Result<Template, ConfigError> {
-    let text = expr.unwrap_or(default);
-    let is_expr = source.is_some_and(|s| s.trim().eq_ignore_ascii_case("expression"));
+    let (source, expr, expr_key, data_type, type_key, default) = if profile {
+        (
+            &info.device_profile_expression_source,
+            &info.device_profile_name_expression,
+            "deviceProfileNameExpression",
+            &info.device_profile_data_type,
+            "deviceProfileDataType",
+            "default",
+        )
+    } else {
+        (
+            &info.device_name_expression_source,
+            &info.device_name_expression,
+            "deviceNameExpression",
+            &info.device_name_data_type,
+            "deviceNameDataType",
+            "KNX Device",
+        )
+    };
+    let text = expr.as_deref().unwrap_or(default);
+    let is_expr = source
+        .as_deref()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("expression"));
     if !is_expr {
         return Ok(Template::constant(text));
     }
@@ -231,6 +249,7 @@ fn template(
         format!("{p}.{type_key}"),
         Some(
             data_type
+                .as_deref()
                 .filter(|t| !t.eq_ignore_ascii_case("none"))
                 .unwrap_or("string"),
         ),
@@ -495,16 +514,7 @@ impl KnxConnector {
             }
         }
         let info: &DeviceInfo = &d.device_info;
-        let name = template(
-            file,
-            &format!("{p}.deviceInfo"),
-            info.device_name_expression_source.as_deref(),
-            info.device_name_expression.as_deref(),
-            "deviceNameExpression",
-            info.device_name_data_type.as_deref(),
-            "deviceNameDataType",
-            "KNX Device",
-        )?;
+        let name = template(file, &format!("{p}.deviceInfo"), info, false)?;
         if name.segs.is_empty() {
             return Err(ConfigError::new(
                 file,
@@ -512,16 +522,7 @@ impl KnxConnector {
                 "empty",
             ));
         }
-        let profile = template(
-            file,
-            &format!("{p}.deviceInfo"),
-            info.device_profile_expression_source.as_deref(),
-            info.device_profile_name_expression.as_deref(),
-            "deviceProfileNameExpression",
-            info.device_profile_data_type.as_deref(),
-            "deviceProfileDataType",
-            "default",
-        )?;
+        let profile = template(file, &format!("{p}.deviceInfo"), info, true)?;
         let period_ms = d.poll_period.unwrap_or(10_000.0);
         let period = if period_ms.is_finite() && period_ms > 0.0 && period_ms < 86_400_000.0 {
             Duration::from_secs_f64(period_ms / 1000.0).max(MIN_POLL_PERIOD)
@@ -616,6 +617,13 @@ enum Cmd {
     Read(GroupAddress, oneshot::Sender<Result<Payload, String>>),
 }
 
+/// An RPC read waiting for its GroupValueResponse, until its deadline.
+type ReadWaiter = (
+    GroupAddress,
+    oneshot::Sender<Result<Payload, String>>,
+    Instant,
+);
+
 /// A poll of one device waiting for its responses.
 struct Poll {
     device: usize,
@@ -635,11 +643,7 @@ struct Bus {
     cache: HashMap<GroupAddress, Json>,
     announced: HashSet<String>,
     polls: Vec<Poll>,
-    reads: Vec<(
-        GroupAddress,
-        oneshot::Sender<Result<Payload, String>>,
-        Instant,
-    )>,
+    reads: Vec<ReadWaiter>,
     next_poll: Vec<Instant>,
 }
 

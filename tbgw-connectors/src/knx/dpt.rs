@@ -91,9 +91,9 @@ impl Dpt {
     fn bytes(self) -> Option<usize> {
         Some(match self.main {
             1 => return None,
-            4 | 5 | 6 | 17 => 1,
-            7 | 8 | 9 => 2,
-            12 | 13 | 14 => 4,
+            4..=6 | 17 => 1,
+            7..=9 => 2,
+            12..=14 => 4,
             16 => 14,
             29 => 8,
             _ => return None,
@@ -233,11 +233,16 @@ impl Dpt {
                         "false" | "off" | "0" => false,
                         _ => return Err(format!("{s:?} is not a boolean")),
                     },
-                    _ => match num()? {
-                        x if x == 0.0 => false,
-                        x if x == 1.0 => true,
-                        x => return Err(format!("{x} is not a boolean")),
-                    },
+                    _ => {
+                        let x = num()?;
+                        if x == 0.0 {
+                            false
+                        } else if x == 1.0 {
+                            true
+                        } else {
+                            return Err(format!("{x} is not a boolean"));
+                        }
+                    }
                 };
                 Payload::Small(u8::from(on))
             }
