@@ -498,3 +498,29 @@ fn secure_is_reported_as_not_supported() {
         "{ignored:?}"
     );
 }
+
+#[tokio::test]
+async fn automatic_reads_the_samples_gateway_key_and_the_scanner_finds_knxd() {
+    let knxd = Knxd::start_discoverable().await.expect("knxd");
+    let found = tbgw_connectors::knx::link::scan(
+        std::net::Ipv4Addr::LOCALHOST,
+        "224.0.23.12:3671".parse().unwrap(),
+        Some(knxd.addr()),
+        Duration::from_secs(3),
+        true,
+    )
+    .await
+    .expect("a search");
+    let g = found.first().expect("knxd answers the search");
+    assert!(g.tunnelling, "{g:?}");
+    assert_eq!(g.control.addr.port(), knxd.port(), "{g:?}");
+    let _member = Member::start(&knxd).await;
+    let mut cfg = config(knxd.port(), 300);
+    cfg["client"]["type"] = json!("AUTOMATIC");
+    cfg["client"]["gatewaysScanner"] =
+        json!({"enabled": true, "scanPeriod": 0.5, "stopOnFound": true});
+    let mut c = start(cfg);
+    let d = c.next_with("Device Boiler", "temperature").await;
+    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
+    c.stop().await;
+}

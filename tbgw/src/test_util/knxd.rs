@@ -37,17 +37,29 @@ pub struct Knxd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     launches: u32,
+    discover: bool,
 }
 
 impl Knxd {
     /// Starts knxd on a free port.
     pub async fn start() -> io::Result<Knxd> {
+        Self::start_with(false).await
+    }
+
+    /// Starts knxd on a free port answering KNXnet/IP search requests (`discover = true`;
+    /// it answers one sent to its port directly).
+    pub async fn start_discoverable() -> io::Result<Knxd> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(discover: bool) -> io::Result<Knxd> {
         let dir = tempfile::Builder::new().prefix("tbgw-knxd-").tempdir()?;
         let mut k = Knxd {
             port: 0,
             dir,
             child: None,
             launches: 0,
+            discover,
         };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -116,8 +128,8 @@ impl Knxd {
             format!(
                 "[main]\naddr = 0.0.1\nclient-addrs = 0.0.2:8\nconnections = server,A.dummy\n\
                  [server]\nserver = ets_router\ntunnel = tunnel\nport = {}\ninterface = lo\n\
-                 discover = false\n[A.dummy]\ndriver = dummy\n",
-                self.port
+                 discover = {}\n[A.dummy]\ndriver = dummy\n",
+                self.port, self.discover
             ),
         )?;
         let log = std::fs::File::create(self.log_path())?;
