@@ -1011,6 +1011,8 @@ impl Bus {
         if t.apci == Apci::Read {
             return;
         }
+        // Devices whose pending poll took this value: the poll sends it.
+        let mut polled: Vec<usize> = Vec::new();
         if t.apci == Apci::Response {
             let mut k = 0;
             while k < self.reads.len() {
@@ -1021,12 +1023,11 @@ impl Bus {
                     k += 1;
                 }
             }
-            let mut consumed = false;
             let mut complete = None;
             for (i, p) in self.polls.iter_mut().enumerate() {
                 if p.waiting.remove(&t.dest) {
                     p.values.push((t.dest, t.payload.clone()));
-                    consumed = true;
+                    polled.push(p.device);
                     if p.waiting.is_empty() {
                         complete = Some(i);
                     }
@@ -1041,9 +1042,6 @@ impl Bus {
                 let p = self.polls.swap_remove(i);
                 self.finish(p).await;
             }
-            if consumed {
-                return;
-            }
         }
         self.cache_templates(t.dest, &t.payload);
         let s = self.s.clone();
@@ -1053,6 +1051,9 @@ impl Bus {
         let ts = now_millis();
         let mut per_device: Vec<(usize, DeviceData)> = Vec::new();
         for &(i, j) in targets {
+            if polled.contains(&i) {
+                continue;
+            }
             let Some((name, profile)) = self.names(i) else {
                 tracing::debug!(connector = %self.connector, ga = %t.dest, "A value for a device whose name is not known yet; it is sent with the next poll.");
                 continue;
