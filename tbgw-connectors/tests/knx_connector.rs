@@ -350,8 +350,38 @@ async fn knxd_restarted() {
     c.stop().await;
 }
 
+/// A `tracing` writer into a buffer, to count log lines.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn a_malformed_value_is_counted_and_the_connector_goes_on() {
+    let log = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime has one thread: the connector's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
     let knxd = Knxd::start().await.expect("knxd");
     let member = Member::start(&knxd).await;
     let mut c = start(config(knxd.port(), 3_600_000));
@@ -364,6 +394,12 @@ async fn a_malformed_value_is_counted_and_the_connector_goes_on() {
     let d = c.next_with("Device Boiler", "temperature").await;
     assert_eq!(value(&d, "temperature"), Some(Value::Float(18.0)));
     assert_eq!(c.stats.stats().convert_errors(), 2);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        text.matches("Cannot decode temperature").count(),
+        1,
+        "logged once:\n{text}"
+    );
     c.stop().await;
 }
 
