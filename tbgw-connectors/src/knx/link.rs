@@ -631,3 +631,108 @@ pub async fn scan(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The TCP framing, against a scripted gateway in the test (knxd 0.14 tunnels over UDP
+    //! only, so no third-party peer exists for KNXnet/IP over TCP here).
+    use super::*;
+    use crate::knx::frame::{Apci, GroupAddress, Payload};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read_one(s: &mut TcpStream) -> Frame {
+        let mut h = [0u8; 6];
+        s.read_exact(&mut h).await.unwrap();
+        let n = frame::frame_len(&h).unwrap();
+        let mut b = h.to_vec();
+        b.resize(n, 0);
+        s.read_exact(&mut b[6..]).await.unwrap();
+        parse_frame(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tcp_tunnel_frames_split_and_joined() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let gw = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let Frame::ConnectRequest {
+                address, control, ..
+            } = read_one(&mut s).await
+            else {
+                panic!("no connect request")
+            };
+            assert_eq!(address, Some(IndividualAddress(0x100A)));
+            assert!(!control.udp);
+            let r = Frame::ConnectResponse {
+                channel: 9,
+                status: 0,
+                address,
+            };
+            s.write_all(&r.to_bytes()).await.unwrap();
+            // Two telegrams in one write, the second split over two writes.
+            let t = |v: u8| Frame::TunnelRequest {
+                channel: 9,
+                seq: v,
+                cemi: GroupTelegram {
+                    code: code::L_DATA_IND,
+                    source: IndividualAddress(0x1101),
+                    dest: GroupAddress(0x0801),
+                    apci: Apci::Write,
+                    payload: Payload::Small(v),
+                }
+                .to_cemi(),
+            };
+            let mut b = t(0).to_bytes();
+            let second = t(1).to_bytes();
+            b.extend_from_slice(&second[..5]);
+            s.write_all(&b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.write_all(&second[5..]).await.unwrap();
+            // What the client sends: a tunnelling request, no acks.
+            match read_one(&mut s).await {
+                Frame::TunnelRequest {
+                    channel: 9, cemi, ..
+                } => cemi,
+                other => panic!("{other:?}"),
+            }
+        });
+        let cfg = LinkConfig {
+            mode: Mode::TunnelTcp,
+            gateway: addr,
+            local: "0.0.0.0:0".parse().unwrap(),
+            individual: Some(IndividualAddress(0x100A)),
+            multicast: "224.0.23.12:3671".parse().unwrap(),
+            min_gap: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+        };
+        let mut link = Link::connect(&cfg).await.unwrap();
+        assert_eq!(link.channel(), 9);
+        assert_eq!(link.address(), IndividualAddress(0x100A));
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Some(t) = link.recv().await.unwrap() {
+                got.push(t.payload);
+            }
+        }
+        assert_eq!(got, vec![Payload::Small(0), Payload::Small(1)]);
+        let (tx, rx) = oneshot::channel();
+        link.send(
+            GroupTelegram::request(
+                IndividualAddress(0),
+                GroupAddress(0x0802),
+                Apci::Write,
+                Payload::Bytes(vec![0x0C, 0x33]),
+            ),
+            Some(tx),
+        );
+        link.tick().await.unwrap();
+        assert_eq!(rx.await.unwrap(), Ok(()));
+        let cemi = gw.await.unwrap();
+        let Cemi::Group(t) = parse_cemi(&cemi).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.dest, GroupAddress(0x0802));
+        assert_eq!(t.payload, Payload::Bytes(vec![0x0C, 0x33]));
+    }
+}
