@@ -560,3 +560,32 @@ async fn automatic_reads_the_samples_gateway_key_and_the_scanner_finds_knxd() {
     assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
     c.stop().await;
 }
+
+/// ROUTING with xknx as the other KNXnet/IP router (multicast on the loopback interface).
+#[tokio::test]
+async fn routing_with_an_xknx_router() {
+    let port = tbgw::test_util::free_udp_port();
+    let control = free_tcp_port();
+    let mut peer = PythonPeer::spawn([
+        script(),
+        format!("routing:{port}"),
+        control.to_string(),
+        values().to_string(),
+    ])
+    .expect("the xknx router starts");
+    peer.wait_output("ready", WAIT).await.expect("ready");
+    let mut member = Member { peer, control };
+    let mut cfg = config(0, 300);
+    cfg["client"] = json!({"type": "ROUTING", "localIp": "127.0.0.1", "multicastPort": port,
+                           "individualAddress": "1.1.240"});
+    let mut c = start(cfg);
+    let d = c.next_with("Device Boiler", "power").await;
+    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
+    assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
+    member.send(json!({"write": "1/0/1", "value": false})).await;
+    let d = c.next_with("Device Boiler", "switch").await;
+    assert_eq!(value(&d, "switch"), Some(Value::Bool(false)));
+    c.update("Device Boiler", "brightness", json!(77)).await;
+    member.wait_write("WRITE 1/1/0 77").await;
+    c.stop().await;
+}

@@ -1,6 +1,10 @@
 """A KNX bus member for the KNX connector's tests: an xknx tunnel client of knxd.
 
     knx_member.py GATEWAY_PORT CONTROL_PORT VALUES_JSON
+    knx_member.py routing:MULTICAST_PORT CONTROL_PORT VALUES_JSON
+
+The first form is a tunnel client of the gateway on 127.0.0.1; the second a KNXnet/IP router
+itself (multicast 224.0.23.12 on the loopback interface), with no gateway.
 
 VALUES_JSON maps group addresses to [xknx type, value]. The member answers GroupValueRead
 for those addresses with GroupValueResponse, takes GroupValueWrite from others as the new
@@ -20,7 +24,8 @@ from xknx.io import ConnectionConfig, ConnectionType
 from xknx.telegram import GroupAddress, Telegram
 from xknx.telegram.apci import GroupValueRead, GroupValueResponse, GroupValueWrite
 
-port = int(sys.argv[1])
+routing = sys.argv[1].startswith("routing:")
+port = int(sys.argv[1].removeprefix("routing:"))
 control = int(sys.argv[2])
 values = {str(GroupAddress(k)): v for k, v in json.loads(sys.argv[3]).items()}
 
@@ -86,13 +91,22 @@ async def client(reader, writer):
 
 async def main():
     global xknx
-    xknx = XKNX(
-        connection_config=ConnectionConfig(
+    if routing:
+        config = ConnectionConfig(
+            connection_type=ConnectionType.ROUTING,
+            local_ip="127.0.0.1",
+            multicast_port=port,
+            individual_address="1.1.250",
+        )
+    else:
+        config = ConnectionConfig(
             connection_type=ConnectionType.TUNNELING,
             gateway_ip="127.0.0.1",
             gateway_port=port,
             local_ip="127.0.0.1",
-        ),
+        )
+    xknx = XKNX(
+        connection_config=config,
         telegram_received_cb=received,
         rate_limit=0,
     )
