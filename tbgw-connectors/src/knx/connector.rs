@@ -753,6 +753,7 @@ impl Bus {
             self.s.reconnect_wait,
             self.s.reconnect_wait.max(Duration::from_secs(60)),
         );
+        let mut connected_once = false;
         loop {
             let connected = match self.link_config().await {
                 Ok(cfg) => tokio::select! {
@@ -763,6 +764,7 @@ impl Bus {
             };
             match connected {
                 Ok((link, cfg)) => {
+                    connected_once = true;
                     backoff.succeeded();
                     self.once.clear();
                     tracing::info!(connector = %self.connector, mode = ?cfg.mode, gateway = %cfg.gateway, channel = link.channel(), address = %link.address(), "Connected to KNX bus");
@@ -776,10 +778,13 @@ impl Bus {
                     self.warn_once("Error connecting to KNX bus", &e);
                 }
             }
-            if !self.s.auto_reconnect {
-                tracing::error!(connector = %self.connector, "Not connected to the KNX bus and autoReconnect is false; RPCs are answered with 503 until the connector restarts.");
+            // Without autoReconnect the first connection is still tried until it succeeds
+            // (as upstream's start loop does); a lost one is not renewed.
+            let give_up = !self.s.auto_reconnect && connected_once;
+            if give_up {
+                tracing::error!(connector = %self.connector, "Lost the KNX bus and autoReconnect is false; RPCs are answered with 503 until the connector restarts.");
             }
-            let wait = if self.s.auto_reconnect {
+            let wait = if !give_up {
                 backoff.next_delay()
             } else {
                 Duration::from_secs(86_400 * 365)
