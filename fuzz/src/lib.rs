@@ -664,5 +664,58 @@ mod ble {
         adv.service_data.insert(Default::default(), bytes.to_vec());
         let (out, _) = decoder().decode(&adv);
         assert_eq!(out.len(), 1);
+pub use knx::knx_frame;
+
+/// The KNX connector's frame parsing and datapoint decoding.
+mod knx {
+    use tbgw_connectors::knx::dpt::Dpt;
+    use tbgw_connectors::knx::frame::{self, Cemi, Frame};
+
+    const TYPES: [&str; 16] = [
+        "", "switch", "character", "percent", "angle", "percentU8", "percentV8", "pulse_2byte",
+        "2byte_signed", "temperature", "4byte_unsigned", "4byte_signed", "power", "string",
+        "latin_1", "8byte_signed",
+    ];
+
+    /// One fuzz input: byte 0 picks what the rest is: a KNXnet/IP frame as a gateway sends
+    /// it (the cEMI inside a tunnelling request or routing indication is parsed too), or a
+    /// bare cEMI frame. The value of every group telegram is decoded as every datapoint type
+    /// and a decoded value encoded again. Panics only if a parser or codec panics.
+    pub fn knx_frame(data: &[u8]) {
+        let [sel, rest @ ..] = data else {
+            return;
+        };
+        let cemi = if sel & 1 == 0 {
+            let _ = frame::frame_len(rest);
+            match frame::parse_frame(rest) {
+                Ok(Frame::TunnelRequest { cemi, .. }) | Ok(Frame::RoutingIndication(cemi)) => {
+                    cemi
+                }
+                Ok(f) => {
+                    let _ = frame::parse_frame(&f.to_bytes());
+                    return;
+                }
+                Err(_) => return,
+            }
+        } else {
+            rest.to_vec()
+        };
+        if let Ok(Cemi::Group(t)) = frame::parse_cemi(&cemi) {
+            for name in TYPES {
+                let Ok(d) = Dpt::parse(name) else { continue };
+                if let Ok(v) = d.decode(&t.payload) {
+                    if let Ok(p) = d.encode(&v) {
+                        let _ = d.decode(&p);
+                    }
+                }
+            }
+            let again = frame::parse_cemi(&t.to_cemi());
+            assert!(again.is_ok(), "{t:?} does not parse again: {again:?}");
+        }
+        if let Ok(s) = std::str::from_utf8(rest) {
+            let _ = Dpt::parse(s);
+            let _ = frame::GroupAddress::parse(s);
+            let _ = frame::IndividualAddress::parse(s);
+        }
     }
 }

@@ -2648,4 +2648,189 @@ async fn ble_connector_matches_upstream() {
         },
     )
     .await;
+// KNX
+
+/// The KNX scenario: one knxd (Debian, a tunnelling server with a dummy bus) and one xknx bus
+/// member (`tbgw-connectors/tests/peers/knx_member.py`) per side; upstream needs xknx in its
+/// virtualenv (`.ci/upstream/requirements.txt`).
+#[cfg(feature = "knx")]
+mod knx_parity {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    fn knx_json(port: u16) -> Value {
+        json!({
+            "client": {"type": "TUNNELING", "gatewayIp": "127.0.0.1", "gatewayPort": port,
+                       "localIp": "127.0.0.1", "rateLimit": 0, "autoReconnect": true,
+                       "autoReconnectWait": 1},
+            "devices": [{
+                "deviceInfo": {"deviceNameDataType": "string", "deviceNameExpressionSource": "expression",
+                               "deviceNameExpression": "Device ${1/0/5}", "deviceProfileDataType": "none",
+                               "deviceProfileExpressionSource": "constant",
+                               "deviceProfileNameExpression": "knx"},
+                "pollPeriod": 1000,
+                "attributes": [{"type": "temperature", "key": "temperature", "groupAddress": "1/0/6"}],
+                "timeseries": [
+                    {"type": "humidity", "key": "humidity", "groupAddress": "1/0/7"},
+                    {"type": "bool", "key": "light", "groupAddress": "1/0/1"},
+                    {"type": "percent", "key": "dimmer", "groupAddress": "1/0/2"},
+                    {"type": "pulse_2byte", "key": "pulses", "groupAddress": "1/0/3"},
+                    {"type": "active_energy", "key": "energy", "groupAddress": "1/0/8"},
+                    {"type": "power", "key": "power", "groupAddress": "1/0/9"}
+                ]
+            }],
+            "attributeUpdates": [
+                {"deviceNameFilter": ".*", "dataType": "percentU8", "groupAddress": "1/1/0", "key": "brightness"}
+            ],
+            "serverSideRpc": [
+                {"requestType": "read", "deviceNameFilter": ".*", "method": "get_name", "dataType": "string", "groupAddress": "1/0/5"},
+                {"requestType": "write", "deviceNameFilter": ".*", "method": "set_label", "dataType": "string", "groupAddress": "1/1/1"}
+            ]
+        })
+    }
+
+    fn member_script() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tbgw-connectors/tests/peers/knx_member.py"
+        )
+        .into()
+    }
+
+    struct Bus {
+        knxd: tbgw::test_util::Knxd,
+        member: tbgw::test_util::PythonPeer,
+        control: u16,
+    }
+
+    async fn bus() -> Bus {
+        let knxd = tbgw::test_util::Knxd::start()
+            .await
+            .expect("knxd starts (apt-get install knxd)");
+        let control = tbgw::test_util::free_tcp_port();
+        let values = json!({
+            "1/0/5": ["string", "Boiler"], "1/0/6": ["temperature", 21.5],
+            "1/0/7": ["humidity", 55.2], "1/0/1": ["bool", true], "1/0/2": ["percent", 50],
+            "1/0/3": ["pulse_2byte", 1234], "1/0/8": ["active_energy", -123456],
+            "1/0/9": ["power", 1500.5], "1/1/0": ["percentU8", 0], "1/1/1": ["string", "none"]
+        });
+        let mut member = tbgw::test_util::PythonPeer::spawn([
+            member_script(),
+            knxd.port().to_string(),
+            control.to_string(),
+            values.to_string(),
+        ])
+        .expect("the xknx member starts (pip install xknx)");
+        member
+            .wait_output("ready", WAIT)
+            .await
+            .expect("the xknx member is ready");
+        Bus {
+            knxd,
+            member,
+            control,
+        }
+    }
+
+    async fn tell(control: u16, cmd: Value) -> Result<(), String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", control))
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn member_saw(bus_log: impl Fn() -> String, line: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !bus_log().contains(line) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the bus member did not see {line:?}:\n{}",
+                    bus_log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn knx_connector_matches_upstream() {
+        let (up_bus, our_bus) = tokio::join!(bus(), bus());
+        let (up_port, our_port) = (up_bus.knxd.port(), our_bus.knxd.port());
+        let (up_control, our_control) = (up_bus.control, our_bus.control);
+        let buses = Arc::new([up_bus, our_bus]);
+        let connectors = json!([{"type": "knx", "name": "KNX", "configuration": "knx.json"}]);
+        let b = buses.clone();
+        differential(
+            connectors,
+            move |_, _, which| {
+                let port = match which {
+                    Impl::Upstream => up_port,
+                    Impl::Tbgw => our_port,
+                };
+                vec![("knx.json", knx_json(port))]
+            },
+            &[],
+            &[
+                // RPC replies: upstream sends Python's repr of its result dict as text.
+                (r#""{'value': 'Boiler'}""#, r#"{"value":"Boiler"}"#),
+                (r#""{'value': 'Kitchen'}""#, r#"{"value":"Kitchen"}"#),
+                // The light was switched off and on again between two polls: tbgw listens to
+                // the bus and sends both; upstream's polls see it on.
+                ("", "telemetry \"Device Boiler\" light false"),
+            ],
+            move |s: Arc<Side>| {
+                let b = b.clone();
+                async move {
+                    let (i, control) = match s.which {
+                        Impl::Upstream => (0, up_control),
+                        Impl::Tbgw => (1, our_control),
+                    };
+                    let log = || b[i].member.log();
+                    until(&s.tb, "the polled values", |f| {
+                        has(f, "attribute \"Device Boiler\" temperature 21.5")
+                            && has(f, "telemetry \"Device Boiler\" humidity 55.2")
+                            && has(f, "telemetry \"Device Boiler\" light true")
+                            && has(f, "telemetry \"Device Boiler\" dimmer 50")
+                            && has(f, "telemetry \"Device Boiler\" pulses 1234")
+                            && has(f, "telemetry \"Device Boiler\" energy -123456")
+                            && has(f, "telemetry \"Device Boiler\" power 1500.5")
+                    })
+                    .await?;
+                    s.tb.send_attribute_update("Device Boiler", json!({"brightness": 200}))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    member_saw(log, "WRITE 1/1/0 200").await?;
+                    s.note("bus member saw brightness 200".into());
+                    for (id, method, params) in [
+                        (71, "set_label", json!("Kitchen")),
+                        (72, "get_name", json!(null)),
+                    ] {
+                        s.tb.send_rpc("Device Boiler", id, method, params)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let want = format!("rpc reply \"Device Boiler\" {id} ");
+                        until(&s.tb, &want, |f| has(f, &want)).await?;
+                    }
+                    member_saw(log, "WRITE 1/1/1 \"Kitchen\"").await?;
+                    s.note("bus member saw set_label Kitchen".into());
+                    // Off and on again at once, between two polls.
+                    tell(control, json!({"write": "1/0/1", "value": false})).await?;
+                    tell(control, json!({"write": "1/0/1", "value": true})).await?;
+                    // Two polls after the press.
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    Ok(())
+                }
+            },
+        )
+        .await;
+    }
 }

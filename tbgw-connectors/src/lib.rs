@@ -21,6 +21,7 @@
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
 //! | `ble` | `ble` | `ble` (BlueZ through btleplug; links libdbus) |
+//! | `knx` | `knx` | `knx` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -44,6 +45,8 @@ pub mod ftp;
 pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]
@@ -144,5 +147,7 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(xmpp::XmppFactory::new()));
     #[cfg(feature = "ble")]
     v.push(Box::new(ble::BleFactory::new()));
+    #[cfg(feature = "knx")]
+    v.push(Box::new(knx::KnxFactory::new()));
     v
 }

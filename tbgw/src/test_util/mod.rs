@@ -23,6 +23,7 @@
 //! ```
 
 mod bluez;
+mod knxd;
 mod mosquitto;
 mod pki;
 mod postgres;
@@ -34,6 +35,7 @@ mod tb_standin;
 mod upstream;
 
 pub use bluez::BluezMock;
+pub use knxd::Knxd;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use postgres::{Postgres, POSTGRES_PASSWORD};
