@@ -2434,38 +2434,6 @@ fn bacnet_json(gateway: u16, device: u16) -> Value {
                 {"method": "setSetpoint", "requestType": "writeProperty", "requestTimeout": 5000,
                  "objectType": "analogOutput", "objectId": 1, "propertyId": "presentValue",
                  "priority": 8}
-// BLE (advertisement mode through python-dbusmock's BlueZ; GATT cannot be mocked that way)
-
-/// The private system bus of the BLE scenario, for the gateways whose connectors include `ble`.
-static BLE_BUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Environment a side's gateway gets: `DBUS_SYSTEM_BUS_ADDRESS` of the mocked BlueZ when one
-/// of its connectors is `ble` (not set process-wide: the other scenarios run alongside).
-fn side_env(connectors: &Value) -> Vec<(String, String)> {
-    let ble = connectors
-        .as_array()
-        .is_some_and(|a| a.iter().any(|c| c["type"] == "ble"));
-    match (ble, BLE_BUS.get()) {
-        (true, Some(bus)) => vec![("DBUS_SYSTEM_BUS_ADDRESS".to_string(), bus.clone())],
-        _ => Vec::new(),
-    }
-}
-
-#[cfg(feature = "ble")]
-fn ble_json() -> Value {
-    json!({
-        "name": "BLE Connector",
-        "passiveScanMode": true,
-        "scannerTimeout": 3000,
-        "devices": [{
-            "name": "Sensor", "MACAddress": "4c:65:a8:df:85:c0", "pollPeriod": 1000,
-            "telemetry": [
-                {"key": "temperature", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
-                {"key": "middle", "dataSourceType": "advertisement", "valueExpression": "[1:3]"},
-                {"key": "battery", "dataSourceType": "advertisement", "valueExpression": "[2]"}
-            ],
-            "attributes": [
-                {"key": "all", "dataSourceType": "advertisement", "valueExpression": "[0:]"}
             ]
         }]
     })
@@ -2572,6 +2540,46 @@ async fn bacnet_connector_matches_upstream() {
     .await;
     up_peer.stop().await;
     our_peer.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLE (advertisement mode through python-dbusmock's BlueZ; GATT cannot be mocked that way)
+
+/// The private system bus of the BLE scenario, for the gateways whose connectors include `ble`.
+static BLE_BUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Environment a side's gateway gets: `DBUS_SYSTEM_BUS_ADDRESS` of the mocked BlueZ when one
+/// of its connectors is `ble` (not set process-wide: the other scenarios run alongside).
+fn side_env(connectors: &Value) -> Vec<(String, String)> {
+    let ble = connectors
+        .as_array()
+        .is_some_and(|a| a.iter().any(|c| c["type"] == "ble"));
+    match (ble, BLE_BUS.get()) {
+        (true, Some(bus)) => vec![("DBUS_SYSTEM_BUS_ADDRESS".to_string(), bus.clone())],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(feature = "ble")]
+fn ble_json() -> Value {
+    json!({
+        "name": "BLE Connector",
+        "passiveScanMode": true,
+        "scannerTimeout": 3000,
+        "devices": [{
+            "name": "Sensor", "MACAddress": "4c:65:a8:df:85:c0", "pollPeriod": 1000,
+            "telemetry": [
+                {"key": "temperature", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
+                {"key": "middle", "dataSourceType": "advertisement", "valueExpression": "[1:3]"},
+                {"key": "battery", "dataSourceType": "advertisement", "valueExpression": "[2]"}
+            ],
+            "attributes": [
+                {"key": "all", "dataSourceType": "advertisement", "valueExpression": "[0:]"}
+            ]
+        }]
+    })
+}
+
 #[cfg(feature = "ble")]
 #[tokio::test]
 async fn ble_connector_matches_upstream() {
@@ -2648,6 +2656,9 @@ async fn ble_connector_matches_upstream() {
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // KNX
 
 /// The KNX scenario: one knxd (Debian, a tunnelling server with a dummy bus) and one xknx bus
