@@ -20,6 +20,8 @@
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
+//! | `ble` | `ble` | `ble` (BlueZ through btleplug; links libdbus) |
+//! | `knx` | `knx` | `knx` |
 //! | `can` | `can` | `can` (SocketCAN on Linux) |
 //!
 //! ```
@@ -29,6 +31,8 @@
 
 #[cfg(feature = "bacnet")]
 pub mod bacnet;
+#[cfg(feature = "ble")]
+pub mod ble;
 #[cfg(feature = "can")]
 pub mod can;
 #[cfg(any(
@@ -44,6 +48,8 @@ pub mod ftp;
 pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]
@@ -142,6 +148,10 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(s7::S7Factory::new()));
     #[cfg(feature = "xmpp")]
     v.push(Box::new(xmpp::XmppFactory::new()));
+    #[cfg(feature = "ble")]
+    v.push(Box::new(ble::BleFactory::new()));
+    #[cfg(feature = "knx")]
+    v.push(Box::new(knx::KnxFactory::new()));
     #[cfg(feature = "can")]
     v.push(Box::new(can::CanFactory::new()));
     v
