@@ -664,6 +664,9 @@ mod ble {
         adv.service_data.insert(Default::default(), bytes.to_vec());
         let (out, _) = decoder().decode(&adv);
         assert_eq!(out.len(), 1);
+    }
+}
+
 pub use knx::knx_frame;
 
 /// The KNX connector's frame parsing and datapoint decoding.
