@@ -64,7 +64,8 @@ pub struct DeviceConfig {
     pub converters: Option<Json>,
     /// Ours: a DBC file (relative to the connector file).
     pub dbc_file: Option<String>,
-    /// Ours: DBC messages (names or ids) whose every signal becomes a time series.
+    /// Ours: DBC messages (names or ids; `"*"` for all) whose every signal becomes a time
+    /// series named after the signal.
     #[serde(default)]
     pub dbc_messages: Vec<Json>,
     /// Ours: J1939 source address of the gateway's requests (default 0xFE: null address).

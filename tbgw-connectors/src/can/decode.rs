@@ -844,14 +844,22 @@ pub fn plan_with(
             b.value(dev, &format!("{p}.timeseries[{j}]"), v, false, &msgs, sa)?;
         }
         for (j, r) in d.dbc_messages.iter().enumerate() {
-            let m = find_message(&msgs, r).ok_or_else(|| {
-                ConfigError::new(
-                    file,
-                    format!("{p}.dbcMessages[{j}]"),
-                    format!("no message {} in the DBC file", message_ref(r)),
-                )
-            })?;
-            for s in &m.signals {
+            // `"*"`: every message of the file.
+            let chosen: Vec<&dbc::Message> = if r.as_str() == Some("*") {
+                msgs.iter().collect()
+            } else {
+                vec![find_message(&msgs, r).ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        format!("{p}.dbcMessages[{j}]"),
+                        format!("no message {} in the DBC file", message_ref(r)),
+                    )
+                })?]
+            };
+            for (m, s) in chosen
+                .into_iter()
+                .flat_map(|m| m.signals.iter().map(move |s| (m, s)))
+            {
                 let v = ValueConfig {
                     key: s.name.clone(),
                     node_id: None,
@@ -1126,6 +1134,39 @@ mod tests {
         let f = CanFrame::new(0x18FE_EE00, true, false, false, vec![100]).unwrap();
         p.decoder.decode(&f, 1, &mut out, &mut errors);
         assert_eq!(out[0].telemetry[0].values[0].1, Value::Int(60));
+    }
+
+    #[test]
+    fn every_signal_of_every_dbc_message_with_a_star() {
+        let cfg: CanConnectorConfig = serde_json::from_value(json!({"devices": [
+            {"name": "T", "dbcFile": "t.dbc", "dbcMessages": ["*"]}
+        ]}))
+        .unwrap();
+        let text = "VERSION \"\"\n\nNS_ :\n\nBS_:\n\nBU_: E\n\n\
+            BO_ 256 A: 8 E\n SG_ X : 0|8@1+ (1,0) [0|255] \"\" Vector__XXX\n\n\
+            BO_ 257 B: 8 E\n SG_ Y : 0|8@1+ (2,0) [0|510] \"V\" Vector__XXX\n";
+        let load = |_: &Path| dbc::parse(text);
+        let p = plan_with(Path::new("can.json"), &cfg, &mut Vec::new(), &load).unwrap();
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        for id in [256, 257] {
+            let f = CanFrame::new(id, false, false, false, vec![3]).unwrap();
+            p.decoder.decode(&f, 1, &mut out, &mut errors);
+        }
+        let vals: Vec<_> = out
+            .iter()
+            .flat_map(|d| d.telemetry.iter().flat_map(|e| e.values.iter().cloned()))
+            .collect();
+        assert_eq!(
+            vals,
+            [
+                ("X".to_string(), Value::Int(3)),
+                ("Y".to_string(), Value::Float(6.0))
+            ]
+        );
+        assert_eq!(
+            p.decoder.devices[0].units,
+            [("Y".to_string(), "V".to_string())]
+        );
     }
 
     #[test]
