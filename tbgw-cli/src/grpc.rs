@@ -35,13 +35,18 @@ impl Grpc {
         Ok(Grpc::default())
     }
 
-    /// The factory of `type: grpc` connectors, when compiled in.
+    /// The factory of `type: grpc` connectors and those of the Python custom connectors
+    /// (entries with a `class`), when compiled in.
     pub fn factories(&self) -> Vec<Box<dyn ConnectorFactory>> {
         #[allow(unused_mut)]
         let mut v: Vec<Box<dyn ConnectorFactory>> = Vec::new();
         #[cfg(feature = "grpc")]
         if let Some(f) = &self.factory {
             v.push(Box::new(f.clone()));
+            // Python custom connectors (entries with a `class`): one factory per their types.
+            for c in f.custom_factories() {
+                v.push(Box::new(c));
+            }
         }
         v
     }

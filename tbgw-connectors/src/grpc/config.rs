@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tbgw::config::ConfigError;
 
+use super::custom::{default_python, is_custom_type, CustomClass};
+
 /// Upstream's default `grpc.serverPort`.
 pub const DEFAULT_PORT: u16 = 9595;
 /// The file (beside `tb_gateway.json`) where upstream keeps the generated `key: auto` keys,
@@ -93,6 +95,9 @@ pub struct GrpcEntry {
     /// program resolved beside `tb_gateway.json` when relative and containing a `/`); `None`:
     /// the connector is started by someone else.
     pub command: Option<Vec<String>>,
+    /// A Python custom connector (an entry with a `class`, see [`super::custom`]): its key is
+    /// generated for this run and its command is the host package's.
+    pub custom: Option<CustomClass>,
 }
 
 /// The gRPC parts of a main file: the `grpc` section and the `type: grpc` entries.
@@ -104,6 +109,8 @@ pub struct GrpcMainConfig {
     pub entries: Vec<GrpcEntry>,
     /// The directory of the main file.
     pub dir: PathBuf,
+    /// The main file.
+    pub file: PathBuf,
     /// Key paths of the main file this module reads (`grpc`, `connectors[i].key`,
     /// `connectors[i].command`), so `tbgw check` does not report them as ignored.
     pub used_keys: Vec<String>,
@@ -168,12 +175,37 @@ impl GrpcMainConfig {
             .enumerate()
         {
             let ty = e.get("type").and_then(|t| t.as_str()).unwrap_or("");
-            if !ty.eq_ignore_ascii_case("grpc") {
-                continue;
-            }
             let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
                 continue;
             };
+            if let Some(class) = e.get("class").and_then(|c| c.as_str()) {
+                if is_custom_type(ty) {
+                    let custom = custom_entry(file, i, ty, class, e)?;
+                    used_keys.extend(
+                        ["class", "python", "extensionsPath"]
+                            .iter()
+                            .filter(|k| e.get(**k).is_some())
+                            .map(|k| format!("connectors[{i}].{k}")),
+                    );
+                    // The key only links tbgw and the process it starts: new for each run.
+                    let key = format!(
+                        "custom-{:016x}{:016x}",
+                        fastrand::u64(..),
+                        fastrand::u64(..)
+                    );
+                    seen_keys.insert(key.clone(), name.to_string());
+                    entries.push(GrpcEntry {
+                        name: name.to_string(),
+                        key,
+                        command: None,
+                        custom: Some(custom),
+                    });
+                    continue;
+                }
+            }
+            if !ty.eq_ignore_ascii_case("grpc") {
+                continue;
+            }
             let key = match e.get("key") {
                 Some(serde_json::Value::String(k)) if k == "auto" => match saved.get(name) {
                     Some(k) => k.clone(),
@@ -230,6 +262,7 @@ impl GrpcMainConfig {
                 name: name.to_string(),
                 key,
                 command,
+                custom: None,
             });
         }
         if keys_changed {
@@ -243,10 +276,62 @@ impl GrpcMainConfig {
             settings,
             entries,
             dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
             used_keys,
             ignored_keys,
         })
     }
+}
+
+/// The [`CustomClass`] of `connectors[i]`, an entry of type `ty` with `class`.
+fn custom_entry(
+    file: &Path,
+    i: usize,
+    ty: &str,
+    class: &str,
+    e: &serde_json::Value,
+) -> Result<CustomClass, ConfigError> {
+    let strings = |key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        match e.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(vec![s.clone()])),
+            Some(serde_json::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|s| s.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        format!("connectors[{i}].{key}"),
+                        "must be a non-empty string or a list of non-empty strings",
+                    )
+                }),
+            Some(_) => Err(ConfigError::new(
+                file,
+                format!("connectors[{i}].{key}"),
+                "must be a non-empty string or a list of non-empty strings",
+            )),
+        }
+    };
+    if class.trim().is_empty() || ty.trim().is_empty() {
+        return Err(ConfigError::new(
+            file,
+            format!("connectors[{i}].class"),
+            "a custom connector needs a non-empty `type` (its extensions folder) and `class`",
+        ));
+    }
+    Ok(CustomClass {
+        connector_type: ty.to_string(),
+        folder: ty.to_ascii_lowercase(),
+        class: class.to_string(),
+        python: strings("python")?.unwrap_or_else(default_python),
+        extensions: strings("extensionsPath")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +369,8 @@ mod tests {
             vec![GrpcEntry {
                 name: "G".into(),
                 key: "k1".into(),
-                command: Some(vec!["python3".into(), "g.py".into()])
+                command: Some(vec!["python3".into(), "g.py".into()]),
+                custom: None,
             }]
         );
         assert!(c.used_keys.contains(&"connectors[1].key".to_string()));

@@ -26,6 +26,9 @@ pub(crate) struct ChildSpec {
     pub dir: PathBuf,
     /// The gRPC port the process connects to.
     pub port: u16,
+    /// The process is the Python custom connector host: its package is written out and put on
+    /// `PYTHONPATH` ([`super::custom::HostPackage`]).
+    pub host_package: bool,
 }
 
 /// A running `type: grpc` connector.
@@ -149,8 +152,32 @@ async fn supervise(
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let dir = format!("{}/", child.dir.display());
+    let mut package = None;
     while !cancel.is_cancelled() {
         let mut cmd = tokio::process::Command::new(program(&child.dir, &child.argv[0]));
+        if child.host_package {
+            if package.is_none() {
+                match super::custom::HostPackage::acquire() {
+                    Ok(p) => package = Some(p),
+                    Err(e) => {
+                        stats.add_errors(1);
+                        tracing::warn!(connector = %name, error = %e, "Cannot write the Python custom connector host package.");
+                        if !backoff.wait(cancel).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(p) = &package {
+                let mut path = std::ffi::OsString::from(p.python_path());
+                if let Some(old) = std::env::var_os("PYTHONPATH").filter(|o| !o.is_empty()) {
+                    path.push(":");
+                    path.push(old);
+                }
+                cmd.env("PYTHONPATH", path).env("PYTHONUNBUFFERED", "1");
+            }
+        }
         cmd.args(&child.argv[1..])
             .arg(arg)
             .arg(&dir)
