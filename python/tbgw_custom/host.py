@@ -4,6 +4,7 @@ upstream's single RPC thread; attribute updates and answers on the other)."""
 
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -103,7 +104,8 @@ class Host:
             threading.Thread(target=target, args=(items,), daemon=True).start()
         threading.Thread(target=self._read, daemon=True, name="tbgw downlink").start()
         self.connector.open()
-        print(f"tbgw_custom: {self.class_name} of {self.connector_type} running as connector {name}", flush=True)
+        print(f"tbgw_custom: {self.class_name} of {self.connector_type} running as connector {name}, pid {os.getpid()}",
+              flush=True)
 
     def _read(self):
         try:
