@@ -51,16 +51,18 @@ impl Grpc {
         v
     }
 
-    /// Removes the keys this module reads from the configuration's ignored keys and adds the
-    /// `grpc` settings it does not act on.
+    /// Removes the keys this module reads from the configuration's ignored keys (and every
+    /// key of the files of out-of-process connectors, which get them as they are) and adds
+    /// the `grpc` settings it does not act on.
     #[allow(unused_variables)]
     pub fn fix_ignored(&self, loaded: &mut LoadedConfig) {
         #[cfg(feature = "grpc")]
         {
             let file = loaded.file.clone();
-            loaded
-                .ignored
-                .retain(|k| !(k.file == file && self.config.used_keys.contains(&k.key)));
+            loaded.ignored.retain(|k| {
+                !(k.file == file && self.config.used_keys.contains(&k.key))
+                    && !self.config.connector_files.contains(&k.file)
+            });
             loaded
                 .ignored
                 .extend(self.config.ignored_keys.iter().map(|key| IgnoredKey {

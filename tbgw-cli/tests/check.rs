@@ -496,7 +496,12 @@ fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
 #[test]
 fn python_custom_connectors_need_the_grpc_server() {
     let dir = TempDir::new().expect("tempdir");
-    write_json(dir.path(), "custom_serial.json", &json!({"devices": []}));
+    // Its file goes to the class as it is: `logLevel` is the class's, not ignored.
+    write_json(
+        dir.path(),
+        "custom_serial.json",
+        &json!({"logLevel": "DEBUG", "devices": []}),
+    );
     let mut main = main_file(json!([
         {"type": "serial", "name": "Custom serial connector", "configuration": "custom_serial.json",
          "class": "SerialConnector", "python": "/opt/venv/bin/python", "extensionsPath": "ext"}

@@ -116,6 +116,9 @@ pub struct GrpcMainConfig {
     pub used_keys: Vec<String>,
     /// Keys present and not acted on (see [`IGNORED_SETTINGS`]).
     pub ignored_keys: Vec<String>,
+    /// The connector files of the `type: grpc` and custom entries: their text goes to the
+    /// out-of-process connector as it is, so none of their keys is "ignored" by tbgw.
+    pub connector_files: Vec<PathBuf>,
 }
 
 impl GrpcMainConfig {
@@ -166,6 +169,7 @@ impl GrpcMainConfig {
         let mut keys_changed = false;
         let mut entries = Vec::new();
         let mut seen_keys: HashMap<String, String> = HashMap::new();
+        let mut connector_files = Vec::new();
         for (i, e) in raw
             .get("connectors")
             .and_then(|c| c.as_array())
@@ -178,8 +182,10 @@ impl GrpcMainConfig {
             let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
                 continue;
             };
+            let conf = e.get("configuration").and_then(|c| c.as_str());
             if let Some(class) = e.get("class").and_then(|c| c.as_str()) {
                 if is_custom_type(ty) {
+                    connector_files.extend(conf.map(|c| dir.join(c)));
                     let custom = custom_entry(file, i, ty, class, e)?;
                     used_keys.extend(
                         ["class", "python", "extensionsPath"]
@@ -206,6 +212,7 @@ impl GrpcMainConfig {
             if !ty.eq_ignore_ascii_case("grpc") {
                 continue;
             }
+            connector_files.extend(conf.map(|c| dir.join(c)));
             let key = match e.get("key") {
                 Some(serde_json::Value::String(k)) if k == "auto" => match saved.get(name) {
                     Some(k) => k.clone(),
@@ -279,6 +286,7 @@ impl GrpcMainConfig {
             file: file.to_path_buf(),
             used_keys,
             ignored_keys,
+            connector_files,
         })
     }
 }
