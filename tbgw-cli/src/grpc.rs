@@ -60,8 +60,9 @@ impl Grpc {
         {
             let file = loaded.file.clone();
             loaded.ignored.retain(|k| {
-                !(k.file == file && self.config.used_keys.contains(&k.key))
-                    && !self.config.connector_files.contains(&k.file)
+                let read_here = k.file == file && self.config.used_keys.contains(&k.key);
+                let connectors_own = self.config.connector_files.contains(&k.file);
+                !read_here && !connectors_own
             });
             loaded
                 .ignored

@@ -79,7 +79,9 @@ async fn pty(dir: &Path) -> Pty {
 
 impl Pty {
     fn send_line(&mut self, line: &[u8]) {
-        self.device.write_all(line).expect("write to the serial line");
+        self.device
+            .write_all(line)
+            .expect("write to the serial line");
     }
 
     async fn wait_received(&self, text: &[u8]) {
@@ -131,7 +133,13 @@ fn custom_serial(port: &str) -> Value {
 }
 
 /// Sends `line` until ThingsBoard has telemetry with `humidity == value` from the device.
-async fn line_reaches_thingsboard(pty: &mut Pty, tb: &TbStandIn, line: &[u8], value: f64, gw: &GatewayProcess) {
+async fn line_reaches_thingsboard(
+    pty: &mut Pty,
+    tb: &TbStandIn,
+    line: &[u8],
+    value: f64,
+    gw: &GatewayProcess,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         pty.send_line(line);
@@ -139,9 +147,9 @@ async fn line_reaches_thingsboard(pty: &mut Pty, tb: &TbStandIn, line: &[u8], va
             .wait_for(Duration::from_millis(500), |m| {
                 m.topic == "v1/gateway/telemetry"
                     && m.json.as_ref().is_some_and(|j| {
-                        j["SerialDevice1"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|e| e["values"]["humidity"] == json!(value)))
+                        j["SerialDevice1"].as_array().is_some_and(|a| {
+                            a.iter().any(|e| e["values"]["humidity"] == json!(value))
+                        })
                     })
             })
             .await;

@@ -71,9 +71,7 @@ async fn harness(python: PathBuf) -> Harness {
         file,
         config: json!({"custom": "value"}).into(),
     };
-    let mut connector = customs[0]
-        .build(&spec, &mut Vec::new())
-        .expect("builds");
+    let mut connector = customs[0].build(&spec, &mut Vec::new()).expect("builds");
     let (mut cx, ends) = ConnectorContext::for_test("Probe Connector");
     let task = tokio::spawn(async move {
         connector
@@ -181,7 +179,10 @@ async fn every_gateway_method(python: PathBuf, upstream: bool) {
             UplinkMessage::Disconnect { device, .. } => disconnects.push(device),
             UplinkMessage::Data { mut data, .. } => {
                 let d = data.remove(0);
-                assert_eq!((d.device_name.as_str(), d.device_type.as_str()), ("Probe1", "probe"));
+                assert_eq!(
+                    (d.device_name.as_str(), d.device_type.as_str()),
+                    ("Probe1", "probe")
+                );
                 if d.telemetry.is_empty() {
                     attributes = Some(d);
                 } else {
@@ -199,10 +200,17 @@ async fn every_gateway_method(python: PathBuf, upstream: bool) {
         ]
     );
     assert_eq!(disconnects, vec!["Probe2".to_string()]);
-    let (t, a) = (telemetry.expect("telemetry"), attributes.expect("attributes"));
+    let (t, a) = (
+        telemetry.expect("telemetry"),
+        attributes.expect("attributes"),
+    );
     assert_eq!(t.telemetry[0].ts, 1_700_000_000_000);
     for (k, v) in all_types() {
-        assert_eq!(value(&t.telemetry[0].values, k), Some(v.clone()), "telemetry {k}");
+        assert_eq!(
+            value(&t.telemetry[0].values, k),
+            Some(v.clone()),
+            "telemetry {k}"
+        );
         assert_eq!(value(&a.attributes, k), Some(v), "attribute {k}");
     }
     if upstream {
@@ -228,7 +236,11 @@ async fn every_gateway_method(python: PathBuf, upstream: bool) {
         .expect("devices");
     assert_eq!(devices, Value::Json(json!(["Probe1"])));
     assert!(text(&r, "config_path").ends_with('/'), "{r:?}");
-    assert_eq!(text(&r, "config_type"), "probe", "the folder: the type lower-cased");
+    assert_eq!(
+        text(&r, "config_type"),
+        "probe",
+        "the folder: the type lower-cased"
+    );
     assert_eq!(text(&r, "config_name"), "Probe Connector");
     assert_eq!(text(&r, "config_custom"), "value");
     assert_eq!(

@@ -49,9 +49,16 @@ impl CustomClass {
     pub fn command(&self, dir: &Path) -> Vec<String> {
         let mut argv = self.python.clone();
         argv.extend(
-            ["-m", "tbgw_custom", "--type", &self.folder, "--class", &self.class]
-                .into_iter()
-                .map(str::to_string),
+            [
+                "-m",
+                "tbgw_custom",
+                "--type",
+                &self.folder,
+                "--class",
+                &self.class,
+            ]
+            .into_iter()
+            .map(str::to_string),
         );
         for d in self
             .extensions
@@ -110,12 +117,18 @@ const HOST_FILES: &[(&str, &str)] = &[
         "gateway.py",
         include_str!("../../../python/tbgw_custom/gateway.py"),
     ),
-    ("host.py", include_str!("../../../python/tbgw_custom/host.py")),
+    (
+        "host.py",
+        include_str!("../../../python/tbgw_custom/host.py"),
+    ),
     (
         "loader.py",
         include_str!("../../../python/tbgw_custom/loader.py"),
     ),
-    ("proto.py", include_str!("../../../python/tbgw_custom/proto.py")),
+    (
+        "proto.py",
+        include_str!("../../../python/tbgw_custom/proto.py"),
+    ),
 ];
 
 /// The host package written out for the child processes: a private directory (mode 0700,

@@ -65,8 +65,8 @@ use tbgw::config::{ConfigError, ConnectorSpec};
 use tbgw::connector::{Connector, ConnectorFactory};
 
 pub use config::{GrpcEntry, GrpcMainConfig, GrpcSettings};
-pub use custom::CustomClass;
 pub use connector::GrpcConnector;
+pub use custom::CustomClass;
 pub use hub::{GrpcHub, SessionId, Slot};
 pub use service::{GrpcServer, GrpcServerError, GrpcService};
 
@@ -229,11 +229,7 @@ impl ConnectorFactory for GrpcFactory {
         spec: &ConnectorSpec,
         _ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let Some(entry) = self
-            .entries
-            .get(&spec.name)
-            .filter(|e| e.custom.is_none())
-        else {
+        let Some(entry) = self.entries.get(&spec.name).filter(|e| e.custom.is_none()) else {
             return Err(ConfigError::new(
                 &spec.file,
                 "",
