@@ -19,7 +19,7 @@ from .loader import find_class, search_dirs, share_paths_with_upstream_loader
 log = logging.getLogger("tbgw_custom")
 
 REGISTER_TIMEOUT_S = 30
-CLOSE_TIMEOUT_S = 10
+CLOSE_TIMEOUT_S = 3  # tbgw kills the process 4 s after it unregistered it
 
 
 class Session:

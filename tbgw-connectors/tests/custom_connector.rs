@@ -40,7 +40,7 @@ struct Harness {
     ends: TestEnds,
     server_stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn harness(python: PathBuf) -> Harness {
@@ -83,7 +83,7 @@ async fn harness(python: PathBuf) -> Harness {
         ends,
         server_stop,
         task,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -129,10 +129,16 @@ impl Harness {
             .expect("answered")
     }
 
+    /// Stops the connector; the class's `close()` has run by then.
     async fn stop(self) {
         self.ends.cancel.cancel();
         let _ = tokio::time::timeout(WAIT, self.task).await;
         self.server_stop.cancel();
+        assert_eq!(
+            std::fs::read_to_string(self.dir.path().join("probe-closed")).ok(),
+            Some("closed".to_string()),
+            "close() ran when the connector stopped"
+        );
     }
 }
 

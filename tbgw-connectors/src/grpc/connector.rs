@@ -18,6 +18,10 @@ use super::downlink;
 use super::hub::{Link, Slot};
 use super::pb::ConnectorConfigurationMsg;
 
+/// How long the Python custom connector host may take to close its class and exit when the
+/// connector stops (within the 5 s the connector's tasks get to finish).
+const HOST_STOP_GRACE: Duration = Duration::from_secs(4);
+
 /// How a supervised connector process is started.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildSpec {
@@ -221,6 +225,14 @@ async fn supervise(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => {
+                        // The Python host closes its class (upstream calls `close()` when the
+                        // gateway stops) when the connector is unregistered, then exits: give
+                        // it the time, then kill.
+                        if child.host_package
+                            && tokio::time::timeout(HOST_STOP_GRACE, proc.wait()).await.is_ok()
+                        {
+                            return;
+                        }
                         let _ = proc.kill().await;
                         return;
                     }

@@ -45,6 +45,9 @@ class ProbeConnector(Connector):
     def close(self):
         self._stopped = True
         self._gateway.del_device("Probe1")
+        # the test checks that tbgw let the class close when it stopped the connector
+        with open(self._gateway.get_config_path() + "probe-closed", "w") as f:
+            f.write("closed")
 
     def get_id(self):
         return self._id
