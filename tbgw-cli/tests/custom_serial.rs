@@ -138,7 +138,7 @@ async fn line_reaches_thingsboard(
     tb: &TbStandIn,
     line: &[u8],
     value: f64,
-    gw: &GatewayProcess,
+    gw: &mut GatewayProcess,
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -155,6 +155,9 @@ async fn line_reaches_thingsboard(
             .await;
         if got.is_some() {
             return;
+        }
+        if let Ok(Some(status)) = gw.child.try_wait() {
+            panic!("the gateway exited ({status}); log:\n{}", gw.log());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -199,13 +202,13 @@ async fn upstreams_custom_serial_connector_runs_unchanged() {
         custom_serial(&pty.a).to_string(),
     )
     .expect("write");
-    let gw = GatewayProcess::start(
+    let mut gw = GatewayProcess::start(
         &dir.path().join("tb_gateway.json"),
         &dir.path().join("gateway.log"),
     );
 
     // A serial line: humidity until `\r`, the serial number from byte 4 on.
-    line_reaches_thingsboard(&mut pty, &tb, b"45.5\rSN-0042\n", 45.5, &gw).await;
+    line_reaches_thingsboard(&mut pty, &tb, b"45.5\rSN-0042\n", 45.5, &mut gw).await;
     let attrs = tb
         .wait_for(WAIT, |m| {
             m.topic == "v1/gateway/attributes" && m.text().contains("SerialNumber")
@@ -263,7 +266,7 @@ async fn upstreams_custom_serial_connector_runs_unchanged() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    line_reaches_thingsboard(&mut pty, &tb, b"51.25\rSN-0042\n", 51.25, &gw).await;
+    line_reaches_thingsboard(&mut pty, &tb, b"51.25\rSN-0042\n", 51.25, &mut gw).await;
     tb.send_rpc("SerialDevice1", 42, "getValue", json!("ping-42"))
         .await
         .expect("rpc sent");
