@@ -18,7 +18,9 @@ from .loader import find_class, search_dirs, share_paths_with_upstream_loader
 
 log = logging.getLogger("tbgw_custom")
 
-REGISTER_TIMEOUT_S = 30
+# Messages waiting for the stream: beyond, `send_to_storage` blocks (back-pressure from the
+# gateway instead of unbounded memory).
+OUT_QUEUE_SIZE = 100_000
 CLOSE_TIMEOUT_S = 3  # tbgw kills the process 4 s after it unregistered it
 
 
@@ -31,8 +33,9 @@ class Session:
         call = self._channel.stream_stream(proto.SESSION_METHOD,
                                            request_serializer=proto.FromConnectorMessage.SerializeToString,
                                            response_deserializer=proto.FromServiceMessage.FromString)
-        self._out = queue.SimpleQueue()
-        self.responses = call(self._requests())
+        self._out = queue.Queue(OUT_QUEUE_SIZE)
+        # wait_for_ready: a host started while the gateway's server is not up yet waits for it
+        self.responses = call(self._requests(), wait_for_ready=True)
 
     def _requests(self):
         while True:
@@ -45,7 +48,10 @@ class Session:
         self._out.put(msg)
 
     def close(self):
-        self._out.put(None)
+        try:
+            self._out.put(None, timeout=1)
+        except queue.Full:
+            pass
         self._channel.close()
 
 
@@ -126,6 +132,9 @@ class Host:
             self.stop(1)
         except grpc.RpcError as e:
             log.warning("The session with tbgw ended: %s", e.code() if hasattr(e, "code") else e)
+            self.stop(1)
+        except Exception:  # noqa: BLE001 - without this thread the host is deaf: end it
+            log.exception("The downlink reader failed")
             self.stop(1)
 
     def _rpc_worker(self, items):

@@ -38,12 +38,17 @@ fn upstream_python() -> Option<PathBuf> {
 
 struct Harness {
     ends: TestEnds,
+    stats: tbgw::stats::ConnectorCounters,
     server_stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
 }
 
 async fn harness(python: PathBuf) -> Harness {
+    harness_with(python, "ProbeConnector").await
+}
+
+async fn harness_with(python: PathBuf, class: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("probe.json");
     let config = json!({"custom": "value", "logLevel": "INFO"});
@@ -52,7 +57,7 @@ async fn harness(python: PathBuf) -> Harness {
     let main = json!({
         "grpc": {"enabled": true, "serverPort": port, "serverHost": "127.0.0.1"},
         "connectors": [{"type": "Probe", "name": "Probe Connector", "configuration": "probe.json",
-                        "class": "ProbeConnector", "python": python.display().to_string(),
+                        "class": class, "python": python.display().to_string(),
                         "extensionsPath": extensions_dir().display().to_string()}]
     });
     let cfg =
@@ -73,6 +78,7 @@ async fn harness(python: PathBuf) -> Harness {
     };
     let mut connector = customs[0].build(&spec, &mut Vec::new()).expect("builds");
     let (mut cx, ends) = ConnectorContext::for_test("Probe Connector");
+    let stats = cx.stats().clone();
     let task = tokio::spawn(async move {
         connector
             .run(&mut cx)
@@ -81,6 +87,7 @@ async fn harness(python: PathBuf) -> Harness {
     });
     Harness {
         ends,
+        stats,
         server_stop,
         task,
         dir,
@@ -354,4 +361,26 @@ async fn a_custom_class_uses_every_gateway_method_with_upstreams_package() {
         return;
     };
     every_gateway_method(python, true).await;
+}
+
+/// A class that is not there: the host exits with an error (naming the class and the folders
+/// searched, in the gateway's log), tbgw counts it and starts the host again with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_class_is_an_error_and_the_host_is_retried() {
+    let mut h = harness_with(tbgw::test_util::peers_python(), "NoSuchConnector").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.stats.errors() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the host's exits are counted and it is started again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.ends.uplink.try_recv().is_err(),
+        "nothing reaches the gateway"
+    );
+    h.ends.cancel.cancel();
+    let _ = tokio::time::timeout(WAIT, h.task).await;
+    h.server_stop.cancel();
 }
