@@ -110,8 +110,9 @@ class Host:
             threading.Thread(target=target, args=(items,), daemon=True).start()
         threading.Thread(target=self._read, daemon=True, name="tbgw downlink").start()
         self.connector.open()
-        print(f"tbgw_custom: {self.class_name} of {self.connector_type} running as connector {name}, pid {os.getpid()}",
-              flush=True)
+        # through logging: its handler's lock keeps the line whole among the class's own lines
+        log.info("%s of %s running as connector %s, pid %d", self.class_name, self.connector_type, name,
+                 os.getpid())
 
     def _read(self):
         try:

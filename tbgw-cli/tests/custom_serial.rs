@@ -167,11 +167,19 @@ async fn line_reaches_thingsboard(
     }
 }
 
+/// The pids of the host processes that started the class, from the gateway's log (the host
+/// logs `[tbgw_custom] SerialConnector of serial running as connector ..., pid N`).
 fn host_pids(log: &str) -> Vec<u32> {
     log.lines()
-        .filter(|l| l.contains("tbgw_custom: SerialConnector of serial running"))
-        .filter_map(|l| l.rsplit("pid ").next())
-        .filter_map(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .filter(|l| l.contains("[tbgw_custom] SerialConnector of serial running"))
+        .filter_map(|l| l.split_once(", pid "))
+        .filter_map(|(_, p)| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
