@@ -133,6 +133,25 @@ impl Connector for GrpcConnector {
     }
 }
 
+/// Logs a line of a connector process: stderr at warn, stdout at info; the Python host's lines
+/// (`levels`) start with their level (`DEBUG [logger] ...`) and are logged at it.
+fn log_line(name: &str, line: &str, is_err: bool, levels: bool) {
+    let level = if levels {
+        line.split_once(' ').map(|(l, _)| l).unwrap_or("")
+    } else {
+        ""
+    };
+    match level {
+        "TRACE" => tracing::trace!(connector = %name, "{line}"),
+        "DEBUG" => tracing::debug!(connector = %name, "{line}"),
+        "INFO" => tracing::info!(connector = %name, "{line}"),
+        "WARNING" => tracing::warn!(connector = %name, "{line}"),
+        "ERROR" | "CRITICAL" | "EXCEPTION" => tracing::error!(connector = %name, "{line}"),
+        _ if is_err => tracing::warn!(connector = %name, "{line}"),
+        _ => tracing::info!(connector = %name, "{line}"),
+    }
+}
+
 /// The program of `argv[0]`: relative paths with a `/` are taken beside the main file.
 fn program(dir: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
@@ -211,14 +230,24 @@ async fn supervise(
                 ] {
                     if let Some(out) = out {
                         let name = name.to_string();
+                        let levels = child.host_package;
                         tokio::spawn(async move {
-                            let mut lines = BufReader::new(out).lines();
-                            while let Ok(Some(line)) = lines.next_line().await {
-                                if is_err {
-                                    tracing::warn!(connector = %name, "{line}");
-                                } else {
-                                    tracing::info!(connector = %name, "{line}");
+                            // Bytes, not UTF-8 lines: a line that is not UTF-8 must not stop
+                            // the reading (the process would block on a full pipe).
+                            let mut reader = BufReader::new(out);
+                            let mut buf = Vec::new();
+                            while let Ok(n) = reader.read_until(b'\n', &mut buf).await {
+                                if n == 0 {
+                                    break;
                                 }
+                                let line = String::from_utf8_lossy(&buf);
+                                log_line(
+                                    &name,
+                                    line.trim_end_matches(['\n', '\r']),
+                                    is_err,
+                                    levels,
+                                );
+                                buf.clear();
                             }
                         });
                     }
