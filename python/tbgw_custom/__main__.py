@@ -9,6 +9,7 @@ out-of-process connectors): `{"name", "id", "grpc_key", "config", "gateway": {"h
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .host import run
@@ -50,4 +51,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Threads of the class that are not daemons must not keep the process alive: tbgw starts
+    # a new one when this one has exited.
+    os._exit(code)

@@ -34,6 +34,7 @@ class Session:
                                            request_serializer=proto.FromConnectorMessage.SerializeToString,
                                            response_deserializer=proto.FromServiceMessage.FromString)
         self._out = queue.Queue(OUT_QUEUE_SIZE)
+        self._closed = threading.Event()
         # wait_for_ready: a host started while the gateway's server is not up yet waits for it
         self.responses = call(self._requests(), wait_for_ready=True)
 
@@ -45,9 +46,16 @@ class Session:
             yield m
 
     def send(self, msg):
-        self._out.put(msg)
+        """Queues `msg`; blocks while the queue is full, drops it once the session is closed."""
+        while not self._closed.is_set():
+            try:
+                self._out.put(msg, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def close(self):
+        self._closed.set()
         try:
             self._out.put(None, timeout=1)
         except queue.Full:
