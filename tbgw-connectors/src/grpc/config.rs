@@ -425,4 +425,71 @@ mod tests {
         .expect_err("string command");
         assert!(e.to_string().contains("connectors[0].command"), "{e}");
     }
+
+    #[test]
+    fn entries_with_a_class_are_python_custom_connectors() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = parse(
+            json!({"connectors": [
+                {"type": "Serial", "name": "S", "configuration": "s.json", "class": "SerialConnector",
+                 "python": ["/usr/bin/env", "python3"], "extensionsPath": "ext"},
+                {"type": "custom", "name": "C", "configuration": "c.json", "class": "Mine",
+                 "python": "/opt/venv/bin/python"},
+                {"type": "mqtt", "name": "M", "configuration": "m.json", "class": "Ignored"}
+            ]}),
+            d.path(),
+            false,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.entries.len(),
+            2,
+            "a built-in type's `class` is upstream's to ignore"
+        );
+        let s = c.entries[0].custom.as_ref().expect("custom");
+        assert_eq!(
+            (
+                s.connector_type.as_str(),
+                s.folder.as_str(),
+                s.class.as_str()
+            ),
+            ("Serial", "serial", "SerialConnector")
+        );
+        assert_eq!(s.python, vec!["/usr/bin/env".to_string(), "python3".into()]);
+        assert_eq!(s.extensions, vec![PathBuf::from("ext")]);
+        assert!(c.entries[0].key.starts_with("custom-"));
+        assert_ne!(c.entries[0].key, c.entries[1].key);
+        assert_eq!(
+            c.entries[1].custom.as_ref().expect("custom").python,
+            vec!["/opt/venv/bin/python".to_string()]
+        );
+        for k in [
+            "connectors[0].class",
+            "connectors[0].python",
+            "connectors[0].extensionsPath",
+            "connectors[1].class",
+        ] {
+            assert!(c.used_keys.contains(&k.to_string()), "{k}");
+        }
+        assert!(!c.used_keys.contains(&"connectors[2].class".to_string()));
+        assert_eq!(
+            c.connector_files,
+            vec![d.path().join("s.json"), d.path().join("c.json")]
+        );
+    }
+
+    #[test]
+    fn a_bad_python_key_is_an_error() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for bad in [json!(3), json!([]), json!(["python3", 1]), json!("")] {
+            let e = parse(
+                json!({"connectors": [{"type": "serial", "name": "S", "configuration": "s.json",
+                                       "class": "X", "python": bad}]}),
+                d.path(),
+                false,
+            )
+            .expect_err("bad python");
+            assert!(e.to_string().contains("connectors[0].python"), "{e}");
+        }
+    }
 }
