@@ -207,6 +207,7 @@ fn write_package() -> std::io::Result<PathBuf> {
                 for (name, text) in HOST_FILES {
                     std::fs::write(pkg.join(name), text)?;
                 }
+                remove_stale(&base, &root);
                 return Ok(root);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
@@ -214,6 +215,39 @@ fn write_package() -> std::io::Result<PathBuf> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no free directory name")))
+}
+
+/// Removes the package directories of tbgw processes that are gone (killed before they could
+/// clean up): `tbgw-custom-<pid>-*` of a pid without `/proc/<pid>`, owned by the owner of
+/// `ours`.
+fn remove_stale(base: &Path, ours: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(me) = std::fs::metadata(ours).map(|m| m.uid()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("tbgw-custom-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let mine = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+            if mine && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (base, ours);
 }
 
 #[cfg(test)]
@@ -260,6 +294,25 @@ mod tests {
                 "/etc/gw/extensions"
             ]
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn directories_of_processes_that_are_gone_are_removed() {
+        let base = tempfile::tempdir().expect("tempdir");
+        // pid 0 is never a process's; our own pid is alive.
+        let stale = base.path().join("tbgw-custom-0-00000000");
+        let alive = base
+            .path()
+            .join(format!("tbgw-custom-{}-00000000", std::process::id()));
+        let other = base.path().join("something-else");
+        for d in [&stale, &alive, &other] {
+            std::fs::create_dir(d).expect("dir");
+        }
+        let ours = base.path().join("tbgw-custom-ours");
+        std::fs::create_dir(&ours).expect("dir");
+        remove_stale(base.path(), &ours);
+        assert!(!stale.exists() && alive.exists() && other.exists() && ours.exists());
     }
 
     #[test]
