@@ -591,3 +591,41 @@ fn can_files_are_checked_and_a_broken_rpc_hex_is_a_warning() {
         describe(&out)
     );
 }
+
+/// A Python custom connector (an entry with a `class`, upstream's `custom_serial` style) is
+/// accepted with the gRPC server enabled, and its keys are not reported as ignored; without
+/// the server, `check` says what is missing.
+#[cfg(feature = "grpc")]
+#[test]
+fn python_custom_connectors_need_the_grpc_server() {
+    let dir = TempDir::new().expect("tempdir");
+    // Its file goes to the class as it is: `logLevel` is the class's, not ignored.
+    write_json(
+        dir.path(),
+        "custom_serial.json",
+        &json!({"logLevel": "DEBUG", "devices": []}),
+    );
+    let mut main = main_file(json!([
+        {"type": "serial", "name": "Custom serial connector", "configuration": "custom_serial.json",
+         "class": "SerialConnector", "python": "/opt/venv/bin/python", "extensionsPath": "ext"}
+    ]));
+    main["grpc"] = json!({"enabled": true, "serverPort": 9595});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("ignored"), "{}", describe(&out));
+
+    main["grpc"] = json!({"enabled": false});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("grpc.enabled")
+            && err.contains("Custom serial connector")
+            && err.contains("SerialConnector"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -2845,3 +2845,201 @@ mod knx_parity {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Python custom connector: upstream's own `SerialConnector` example (`extensions/serial`, a
+// `class` entry), run in upstream's process by upstream and in tbgw's Python host by tbgw,
+// over a socat PTY pair each. Feature `grpc` (the host speaks the gRPC connector API).
+
+#[cfg(feature = "grpc")]
+mod custom_serial_parity {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A socat PTY pair: `a` for the gateway, the test is the device on `b`.
+    struct Line {
+        _socat: Child,
+        _dir: TempDir,
+        a: String,
+        device: std::fs::File,
+        received: Arc<Mutex<Vec<u8>>>,
+    }
+
+    async fn line() -> Line {
+        let dir = TempDir::new().expect("tempdir");
+        let a = dir.path().join("ttyA").display().to_string();
+        let b = dir.path().join("ttyB").display().to_string();
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={a}"))
+            .arg(format!("pty,raw,echo=0,link={b}"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("socat is installed (.ci/install)");
+        for _ in 0..250 {
+            if Path::new(&a).exists() && Path::new(&b).exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&b)
+            .expect("open the device end");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = device.try_clone().expect("clone");
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        Line {
+            _socat: socat,
+            _dir: dir,
+            a,
+            device,
+            received,
+        }
+    }
+
+    fn custom_serial_json(port: &str) -> Value {
+        json!({
+            "name": "Custom serial connector",
+            "logLevel": "INFO",
+            "uplinkQueueSize": 100000,
+            "devices": [{
+                "name": "SerialDevice1", "type": "default", "port": port, "baudrate": 9600,
+                "converter": "SerialUplinkConverter", "downlink_converter": "SerialDownlinkConverter",
+                "telemetry": [{"type": "float", "key": "humidity", "untilDelimiter": "\r"}],
+                "attributes": [{"key": "SerialNumber", "type": "string", "fromByte": 4, "toByte": -1}],
+                "attributeUpdates": [{"attributeOnPlatform": "attr1", "stringToDevice": "value = ${attr1}\n"}],
+                "serverSideRpc": [{"method": "getValue", "type": "string", "withResponse": false}]
+            }]
+        })
+    }
+
+    /// tbgw's main file: the shared one with the gRPC server on (upstream's stays off: its
+    /// server does not start).
+    fn tbgw_main(broker: u16, grpc_port: u16, connectors: &Value) -> Value {
+        json!({
+            "thingsboard": {
+                "host": "127.0.0.1", "port": broker, "qos": 1,
+                "remoteShell": false, "remoteConfiguration": false,
+                "statistics": {"enable": false, "statsSendPeriodInSeconds": 3600},
+                "checkConnectorsConfigurationInSeconds": 0,
+                "handleDeviceRenaming": false,
+                "minPackSendDelayMS": 50,
+                "security": {"type": "accessToken", "accessToken": "gw"}
+            },
+            "storage": {"type": "memory", "read_records_count": 100, "max_records_count": 100000},
+            "grpc": {"enabled": true, "serverPort": grpc_port, "serverHost": "127.0.0.1"},
+            "connectors": connectors
+        })
+    }
+
+    async fn serial_got(l: &Mutex<Vec<u8>>, text: &[u8]) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = l.lock().map(|g| g.clone()).unwrap_or_default();
+            if got.windows(text.len()).any(|w| w == text) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the serial line never got {:?}; got {:?}",
+                    String::from_utf8_lossy(text),
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn custom_serial_connector_matches_upstream() {
+        let (up, ours) = tokio::join!(line(), line());
+        let (tty_up, tty_ours) = (up.a.clone(), ours.a.clone());
+        let python = upstream_python().display().to_string();
+        let connectors = json!([{"type": "serial", "name": "Custom serial connector",
+                                 "configuration": "custom_serial.json", "class": "SerialConnector",
+                                 "python": python}]);
+        let c = connectors.clone();
+        let (up_line, ours_line) = (Arc::new(Mutex::new(up)), Arc::new(Mutex::new(ours)));
+        let by_side = {
+            let (u, o) = (up_line.clone(), ours_line.clone());
+            move |which: Impl| {
+                if which == Impl::Upstream {
+                    u.clone()
+                } else {
+                    o.clone()
+                }
+            }
+        };
+        differential(
+            connectors,
+            move |broker, _, which| {
+                let tty = if which == Impl::Upstream {
+                    &tty_up
+                } else {
+                    &tty_ours
+                };
+                let mut files = vec![("custom_serial.json", custom_serial_json(tty))];
+                if which == Impl::Tbgw {
+                    let grpc = tbgw::test_util::free_tcp_port();
+                    files.push(("tb_gateway.json", tbgw_main(broker, grpc, &c)));
+                }
+                files
+            },
+            &[],
+            &[],
+            move |s: Arc<Side>| {
+                let l = by_side(s.which);
+                async move {
+                    let (mut device, received) = {
+                        let g = l.lock().map_err(|e| e.to_string())?;
+                        (
+                            g.device.try_clone().map_err(|e| e.to_string())?,
+                            g.received.clone(),
+                        )
+                    };
+                    // Lines until the connector has opened the port and the data arrived.
+                    let fact = "telemetry \"SerialDevice1\" humidity 45.5";
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                    while !has(&facts(&s.tb), fact) {
+                        device
+                            .write_all(b"45.5\rSN-0042\n")
+                            .map_err(|e| e.to_string())?;
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(format!("no {fact}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    until(&s.tb, "the serial number", |f| {
+                        has(f, "attribute \"SerialDevice1\" SerialNumber ")
+                    })
+                    .await?;
+                    rpc_lenient(&s, "SerialDevice1", 71, "getValue", json!("ping-71"), 15).await?;
+                    serial_got(&received, b"ping-71").await?;
+                    s.tb.send_attribute_update("SerialDevice1", json!({"attr1": 17}))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    serial_got(&received, b"value = 17\n").await?;
+                    let got = received.lock().map(|g| g.clone()).unwrap_or_default();
+                    s.note(format!(
+                        "serial line got {:?}",
+                        String::from_utf8_lossy(&got)
+                    ));
+                    Ok(())
+                }
+            },
+        )
+        .await;
+    }
+}

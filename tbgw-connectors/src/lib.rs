@@ -15,6 +15,7 @@
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
 //! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: `grpc::GrpcFactory`) |
+//! | `grpc` | any other, with a `class` (Python custom connectors) | `grpc::custom` (`grpc::GrpcFactory::custom_factories`) |
 //! | `ocpp` | `ocpp` | `ocpp` |
 //! | `odbc` | `odbc` | `odbc` |
 //! | `bacnet` | `bacnet` | `bacnet` |
