@@ -2354,3 +2354,202 @@ async fn s7_connector_matches_upstream() {
     up_peer.stop().await;
     our_peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// OCPP
+
+fn ocpp_json(port: u16) -> Value {
+    json!({
+        "centralSystem": {
+            "name": "Central System", "host": "127.0.0.1", "port": port,
+            "connection": {"type": "insecure"},
+            "security": [{"type": "basic", "credentials": [{"username": "cp", "password": "secret"}]}]
+        },
+        "chargePoints": [{
+            "idRegexpPattern": "ocpp/CP_",
+            "deviceNameExpression": "${Vendor} ${Model}",
+            "deviceTypeExpression": "charger",
+            "attributes": [
+                {"messageTypeFilter": "BootNotification", "key": "serial", "value": "${serial_number}"}
+            ],
+            "timeseries": [
+                {"messageTypeFilter": "MeterValues,", "key": "energy", "value": "${meter_value[:].sampled_value[:].value}"},
+                {"messageTypeFilter": "MeterValues", "key": "soc", "value": "${soc}"},
+                {"messageTypeFilter": "StatusNotification", "key": "status", "value": "${connector_status}"},
+                {"messageTypeFilter": "TransactionEvent", "key": "power", "value": "${power_active_import}"},
+                {"messageTypeFilter": "DataTransfer,", "key": "temp", "value": "${data.temp}"}
+            ],
+            "attributeUpdates": [
+                {"attributeOnThingsBoard": "shared", "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"}
+            ],
+            "serverSideRpc": [
+                {"methodRPC": "rpc1", "withResponse": true, "valueExpression": "${params}"},
+                {"methodRPC": "reset", "action": "Reset", "valueExpression": "{\"type\": ${params.type}}", "timeout": 5}
+            ]
+        }]
+    })
+}
+
+fn ocpp_script() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tbgw-connectors/tests/peers/ocpp_cp.py"
+    )
+    .into()
+}
+
+/// An OCPP 2.1 charge point of the PyPI `ocpp` package (`tbgw-connectors/tests/peers/ocpp_cp.py`)
+/// that runs its uplink scenario and then sends a Heartbeat every second.
+fn ocpp_charge_point(port: u16, id: &str, vendor: &str) -> Result<tbgw::test_util::PythonPeer, String> {
+    let opts = json!({
+        "url": format!("ws://127.0.0.1:{port}/ocpp/{id}"), "version": "2.1",
+        "vendor": vendor, "auth": ["cp", "secret"], "keepalive": 1
+    });
+    tbgw::test_util::PythonPeer::spawn([ocpp_script(), opts.to_string()])
+        .map_err(|e| format!("the ocpp simulator starts (pip install ocpp==2.1.0): {e}"))
+}
+
+/// What a charge point saw, as facts: the central system's calls (`GOT …`) and its answers to
+/// the charge point's calls (`RESULT …`) without their clock fields.
+fn ocpp_seen(vendor: &str, log: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(kind @ ("GOT" | "RESULT")), Some(action), Some(body)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_str::<Value>(body) else {
+            out.push(format!("charge point {vendor} {kind} {action} {body}"));
+            continue;
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.remove("current_time");
+            if action == "Heartbeat" {
+                continue;
+            }
+        }
+        out.push(format!("charge point {vendor} {kind} {action} {v}"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn ocpp_connector_matches_upstream() {
+    let (up_port, our_port) = (
+        tbgw::test_util::free_tcp_port(),
+        tbgw::test_util::free_tcp_port(),
+    );
+    let port_of = move |which: Impl| match which {
+        Impl::Upstream => up_port,
+        Impl::Tbgw => our_port,
+    };
+    // The charge points live until the comparison is done (a drop would disconnect them).
+    let peers: Arc<Mutex<Vec<tbgw::test_util::PythonPeer>>> = Arc::default();
+    let keep = peers.clone();
+    let connectors = json!([{"type": "ocpp", "name": "OCPP", "configuration": "ocpp.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| vec![("ocpp.json", ocpp_json(port_of(which)))],
+        &[],
+        &[
+            // Upstream sends every value as Python's `str()`; tbgw keeps the JSON types.
+            ("energy \"12.5\"", "energy 12.5"),
+            ("power \"5.5\"", "power 5.5"),
+            ("soc \"48\"", "soc 48"),
+            ("temp \"21.5\"", "temp 21.5"),
+            // RPC answers: upstream's are Python's repr of the `ocpp` call result, tbgw's the
+            // charge point's JSON answer.
+            (
+                r#"{"result":"DataTransfer(status='Accepted', custom_data=None, data='pong', status_info=None)"}"#,
+                r#"{"result":{"data":"pong","status":"Accepted"}}"#,
+            ),
+            (
+                r#"{"result":"Reset(status='Accepted', custom_data=None, status_info=None)"}"#,
+                r#"{"result":{"status":"Accepted"}}"#,
+            ),
+            (
+                r#"{"result":"GetVariables(get_variable_result=[{'attribute_status': 'Accepted', 'attribute_value': '30', 'component': {'name': 'OCPPCommCtrlr'}, 'variable': {'name': 'HeartbeatInterval'}}], custom_data=None)"}"#,
+                r#"{"result":{"getVariableResult":[{"attributeStatus":"Accepted","attributeValue":"30","component":{"name":"OCPPCommCtrlr"},"variable":{"name":"HeartbeatInterval"}}]}}"#,
+            ),
+            (
+                r#"{"result":"SetVariables(set_variable_result=[{'attribute_status': 'Accepted', 'component': {'name': 'OCPPCommCtrlr'}, 'variable': {'name': 'HeartbeatInterval'}}], custom_data=None)"}"#,
+                r#"{"result":{"setVariableResult":[{"attributeStatus":"Accepted","component":{"name":"OCPPCommCtrlr"},"variable":{"name":"HeartbeatInterval"}}]}}"#,
+            ),
+            // `${params}` is inserted as compact JSON (upstream: simplejson's `", "`/`": "`).
+            (r#""{\"a\": 1}""#, r#""{\"a\":1}""#),
+            // A TransactionEvent with an idToken is answered with its idTokenInfo, as OCPP 2.x
+            // requires; upstream answers `{}`.
+            (
+                r#""id_token_info":null"#,
+                r#""id_token_info":{"status":"Accepted"}"#,
+            ),
+        ],
+        move |s: Arc<Side>| {
+            let keep = keep.clone();
+            async move {
+                let port = port_of(s.which);
+                let deadline = tokio::time::Instant::now() + WAIT;
+                while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_err()
+                {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err("the central system does not listen".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut cps = Vec::new();
+                for (id, vendor) in [("CP_A", "Alpha"), ("CP_B", "Beta")] {
+                    let mut p = ocpp_charge_point(port, id, vendor)?;
+                    p.wait_output("UPLINK DONE", WAIT)
+                        .await
+                        .map_err(|e| format!("charge point {id}: {e}"))?;
+                    cps.push((vendor, p));
+                }
+                until(&s.tb, "both charge points' data", |f| {
+                    ["Alpha Sim", "Beta Sim"].iter().all(|d| {
+                        has(f, &format!("telemetry \"{d}\" temp "))
+                            && has(f, &format!("telemetry \"{d}\" status "))
+                            && has(f, &format!("telemetry \"{d}\" power "))
+                            && has(f, &format!("attribute \"{d}\" serial "))
+                    })
+                })
+                .await?;
+                for (id, method, params) in [
+                    (71, "rpc1", json!({"a": 1})),
+                    (72, "reset", json!({"type": "Immediate"})),
+                    (73, "get", json!("component=OCPPCommCtrlr;variable=HeartbeatInterval")),
+                    (
+                        74,
+                        "set",
+                        json!("component=OCPPCommCtrlr;variable=HeartbeatInterval;value=30"),
+                    ),
+                ] {
+                    rpc_lenient(&s, "Alpha Sim", id, method, params, 15).await?;
+                }
+                s.tb.send_attribute_update("Beta Sim", json!({"shared": 42}))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                while tokio::time::Instant::now() < deadline
+                    && !cps[1].1.log().contains("GOT DataTransfer")
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                for (vendor, p) in &cps {
+                    for f in ocpp_seen(vendor, &p.log()) {
+                        s.note(f);
+                    }
+                }
+                if let Ok(mut k) = keep.lock() {
+                    k.extend(cps.into_iter().map(|(_, p)| p));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    drop(peers);
+}
