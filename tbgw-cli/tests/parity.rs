@@ -2400,7 +2400,11 @@ fn ocpp_script() -> String {
 
 /// An OCPP 2.1 charge point of the PyPI `ocpp` package (`tbgw-connectors/tests/peers/ocpp_cp.py`)
 /// that runs its uplink scenario and then sends a Heartbeat every second.
-fn ocpp_charge_point(port: u16, id: &str, vendor: &str) -> Result<tbgw::test_util::PythonPeer, String> {
+fn ocpp_charge_point(
+    port: u16,
+    id: &str,
+    vendor: &str,
+) -> Result<tbgw::test_util::PythonPeer, String> {
     let opts = json!({
         "url": format!("ws://127.0.0.1:{port}/ocpp/{id}"), "version": "2.1",
         "vendor": vendor, "auth": ["cp", "secret"], "keepalive": 1

@@ -515,13 +515,25 @@ async fn security_profiles_basic_token_and_tls_with_client_certificates() {
     // with upstream's `password`.
     let encrypted = dir.path().join("server-encrypted.key");
     let out = std::process::Command::new("openssl")
-        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:k3y-pass", "-in"])
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:k3y-pass",
+            "-in",
+        ])
         .arg(pki.server_key())
         .arg("-out")
         .arg(&encrypted)
         .output()
         .expect("openssl runs (apt-get install -y openssl)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = free_tcp_port();
     let mut cfg = config(port);
     cfg["centralSystem"]["connection"] = json!({"type": "tls",

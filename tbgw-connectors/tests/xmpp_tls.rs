@@ -122,16 +122,29 @@ async fn starttls_and_direct_tls_with_a_private_ca_from_ssl_cert_file() {
 
     // STARTTLS on the client port (upstream's default: use_ssl false, force_starttls true).
     let (task, mut ends) = start(config(server.port(), false));
-    let d = say_until_data(&mut dev, &mut ends, r#"{"serialNumber": "T-1", "temp": 20.5}"#).await;
+    let d = say_until_data(
+        &mut dev,
+        &mut ends,
+        r#"{"serialNumber": "T-1", "temp": 20.5}"#,
+    )
+    .await;
     assert_eq!(d.device_name, "T-1");
-    assert_eq!(d.telemetry[0].values, vec![("temp".into(), Value::Float(20.5))]);
+    assert_eq!(
+        d.telemetry[0].values,
+        vec![("temp".into(), Value::Float(20.5))]
+    );
     ends.cancel.cancel();
     task.await.unwrap();
 
     // XMPP over TLS from the first byte (use_ssl) on the direct-TLS port.
     let direct = server.direct_tls_port().expect("a direct TLS port");
     let (task, mut ends) = start(config(direct, true));
-    let d = say_until_data(&mut dev, &mut ends, r#"{"serialNumber": "T-2", "temp": 21.5}"#).await;
+    let d = say_until_data(
+        &mut dev,
+        &mut ends,
+        r#"{"serialNumber": "T-2", "temp": 21.5}"#,
+    )
+    .await;
     assert_eq!(d.device_name, "T-2");
     ends.cancel.cancel();
     task.await.unwrap();

@@ -181,7 +181,10 @@ pub fn load_private_key_with_password(
         return Err(pem_error(path, "holds no PEM private key"));
     };
     let Some(len) = text[start..].find(END) else {
-        return Err(pem_error(path, "holds an unterminated ENCRYPTED PRIVATE KEY"));
+        return Err(pem_error(
+            path,
+            "holds an unterminated ENCRYPTED PRIVATE KEY",
+        ));
     };
     let block = &text[start..start + len + END.len()];
     let Some(password) = password.filter(|p| !p.is_empty()) else {
@@ -627,30 +630,51 @@ mod tests {
         }
         openssl(
             dir.path(),
-            &["ec", "-in", plain, "-aes256", "-passout", "pass:s3cret", "-out", "legacy.key"],
+            &[
+                "ec",
+                "-in",
+                plain,
+                "-aes256",
+                "-passout",
+                "pass:s3cret",
+                "-out",
+                "legacy.key",
+            ],
         );
         let cert = pki.server_cert();
         let aes = dir.path().join("aes.key");
         // A plain key needs no password and ignores one, as Python's ssl module does.
         Identity::load_with_password(&cert, &pki.server_key(), Some("unused")).unwrap();
-        let missing = load_private_key_with_password(&aes, None).unwrap_err().to_string();
-        assert!(missing.contains("aes.key") && missing.contains("no password"), "{missing}");
+        let missing = load_private_key_with_password(&aes, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("aes.key") && missing.contains("no password"),
+            "{missing}"
+        );
         let legacy = load_private_key_with_password(&dir.path().join("legacy.key"), Some("s3cret"))
             .unwrap_err()
             .to_string();
-        assert!(legacy.contains("legacy") && legacy.contains("openssl pkcs8 -topk8"), "{legacy}");
+        assert!(
+            legacy.contains("legacy") && legacy.contains("openssl pkcs8 -topk8"),
+            "{legacy}"
+        );
         #[cfg(feature = "encrypted-keys")]
         {
             for name in ["aes.key", "scrypt.key"] {
-                let id = Identity::load_with_password(&cert, &dir.path().join(name), Some("s3cret"))
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let id =
+                    Identity::load_with_password(&cert, &dir.path().join(name), Some("s3cret"))
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
                 // The decrypted key is the certificate's.
                 server_config(id, None).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             let wrong = load_private_key_with_password(&aes, Some("wrong"))
                 .unwrap_err()
                 .to_string();
-            assert!(wrong.contains("aes.key") && wrong.contains("cannot be decrypted"), "{wrong}");
+            assert!(
+                wrong.contains("aes.key") && wrong.contains("cannot be decrypted"),
+                "{wrong}"
+            );
         }
         #[cfg(not(feature = "encrypted-keys"))]
         {

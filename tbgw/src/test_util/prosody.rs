@@ -232,7 +232,11 @@ VirtualHost "localhost"
             } else {
                 tls_settings
             },
-            tls_enabled = if tls_modules.is_empty() { r#""tls";"# } else { "" },
+            tls_enabled = if tls_modules.is_empty() {
+                r#""tls";"#
+            } else {
+                ""
+            },
             tls_modules = if tls_modules.is_empty() {
                 String::new()
             } else {
