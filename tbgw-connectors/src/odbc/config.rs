@@ -16,8 +16,9 @@ use tbgw::eval::{Expr, Val};
 pub struct OdbcFile {
     /// How to reach the database.
     pub connection: ConnectionFile,
-    /// pyodbc module attributes (`pooling`): accepted, not used (unixODBC pools per its own
-    /// `odbcinst.ini`).
+    /// pyodbc module attributes: `lowercase` (column names lowercased) is applied,
+    /// `pooling: false` is what tbgw does anyway; others (`pooling: true`, `native_uuid`) are
+    /// reported as ignored (unixODBC pools per its own `odbcinst.ini`).
     #[serde(default)]
     pub pyodbc: Option<Json>,
     /// What to read and how often.
@@ -261,6 +262,8 @@ pub struct OdbcConfig {
     pub param_encoding: Option<&'static encoding_rs::Encoding>,
     /// How narrow text read is decoded (`connection.decoding.char`); `None`: UTF-8.
     pub char_decoding: Option<&'static encoding_rs::Encoding>,
+    /// Column names lowercased (`pyodbc.lowercase`).
+    pub lowercase: bool,
     /// Login timeout.
     pub login_timeout: Option<u32>,
     /// Reconnect after errors.
@@ -486,12 +489,20 @@ impl OdbcFile {
             }
             Some(_) => ignored.push("connection.decoding".into()),
         }
-        if self
-            .pyodbc
-            .as_ref()
-            .is_some_and(|p| p.as_object().is_some_and(|m| !m.is_empty()))
-        {
-            ignored.push("pyodbc".into());
+        let mut lowercase = false;
+        match &self.pyodbc {
+            None | Some(Json::Null) => {}
+            Some(Json::Object(m)) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        // tbgw's ODBC environment does not pool connections either.
+                        ("pooling", Json::Bool(false)) => {}
+                        ("lowercase", Json::Bool(b)) => lowercase = *b,
+                        _ => ignored.push(format!("pyodbc.{k}")),
+                    }
+                }
+            }
+            Some(_) => ignored.push("pyodbc".into()),
         }
         if self.mapping.send_data_only_on_change == Some(true) {
             ignored.push("mapping.sendDataOnlyOnChange".into());
@@ -606,6 +617,7 @@ impl OdbcFile {
             autocommit: c.attributes.autocommit.unwrap_or(true),
             param_encoding,
             char_decoding,
+            lowercase,
             login_timeout,
             reconnect: c.reconnect,
             reconnect_period: Duration::from_secs_f64(c.reconnect_period.min(86_400.0)),
@@ -739,6 +751,15 @@ mod tests {
                 "connection.decoding.wchar".into()
             ]
         );
+        let mut v = base();
+        v["pyodbc"] = json!({"pooling": false, "lowercase": true, "native_uuid": true});
+        let f: OdbcFile = serde_json::from_value(v).unwrap();
+        let mut ignored = Vec::new();
+        let c = f
+            .into_config(Path::new("/etc/tbgw/odbc.json"), &mut ignored)
+            .unwrap();
+        assert!(c.lowercase);
+        assert_eq!(ignored, vec!["pyodbc.native_uuid".to_string()]);
         let e = with(json!("klingon"), json!(null)).unwrap_err().to_string();
         assert!(
             e.contains("connection.encoding") && e.contains("klingon"),

@@ -224,7 +224,7 @@ fn scalar(
     let Some(mut cursor) = cursor else {
         return Ok(Val::None);
     };
-    let (cols, kinds) = describe(&mut cursor).map_err(|e| err(e, is_lost(conn)))?;
+    let (cols, kinds) = describe(&mut cursor, false).map_err(|e| err(e, is_lost(conn)))?;
     if cols.is_empty() {
         return Ok(Val::None);
     }
@@ -295,14 +295,17 @@ fn typed(kind: Kind, bytes: Option<&[u8]>, dec: Option<&'static encoding_rs::Enc
     }
 }
 
+/// Column names (lowercased with `pyodbc.lowercase`) and how each column is typed.
 fn describe(
     cursor: &mut impl ResultSetMetadata,
+    lowercase: bool,
 ) -> Result<(Vec<String>, Vec<Kind>), odbc_api::Error> {
     let n = cursor.num_result_cols()?;
     let mut names = Vec::with_capacity(n.max(0) as usize);
     let mut kinds = Vec::with_capacity(n.max(0) as usize);
     for i in 1..=n.max(0) as u16 {
-        names.push(cursor.col_name(i)?);
+        let name = cursor.col_name(i)?;
+        names.push(if lowercase { name.to_lowercase() } else { name });
         kinds.push(kind_of(cursor.col_data_type(i)?));
     }
     Ok((names, kinds))
@@ -325,7 +328,7 @@ fn poll(
     let Some(mut cursor) = cursor else {
         return Ok(());
     };
-    let (names, kinds) = describe(&mut cursor).map_err(|e| err(e, true))?;
+    let (names, kinds) = describe(&mut cursor, cfg.lowercase).map_err(|e| err(e, true))?;
     let cols = Columns::new(names);
     let Some(iter_at) = cols.position(&cfg.iterator_column) else {
         return Err(DbError {
@@ -396,7 +399,7 @@ fn rpc(cfg: &OdbcConfig, conn: &Connection<'_>, stmt: &Statement) -> Result<Opti
     let Some(mut cursor) = cursor else {
         return Ok(Some(Json::Null));
     };
-    let (names, kinds) = describe(&mut cursor).map_err(|e| err(e, is_lost(conn)))?;
+    let (names, kinds) = describe(&mut cursor, cfg.lowercase).map_err(|e| err(e, is_lost(conn)))?;
     let buf = TextRowSet::for_cursor(1, &mut cursor, Some(MAX_TEXT)).map_err(|e| err(e, false))?;
     let mut block = cursor.bind_buffer(buf).map_err(|e| err(e, is_lost(conn)))?;
     let row = match block.fetch().map_err(|e| err(e, is_lost(conn)))? {
