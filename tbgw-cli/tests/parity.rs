@@ -2735,3 +2735,125 @@ async fn odbc_connector_matches_upstream() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// XMPP
+
+fn xmpp_json(port: u16) -> Value {
+    json!({
+        "server": {"jid": "gw@localhost", "password": "gwpass", "host": "127.0.0.1", "port": port,
+                   "use_ssl": false, "disable_starttls": true, "force_starttls": false,
+                   "unencrypted_plain_auth": true, "timeout": 10000},
+        "devices": [{
+            "jid": "dev1@localhost/TMP_1101",
+            "deviceNameExpression": "${serialNumber}",
+            "deviceTypeExpression": "thermo",
+            "attributes": [{"key": "temperature", "value": "${temp}"}],
+            "timeseries": [{"key": "humidity", "value": "${hum}"}],
+            "attributeUpdates": [
+                {"attributeOnThingsBoard": "shared", "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"}
+            ],
+            "serverSideRpc": [
+                {"methodRPC": "rpc1", "withResponse": false, "valueExpression": "${params}"},
+                {"methodRPC": "rpc2", "withResponse": true, "valueExpression": "{\"ask\": ${params.q}}"}
+            ]
+        }]
+    })
+}
+
+/// A Prosody of its own per gateway (each logs in as `gw`), with the device's account.
+async fn xmpp_server() -> tbgw::test_util::Prosody {
+    tbgw::test_util::Prosody::start(&[("gw", "gwpass"), ("dev1", "dev1pass")])
+        .await
+        .expect("prosody starts (apt-get install -y prosody)")
+}
+
+#[tokio::test]
+async fn xmpp_connector_matches_upstream() {
+    let (up_server, our_server) = tokio::join!(xmpp_server(), xmpp_server());
+    let (up_port, our_port) = (up_server.port(), our_server.port());
+    let port_of = move |which: Impl| match which {
+        Impl::Upstream => up_port,
+        Impl::Tbgw => our_port,
+    };
+    let peers: Arc<Mutex<Vec<tbgw::test_util::PythonPeer>>> = Arc::default();
+    let keep = peers.clone();
+    let connectors = json!([{"type": "xmpp", "name": "XMPP", "configuration": "xmpp.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| vec![("xmpp.json", xmpp_json(port_of(which)))],
+        &[],
+        &[
+            // Upstream sends every value as Python's `str()`; tbgw keeps the JSON types.
+            ("temperature \"21.5\"", "temperature 21.5"),
+            ("humidity \"40\"", "humidity 40"),
+            // A one-way RPC: upstream never answers it; tbgw answers once it is sent.
+            ("", "rpc reply \"SN-1\" 91 {\"success\":true}"),
+            // A two-way RPC: upstream answers at once without reading the device's answer;
+            // tbgw answers with it.
+            (
+                "rpc reply \"SN-1\" 92 {\"success\":true}",
+                "rpc reply \"SN-1\" 92 {\"result\":{\"ok\":true}}",
+            ),
+            // The attribute-update keys synced on connect (upstream's XMPP connector has no
+            // `get_device_shared_attributes_keys`, so upstream requests nothing).
+            ("", "attribute request \"SN-1\" client=false [\"shared\"]"),
+        ],
+        move |s: Arc<Side>| {
+            let keep = keep.clone();
+            async move {
+                let opts = json!({
+                    "jid": "dev1@localhost/TMP_1101", "password": "dev1pass",
+                    "host": "127.0.0.1", "port": port_of(s.which), "to": "gw@localhost",
+                    "bodies": [r#"{"serialNumber": "SN-1", "temp": 21.5, "hum": 40}"#],
+                    "answer": r#"{"ok": true}"#
+                });
+                let script: String = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tbgw-connectors/tests/peers/xmpp_device.py"
+                )
+                .into();
+                let mut dev = tbgw::test_util::PythonPeer::spawn([script, opts.to_string()])
+                    .map_err(|e| {
+                        format!("the XMPP device starts (pip install slixmpp==1.8.6): {e}")
+                    })?;
+                dev.wait_output("ONLINE", WAIT)
+                    .await
+                    .map_err(|e| format!("XMPP device: {e}"))?;
+                until(&s.tb, "the device's data", |f| {
+                    has(f, "telemetry \"SN-1\" humidity ")
+                        && has(f, "attribute \"SN-1\" temperature ")
+                })
+                .await?;
+                s.tb.send_attribute_update("SN-1", json!({"shared": "on"}))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // RPCs one at a time: upstream's RPC thread may die on the stand-in's echo of a
+                // reply, so the two-way one (answered) goes last.
+                rpc_lenient(&s, "SN-1", 91, "rpc1", json!({"a": 1}), 10).await?;
+                rpc_lenient(&s, "SN-1", 92, "rpc2", json!({"q": "temp"}), 10).await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < deadline
+                    && dev.log().matches("GOT ").count() < 3
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                for line in dev.log().lines() {
+                    if let Some(body) = line.strip_prefix("GOT ") {
+                        let body = serde_json::from_str::<Value>(body)
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|_| body.to_string());
+                        s.note(format!("xmpp device got {body}"));
+                    }
+                }
+                if let Ok(mut k) = keep.lock() {
+                    k.push(dev);
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    drop(peers);
+    drop((up_server, our_server));
+}
