@@ -2757,13 +2757,19 @@ fn xmpp_json(port: u16) -> Value {
                 {"methodRPC": "rpc1", "withResponse": false, "valueExpression": "${params}"},
                 {"methodRPC": "rpc2", "withResponse": true, "valueExpression": "{\"ask\": ${params.q}}"}
             ]
+        }, {
+            // Text bodies read with slices (upstream's text converter).
+            "jid": "dev2@localhost/TXT",
+            "deviceNameExpression": "[0:4]",
+            "deviceTypeExpression": "text",
+            "timeseries": [{"key": "temp", "value": "[4:]"}]
         }]
     })
 }
 
 /// A Prosody of its own per gateway (each logs in as `gw`), with the device's account.
 async fn xmpp_server() -> tbgw::test_util::Prosody {
-    tbgw::test_util::Prosody::start(&[("gw", "gwpass"), ("dev1", "dev1pass")])
+    tbgw::test_util::Prosody::start(&[("gw", "gwpass"), ("dev1", "dev1pass"), ("dev2", "dev2pass")])
         .await
         .expect("prosody starts (apt-get install -y prosody)")
 }
@@ -2798,6 +2804,7 @@ async fn xmpp_connector_matches_upstream() {
             // The attribute-update keys synced on connect (upstream's XMPP connector has no
             // `get_device_shared_attributes_keys`, so upstream requests nothing).
             ("", "attribute request \"SN-1\" client=false [\"shared\"]"),
+            ("", "attribute request \"AB12\" client=false [\"shared\"]"),
         ],
         move |s: Arc<Side>| {
             let keep = keep.clone();
@@ -2813,16 +2820,30 @@ async fn xmpp_connector_matches_upstream() {
                     "/../tbgw-connectors/tests/peers/xmpp_device.py"
                 )
                 .into();
-                let mut dev = tbgw::test_util::PythonPeer::spawn([script, opts.to_string()])
-                    .map_err(|e| {
-                        format!("the XMPP device starts (pip install slixmpp==1.8.6): {e}")
-                    })?;
+                let mut dev =
+                    tbgw::test_util::PythonPeer::spawn([script.clone(), opts.to_string()])
+                        .map_err(|e| {
+                            format!("the XMPP device starts (pip install slixmpp==1.8.6): {e}")
+                        })?;
                 dev.wait_output("ONLINE", WAIT)
                     .await
                     .map_err(|e| format!("XMPP device: {e}"))?;
-                until(&s.tb, "the device's data", |f| {
+                let text_opts = json!({
+                    "jid": "dev2@localhost/TXT", "password": "dev2pass",
+                    "host": "127.0.0.1", "port": port_of(s.which), "to": "gw@localhost",
+                    "bodies": ["AB1221.5"]
+                });
+                let mut text_dev =
+                    tbgw::test_util::PythonPeer::spawn([script, text_opts.to_string()])
+                        .map_err(|e| format!("the XMPP text device starts: {e}"))?;
+                text_dev
+                    .wait_output("ONLINE", WAIT)
+                    .await
+                    .map_err(|e| format!("XMPP text device: {e}"))?;
+                until(&s.tb, "the devices' data", |f| {
                     has(f, "telemetry \"SN-1\" humidity ")
                         && has(f, "attribute \"SN-1\" temperature ")
+                        && has(f, "telemetry \"AB12\" temp ")
                 })
                 .await?;
                 s.tb.send_attribute_update("SN-1", json!({"shared": "on"}))
@@ -2848,6 +2869,7 @@ async fn xmpp_connector_matches_upstream() {
                 }
                 if let Ok(mut k) = keep.lock() {
                     k.push(dev);
+                    k.push(text_dev);
                 }
                 Ok(())
             }
