@@ -617,3 +617,114 @@ mod xmpp {
         let _ = attribute_body("{\"${attributeKey}\":\"${attributeValue}\"}", "k", &answer);
     }
 }
+
+pub use ble::ble_advertisement;
+
+/// The BLE connector's `valueExpression` parsing and decoding, and its advertisement path.
+mod ble {
+    use std::sync::OnceLock;
+
+    use tbgw_connectors::ble::central::Advertisement;
+    use tbgw_connectors::ble::uplink::{Render, ValueExpr};
+    use tbgw_connectors::ble::{AdvertisementDecoder, BleConnectorConfig};
+
+    fn decoder() -> &'static AdvertisementDecoder {
+        static D: OnceLock<AdvertisementDecoder> = OnceLock::new();
+        D.get_or_init(|| {
+            let cfg: BleConnectorConfig = serde_json::from_value(serde_json::json!({
+                "devices": [{
+                    "name": "B ${MACAddress} ${localName}", "localName": "b",
+                    "telemetry": [
+                        {"key": "a", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
+                        {"key": "b", "dataSourceType": "advertisement", "valueExpression": "[-1]", "compute": "value * 2 - 1"},
+                        {"key": "c", "dataSourceType": "advertisement", "advertisementField": "serviceData", "valueExpression": "x [1:] y [:3]"},
+                        {"key": "d", "dataSourceType": "advertisement", "advertisementField": "rssi"}
+                    ],
+                    "attributes": [
+                        {"key": "e", "dataSourceType": "advertisement", "valueExpression": "[:]", "compute": "str(value)[:4]"}
+                    ]
+                }]
+            }))
+            .expect("a valid config");
+            AdvertisementDecoder::new(cfg).expect("a valid config")
+        })
+    }
+
+    /// Input: a `valueExpression`, a 0 byte, then the advertised bytes.
+    pub fn ble_advertisement(data: &[u8]) {
+        let (expr, bytes) = match data.iter().position(|b| *b == 0) {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (&data[..0], data),
+        };
+        let text = String::from_utf8_lossy(expr);
+        if let Ok(e) = ValueExpr::parse(&text) {
+            if let Ok(tbgw::model::Value::String(s)) = e.render(bytes, Render::Text) {
+                // Each slice writes at most three digits per byte.
+                assert!(s.len() <= text.len() + 3 * bytes.len() * e.parts().len().max(1));
+            }
+            let _ = e.render(bytes, Render::Int);
+        }
+        let mut adv = Advertisement {
+            local_name: Some("b".into()),
+            rssi: Some(-40),
+            ..Advertisement::default()
+        };
+        adv.manufacturer_data.insert(0x0499, bytes.to_vec());
+        adv.service_data.insert(Default::default(), bytes.to_vec());
+        let (out, _) = decoder().decode(&adv);
+        assert_eq!(out.len(), 1);
+pub use knx::knx_frame;
+
+/// The KNX connector's frame parsing and datapoint decoding.
+mod knx {
+    use tbgw_connectors::knx::dpt::Dpt;
+    use tbgw_connectors::knx::frame::{self, Cemi, Frame};
+
+    const TYPES: [&str; 16] = [
+        "", "switch", "character", "percent", "angle", "percentU8", "percentV8", "pulse_2byte",
+        "2byte_signed", "temperature", "4byte_unsigned", "4byte_signed", "power", "string",
+        "latin_1", "8byte_signed",
+    ];
+
+    /// One fuzz input: byte 0 picks what the rest is: a KNXnet/IP frame as a gateway sends
+    /// it (the cEMI inside a tunnelling request or routing indication is parsed too), or a
+    /// bare cEMI frame. The value of every group telegram is decoded as every datapoint type
+    /// and a decoded value encoded again. Panics only if a parser or codec panics.
+    pub fn knx_frame(data: &[u8]) {
+        let [sel, rest @ ..] = data else {
+            return;
+        };
+        let cemi = if sel & 1 == 0 {
+            let _ = frame::frame_len(rest);
+            match frame::parse_frame(rest) {
+                Ok(Frame::TunnelRequest { cemi, .. }) | Ok(Frame::RoutingIndication(cemi)) => {
+                    cemi
+                }
+                Ok(f) => {
+                    let _ = frame::parse_frame(&f.to_bytes());
+                    return;
+                }
+                Err(_) => return,
+            }
+        } else {
+            rest.to_vec()
+        };
+        if let Ok(Cemi::Group(t)) = frame::parse_cemi(&cemi) {
+            for name in TYPES {
+                let Ok(d) = Dpt::parse(name) else { continue };
+                if let Ok(v) = d.decode(&t.payload) {
+                    if let Ok(p) = d.encode(&v) {
+                        let _ = d.decode(&p);
+                    }
+                }
+            }
+            let again = frame::parse_cemi(&t.to_cemi());
+            assert!(again.is_ok(), "{t:?} does not parse again: {again:?}");
+        }
+        if let Ok(s) = std::str::from_utf8(rest) {
+            let _ = Dpt::parse(s);
+            let _ = frame::GroupAddress::parse(s);
+            let _ = frame::IndividualAddress::parse(s);
+        }
+    }
+}

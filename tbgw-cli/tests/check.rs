@@ -286,7 +286,7 @@ fn problems_in_several_connector_files_are_all_reported() {
         &main_file(json!([
             {"type": "mqtt", "name": "A", "configuration": "a.json"},
             {"type": "mqtt", "name": "B", "configuration": "b.json"},
-            {"type": "knx", "name": "KNX", "configuration": "a.json"}
+            {"type": unbuilt_type(), "name": "KNX", "configuration": "a.json"}
         ])),
     );
     let out = check(&file);
@@ -299,7 +299,11 @@ fn problems_in_several_connector_files_are_all_reported() {
                 "unterminated",
             ),
             (&b, "broker.port", "invalid type"),
-            (&file, "connectors[name=KNX].type", "`knx`"),
+            (
+                &file,
+                "connectors[name=KNX].type",
+                &format!("`{}`", unbuilt_type()),
+            ),
         ],
     );
 }
@@ -328,16 +332,31 @@ fn a_broken_main_file_does_not_hide_a_broken_connector_file() {
     );
 }
 
+/// A connector type tbgw knows (`ALL_CONNECTOR_TYPES`) that the binary under test was built
+/// without, whatever its features (`grpc` is registered by the binary itself, `custom` is
+/// left out as special).
+fn unbuilt_type() -> &'static str {
+    let built: Vec<&str> = tbgw_connectors::factories()
+        .iter()
+        .map(|f| f.connector_type())
+        .collect();
+    tbgw_connectors::ALL_CONNECTOR_TYPES
+        .iter()
+        .copied()
+        .find(|t| !built.contains(t) && !matches!(*t, "grpc" | "custom"))
+        .expect("a known connector type that is not built")
+}
+
 #[test]
 fn a_connector_type_that_is_not_built_is_rejected_by_name() {
     let dir = TempDir::new().expect("tempdir");
-    // KNX is a connector type tbgw knows but has not built yet.
+    // A connector type tbgw knows but this binary was built without.
     write_json(dir.path(), "knx.json", &json!({"devices": []}));
     let file = write_json(
         dir.path(),
         "tb_gateway.json",
         &main_file(json!([
-            {"type": "knx", "name": "KNX Connector", "configuration": "knx.json"}
+            {"type": unbuilt_type(), "name": "KNX Connector", "configuration": "knx.json"}
         ])),
     );
     let out = check(&file);
@@ -484,6 +503,41 @@ fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         stderr(&out).contains("connectors[0].key"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[cfg(feature = "ble")]
+#[test]
+fn upstreams_ble_sample_passes_and_ble_errors_name_the_key() {
+    let dir = TempDir::new().expect("tempdir");
+    if let Some(upstream) = upstream_dir() {
+        let file = write_json(
+            dir.path(),
+            "tb_gateway.json",
+            &main_file(json!([
+                {"type": "ble", "name": "BLE", "configuration": upstream.join("ble.json")}
+            ])),
+        );
+        let out = check(&file);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    write_json(
+        dir.path(),
+        "ble.json",
+        &json!({"devices": [{"name": "x", "MACAddress": "4C:65:A8:DF:85:C0",
+            "telemetry": [{"key": "t", "dataSourceType": "advertisement", "valueExpression": "[a]"}]}]}),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{"type": "ble", "name": "BLE", "configuration": "ble.json"}])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("devices[0].telemetry[0].valueExpression"),
         "{}",
         describe(&out)
     );

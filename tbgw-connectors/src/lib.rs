@@ -20,6 +20,8 @@
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
+//! | `ble` | `ble` | `ble` (BlueZ through btleplug; links libdbus) |
+//! | `knx` | `knx` | `knx` |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -28,6 +30,8 @@
 
 #[cfg(feature = "bacnet")]
 pub mod bacnet;
+#[cfg(feature = "ble")]
+pub mod ble;
 #[cfg(any(
     feature = "mqtt",
     feature = "request",
@@ -41,6 +45,8 @@ pub mod ftp;
 pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]
@@ -139,5 +145,9 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(s7::S7Factory::new()));
     #[cfg(feature = "xmpp")]
     v.push(Box::new(xmpp::XmppFactory::new()));
+    #[cfg(feature = "ble")]
+    v.push(Box::new(ble::BleFactory::new()));
+    #[cfg(feature = "knx")]
+    v.push(Box::new(knx::KnxFactory::new()));
     v
 }
