@@ -547,8 +547,17 @@ mod xmpp {
     use tbgw_connectors::xmpp::uplink::{Device, Point, MAX_BODY_BYTES};
     use tbgw_connectors::xmpp::Jid;
 
-    const NAMES: [&str; 4] = ["${serialNumber}", "Dev ${id}", "${a.b[0]}", "fixed"];
-    const VALUES: [&str; 5] = ["${temp}", "${temp}:${hum}", "${list[1:3]}", "${a..b}", "x"];
+    // `[0:4]`, `[4:]`, `[-1]`: byte slices, so text bodies are read too.
+    const NAMES: [&str; 5] = ["${serialNumber}", "Dev ${id}", "${a.b[0]}", "fixed", "[0:4]"];
+    const VALUES: [&str; 7] = [
+        "${temp}",
+        "${temp}:${hum}",
+        "${list[1:3]}",
+        "${a..b}",
+        "x",
+        "[4:]",
+        "[-1]°",
+    ];
 
     fn t(s: &str) -> Template {
         Template::parse(s).expect("the fuzz templates are valid")

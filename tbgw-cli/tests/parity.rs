@@ -3043,3 +3043,528 @@ mod custom_serial_parity {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// OCPP
+
+fn ocpp_json(port: u16) -> Value {
+    json!({
+        "centralSystem": {
+            "name": "Central System", "host": "127.0.0.1", "port": port,
+            "connection": {"type": "insecure"},
+            "security": [{"type": "basic", "credentials": [{"username": "cp", "password": "secret"}]}]
+        },
+        "chargePoints": [{
+            "idRegexpPattern": "ocpp/CP_",
+            "deviceNameExpression": "${Vendor} ${Model}",
+            "deviceTypeExpression": "charger",
+            "attributes": [
+                {"messageTypeFilter": "BootNotification", "key": "serial", "value": "${serial_number}"}
+            ],
+            "timeseries": [
+                {"messageTypeFilter": "MeterValues,", "key": "energy", "value": "${meter_value[:].sampled_value[:].value}"},
+                {"messageTypeFilter": "MeterValues", "key": "soc", "value": "${soc}"},
+                {"messageTypeFilter": "StatusNotification", "key": "status", "value": "${connector_status}"},
+                {"messageTypeFilter": "TransactionEvent", "key": "power", "value": "${power_active_import}"},
+                {"messageTypeFilter": "DataTransfer,", "key": "temp", "value": "${data.temp}"}
+            ],
+            "attributeUpdates": [
+                {"attributeOnThingsBoard": "shared", "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"}
+            ],
+            "serverSideRpc": [
+                {"methodRPC": "rpc1", "withResponse": true, "valueExpression": "${params}"},
+                {"methodRPC": "reset", "action": "Reset", "valueExpression": "{\"type\": ${params.type}}", "timeout": 5}
+            ]
+        }]
+    })
+}
+
+fn ocpp_script() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tbgw-connectors/tests/peers/ocpp_cp.py"
+    )
+    .into()
+}
+
+/// An OCPP 2.1 charge point of the PyPI `ocpp` package (`tbgw-connectors/tests/peers/ocpp_cp.py`)
+/// that runs its uplink scenario and then sends a Heartbeat every second.
+fn ocpp_charge_point(
+    port: u16,
+    id: &str,
+    vendor: &str,
+) -> Result<tbgw::test_util::PythonPeer, String> {
+    let opts = json!({
+        "url": format!("ws://127.0.0.1:{port}/ocpp/{id}"), "version": "2.1",
+        "vendor": vendor, "auth": ["cp", "secret"], "keepalive": 1
+    });
+    tbgw::test_util::PythonPeer::spawn([ocpp_script(), opts.to_string()])
+        .map_err(|e| format!("the ocpp simulator starts (pip install ocpp==2.1.0): {e}"))
+}
+
+/// What a charge point saw, as facts: the central system's calls (`GOT …`) and its answers to
+/// the charge point's calls (`RESULT …`) without their clock fields.
+fn ocpp_seen(vendor: &str, log: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(kind @ ("GOT" | "RESULT")), Some(action), Some(body)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_str::<Value>(body) else {
+            out.push(format!("charge point {vendor} {kind} {action} {body}"));
+            continue;
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.remove("current_time");
+            if action == "Heartbeat" {
+                continue;
+            }
+        }
+        out.push(format!("charge point {vendor} {kind} {action} {v}"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn ocpp_connector_matches_upstream() {
+    let (up_port, our_port) = (
+        tbgw::test_util::free_tcp_port(),
+        tbgw::test_util::free_tcp_port(),
+    );
+    let port_of = move |which: Impl| match which {
+        Impl::Upstream => up_port,
+        Impl::Tbgw => our_port,
+    };
+    // The charge points live until the comparison is done (a drop would disconnect them).
+    let peers: Arc<Mutex<Vec<tbgw::test_util::PythonPeer>>> = Arc::default();
+    let keep = peers.clone();
+    let connectors = json!([{"type": "ocpp", "name": "OCPP", "configuration": "ocpp.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| vec![("ocpp.json", ocpp_json(port_of(which)))],
+        &[],
+        &[
+            // Upstream sends every value as Python's `str()`; tbgw keeps the JSON types.
+            ("energy \"12.5\"", "energy 12.5"),
+            ("power \"5.5\"", "power 5.5"),
+            ("soc \"48\"", "soc 48"),
+            ("temp \"21.5\"", "temp 21.5"),
+            // RPC answers: upstream's are Python's repr of the `ocpp` call result, tbgw's the
+            // charge point's JSON answer.
+            (
+                r#"{"result":"DataTransfer(status='Accepted', custom_data=None, data='pong', status_info=None)"}"#,
+                r#"{"result":{"data":"pong","status":"Accepted"}}"#,
+            ),
+            (
+                r#"{"result":"Reset(status='Accepted', custom_data=None, status_info=None)"}"#,
+                r#"{"result":{"status":"Accepted"}}"#,
+            ),
+            (
+                r#"{"result":"GetVariables(get_variable_result=[{'attribute_status': 'Accepted', 'attribute_value': '30', 'component': {'name': 'OCPPCommCtrlr'}, 'variable': {'name': 'HeartbeatInterval'}}], custom_data=None)"}"#,
+                r#"{"result":{"getVariableResult":[{"attributeStatus":"Accepted","attributeValue":"30","component":{"name":"OCPPCommCtrlr"},"variable":{"name":"HeartbeatInterval"}}]}}"#,
+            ),
+            (
+                r#"{"result":"SetVariables(set_variable_result=[{'attribute_status': 'Accepted', 'component': {'name': 'OCPPCommCtrlr'}, 'variable': {'name': 'HeartbeatInterval'}}], custom_data=None)"}"#,
+                r#"{"result":{"setVariableResult":[{"attributeStatus":"Accepted","component":{"name":"OCPPCommCtrlr"},"variable":{"name":"HeartbeatInterval"}}]}}"#,
+            ),
+            // `${params}` is inserted as compact JSON (upstream: simplejson's `", "`/`": "`).
+            (r#""{\"a\": 1}""#, r#""{\"a\":1}""#),
+            // A TransactionEvent with an idToken is answered with its idTokenInfo, as OCPP 2.x
+            // requires; upstream answers `{}`.
+            (
+                r#""id_token_info":null"#,
+                r#""id_token_info":{"status":"Accepted"}"#,
+            ),
+        ],
+        move |s: Arc<Side>| {
+            let keep = keep.clone();
+            async move {
+                let port = port_of(s.which);
+                let deadline = tokio::time::Instant::now() + WAIT;
+                while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_err()
+                {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err("the central system does not listen".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut cps = Vec::new();
+                for (id, vendor) in [("CP_A", "Alpha"), ("CP_B", "Beta")] {
+                    let mut p = ocpp_charge_point(port, id, vendor)?;
+                    p.wait_output("UPLINK DONE", WAIT)
+                        .await
+                        .map_err(|e| format!("charge point {id}: {e}"))?;
+                    cps.push((vendor, p));
+                }
+                until(&s.tb, "both charge points' data", |f| {
+                    ["Alpha Sim", "Beta Sim"].iter().all(|d| {
+                        has(f, &format!("telemetry \"{d}\" temp "))
+                            && has(f, &format!("telemetry \"{d}\" status "))
+                            && has(f, &format!("telemetry \"{d}\" power "))
+                            && has(f, &format!("attribute \"{d}\" serial "))
+                    })
+                })
+                .await?;
+                for (id, method, params) in [
+                    (71, "rpc1", json!({"a": 1})),
+                    (72, "reset", json!({"type": "Immediate"})),
+                    (73, "get", json!("component=OCPPCommCtrlr;variable=HeartbeatInterval")),
+                    (
+                        74,
+                        "set",
+                        json!("component=OCPPCommCtrlr;variable=HeartbeatInterval;value=30"),
+                    ),
+                ] {
+                    rpc_lenient(&s, "Alpha Sim", id, method, params, 15).await?;
+                }
+                s.tb.send_attribute_update("Beta Sim", json!({"shared": 42}))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                while tokio::time::Instant::now() < deadline
+                    && !cps[1].1.log().contains("GOT DataTransfer")
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                for (vendor, p) in &cps {
+                    for f in ocpp_seen(vendor, &p.log()) {
+                        s.note(f);
+                    }
+                }
+                if let Ok(mut k) = keep.lock() {
+                    k.extend(cps.into_iter().map(|(_, p)| p));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    drop(peers);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ODBC
+
+fn odbc_json(db: &Path) -> Value {
+    json!({
+        "connection": {
+            "str": format!("Driver=SQLite3;Database={}", db.display()),
+            "attributes": {"autocommit": true, "timeout": 0},
+            "reconnect": true, "reconnectPeriod": 1
+        },
+        "polling": {
+            "query": "SELECT id, dev, temp, n, note, ts FROM t WHERE id > ? ORDER BY id",
+            "period": 1,
+            "iterator": {"column": "id", "query": "SELECT MIN(id) - 1 FROM t", "persistent": false}
+        },
+        "mapping": {
+            // Upstream evaluates `type` as Python too: a bare word would be a NameError.
+            "device": {"name": "'ODBC ' + dev", "type": "'meters'"},
+            "attributes": [{"name": "note", "column": "note"}],
+            "timeseries": [
+                {"name": "temp", "column": "temp"},
+                {"nameExpression": "'twice_' + dev", "value": "n * 2"},
+                {"name": "label", "value": "str(n) + '/' + dev.upper()"},
+                {"name": "first", "value": "[i for i in [temp, n] if i is not None][0]"}
+            ]
+        },
+        "serverSideRpc": {
+            "enableUnknownRpc": false,
+            "overrideRpcConfig": true,
+            "methods": [
+                {"name": "setNote", "query": "UPDATE t SET note = ? WHERE id = ?", "args": ["x", 1]},
+                {"name": "count", "query": "SELECT COUNT(*) AS c, MAX(id) AS m FROM t", "result": true}
+            ]
+        }
+    })
+}
+
+/// Runs SQL on a SQLite file with Python's sqlite3 (the peers' Python).
+fn sqlite(db: &Path, sql: &str) -> Result<(), String> {
+    let out = std::process::Command::new(tbgw::test_util::peers_python())
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "sqlite3 {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn odbc_rows(from: i64, to: i64) -> String {
+    let rows: Vec<String> = (from..=to)
+        .map(|i| {
+            let temp = if i % 5 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("{i}.5")
+            };
+            let dev = if i % 2 == 0 { "a" } else { "b" };
+            // One second apart: rows of one device without their own time stamps would share
+            // one, and ThingsBoard keeps one value per key and time stamp.
+            let ts = 1_700_000_000_000_i64 + i * 1000;
+            format!("({i}, '{dev}', {temp}, {i}, 'row {i}', {ts})")
+        })
+        .collect();
+    format!(
+        "INSERT INTO t (id, dev, temp, n, note, ts) VALUES {};",
+        rows.join(", ")
+    )
+}
+
+fn odbc_row_query(db: &Path, sql: &str) -> String {
+    std::process::Command::new(tbgw::test_util::peers_python())
+        .args([
+            "-c",
+            "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall())",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn odbc_connector_matches_upstream() {
+    // A SQLite file per side (the RPCs write), through unixODBC's SQLite3 driver
+    // (libsqliteodbc) for both gateways.
+    let dir = TempDir::new().expect("tempdir");
+    let db_of = {
+        let up = dir.path().join("up.db");
+        let ours = dir.path().join("ours.db");
+        move |which: Impl| match which {
+            Impl::Upstream => up.clone(),
+            Impl::Tbgw => ours.clone(),
+        }
+    };
+    for which in [Impl::Upstream, Impl::Tbgw] {
+        // BIGINT: libsqliteodbc reports INTEGER as 32-bit.
+        sqlite(
+            &db_of(which),
+            &format!(
+                "CREATE TABLE t (id BIGINT PRIMARY KEY, dev VARCHAR(16), temp DOUBLE, n BIGINT, note VARCHAR(64), ts BIGINT); {}",
+                odbc_rows(1, 5)
+            ),
+        )
+        .expect("the SQLite database is written");
+    }
+    let connectors = json!([{"type": "odbc", "name": "ODBC", "configuration": "odbc.json"}]);
+    let files_db = db_of.clone();
+    differential(
+        connectors,
+        move |_, _, which| vec![("odbc.json", odbc_json(&files_db(which)))],
+        &[],
+        &[
+            // A NULL column: upstream sends `null`, tbgw skips the value (and counts it).
+            ("telemetry \"ODBC b\" temp null", ""),
+            // Reserved `get`/`set`: upstream answers twice, the second time `{"success":
+            // false}` (its generic handler's `finally` runs after the reserved branch returns).
+            ("rpc reply \"ODBC a\" 83 {\"success\":false}", ""),
+            // An unknown method: upstream answers `{"success": false}`, tbgw an RPC error.
+            (
+                "rpc reply \"ODBC a\" 84 {\"success\":false}",
+                "rpc reply \"ODBC a\" 84 {\"code\":404,\"error\":\"unknown RPC method \\\"nope\\\"\"}",
+            ),
+        ],
+        move |s: Arc<Side>| {
+            let db = db_of(s.which);
+            async move {
+                until(&s.tb, "rows 1 to 5", |f| {
+                    has(f, "telemetry \"ODBC b\" label \"5/B\"")
+                })
+                .await?;
+                // Rows written while the gateway runs.
+                sqlite(&db, &odbc_rows(6, 8))?;
+                until(&s.tb, "rows 6 to 8", |f| {
+                    has(f, "telemetry \"ODBC a\" label \"8/A\"")
+                })
+                .await?;
+                // All RPCs in one burst: the stand-in's broker echoes the gateway's replies on
+                // v1/gateway/rpc, and upstream's RPC thread dies on the first echo (a request
+                // without `data.method`), so later requests would never be answered.
+                for (id, method, params) in [
+                    (81, "setNote", json!({"args": ["changed", 2]})),
+                    (82, "count", json!({})),
+                    (83, "get", json!("query=SELECT note FROM t WHERE id > 7;with_result=true")),
+                    (84, "nope", json!({})),
+                ] {
+                    s.tb.send_rpc("ODBC a", id, method, params)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                for id in [81, 82, 83, 84] {
+                    let want = format!("rpc reply \"ODBC a\" {id} ");
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    while tokio::time::Instant::now() < deadline && !has(&facts(&s.tb), &want) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                s.note(format!(
+                    "notes after the RPCs: {}",
+                    odbc_row_query(&db, "SELECT id, note FROM t WHERE id <= 2 ORDER BY id")
+                ));
+                Ok(())
+            }
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// XMPP
+
+fn xmpp_json(port: u16) -> Value {
+    json!({
+        "server": {"jid": "gw@localhost", "password": "gwpass", "host": "127.0.0.1", "port": port,
+                   "use_ssl": false, "disable_starttls": true, "force_starttls": false,
+                   "unencrypted_plain_auth": true, "timeout": 10000},
+        "devices": [{
+            "jid": "dev1@localhost/TMP_1101",
+            "deviceNameExpression": "${serialNumber}",
+            "deviceTypeExpression": "thermo",
+            "attributes": [{"key": "temperature", "value": "${temp}"}],
+            "timeseries": [{"key": "humidity", "value": "${hum}"}],
+            "attributeUpdates": [
+                {"attributeOnThingsBoard": "shared", "valueExpression": "{\"${attributeKey}\":\"${attributeValue}\"}"}
+            ],
+            "serverSideRpc": [
+                {"methodRPC": "rpc1", "withResponse": false, "valueExpression": "${params}"},
+                {"methodRPC": "rpc2", "withResponse": true, "valueExpression": "{\"ask\": ${params.q}}"}
+            ]
+        }, {
+            // Text bodies read with slices (upstream's text converter).
+            "jid": "dev2@localhost/TXT",
+            "deviceNameExpression": "[0:4]",
+            "deviceTypeExpression": "text",
+            "timeseries": [{"key": "temp", "value": "[4:]"}]
+        }]
+    })
+}
+
+/// A Prosody of its own per gateway (each logs in as `gw`), with the device's account.
+async fn xmpp_server() -> tbgw::test_util::Prosody {
+    tbgw::test_util::Prosody::start(&[("gw", "gwpass"), ("dev1", "dev1pass"), ("dev2", "dev2pass")])
+        .await
+        .expect("prosody starts (apt-get install -y prosody)")
+}
+
+#[tokio::test]
+async fn xmpp_connector_matches_upstream() {
+    let (up_server, our_server) = tokio::join!(xmpp_server(), xmpp_server());
+    let (up_port, our_port) = (up_server.port(), our_server.port());
+    let port_of = move |which: Impl| match which {
+        Impl::Upstream => up_port,
+        Impl::Tbgw => our_port,
+    };
+    let peers: Arc<Mutex<Vec<tbgw::test_util::PythonPeer>>> = Arc::default();
+    let keep = peers.clone();
+    let connectors = json!([{"type": "xmpp", "name": "XMPP", "configuration": "xmpp.json"}]);
+    differential(
+        connectors,
+        move |_, _, which| vec![("xmpp.json", xmpp_json(port_of(which)))],
+        &[],
+        &[
+            // Upstream sends every value as Python's `str()`; tbgw keeps the JSON types.
+            ("temperature \"21.5\"", "temperature 21.5"),
+            ("humidity \"40\"", "humidity 40"),
+            // A one-way RPC: upstream never answers it; tbgw answers once it is sent.
+            ("", "rpc reply \"SN-1\" 91 {\"success\":true}"),
+            // A two-way RPC: upstream answers at once without reading the device's answer;
+            // tbgw answers with it.
+            (
+                "rpc reply \"SN-1\" 92 {\"success\":true}",
+                "rpc reply \"SN-1\" 92 {\"result\":{\"ok\":true}}",
+            ),
+            // The attribute-update keys synced on connect (upstream's XMPP connector has no
+            // `get_device_shared_attributes_keys`, so upstream requests nothing).
+            ("", "attribute request \"SN-1\" client=false [\"shared\"]"),
+            ("", "attribute request \"AB12\" client=false [\"shared\"]"),
+        ],
+        move |s: Arc<Side>| {
+            let keep = keep.clone();
+            async move {
+                let opts = json!({
+                    "jid": "dev1@localhost/TMP_1101", "password": "dev1pass",
+                    "host": "127.0.0.1", "port": port_of(s.which), "to": "gw@localhost",
+                    "bodies": [r#"{"serialNumber": "SN-1", "temp": 21.5, "hum": 40}"#],
+                    "answer": r#"{"ok": true}"#
+                });
+                let script: String = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tbgw-connectors/tests/peers/xmpp_device.py"
+                )
+                .into();
+                let mut dev =
+                    tbgw::test_util::PythonPeer::spawn([script.clone(), opts.to_string()])
+                        .map_err(|e| {
+                            format!("the XMPP device starts (pip install slixmpp==1.8.6): {e}")
+                        })?;
+                dev.wait_output("ONLINE", WAIT)
+                    .await
+                    .map_err(|e| format!("XMPP device: {e}"))?;
+                let text_opts = json!({
+                    "jid": "dev2@localhost/TXT", "password": "dev2pass",
+                    "host": "127.0.0.1", "port": port_of(s.which), "to": "gw@localhost",
+                    "bodies": ["AB1221.5"]
+                });
+                let mut text_dev =
+                    tbgw::test_util::PythonPeer::spawn([script, text_opts.to_string()])
+                        .map_err(|e| format!("the XMPP text device starts: {e}"))?;
+                text_dev
+                    .wait_output("ONLINE", WAIT)
+                    .await
+                    .map_err(|e| format!("XMPP text device: {e}"))?;
+                until(&s.tb, "the devices' data", |f| {
+                    has(f, "telemetry \"SN-1\" humidity ")
+                        && has(f, "attribute \"SN-1\" temperature ")
+                        && has(f, "telemetry \"AB12\" temp ")
+                })
+                .await?;
+                s.tb.send_attribute_update("SN-1", json!({"shared": "on"}))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // RPCs one at a time: upstream's RPC thread may die on the stand-in's echo of a
+                // reply, so the two-way one (answered) goes last.
+                rpc_lenient(&s, "SN-1", 91, "rpc1", json!({"a": 1}), 10).await?;
+                rpc_lenient(&s, "SN-1", 92, "rpc2", json!({"q": "temp"}), 10).await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < deadline
+                    && dev.log().matches("GOT ").count() < 3
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                for line in dev.log().lines() {
+                    if let Some(body) = line.strip_prefix("GOT ") {
+                        let body = serde_json::from_str::<Value>(body)
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|_| body.to_string());
+                        s.note(format!("xmpp device got {body}"));
+                    }
+                }
+                if let Ok(mut k) = keep.lock() {
+                    k.push(dev);
+                    k.push(text_dev);
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    drop(peers);
+    drop((up_server, our_server));
+}

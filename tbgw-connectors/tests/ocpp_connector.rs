@@ -511,11 +511,34 @@ async fn security_profiles_basic_token_and_tls_with_client_certificates() {
     ends.cancel.cancel();
     task.await.expect("connector task");
 
-    // Profile 3: client certificates required.
+    // Profile 3: client certificates required; the server key encrypted (PKCS#8, AES-256-CBC)
+    // with upstream's `password`.
+    let encrypted = dir.path().join("server-encrypted.key");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:k3y-pass",
+            "-in",
+        ])
+        .arg(pki.server_key())
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .expect("openssl runs (apt-get install -y openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = free_tcp_port();
     let mut cfg = config(port);
     cfg["centralSystem"]["connection"] = json!({"type": "tls",
-        "cert": pki.server_cert(), "key": pki.server_key(), "caCert": pki.ca_cert()});
+        "cert": pki.server_cert(), "key": encrypted, "password": "k3y-pass",
+        "caCert": pki.ca_cert()});
     let (task, _ends, _) = start(cfg);
     wait_listening(port).await;
     let url = format!("wss://127.0.0.1:{port}/ocpp/CP_C");

@@ -142,6 +142,106 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     }
 }
 
+/// The private key of a PEM file that may be protected by `password`, as Python's
+/// `ssl.SSLContext.load_cert_chain(cert, key, password)` reads upstream's key files:
+///
+/// * an unencrypted key (PKCS#8, PKCS#1 or SEC1) is read as [`load_private_key`] does, and the
+///   password is not needed (Python ignores it too);
+/// * an `ENCRYPTED PRIVATE KEY` (PKCS#8 with PBES2: PBKDF2 or scrypt, AES-CBC; what
+///   `openssl genpkey -aes256` and `openssl pkcs8 -topk8 -v2 aes-256-cbc` write) is decrypted
+///   with `password` — in builds with the `encrypted-keys` feature; without it the file is
+///   refused with that reason;
+/// * the legacy OpenSSL form (`Proc-Type: 4,ENCRYPTED` headers, MD5 key derivation) is refused
+///   with the `openssl pkcs8 -topk8` command that converts it.
+///
+/// A wrong password and a missing one are errors that name the file.
+pub fn load_private_key_with_password(
+    path: &Path,
+    password: Option<&str>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    let text = String::from_utf8_lossy(&pem);
+    // Checked first: the PEM reader would take the encrypted bytes for a key.
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(pem_error(
+            path,
+            "holds a key in OpenSSL's legacy encrypted form, which tbgw does not read; \
+             convert it to PKCS#8 with the same password: \
+             `openssl pkcs8 -topk8 -v2 aes-256-cbc -in <key> -out <new key>`",
+        ));
+    }
+    if let Some(key) = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| pem_error(path, format!("is not a valid PEM file: {e}")))?
+    {
+        return Ok(key);
+    }
+    const BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+    const END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+    let Some(start) = text.find(BEGIN) else {
+        return Err(pem_error(path, "holds no PEM private key"));
+    };
+    let Some(len) = text[start..].find(END) else {
+        return Err(pem_error(
+            path,
+            "holds an unterminated ENCRYPTED PRIVATE KEY",
+        ));
+    };
+    let block = &text[start..start + len + END.len()];
+    let Some(password) = password.filter(|p| !p.is_empty()) else {
+        return Err(pem_error(
+            path,
+            "holds an encrypted key and no password is configured for it",
+        ));
+    };
+    decrypt_pkcs8(path, block, password)
+}
+
+#[cfg(feature = "encrypted-keys")]
+fn decrypt_pkcs8(
+    path: &Path,
+    block: &str,
+    password: &str,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    let (_, der) = pkcs8::der::pem::decode_vec(block.as_bytes()).map_err(|e| {
+        pem_error(
+            path,
+            format!("holds an ENCRYPTED PRIVATE KEY that is not valid PEM: {e}"),
+        )
+    })?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| {
+        pem_error(
+            path,
+            format!("holds an ENCRYPTED PRIVATE KEY that is not PKCS#8: {e}"),
+        )
+    })?;
+    let plain = info.decrypt(password).map_err(|e| {
+        pem_error(
+            path,
+            format!(
+                "holds an encrypted key that cannot be decrypted (wrong password, or an \
+                 encryption scheme other than PBES2 with AES-CBC): {e}"
+            ),
+        )
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        plain.as_bytes().to_vec(),
+    )))
+}
+
+#[cfg(not(feature = "encrypted-keys"))]
+fn decrypt_pkcs8(
+    path: &Path,
+    _block: &str,
+    _password: &str,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    Err(pem_error(
+        path,
+        "holds an encrypted key, and this build cannot decrypt keys (feature \
+         `encrypted-keys` of tbgw); decrypt it: `openssl pkey -in <key> -out <plain key>`",
+    ))
+}
+
 /// A root store with every certificate of a PEM file (a CA bundle).
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -187,6 +287,21 @@ impl Identity {
         Ok(Identity {
             certs: load_certs(cert)?,
             key: load_private_key(key)?,
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+        })
+    }
+
+    /// As [`Identity::load`], with the key read by [`load_private_key_with_password`]
+    /// (upstream's `password` beside `cert` and `key`).
+    pub fn load_with_password(
+        cert: &Path,
+        key: &Path,
+        password: Option<&str>,
+    ) -> Result<Identity, TlsError> {
+        Ok(Identity {
+            certs: load_certs(cert)?,
+            key: load_private_key_with_password(key, password)?,
             cert_path: cert.to_path_buf(),
             key_path: key.to_path_buf(),
         })
@@ -482,5 +597,91 @@ mod tests {
         let mismatched = Identity::load(&pki.client_cert(), &pki.server_key()).unwrap();
         let e = server_config(mismatched, None).unwrap_err();
         assert!(matches!(e, TlsError::KeyPair { .. }), "{e:?}");
+    }
+
+    /// `openssl <args>` in `dir`.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn encrypted_keys_need_their_password_and_legacy_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::test_util::Pki::generate(dir.path(), "");
+        let plain = pki.server_key();
+        let plain = plain.to_str().unwrap();
+        for (name, scheme) in [("aes.key", "-v2"), ("scrypt.key", "-scrypt")] {
+            let mut args = vec!["pkcs8", "-topk8", "-in", plain, "-out", name];
+            args.extend(match scheme {
+                "-v2" => vec!["-v2", "aes-256-cbc"],
+                _ => vec!["-scrypt"],
+            });
+            args.extend(["-passout", "pass:s3cret"]);
+            openssl(dir.path(), &args);
+        }
+        openssl(
+            dir.path(),
+            &[
+                "ec",
+                "-in",
+                plain,
+                "-aes256",
+                "-passout",
+                "pass:s3cret",
+                "-out",
+                "legacy.key",
+            ],
+        );
+        let cert = pki.server_cert();
+        let aes = dir.path().join("aes.key");
+        // A plain key needs no password and ignores one, as Python's ssl module does.
+        Identity::load_with_password(&cert, &pki.server_key(), Some("unused")).unwrap();
+        let missing = load_private_key_with_password(&aes, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("aes.key") && missing.contains("no password"),
+            "{missing}"
+        );
+        let legacy = load_private_key_with_password(&dir.path().join("legacy.key"), Some("s3cret"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            legacy.contains("legacy") && legacy.contains("openssl pkcs8 -topk8"),
+            "{legacy}"
+        );
+        #[cfg(feature = "encrypted-keys")]
+        {
+            for name in ["aes.key", "scrypt.key"] {
+                let id =
+                    Identity::load_with_password(&cert, &dir.path().join(name), Some("s3cret"))
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                // The decrypted key is the certificate's.
+                server_config(id, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            let wrong = load_private_key_with_password(&aes, Some("wrong"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                wrong.contains("aes.key") && wrong.contains("cannot be decrypted"),
+                "{wrong}"
+            );
+        }
+        #[cfg(not(feature = "encrypted-keys"))]
+        {
+            let e = load_private_key_with_password(&aes, Some("s3cret"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("encrypted-keys"), "{e}");
+        }
     }
 }

@@ -60,7 +60,7 @@ pub struct ConnectionConfig {
     pub cert: Option<String>,
     /// TLS: its private key (PEM).
     pub key: Option<String>,
-    /// TLS: the key's password (encrypted keys are not supported; see the docs).
+    /// TLS: the password of an encrypted (PKCS#8) key; a plain key ignores it.
     pub password: Option<String>,
     /// tbgw (security profile 3): CA certificates that charge points' client certificates must
     /// chain to; with it, a charge point without a valid certificate is refused.
@@ -190,14 +190,27 @@ impl Auth {
 }
 
 /// TLS settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsSettings {
     /// The certificate chain file.
     pub cert: PathBuf,
     /// The key file.
     pub key: PathBuf,
+    /// The key's password (upstream's `connection.password`), for an encrypted key.
+    pub password: Option<String>,
     /// CA file for client certificates (profile 3).
     pub ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
 }
 
 /// A compiled datapoint.
@@ -312,7 +325,7 @@ impl Settings {
     pub fn build(
         file: &Path,
         cfg: OcppFileConfig,
-        ignored: &mut Vec<String>,
+        _ignored: &mut Vec<String>,
     ) -> Result<Settings, ConfigError> {
         let cs = cfg.central_system;
         let tls = match &cs.connection {
@@ -327,12 +340,10 @@ impl Settings {
                 let key = c.key.as_deref().ok_or_else(|| {
                     ConfigError::new(file, "centralSystem.connection.key", "required for TLS")
                 })?;
-                if c.password.as_deref().is_some_and(|p| !p.is_empty()) {
-                    ignored.push("centralSystem.connection.password".into());
-                }
                 Some(TlsSettings {
                     cert: resolve_beside(file, cert),
                     key: resolve_beside(file, key),
+                    password: c.password.clone().filter(|p| !p.is_empty()),
                     ca_cert: c.ca_cert.as_deref().map(|p| resolve_beside(file, p)),
                 })
             }

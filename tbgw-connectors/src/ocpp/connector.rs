@@ -740,8 +740,8 @@ fn tls_acceptor(settings: &Settings) -> Result<Option<tokio_rustls::TlsAcceptor>
     let Some(t) = &settings.tls else {
         return Ok(None);
     };
-    let identity =
-        tls::Identity::load(&t.cert, &t.key).map_err(|e| ConnectorError::Other(e.to_string()))?;
+    let identity = tls::Identity::load_with_password(&t.cert, &t.key, t.password.as_deref())
+        .map_err(|e| ConnectorError::Other(e.to_string()))?;
     let roots = t
         .ca_cert
         .as_deref()

@@ -16,8 +16,9 @@ use tbgw::eval::{Expr, Val};
 pub struct OdbcFile {
     /// How to reach the database.
     pub connection: ConnectionFile,
-    /// pyodbc module attributes (`pooling`): accepted, not used (unixODBC pools per its own
-    /// `odbcinst.ini`).
+    /// pyodbc module attributes: `lowercase` (column names lowercased) is applied,
+    /// `pooling: false` is what tbgw does anyway; others (`pooling: true`, `native_uuid`) are
+    /// reported as ignored (unixODBC pools per its own `odbcinst.ini`).
     #[serde(default)]
     pub pyodbc: Option<Json>,
     /// What to read and how often.
@@ -43,10 +44,14 @@ pub struct ConnectionFile {
     /// `autocommit` and `timeout` (login timeout, seconds; 0 = the driver's default).
     #[serde(default)]
     pub attributes: Attributes,
-    /// The encoding of text written to the database. tbgw talks UTF-8 to the driver manager;
-    /// other values are reported as ignored.
+    /// The encoding of text parameters written to the database (pyodbc's `setencoding`):
+    /// UTF-8 (default) or a single- or multi-byte codec by its Python or WHATWG name
+    /// (`latin-1`, `cp1252`, `shift_jis`...). UTF-16/32 (pyodbc: bind as wide text) are
+    /// reported as ignored: tbgw binds narrow text.
     pub encoding: Option<String>,
-    /// `{char, wchar, metadata}` decodings of text read; as `encoding`.
+    /// `{char, wchar, metadata}` decodings of text read (pyodbc's `setdecoding`): `char` as
+    /// `encoding`; `wchar` and `metadata` apply to wide (UTF-16) data, which tbgw never
+    /// fetches — values other than UTF-8/UTF-16 are reported as ignored.
     pub decoding: Option<Json>,
     /// Reconnect after a database error (default true).
     #[serde(default = "yes")]
@@ -253,6 +258,12 @@ pub struct OdbcConfig {
     pub connection_string: String,
     /// Autocommit.
     pub autocommit: bool,
+    /// How text parameters are encoded (`connection.encoding`); `None`: UTF-8.
+    pub param_encoding: Option<&'static encoding_rs::Encoding>,
+    /// How narrow text read is decoded (`connection.decoding.char`); `None`: UTF-8.
+    pub char_decoding: Option<&'static encoding_rs::Encoding>,
+    /// Column names lowercased (`pyodbc.lowercase`).
+    pub lowercase: bool,
     /// Login timeout.
     pub login_timeout: Option<u32>,
     /// Reconnect after errors.
@@ -364,6 +375,48 @@ fn points(file: &Path, key: &str, c: Option<Columns>) -> Result<Points, ConfigEr
     }
 }
 
+fn is_utf16_or_32(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace(['-', '_'], "");
+    n.starts_with("utf16") || n.starts_with("utf32") || n == "ucs2" || n == "ucs4"
+}
+
+/// A codec by its Python name (`latin-1`, `cp1252`, `iso8859_15`, `shift_jis`...) or WHATWG
+/// label; `None` for UTF-8. Python's `latin-1` is read as windows-1252 (the WHATWG rule: the
+/// two differ only in the C1 controls 0x80–0x9F).
+fn codec(
+    file: &Path,
+    key: &str,
+    name: &str,
+) -> Result<Option<&'static encoding_rs::Encoding>, ConfigError> {
+    if is_utf8(name) {
+        return Ok(None);
+    }
+    let lower = name.trim().to_ascii_lowercase();
+    let python = lower.replace('_', "-");
+    let candidates = [
+        lower.clone(),
+        python.clone(),
+        python.replace("latin-1", "latin1"),
+        // Python's `iso8859-15`, `cp1251`, `koi8-r`, `euc-jp`...
+        python.replace("iso8859-", "iso-8859-"),
+        python.replace("cp", "windows-"),
+        python.replace('-', ""),
+    ];
+    for c in &candidates {
+        if let Some(e) = encoding_rs::Encoding::for_label(c.as_bytes()) {
+            if e == encoding_rs::UTF_8 {
+                return Ok(None);
+            }
+            return Ok(Some(e));
+        }
+    }
+    Err(ConfigError::new(
+        file,
+        key,
+        format!("unknown encoding {name:?} (use a Python or WHATWG name: utf-8, latin-1, cp1252, shift_jis...)"),
+    ))
+}
+
 fn is_utf8(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
@@ -401,28 +454,55 @@ impl OdbcFile {
                 "must be a positive number of seconds",
             ));
         }
-        if let Some(e) = &c.encoding {
-            if !is_utf8(e) {
+        let param_encoding = match &c.encoding {
+            Some(e) if is_utf16_or_32(e) => {
                 ignored.push("connection.encoding".into());
+                None
             }
-        }
+            Some(e) => codec(file, "connection.encoding", e)?,
+            None => None,
+        };
+        let mut char_decoding = None;
         match &c.decoding {
             None => {}
             Some(Json::Object(m)) => {
                 for (k, v) in m {
-                    if !v.as_str().is_some_and(is_utf8) && k != "metadata" {
-                        ignored.push(format!("connection.decoding.{k}"));
+                    let Some(name) = v.as_str() else {
+                        return Err(ConfigError::new(
+                            file,
+                            format!("connection.decoding.{k}"),
+                            "must be the name of an encoding",
+                        ));
+                    };
+                    match k.as_str() {
+                        "char" if is_utf16_or_32(name) => {
+                            ignored.push("connection.decoding.char".into());
+                        }
+                        "char" => {
+                            char_decoding = codec(file, "connection.decoding.char", name)?;
+                        }
+                        // Wide data: tbgw reads text through the narrow interface only.
+                        "wchar" | "metadata" if is_utf8(name) || is_utf16_or_32(name) => {}
+                        _ => ignored.push(format!("connection.decoding.{k}")),
                     }
                 }
             }
             Some(_) => ignored.push("connection.decoding".into()),
         }
-        if self
-            .pyodbc
-            .as_ref()
-            .is_some_and(|p| p.as_object().is_some_and(|m| !m.is_empty()))
-        {
-            ignored.push("pyodbc".into());
+        let mut lowercase = false;
+        match &self.pyodbc {
+            None | Some(Json::Null) => {}
+            Some(Json::Object(m)) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        // tbgw's ODBC environment does not pool connections either.
+                        ("pooling", Json::Bool(false)) => {}
+                        ("lowercase", Json::Bool(b)) => lowercase = *b,
+                        _ => ignored.push(format!("pyodbc.{k}")),
+                    }
+                }
+            }
+            Some(_) => ignored.push("pyodbc".into()),
         }
         if self.mapping.send_data_only_on_change == Some(true) {
             ignored.push("mapping.sendDataOnlyOnChange".into());
@@ -535,6 +615,9 @@ impl OdbcFile {
         Ok(OdbcConfig {
             connection_string: c.str.clone(),
             autocommit: c.attributes.autocommit.unwrap_or(true),
+            param_encoding,
+            char_decoding,
+            lowercase,
             login_timeout,
             reconnect: c.reconnect,
             reconnect_period: Duration::from_secs_f64(c.reconnect_period.min(86_400.0)),
@@ -619,6 +702,73 @@ mod tests {
             c.device_type.as_ref().and_then(|t| t.as_name()),
             Some("postgres")
         );
+    }
+
+    #[test]
+    fn encodings_by_python_and_whatwg_names() {
+        let with = |enc: Json, dec: Json| {
+            let mut v = base();
+            v["connection"]["encoding"] = enc;
+            v["connection"]["decoding"] = dec;
+            let f: OdbcFile = serde_json::from_value(v).unwrap();
+            let mut ignored = Vec::new();
+            f.into_config(Path::new("/etc/tbgw/odbc.json"), &mut ignored)
+                .map(|c| {
+                    (
+                        c.param_encoding.map(|e| e.name()),
+                        c.char_decoding.map(|e| e.name()),
+                        ignored,
+                    )
+                })
+        };
+        // Upstream's sample: UTF-8 everywhere, UTF-16LE metadata — nothing to do, nothing ignored.
+        let (e, d, ignored) = with(
+            json!("utf-8"),
+            json!({"char": "utf-8", "wchar": "utf-8", "metadata": "utf-16le"}),
+        )
+        .unwrap();
+        assert_eq!((e, d, ignored.len()), (None, None, 0));
+        for (name, want) in [
+            ("latin-1", "windows-1252"),
+            ("latin1", "windows-1252"),
+            ("cp1252", "windows-1252"),
+            ("iso8859_15", "ISO-8859-15"),
+            ("cp1251", "windows-1251"),
+            ("shift_jis", "Shift_JIS"),
+            ("koi8_r", "KOI8-R"),
+            ("GBK", "GBK"),
+        ] {
+            let (e, d, _) = with(json!(name), json!({"char": name})).unwrap();
+            assert_eq!((e, d), (Some(want), Some(want)), "{name}");
+        }
+        // Wide text: pyodbc binds/reads it as SQL_WCHAR; tbgw reads narrow text only.
+        let (e, _, ignored) = with(json!("utf-16le"), json!({"wchar": "cp1252"})).unwrap();
+        assert_eq!(e, None);
+        assert_eq!(
+            ignored,
+            vec![
+                "connection.encoding".to_string(),
+                "connection.decoding.wchar".into()
+            ]
+        );
+        let mut v = base();
+        v["pyodbc"] = json!({"pooling": false, "lowercase": true, "native_uuid": true});
+        let f: OdbcFile = serde_json::from_value(v).unwrap();
+        let mut ignored = Vec::new();
+        let c = f
+            .into_config(Path::new("/etc/tbgw/odbc.json"), &mut ignored)
+            .unwrap();
+        assert!(c.lowercase);
+        assert_eq!(ignored, vec!["pyodbc.native_uuid".to_string()]);
+        let e = with(json!("klingon"), json!(null)).unwrap_err().to_string();
+        assert!(
+            e.contains("connection.encoding") && e.contains("klingon"),
+            "{e}"
+        );
+        let e = with(json!("utf-8"), json!({"char": 5}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connection.decoding.char"), "{e}");
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn run(cfg: Arc<OdbcConfig>, mut rx: mpsc::Receiver<Cmd>) {
                 false
             }
             Cmd::Scalar(sql, r) => {
-                let res = scalar(c, &sql);
+                let res = scalar(c, &sql, cfg.char_decoding);
                 let lost = res.as_ref().is_err_and(|e| e.lost);
                 let _ = r.send(res);
                 lost
@@ -167,7 +167,7 @@ fn run(cfg: Arc<OdbcConfig>, mut rx: mpsc::Receiver<Cmd>) {
                 lost
             }
             Cmd::Rpc(stmt, responder) => {
-                let res = rpc(c, &stmt);
+                let res = rpc(&cfg, c, &stmt);
                 let lost = res.as_ref().is_err_and(|e| e.lost);
                 answer(stmt.reserved, stmt.with_result, res, responder);
                 lost
@@ -181,32 +181,57 @@ fn run(cfg: Arc<OdbcConfig>, mut rx: mpsc::Receiver<Cmd>) {
 
 /// Binds a value: integers as BIGINT, floats as DOUBLE, booleans as BIT, text as VARCHAR,
 /// None as NULL; lists as their JSON text.
-fn param(v: &Val) -> Box<dyn InputParameter> {
+/// Text is encoded with `enc` (`connection.encoding`; `None`: UTF-8).
+fn param(v: &Val, enc: Option<&'static encoding_rs::Encoding>) -> Box<dyn InputParameter> {
+    let text = |s: String| -> Box<dyn InputParameter> {
+        match enc {
+            None => Box::new(s.into_parameter()),
+            Some(e) => Box::new(odbc_api::parameter::VarCharBox::from_vec(
+                e.encode(&s).0.into_owned(),
+            )),
+        }
+    };
     match v {
         Val::None => Box::new(None::<i64>.into_parameter()),
         Val::Bool(b) => Box::new(odbc_api::Bit(u8::from(*b))),
         Val::Int(i) => Box::new(*i),
         Val::Float(f) => Box::new(*f),
-        Val::Str(s) => Box::new(s.clone().into_parameter()),
-        Val::List(_) => Box::new(v.to_json().to_string().into_parameter()),
+        Val::Str(s) => text(s.clone()),
+        Val::List(_) => text(v.to_json().to_string()),
     }
 }
 
-fn scalar(conn: &Connection<'_>, sql: &str) -> Result<Val, DbError> {
+/// Narrow text read, decoded with `dec` (`connection.decoding.char`; `None`: UTF-8, invalid
+/// sequences replaced).
+fn decode<'a>(
+    b: &'a [u8],
+    dec: Option<&'static encoding_rs::Encoding>,
+) -> std::borrow::Cow<'a, str> {
+    match dec {
+        None => String::from_utf8_lossy(b),
+        Some(e) => e.decode_without_bom_handling(b).0,
+    }
+}
+
+fn scalar(
+    conn: &Connection<'_>,
+    sql: &str,
+    dec: Option<&'static encoding_rs::Encoding>,
+) -> Result<Val, DbError> {
     let cursor = conn
         .execute(sql, (), None)
         .map_err(|e| err(e, is_lost(conn)))?;
     let Some(mut cursor) = cursor else {
         return Ok(Val::None);
     };
-    let (cols, kinds) = describe(&mut cursor).map_err(|e| err(e, is_lost(conn)))?;
+    let (cols, kinds) = describe(&mut cursor, false).map_err(|e| err(e, is_lost(conn)))?;
     if cols.is_empty() {
         return Ok(Val::None);
     }
     let buf = TextRowSet::for_cursor(1, &mut cursor, Some(MAX_TEXT)).map_err(|e| err(e, false))?;
     let mut block = cursor.bind_buffer(buf).map_err(|e| err(e, is_lost(conn)))?;
     let v = match block.fetch().map_err(|e| err(e, is_lost(conn)))? {
-        Some(b) if b.num_rows() > 0 => typed(kinds[0], b.at(0, 0)),
+        Some(b) if b.num_rows() > 0 => typed(kinds[0], b.at(0, 0), dec),
         _ => Val::None,
     };
     Ok(v)
@@ -241,9 +266,9 @@ fn kind_of(t: DataType) -> Kind {
     }
 }
 
-fn typed(kind: Kind, bytes: Option<&[u8]>) -> Val {
+fn typed(kind: Kind, bytes: Option<&[u8]>, dec: Option<&'static encoding_rs::Encoding>) -> Val {
     let Some(b) = bytes else { return Val::None };
-    let text = String::from_utf8_lossy(b);
+    let text = decode(b, dec);
     let t = text.trim();
     let as_text = || Val::Str(text.to_string());
     match kind {
@@ -270,14 +295,17 @@ fn typed(kind: Kind, bytes: Option<&[u8]>) -> Val {
     }
 }
 
+/// Column names (lowercased with `pyodbc.lowercase`) and how each column is typed.
 fn describe(
     cursor: &mut impl ResultSetMetadata,
+    lowercase: bool,
 ) -> Result<(Vec<String>, Vec<Kind>), odbc_api::Error> {
     let n = cursor.num_result_cols()?;
     let mut names = Vec::with_capacity(n.max(0) as usize);
     let mut kinds = Vec::with_capacity(n.max(0) as usize);
     for i in 1..=n.max(0) as u16 {
-        names.push(cursor.col_name(i)?);
+        let name = cursor.col_name(i)?;
+        names.push(if lowercase { name.to_lowercase() } else { name });
         kinds.push(kind_of(cursor.col_data_type(i)?));
     }
     Ok((names, kinds))
@@ -290,7 +318,7 @@ fn poll(
     out: &mpsc::Sender<PollEvent>,
 ) -> Result<(), DbError> {
     let params: Vec<Box<dyn InputParameter>> = if super::config::count_params(&cfg.query) == 1 {
-        vec![param(iter)]
+        vec![param(iter, cfg.param_encoding)]
     } else {
         Vec::new()
     };
@@ -300,7 +328,7 @@ fn poll(
     let Some(mut cursor) = cursor else {
         return Ok(());
     };
-    let (names, kinds) = describe(&mut cursor).map_err(|e| err(e, true))?;
+    let (names, kinds) = describe(&mut cursor, cfg.lowercase).map_err(|e| err(e, true))?;
     let cols = Columns::new(names);
     let Some(iter_at) = cols.position(&cfg.iterator_column) else {
         return Err(DbError {
@@ -338,7 +366,7 @@ fn poll(
                         batch.truncated += 1;
                     }
                 }
-                row.push(typed(*kind, set.at(c, r)));
+                row.push(typed(*kind, set.at(c, r), cfg.char_decoding));
             }
             let mut report = RowReport::default();
             if let Some(d) = convert_row(cfg, &cols, &row, now, &mut report) {
@@ -356,11 +384,11 @@ fn poll(
 }
 
 /// Runs an RPC statement; `Some(row)` (an object) for `with_result`.
-fn rpc(conn: &Connection<'_>, stmt: &Statement) -> Result<Option<Json>, DbError> {
+fn rpc(cfg: &OdbcConfig, conn: &Connection<'_>, stmt: &Statement) -> Result<Option<Json>, DbError> {
     let params: Vec<Box<dyn InputParameter>> = stmt
         .args
         .iter()
-        .map(|a| param(&Val::from_json(a)))
+        .map(|a| param(&Val::from_json(a), cfg.param_encoding))
         .collect();
     let cursor = conn
         .execute(&stmt.sql, &params[..], None)
@@ -371,14 +399,17 @@ fn rpc(conn: &Connection<'_>, stmt: &Statement) -> Result<Option<Json>, DbError>
     let Some(mut cursor) = cursor else {
         return Ok(Some(Json::Null));
     };
-    let (names, kinds) = describe(&mut cursor).map_err(|e| err(e, is_lost(conn)))?;
+    let (names, kinds) = describe(&mut cursor, cfg.lowercase).map_err(|e| err(e, is_lost(conn)))?;
     let buf = TextRowSet::for_cursor(1, &mut cursor, Some(MAX_TEXT)).map_err(|e| err(e, false))?;
     let mut block = cursor.bind_buffer(buf).map_err(|e| err(e, is_lost(conn)))?;
     let row = match block.fetch().map_err(|e| err(e, is_lost(conn)))? {
         Some(b) if b.num_rows() > 0 => {
             let mut m = serde_json::Map::new();
             for (c, (name, kind)) in names.iter().zip(&kinds).enumerate() {
-                m.insert(name.clone(), typed(*kind, b.at(c, 0)).to_json());
+                m.insert(
+                    name.clone(),
+                    typed(*kind, b.at(c, 0), cfg.char_decoding).to_json(),
+                );
             }
             Json::Object(m)
         }
@@ -411,14 +442,27 @@ mod tests {
 
     #[test]
     fn typing_by_sql_type() {
-        assert_eq!(typed(Kind::Int, Some(b"42")), Val::Int(42));
-        assert_eq!(typed(Kind::Int, None), Val::None);
-        assert_eq!(typed(Kind::Float, Some(b"1.5e0")), Val::Float(1.5));
-        assert_eq!(typed(Kind::Number, Some(b"12")), Val::Int(12));
-        assert_eq!(typed(Kind::Number, Some(b"12.50")), Val::Float(12.5));
-        assert_eq!(typed(Kind::Bool, Some(b"1")), Val::Bool(true));
-        assert_eq!(typed(Kind::Text, Some(b" a ")), Val::Str(" a ".into()));
-        assert_eq!(typed(Kind::Int, Some(b"x")), Val::Str("x".into()));
+        assert_eq!(typed(Kind::Int, Some(b"42"), None), Val::Int(42));
+        assert_eq!(typed(Kind::Int, None, None), Val::None);
+        assert_eq!(typed(Kind::Float, Some(b"1.5e0"), None), Val::Float(1.5));
+        assert_eq!(typed(Kind::Number, Some(b"12"), None), Val::Int(12));
+        assert_eq!(typed(Kind::Number, Some(b"12.50"), None), Val::Float(12.5));
+        assert_eq!(typed(Kind::Bool, Some(b"1"), None), Val::Bool(true));
+        assert_eq!(
+            typed(Kind::Text, Some(b" a "), None),
+            Val::Str(" a ".into())
+        );
+        assert_eq!(typed(Kind::Int, Some(b"x"), None), Val::Str("x".into()));
+        // `decoding.char`: latin-1 bytes; without it, invalid UTF-8 is replaced.
+        let cafe = b"Caf\xe9";
+        assert_eq!(
+            typed(Kind::Text, Some(cafe), Some(encoding_rs::WINDOWS_1252)),
+            Val::Str("Caf\u{e9}".into())
+        );
+        assert_eq!(
+            typed(Kind::Text, Some(cafe), None),
+            Val::Str("Caf\u{fffd}".into())
+        );
         assert_eq!(kind_of(DataType::BigInt), Kind::Int);
         assert_eq!(
             kind_of(DataType::Decimal {

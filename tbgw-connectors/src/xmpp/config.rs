@@ -3,7 +3,7 @@
 //! key path.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// 10000).
     #[serde(rename = "rpcTimeoutMs")]
     pub rpc_timeout_ms: Option<u64>,
+    /// tbgw: a PEM file of CA certificates the server's certificate must chain to, instead of
+    /// the system's trusted roots (a private CA). Relative to the connector file.
+    #[serde(alias = "caCert")]
+    pub ca_cert: Option<String>,
 }
 
 /// `devices[]`.
@@ -141,6 +145,8 @@ pub struct Settings {
     pub port: u16,
     /// TLS or not.
     pub transport: Transport,
+    /// CA file the server's certificate is checked against (`None`: the system's roots).
+    pub ca_cert: Option<PathBuf>,
     /// How long the session may take to come online before it is logged.
     pub online_timeout: Duration,
     /// How long a two-way RPC waits.
@@ -223,6 +229,14 @@ impl Settings {
         if s.plugins.is_some() {
             ignored.push("server.plugins".into());
         }
+        let ca_cert = match s.ca_cert.as_deref().filter(|p| !p.trim().is_empty()) {
+            Some(_) if transport == Transport::Plain => {
+                ignored.push("server.ca_cert".into());
+                None
+            }
+            Some(p) => Some(tbgw::config::resolve_beside(file, p)),
+            None => None,
+        };
         if s.unencrypted_plain_auth.is_some() {
             ignored.push("server.unencrypted_plain_auth".into());
         }
@@ -304,6 +318,7 @@ impl Settings {
             host,
             port: s.port.unwrap_or(5222),
             transport,
+            ca_cert,
             online_timeout: Duration::from_millis(s.timeout.unwrap_or(10_000).max(1)),
             rpc_timeout: Duration::from_millis(s.rpc_timeout_ms.unwrap_or(10_000).max(1)),
             devices,
@@ -341,6 +356,17 @@ mod tests {
         assert_eq!(s.transport, Transport::Plain);
         let s = build(json!({"server": {"jid": "gw@example.com", "password": "p"}})).unwrap();
         assert_eq!((s.host.as_str(), s.port), ("example.com", 5222));
+        assert_eq!(s.ca_cert, None);
+        // `ca_cert` (or `caCert`) beside the connector file; plain TCP has no use for it.
+        let s = build(json!({"server": server(json!({"ca_cert": "ca.pem"}))})).unwrap();
+        assert_eq!(s.ca_cert, Some(PathBuf::from("ca.pem")));
+        let cfg: XmppFileConfig = serde_json::from_value(json!({"server": server(
+            json!({"caCert": "/etc/ca.pem", "disable_starttls": true}))}))
+        .unwrap();
+        let mut ignored = Vec::new();
+        let s = Settings::build(Path::new("/etc/tbgw/xmpp.json"), cfg, &mut ignored).unwrap();
+        assert_eq!(s.ca_cert, None);
+        assert_eq!(ignored, vec!["server.ca_cert".to_string()]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use tokio_xmpp::Stanza;
 
 use super::config::{Settings, Transport, XmppFileConfig};
 use super::downlink::{answer_value, attribute_body, rpc_body, set_body};
+use super::tls::CaTlsConnector;
 
 /// Stanzas tokio-xmpp queues for sending.
 const SEND_QUEUE: usize = 256;
@@ -68,7 +69,7 @@ impl XmppConnector {
 
 /// The stanza stream for the configured transport. tokio-xmpp connects in the background and
 /// reconnects by itself (1 s doubling to 30 s) whenever the connection is lost.
-fn open_stream(s: &Settings) -> StanzaStream {
+fn open_stream(s: &Settings) -> Result<StanzaStream, ConnectorError> {
     let dns = match s.host.parse::<IpAddr>() {
         Ok(ip) => DnsConfig::addr(&SocketAddr::new(ip, s.port).to_string()),
         Err(_) => DnsConfig::no_srv(&s.host, s.port),
@@ -81,7 +82,15 @@ fn open_stream(s: &Settings) -> StanzaStream {
         // it is the one the rest of tbgw uses (an error means one is installed already).
         let _ = tokio_xmpp::rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
-    match s.transport {
+    if let (Some(ca), true) = (&s.ca_cert, s.transport != Transport::Plain) {
+        let roots = tbgw::tls::load_roots(ca).map_err(|e| ConnectorError::Other(e.to_string()))?;
+        let config = tbgw::tls::client_config(tbgw::tls::Verify::Roots(roots), None)
+            .map_err(|e| ConnectorError::Other(e.to_string()))?;
+        let direct = s.transport == Transport::DirectTls;
+        let connector = CaTlsConnector::new(dns, Arc::new(config), direct);
+        return Ok(StanzaStream::new_c2s(connector, jid, pw, t, SEND_QUEUE));
+    }
+    Ok(match s.transport {
         Transport::Plain => {
             StanzaStream::new_c2s(TcpServerConnector::from(dns), jid, pw, t, SEND_QUEUE)
         }
@@ -91,7 +100,7 @@ fn open_stream(s: &Settings) -> StanzaStream {
         Transport::DirectTls => {
             StanzaStream::new_c2s(DirectTlsServerConnector::from(dns), jid, pw, t, SEND_QUEUE)
         }
-    }
+    })
 }
 
 /// A two-way RPC waiting for its device's answer.
@@ -334,7 +343,7 @@ impl Connector for XmppConnector {
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let s = self.settings.clone();
         let cancel = cx.cancellation().clone();
-        let mut stream = open_stream(&s);
+        let mut stream = open_stream(&s)?;
         tracing::info!(jid = %s.jid, host = %s.host, port = s.port, transport = ?s.transport, "Connecting to the XMPP server.");
         let mut session = Session {
             settings: s.clone(),

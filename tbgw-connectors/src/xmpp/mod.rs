@@ -52,6 +52,7 @@
 pub mod config;
 mod connector;
 pub mod downlink;
+pub mod tls;
 pub mod uplink;
 
 use tbgw::config::ConfigError;

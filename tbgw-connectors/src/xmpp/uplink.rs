@@ -6,9 +6,14 @@
 //! JSON type (upstream turns every value into a Python string: `'True'`, `'21.5'`); a mixed
 //! template (`"${temp}:${hum}"`) is text. Telemetry is stamped with the body's `ts` or
 //! `timestamp` when present, else with the time the message arrived.
+//!
+//! A body that is not JSON is read as text — upstream's text converter — when the device's
+//! expressions use byte slices (`"[0:4]"`, `"[4:]"`, [`tbgw::expr::ByteSlices`]): each
+//! expression without `${…}` is rendered over the body (slices of it, literal text as is), the
+//! values are text and stamped with the time of arrival. Otherwise such a body is malformed.
 
 use serde_json::Value as Json;
-use tbgw::expr::{parse_timestamp, Template, TsOptions};
+use tbgw::expr::{parse_timestamp, ByteSlices, Template, TsOptions};
 use tbgw::model::{DeviceData, Value};
 use tokio_xmpp::jid::Jid;
 
@@ -71,8 +76,11 @@ impl Device {
         if body.len() > MAX_BODY_BYTES {
             return Err(BodyError::TooLong(body.len()));
         }
-        let data: Json =
-            serde_json::from_str(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        let data: Json = match serde_json::from_str(body) {
+            Ok(d) => d,
+            Err(_) if self.reads_text() => return self.convert_text(body, now),
+            Err(e) => return Err(BodyError::NotJson(e.to_string())),
+        };
         let name = self
             .name
             .render(&data)
@@ -97,6 +105,57 @@ impl Device {
         }
         Ok((!out.is_empty()).then_some(out))
     }
+}
+
+impl Device {
+    /// Whether the expressions read text bodies: one of them (name, type, a key or value)
+    /// is a byte-slice expression without `${…}`.
+    fn reads_text(&self) -> bool {
+        std::iter::once(&self.name)
+            .chain(std::iter::once(&self.device_type))
+            .chain(
+                self.attributes
+                    .iter()
+                    .chain(&self.timeseries)
+                    .flat_map(|p| [&p.key, &p.value]),
+            )
+            .any(|t| text_expr(t).is_some_and(|s| s.has_slices()))
+    }
+
+    /// A text body: the name must render non-empty (the type defaults to `default`), points
+    /// whose key or value is a `${…}` template are skipped. `Ok(None)`: nothing to send.
+    fn convert_text(&self, body: &str, now: i64) -> Result<Option<DeviceData>, BodyError> {
+        let render = |t: &Template| {
+            text_expr(t)
+                .map(|s| s.render(body.as_bytes(), false))
+                .filter(|v| !v.is_empty())
+        };
+        let name =
+            render(&self.name).ok_or_else(|| BodyError::NoName(self.name.source().to_string()))?;
+        let device_type = render(&self.device_type).unwrap_or_else(|| "default".to_string());
+        let mut out = DeviceData::new(name, device_type);
+        for p in &self.attributes {
+            if let (Some(k), Some(v)) = (render(&p.key), render(&p.value)) {
+                out.push_attribute(k, Value::String(v));
+            }
+        }
+        for p in &self.timeseries {
+            if let (Some(k), Some(v)) = (render(&p.key), render(&p.value)) {
+                out.push_telemetry(now, k, Value::String(v));
+            }
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+/// An expression as a text-body expression: `None` when it is a `${…}` template (over JSON)
+/// or not a valid byte-slice expression.
+fn text_expr(t: &Template) -> Option<ByteSlices> {
+    let src = t.source();
+    if src.contains("${") {
+        return None;
+    }
+    ByteSlices::parse(src).ok()
 }
 
 /// The datapoints of `list` found in `data`: an entry whose key or value has no match, or
@@ -198,6 +257,49 @@ mod tests {
         assert!(matches!(d.convert("[1,2]", 0), Err(BodyError::NoName(_))));
         let long = format!("\"{}\"", "a".repeat(MAX_BODY_BYTES));
         assert!(matches!(d.convert(&long, 0), Err(BodyError::TooLong(_))));
+    }
+
+    #[test]
+    fn text_bodies_with_slice_expressions_as_upstreams_text_converter() {
+        let d = Device {
+            jid: Jid::new("device@localhost").unwrap(),
+            name: t("[0:4]"),
+            device_type: t("sensor"),
+            attributes: vec![Point {
+                key: t("unit"),
+                value: t("[-1:]"),
+            }],
+            timeseries: vec![
+                Point {
+                    key: t("temp"),
+                    value: t("[4:8]"),
+                },
+                Point {
+                    key: t("json only"),
+                    value: t("${temp}"),
+                },
+            ],
+        };
+        let out = d.convert("AB1221.5C", 9).unwrap().unwrap();
+        assert_eq!(out.device_name, "AB12");
+        assert_eq!(out.device_type, "sensor");
+        assert_eq!(
+            out.attributes,
+            vec![("unit".into(), Value::String("C".into()))]
+        );
+        assert_eq!(out.telemetry.len(), 1);
+        assert_eq!(
+            out.telemetry[0].values,
+            vec![("temp".into(), Value::String("21.5".into()))]
+        );
+        assert_eq!(out.telemetry[0].ts, 9);
+        // An empty text body names no device: malformed, as a JSON body without the name.
+        assert!(matches!(d.convert("", 9), Err(BodyError::NoName(_))));
+        // A device without slice expressions keeps refusing text.
+        assert!(matches!(
+            device("device@localhost").convert("AB1221.5C", 0),
+            Err(BodyError::NotJson(_))
+        ));
     }
 
     #[test]

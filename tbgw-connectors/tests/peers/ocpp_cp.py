@@ -15,6 +15,8 @@ OPTIONS_JSON keys:
   auth       ["user", "password"] for HTTP basic auth; token: an Authorization header value
   cafile     CA for wss://; certfile/keyfile: client certificate (security profile 3)
   vendor, model: BootNotification's (default "Eco", "Sim")
+  keepalive  "full" mode: after the scenario, a Heartbeat every this many seconds (upstream's
+             central system delivers its own calls only when the charge point sends something)
 Prints one line per event: CONNECTED <subprotocol>, RESULT <Action> <json>, UPLINK DONE,
 GOT <Action> <json>, ERROR <text>.
 """
@@ -176,6 +178,10 @@ def connect_kwargs(subprotocols):
 
 
 async def serve_forever(cp):
+    if opts.get("keepalive"):
+        while True:
+            await asyncio.sleep(opts["keepalive"])
+            await cp.call(call.Heartbeat())
     await asyncio.Event().wait()
 
 

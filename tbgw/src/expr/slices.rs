@@ -224,6 +224,11 @@ impl ByteSlices {
         &self.source
     }
 
+    /// True when the expression has at least one slice (else it is literal text only).
+    pub fn has_slices(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Slice(_)))
+    }
+
     /// True when the expression is exactly one slice selecting the whole payload (`[:]`).
     pub fn is_whole_payload(&self) -> bool {
         matches!(self.pieces.as_slice(), [Piece::Slice(spec)] if spec.is_all())
@@ -292,6 +297,12 @@ mod tests {
         ByteSlices::parse(expr)
             .expect("valid")
             .render(payload, true)
+    }
+
+    #[test]
+    fn slices_are_told_from_literal_text() {
+        assert!(ByteSlices::parse("[0:4]cm").unwrap().has_slices());
+        assert!(!ByteSlices::parse("cm [abc]").unwrap().has_slices());
     }
 
     #[test]

@@ -19,7 +19,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const PORT_ATTEMPTS: usize = 5;
 
 /// A `prosody` process serving the virtual host `localhost` on `127.0.0.1:<port>` (client
-/// connections only: no server-to-server, no HTTP, no TLS, no offline storage, so a message to
+/// connections only: no server-to-server, no HTTP, no TLS (see [`Prosody::start_tls`]), no offline storage, so a message to
 /// an account that is not logged in bounces). Plain-text authentication is allowed. Killed
 /// when dropped.
 ///
@@ -39,12 +39,40 @@ pub struct Prosody {
     dir: tempfile::TempDir,
     child: Option<Child>,
     launches: u32,
+    tls: Option<ProsodyTls>,
+}
+
+/// TLS of a [`Prosody::start_tls`] server.
+#[derive(Debug, Clone)]
+struct ProsodyTls {
+    cert: PathBuf,
+    key: PathBuf,
+    direct_port: u16,
 }
 
 impl Prosody {
     /// Writes a config on a free port, registers `users` (`(name, password)` on `localhost`)
     /// and starts the server.
     pub async fn start(users: &[(&str, &str)]) -> io::Result<Prosody> {
+        Prosody::start_with(users, None).await
+    }
+
+    /// As [`Prosody::start`], with TLS: STARTTLS required on [`Prosody::port`] and XMPP over
+    /// TLS from the first byte on [`Prosody::direct_tls_port`], both with the PEM certificate
+    /// `cert` (for the host `localhost`) and its unencrypted key `key`.
+    pub async fn start_tls(users: &[(&str, &str)], cert: &Path, key: &Path) -> io::Result<Prosody> {
+        Prosody::start_with(
+            users,
+            Some(ProsodyTls {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                direct_port: 0,
+            }),
+        )
+        .await
+    }
+
+    async fn start_with(users: &[(&str, &str)], tls: Option<ProsodyTls>) -> io::Result<Prosody> {
         let dir = tempfile::Builder::new().prefix("tbgw-prosody-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("data"))?;
         std::fs::create_dir_all(dir.path().join("certs"))?;
@@ -53,10 +81,14 @@ impl Prosody {
             dir,
             child: None,
             launches: 0,
+            tls,
         };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             server.port = super::free_tcp_port();
+            if let Some(t) = server.tls.as_mut() {
+                t.direct_port = super::free_tcp_port();
+            }
             server.write_config()?;
             if last.is_none() {
                 for (user, pw) in users {
@@ -74,6 +106,12 @@ impl Prosody {
     /// The client port on 127.0.0.1 (the same across restarts).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of XMPP over TLS from the first byte (`c2s_direct_tls_ports`), for a server
+    /// started by [`Prosody::start_tls`].
+    pub fn direct_tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|t| t.direct_port)
     }
 
     /// The server's process id while it runs.
@@ -156,6 +194,19 @@ impl Prosody {
 
     fn write_config(&self) -> io::Result<()> {
         let d = self.dir.path().display();
+        let (tls_modules, tls_settings) = match &self.tls {
+            None => (r#""tls""#.to_string(), String::new()),
+            Some(t) => (
+                String::new(),
+                format!(
+                    "c2s_require_encryption = true\nc2s_direct_tls_ports = {{ {} }}\n\
+                     ssl = {{ certificate = \"{}\"; key = \"{}\"; }}\n",
+                    t.direct_port,
+                    t.cert.display(),
+                    t.key.display()
+                ),
+            ),
+        };
         let cfg = format!(
             r#"pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
@@ -167,15 +218,30 @@ c2s_ports = {{ {port} }}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq" }}
-modules_disabled = {{ "s2s"; "tls"; "offline" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; {tls_enabled} }}
+modules_disabled = {{ "s2s"; {tls_modules} "offline" }}
 log = {{ info = "*console" }}
+{tls}
 VirtualHost "localhost"
 "#,
-            port = self.port
+            port = self.port,
+            tls = if tls_settings.is_empty() {
+                "c2s_require_encryption = false".to_string()
+            } else {
+                tls_settings
+            },
+            tls_enabled = if tls_modules.is_empty() {
+                r#""tls";"#
+            } else {
+                ""
+            },
+            tls_modules = if tls_modules.is_empty() {
+                String::new()
+            } else {
+                format!("{tls_modules};")
+            }
         );
         std::fs::write(self.config_path(), cfg)
     }
