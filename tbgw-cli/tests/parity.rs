@@ -2457,10 +2457,7 @@ async fn bacnet_connector_matches_upstream() {
         &[
             // Upstream sends every value that is not a REAL as Python's `str()`; tbgw as
             // BACnet encodes it (an enumeration as its number).
-            (
-                "units \"degrees-celsius\"",
-                "units 62",
-            ),
+            ("units \"degrees-celsius\"", "units 62"),
             ("mode \"2\"", "mode 2"),
             ("relay \"0\"", "relay 0"),
             // RPC replies: upstream's are Python text, the value itself `str()` when read.

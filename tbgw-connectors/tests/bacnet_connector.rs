@@ -662,3 +662,72 @@ async fn broadcast_discovery_across_a_veth_pair() {
     let _ = child.kill().await;
     drop(ns);
 }
+
+/// EDE import: `edeFilePath` (relative to the connector file) replaces `devices[]`; the
+/// device, given by instance only, is found by a broadcast Who-Is, so it listens on the
+/// standard port 47808 (bacpypes3 also binds 127.255.255.255 there). Skipped, with the reason
+/// printed, where that port is taken.
+#[tokio::test]
+async fn ede_file_import() {
+    if std::net::UdpSocket::bind("127.0.0.1:47808").is_err() {
+        eprintln!("skipped: UDP port 47808 is in use, the EDE device cannot be found by broadcast");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plant.ede.csv"),
+        "#Engineering-Data-Exchange - B.A.C.n.e.t EDE 2.0;;;;;\n\
+         PROJECT_NAME;Plant\n\
+         # keyname;device obj.-instance;object-name;object-type;object-instance;description\n\
+         AHU-1;1401;EDE ahu;8;1401;\n\
+         AHU-1.temp;1401;supply temp;2;1;\n\
+         AHU-1.relay;1401;fan relay;5;1;\n\
+         AHU-1.cal;1401;calendar;6;1;\n",
+    )
+    .unwrap();
+    let _d = device("ede", 1401, 47808).await;
+    let gw = free_udp_port();
+    let mut cfg = gateway(gw, vec![device_entry(free_udp_port(), json!({}))]);
+    cfg["edeFilePath"] = json!("plant.ede.csv");
+    let mut ignored = Vec::new();
+    let mut connector = BacnetFactory::new()
+        .build(
+            &ConnectorSpec {
+                name: "BACnet".into(),
+                connector_type: "bacnet".into(),
+                file: dir.path().join("bacnet.json"),
+                config: cfg.into(),
+            },
+            &mut ignored,
+        )
+        .expect("config is valid");
+    assert!(
+        ignored.iter().any(|i| i.starts_with("devices (replaced")),
+        "{ignored:?}"
+    );
+    let (mut cx, mut ends) = ConnectorContext::for_test("BACnet");
+    let task = tokio::spawn(async move {
+        connector
+            .run(&mut cx)
+            .await
+            .expect("connector ends cleanly");
+    });
+    let d = next_data(&mut ends, "EDE ahu", |d| {
+        value(d, "supply temp").is_some() && value(d, "fan relay").is_some()
+    })
+    .await;
+    assert_eq!(value(&d, "supply temp"), Some(json!(21.5)));
+    assert_eq!(value(&d, "fan relay"), Some(json!(0)));
+    assert_eq!(value(&d, "calendar"), None, "object type 6 is not imported");
+    ends.cancel.cancel();
+    task.await.unwrap();
+
+    // A missing file is a configuration error naming the key.
+    let mut cfg = gateway(gw, vec![]);
+    cfg["edeFilePath"] = json!("/nonexistent/plant.csv");
+    let e = BacnetFactory::new()
+        .build(&spec(cfg), &mut Vec::new())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("edeFilePath"), "{e}");
+}

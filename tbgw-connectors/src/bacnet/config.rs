@@ -21,10 +21,10 @@ pub struct BacnetConfig {
     /// Who-Is period (upstream reads it here, at the top level).
     #[serde(default)]
     pub devices_discover_period_seconds: Option<f64>,
-    /// EDE file import (not implemented).
+    /// EDE file import (see [`super::ede`]).
     #[serde(default)]
     pub ede_file_path: Option<String>,
-    /// EDE file import, base64 (not implemented).
+    /// EDE file import, the file in base64 (see [`super::ede`]).
     #[serde(default)]
     pub ede_config: Option<Json>,
 }
