@@ -731,3 +731,91 @@ async fn ede_file_import() {
         .expect("refused");
     assert!(e.to_string().contains("edeFilePath"), "{e}");
 }
+
+/// Segmentation: a gateway accepting APDUs of 206 bytes reads the object list of a device
+/// with 600 objects (over 3,000 bytes) in one ReadProperty, answered in segmented
+/// ComplexACKs that the endpoint acknowledges window by window and reassembles; and a
+/// ReadPropertyMultiple of every object's name, likewise segmented.
+#[tokio::test]
+async fn segmented_answers_are_reassembled() {
+    use tbgw_connectors::bacnet::client::{Endpoint, LocalDevice, Peer};
+    use tbgw_connectors::bacnet::proto::services::PropRef;
+    use tbgw_connectors::bacnet::proto::{AppValue, ObjectId};
+
+    let port = free_udp_port();
+    let mut p = PythonPeer::spawn([
+        PEER.to_string(),
+        "--name".into(),
+        "big".into(),
+        "--instance".into(),
+        "1501".into(),
+        "--address".into(),
+        format!("127.0.0.1/8:{port}"),
+        "--points".into(),
+        "595".into(),
+    ])
+    .expect("python runs");
+    p.wait_output("bacnet device up", WAIT)
+        .await
+        .expect("bacpypes3 device starts");
+    let local = LocalDevice {
+        instance: 598,
+        name: "gw".into(),
+        max_apdu: 206,
+        segmentation: 0,
+        vendor: 15,
+    };
+    let ep = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        local,
+        Duration::from_secs(3),
+        1,
+    )
+    .await
+    .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let rx_task = tokio::spawn(ep.clone().receive(tx));
+    let peer = Peer {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        remote: None,
+    };
+    let list = ep
+        .read_property(
+            &peer,
+            ObjectId::new(8, 1501),
+            PropRef {
+                property: 76,
+                index: None,
+            },
+            None,
+        )
+        .await
+        .expect("the whole object list, segmented");
+    let AppValue::List(objects) = list else {
+        panic!("not a list: {list:?}")
+    };
+    let points = objects
+        .iter()
+        .filter(|o| matches!(o, AppValue::Object(o) if o.kind == 2 && o.instance >= 1000))
+        .count();
+    assert_eq!(points, 595, "every point in the list of {}", objects.len());
+    let items: Vec<(ObjectId, Vec<PropRef>)> = (0..595)
+        .map(|i| {
+            (
+                ObjectId::new(2, 1000 + i),
+                vec![PropRef {
+                    property: 77,
+                    index: None,
+                }],
+            )
+        })
+        .collect();
+    let names = ep
+        .read_multiple(&peer, &items[..200])
+        .await
+        .expect("200 names in one ReadPropertyMultiple, segmented");
+    assert_eq!(names.len(), 200);
+    assert_eq!(ep.malformed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    rx_task.abort();
+    p.stop().await;
+}
