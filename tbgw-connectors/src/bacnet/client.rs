@@ -733,6 +733,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn segments_reassembled_window_by_window() {
+        let local = LocalDevice {
+            instance: 1,
+            name: "gw".into(),
+            max_apdu: 206,
+            segmentation: 0,
+            vendor: 15,
+        };
+        let ep = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            local,
+            Duration::from_secs(1),
+            0,
+        )
+        .await
+        .unwrap();
+        let key = ("127.0.0.1:9".parse().unwrap(), 5);
+        let seg = |sequence: u8, more: bool| Apdu::ComplexAck {
+            segmented: true,
+            more,
+            invoke_id: 5,
+            sequence,
+            window: 2,
+            service: 12,
+            data: vec![sequence],
+        };
+        let ack = |negative, sequence| Apdu::SegmentAck {
+            negative,
+            server: false,
+            invoke_id: 5,
+            sequence,
+            window: 2,
+        };
+        // A segment before the first: ask from the start.
+        assert_eq!(
+            ep.segment(key, seg(1, true)),
+            SegmentStep::Ack(ack(true, 0))
+        );
+        assert_eq!(
+            ep.segment(key, seg(0, true)),
+            SegmentStep::Ack(ack(false, 0))
+        );
+        assert_eq!(ep.segment(key, seg(1, true)), SegmentStep::Wait);
+        assert_eq!(
+            ep.segment(key, seg(2, true)),
+            SegmentStep::Ack(ack(false, 2))
+        );
+        // Segment 3 lost: a negative ack of the last one in order.
+        assert_eq!(
+            ep.segment(key, seg(4, true)),
+            SegmentStep::Ack(ack(true, 2))
+        );
+        let SegmentStep::Done(last, whole) = ep.segment(key, seg(3, false)) else {
+            panic!("not done")
+        };
+        assert_eq!(last, ack(false, 3));
+        let Apdu::ComplexAck { data, service, .. } = whole else {
+            panic!("{whole:?}")
+        };
+        assert_eq!((data, service), (vec![0, 1, 2, 3], 12));
+        assert!(ep.segments.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn answers_who_is_and_times_out() {
         let local = LocalDevice {
             instance: 599,
