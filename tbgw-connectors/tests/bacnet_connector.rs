@@ -190,13 +190,22 @@ async fn two_devices_typed_values_and_a_dead_one() {
             device_entry(p1, json!({})),
             device_entry(
                 p2,
-                json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002}),
+                json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002,
+                       "deviceInfo": {
+                           "deviceNameExpression": "BACnet Device ${objectName}",
+                           "deviceProfileExpression": "vendor-${vendorId}",
+                           "deviceNameExpressionSource": "expression",
+                           "deviceProfileExpressionSource": "expression"}}),
             ),
         ],
     ));
-    for (dev, inst) in [("BACnet Device dev1", 1001), ("BACnet Device dev2", 1002)] {
+    for (dev, inst, profile) in [
+        ("BACnet Device dev1", 1001, "default"),
+        // bacpypes3's default vendor id, from its I-Am.
+        ("BACnet Device dev2", 1002, "vendor-999"),
+    ] {
         let d = next_data(&mut ends, dev, |d| value(d, "temperature").is_some()).await;
-        assert_eq!(d.device_type, "default");
+        assert_eq!(d.device_type, profile);
         assert_eq!(
             value(&d, "temperature"),
             Some(json!(21.5)),
@@ -818,4 +827,45 @@ async fn segmented_answers_are_reassembled() {
     assert_eq!(ep.malformed.load(std::sync::atomic::Ordering::Relaxed), 0);
     rx_task.abort();
     p.stop().await;
+}
+
+/// `foreignDevice`: the gateway registers with a bacpypes3 BBMD (on its own port, so a
+/// broadcast Who-Is to the standard port never reaches it) and finds a device given by
+/// `deviceId` only through the BBMD's Distribute-Broadcast-To-Network; here the device is the
+/// BBMD itself.
+#[tokio::test]
+async fn foreign_device_registration_with_a_bbmd() {
+    let (pb, gw) = (free_udp_port(), free_udp_port());
+    let mut bbmd = PythonPeer::spawn([
+        PEER.to_string(),
+        "--name".into(),
+        "bbmd".into(),
+        "--instance".into(),
+        "1601".into(),
+        "--address".into(),
+        format!("127.0.0.1/8:{pb}"),
+        "--bbmd".into(),
+        format!("127.0.0.1/8:{pb}"),
+    ])
+    .expect("python runs");
+    bbmd.wait_output("bacnet device up", WAIT)
+        .await
+        .expect("bacpypes3 BBMD starts");
+    let mut entry = device_entry(pb, json!({"deviceId": 1601}));
+    if let Some(o) = entry.as_object_mut() {
+        for k in ["host", "port", "mask"] {
+            o.remove(k);
+        }
+    }
+    let mut cfg = gateway(gw, vec![entry]);
+    cfg["foreignDevice"] = json!({"address": format!("127.0.0.1:{pb}"), "ttl": 60});
+    let (task, mut ends) = start(cfg);
+    let d = next_data(&mut ends, "BACnet Device bbmd", |d| {
+        value(d, "temperature").is_some()
+    })
+    .await;
+    assert_eq!(value(&d, "temperature"), Some(json!(21.5)));
+    ends.cancel.cancel();
+    task.await.unwrap();
+    bbmd.stop().await;
 }

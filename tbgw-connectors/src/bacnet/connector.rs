@@ -629,6 +629,8 @@ struct Live {
     spec: Arc<DeviceSpec>,
     peer: Peer,
     instance: u32,
+    /// The vendor id of its I-Am (`${vendorId}`).
+    vendor: u32,
 }
 
 #[derive(Default)]
@@ -787,6 +789,7 @@ impl BacnetConnector {
                 spec: spec.clone(),
                 peer: peer.clone(),
                 instance,
+                vendor: i_am.vendor,
             });
             let max_apdu = i_am.max_apdu.clamp(50, 1476) as usize;
             let sh = shared.clone();
@@ -1076,7 +1079,7 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
         ("objectName", object_name),
         ("objectId", live.instance.to_string()),
         ("address", peer.to_string()),
-        ("vendorId", String::new()),
+        ("vendorId", live.vendor.to_string()),
     ];
     let expr = |e: &str, constant: bool| {
         if constant {
