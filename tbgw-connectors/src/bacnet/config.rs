@@ -75,7 +75,7 @@ pub struct ApplicationConfig {
     /// Object list rescan period.
     #[serde(default)]
     pub devices_rescan_objects_period_seconds: Option<f64>,
-    /// Python proprietary object modules (not supported).
+    /// Load proprietary object modules: upstream's bundled names are always known here.
     #[serde(default)]
     pub load_proprietary_devices: Option<bool>,
     /// Ours: APDU timeout in milliseconds (default 3000).

@@ -511,9 +511,8 @@ impl BacnetConnector {
                 ))
             }
         };
-        if a.load_proprietary_devices == Some(true) {
-            ignored.push("application.loadProprietaryDevices (Python proprietary object modules are not loaded; unknown types and properties are read by number)".into());
-        }
+        // `loadProprietaryDevices`: the names of upstream's bundled proprietary module are
+        // always known (`ids::PROPRIETARY_PROPERTIES`); nothing to load.
         // EDE import replaces devices[], as upstream's does; the file path wins.
         let ede_devices = match (
             cfg.ede_file_path
