@@ -302,7 +302,9 @@ impl Endpoint {
             window,
         };
         let window = window.clamp(1, 127);
-        if sequence == 0 && !all.contains_key(&key) {
+        // The first segment (re)starts the answer: also after a resent request, or when the
+        // device did not get our acknowledgement of it.
+        if sequence == 0 {
             all.insert(
                 key,
                 Reassembly {
@@ -771,6 +773,11 @@ mod tests {
             ep.segment(key, seg(1, true)),
             SegmentStep::Ack(ack(true, 0))
         );
+        assert_eq!(
+            ep.segment(key, seg(0, true)),
+            SegmentStep::Ack(ack(false, 0))
+        );
+        // Segment 0 again (our acknowledgement was lost): start over.
         assert_eq!(
             ep.segment(key, seg(0, true)),
             SegmentStep::Ack(ack(false, 0))
