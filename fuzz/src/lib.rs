@@ -612,3 +612,276 @@ mod xmpp {
         let _ = attribute_body("{\"${attributeKey}\":\"${attributeValue}\"}", "k", &answer);
     }
 }
+
+pub use ble::ble_advertisement;
+
+/// The BLE connector's `valueExpression` parsing and decoding, and its advertisement path.
+mod ble {
+    use std::sync::OnceLock;
+
+    use tbgw_connectors::ble::central::Advertisement;
+    use tbgw_connectors::ble::uplink::{Render, ValueExpr};
+    use tbgw_connectors::ble::{AdvertisementDecoder, BleConnectorConfig};
+
+    fn decoder() -> &'static AdvertisementDecoder {
+        static D: OnceLock<AdvertisementDecoder> = OnceLock::new();
+        D.get_or_init(|| {
+            let cfg: BleConnectorConfig = serde_json::from_value(serde_json::json!({
+                "devices": [{
+                    "name": "B ${MACAddress} ${localName}", "localName": "b",
+                    "telemetry": [
+                        {"key": "a", "dataSourceType": "advertisement", "valueExpression": "[0:2]"},
+                        {"key": "b", "dataSourceType": "advertisement", "valueExpression": "[-1]", "compute": "value * 2 - 1"},
+                        {"key": "c", "dataSourceType": "advertisement", "advertisementField": "serviceData", "valueExpression": "x [1:] y [:3]"},
+                        {"key": "d", "dataSourceType": "advertisement", "advertisementField": "rssi"}
+                    ],
+                    "attributes": [
+                        {"key": "e", "dataSourceType": "advertisement", "valueExpression": "[:]", "compute": "str(value)[:4]"}
+                    ]
+                }]
+            }))
+            .expect("a valid config");
+            AdvertisementDecoder::new(cfg).expect("a valid config")
+        })
+    }
+
+    /// Input: a `valueExpression`, a 0 byte, then the advertised bytes.
+    pub fn ble_advertisement(data: &[u8]) {
+        let (expr, bytes) = match data.iter().position(|b| *b == 0) {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (&data[..0], data),
+        };
+        let text = String::from_utf8_lossy(expr);
+        if let Ok(e) = ValueExpr::parse(&text) {
+            if let Ok(tbgw::model::Value::String(s)) = e.render(bytes, Render::Text) {
+                // Each slice writes at most three digits per byte.
+                assert!(s.len() <= text.len() + 3 * bytes.len() * e.parts().len().max(1));
+            }
+            let _ = e.render(bytes, Render::Int);
+        }
+        let mut adv = Advertisement {
+            local_name: Some("b".into()),
+            rssi: Some(-40),
+            ..Advertisement::default()
+        };
+        adv.manufacturer_data.insert(0x0499, bytes.to_vec());
+        adv.service_data.insert(Default::default(), bytes.to_vec());
+        let (out, _) = decoder().decode(&adv);
+        assert_eq!(out.len(), 1);
+    }
+}
+
+pub use knx::knx_frame;
+
+/// The KNX connector's frame parsing and datapoint decoding.
+mod knx {
+    use tbgw_connectors::knx::dpt::Dpt;
+    use tbgw_connectors::knx::frame::{self, Cemi, Frame};
+
+    const TYPES: [&str; 16] = [
+        "", "switch", "character", "percent", "angle", "percentU8", "percentV8", "pulse_2byte",
+        "2byte_signed", "temperature", "4byte_unsigned", "4byte_signed", "power", "string",
+        "latin_1", "8byte_signed",
+    ];
+
+    /// One fuzz input: byte 0 picks what the rest is: a KNXnet/IP frame as a gateway sends
+    /// it (the cEMI inside a tunnelling request or routing indication is parsed too), or a
+    /// bare cEMI frame. The value of every group telegram is decoded as every datapoint type
+    /// and a decoded value encoded again. Panics only if a parser or codec panics.
+    pub fn knx_frame(data: &[u8]) {
+        let [sel, rest @ ..] = data else {
+            return;
+        };
+        let cemi = if sel & 1 == 0 {
+            let _ = frame::frame_len(rest);
+            match frame::parse_frame(rest) {
+                Ok(Frame::TunnelRequest { cemi, .. }) | Ok(Frame::RoutingIndication(cemi)) => {
+                    cemi
+                }
+                Ok(f) => {
+                    let _ = frame::parse_frame(&f.to_bytes());
+                    return;
+                }
+                Err(_) => return,
+            }
+        } else {
+            rest.to_vec()
+        };
+        if let Ok(Cemi::Group(t)) = frame::parse_cemi(&cemi) {
+            for name in TYPES {
+                let Ok(d) = Dpt::parse(name) else { continue };
+                if let Ok(v) = d.decode(&t.payload) {
+                    if let Ok(p) = d.encode(&v) {
+                        let _ = d.decode(&p);
+                    }
+                }
+            }
+            let again = frame::parse_cemi(&t.to_cemi());
+            assert!(again.is_ok(), "{t:?} does not parse again: {again:?}");
+        }
+        if let Ok(s) = std::str::from_utf8(rest) {
+            let _ = Dpt::parse(s);
+            let _ = frame::GroupAddress::parse(s);
+            let _ = frame::IndividualAddress::parse(s);
+        }
+    }
+}
+
+pub use can::can_frame;
+
+/// The CAN connector's frame decoding.
+mod can {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use serde_json::json;
+    use tbgw_connectors::can::codec::{from_hex, Command, Slice};
+    use tbgw_connectors::can::config::CanConnectorConfig;
+    use tbgw_connectors::can::j1939::Reassembler;
+    use tbgw_connectors::can::{dbc, decode, CanFrame, Decoder};
+
+    const DBC: &str = r#"VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: ECU
+
+BO_ 2364540158 EEC1: 8 ECU
+ SG_ EngineSpeed : 24|16@1+ (0.125,0) [0|8031.875] "rpm" Vector__XXX
+ SG_ Torque : 8|8@1- (1,-125) [-125|125] "%" Vector__XXX
+
+BO_ 256 Moto: 64 ECU
+ SG_ Temp : 7|12@0+ (0.1,-40) [-40|200] "degC" Vector__XXX
+ SG_ Wide : 500|64@0- (1,0) [0|0] "" Vector__XXX
+
+BO_ 512 Muxed: 8 ECU
+ SG_ Page M : 0|8@1+ (1,0) [0|255] "" Vector__XXX
+ SG_ A m0 : 8|16@1+ (1,0) [0|65535] "" Vector__XXX
+ SG_ B m1 : 8|56@1- (1,0) [0|0] "" Vector__XXX
+
+BO_ 513 Floats: 16 ECU
+ SG_ F : 0|32@1- (1,0) [0|0] "V" Vector__XXX
+ SG_ D : 64|64@1- (1,0) [0|0] "V" Vector__XXX
+
+SIG_VALTYPE_ 513 F : 1;
+SIG_VALTYPE_ 513 D : 2;
+"#;
+
+    /// Every value type, byte order, command filter, expression (with `can_data`), FD lengths,
+    /// DBC signals (both bit orders, multiplexed, float) and J1939 PGNs, on ids 1..=4, the
+    /// DBC messages' ids and PGN 61444.
+    fn decoder() -> &'static Decoder {
+        static D: OnceLock<Decoder> = OnceLock::new();
+        D.get_or_init(|| {
+            let v = |key: &str, node: u32, value: &str| json!({"key": key, "nodeId": node, "value": value});
+            let mut ts = vec![
+                v("b", 1, "0:1:bool"), v("i", 1, "1:2:int"), v("il", 1, "1:3:little:int:signed"),
+                v("l", 1, "0:8:long"), v("f", 1, "2:4:float"), v("d", 1, "0:8:little:double"),
+                v("s", 1, "3:-1:string"), v("u", 1, "0:-1:string:utf-8"), v("r", 1, "5:-1:raw"),
+                v("lat", 2, "0:-1:string:latin-1"), v("fd", 3, "40:8:big:long:signed"),
+                json!({"key": "cmd", "nodeId": 2, "command": "0:2:little:513", "value": "2:2:int",
+                       "expression": "value / 0 if value == 7 else value * 2 + can_data[-1]"}),
+                json!({"key": "x", "nodeId": 4, "isExtendedId": true, "value": "0:1:int",
+                       "expression": "[b for b in can_data if b > value][0] if len(can_data) > 2 else None"}),
+                json!({"key": "pgn", "pgn": 61444, "value": "3:2:little:int", "expression": "value * 0.125"}),
+                json!({"key": "pgnsa", "pgn": 65262, "sourceAddress": 0, "value": "0:1:int"}),
+                json!({"key": "speed", "signal": "EngineSpeed"}),
+                json!({"key": "wide", "signal": "Wide"}),
+            ];
+            ts.push(json!({"key": "temp", "signal": "Temp", "message": 256}));
+            let cfg: CanConnectorConfig = serde_json::from_value(json!({
+                "devices": [
+                    {"name": "A", "dbcFile": "x.dbc", "dbcMessages": ["Muxed", "Floats"], "timeseries": ts},
+                    {"name": "B", "attributes": [{"key": "b2", "nodeId": 1, "value": "7:1:int"}]}
+                ]
+            }))
+            .expect("config");
+            let load = |_: &Path| dbc::parse(DBC);
+            decode::plan_with(Path::new("can.json"), &cfg, &mut Vec::new(), &load)
+                .expect("plan")
+                .decoder
+        })
+    }
+
+    /// One fuzz input: byte 0 picks the id (one of the routed ids, or any) and the frame kind;
+    /// the rest is the frame data (cut to 64 bytes). Also fed to the value, command and hex
+    /// parsers as text, and to the bit extraction. Panics (the fuzzer's finding) when decoding
+    /// panics or yields a record without values.
+    pub fn can_frame(data: &[u8]) {
+        let [sel, rest @ ..] = data else {
+            return;
+        };
+        let ids = [
+            1u32,
+            2,
+            3,
+            4,
+            0x0CF0_04FE,
+            256,
+            512,
+            513,
+            0x18F0_0401,
+            0x18FE_EE00,
+        ];
+        let (id, extended) = match usize::from(sel & 0x0F) {
+            i if i < ids.len() => (ids[i], ids[i] > 0x7FF || i == 3),
+            _ => {
+                let raw = rest
+                    .iter()
+                    .take(4)
+                    .fold(0u32, |a, &b| (a << 8) | u32::from(b));
+                (raw & 0x1FFF_FFFF, sel & 0x40 != 0)
+            }
+        };
+        let fd = sel & 0x80 != 0;
+        let mut payload: Vec<u8> = rest.iter().copied().take(if fd { 64 } else { 8 }).collect();
+        if !fd {
+            payload.truncate(8);
+        }
+        let id = if extended { id } else { id & 0x7FF };
+        if let Ok(frame) = CanFrame::new(id, extended, fd, false, payload) {
+            let (mut out, mut errors) = (Vec::new(), Vec::new());
+            decoder().decode(&frame, 0, &mut out, &mut errors);
+            for d in &out {
+                assert!(!d.is_empty(), "a record has values");
+            }
+            let _ = decoder().wants(&frame);
+        }
+        // The input as a sequence of J1939 frames (9 bytes each: which id, then 8 data
+        // bytes) through the multi-packet reassembler; completed messages are decoded.
+        let mut tp = Reassembler::new();
+        for chunk in rest.chunks(9) {
+            let [which, data @ ..] = chunk else { continue };
+            let id = match which % 4 {
+                0 => 0x18EC_FF00,
+                1 => 0x1CEB_FF00,
+                2 => 0x18EC_FF01,
+                _ => 0x1CEB_FF01,
+            };
+            let Ok(f) = CanFrame::new(id, true, false, false, data.to_vec()) else {
+                continue;
+            };
+            if let Ok(Some(m)) = tp.feed(&f) {
+                assert!(
+                    m.data.len() <= 1785,
+                    "a J1939 message holds at most 1785 bytes"
+                );
+                let (mut out, mut errors) = (Vec::new(), Vec::new());
+                decoder().decode(&m, 0, &mut out, &mut errors);
+            }
+        }
+        let text = String::from_utf8_lossy(rest);
+        let _ = from_hex(&text);
+        if let Ok(s) = Slice::parse(&json!(text)) {
+            let _ = s.decode(rest);
+        }
+        if let Ok(c) = Command::parse(&json!(text)) {
+            let _ = c.matches(rest);
+        }
+        let start = u32::from(rest.first().copied().unwrap_or(0)) * 2;
+        let size = u32::from(rest.get(1).copied().unwrap_or(0)) % 70;
+        let _ = dbc::raw_bits(rest, start, size, sel & 0x20 != 0);
+    }
+}

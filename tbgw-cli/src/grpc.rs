@@ -35,27 +35,35 @@ impl Grpc {
         Ok(Grpc::default())
     }
 
-    /// The factory of `type: grpc` connectors, when compiled in.
+    /// The factory of `type: grpc` connectors and those of the Python custom connectors
+    /// (entries with a `class`), when compiled in.
     pub fn factories(&self) -> Vec<Box<dyn ConnectorFactory>> {
         #[allow(unused_mut)]
         let mut v: Vec<Box<dyn ConnectorFactory>> = Vec::new();
         #[cfg(feature = "grpc")]
         if let Some(f) = &self.factory {
             v.push(Box::new(f.clone()));
+            // Python custom connectors (entries with a `class`): one factory per their types.
+            for c in f.custom_factories() {
+                v.push(Box::new(c));
+            }
         }
         v
     }
 
-    /// Removes the keys this module reads from the configuration's ignored keys and adds the
-    /// `grpc` settings it does not act on.
+    /// Removes the keys this module reads from the configuration's ignored keys (and every
+    /// key of the files of out-of-process connectors, which get them as they are) and adds
+    /// the `grpc` settings it does not act on.
     #[allow(unused_variables)]
     pub fn fix_ignored(&self, loaded: &mut LoadedConfig) {
         #[cfg(feature = "grpc")]
         {
             let file = loaded.file.clone();
-            loaded
-                .ignored
-                .retain(|k| !(k.file == file && self.config.used_keys.contains(&k.key)));
+            loaded.ignored.retain(|k| {
+                let read_here = k.file == file && self.config.used_keys.contains(&k.key);
+                let connectors_own = self.config.connector_files.contains(&k.file);
+                !read_here && !connectors_own
+            });
             loaded
                 .ignored
                 .extend(self.config.ignored_keys.iter().map(|key| IgnoredKey {

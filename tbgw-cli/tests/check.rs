@@ -280,28 +280,34 @@ fn problems_in_several_connector_files_are_all_reported() {
     let mut b_content = mqtt_file(json!([]));
     b_content["broker"]["port"] = json!("abc");
     let b = write_json(dir.path(), "b.json", &b_content);
+    // A type this binary lacks, when there is one (a build with every connector has none).
+    let unbuilt = unbuilt_type();
+    let mut connectors = vec![
+        json!({"type": "mqtt", "name": "A", "configuration": "a.json"}),
+        json!({"type": "mqtt", "name": "B", "configuration": "b.json"}),
+    ];
+    if let Some(t) = unbuilt {
+        connectors.push(json!({"type": t, "name": "KNX", "configuration": "a.json"}));
+    }
     let file = write_json(
         dir.path(),
         "tb_gateway.json",
-        &main_file(json!([
-            {"type": "mqtt", "name": "A", "configuration": "a.json"},
-            {"type": "mqtt", "name": "B", "configuration": "b.json"},
-            {"type": "knx", "name": "KNX", "configuration": "a.json"}
-        ])),
+        &main_file(Value::Array(connectors)),
     );
     let out = check(&file);
-    assert_problems(
-        &out,
-        &[
-            (
-                &a,
-                "mapping[0].converter.timeseries[0].value",
-                "unterminated",
-            ),
-            (&b, "broker.port", "invalid type"),
-            (&file, "connectors[name=KNX].type", "`knx`"),
-        ],
-    );
+    let unbuilt_text = unbuilt.map(|t| format!("`{t}`")).unwrap_or_default();
+    let mut expected: Vec<(&Path, &str, &str)> = vec![
+        (
+            &a,
+            "mapping[0].converter.timeseries[0].value",
+            "unterminated",
+        ),
+        (&b, "broker.port", "invalid type"),
+    ];
+    if unbuilt.is_some() {
+        expected.push((&file, "connectors[name=KNX].type", &unbuilt_text));
+    }
+    assert_problems(&out, &expected);
 }
 
 #[test]
@@ -328,16 +334,34 @@ fn a_broken_main_file_does_not_hide_a_broken_connector_file() {
     );
 }
 
+/// A connector type tbgw knows (`ALL_CONNECTOR_TYPES`) that the binary under test was built
+/// without, whatever its features (`grpc` is registered by the binary itself, `custom` is
+/// left out as special); `None` when every connector is built (`--all-features`).
+fn unbuilt_type() -> Option<&'static str> {
+    let built: Vec<&str> = tbgw_connectors::factories()
+        .iter()
+        .map(|f| f.connector_type())
+        .collect();
+    tbgw_connectors::ALL_CONNECTOR_TYPES
+        .iter()
+        .copied()
+        .find(|t| !built.contains(t) && !matches!(*t, "grpc" | "custom"))
+}
+
 #[test]
 fn a_connector_type_that_is_not_built_is_rejected_by_name() {
+    let Some(unbuilt) = unbuilt_type() else {
+        eprintln!("skipped: this build has every connector type");
+        return;
+    };
     let dir = TempDir::new().expect("tempdir");
-    // KNX is a connector type tbgw knows but has not built yet.
+    // A connector type tbgw knows but this binary was built without.
     write_json(dir.path(), "knx.json", &json!({"devices": []}));
     let file = write_json(
         dir.path(),
         "tb_gateway.json",
         &main_file(json!([
-            {"type": "knx", "name": "KNX Connector", "configuration": "knx.json"}
+            {"type": unbuilt, "name": "KNX Connector", "configuration": "knx.json"}
         ])),
     );
     let out = check(&file);
@@ -405,6 +429,7 @@ fn every_upstream_sample_whose_connector_exists_passes() {
         ("socket", "socket.json"),
         ("ocpp", "ocpp.json"),
         ("s7", "s7.json"),
+        ("can", "can.json"),
     ];
     let connectors: Vec<Value> = samples
         .iter()
@@ -484,6 +509,122 @@ fn grpc_connectors_need_a_key_and_the_grpc_section_is_read() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         stderr(&out).contains("connectors[0].key"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[cfg(feature = "ble")]
+#[test]
+fn upstreams_ble_sample_passes_and_ble_errors_name_the_key() {
+    let dir = TempDir::new().expect("tempdir");
+    if let Some(upstream) = upstream_dir() {
+        let file = write_json(
+            dir.path(),
+            "tb_gateway.json",
+            &main_file(json!([
+                {"type": "ble", "name": "BLE", "configuration": upstream.join("ble.json")}
+            ])),
+        );
+        let out = check(&file);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    write_json(
+        dir.path(),
+        "ble.json",
+        &json!({"devices": [{"name": "x", "MACAddress": "4C:65:A8:DF:85:C0",
+            "telemetry": [{"key": "t", "dataSourceType": "advertisement", "valueExpression": "[a]"}]}]}),
+    );
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{"type": "ble", "name": "BLE", "configuration": "ble.json"}])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("devices[0].telemetry[0].valueExpression"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[cfg(feature = "can")]
+#[test]
+fn can_files_are_checked_and_a_broken_rpc_hex_is_a_warning() {
+    let dir = TempDir::new().expect("tempdir");
+    let can = |expression: &str| {
+        json!({
+            "interface": "socketcan", "channel": "vcan0", "backend": {"fd": true},
+            "devices": [{
+                "name": "Car", "strictEval": false,
+                "timeseries": [{"key": "rpm", "nodeId": 1918, "isExtendedId": true,
+                    "value": "4:2:big:int", "expression": expression}],
+                "serverSideRpc": [{"method": "sendSameData", "nodeId": 4, "isExtendedId": true,
+                    "isFd": true, "dataInHex": "aa bb cc d ee ff"}]
+            }]
+        })
+    };
+    write_json(dir.path(), "can.json", &can("value / 4"));
+    let file = write_json(
+        dir.path(),
+        "tb_gateway.json",
+        &main_file(json!([{"type": "can", "name": "CAN", "configuration": "can.json"}])),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("devices[0].serverSideRpc[0].dataInHex") && err.contains("not hex"),
+        "{}",
+        describe(&out)
+    );
+    // An expression outside the safe subset: named with its position.
+    write_json(dir.path(), "can.json", &can("__import__('os').system('x')"));
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("devices[0].timeseries[0].expression")
+            && err.contains("cannot read expression"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// A Python custom connector (an entry with a `class`, upstream's `custom_serial` style) is
+/// accepted with the gRPC server enabled, and its keys are not reported as ignored; without
+/// the server, `check` says what is missing.
+#[cfg(feature = "grpc")]
+#[test]
+fn python_custom_connectors_need_the_grpc_server() {
+    let dir = TempDir::new().expect("tempdir");
+    // Its file goes to the class as it is: `logLevel` is the class's, not ignored.
+    write_json(
+        dir.path(),
+        "custom_serial.json",
+        &json!({"logLevel": "DEBUG", "devices": []}),
+    );
+    let mut main = main_file(json!([
+        {"type": "serial", "name": "Custom serial connector", "configuration": "custom_serial.json",
+         "class": "SerialConnector", "python": "/opt/venv/bin/python", "extensionsPath": "ext"}
+    ]));
+    main["grpc"] = json!({"enabled": true, "serverPort": 9595});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("ignored"), "{}", describe(&out));
+
+    main["grpc"] = json!({"enabled": false});
+    let file = write_json(dir.path(), "tb_gateway.json", &main);
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("grpc.enabled")
+            && err.contains("Custom serial connector")
+            && err.contains("SerialConnector"),
         "{}",
         describe(&out)
     );

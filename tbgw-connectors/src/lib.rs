@@ -14,12 +14,16 @@
 //! | `snmp` | `snmp` | `snmp` |
 //! | `ftp` | `ftp` | `ftp` |
 //! | `socket` | `socket` | `socket` |
-//! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: [`grpc::GrpcFactory`]) |
+//! | `grpc` | `grpc` | `grpc` (needs the gateway-level server: `grpc::GrpcFactory`) |
+//! | `grpc` | any other, with a `class` (Python custom connectors) | `grpc::custom` (`grpc::GrpcFactory::custom_factories`) |
 //! | `ocpp` | `ocpp` | `ocpp` |
 //! | `odbc` | `odbc` | `odbc` |
 //! | `bacnet` | `bacnet` | `bacnet` |
 //! | `s7` | `s7` | `s7` |
 //! | `xmpp` | `xmpp` | `xmpp` |
+//! | `ble` | `ble` | `ble` (BlueZ through btleplug; links libdbus) |
+//! | `knx` | `knx` | `knx` |
+//! | `can` | `can` | `can` (SocketCAN on Linux) |
 //!
 //! ```
 //! let gateway_builder = tbgw::Gateway::builder().factories(tbgw_connectors::factories());
@@ -28,6 +32,10 @@
 
 #[cfg(feature = "bacnet")]
 pub mod bacnet;
+#[cfg(feature = "ble")]
+pub mod ble;
+#[cfg(feature = "can")]
+pub mod can;
 #[cfg(any(
     feature = "mqtt",
     feature = "request",
@@ -41,6 +49,8 @@ pub mod ftp;
 pub mod grpc;
 #[cfg(any(feature = "request", feature = "rest"))]
 mod http_common;
+#[cfg(feature = "knx")]
+pub mod knx;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]
@@ -139,5 +149,11 @@ pub fn factories_with_converters(converters: &ConverterRegistry) -> Vec<Box<dyn 
     v.push(Box::new(s7::S7Factory::new()));
     #[cfg(feature = "xmpp")]
     v.push(Box::new(xmpp::XmppFactory::new()));
+    #[cfg(feature = "ble")]
+    v.push(Box::new(ble::BleFactory::new()));
+    #[cfg(feature = "knx")]
+    v.push(Box::new(knx::KnxFactory::new()));
+    #[cfg(feature = "can")]
+    v.push(Box::new(can::CanFactory::new()));
     v
 }

@@ -506,3 +506,25 @@ print('SAME', len(up.message_type), 'messages', len(up.enum_type), 'enums')
         "{text}"
     );
 }
+
+/// A supervised process whose output is not UTF-8 (and more of it than a pipe holds) is read
+/// on: it does not block on a full pipe, registers and serves the connector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_printing_bytes_that_are_not_utf8_is_not_blocked() {
+    let python = tbgw::test_util::peers_python().display().to_string();
+    let wrapper = format!(
+        "import json,os,sys; s=json.loads(sys.argv[1])\n\
+         sys.stdout.buffer.write(b'\\xff\\xfe not text\\n' * 20000); sys.stdout.flush()\n\
+         os.execv({python:?}, [{python:?}, {script:?}, {proto:?}, str(s['gateway']['port']), s['grpc_key'], 'stream', 'basic'])",
+        script = client_script().display().to_string(),
+        proto = proto_dir().display().to_string(),
+    );
+    let mut h = harness("bytes-key", Some(vec![python, "-c".into(), wrapper])).await;
+    loop {
+        if let UplinkMessage::Data { data, .. } = h.next().await {
+            assert_eq!(data[0].device_name, "Dev1");
+            break;
+        }
+    }
+    h.stop().await;
+}

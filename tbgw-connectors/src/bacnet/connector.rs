@@ -660,6 +660,19 @@ impl Shared {
 
 #[async_trait]
 impl Connector for BacnetConnector {
+    /// The `attributeUpdates` keys: their current values are requested from ThingsBoard when a
+    /// device connects (`syncDevicesSharedAttributesOnConnect`), as upstream does.
+    fn shared_attribute_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.updates.iter().map(|t| t.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     async fn run(&mut self, cx: &mut ConnectorContext) -> Result<(), ConnectorError> {
         let ep = Endpoint::bind(self.bind, self.local.clone(), self.timeout, self.retries)
             .await

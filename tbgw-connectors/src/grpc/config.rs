@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tbgw::config::ConfigError;
 
+use super::custom::{default_python, is_custom_type, CustomClass};
+
 /// Upstream's default `grpc.serverPort`.
 pub const DEFAULT_PORT: u16 = 9595;
 /// The file (beside `tb_gateway.json`) where upstream keeps the generated `key: auto` keys,
@@ -93,6 +95,9 @@ pub struct GrpcEntry {
     /// program resolved beside `tb_gateway.json` when relative and containing a `/`); `None`:
     /// the connector is started by someone else.
     pub command: Option<Vec<String>>,
+    /// A Python custom connector (an entry with a `class`, see [`super::custom`]): its key is
+    /// generated for this run and its command is the host package's.
+    pub custom: Option<CustomClass>,
 }
 
 /// The gRPC parts of a main file: the `grpc` section and the `type: grpc` entries.
@@ -104,11 +109,16 @@ pub struct GrpcMainConfig {
     pub entries: Vec<GrpcEntry>,
     /// The directory of the main file.
     pub dir: PathBuf,
+    /// The main file.
+    pub file: PathBuf,
     /// Key paths of the main file this module reads (`grpc`, `connectors[i].key`,
     /// `connectors[i].command`), so `tbgw check` does not report them as ignored.
     pub used_keys: Vec<String>,
     /// Keys present and not acted on (see [`IGNORED_SETTINGS`]).
     pub ignored_keys: Vec<String>,
+    /// The connector files of the `type: grpc` and custom entries: their text goes to the
+    /// out-of-process connector as it is, so none of their keys is "ignored" by tbgw.
+    pub connector_files: Vec<PathBuf>,
 }
 
 impl GrpcMainConfig {
@@ -159,6 +169,7 @@ impl GrpcMainConfig {
         let mut keys_changed = false;
         let mut entries = Vec::new();
         let mut seen_keys: HashMap<String, String> = HashMap::new();
+        let mut connector_files = Vec::new();
         for (i, e) in raw
             .get("connectors")
             .and_then(|c| c.as_array())
@@ -168,12 +179,40 @@ impl GrpcMainConfig {
             .enumerate()
         {
             let ty = e.get("type").and_then(|t| t.as_str()).unwrap_or("");
-            if !ty.eq_ignore_ascii_case("grpc") {
-                continue;
-            }
             let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
                 continue;
             };
+            let conf = e.get("configuration").and_then(|c| c.as_str());
+            if let Some(class) = e.get("class").and_then(|c| c.as_str()) {
+                if is_custom_type(ty) {
+                    connector_files.extend(conf.map(|c| dir.join(c)));
+                    let custom = custom_entry(file, i, ty, class, e)?;
+                    used_keys.extend(
+                        ["class", "python", "extensionsPath"]
+                            .iter()
+                            .filter(|k| e.get(**k).is_some())
+                            .map(|k| format!("connectors[{i}].{k}")),
+                    );
+                    // The key only links tbgw and the process it starts: new for each run.
+                    let key = format!(
+                        "custom-{:016x}{:016x}",
+                        fastrand::u64(..),
+                        fastrand::u64(..)
+                    );
+                    seen_keys.insert(key.clone(), name.to_string());
+                    entries.push(GrpcEntry {
+                        name: name.to_string(),
+                        key,
+                        command: None,
+                        custom: Some(custom),
+                    });
+                    continue;
+                }
+            }
+            if !ty.eq_ignore_ascii_case("grpc") {
+                continue;
+            }
+            connector_files.extend(conf.map(|c| dir.join(c)));
             let key = match e.get("key") {
                 Some(serde_json::Value::String(k)) if k == "auto" => match saved.get(name) {
                     Some(k) => k.clone(),
@@ -230,6 +269,7 @@ impl GrpcMainConfig {
                 name: name.to_string(),
                 key,
                 command,
+                custom: None,
             });
         }
         if keys_changed {
@@ -243,10 +283,63 @@ impl GrpcMainConfig {
             settings,
             entries,
             dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
             used_keys,
             ignored_keys,
+            connector_files,
         })
     }
+}
+
+/// The [`CustomClass`] of `connectors[i]`, an entry of type `ty` with `class`.
+fn custom_entry(
+    file: &Path,
+    i: usize,
+    ty: &str,
+    class: &str,
+    e: &serde_json::Value,
+) -> Result<CustomClass, ConfigError> {
+    let strings = |key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        match e.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(vec![s.clone()])),
+            Some(serde_json::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|s| s.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        format!("connectors[{i}].{key}"),
+                        "must be a non-empty string or a list of non-empty strings",
+                    )
+                }),
+            Some(_) => Err(ConfigError::new(
+                file,
+                format!("connectors[{i}].{key}"),
+                "must be a non-empty string or a list of non-empty strings",
+            )),
+        }
+    };
+    if class.trim().is_empty() || ty.trim().is_empty() {
+        return Err(ConfigError::new(
+            file,
+            format!("connectors[{i}].class"),
+            "a custom connector needs a non-empty `type` (its extensions folder) and `class`",
+        ));
+    }
+    Ok(CustomClass {
+        connector_type: ty.to_string(),
+        folder: ty.to_ascii_lowercase(),
+        class: class.to_string(),
+        python: strings("python")?.unwrap_or_else(default_python),
+        extensions: strings("extensionsPath")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +377,8 @@ mod tests {
             vec![GrpcEntry {
                 name: "G".into(),
                 key: "k1".into(),
-                command: Some(vec!["python3".into(), "g.py".into()])
+                command: Some(vec!["python3".into(), "g.py".into()]),
+                custom: None,
             }]
         );
         assert!(c.used_keys.contains(&"connectors[1].key".to_string()));
@@ -330,5 +424,72 @@ mod tests {
         )
         .expect_err("string command");
         assert!(e.to_string().contains("connectors[0].command"), "{e}");
+    }
+
+    #[test]
+    fn entries_with_a_class_are_python_custom_connectors() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = parse(
+            json!({"connectors": [
+                {"type": "Serial", "name": "S", "configuration": "s.json", "class": "SerialConnector",
+                 "python": ["/usr/bin/env", "python3"], "extensionsPath": "ext"},
+                {"type": "custom", "name": "C", "configuration": "c.json", "class": "Mine",
+                 "python": "/opt/venv/bin/python"},
+                {"type": "mqtt", "name": "M", "configuration": "m.json", "class": "Ignored"}
+            ]}),
+            d.path(),
+            false,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.entries.len(),
+            2,
+            "a built-in type's `class` is upstream's to ignore"
+        );
+        let s = c.entries[0].custom.as_ref().expect("custom");
+        assert_eq!(
+            (
+                s.connector_type.as_str(),
+                s.folder.as_str(),
+                s.class.as_str()
+            ),
+            ("Serial", "serial", "SerialConnector")
+        );
+        assert_eq!(s.python, vec!["/usr/bin/env".to_string(), "python3".into()]);
+        assert_eq!(s.extensions, vec![PathBuf::from("ext")]);
+        assert!(c.entries[0].key.starts_with("custom-"));
+        assert_ne!(c.entries[0].key, c.entries[1].key);
+        assert_eq!(
+            c.entries[1].custom.as_ref().expect("custom").python,
+            vec!["/opt/venv/bin/python".to_string()]
+        );
+        for k in [
+            "connectors[0].class",
+            "connectors[0].python",
+            "connectors[0].extensionsPath",
+            "connectors[1].class",
+        ] {
+            assert!(c.used_keys.contains(&k.to_string()), "{k}");
+        }
+        assert!(!c.used_keys.contains(&"connectors[2].class".to_string()));
+        assert_eq!(
+            c.connector_files,
+            vec![d.path().join("s.json"), d.path().join("c.json")]
+        );
+    }
+
+    #[test]
+    fn a_bad_python_key_is_an_error() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for bad in [json!(3), json!([]), json!(["python3", 1]), json!("")] {
+            let e = parse(
+                json!({"connectors": [{"type": "serial", "name": "S", "configuration": "s.json",
+                                       "class": "X", "python": bad}]}),
+                d.path(),
+                false,
+            )
+            .expect_err("bad python");
+            assert!(e.to_string().contains("connectors[0].python"), "{e}");
+        }
     }
 }

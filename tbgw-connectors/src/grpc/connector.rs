@@ -18,6 +18,10 @@ use super::downlink;
 use super::hub::{Link, Slot};
 use super::pb::ConnectorConfigurationMsg;
 
+/// How long the Python custom connector host may take to close its class and exit when the
+/// connector stops (within the 5 s the connector's tasks get to finish).
+const HOST_STOP_GRACE: Duration = Duration::from_secs(4);
+
 /// How a supervised connector process is started.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildSpec {
@@ -26,6 +30,9 @@ pub(crate) struct ChildSpec {
     pub dir: PathBuf,
     /// The gRPC port the process connects to.
     pub port: u16,
+    /// The process is the Python custom connector host: its package is written out and put on
+    /// `PYTHONPATH` ([`super::custom::HostPackage`]).
+    pub host_package: bool,
 }
 
 /// A running `type: grpc` connector.
@@ -126,6 +133,25 @@ impl Connector for GrpcConnector {
     }
 }
 
+/// Logs a line of a connector process: stderr at warn, stdout at info; the Python host's lines
+/// (`levels`) start with their level (`DEBUG [logger] ...`) and are logged at it.
+fn log_line(name: &str, line: &str, is_err: bool, levels: bool) {
+    let level = if levels {
+        line.split_once(' ').map(|(l, _)| l).unwrap_or("")
+    } else {
+        ""
+    };
+    match level {
+        "TRACE" => tracing::trace!(connector = %name, "{line}"),
+        "DEBUG" => tracing::debug!(connector = %name, "{line}"),
+        "INFO" => tracing::info!(connector = %name, "{line}"),
+        "WARNING" => tracing::warn!(connector = %name, "{line}"),
+        "ERROR" | "CRITICAL" | "EXCEPTION" => tracing::error!(connector = %name, "{line}"),
+        _ if is_err => tracing::warn!(connector = %name, "{line}"),
+        _ => tracing::info!(connector = %name, "{line}"),
+    }
+}
+
 /// The program of `argv[0]`: relative paths with a `/` are taken beside the main file.
 fn program(dir: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
@@ -149,8 +175,32 @@ async fn supervise(
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let dir = format!("{}/", child.dir.display());
+    let mut package = None;
     while !cancel.is_cancelled() {
         let mut cmd = tokio::process::Command::new(program(&child.dir, &child.argv[0]));
+        if child.host_package {
+            if package.is_none() {
+                match super::custom::HostPackage::acquire() {
+                    Ok(p) => package = Some(p),
+                    Err(e) => {
+                        stats.add_errors(1);
+                        tracing::warn!(connector = %name, error = %e, "Cannot write the Python custom connector host package.");
+                        if !backoff.wait(cancel).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(p) = &package {
+                let mut path = std::ffi::OsString::from(p.python_path());
+                if let Some(old) = std::env::var_os("PYTHONPATH").filter(|o| !o.is_empty()) {
+                    path.push(":");
+                    path.push(old);
+                }
+                cmd.env("PYTHONPATH", path).env("PYTHONUNBUFFERED", "1");
+            }
+        }
         cmd.args(&child.argv[1..])
             .arg(arg)
             .arg(&dir)
@@ -180,20 +230,38 @@ async fn supervise(
                 ] {
                     if let Some(out) = out {
                         let name = name.to_string();
+                        let levels = child.host_package;
                         tokio::spawn(async move {
-                            let mut lines = BufReader::new(out).lines();
-                            while let Ok(Some(line)) = lines.next_line().await {
-                                if is_err {
-                                    tracing::warn!(connector = %name, "{line}");
-                                } else {
-                                    tracing::info!(connector = %name, "{line}");
+                            // Bytes, not UTF-8 lines: a line that is not UTF-8 must not stop
+                            // the reading (the process would block on a full pipe).
+                            let mut reader = BufReader::new(out);
+                            let mut buf = Vec::new();
+                            while let Ok(n) = reader.read_until(b'\n', &mut buf).await {
+                                if n == 0 {
+                                    break;
                                 }
+                                let line = String::from_utf8_lossy(&buf);
+                                log_line(
+                                    &name,
+                                    line.trim_end_matches(['\n', '\r']),
+                                    is_err,
+                                    levels,
+                                );
+                                buf.clear();
                             }
                         });
                     }
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => {
+                        // The Python host closes its class (upstream calls `close()` when the
+                        // gateway stops) when the connector is unregistered, then exits: give
+                        // it the time, then kill.
+                        if child.host_package
+                            && tokio::time::timeout(HOST_STOP_GRACE, proc.wait()).await.is_ok()
+                        {
+                            return;
+                        }
                         let _ = proc.kill().await;
                         return;
                     }

@@ -18,7 +18,9 @@
 //! * downlink belongs to the connector, not to a process: a connector that dies and registers
 //!   again gets what was queued meanwhile, and the RPCs it had not answered are sent again;
 //! * `command` on a `type: grpc` entry starts the connector process and restarts it when it
-//!   exits (upstream starts only its own bundled connectors, and only the first one).
+//!   exits (upstream starts only its own bundled connectors, and only the first one);
+//! * upstream's **Python custom connectors** (an entry with a `class`) run unchanged in a
+//!   supervised child process hosting the class ([`custom`], [`CustomFactory`]).
 //!
 //! | file | role |
 //! |---|---|
@@ -26,6 +28,7 @@
 //! | `hub.rs` | per-key slots: the registered session, queued downlink, waiting RPCs |
 //! | [`service`] | the tonic service (`stream`, `session`) and the server |
 //! | `connector.rs` | the tbgw connector of one key, and its supervised process |
+//! | [`custom`] | entries with a `class`: the Python host package and its command |
 //! | [`uplink`] | connector messages → data (pure) |
 //! | [`downlink`] | downlink and answers → service messages (pure) |
 //!
@@ -35,6 +38,7 @@
 
 pub mod config;
 mod connector;
+pub mod custom;
 pub mod downlink;
 mod hub;
 pub mod service;
@@ -62,6 +66,7 @@ use tbgw::connector::{Connector, ConnectorFactory};
 
 pub use config::{GrpcEntry, GrpcMainConfig, GrpcSettings};
 pub use connector::GrpcConnector;
+pub use custom::CustomClass;
 pub use hub::{GrpcHub, SessionId, Slot};
 pub use service::{GrpcServer, GrpcServerError, GrpcService};
 
@@ -72,6 +77,7 @@ pub struct GrpcFactory {
     settings: GrpcSettings,
     entries: HashMap<String, GrpcEntry>,
     dir: std::path::PathBuf,
+    main_file: std::path::PathBuf,
 }
 
 impl GrpcFactory {
@@ -90,7 +96,27 @@ impl GrpcFactory {
                 .map(|e| (e.name.clone(), e))
                 .collect(),
             dir: config.dir,
+            main_file: config.file,
         }
+    }
+
+    /// A factory for each connector type of the Python custom connectors (entries with a
+    /// `class`) in the main file; register them beside this one.
+    pub fn custom_factories(&self) -> Vec<CustomFactory> {
+        let mut types: Vec<&str> = self
+            .entries
+            .values()
+            .filter_map(|e| e.custom.as_ref().map(|c| c.connector_type.as_str()))
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+            .into_iter()
+            .map(|t| CustomFactory {
+                connector_type: custom::intern(t),
+                grpc: self.clone(),
+            })
+            .collect()
     }
 
     /// Reads the main file (see [`GrpcMainConfig::from_main_file`]).
@@ -117,6 +143,82 @@ impl GrpcFactory {
     }
 }
 
+impl GrpcFactory {
+    /// The connector of a Python custom connector entry: a gRPC connector whose command is
+    /// the host package's.
+    fn build_custom(&self, spec: &ConnectorSpec) -> Result<Box<dyn Connector>, ConfigError> {
+        let Some((entry, custom)) = self
+            .entries
+            .get(&spec.name)
+            .and_then(|e| e.custom.as_ref().map(|c| (e, c)))
+        else {
+            return Err(ConfigError::new(
+                &spec.file,
+                "",
+                format!(
+                    "connector `{}` of type {} has no `class` in the main file's connectors list",
+                    spec.name, spec.connector_type
+                ),
+            ));
+        };
+        if !self.settings.enabled {
+            return Err(ConfigError::new(
+                &self.main_file,
+                "grpc.enabled",
+                format!(
+                    "connector `{}` is a Python custom connector (`class` {}): tbgw runs it in a child process \
+                     that talks to the gateway over the gRPC connector API, which is off; set \
+                     `\"grpc\": {{\"enabled\": true}}` in the main file (port `serverPort`, default {})",
+                    spec.name, custom.class, config::DEFAULT_PORT
+                ),
+            ));
+        }
+        let configuration = serde_json::to_string(&*spec.config.value()).unwrap_or_default();
+        let child = connector::ChildSpec {
+            argv: custom.command(&self.dir),
+            dir: self.dir.clone(),
+            port: self.settings.server_port,
+            host_package: true,
+        };
+        let slot = self.hub.slot(&entry.key, &entry.name);
+        slot.set_configuration(pb::ConnectorConfigurationMsg {
+            connector_name: spec.name.clone(),
+            configuration: configuration.clone(),
+            connector_id: spec.name.clone(),
+        });
+        Ok(Box::new(GrpcConnector::new(
+            slot,
+            spec.file.clone(),
+            configuration,
+            Some(child),
+        )))
+    }
+}
+
+/// Builds the Python custom connectors of one connector type (entries with a `class`, e.g.
+/// upstream's `{"type": "serial", "class": "SerialConnector"}`): each is a gRPC connector
+/// whose process, `python -m tbgw_custom`, hosts the class. Made by
+/// [`GrpcFactory::custom_factories`].
+#[derive(Debug, Clone)]
+pub struct CustomFactory {
+    connector_type: &'static str,
+    grpc: GrpcFactory,
+}
+
+impl ConnectorFactory for CustomFactory {
+    fn connector_type(&self) -> &'static str {
+        self.connector_type
+    }
+
+    fn build(
+        &self,
+        spec: &ConnectorSpec,
+        _ignored: &mut Vec<String>,
+    ) -> Result<Box<dyn Connector>, ConfigError> {
+        self.grpc.build_custom(spec)
+    }
+}
+
 impl ConnectorFactory for GrpcFactory {
     fn connector_type(&self) -> &'static str {
         "grpc"
@@ -127,7 +229,7 @@ impl ConnectorFactory for GrpcFactory {
         spec: &ConnectorSpec,
         _ignored: &mut Vec<String>,
     ) -> Result<Box<dyn Connector>, ConfigError> {
-        let Some(entry) = self.entries.get(&spec.name) else {
+        let Some(entry) = self.entries.get(&spec.name).filter(|e| e.custom.is_none()) else {
             return Err(ConfigError::new(
                 &spec.file,
                 "",
@@ -152,6 +254,7 @@ impl ConnectorFactory for GrpcFactory {
             argv,
             dir: self.dir.clone(),
             port: self.settings.server_port,
+            host_package: false,
         });
         let slot = self.hub.slot(&entry.key, &entry.name);
         slot.set_configuration(pb::ConnectorConfigurationMsg {

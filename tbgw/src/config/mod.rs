@@ -64,8 +64,8 @@ pub struct ConnectorEntry {
     pub name: String,
     /// The connector's JSON file, relative to the main file.
     pub configuration: String,
-    /// Class of a custom (Python) connector: not supported by tbgw, which takes custom
-    /// connectors through its Rust API instead.
+    /// Class of a custom (Python) connector: run out of process by `tbgw-connectors`'
+    /// feature `grpc` (`grpc::custom`); reported as ignored here, and by builds without it.
     pub class: Option<String>,
 }
 

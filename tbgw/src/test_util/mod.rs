@@ -4,7 +4,8 @@
 //!   and can stop/restart it on the same port;
 //! * [`TbStandIn`] plays ThingsBoard's side of the gateway MQTT API on that
 //!   broker: it records what the gateway publishes, answers
-//!   `getSessionLimits`, and sends RPCs and attribute updates.
+//!   `getSessionLimits`, and sends RPCs and attribute updates;
+//! * [`BluezMock`] plays BlueZ (python-dbusmock) on a private D-Bus system bus.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,6 +22,8 @@
 //! # Ok(()) }
 //! ```
 
+mod bluez;
+mod knxd;
 mod mosquitto;
 mod pki;
 mod postgres;
@@ -31,6 +34,8 @@ mod snmpd;
 mod tb_standin;
 mod upstream;
 
+pub use bluez::BluezMock;
+pub use knxd::Knxd;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use postgres::{Postgres, POSTGRES_PASSWORD};
