@@ -472,6 +472,10 @@ pub fn bacnet_apdu(data: &[u8]) {
     }
     let mut r = tags::Reader::new(data);
     while !r.is_empty() && r.skip().is_ok() {}
+    // The same bytes as an EDE table and as base64 `edeConfig`.
+    let text = String::from_utf8_lossy(data);
+    let _ = tbgw_connectors::bacnet::ede::devices(&text, ';');
+    let _ = tbgw_connectors::bacnet::ede::devices_from_base64(&text);
 }
 
 pub use s7::s7_response;

@@ -190,13 +190,22 @@ async fn two_devices_typed_values_and_a_dead_one() {
             device_entry(p1, json!({})),
             device_entry(
                 p2,
-                json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002}),
+                json!({"address": format!("127.0.0.1:{p2}"), "deviceId": 1002,
+                       "deviceInfo": {
+                           "deviceNameExpression": "BACnet Device ${objectName}",
+                           "deviceProfileExpression": "vendor-${vendorId}",
+                           "deviceNameExpressionSource": "expression",
+                           "deviceProfileExpressionSource": "expression"}}),
             ),
         ],
     ));
-    for (dev, inst) in [("BACnet Device dev1", 1001), ("BACnet Device dev2", 1002)] {
+    for (dev, inst, profile) in [
+        ("BACnet Device dev1", 1001, "default"),
+        // bacpypes3's default vendor id, from its I-Am.
+        ("BACnet Device dev2", 1002, "vendor-999"),
+    ] {
         let d = next_data(&mut ends, dev, |d| value(d, "temperature").is_some()).await;
-        assert_eq!(d.device_type, "default");
+        assert_eq!(d.device_type, profile);
         assert_eq!(
             value(&d, "temperature"),
             Some(json!(21.5)),
@@ -661,4 +670,202 @@ async fn broadcast_discovery_across_a_veth_pair() {
     task.await.unwrap();
     let _ = child.kill().await;
     drop(ns);
+}
+
+/// EDE import: `edeFilePath` (relative to the connector file) replaces `devices[]`; the
+/// device, given by instance only, is found by a broadcast Who-Is, so it listens on the
+/// standard port 47808 (bacpypes3 also binds 127.255.255.255 there). Skipped, with the reason
+/// printed, where that port is taken.
+#[tokio::test]
+async fn ede_file_import() {
+    if std::net::UdpSocket::bind("127.0.0.1:47808").is_err() {
+        eprintln!("skipped: UDP port 47808 is in use, the EDE device cannot be found by broadcast");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plant.ede.csv"),
+        "#Engineering-Data-Exchange - B.A.C.n.e.t EDE 2.0;;;;;\n\
+         PROJECT_NAME;Plant\n\
+         # keyname;device obj.-instance;object-name;object-type;object-instance;description\n\
+         AHU-1;1401;EDE ahu;8;1401;\n\
+         AHU-1.temp;1401;supply temp;2;1;\n\
+         AHU-1.relay;1401;fan relay;5;1;\n\
+         AHU-1.cal;1401;calendar;6;1;\n",
+    )
+    .unwrap();
+    let _d = device("ede", 1401, 47808).await;
+    let gw = free_udp_port();
+    let mut cfg = gateway(gw, vec![device_entry(free_udp_port(), json!({}))]);
+    cfg["edeFilePath"] = json!("plant.ede.csv");
+    let mut ignored = Vec::new();
+    let mut connector = BacnetFactory::new()
+        .build(
+            &ConnectorSpec {
+                name: "BACnet".into(),
+                connector_type: "bacnet".into(),
+                file: dir.path().join("bacnet.json"),
+                config: cfg.into(),
+            },
+            &mut ignored,
+        )
+        .expect("config is valid");
+    assert!(
+        ignored.iter().any(|i| i.starts_with("devices (replaced")),
+        "{ignored:?}"
+    );
+    let (mut cx, mut ends) = ConnectorContext::for_test("BACnet");
+    let task = tokio::spawn(async move {
+        connector
+            .run(&mut cx)
+            .await
+            .expect("connector ends cleanly");
+    });
+    let d = next_data(&mut ends, "EDE ahu", |d| {
+        value(d, "supply temp").is_some() && value(d, "fan relay").is_some()
+    })
+    .await;
+    assert_eq!(value(&d, "supply temp"), Some(json!(21.5)));
+    assert_eq!(value(&d, "fan relay"), Some(json!(0)));
+    assert_eq!(value(&d, "calendar"), None, "object type 6 is not imported");
+    ends.cancel.cancel();
+    task.await.unwrap();
+
+    // A missing file is a configuration error naming the key.
+    let mut cfg = gateway(gw, vec![]);
+    cfg["edeFilePath"] = json!("/nonexistent/plant.csv");
+    let e = BacnetFactory::new()
+        .build(&spec(cfg), &mut Vec::new())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("edeFilePath"), "{e}");
+}
+
+/// Segmentation: a gateway accepting APDUs of 206 bytes reads the object list of a device
+/// with 600 objects (over 3,000 bytes) in one ReadProperty, answered in segmented
+/// ComplexACKs that the endpoint acknowledges window by window and reassembles; and a
+/// ReadPropertyMultiple of every object's name, likewise segmented.
+#[tokio::test]
+async fn segmented_answers_are_reassembled() {
+    use tbgw_connectors::bacnet::client::{Endpoint, LocalDevice, Peer};
+    use tbgw_connectors::bacnet::proto::services::PropRef;
+    use tbgw_connectors::bacnet::proto::{AppValue, ObjectId};
+
+    let port = free_udp_port();
+    let mut p = PythonPeer::spawn([
+        PEER.to_string(),
+        "--name".into(),
+        "big".into(),
+        "--instance".into(),
+        "1501".into(),
+        "--address".into(),
+        format!("127.0.0.1/8:{port}"),
+        "--points".into(),
+        "595".into(),
+    ])
+    .expect("python runs");
+    p.wait_output("bacnet device up", WAIT)
+        .await
+        .expect("bacpypes3 device starts");
+    let local = LocalDevice {
+        instance: 598,
+        name: "gw".into(),
+        max_apdu: 206,
+        segmentation: 0,
+        vendor: 15,
+    };
+    let ep = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        local,
+        Duration::from_secs(3),
+        1,
+    )
+    .await
+    .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let rx_task = tokio::spawn(ep.clone().receive(tx));
+    let peer = Peer {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        remote: None,
+    };
+    let list = ep
+        .read_property(
+            &peer,
+            ObjectId::new(8, 1501),
+            PropRef {
+                property: 76,
+                index: None,
+            },
+            None,
+        )
+        .await
+        .expect("the whole object list, segmented");
+    let AppValue::List(objects) = list else {
+        panic!("not a list: {list:?}")
+    };
+    let points = objects
+        .iter()
+        .filter(|o| matches!(o, AppValue::Object(o) if o.kind == 2 && o.instance >= 1000))
+        .count();
+    assert_eq!(points, 595, "every point in the list of {}", objects.len());
+    let items: Vec<(ObjectId, Vec<PropRef>)> = (0..595)
+        .map(|i| {
+            (
+                ObjectId::new(2, 1000 + i),
+                vec![PropRef {
+                    property: 77,
+                    index: None,
+                }],
+            )
+        })
+        .collect();
+    let names = ep
+        .read_multiple(&peer, &items[..200])
+        .await
+        .expect("200 names in one ReadPropertyMultiple, segmented");
+    assert_eq!(names.len(), 200);
+    assert_eq!(ep.malformed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    rx_task.abort();
+    p.stop().await;
+}
+
+/// `foreignDevice`: the gateway registers with a bacpypes3 BBMD (on its own port, so a
+/// broadcast Who-Is to the standard port never reaches it) and finds a device given by
+/// `deviceId` only through the BBMD's Distribute-Broadcast-To-Network; here the device is the
+/// BBMD itself.
+#[tokio::test]
+async fn foreign_device_registration_with_a_bbmd() {
+    let (pb, gw) = (free_udp_port(), free_udp_port());
+    let mut bbmd = PythonPeer::spawn([
+        PEER.to_string(),
+        "--name".into(),
+        "bbmd".into(),
+        "--instance".into(),
+        "1601".into(),
+        "--address".into(),
+        format!("127.0.0.1/8:{pb}"),
+        "--bbmd".into(),
+        format!("127.0.0.1/8:{pb}"),
+    ])
+    .expect("python runs");
+    bbmd.wait_output("bacnet device up", WAIT)
+        .await
+        .expect("bacpypes3 BBMD starts");
+    let mut entry = device_entry(pb, json!({"deviceId": 1601}));
+    if let Some(o) = entry.as_object_mut() {
+        for k in ["host", "port", "mask"] {
+            o.remove(k);
+        }
+    }
+    let mut cfg = gateway(gw, vec![entry]);
+    cfg["foreignDevice"] = json!({"address": format!("127.0.0.1:{pb}"), "ttl": 60});
+    let (task, mut ends) = start(cfg);
+    let d = next_data(&mut ends, "BACnet Device bbmd", |d| {
+        value(d, "temperature").is_some()
+    })
+    .await;
+    assert_eq!(value(&d, "temperature"), Some(json!(21.5)));
+    ends.cancel.cancel();
+    task.await.unwrap();
+    bbmd.stop().await;
 }

@@ -21,6 +21,27 @@ use super::proto::{AppValue, DecodeError, ObjectId};
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 1600;
 
+/// Largest segmented answer reassembled; a device sending more is aborted.
+pub const MAX_REASSEMBLED: usize = 1 << 20;
+
+/// Segments accepted, as sent in requests (7: more than 64; [`MAX_REASSEMBLED`] caps them).
+const MAX_SEGMENTS_CODE: u8 = 7;
+
+/// A segmented ComplexACK being received.
+#[derive(Debug)]
+struct Reassembly {
+    /// The sequence number expected next.
+    next: u8,
+    /// The first sequence number of the current window.
+    window_start: u8,
+    /// The window size (the server's proposal, accepted).
+    window: u8,
+    /// The service acknowledged.
+    service: u8,
+    /// The service data so far.
+    data: Vec<u8>,
+}
+
 /// Where a device is: its IP endpoint (or its router's) and, behind a router, `net:mac`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Peer {
@@ -123,11 +144,25 @@ pub struct LocalDevice {
 
 type Pending = HashMap<(SocketAddr, u8), oneshot::Sender<Apdu>>;
 
+/// What one segment of a ComplexACK leads to.
+#[derive(Debug, PartialEq)]
+enum SegmentStep {
+    /// Nothing to send yet.
+    Wait,
+    /// Send this SegmentACK.
+    Ack(Apdu),
+    /// Send this SegmentACK and deliver the whole answer.
+    Done(Apdu, Apdu),
+    /// The answer is too large: abort it.
+    TooLarge,
+}
+
 /// The shared endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     sock: UdpSocket,
     pending: Mutex<Pending>,
+    segments: Mutex<HashMap<(SocketAddr, u8), Reassembly>>,
     next_invoke: AtomicU8,
     local: LocalDevice,
     timeout: Duration,
@@ -149,6 +184,7 @@ impl Endpoint {
         Ok(Arc::new(Endpoint {
             sock,
             pending: Mutex::new(HashMap::new()),
+            segments: Mutex::new(HashMap::new()),
             next_invoke: AtomicU8::new(0),
             local,
             timeout,
@@ -229,6 +265,91 @@ impl Endpoint {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&(addr, id));
         }
+        if let Ok(mut s) = self.segments.lock() {
+            s.remove(&(addr, id));
+        }
+    }
+
+    /// True when the device segments its answers to us (we accept segmented answers).
+    fn accepts_segments(&self) -> bool {
+        matches!(self.local.segmentation, 0 | 2)
+    }
+
+    /// One segment of a ComplexACK to the request `key`: reassembles in order, asks for a
+    /// resend (negative SegmentACK) when one is missed, acknowledges the first segment,
+    /// each full window and the last one.
+    fn segment(&self, key: (SocketAddr, u8), a: Apdu) -> SegmentStep {
+        let Apdu::ComplexAck {
+            more,
+            invoke_id,
+            sequence,
+            window,
+            service,
+            data,
+            ..
+        } = a
+        else {
+            return SegmentStep::Wait;
+        };
+        let Ok(mut all) = self.segments.lock() else {
+            return SegmentStep::Wait;
+        };
+        let ack = |negative, sequence, window| Apdu::SegmentAck {
+            negative,
+            server: false,
+            invoke_id,
+            sequence,
+            window,
+        };
+        let window = window.clamp(1, 127);
+        // The first segment (re)starts the answer: also after a resent request, or when the
+        // device did not get our acknowledgement of it.
+        if sequence == 0 {
+            all.insert(
+                key,
+                Reassembly {
+                    next: 0,
+                    window_start: 0,
+                    window,
+                    service,
+                    data: Vec::new(),
+                },
+            );
+        }
+        let Some(st) = all.get_mut(&key) else {
+            // A segment of an answer whose first segment we missed: ask from the start.
+            return SegmentStep::Ack(ack(true, 0, window));
+        };
+        if sequence != st.next {
+            return SegmentStep::Ack(ack(true, st.next.wrapping_sub(1), st.window));
+        }
+        if st.data.len() + data.len() > MAX_REASSEMBLED {
+            all.remove(&key);
+            return SegmentStep::TooLarge;
+        }
+        st.data.extend_from_slice(&data);
+        st.next = sequence.wrapping_add(1);
+        if !more {
+            let Some(st) = all.remove(&key) else {
+                return SegmentStep::Wait;
+            };
+            let whole = Apdu::ComplexAck {
+                segmented: false,
+                more: false,
+                invoke_id,
+                sequence: 0,
+                window: 0,
+                service: st.service,
+                data: st.data,
+            };
+            return SegmentStep::Done(ack(false, sequence, st.window), whole);
+        }
+        // The first segment is acknowledged alone (it fixes the window); then each window.
+        if sequence == 0 || sequence.wrapping_sub(st.window_start).wrapping_add(1) >= st.window {
+            st.window_start = sequence.wrapping_add(1);
+            return SegmentStep::Ack(ack(false, sequence, st.window));
+        }
+        SegmentStep::Wait
     }
 
     /// A confirmed request; the answer's APDU (SimpleAck or ComplexAck), or the error.
@@ -245,8 +366,12 @@ impl Endpoint {
         let apdu = Apdu::Confirmed {
             segmented: false,
             more: false,
-            segmented_accepted: false,
-            max_segments: 0,
+            segmented_accepted: self.accepts_segments(),
+            max_segments: if self.accepts_segments() {
+                MAX_SEGMENTS_CODE
+            } else {
+                0
+            },
             max_apdu: frame::max_apdu_code(self.local.max_apdu),
             invoke_id: id,
             service,
@@ -398,6 +523,45 @@ impl Endpoint {
             remote: source,
         };
         if let Some(id) = apdu.answer_invoke_id() {
+            if matches!(
+                apdu,
+                Apdu::ComplexAck {
+                    segmented: true,
+                    ..
+                }
+            ) {
+                let key = match self.pending.lock() {
+                    Ok(m) if m.contains_key(&(from, id)) => (from, id),
+                    Ok(m) if m.contains_key(&(udp, id)) => (udp, id),
+                    _ => return Ok(()),
+                };
+                let (ack, whole) = match self.segment(key, apdu) {
+                    SegmentStep::Wait => return Ok(()),
+                    SegmentStep::Ack(a) => (a, None),
+                    SegmentStep::Done(a, whole) => (a, Some(whole)),
+                    SegmentStep::TooLarge => (
+                        // Abort, buffer overflow.
+                        Apdu::Abort {
+                            server: false,
+                            invoke_id: id,
+                            reason: 1,
+                        },
+                        Some(Apdu::Abort {
+                            server: false,
+                            invoke_id: id,
+                            reason: 1,
+                        }),
+                    ),
+                };
+                let out = frame::encode(bvlc::UNICAST, peer.remote.as_ref(), false, &ack);
+                let _ = self.send_raw(from, &out).await;
+                let Some(apdu) = whole else { return Ok(()) };
+                let tx = self.pending.lock().ok().and_then(|mut m| m.remove(&key));
+                if let Some(tx) = tx {
+                    let _ = tx.send(apdu);
+                }
+                return Ok(());
+            }
             let tx = self
                 .pending
                 .lock()
@@ -513,6 +677,8 @@ impl Endpoint {
             segmented: false,
             more: false,
             invoke_id,
+            sequence: 0,
+            window: 0,
             service,
             data: w.buf,
         }
@@ -566,6 +732,75 @@ mod tests {
             Ipv4Addr::new(127, 255, 255, 255)
         );
         assert_eq!(broadcast_of(Ipv4Addr::UNSPECIFIED, 24), Ipv4Addr::BROADCAST);
+    }
+
+    #[tokio::test]
+    async fn segments_reassembled_window_by_window() {
+        let local = LocalDevice {
+            instance: 1,
+            name: "gw".into(),
+            max_apdu: 206,
+            segmentation: 0,
+            vendor: 15,
+        };
+        let ep = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            local,
+            Duration::from_secs(1),
+            0,
+        )
+        .await
+        .unwrap();
+        let key = ("127.0.0.1:9".parse().unwrap(), 5);
+        let seg = |sequence: u8, more: bool| Apdu::ComplexAck {
+            segmented: true,
+            more,
+            invoke_id: 5,
+            sequence,
+            window: 2,
+            service: 12,
+            data: vec![sequence],
+        };
+        let ack = |negative, sequence| Apdu::SegmentAck {
+            negative,
+            server: false,
+            invoke_id: 5,
+            sequence,
+            window: 2,
+        };
+        // A segment before the first: ask from the start.
+        assert_eq!(
+            ep.segment(key, seg(1, true)),
+            SegmentStep::Ack(ack(true, 0))
+        );
+        assert_eq!(
+            ep.segment(key, seg(0, true)),
+            SegmentStep::Ack(ack(false, 0))
+        );
+        // Segment 0 again (our acknowledgement was lost): start over.
+        assert_eq!(
+            ep.segment(key, seg(0, true)),
+            SegmentStep::Ack(ack(false, 0))
+        );
+        assert_eq!(ep.segment(key, seg(1, true)), SegmentStep::Wait);
+        assert_eq!(
+            ep.segment(key, seg(2, true)),
+            SegmentStep::Ack(ack(false, 2))
+        );
+        // Segment 3 lost: a negative ack of the last one in order.
+        assert_eq!(
+            ep.segment(key, seg(4, true)),
+            SegmentStep::Ack(ack(true, 2))
+        );
+        let SegmentStep::Done(last, whole) = ep.segment(key, seg(3, false)) else {
+            panic!("not done")
+        };
+        assert_eq!(last, ack(false, 3));
+        let Apdu::ComplexAck { data, service, .. } = whole else {
+            panic!("{whole:?}")
+        };
+        assert_eq!((data, service), (vec![0, 1, 2, 3], 12));
+        assert!(ep.segments.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -21,10 +21,10 @@ pub struct BacnetConfig {
     /// Who-Is period (upstream reads it here, at the top level).
     #[serde(default)]
     pub devices_discover_period_seconds: Option<f64>,
-    /// EDE file import (not implemented).
+    /// EDE file import (see [`super::ede`]).
     #[serde(default)]
     pub ede_file_path: Option<String>,
-    /// EDE file import, base64 (not implemented).
+    /// EDE file import, the file in base64 (see [`super::ede`]).
     #[serde(default)]
     pub ede_config: Option<Json>,
 }
@@ -75,7 +75,7 @@ pub struct ApplicationConfig {
     /// Object list rescan period.
     #[serde(default)]
     pub devices_rescan_objects_period_seconds: Option<f64>,
-    /// Python proprietary object modules (not supported).
+    /// Load proprietary object modules: upstream's bundled names are always known here.
     #[serde(default)]
     pub load_proprietary_devices: Option<bool>,
     /// Ours: APDU timeout in milliseconds (default 3000).

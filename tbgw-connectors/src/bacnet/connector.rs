@@ -511,12 +511,37 @@ impl BacnetConnector {
                 ))
             }
         };
-        if a.load_proprietary_devices == Some(true) {
-            ignored.push("application.loadProprietaryDevices (Python proprietary object modules are not loaded; unknown types and properties are read by number)".into());
-        }
-        if cfg.ede_file_path.is_some() || cfg.ede_config.is_some() {
-            ignored.push("edeFilePath/edeConfig (EDE import is not implemented yet; list the devices in devices[])".into());
-        }
+        // `loadProprietaryDevices`: the names of upstream's bundled proprietary module are
+        // always known (`ids::PROPRIETARY_PROPERTIES`); nothing to load.
+        // EDE import replaces devices[], as upstream's does; the file path wins.
+        let ede_devices = match (
+            cfg.ede_file_path
+                .as_deref()
+                .filter(|p| !p.trim().is_empty()),
+            &cfg.ede_config,
+        ) {
+            (Some(path), _) => {
+                let at = tbgw::config::resolve_beside(file, path.trim());
+                let text = std::fs::read_to_string(&at).map_err(|e| {
+                    ConfigError::new(file, "edeFilePath", format!("{}: {e}", at.display()))
+                })?;
+                Some(super::ede::devices(&text, ';').map_err(|e| {
+                    ConfigError::new(file, "edeFilePath", format!("{}: {e}", at.display()))
+                })?)
+            }
+            (None, Some(Json::String(b64))) if !b64.trim().is_empty() => Some(
+                super::ede::devices_from_base64(b64)
+                    .map_err(|e| ConfigError::new(file, "edeConfig", e.to_string()))?,
+            ),
+            (None, Some(Json::String(_)) | Some(Json::Null) | None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    "edeConfig",
+                    "not a string (the EDE file in base64)",
+                ))
+            }
+        };
         let foreign = match &cfg.foreign_device {
             Some(f) => match f.address.as_deref().map(str::trim) {
                 None | Some("") | Some("0.0.0.0") => None,
@@ -558,7 +583,17 @@ impl BacnetConnector {
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(60.0);
         let mut devices = Vec::new();
-        for (i, d) in cfg.devices.iter().enumerate() {
+        let (configured, from_ede) = match &ede_devices {
+            Some(d) => (d, true),
+            None => (&cfg.devices, false),
+        };
+        if from_ede && !cfg.devices.is_empty() {
+            ignored.push(
+                "devices (replaced by the devices of edeFilePath/edeConfig, as upstream does)"
+                    .into(),
+            );
+        }
+        for (i, d) in configured.iter().enumerate() {
             devices.push(Arc::new(device_spec(
                 file,
                 i,
@@ -593,6 +628,8 @@ struct Live {
     spec: Arc<DeviceSpec>,
     peer: Peer,
     instance: u32,
+    /// The vendor id of its I-Am (`${vendorId}`).
+    vendor: u32,
 }
 
 #[derive(Default)]
@@ -764,6 +801,7 @@ impl BacnetConnector {
                 spec: spec.clone(),
                 peer: peer.clone(),
                 instance,
+                vendor: i_am.vendor,
             });
             let max_apdu = i_am.max_apdu.clamp(50, 1476) as usize;
             let sh = shared.clone();
@@ -1053,7 +1091,7 @@ async fn serve_device(sh: Arc<Shared>, live: Arc<Live>, max_apdu: usize) {
         ("objectName", object_name),
         ("objectId", live.instance.to_string()),
         ("address", peer.to_string()),
-        ("vendorId", String::new()),
+        ("vendorId", live.vendor.to_string()),
     ];
     let expr = |e: &str, constant: bool| {
         if constant {

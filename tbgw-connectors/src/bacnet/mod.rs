@@ -24,7 +24,7 @@
 //!
 //! * [`proto`]: BVLC, NPDU, APDU, tags, services (pure, fuzzed).
 //! * [`client`]: the UDP endpoint, invoke ids, timeouts, answering Who-Is.
-//! * [`config`], [`address`]: the file's keys, addresses and patterns.
+//! * [`config`], [`address`]: the file's keys, addresses and patterns; [`ede`]: EDE import.
 //! * [`uplink`], [`downlink`]: points, typed values, write types, reserved RPC params.
 
 pub mod address;
@@ -32,6 +32,7 @@ pub mod client;
 pub mod config;
 mod connector;
 pub mod downlink;
+pub mod ede;
 pub mod proto;
 pub mod uplink;
 

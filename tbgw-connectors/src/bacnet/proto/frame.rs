@@ -92,6 +92,10 @@ pub enum Apdu {
         more: bool,
         /// The invoke id.
         invoke_id: u8,
+        /// The segment's sequence number (0 when not segmented).
+        sequence: u8,
+        /// The proposed window size (0 when not segmented).
+        window: u8,
         /// The service acknowledged.
         service: u8,
         /// The ack's data.
@@ -99,8 +103,16 @@ pub enum Apdu {
     },
     /// BACnet-SegmentACK-PDU.
     SegmentAck {
+        /// A negative acknowledgement (a segment was missed).
+        negative: bool,
+        /// Sent by the server.
+        server: bool,
         /// The invoke id.
         invoke_id: u8,
+        /// The last segment received in order.
+        sequence: u8,
+        /// The actual window size.
+        window: u8,
     },
     /// BACnet-Error-PDU.
     Error {
@@ -137,7 +149,7 @@ impl Apdu {
         match self {
             Apdu::SimpleAck { invoke_id, .. }
             | Apdu::ComplexAck { invoke_id, .. }
-            | Apdu::SegmentAck { invoke_id }
+            | Apdu::SegmentAck { invoke_id, .. }
             | Apdu::Error { invoke_id, .. }
             | Apdu::Reject { invoke_id, .. }
             | Apdu::Abort { invoke_id, .. } => Some(*invoke_id),
@@ -300,20 +312,32 @@ pub fn decode_apdu(b: &[u8]) -> Result<Apdu, DecodeError> {
             let segmented = first & 0x08 != 0;
             let more = first & 0x04 != 0;
             let invoke_id = r.u8()?;
-            if segmented {
-                r.take(2)?;
-            }
+            let (sequence, window) = if segmented {
+                let b = r.take(2)?;
+                (b[0], b[1])
+            } else {
+                (0, 0)
+            };
             Apdu::ComplexAck {
                 segmented,
                 more,
                 invoke_id,
+                sequence,
+                window,
                 service: r.u8()?,
                 data: r.rest().to_vec(),
             }
         }
-        4 => Apdu::SegmentAck {
-            invoke_id: r.take(2)?[1],
-        },
+        4 => {
+            let b = r.take(3)?;
+            Apdu::SegmentAck {
+                negative: first & 0x02 != 0,
+                server: first & 0x01 != 0,
+                invoke_id: b[0],
+                sequence: b[1],
+                window: b[2],
+            }
+        }
         5 => {
             let invoke_id = r.u8()?;
             let service = r.u8()?;
@@ -392,16 +416,31 @@ pub fn encode(function: u8, dest: Option<&Remote>, expecting_reply: bool, apdu: 
             out.extend_from_slice(&[0x20, *invoke_id, *service]);
         }
         Apdu::ComplexAck {
+            segmented,
+            more,
             invoke_id,
+            sequence,
+            window,
             service,
             data,
-            ..
         } => {
-            out.extend_from_slice(&[0x30, *invoke_id, *service]);
+            if *segmented {
+                let first = 0x38 | if *more { 0x04 } else { 0 };
+                out.extend_from_slice(&[first, *invoke_id, *sequence, *window, *service]);
+            } else {
+                out.extend_from_slice(&[0x30, *invoke_id, *service]);
+            }
             out.extend_from_slice(data);
         }
-        Apdu::SegmentAck { invoke_id } => {
-            out.extend_from_slice(&[0x40, *invoke_id, 0, 1]);
+        Apdu::SegmentAck {
+            negative,
+            server,
+            invoke_id,
+            sequence,
+            window,
+        } => {
+            let first = 0x40 | if *negative { 0x02 } else { 0 } | u8::from(*server);
+            out.extend_from_slice(&[first, *invoke_id, *sequence, *window]);
         }
         Apdu::Error {
             invoke_id,
@@ -440,6 +479,31 @@ pub fn register_foreign_device(ttl: u16) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_round_trip() {
+        for a in [
+            Apdu::ComplexAck {
+                segmented: true,
+                more: true,
+                invoke_id: 9,
+                sequence: 3,
+                window: 4,
+                service: 14,
+                data: vec![1, 2, 3],
+            },
+            Apdu::SegmentAck {
+                negative: true,
+                server: false,
+                invoke_id: 9,
+                sequence: 2,
+                window: 4,
+            },
+        ] {
+            let d = encode(bvlc::UNICAST, None, false, &a);
+            assert_eq!(decode(&d).unwrap().apdu, Some(a));
+        }
+    }
 
     #[test]
     fn confirmed_request_round_trip() {

@@ -224,6 +224,12 @@ pub fn object_type_name(v: u16) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
+/// Proprietary properties known by name: those of upstream's one bundled proprietary module
+/// (Siemens Desigo CC, vendor 7: `descriptionList` of the device, analog input, analog value
+/// and pulse converter objects), which upstream loads with `loadProprietaryDevices`. tbgw
+/// always knows them; any other proprietary property is read by its number.
+pub const PROPRIETARY_PROPERTIES: &[(u32, &str)] = &[(3121, "descriptionList")];
+
 /// The number of a property name (or a decimal number).
 pub fn property(name: &str) -> Option<u32> {
     let n = norm(name.trim());
@@ -232,6 +238,7 @@ pub fn property(name: &str) -> Option<u32> {
     }
     PROPERTIES
         .iter()
+        .chain(PROPRIETARY_PROPERTIES)
         .find(|(_, s)| norm(s) == n)
         .map(|(v, _)| *v)
 }
@@ -240,6 +247,7 @@ pub fn property(name: &str) -> Option<u32> {
 pub fn property_name(v: u32) -> String {
     PROPERTIES
         .iter()
+        .chain(PROPRIETARY_PROPERTIES)
         .find(|(n, _)| *n == v)
         .map(|(_, s)| s.to_string())
         .unwrap_or_else(|| v.to_string())
@@ -262,6 +270,8 @@ mod tests {
 
     #[test]
     fn names_both_ways() {
+        assert_eq!(property("descriptionList"), Some(3121));
+        assert_eq!(property_name(3121), "descriptionList");
         assert_eq!(object_type("analogValue"), Some(2));
         assert_eq!(object_type("analog-value"), Some(2));
         assert_eq!(object_type("ANALOG_VALUE"), Some(2));

@@ -24,9 +24,10 @@
 //! changed these encodings since 1995), and owning it means every decoder is fuzzed here
 //! (`fuzz/fuzz_targets/bacnet_apdu.rs`) and never panics on a datagram.
 //!
-//! Not implemented: segmentation (requests are sized to fit the device's max APDU and
-//! "segmented response accepted" is never set; a device that still segments gets an abort
-//! and is read property by property), BACnet/IPv6 and BACnet/SC.
+//! Segmentation: segmented ComplexACKs are received (reassembled by
+//! [`crate::bacnet::client::Endpoint`], acknowledged window by window); segmented requests
+//! are never sent (requests are sized to fit the device's max APDU). Not implemented:
+//! BACnet/IPv6 and BACnet/SC.
 
 pub mod frame;
 pub mod ids;
