@@ -3317,7 +3317,11 @@ fn odbc_rows(from: i64, to: i64) -> String {
             // One second apart: rows of one device without their own time stamps would share
             // one, and ThingsBoard keeps one value per key and time stamp.
             let ts = 1_700_000_000_000_i64 + i * 1000;
-            format!("({i}, '{dev}', {temp}, {i}, 'row {i}', {ts})")
+            // The note (an attribute) is the same for every row of a device: ThingsBoard keeps
+            // only the latest attribute value, and which intermediate values reach it depends
+            // on how a gateway packs rows into publishes (upstream under load: sometimes one
+            // row alone, sometimes several merged).
+            format!("({i}, '{dev}', {temp}, {i}, 'note of {dev}', {ts})")
         })
         .collect();
     format!(
