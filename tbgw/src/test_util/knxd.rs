@@ -3,20 +3,30 @@
 //! test, an xknx script playing a bus member) see each other's group telegrams.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-use tokio::time::{sleep, Instant};
+use tokio::process::Command;
+
+use super::daemon::{Daemon, Proto, Ready, Spec, Stop};
 
 /// Where the Debian package installs knxd; `$KNXD` overrides it.
 const DEFAULT_KNXD_BIN: &str = "/usr/bin/knxd";
-/// How long a freshly spawned knxd may take to open its port.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many fresh ports [`Knxd::start`] tries.
-const PORT_ATTEMPTS: usize = 5;
+
+/// How knxd is launched: ready when its UDP port is taken (it prints nothing when it is up).
+const SPEC: Spec = Spec {
+    name: "knxd",
+    dir_prefix: "tbgw-knxd-",
+    install_hint: "install it with `apt-get install -y knxd` or set $KNXD",
+    proto: Proto::Udp,
+    ready: Ready::PortOpen,
+    ready_timeout: Duration::from_secs(15),
+    poll: Duration::from_millis(20),
+    restart_pause: Duration::from_millis(100),
+    retry_only_if_log: None,
+    stop: Stop::Kill,
+};
 
 /// A `knxd` process serving KNXnet/IP tunnels on `127.0.0.1:<port>` (UDP) with its config
 /// and log in a temporary directory; the server is `0.0.1`, tunnel clients get `0.0.2` and
@@ -33,10 +43,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// ```
 #[derive(Debug)]
 pub struct Knxd {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    launches: u32,
+    daemon: Daemon,
     discover: bool,
 }
 
@@ -53,138 +60,58 @@ impl Knxd {
     }
 
     async fn start_with(discover: bool) -> io::Result<Knxd> {
-        let dir = tempfile::Builder::new().prefix("tbgw-knxd-").tempdir()?;
-        let mut k = Knxd {
-            port: 0,
-            dir,
-            child: None,
-            launches: 0,
-            discover,
-        };
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            k.port = super::free_udp_port();
-            match k.launch().await {
-                Ok(()) => return Ok(k),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("could not start knxd")))
+        let mut daemon = Daemon::new(SPEC)?;
+        daemon.start(command(discover)).await?;
+        Ok(Knxd { daemon, discover })
     }
 
     /// The UDP port (the same across restarts).
     pub fn port(&self) -> u16 {
-        self.port
+        self.daemon.port()
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.daemon.addr()
     }
 
     /// The temporary directory of the config and logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.daemon.dir()
     }
 
     /// knxd's output of the current (or last) launch.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// Kills knxd (SIGKILL) and waits for it.
     pub async fn stop(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await?;
-        }
-        Ok(())
+        self.daemon.stop().await
     }
 
     /// Stops knxd if it runs and starts it again on the same port.
     pub async fn restart(&mut self) -> io::Result<()> {
-        self.stop().await?;
-        let mut last = None;
-        for _ in 0..20 {
-            match self.launch().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    last = Some(e);
-                    sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("could not restart knxd")))
+        self.daemon.restart(command(self.discover)).await
     }
+}
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("knxd-{}.log", self.launches))
-    }
-
-    async fn launch(&mut self) -> io::Result<()> {
-        self.launches += 1;
-        let ini = self.dir.path().join("knxd.ini");
+/// Writes the config of a launch on the daemon's port and gives knxd's command.
+fn command(discover: bool) -> impl FnMut(&Daemon) -> io::Result<Command> {
+    move |d| {
+        let ini = d.dir().join("knxd.ini");
         std::fs::write(
             &ini,
             format!(
                 "[main]\naddr = 0.0.1\nclient-addrs = 0.0.2:8\nconnections = server,A.dummy\n\
                  [server]\nserver = ets_router\ntunnel = tunnel\nport = {}\ninterface = lo\n\
-                 discover = {}\n[A.dummy]\ndriver = dummy\n",
-                self.port, self.discover
+                 discover = {discover}\n[A.dummy]\ndriver = dummy\n",
+                d.port()
             ),
         )?;
-        let log = std::fs::File::create(self.log_path())?;
-        let bin = std::env::var_os("KNXD").unwrap_or_else(|| DEFAULT_KNXD_BIN.into());
-        let mut child = Command::new(&bin)
-            .arg(&ini)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot run {} ({e}); install it with `apt-get install -y knxd` or set $KNXD",
-                        bin.to_string_lossy()
-                    ),
-                )
-            })?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "knxd exited with {status} on port {}; output:\n{}",
-                    self.port,
-                    self.log()
-                )));
-            }
-            // knxd prints nothing when it is up: its port being taken is the sign.
-            if UdpSocket::bind((Ipv4Addr::UNSPECIFIED, self.port)).is_err() {
-                sleep(Duration::from_millis(50)).await;
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill().await;
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "knxd did not open port {} within {READY_TIMEOUT:?}; output:\n{}",
-                        self.port,
-                        self.log()
-                    ),
-                ));
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Knxd {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        let mut cmd =
+            Command::new(std::env::var_os("KNXD").unwrap_or_else(|| DEFAULT_KNXD_BIN.into()));
+        cmd.arg(ini);
+        Ok(cmd)
     }
 }

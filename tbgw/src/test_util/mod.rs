@@ -23,6 +23,7 @@
 //! ```
 
 mod bluez;
+mod daemon;
 mod knxd;
 mod mosquitto;
 mod pki;

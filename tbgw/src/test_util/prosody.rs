@@ -6,17 +6,28 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-use tokio::time::{sleep, Instant};
+use tokio::process::Command;
+
+use super::daemon::{free_port, Daemon, Proto, Ready, Spec, Stop};
 
 /// Where the Debian package installs the server; `$PROSODY` overrides it (and
 /// `$PROSODYCTL` the control tool).
 const DEFAULT_PROSODY_BIN: &str = "/usr/bin/prosody";
 const DEFAULT_PROSODYCTL_BIN: &str = "/usr/bin/prosodyctl";
-/// How long a freshly spawned server may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How many fresh ports [`Prosody::start`] tries.
-const PORT_ATTEMPTS: usize = 5;
+
+/// How the server is launched: ready when it accepts client connections.
+const SPEC: Spec = Spec {
+    name: "prosody",
+    dir_prefix: "tbgw-prosody-",
+    install_hint: "install it with `apt-get install -y prosody` or set $PROSODY",
+    proto: Proto::Tcp,
+    ready: Ready::PortOpen,
+    ready_timeout: Duration::from_secs(20),
+    poll: Duration::from_millis(25),
+    restart_pause: Duration::from_millis(200),
+    retry_only_if_log: None,
+    stop: Stop::Kill,
+};
 
 /// A `prosody` process serving the virtual host `localhost` on `127.0.0.1:<port>` (client
 /// connections only: no server-to-server, no HTTP, no TLS (see [`Prosody::start_tls`]), no offline storage, so a message to
@@ -35,10 +46,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// ```
 #[derive(Debug)]
 pub struct Prosody {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    launches: u32,
+    daemon: Daemon,
     tls: Option<ProsodyTls>,
 }
 
@@ -73,39 +81,33 @@ impl Prosody {
     }
 
     async fn start_with(users: &[(&str, &str)], tls: Option<ProsodyTls>) -> io::Result<Prosody> {
-        let dir = tempfile::Builder::new().prefix("tbgw-prosody-").tempdir()?;
-        std::fs::create_dir_all(dir.path().join("data"))?;
-        std::fs::create_dir_all(dir.path().join("certs"))?;
         let mut server = Prosody {
-            port: 0,
-            dir,
-            child: None,
-            launches: 0,
+            daemon: Daemon::new(SPEC)?,
             tls,
         };
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            server.port = super::free_tcp_port();
-            if let Some(t) = server.tls.as_mut() {
-                t.direct_port = super::free_tcp_port();
-            }
-            server.write_config()?;
-            if last.is_none() {
-                for (user, pw) in users {
-                    server.register(user, pw).await?;
-                }
-            }
-            match server.launch().await {
-                Ok(()) => return Ok(server),
-                Err(e) => last = Some(e),
-            }
+        let dir = server.daemon.dir();
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::create_dir_all(dir.join("certs"))?;
+        // The accounts live in the data folder, whatever port a launch gets.
+        write_config(dir, 0, server.tls.as_ref())?;
+        for (user, pw) in users {
+            server.register(user, pw).await?;
         }
-        Err(last.unwrap_or_else(|| io::Error::other("could not start prosody")))
+        let Prosody { daemon, tls } = &mut server;
+        daemon
+            .start(|d| {
+                if let Some(t) = tls.as_mut() {
+                    t.direct_port = free_port(Proto::Tcp)?;
+                }
+                command(d, tls.as_ref())
+            })
+            .await?;
+        Ok(server)
     }
 
     /// The client port on 127.0.0.1 (the same across restarts).
     pub fn port(&self) -> u16 {
-        self.port
+        self.daemon.port()
     }
 
     /// The port of XMPP over TLS from the first byte (`c2s_direct_tls_ports`), for a server
@@ -116,17 +118,17 @@ impl Prosody {
 
     /// The server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.daemon.pid()
     }
 
     /// The temporary directory of the config, data and logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.daemon.dir()
     }
 
     /// The server's log of the current (or last) launch.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// Registers (or re-registers) `user@localhost` with `password`.
@@ -134,7 +136,7 @@ impl Prosody {
         let bin = std::env::var_os("PROSODYCTL").unwrap_or_else(|| DEFAULT_PROSODYCTL_BIN.into());
         let out = Command::new(&bin)
             .arg("--config")
-            .arg(self.config_path())
+            .arg(config_path(self.daemon.dir()))
             .args(["register", user, "localhost", password])
             .stdin(Stdio::null())
             .output()
@@ -160,55 +162,47 @@ impl Prosody {
 
     /// Kills the server (SIGKILL) and waits for it: every connection drops.
     pub async fn stop(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await?;
-        }
-        Ok(())
+        self.daemon.stop().await
     }
 
     /// Stops the server if it runs and starts it again on the same port.
     pub async fn restart(&mut self) -> io::Result<()> {
-        self.stop().await?;
-        let mut last = None;
-        for _ in 0..20 {
-            match self.launch().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    last = Some(e);
-                    sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("could not restart prosody")))
+        let tls = self.tls.as_ref();
+        self.daemon.restart(|d| command(d, tls)).await
     }
+}
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("prosody.cfg.lua")
-    }
+fn config_path(dir: &Path) -> PathBuf {
+    dir.join("prosody.cfg.lua")
+}
 
-    fn log_path(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("prosody-{}.log", self.launches))
-    }
+/// Writes the config of a launch on the daemon's port and gives the server's command.
+fn command(d: &Daemon, tls: Option<&ProsodyTls>) -> io::Result<Command> {
+    write_config(d.dir(), d.port(), tls)?;
+    let mut cmd =
+        Command::new(std::env::var_os("PROSODY").unwrap_or_else(|| DEFAULT_PROSODY_BIN.into()));
+    cmd.arg("--config").arg(config_path(d.dir()));
+    Ok(cmd)
+}
 
-    fn write_config(&self) -> io::Result<()> {
-        let d = self.dir.path().display();
-        let (tls_modules, tls_settings) = match &self.tls {
-            None => (r#""tls""#.to_string(), String::new()),
-            Some(t) => (
-                String::new(),
-                format!(
-                    "c2s_require_encryption = true\nc2s_direct_tls_ports = {{ {} }}\n\
+/// Writes the config of a server in `dir` serving clients on `port`.
+fn write_config(dir: &Path, port: u16, tls: Option<&ProsodyTls>) -> io::Result<()> {
+    let d = dir.display();
+    let (tls_modules, tls_settings) = match tls {
+        None => (r#""tls""#.to_string(), String::new()),
+        Some(t) => (
+            String::new(),
+            format!(
+                "c2s_require_encryption = true\nc2s_direct_tls_ports = {{ {} }}\n\
                      ssl = {{ certificate = \"{}\"; key = \"{}\"; }}\n",
-                    t.direct_port,
-                    t.cert.display(),
-                    t.key.display()
-                ),
+                t.direct_port,
+                t.cert.display(),
+                t.key.display()
             ),
-        };
-        let cfg = format!(
-            r#"pidfile = "{d}/prosody.pid"
+        ),
+    };
+    let cfg = format!(
+        r#"pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 certificates = "{d}/certs"
 daemonize = false
@@ -226,82 +220,21 @@ log = {{ info = "*console" }}
 {tls}
 VirtualHost "localhost"
 "#,
-            port = self.port,
-            tls = if tls_settings.is_empty() {
-                "c2s_require_encryption = false".to_string()
-            } else {
-                tls_settings
-            },
-            tls_enabled = if tls_modules.is_empty() {
-                r#""tls";"#
-            } else {
-                ""
-            },
-            tls_modules = if tls_modules.is_empty() {
-                String::new()
-            } else {
-                format!("{tls_modules};")
-            }
-        );
-        std::fs::write(self.config_path(), cfg)
-    }
-
-    async fn launch(&mut self) -> io::Result<()> {
-        self.launches += 1;
-        let log = std::fs::File::create(self.log_path())?;
-        let bin = std::env::var_os("PROSODY").unwrap_or_else(|| DEFAULT_PROSODY_BIN.into());
-        let mut child = Command::new(&bin)
-            .arg("--config")
-            .arg(self.config_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot run {} ({e}); install it with `apt-get install -y prosody` or set $PROSODY",
-                        bin.to_string_lossy()
-                    ),
-                )
-            })?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "prosody exited with {status} on port {}; output:\n{}",
-                    self.port,
-                    self.log()
-                )));
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill().await;
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "prosody did not listen within {READY_TIMEOUT:?}; output:\n{}",
-                        self.log()
-                    ),
-                ));
-            }
-            sleep(Duration::from_millis(25)).await;
+        tls = if tls_settings.is_empty() {
+            "c2s_require_encryption = false".to_string()
+        } else {
+            tls_settings
+        },
+        tls_enabled = if tls_modules.is_empty() {
+            r#""tls";"#
+        } else {
+            ""
+        },
+        tls_modules = if tls_modules.is_empty() {
+            String::new()
+        } else {
+            format!("{tls_modules};")
         }
-    }
-}
-
-impl Drop for Prosody {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-    }
+    );
+    std::fs::write(config_path(dir), cfg)
 }

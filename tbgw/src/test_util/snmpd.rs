@@ -1,20 +1,31 @@
 //! Launcher for a throw-away Debian `snmpd` agent on a free loopback UDP port.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-use tokio::time::{sleep, Instant};
+use tokio::process::Command;
+
+use super::daemon::{Daemon, Proto, Ready, Spec, Stop};
 
 /// Where the Debian package installs the agent; `$SNMPD` overrides it.
 const DEFAULT_SNMPD_BIN: &str = "/usr/sbin/snmpd";
-/// How long a freshly spawned agent may take to say it runs.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many fresh ports [`Snmpd::start_with`] tries.
-const PORT_ATTEMPTS: usize = 5;
+
+/// How the agent is launched: ready when it prints its version, which it does once its
+/// transports are open.
+const SPEC: Spec = Spec {
+    name: "snmpd",
+    dir_prefix: "tbgw-snmpd-",
+    install_hint: "install it with `apt-get install -y snmpd` or set $SNMPD",
+    proto: Proto::Udp,
+    ready: Ready::Log("NET-SNMP version"),
+    ready_timeout: Duration::from_secs(15),
+    poll: Duration::from_millis(20),
+    restart_pause: Duration::from_millis(100),
+    retry_only_if_log: None,
+    stop: Stop::Kill,
+};
 
 /// The agent configuration [`Snmpd::start`] uses: `public` reads, `private` reads and
 /// writes (from 127.0.0.1). `sysContact` and `sysName` are not set in the file, so they are
@@ -36,11 +47,8 @@ pub const SNMPD_COMMUNITIES: &str = "rocommunity public 127.0.0.1\nrwcommunity p
 /// ```
 #[derive(Debug)]
 pub struct Snmpd {
-    port: u16,
+    daemon: Daemon,
     config: String,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    launches: u32,
 }
 
 impl Snmpd {
@@ -53,135 +61,58 @@ impl Snmpd {
     /// `createUser` and `rouser` line for SNMPv3). Do not put `agentAddress` in it: the
     /// endpoint is given on the command line.
     pub async fn start_with(config: &str) -> io::Result<Snmpd> {
-        let dir = tempfile::Builder::new().prefix("tbgw-snmpd-").tempdir()?;
-        let mut agent = Snmpd {
-            port: 0,
-            config: format!("dontLogTCPWrappersConnects yes\n{config}"),
-            dir,
-            child: None,
-            launches: 0,
-        };
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            agent.port = super::free_udp_port();
-            match agent.launch().await {
-                Ok(()) => return Ok(agent),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("could not start snmpd")))
+        let config = format!("dontLogTCPWrappersConnects yes\n{config}");
+        let mut daemon = Daemon::new(SPEC)?;
+        daemon.start(command(&config)).await?;
+        Ok(Snmpd { daemon, config })
     }
 
     /// The UDP port (the same across restarts).
     pub fn port(&self) -> u16 {
-        self.port
+        self.daemon.port()
     }
 
     /// The agent's address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.daemon.addr()
     }
 
     /// The temporary directory of the config, state and logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.daemon.dir()
     }
 
     /// The agent's output of the current (or last) launch.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// Kills the agent (SIGKILL) and waits for it.
     pub async fn stop(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await?;
-        }
-        Ok(())
+        self.daemon.stop().await
     }
 
     /// Stops the agent if it runs and starts it again on the same port.
     pub async fn restart(&mut self) -> io::Result<()> {
-        self.stop().await?;
-        let mut last = None;
-        for _ in 0..20 {
-            match self.launch().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    last = Some(e);
-                    sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("could not restart snmpd")))
+        self.daemon.restart(command(&self.config)).await
     }
+}
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("snmpd-{}.log", self.launches))
-    }
-
-    async fn launch(&mut self) -> io::Result<()> {
-        self.launches += 1;
-        let conf = self.dir.path().join("snmpd.conf");
-        std::fs::write(&conf, &self.config)?;
-        let log = std::fs::File::create(self.log_path())?;
-        let bin = std::env::var_os("SNMPD").unwrap_or_else(|| DEFAULT_SNMPD_BIN.into());
-        let mut child = Command::new(&bin)
-            // Not the config's folder: snmpd writes its persistent `snmpd.conf` there on exit.
-            .env("SNMP_PERSISTENT_DIR", self.dir.path().join("state"))
+/// Writes `config` for a launch and gives the agent's command on the daemon's port.
+fn command(config: &str) -> impl FnMut(&Daemon) -> io::Result<Command> + '_ {
+    move |d| {
+        let conf = d.dir().join("snmpd.conf");
+        std::fs::write(&conf, config)?;
+        let mut cmd =
+            Command::new(std::env::var_os("SNMPD").unwrap_or_else(|| DEFAULT_SNMPD_BIN.into()));
+        // Not the config's folder: snmpd writes its persistent `snmpd.conf` there on exit.
+        cmd.env("SNMP_PERSISTENT_DIR", d.dir().join("state"))
             .env("MIBS", "")
             .args(["-f", "-Lo", "-C", "-c"])
             .arg(&conf)
             .arg("-p")
-            .arg(self.dir.path().join("snmpd.pid"))
-            .arg(format!("udp:127.0.0.1:{}", self.port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot run {} ({e}); install it with `apt-get install -y snmpd` or set $SNMPD",
-                        bin.to_string_lossy()
-                    ),
-                )
-            })?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "snmpd exited with {status} on port {}; output:\n{}",
-                    self.port,
-                    self.log()
-                )));
-            }
-            // snmpd prints its version once its transports are open.
-            if self.log().contains("NET-SNMP version") {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill().await;
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "snmpd did not start within {READY_TIMEOUT:?}; output:\n{}",
-                        self.log()
-                    ),
-                ));
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Snmpd {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+            .arg(d.dir().join("snmpd.pid"))
+            .arg(format!("udp:127.0.0.1:{}", d.port()));
+        Ok(cmd)
     }
 }
