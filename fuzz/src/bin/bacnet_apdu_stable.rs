@@ -6,74 +6,46 @@
 //! cargo run --release --no-default-features --bin bacnet_apdu_stable -- artifacts/bacnet_apdu/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 /// Well-formed datagrams: an I-Am, a ReadProperty ack, a ReadPropertyMultiple ack with an
 /// error, a COV notification, a routed Who-Is, an Error PDU.
 const SEEDS: &[&[u8]] = &[
-    &[0x81, 0x0b, 0, 20, 1, 0, 0x10, 0x00, 0xc4, 0x02, 0, 0x03, 0xe9, 0x22, 0x05, 0xc4, 0x91, 0, 0x21, 15],
-    &[0x81, 0x0a, 0, 23, 1, 0, 0x30, 1, 12, 0x0c, 0x00, 0x80, 0, 1, 0x19, 0x55, 0x3e, 0x44, 0x41, 0xac, 0, 0, 0x3f],
-    &[0x81, 0x0a, 0, 34, 1, 0, 0x30, 2, 14, 0x0c, 0x00, 0x80, 0, 1, 0x1e, 0x29, 0x55, 0x4e, 0x44, 0x3f, 0xc0, 0, 0, 0x4f, 0x2a, 0x27, 0x0f, 0x5e, 0x91, 2, 0x91, 32, 0x5f, 0x1f],
-    &[0x81, 0x0a, 0, 37, 1, 0, 0x10, 0x02, 0x09, 1, 0x1c, 0x02, 0, 0x03, 0xe9, 0x2c, 0x00, 0x80, 0, 2, 0x39, 60, 0x4e, 0x09, 0x55, 0x2e, 0x44, 0x40, 0xa0, 0, 0, 0x2f, 0x09, 0x6f, 0x2e, 0x82, 0x04, 0x00, 0x2f, 0x4f],
-    &[0x81, 0x0b, 0, 16, 1, 0x28, 0, 2, 1, 5, 0x08, 0, 3, 1, 0x21, 0xff],
+    &[
+        0x81, 0x0b, 0, 20, 1, 0, 0x10, 0x00, 0xc4, 0x02, 0, 0x03, 0xe9, 0x22, 0x05, 0xc4, 0x91, 0,
+        0x21, 15,
+    ],
+    &[
+        0x81, 0x0a, 0, 23, 1, 0, 0x30, 1, 12, 0x0c, 0x00, 0x80, 0, 1, 0x19, 0x55, 0x3e, 0x44, 0x41,
+        0xac, 0, 0, 0x3f,
+    ],
+    &[
+        0x81, 0x0a, 0, 34, 1, 0, 0x30, 2, 14, 0x0c, 0x00, 0x80, 0, 1, 0x1e, 0x29, 0x55, 0x4e, 0x44,
+        0x3f, 0xc0, 0, 0, 0x4f, 0x2a, 0x27, 0x0f, 0x5e, 0x91, 2, 0x91, 32, 0x5f, 0x1f,
+    ],
+    &[
+        0x81, 0x0a, 0, 37, 1, 0, 0x10, 0x02, 0x09, 1, 0x1c, 0x02, 0, 0x03, 0xe9, 0x2c, 0x00, 0x80,
+        0, 2, 0x39, 60, 0x4e, 0x09, 0x55, 0x2e, 0x44, 0x40, 0xa0, 0, 0, 0x2f, 0x09, 0x6f, 0x2e,
+        0x82, 0x04, 0x00, 0x2f, 0x4f,
+    ],
+    &[
+        0x81, 0x0b, 0, 16, 1, 0x28, 0, 2, 1, 5, 0x08, 0, 3, 1, 0x21, 0xff,
+    ],
     &[0x81, 0x0a, 0, 11, 1, 0, 0x50, 3, 12, 0x91, 2],
 ];
 
 fn mutated(rng: &mut Rng) -> Vec<u8> {
     let mut input = SEEDS[rng.below(SEEDS.len())].to_vec();
-    if rng.below(3) == 0 && input.len() > 4 {
-        let keep = 4 + rng.below(input.len() - 4);
-        input.truncate(keep);
+    if rng.cut(&mut input, 3, 4) {
         let l = input.len() as u16;
         input[2..4].copy_from_slice(&l.to_be_bytes());
     }
-    for _ in 0..rng.below(4) {
-        if input.len() > 4 {
-            let i = 4 + rng.below(input.len() - 4);
-            input[i] ^= 1 << rng.below(8);
-        }
-    }
+    rng.flip(&mut input, 4, 4);
     input
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(2) == 0 {
-                    mutated(&mut rng)
-                } else {
-                    (0..rng.below(300)).map(|_| rng.next() as u8).collect()
-                };
-                tbgw_fuzz::bacnet_apdu(&input);
-                runs += 1;
-            }
-        }
-        println!("bacnet_apdu: {runs} inputs in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::bacnet_apdu(&data);
-        println!("{path}: ok");
-    }
+    run("bacnet_apdu", tbgw_fuzz::bacnet_apdu, |rng| {
+        rng.mix(1, 2, mutated, 300)
+    });
 }

@@ -7,22 +7,7 @@
 //! cargo run --release --no-default-features --bin knx_frame_stable -- artifacts/knx_frame/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 /// A well-formed frame (a tunnelling request or routing indication with a group telegram,
 /// a connect response, an ack, a search response), then cut, bit-flipped or with a length
@@ -35,17 +20,17 @@ fn mutated_frame(rng: &mut Rng) -> Vec<u8> {
         0xE0,
         0x11,
         0x01,
-        rng.next() as u8,
-        rng.next() as u8,
+        rng.next_u64() as u8,
+        rng.next_u64() as u8,
     ];
     let data_len = rng.below(16);
     cemi.push((1 + data_len) as u8);
     cemi.push(0);
-    cemi.push([0x00u8, 0x40, 0x80][rng.below(3)] | (rng.next() as u8 & 0x3F));
-    cemi.extend((0..data_len).map(|_| rng.next() as u8));
+    cemi.push([0x00u8, 0x40, 0x80][rng.below(3)] | (rng.next_u64() as u8 & 0x3F));
+    cemi.extend((0..data_len).map(|_| rng.next_u64() as u8));
     let (service, body): (u16, Vec<u8>) = match rng.below(5) {
         0 => {
-            let mut b = vec![4, 1, rng.next() as u8, 0];
+            let mut b = vec![4, 1, rng.next_u64() as u8, 0];
             b.extend_from_slice(&cemi);
             (0x0420, b)
         }
@@ -54,7 +39,7 @@ fn mutated_frame(rng: &mut Rng) -> Vec<u8> {
             0x0206,
             vec![1, 0, 8, 1, 127, 0, 0, 1, 0x0e, 0x57, 4, 4, 0x11, 0x0a],
         ),
-        3 => (0x0421, vec![4, 1, rng.next() as u8, 0]),
+        3 => (0x0421, vec![4, 1, rng.next_u64() as u8, 0]),
         _ => {
             let mut b = vec![8, 1, 127, 0, 0, 1, 0x0e, 0x57, 54, 1, 2, 0, 0x11, 0];
             b.extend(std::iter::repeat_n(0u8, 18));
@@ -64,7 +49,7 @@ fn mutated_frame(rng: &mut Rng) -> Vec<u8> {
         }
     };
     let total = 6 + body.len();
-    let mut input = vec![rng.next() as u8 & 0xFE];
+    let mut input = vec![rng.next_u64() as u8 & 0xFE];
     input.extend_from_slice(&[6, 0x10]);
     input.extend_from_slice(&service.to_be_bytes());
     input.extend_from_slice(&(total as u16).to_be_bytes());
@@ -74,42 +59,13 @@ fn mutated_frame(rng: &mut Rng) -> Vec<u8> {
         input = vec![1];
         input.extend_from_slice(&cemi);
     }
-    if rng.below(3) == 0 {
-        let keep = rng.below(input.len() + 1);
-        input.truncate(keep);
-    }
-    for _ in 0..rng.below(3) {
-        if input.len() > 1 {
-            let i = 1 + rng.below(input.len() - 1);
-            input[i] ^= 1 << rng.below(8);
-        }
-    }
+    rng.cut(&mut input, 3, 0);
+    rng.flip(&mut input, 1, 3);
     input
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(4) != 0 {
-                    mutated_frame(&mut rng)
-                } else {
-                    (0..rng.below(100)).map(|_| rng.next() as u8).collect()
-                };
-                tbgw_fuzz::knx_frame(&input);
-                runs += 1;
-            }
-        }
-        println!("knx_frame: {runs} inputs in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::knx_frame(&data);
-        println!("{path}: ok");
-    }
+    run("knx_frame", tbgw_fuzz::knx_frame, |rng| {
+        rng.mix(3, 4, mutated_frame, 100)
+    });
 }

@@ -6,22 +6,7 @@
 //! cargo run --release --no-default-features --bin ocpp_frame_stable -- artifacts/ocpp_frame/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 const SEEDS: [&str; 10] = [
     r#"[2,"1","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]"#,
@@ -59,28 +44,7 @@ fn mutated(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(4) != 0 {
-                    mutated(&mut rng)
-                } else {
-                    (0..rng.below(200)).map(|_| rng.next() as u8).collect()
-                };
-                tbgw_fuzz::ocpp_frame(&input);
-                runs += 1;
-            }
-        }
-        println!("ocpp_frame: {runs} inputs in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::ocpp_frame(&data);
-        println!("{path}: ok");
-    }
+    run("ocpp_frame", tbgw_fuzz::ocpp_frame, |rng| {
+        rng.mix(3, 4, mutated, 200)
+    });
 }

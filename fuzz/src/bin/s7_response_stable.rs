@@ -7,22 +7,7 @@
 //! cargo run --release --no-default-features --bin s7_response_stable -- artifacts/s7_response/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 /// A well-formed acknowledgement to request 1 (setup, ReadVar with items, or WriteVar), then
 /// cut, bit-flipped or with a length field changed.
@@ -37,7 +22,7 @@ fn mutated_answer(rng: &mut Rng) -> Vec<u8> {
                 let ts = [3u8, 4, 5, 7, 9][rng.below(5)];
                 let bits = if matches!(ts, 7 | 9) { len } else { len * 8 };
                 d.extend_from_slice(&[0xff, ts, (bits >> 8) as u8, bits as u8]);
-                d.extend((0..len).map(|_| rng.next() as u8));
+                d.extend((0..len).map(|_| rng.next_u64() as u8));
                 if len % 2 == 1 && i + 1 < n {
                     d.push(0);
                 }
@@ -68,44 +53,15 @@ fn mutated_answer(rng: &mut Rng) -> Vec<u8> {
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&params);
     f.extend_from_slice(&data);
-    let mut input = vec![n as u8 | ((rng.next() as u8) & 0xe0)];
+    let mut input = vec![n as u8 | ((rng.next_u64() as u8) & 0xe0)];
     input.extend_from_slice(&f);
-    if rng.below(3) == 0 {
-        let keep = rng.below(input.len() + 1);
-        input.truncate(keep);
-    }
-    for _ in 0..rng.below(3) {
-        if input.len() > 1 {
-            let i = 1 + rng.below(input.len() - 1);
-            input[i] ^= 1 << rng.below(8);
-        }
-    }
+    rng.cut(&mut input, 3, 0);
+    rng.flip(&mut input, 1, 3);
     input
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(4) != 0 {
-                    mutated_answer(&mut rng)
-                } else {
-                    (0..rng.below(300)).map(|_| rng.next() as u8).collect()
-                };
-                tbgw_fuzz::s7_response(&input);
-                runs += 1;
-            }
-        }
-        println!("s7_response: {runs} inputs in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::s7_response(&data);
-        println!("{path}: ok");
-    }
+    run("s7_response", tbgw_fuzz::s7_response, |rng| {
+        rng.mix(3, 4, mutated_answer, 300)
+    });
 }

@@ -7,22 +7,7 @@
 //! cargo run --release --no-default-features --bin snmp_message_stable -- artifacts/snmp_message/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 /// A BER tag-length-value (definite lengths, short or long form).
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -69,18 +54,18 @@ fn oid(parts: &[u64]) -> Vec<u8> {
 /// A random value of one of the SNMP types.
 fn value(rng: &mut Rng) -> Vec<u8> {
     match rng.below(9) {
-        0 => int(0x02, rng.next() as i64 >> rng.below(64)),
+        0 => int(0x02, rng.next_u64() as i64 >> rng.below(64)),
         1 => tlv(
             0x04,
             &(0..rng.below(40))
-                .map(|_| rng.next() as u8)
+                .map(|_| rng.next_u64() as u8)
                 .collect::<Vec<_>>(),
         ),
-        2 => oid(&[1, 3, 6, 1, rng.next() % 300, rng.next() % 5]),
-        3 => tlv(0x40, &[10, 0, 0, rng.next() as u8]),
-        4 => int(0x41, (rng.next() % (1 << 32)) as i64),
-        5 => int(0x43, (rng.next() % (1 << 32)) as i64),
-        6 => int(0x46, (rng.next() >> 1) as i64),
+        2 => oid(&[1, 3, 6, 1, rng.next_u64() % 300, rng.next_u64() % 5]),
+        3 => tlv(0x40, &[10, 0, 0, rng.next_u64() as u8]),
+        4 => int(0x41, (rng.next_u64() % (1 << 32)) as i64),
+        5 => int(0x43, (rng.next_u64() % (1 << 32)) as i64),
+        6 => int(0x46, (rng.next_u64() >> 1) as i64),
         7 => tlv(0x80 + rng.below(3) as u8, &[]),
         _ => tlv(0x05, &[]),
     }
@@ -90,7 +75,7 @@ fn value(rng: &mut Rng) -> Vec<u8> {
 fn mutated_message(rng: &mut Rng) -> Vec<u8> {
     let mut binds = Vec::new();
     for i in 0..rng.below(12) {
-        let mut vb = oid(&[1, 3, 6, 1, 2, 1, 2, 2, 1, 1 + rng.next() % 4, i as u64]);
+        let mut vb = oid(&[1, 3, 6, 1, 2, 1, 2, 2, 1, 1 + rng.next_u64() % 4, i as u64]);
         vb.extend(value(rng));
         binds.extend(tlv(0x30, &vb));
     }
@@ -105,7 +90,7 @@ fn mutated_message(rng: &mut Rng) -> Vec<u8> {
         body.extend(binds);
         tlv(0xa4, &body)
     } else {
-        let mut body = int(0x02, rng.next() as i32 as i64);
+        let mut body = int(0x02, rng.next_u64() as i32 as i64);
         body.extend(int(0x02, rng.below(3) as i64));
         body.extend(int(0x02, rng.below(3) as i64));
         body.extend(binds);
@@ -115,44 +100,13 @@ fn mutated_message(rng: &mut Rng) -> Vec<u8> {
     msg.extend(tlv(0x04, b"public"));
     msg.extend(pdu);
     let mut wire = tlv(0x30, &msg);
-    if rng.below(2) == 0 {
-        wire.truncate(rng.below(wire.len() + 1));
-    }
-    for _ in 0..rng.below(3) {
-        if !wire.is_empty() {
-            let i = rng.below(wire.len());
-            wire[i] ^= 1 << rng.below(8);
-        }
-    }
+    rng.cut(&mut wire, 2, 0);
+    rng.flip(&mut wire, 0, 3);
     wire
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        let mut decoded = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(2) == 0 {
-                    mutated_message(&mut rng)
-                } else {
-                    (0..rng.below(600)).map(|_| rng.next() as u8).collect()
-                };
-                if tbgw_fuzz::snmp_message(&input) > 0 {
-                    decoded += 1;
-                }
-                runs += 1;
-            }
-        }
-        println!("snmp_message: {runs} inputs ({decoded} decoded) in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let n = tbgw_fuzz::snmp_message(&data);
-        println!("{path}: ok ({n})");
-    }
+    run("snmp_message", tbgw_fuzz::snmp_message, |rng| {
+        rng.mix(1, 2, mutated_message, 600)
+    });
 }

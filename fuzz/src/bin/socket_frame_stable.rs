@@ -6,28 +6,13 @@
 //! cargo run --release --no-default-features --bin socket_frame_stable -- artifacts/socket_frame/crash-*
 //! ```
 
-use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tbgw_fuzz::stable::{run, Rng};
 
 /// Messages a device could send (text, numbers, attribute requests, binary), framed by the
 /// framing byte 0 selects, then cut and bit-flipped.
 fn mutated_stream(rng: &mut Rng) -> Vec<u8> {
-    let f = rng.next() as u8;
-    let mut input = vec![f, rng.next() as u8, rng.next() as u8];
+    let f = rng.next_u64() as u8;
+    let mut input = vec![f, rng.next_u64() as u8, rng.next_u64() as u8];
     let words: [&[u8]; 8] = [
         b"21.5",
         b"true",
@@ -63,42 +48,13 @@ fn mutated_stream(rng: &mut Rng) -> Vec<u8> {
             _ => input.extend_from_slice(w),
         }
     }
-    if rng.below(2) == 0 && input.len() > 3 {
-        let keep = 3 + rng.below(input.len() - 3);
-        input.truncate(keep);
-    }
-    for _ in 0..rng.below(3) {
-        if input.len() > 3 {
-            let i = 3 + rng.below(input.len() - 3);
-            input[i] ^= 1 << rng.below(8);
-        }
-    }
+    rng.cut(&mut input, 2, 3);
+    rng.flip(&mut input, 3, 3);
     input
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(secs) = args.first().and_then(|a| a.parse::<u64>().ok()) {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut runs = 0u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
-                let input = if rng.below(2) == 0 {
-                    mutated_stream(&mut rng)
-                } else {
-                    (0..rng.below(300)).map(|_| rng.next() as u8).collect()
-                };
-                tbgw_fuzz::socket_frame(&input);
-                runs += 1;
-            }
-        }
-        println!("socket_frame: {runs} inputs in {secs} s, no failure");
-        return;
-    }
-    for path in &args {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        tbgw_fuzz::socket_frame(&data);
-        println!("{path}: ok");
-    }
+    run("socket_frame", tbgw_fuzz::socket_frame, |rng| {
+        rng.mix(1, 2, mutated_stream, 300)
+    });
 }
