@@ -9,15 +9,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::connector::ConnectorFactory;
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::test_util::{free_tcp_port, Knxd, PythonPeer};
-use tbgw::uplink::{StoreOutcome, UplinkMessage};
+use tbgw::test_util::harness::forward_data;
+use tbgw::test_util::{free_tcp_port, Knxd, PythonPeer, TestRun};
 use tbgw_connectors::knx::KnxFactory;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -88,111 +85,21 @@ fn spec(config: Json, file: &Path) -> ConnectorSpec {
     }
 }
 
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    data: mpsc::UnboundedReceiver<DeviceData>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
-}
+type Running = TestRun<DeviceData>;
 
 fn start(config: Json) -> Running {
     let mut ignored = Vec::new();
-    let mut connector = KnxFactory::new()
+    let connector = KnxFactory::new()
         .build(&spec(config, Path::new("knx.json")), &mut ignored)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (mut cx, ends) = ConnectorContext::for_test("KNX");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, data) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = uplink.recv().await {
-            if let UplinkMessage::Data { data, ack, .. } = m {
-                for d in data {
-                    let _ = tx.send(d);
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(StoreOutcome::Stored);
-                }
-            }
-        }
-    });
-    let task = tokio::spawn(async move {
-        connector.run(&mut cx).await.expect("ends cleanly");
-    });
-    Running {
-        task,
-        data,
-        downlink,
-        cancel,
-        stats,
-    }
+    TestRun::start("KNX", connector, WAIT, forward_data)
 }
 
-impl Running {
-    /// The next record of `device` that has `key`.
-    async fn next_with(&mut self, device: &str, key: &str) -> DeviceData {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.data.recv()).await {
-                Ok(Some(d)) if d.device_name == device && value(&d, key).is_some() => return d,
-                Ok(Some(_)) => {}
-                _ => panic!("no record of {device} with {key}"),
-            }
-        }
-    }
-
-    async fn rpc(&self, device: &str, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: Some(device.to_string()),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
-    }
-
-    async fn update(&self, device: &str, key: &str, value: Json) {
-        let mut values = serde_json::Map::new();
-        values.insert(key.into(), value);
-        self.downlink
-            .send(Downlink::AttributeUpdate(AttributeUpdate {
-                device: device.into(),
-                values,
-            }))
-            .await
-            .unwrap();
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
-}
-
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+/// The next record of `device` that has `key`.
+async fn next_with(r: &mut Running, device: &str, key: &str) -> DeviceData {
+    r.recv_until(|d| (d.device_name == device && d.value(key).is_some()).then_some(d))
+        .await
+        .unwrap_or_else(|| panic!("no record of {device} with {key}"))
 }
 
 fn config(port: u16, poll_ms: u64) -> Json {
@@ -231,17 +138,17 @@ async fn values_and_types_are_polled_and_the_name_read_from_the_bus() {
     let knxd = Knxd::start().await.expect("knxd");
     let _member = Member::start(&knxd).await;
     let mut c = start(config(knxd.port(), 300));
-    let d = c.next_with("Device Boiler", "power").await;
+    let d = next_with(&mut c, "Device Boiler", "power").await;
     assert_eq!(d.device_type, "knx");
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
-    assert_eq!(value(&d, "label"), Some(Value::String("Boiler".into())));
-    assert_eq!(value(&d, "humidity"), Some(Value::Float(55.2)));
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
-    assert_eq!(value(&d, "percent"), Some(Value::Int(50)));
-    assert_eq!(value(&d, "pulses"), Some(Value::Int(1234)));
-    assert_eq!(value(&d, "u32"), Some(Value::Int(4_000_000_000)));
-    assert_eq!(value(&d, "energy"), Some(Value::Int(-123456)));
-    assert_eq!(value(&d, "power"), Some(Value::Float(1500.5)));
+    assert_eq!(d.value("temperature"), Some(Value::Float(21.5)));
+    assert_eq!(d.value("label"), Some(Value::String("Boiler".into())));
+    assert_eq!(d.value("humidity"), Some(Value::Float(55.2)));
+    assert_eq!(d.value("switch"), Some(Value::Bool(true)));
+    assert_eq!(d.value("percent"), Some(Value::Int(50)));
+    assert_eq!(d.value("pulses"), Some(Value::Int(1234)));
+    assert_eq!(d.value("u32"), Some(Value::Int(4_000_000_000)));
+    assert_eq!(d.value("energy"), Some(Value::Int(-123456)));
+    assert_eq!(d.value("power"), Some(Value::Float(1500.5)));
     assert!(c.stats.stats().messages_received() >= 9);
     c.stop().await;
 }
@@ -251,7 +158,7 @@ async fn writes_and_reads_reach_the_bus_member() {
     let knxd = Knxd::start().await.expect("knxd");
     let mut member = Member::start(&knxd).await;
     let mut c = start(config(knxd.port(), 60_000));
-    c.next_with("Device Boiler", "power").await;
+    next_with(&mut c, "Device Boiler", "power").await;
     // Attribute update through upstream's misspelt type name.
     c.update("Device Boiler", "brightness", json!(200)).await;
     member.wait_write("WRITE 1/1/0 200").await;
@@ -308,21 +215,21 @@ async fn a_switch_pressed_between_polls_arrives() {
     let member = Member::start(&knxd).await;
     // One poll at start, the next in an hour.
     let mut c = start(config(knxd.port(), 3_600_000));
-    let d = c.next_with("Device Boiler", "switch").await;
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
+    let d = next_with(&mut c, "Device Boiler", "switch").await;
+    assert_eq!(d.value("switch"), Some(Value::Bool(true)));
     member.send(json!({"write": "1/0/1", "value": false})).await;
-    let d = c.next_with("Device Boiler", "switch").await;
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(false)));
+    let d = next_with(&mut c, "Device Boiler", "switch").await;
+    assert_eq!(d.value("switch"), Some(Value::Bool(false)));
     member.send(json!({"write": "1/0/6", "value": 23.5})).await;
-    let d = c.next_with("Device Boiler", "temperature").await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(23.5)));
+    let d = next_with(&mut c, "Device Boiler", "temperature").await;
+    assert_eq!(d.value("temperature"), Some(Value::Float(23.5)));
     // A new name on the bus renames the device.
     member
         .send(json!({"write": "1/0/5", "value": "Heater"}))
         .await;
     member.send(json!({"write": "1/0/1", "value": true})).await;
-    let d = c.next_with("Device Heater", "switch").await;
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
+    let d = next_with(&mut c, "Device Heater", "switch").await;
+    assert_eq!(d.value("switch"), Some(Value::Bool(true)));
     c.stop().await;
 }
 
@@ -331,7 +238,7 @@ async fn knxd_restarted() {
     let mut knxd = Knxd::start().await.expect("knxd");
     let member = Member::start(&knxd).await;
     let mut c = start(config(knxd.port(), 200));
-    c.next_with("Device Boiler", "power").await;
+    next_with(&mut c, "Device Boiler", "power").await;
     drop(member);
     knxd.restart().await.expect("knxd again");
     let _member = Member::start(&knxd).await;
@@ -344,9 +251,9 @@ async fn knxd_restarted() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    while c.data.try_recv().is_ok() {}
-    let d = c.next_with("Device Boiler", "power").await;
-    assert_eq!(value(&d, "power"), Some(Value::Float(1500.5)));
+    while c.up.try_recv().is_ok() {}
+    let d = next_with(&mut c, "Device Boiler", "power").await;
+    assert_eq!(d.value("power"), Some(Value::Float(1500.5)));
     c.stop().await;
 }
 
@@ -385,14 +292,14 @@ async fn a_malformed_value_is_counted_and_the_connector_goes_on() {
     let knxd = Knxd::start().await.expect("knxd");
     let member = Member::start(&knxd).await;
     let mut c = start(config(knxd.port(), 3_600_000));
-    c.next_with("Device Boiler", "power").await;
+    next_with(&mut c, "Device Boiler", "power").await;
     // One octet for a 2-octet float, twice; then a good value.
     for _ in 0..2 {
         member.send(json!({"raw": "1/0/6", "bytes": [7]})).await;
     }
     member.send(json!({"write": "1/0/6", "value": 18.0})).await;
-    let d = c.next_with("Device Boiler", "temperature").await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(18.0)));
+    let d = next_with(&mut c, "Device Boiler", "temperature").await;
+    assert_eq!(d.value("temperature"), Some(Value::Float(18.0)));
     assert_eq!(c.stats.stats().convert_errors(), 2);
     let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
     assert_eq!(
@@ -556,8 +463,8 @@ async fn automatic_reads_the_samples_gateway_key_and_the_scanner_finds_knxd() {
     cfg["client"]["gatewaysScanner"] =
         json!({"enabled": true, "scanPeriod": 0.5, "stopOnFound": true});
     let mut c = start(cfg);
-    let d = c.next_with("Device Boiler", "temperature").await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
+    let d = next_with(&mut c, "Device Boiler", "temperature").await;
+    assert_eq!(d.value("temperature"), Some(Value::Float(21.5)));
     c.stop().await;
 }
 
@@ -579,12 +486,12 @@ async fn routing_with_an_xknx_router() {
     cfg["client"] = json!({"type": "ROUTING", "localIp": "127.0.0.1", "multicastPort": port,
                            "individualAddress": "1.1.240"});
     let mut c = start(cfg);
-    let d = c.next_with("Device Boiler", "power").await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(true)));
+    let d = next_with(&mut c, "Device Boiler", "power").await;
+    assert_eq!(d.value("temperature"), Some(Value::Float(21.5)));
+    assert_eq!(d.value("switch"), Some(Value::Bool(true)));
     member.send(json!({"write": "1/0/1", "value": false})).await;
-    let d = c.next_with("Device Boiler", "switch").await;
-    assert_eq!(value(&d, "switch"), Some(Value::Bool(false)));
+    let d = next_with(&mut c, "Device Boiler", "switch").await;
+    assert_eq!(d.value("switch"), Some(Value::Bool(false)));
     c.update("Device Boiler", "brightness", json!(77)).await;
     member.wait_write("WRITE 1/1/0 77").await;
     c.stop().await;

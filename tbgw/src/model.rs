@@ -168,6 +168,16 @@ impl DeviceData {
         self.attributes.push((key.into(), value));
     }
 
+    /// The first value of `key`: in the telemetry entries in order, then in the attributes.
+    pub fn value(&self, key: &str) -> Option<Value> {
+        self.telemetry
+            .iter()
+            .flat_map(|e| e.values.iter())
+            .chain(self.attributes.iter())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
     /// Number of data points (telemetry values plus attributes).
     pub fn datapoints(&self) -> usize {
         self.attributes.len() + self.telemetry.iter().map(|e| e.values.len()).sum::<usize>()

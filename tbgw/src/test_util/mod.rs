@@ -24,6 +24,7 @@
 
 mod bluez;
 mod daemon;
+pub mod harness;
 mod knxd;
 mod mosquitto;
 mod pki;
@@ -36,6 +37,7 @@ mod tb_standin;
 mod upstream;
 
 pub use bluez::BluezMock;
+pub use harness::{TestRun, Up};
 pub use knxd::Knxd;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
