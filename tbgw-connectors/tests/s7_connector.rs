@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::connector::ConnectorFactory;
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::test_util::{free_tcp_port, peers_python, PythonPeer};
-use tbgw::uplink::{StoreOutcome, UplinkMessage};
+use tbgw::test_util::harness::forward_data;
+use tbgw::test_util::{free_tcp_port, peers_python, PythonPeer, TestRun};
 use tbgw_connectors::s7::S7Factory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -81,111 +79,21 @@ fn spec(config: Json, file: &Path) -> ConnectorSpec {
 }
 
 /// The running connector, its data and its other ends.
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    data: mpsc::UnboundedReceiver<DeviceData>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
-}
+type Running = TestRun<DeviceData>;
 
 fn start(config: Json) -> Running {
     let mut ignored = Vec::new();
-    let mut connector = S7Factory::new()
+    let connector = S7Factory::new()
         .build(&spec(config, Path::new("s7.json")), &mut ignored)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (mut cx, ends) = ConnectorContext::for_test("S7");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, data) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = uplink.recv().await {
-            if let UplinkMessage::Data { data, ack, .. } = m {
-                for d in data {
-                    let _ = tx.send(d);
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(StoreOutcome::Stored);
-                }
-            }
-        }
-    });
-    let task = tokio::spawn(async move {
-        connector.run(&mut cx).await.expect("ends cleanly");
-    });
-    Running {
-        task,
-        data,
-        downlink,
-        cancel,
-        stats,
-    }
+    TestRun::start("S7", connector, WAIT, forward_data)
 }
 
-impl Running {
-    /// The next record of `device`.
-    async fn next_of(&mut self, device: &str) -> DeviceData {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.data.recv()).await {
-                Ok(Some(d)) if d.device_name == device => return d,
-                Ok(Some(_)) => {}
-                _ => panic!("no record of {device}"),
-            }
-        }
-    }
-
-    async fn rpc(&self, device: Option<&str>, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: device.map(str::to_string),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
-    }
-
-    async fn update(&self, device: &str, key: &str, value: Json) {
-        let mut values = serde_json::Map::new();
-        values.insert(key.into(), value);
-        self.downlink
-            .send(Downlink::AttributeUpdate(AttributeUpdate {
-                device: device.into(),
-                values,
-            }))
-            .await
-            .unwrap();
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
-}
-
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+/// The next record of `device`.
+async fn next_of(r: &mut Running, device: &str) -> DeviceData {
+    r.recv_until(|d| (d.device_name == device).then_some(d))
+        .await
+        .unwrap_or_else(|| panic!("no record of {device}"))
 }
 
 fn plc(port: u16, poll_ms: u64) -> Json {
@@ -243,27 +151,27 @@ async fn every_address_form_is_read_and_typed() {
     let port = free_tcp_port();
     let _server = S7Server::start(port).await;
     let mut c = start(json!({"devices": [plc(port, 200), logo(port)]}));
-    let d = c.next_of("S7 PLC").await;
+    let d = next_of(&mut c, "S7 PLC").await;
     assert_eq!(d.device_type, "plc");
-    assert_eq!(value(&d, "power"), Some(Value::Float(1500.5)));
-    assert_eq!(value(&d, "frequency"), Some(Value::Float(50.0)));
-    assert_eq!(value(&d, "name"), Some(Value::String("hello".into())));
-    let Some(Value::Float(t)) = value(&d, "temperature") else {
+    assert_eq!(d.value("power"), Some(Value::Float(1500.5)));
+    assert_eq!(d.value("frequency"), Some(Value::Float(50.0)));
+    assert_eq!(d.value("name"), Some(Value::String("hello".into())));
+    let Some(Value::Float(t)) = d.value("temperature") else {
         panic!("{d:?}")
     };
     assert!((t - 36.6).abs() < 1e-5, "{t}");
-    assert_eq!(value(&d, "humidity"), Some(Value::Float(55.25)));
-    assert_eq!(value(&d, "relay"), Some(Value::Bool(false)));
-    assert_eq!(value(&d, "bit1"), Some(Value::Bool(true)));
-    assert_eq!(value(&d, "int"), Some(Value::Int(-1234)));
-    assert_eq!(value(&d, "dint"), Some(Value::Int(123_456_789)));
-    assert_eq!(value(&d, "real"), Some(Value::Float(21.5)));
-    assert_eq!(value(&d, "word"), Some(Value::Int(65000)));
-    assert_eq!(value(&d, "byte"), Some(Value::Int(200)));
-    assert_eq!(value(&d, "marker"), Some(Value::Int(0)));
-    let l = c.next_of("LOGO").await;
-    assert_eq!(value(&l, "level"), Some(Value::Int(300)));
-    assert_eq!(value(&l, "bit2"), Some(Value::Bool(true)));
+    assert_eq!(d.value("humidity"), Some(Value::Float(55.25)));
+    assert_eq!(d.value("relay"), Some(Value::Bool(false)));
+    assert_eq!(d.value("bit1"), Some(Value::Bool(true)));
+    assert_eq!(d.value("int"), Some(Value::Int(-1234)));
+    assert_eq!(d.value("dint"), Some(Value::Int(123_456_789)));
+    assert_eq!(d.value("real"), Some(Value::Float(21.5)));
+    assert_eq!(d.value("word"), Some(Value::Int(65000)));
+    assert_eq!(d.value("byte"), Some(Value::Int(200)));
+    assert_eq!(d.value("marker"), Some(Value::Int(0)));
+    let l = next_of(&mut c, "LOGO").await;
+    assert_eq!(l.value("level"), Some(Value::Int(300)));
+    assert_eq!(l.value("bit2"), Some(Value::Bool(true)));
     assert_eq!(c.stats.stats().convert_errors(), 0);
     c.stop().await;
 }
@@ -280,9 +188,9 @@ async fn a_thousand_tags_take_a_few_requests_per_poll() {
         "deviceName": "big", "deviceProfileName": "default", "pollPeriod": 60000,
         "timeseries": tags
     }]}));
-    let d = c.next_of("big").await;
-    assert_eq!(value(&d, "t0"), Some(Value::Float(0.0)));
-    assert_eq!(value(&d, "t999"), Some(Value::Float(999.0)));
+    let d = next_of(&mut c, "big").await;
+    assert_eq!(d.value("t0"), Some(Value::Float(0.0)));
+    assert_eq!(d.value("t999"), Some(Value::Float(999.0)));
     assert_eq!(
         d.telemetry.iter().map(|e| e.values.len()).sum::<usize>(),
         1000
@@ -298,8 +206,8 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
     let port = free_tcp_port();
     let server = S7Server::start(port).await;
     let mut c = start(json!({"devices": [plc(port, 200), logo(port)]}));
-    c.next_of("S7 PLC").await;
-    c.next_of("LOGO").await;
+    next_of(&mut c, "S7 PLC").await;
+    next_of(&mut c, "LOGO").await;
 
     // A BOOL RPC write sets bit 0 and keeps bits 1 and 2 (upstream clears them).
     let r = c.rpc(Some("S7 PLC"), "setRelay", json!(true)).await;
@@ -421,10 +329,10 @@ async fn writes_change_only_their_bytes_and_bits_and_are_read_back() {
     );
     // The polled values follow (records polled before the writes may still be queued).
     loop {
-        let d = c.next_of("S7 PLC").await;
-        if value(&d, "int") == Some(Value::Int(-77)) {
-            assert_eq!(value(&d, "bit1"), Some(Value::Bool(true)));
-            assert_eq!(value(&d, "relay"), Some(Value::Bool(false)));
+        let d = next_of(&mut c, "S7 PLC").await;
+        if d.value("int") == Some(Value::Int(-77)) {
+            assert_eq!(d.value("bit1"), Some(Value::Bool(true)));
+            assert_eq!(d.value("relay"), Some(Value::Bool(false)));
             break;
         }
     }
@@ -436,7 +344,7 @@ async fn the_server_restarted() {
     let port = free_tcp_port();
     let mut server = S7Server::start(port).await;
     let mut c = start(json!({"devices": [plc(port, 100)]}));
-    c.next_of("S7 PLC").await;
+    next_of(&mut c, "S7 PLC").await;
     server.stop().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -448,10 +356,10 @@ async fn the_server_restarted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(c.stats.stats().errors() >= 1);
-    while c.data.try_recv().is_ok() {}
+    while c.up.try_recv().is_ok() {}
     let _server = S7Server::start(port).await;
-    let d = c.next_of("S7 PLC").await;
-    assert_eq!(value(&d, "int"), Some(Value::Int(-1234)));
+    let d = next_of(&mut c, "S7 PLC").await;
+    assert_eq!(d.value("int"), Some(Value::Int(-1234)));
     c.stop().await;
 }
 
