@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::connector::ConnectorFactory;
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::test_util::{free_tcp_port, PythonPeer};
-use tbgw::uplink::{StoreOutcome, UplinkMessage};
+use tbgw::test_util::harness::forward_data;
+use tbgw::test_util::{free_tcp_port, PythonPeer, TestRun};
 use tbgw_connectors::ftp::FtpFactory;
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -99,121 +96,41 @@ fn spec(config: Json, file: &Path) -> ConnectorSpec {
 }
 
 /// The running connector, its data (stores acknowledged at once) and its other ends.
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    data: mpsc::UnboundedReceiver<DeviceData>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
-}
+type Running = TestRun<DeviceData>;
 
 fn start(spec: &ConnectorSpec) -> Running {
     let mut ignored = Vec::new();
-    let mut connector = FtpFactory::new()
+    let connector = FtpFactory::new()
         .build(spec, &mut ignored)
         .expect("config is valid");
-    let (mut cx, ends) = ConnectorContext::for_test("FTP");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, data) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = uplink.recv().await {
-            if let UplinkMessage::Data { data, ack, .. } = m {
-                for d in data {
-                    let _ = tx.send(d);
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(StoreOutcome::Stored);
-                }
-            }
-        }
-    });
-    let task = tokio::spawn(async move {
-        connector
-            .run(&mut cx)
-            .await
-            .expect("connector ends cleanly");
-    });
-    Running {
-        task,
-        data,
-        downlink,
-        cancel,
-        stats,
-    }
+    TestRun::start("FTP", connector, WAIT, forward_data)
 }
 
-impl Running {
-    /// The next `n` records (panics after [`WAIT`]).
-    async fn next(&mut self, n: usize) -> Vec<DeviceData> {
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while got.len() < n {
-            match tokio::time::timeout_at(deadline, self.data.recv()).await {
-                Ok(Some(d)) => got.push(d),
-                _ => panic!("expected {n} records, got {got:?}"),
-            }
-        }
-        got
-    }
-
-    /// Records until one of `device` arrives; returns all of them, that one last.
-    async fn until_device(&mut self, device: &str) -> Vec<DeviceData> {
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.data.recv()).await {
-                Ok(Some(d)) => {
-                    let done = d.device_name == device;
-                    got.push(d);
-                    if done {
-                        return got;
-                    }
-                }
-                _ => panic!("no record of {device}; got {got:?}"),
-            }
-        }
-    }
-
-    async fn rpc(&self, device: Option<&str>, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: device.map(str::to_string),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
+/// The next `n` records (panics after [`WAIT`]).
+async fn records(r: &mut Running, n: usize) -> Vec<DeviceData> {
+    let mut got = Vec::new();
+    let all = r
+        .recv_until(|d| {
+            got.push(d);
+            (got.len() >= n).then_some(())
+        })
+        .await;
+    all.unwrap_or_else(|| panic!("expected {n} records, got {got:?}"));
+    got
 }
 
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+/// Records until one of `device` arrives; returns all of them, that one last.
+async fn until_device(r: &mut Running, device: &str) -> Vec<DeviceData> {
+    let mut got = Vec::new();
+    let done = r
+        .recv_until(|d| {
+            let done = d.device_name == device;
+            got.push(d);
+            done.then_some(())
+        })
+        .await;
+    done.unwrap_or_else(|| panic!("no record of {device}; got {got:?}"));
+    got
 }
 
 fn config(port: u16, paths: Json) -> Json {
@@ -265,18 +182,18 @@ async fn full_csv_rows_are_typed_and_an_unchanged_file_is_not_sent_again() {
         config(port, json!([csv_path("FULL")])),
         &dir.path().join("ftp.json"),
     ));
-    let rows = c.next(2).await;
+    let rows = records(&mut c, 2).await;
     assert_eq!(rows[0].device_name, "meter1");
     assert_eq!(rows[0].device_type, "meter");
-    assert_eq!(value(&rows[0], "temp"), Some(Value::Float(21.5)));
-    assert_eq!(value(&rows[0], "count"), Some(Value::Int(7)));
-    assert_eq!(value(&rows[0], "model"), Some(Value::String("M1".into())));
-    assert_eq!(value(&rows[1], "temp"), Some(Value::Float(19.0)));
+    assert_eq!(rows[0].value("temp"), Some(Value::Float(21.5)));
+    assert_eq!(rows[0].value("count"), Some(Value::Int(7)));
+    assert_eq!(rows[0].value("model"), Some(Value::String("M1".into())));
+    assert_eq!(rows[1].value("temp"), Some(Value::Float(19.0)));
 
     // Another file of the same path is read in a later poll; a.csv, checked in that poll too,
     // is not sent again.
     server.write("data/b.csv", "name,model,temp,count\nsentinel,S,1,1\n");
-    let got = c.until_device("sentinel").await;
+    let got = until_device(&mut c, "sentinel").await;
     assert_eq!(got.len(), 1, "a.csv was sent again: {got:?}");
 
     // A changed file is read again, whole (FULL).
@@ -284,8 +201,8 @@ async fn full_csv_rows_are_typed_and_an_unchanged_file_is_not_sent_again() {
         "data/a.csv",
         "name,model,temp,count\nmeter1,M1,22.5,8\nmeter2,M2,20,4\nmeter3,M3,1,1\n",
     );
-    let rows = c.next(3).await;
-    assert_eq!(value(&rows[0], "temp"), Some(Value::Float(22.5)));
+    let rows = records(&mut c, 3).await;
+    assert_eq!(rows[0].value("temp"), Some(Value::Float(22.5)));
     assert_eq!(rows[2].device_name, "meter3");
     c.stop().await;
 }
@@ -304,16 +221,16 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
     let file = dir.path().join("ftp.json");
     let cfg = spec(config(port, json!([csv_path("PARTIAL")])), &file);
     let mut c = start(&cfg);
-    let rows = c.next(2).await;
-    assert_eq!(value(&rows[1], "count"), Some(Value::Int(2)));
+    let rows = records(&mut c, 2).await;
+    assert_eq!(rows[1].value("count"), Some(Value::Int(2)));
 
     // Appended lines only; a last line without its line end waits.
     server.append("data/log.csv", "meter1,M,3,3\nmeter1,M,4,4\nmeter1,M,5");
-    let rows = c.next(2).await;
-    assert_eq!(value(&rows[0], "count"), Some(Value::Int(3)));
-    assert_eq!(value(&rows[1], "count"), Some(Value::Int(4)));
+    let rows = records(&mut c, 2).await;
+    assert_eq!(rows[0].value("count"), Some(Value::Int(3)));
+    assert_eq!(rows[1].value("count"), Some(Value::Int(4)));
     server.write("data/zz.csv", &format!("{head}sentinel,S,1,1\n"));
-    let got = c.until_device("sentinel").await;
+    let got = until_device(&mut c, "sentinel").await;
     assert_eq!(got.len(), 1, "a half line or old lines were sent: {got:?}");
     c.stop().await;
 
@@ -333,9 +250,9 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
     // Restart: the half line is completed meanwhile; only it and what follows are sent.
     server.append("data/log.csv", ",5\nmeter1,M,6,6\n");
     let mut c = start(&cfg);
-    let rows = c.next(2).await;
-    assert_eq!(value(&rows[0], "count"), Some(Value::Int(5)));
-    assert_eq!(value(&rows[1], "count"), Some(Value::Int(6)));
+    let rows = records(&mut c, 2).await;
+    assert_eq!(rows[0].value("count"), Some(Value::Int(5)));
+    assert_eq!(rows[1].value("count"), Some(Value::Int(6)));
     // Resumed with REST: only the bytes after the stored offset were downloaded.
     let len = server.read("data/log.csv").len() as u64;
     assert_eq!(
@@ -343,7 +260,7 @@ async fn partial_reads_only_appended_lines_and_resumes_after_a_restart() {
         Some(&(len - offset))
     );
     server.write("data/zz2.csv", &format!("{head}sentinel2,S,1,1\n"));
-    let got = c.until_device("sentinel2").await;
+    let got = until_device(&mut c, "sentinel2").await;
     assert!(
         got.iter().all(|d| d.device_name != "meter1"),
         "old lines re-sent after the restart: {got:?}"
@@ -383,7 +300,7 @@ async fn sliced_txt_table_txt_and_json_files() {
         }
     ]);
     let mut c = start(&spec(config(port, paths), &dir.path().join("ftp.json")));
-    let got = c.next(5).await;
+    let got = records(&mut c, 5).await;
     let find = |n: &str| {
         got.iter()
             .filter(|d| d.device_name == n)
@@ -392,16 +309,13 @@ async fn sliced_txt_table_txt_and_json_files() {
     };
     let sliced = find("Sliced");
     assert_eq!(sliced.len(), 2);
-    assert_eq!(value(&sliced[0], "temp"), Some(Value::Int(23)));
-    assert_eq!(value(&sliced[0], "tmp"), Some(Value::String("1".into())));
-    assert_eq!(value(&sliced[1], "temp"), Some(Value::Int(56)));
-    assert_eq!(value(&find("Tab1")[0], "v"), Some(Value::Int(5)));
-    assert_eq!(value(&find("J1")[0], "temp"), Some(Value::Float(21.5)));
-    assert_eq!(value(&find("J2")[0], "temp"), Some(Value::Float(3.0)));
-    assert_eq!(
-        value(&find("J2")[0], "fw"),
-        Some(Value::String("2.0".into()))
-    );
+    assert_eq!(sliced[0].value("temp"), Some(Value::Int(23)));
+    assert_eq!(sliced[0].value("tmp"), Some(Value::String("1".into())));
+    assert_eq!(sliced[1].value("temp"), Some(Value::Int(56)));
+    assert_eq!(find("Tab1")[0].value("v"), Some(Value::Int(5)));
+    assert_eq!(find("J1")[0].value("temp"), Some(Value::Float(21.5)));
+    assert_eq!(find("J2")[0].value("temp"), Some(Value::Float(3.0)));
+    assert_eq!(find("J2")[0].value("fw"), Some(Value::String("2.0".into())));
     c.stop().await;
 }
 
@@ -419,14 +333,14 @@ async fn malformed_lines_are_counted_and_the_rest_is_sent() {
         config(port, json!([csv_path("FULL")])),
         &dir.path().join("ftp.json"),
     ));
-    let rows = c.next(3).await;
+    let rows = records(&mut c, 3).await;
     assert_eq!(
-        value(&rows[0], "temp"),
+        rows[0].value("temp"),
         None,
         "a non-number is not sent as a double"
     );
-    assert_eq!(value(&rows[0], "count"), Some(Value::Int(1)));
-    assert_eq!(value(&rows[1], "temp"), Some(Value::Float(1.0)));
+    assert_eq!(rows[0].value("count"), Some(Value::Int(1)));
+    assert_eq!(rows[1].value("temp"), Some(Value::Float(1.0)));
     assert_eq!(c.stats.stats().convert_errors(), 2);
     c.stop().await;
 }
@@ -479,15 +393,7 @@ async fn attribute_updates_and_rpcs_write_and_read_files() {
     assert_eq!(r["code"], json!(404), "{r}");
 
     // Attribute update: appended as a line (WRITE) and the json file replaced (OVERRIDE).
-    let mut values = serde_json::Map::new();
-    values.insert("setpoint".into(), json!(21.5));
-    c.downlink
-        .send(Downlink::AttributeUpdate(AttributeUpdate {
-            device: "meter1".into(),
-            values,
-        }))
-        .await
-        .unwrap();
+    c.update("meter1", "setpoint", json!(21.5)).await;
     // An RPC after it is answered once the update is written (one connection, in order).
     c.rpc(None, "read", json!({"valueExpression": "out/state.json"}))
         .await;
@@ -508,7 +414,7 @@ async fn the_server_going_away_and_coming_back() {
         config(port, json!([csv_path("PARTIAL")])),
         &dir.path().join("ftp.json"),
     ));
-    c.next(1).await;
+    records(&mut c, 1).await;
     server.stop().await;
 
     // While it is away RPCs are answered at once with 503 (after the loss is noticed).
@@ -528,8 +434,8 @@ async fn the_server_going_away_and_coming_back() {
     // Lines appended meanwhile arrive once it is back; nothing before them again.
     server.append("data/log.csv", "meter1,M,2,2\n");
     let _server = FtpServer::start(&root, port).await;
-    let rows = c.next(1).await;
-    assert_eq!(value(&rows[0], "count"), Some(Value::Int(2)));
+    let rows = records(&mut c, 1).await;
+    assert_eq!(rows[0].value("count"), Some(Value::Int(2)));
     c.stop().await;
 }
 
@@ -692,9 +598,9 @@ async fn ftps_against_vsftpd_checks_the_certificate() {
         "paths": [csv_path("FULL")]
     });
     let mut c = start(&spec(cfg, &dir.path().join("ftp.json")));
-    let rows = c.next(1).await;
+    let rows = records(&mut c, 1).await;
     assert_eq!(rows[0].device_name, "secure1");
-    assert_eq!(value(&rows[0], "temp"), Some(Value::Float(4.5)));
+    assert_eq!(rows[0].value("temp"), Some(Value::Float(4.5)));
     let r = c
         .rpc(None, "read", json!({"valueExpression": "data/a.csv"}))
         .await;
