@@ -14,14 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use tbgw::connector::{Connector, ConnectorContext, ConnectorSpec, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
-use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::uplink::UplinkMessage;
+use tbgw::connector::{Connector, ConnectorSpec};
+use tbgw::model::Value;
+use tbgw::test_util::harness::forward_up;
+use tbgw::test_util::{TestRun, Up};
 use tbgw_connectors::can::fake::{FakeCan, FakeSocket};
 use tbgw_connectors::can::{CanBus, CanBusOpener, CanFactory, CanFrame};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -34,153 +32,39 @@ fn spec(config: Json, file: &Path) -> ConnectorSpec {
     }
 }
 
-/// What the connector sent, in order.
-#[derive(Debug)]
-enum Up {
-    Data(DeviceData),
-    Connect(String),
-    Disconnect(String),
-}
-
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    up: mpsc::UnboundedReceiver<Up>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
-}
+/// The running connector; what it sent arrives in order, store receipts unanswered.
+type Running = TestRun<Up>;
 
 fn start_with(config: Json, file: &Path, opener: Arc<dyn CanBusOpener>) -> (Running, Vec<String>) {
     let mut ignored = Vec::new();
-    let mut connector = CanFactory::new()
+    let connector = CanFactory::new()
         .build_can(&spec(config, file), &mut ignored)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_opener(opener);
-    let (mut cx, ends) = ConnectorContext::for_test("CAN");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, up) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = uplink.recv().await {
-            let u = match m {
-                UplinkMessage::Data { data, .. } => {
-                    for d in data {
-                        let _ = tx.send(Up::Data(d));
-                    }
-                    continue;
-                }
-                UplinkMessage::Connect { device, .. } => Up::Connect(device),
-                UplinkMessage::Disconnect { device, .. } => Up::Disconnect(device),
-                _ => continue,
-            };
-            let _ = tx.send(u);
-        }
+    let run = TestRun::start("CAN", Box::new(connector), WAIT, |uplink, tx| {
+        forward_up(uplink, tx, false)
     });
-    let task = tokio::spawn(async move {
-        connector.run(&mut cx).await.expect("ends cleanly");
-    });
-    (
-        Running {
-            task,
-            up,
-            downlink,
-            cancel,
-            stats,
-        },
-        ignored,
-    )
+    (run, ignored)
 }
 
 fn start(config: Json, net: &FakeCan) -> Running {
     start_with(config, Path::new("can.json"), Arc::new(net.clone())).0
 }
 
-impl Running {
-    async fn next(&mut self) -> Up {
-        tokio::time::timeout(WAIT, self.up.recv())
-            .await
-            .expect("something from the connector")
-            .expect("open")
-    }
-
-    /// The next data of `device` with `key`, skipping everything else.
-    async fn value_of(&mut self, device: &str, key: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.up.recv()).await {
-                Ok(Some(Up::Data(d))) if d.device_name == device => {
-                    if let Some(v) = value(&d, key) {
-                        return v;
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => panic!("no {key} of {device}"),
-            }
-        }
-    }
-
-    async fn wait_for(&mut self, want: impl Fn(&Up) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.up.recv()).await {
-                Ok(Some(u)) if want(&u) => return,
-                Ok(Some(_)) => {}
-                _ => panic!("not seen"),
-            }
-        }
-    }
-
-    async fn rpc(&self, device: &str, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: Some(device.into()),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
-    }
-
-    async fn update(&self, device: &str, key: &str, value: Json) {
-        let mut values = serde_json::Map::new();
-        values.insert(key.into(), value);
-        self.downlink
-            .send(Downlink::AttributeUpdate(AttributeUpdate {
-                device: device.into(),
-                values,
-            }))
-            .await
-            .unwrap();
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
+/// The next data of `device` with `key`, skipping everything else.
+async fn value_of(run: &mut Running, device: &str, key: &str) -> Value {
+    run.recv_until(|u| match u {
+        Up::Data(d) if d.device_name == device => d.value(key),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {key} of {device}"))
 }
 
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+async fn wait_for(run: &mut Running, want: impl Fn(&Up) -> bool) {
+    run.recv_until(|u| want(&u).then_some(()))
+        .await
+        .expect("not seen")
 }
 
 async fn recv(sock: &mut FakeSocket) -> CanFrame {
@@ -282,22 +166,22 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
         .await
         .unwrap();
     assert_eq!(
-        run.value_of("Car", "isDriverDoorOpened").await,
+        value_of(&mut run, "Car", "isDriverDoorOpened").await,
         Value::Bool(true)
     );
     dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x00]))
         .await
         .unwrap();
     assert_eq!(
-        run.value_of("Car", "isDriverDoorOpened").await,
+        value_of(&mut run, "Car", "isDriverDoorOpened").await,
         Value::Bool(false)
     );
     // rpm from the answers to the periodic poll (upstream would never report it: the
     // mileage entry without a command switches the command filter off in upstream).
-    let Value::Float(r1) = run.value_of("Car", "rpm").await else {
+    let Value::Float(r1) = value_of(&mut run, "Car", "rpm").await else {
         panic!("rpm is a float")
     };
-    let Value::Float(r2) = run.value_of("Car", "rpm").await else {
+    let Value::Float(r2) = value_of(&mut run, "Car", "rpm").await else {
         panic!("rpm is a float")
     };
     assert!(r2 > r1 && r1 >= 101.0, "{r1} {r2}");
@@ -310,7 +194,7 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
         let Up::Data(d) = run.next().await else {
             continue;
         };
-        if let (Some(m), None) = (value(&d, "milliage"), value(&d, "rpm")) {
+        if let (Some(m), None) = (d.value("milliage"), d.value("rpm")) {
             assert_eq!(m, Value::Int(160));
             break;
         }
@@ -330,7 +214,7 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
         .await
         .unwrap();
     assert_eq!(
-        run.value_of("Car", "isDriverDoorOpened").await,
+        value_of(&mut run, "Car", "isDriverDoorOpened").await,
         Value::Bool(true)
     );
     assert_eq!(run.stats.stats().convert_errors(), before + 1);
@@ -345,7 +229,7 @@ async fn rpcs_and_attribute_updates_become_frames() {
     net.add_interface("can0", true);
     let mut dev = net.socket("can0", true).unwrap();
     let mut run = start(car("can0"), &net);
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     // setLightLevel: dataBefore + 2 bytes little-endian.
     let r = run.rpc("Car", "setLightLevel", json!({"value": 258})).await;
     assert_eq!(r, json!({"success": true}));
@@ -430,7 +314,7 @@ async fn unknown_rpcs_with_override_describe_their_own_frame() {
     let cfg = json!({"channel": "can0", "devices": [{"name": "Lamp", "enableUnknownRpc": true,
         "serverSideRpc": [{"method": "dim", "nodeId": 7, "dataLength": 1}]}]});
     let mut run = start(cfg, &net);
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     let r = run
         .rpc(
             "Lamp",
@@ -468,13 +352,11 @@ async fn the_interface_going_down_and_up_is_survived() {
     let net = FakeCan::new();
     net.add_interface("can0", true);
     let mut run = start(car("can0"), &net);
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
-        .await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    run.value_of("Car", "rpm").await;
+    value_of(&mut run, "Car", "rpm").await;
     net.set_up("can0", false);
-    run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Car"))
-        .await;
+    wait_for(&mut run, |u| matches!(u, Up::Disconnect(d) if d == "Car")).await;
     // While the bus is closed: RPCs are answered at once with 503.
     let r = run.rpc("Car", "setLightLevel", json!({"value": 1})).await;
     assert_eq!(r["code"], 503, "{r}");
@@ -488,8 +370,7 @@ async fn the_interface_going_down_and_up_is_survived() {
     let _ = ecu_task.await;
     net.set_up("can0", true);
     let mut listener = net.socket("can0", true).unwrap();
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
-        .await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
     let f = next_not_poll(&mut listener).await;
     assert_eq!(
         (f.id, f.extended, f.data.clone()),
@@ -497,7 +378,7 @@ async fn the_interface_going_down_and_up_is_survived() {
     );
     drop(listener);
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    run.value_of("Car", "rpm").await;
+    value_of(&mut run, "Car", "rpm").await;
     assert_eq!(net.opens(), 2, "one open before, one after: no flapping");
     run.stop().await;
     let _ = ecu_task.await;
@@ -509,9 +390,9 @@ async fn a_device_that_goes_quiet_and_lost_frames_do_not_disturb_the_bus() {
     net.add_interface("can0", true);
     net.set_bitrate("can0", 500_000);
     let mut run = start(car("can0"), &net);
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    run.value_of("Car", "rpm").await;
+    value_of(&mut run, "Car", "rpm").await;
     // The ECU is unplugged: no answers, no data, but the bus stays open and polls go on.
     ecu_task.abort();
     let _ = ecu_task.await;
@@ -524,10 +405,10 @@ async fn a_device_that_goes_quiet_and_lost_frames_do_not_disturb_the_bus() {
     net.drop_every("can0", 3);
     let received = run.stats.stats().messages_received();
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 1000);
-    let Value::Float(first) = run.value_of("Car", "rpm").await else {
+    let Value::Float(first) = value_of(&mut run, "Car", "rpm").await else {
         panic!()
     };
-    let Value::Float(later) = run.value_of("Car", "rpm").await else {
+    let Value::Float(later) = value_of(&mut run, "Car", "rpm").await else {
         panic!()
     };
     assert!(later > first);
@@ -587,15 +468,15 @@ BO_ 512 Body: 8 ECU
     let net = FakeCan::new();
     net.add_interface("can0", false);
     let (mut run, _) = start_with(cfg, &file, Arc::new(net.clone()));
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     // The units, once per connection.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Up::Data(d) = run.next().await {
-            if let Some(u) = value(&d, "EngineSpeed_unit") {
+            if let Some(u) = d.value("EngineSpeed_unit") {
                 assert_eq!(u, Value::String("rpm".into()));
                 assert_eq!(
-                    value(&d, "EngineTorque_unit"),
+                    d.value("EngineTorque_unit"),
                     Some(Value::String("%".into()))
                 );
                 break;
@@ -608,18 +489,18 @@ BO_ 512 Body: 8 ECU
         .await
         .unwrap();
     assert_eq!(
-        run.value_of("Truck", "EngineSpeed").await,
+        value_of(&mut run, "Truck", "EngineSpeed").await,
         Value::Float(1000.0)
     );
     dev.send(&frame(0x0CF0_04FE, true, &[0, 127, 0, 0x40, 0x1F, 0, 0, 0]))
         .await
         .unwrap();
     assert_eq!(
-        run.value_of("Truck", "EngineTorque").await,
+        value_of(&mut run, "Truck", "EngineTorque").await,
         Value::Float(2.0)
     );
     dev.send(&frame(512, false, &[1])).await.unwrap();
-    assert_eq!(run.value_of("Truck", "door").await, Value::Int(1));
+    assert_eq!(value_of(&mut run, "Truck", "door").await, Value::Int(1));
     run.stop().await;
 }
 
@@ -643,9 +524,15 @@ async fn j1939_values_match_by_pgn_and_are_requested() {
     // Answers from the engine (0x00) at two priorities; one from another node is not ours.
     ecu.send(&frame(0x1CFE_EE01, true, &[200])).await.unwrap();
     ecu.send(&frame(0x18FE_EE00, true, &[130])).await.unwrap();
-    assert_eq!(run.value_of("Engine", "coolant").await, Value::Int(90));
+    assert_eq!(
+        value_of(&mut run, "Engine", "coolant").await,
+        Value::Int(90)
+    );
     ecu.send(&frame(0x0CFE_EE00, true, &[140])).await.unwrap();
-    assert_eq!(run.value_of("Engine", "coolant").await, Value::Int(100));
+    assert_eq!(
+        value_of(&mut run, "Engine", "coolant").await,
+        Value::Int(100)
+    );
     run.stop().await;
 }
 
@@ -657,7 +544,7 @@ async fn j1939_multi_packet_broadcasts_are_reassembled() {
         "attributes": [{"key": "vin", "pgn": 65260, "value": "0:-1:string"}],
         "timeseries": [{"key": "speed", "pgn": 61444, "value": "3:2:little:int"}]}]});
     let mut run = start(cfg, &net);
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     let mut ecu = net.socket("can0", false).unwrap();
     let announce = |size: u8, packets: u8| {
         frame(
@@ -687,7 +574,7 @@ async fn j1939_multi_packet_broadcasts_are_reassembled() {
     ecu.send(&packet(2, &vin[7..14])).await.unwrap();
     ecu.send(&packet(3, &vin[14..])).await.unwrap();
     assert_eq!(
-        run.value_of("Engine", "vin").await,
+        value_of(&mut run, "Engine", "vin").await,
         Value::String("1FUJGLDR12LM12345".into())
     );
     assert_eq!(run.stats.stats().convert_errors(), errors + 1);
@@ -702,7 +589,7 @@ async fn can_fd_frames_carry_values_beyond_eight_bytes() {
         "timeseries": [{"key": "cell40", "nodeId": 0x123, "isFd": true, "value": "40:2:little:int"},
                        {"key": "serial", "nodeId": 0x123, "value": "48:-1:string"}]}]});
     let mut run = start(cfg, &net);
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     let mut dev = net.socket("can0", true).unwrap();
     let mut data = vec![0u8; 64];
     data[40] = 0xE8;
@@ -714,9 +601,9 @@ async fn can_fd_frames_carry_values_beyond_eight_bytes() {
     let Up::Data(d) = run.next().await else {
         panic!()
     };
-    assert_eq!(value(&d, "cell40"), Some(Value::Int(1000)));
+    assert_eq!(d.value("cell40"), Some(Value::Int(1000)));
     assert_eq!(
-        value(&d, "serial"),
+        d.value("serial"),
         Some(Value::String("PACK-0001-ABCDEF".into()))
     );
     run.stop().await;
@@ -738,8 +625,7 @@ async fn upstreams_sample_is_accepted_and_its_broken_rpc_answers_an_error() {
             .any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex")),
         "{ignored:?}"
     );
-    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
-        .await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
     let r = run.rpc("Car", "sendSameData", json!({})).await;
     assert_eq!(r["code"], 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("not hex"), "{r}");
@@ -761,7 +647,7 @@ async fn on_a_real_vcan0_when_there_is_one() {
         "devices": [{"name": "V", "timeseries": [{"key": "t", "nodeId": 0x321, "value": "0:2:int"}],
                      "serverSideRpc": [{"method": "m", "nodeId": 0x322, "dataInHex": "0102"}]}]});
     let (mut run, _) = start_with(cfg, Path::new("can.json"), Arc::new(SocketCanOpener));
-    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
+    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
     let spec = BusSpec {
         interface: "socketcan".into(),
         channel: "vcan0".into(),
@@ -770,7 +656,7 @@ async fn on_a_real_vcan0_when_there_is_one() {
     };
     let mut dev = SocketCanOpener.open(&spec).expect("open vcan0");
     dev.send(&frame(0x321, false, &[0x01, 0x02])).await.unwrap();
-    assert_eq!(run.value_of("V", "t").await, Value::Int(0x0102));
+    assert_eq!(value_of(&mut run, "V", "t").await, Value::Int(0x0102));
     assert_eq!(run.rpc("V", "m", json!({})).await, json!({"success": true}));
     let f = tokio::time::timeout(WAIT, async {
         loop {
