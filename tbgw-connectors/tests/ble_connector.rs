@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::connector::ConnectorFactory;
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::uplink::{StoreOutcome, UplinkMessage};
+use tbgw::test_util::harness::forward_up;
+use tbgw::test_util::{TestRun, Up};
 use tbgw_connectors::ble::central::{Mac, ScanMode};
 use tbgw_connectors::ble::fake::FakeCentral;
 use tbgw_connectors::ble::BleFactory;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -43,178 +41,56 @@ fn spec(config: Json) -> ConnectorSpec {
     }
 }
 
-/// What the connector sent.
-#[derive(Debug)]
-enum Event {
-    Data(DeviceData),
-    Connect(String),
-    Disconnect(String),
-}
-
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    events: mpsc::UnboundedReceiver<Event>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
-}
+/// The running connector; what it sent arrives in order, stores acknowledged at once.
+type Running = TestRun<Up>;
 
 fn start(radio: &FakeCentral, config: Json) -> Running {
     let mut ignored = Vec::new();
-    let mut connector = BleFactory::with_central(Arc::new(radio.clone()))
+    let connector = BleFactory::with_central(Arc::new(radio.clone()))
         .build(&spec(config), &mut ignored)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (mut cx, ends) = ConnectorContext::for_test("BLE");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = uplink.recv().await {
-            match m {
-                UplinkMessage::Data { data, ack, .. } => {
-                    for d in data {
-                        let _ = tx.send(Event::Data(d));
-                    }
-                    if let Some(ack) = ack {
-                        let _ = ack.send(StoreOutcome::Stored);
-                    }
-                }
-                UplinkMessage::Connect { device, .. } => {
-                    let _ = tx.send(Event::Connect(device));
-                }
-                UplinkMessage::Disconnect { device, .. } => {
-                    let _ = tx.send(Event::Disconnect(device));
-                }
-                _ => {}
-            }
+    TestRun::start("BLE", connector, WAIT, |uplink, tx| {
+        forward_up(uplink, tx, true)
+    })
+}
+
+/// The next record of `device` that has `key`.
+async fn next_with(r: &mut Running, device: &str, key: &str) -> Value {
+    r.recv_until(|e| match e {
+        Up::Data(d) if d.device_name == device => d.value(key),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {key} of {device}"))
+}
+
+/// The next record of `device`.
+async fn record(r: &mut Running, device: &str) -> DeviceData {
+    r.recv_until(|e| match e {
+        Up::Data(d) if d.device_name == device => Some(d),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| panic!("no record of {device}"))
+}
+
+/// Waits for a value of `key` equal to `want`.
+async fn wait_value(r: &mut Running, device: &str, key: &str, want: Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = tokio::time::timeout_at(deadline, next_with(r, device, key))
+            .await
+            .unwrap_or_else(|_| panic!("{device}/{key} never became {want:?}"));
+        if v == want {
+            return;
         }
-    });
-    let task = tokio::spawn(async move {
-        connector.run(&mut cx).await.expect("ends cleanly");
-    });
-    Running {
-        task,
-        events,
-        downlink,
-        cancel,
-        stats,
     }
 }
 
-impl Running {
-    /// The next record of `device` that has `key`.
-    async fn next_with(&mut self, device: &str, key: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Event::Data(d))) if d.device_name == device => {
-                    if let Some(v) = value(&d, key) {
-                        return v;
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => panic!("no {key} of {device}"),
-            }
-        }
-    }
-
-    /// The next record of `device`.
-    async fn record(&mut self, device: &str) -> DeviceData {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Event::Data(d))) if d.device_name == device => return d,
-                Ok(Some(_)) => {}
-                _ => panic!("no record of {device}"),
-            }
-        }
-    }
-
-    /// Waits for a value of `key` equal to `want`.
-    async fn wait_value(&mut self, device: &str, key: &str, want: Value) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = tokio::time::timeout_at(deadline, self.next_with(device, key))
-                .await
-                .unwrap_or_else(|_| panic!("{device}/{key} never became {want:?}"));
-            if v == want {
-                return;
-            }
-        }
-    }
-
-    async fn wait_event(&mut self, want: impl Fn(&Event) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(e)) if want(&e) => return,
-                Ok(Some(_)) => {}
-                _ => panic!("the event never came"),
-            }
-        }
-    }
-
-    /// Everything sent in `d` (drained).
-    async fn drain_for(&mut self, d: Duration) -> Vec<Event> {
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            out.push(e);
-        }
-        out
-    }
-
-    async fn rpc(&self, device: &str, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: Some(device.to_string()),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
-    }
-
-    async fn update(&self, device: &str, key: &str, value: Json) {
-        let mut values = serde_json::Map::new();
-        values.insert(key.into(), value);
-        self.downlink
-            .send(Downlink::AttributeUpdate(AttributeUpdate {
-                device: device.into(),
-                values,
-            }))
-            .await
-            .unwrap();
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
-}
-
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+async fn wait_event(r: &mut Running, want: impl Fn(&Up) -> bool) {
+    r.recv_until(|e| want(&e).then_some(()))
+        .await
+        .expect("the event never came")
 }
 
 /// A sensor with a notifying temperature characteristic and a readable, writable name.
@@ -267,15 +143,14 @@ async fn gatt_reads_are_polled_and_notifications_forwarded() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
     // Upstream's text rendering: decimal bytes in the text.
     assert_eq!(
-        r.next_with(DEV, "name").await,
+        next_with(&mut r, DEV, "name").await,
         Value::String("84101cm A".into())
     );
     assert_eq!(
-        r.next_with(DEV, "values").await,
+        next_with(&mut r, DEV, "values").await,
         Value::String("All values: 84101".into())
     );
     // Subscribed before the first notification.
@@ -285,14 +160,11 @@ async fn gatt_reads_are_polled_and_notifications_forwarded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[55, 0, 21]);
-    r.wait_value(DEV, "temperature", Value::String("21".into()))
-        .await;
+    wait_value(&mut r, DEV, "temperature", Value::String("21".into())).await;
     radio.notify(mac(SENSOR), uuid(TEMP), &[56, 0, 21]);
-    r.wait_value(DEV, "humidity", Value::String("56".into()))
-        .await;
+    wait_value(&mut r, DEV, "humidity", Value::String("56".into())).await;
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"Ab12");
-    r.wait_value(DEV, "name", Value::String("6598cm 4950A".into()))
-        .await;
+    wait_value(&mut r, DEV, "name", Value::String("6598cm 4950A".into())).await;
     assert!(r.stats.messages_received() > 0);
     r.stop().await;
 }
@@ -302,12 +174,10 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
-        .await;
-    r.next_with(DEV, "name").await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
+    next_with(&mut r, DEV, "name").await;
     radio.set_present(mac(SENSOR), false);
-    r.wait_event(|e| matches!(e, Event::Disconnect(d) if d == DEV))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == DEV)).await;
     // While it is away: RPCs are answered at once as unreachable.
     let reply = r.rpc(DEV, "rpcMethod1", Json::Null).await;
     assert_eq!(reply["code"], 503, "{reply}");
@@ -322,11 +192,9 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     }
     radio.set_present(mac(SENSOR), true);
     radio.advertise(mac(SENSOR), |a| a.rssi = Some(-70));
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"OK");
-    r.wait_value(DEV, "name", Value::String("7975cm A".into()))
-        .await;
+    wait_value(&mut r, DEV, "name", Value::String("7975cm A".into())).await;
     assert_eq!(radio.connects(mac(SENSOR)), 2);
     // Subscribed again on the new connection.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -338,8 +206,7 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[1, 2, 3]);
-    r.wait_value(DEV, "temperature", Value::String("3".into()))
-        .await;
+    wait_value(&mut r, DEV, "temperature", Value::String("3".into())).await;
     r.stop().await;
 }
 
@@ -358,8 +225,7 @@ async fn a_slow_device_holds_up_no_other_device() {
         "attributes": [{"key": "name", "method": "read", "characteristicUUID": "2A00"}]
     }));
     let mut r = start(&radio, cfg);
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == "Slow"))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == "Slow")).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.subscribers(mac(SENSOR), uuid(TEMP)) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never subscribed");
@@ -367,12 +233,10 @@ async fn a_slow_device_holds_up_no_other_device() {
     }
     for i in 0..5u8 {
         radio.notify(mac(SENSOR), uuid(TEMP), &[0, 0, i]);
-        r.wait_value(DEV, "temperature", Value::String(i.to_string()))
-            .await;
+        wait_value(&mut r, DEV, "temperature", Value::String(i.to_string())).await;
     }
     // A read that takes longer than the device's `timeout` drops its connection.
-    r.wait_event(|e| matches!(e, Event::Disconnect(d) if d == "Slow"))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Slow")).await;
     r.stop().await;
 }
 
@@ -381,8 +245,7 @@ async fn rpcs_and_attribute_updates_write_and_read_characteristics() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
     // Read: the text, read back as JSON when it is JSON (upstream's gateway does that).
     assert_eq!(r.rpc(DEV, "rpcMethod1", Json::Null).await, json!("Te"));
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"25");
@@ -509,33 +372,31 @@ async fn advertisements_are_decoded_and_a_silent_device_gets_nothing() {
         a.service_data
             .insert(uuid("0000fe95-0000-1000-8000-00805f9b34fb"), vec![9, 0, 5]);
     });
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == "Beacon"))
-        .await;
-    let d = r.record("Beacon").await;
-    assert_eq!(value(&d, "t"), Some(Value::Int(0x0102)));
-    assert_eq!(value(&d, "b"), Some(Value::Int(0xff)));
-    assert_eq!(value(&d, "scaled"), Some(Value::Float(25.8)));
-    assert_eq!(value(&d, "svc"), Some(Value::Int(5)));
-    assert_eq!(value(&d, "rssi"), Some(Value::Int(-42)));
-    assert_eq!(value(&d, "localName"), Some(Value::String("beacon".into())));
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == "Beacon")).await;
+    let d = record(&mut r, "Beacon").await;
+    assert_eq!(d.value("t"), Some(Value::Int(0x0102)));
+    assert_eq!(d.value("b"), Some(Value::Int(0xff)));
+    assert_eq!(d.value("scaled"), Some(Value::Float(25.8)));
+    assert_eq!(d.value("svc"), Some(Value::Int(5)));
+    assert_eq!(d.value("rssi"), Some(Value::Int(-42)));
+    assert_eq!(d.value("localName"), Some(Value::String("beacon".into())));
     // A change arrives.
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(0x0499, vec![0x00, 0x10, 0x07]);
     });
-    r.wait_value("Beacon", "t", Value::Int(0x10)).await;
+    wait_value(&mut r, "Beacon", "t", Value::Int(0x10)).await;
     // Silence: disconnected, then nothing more.
-    r.wait_event(|e| matches!(e, Event::Disconnect(d) if d == "Beacon"))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Beacon")).await;
     let after = r.drain_for(Duration::from_millis(1500)).await;
     assert!(
         !after
             .iter()
-            .any(|e| matches!(e, Event::Data(d) if d.device_name == "Beacon")),
+            .any(|e| matches!(e, Up::Data(d) if d.device_name == "Beacon")),
         "data for a device no longer heard: {after:?}"
     );
     // Heard again: reported again.
     radio.advertise(b, |a| a.rssi = Some(-50));
-    r.wait_value("Beacon", "rssi", Value::Int(-50)).await;
+    wait_value(&mut r, "Beacon", "rssi", Value::Int(-50)).await;
     r.stop().await;
 }
 
@@ -567,11 +428,9 @@ async fn devices_are_matched_by_name_and_service() {
             vec![0x01, 0x00],
         );
     });
-    r.wait_value("Tag 10:00:00:00:00:01", "v", Value::Int(11))
-        .await;
-    r.wait_value("Tag 10:00:00:00:00:02", "v", Value::Int(22))
-        .await;
-    r.wait_value("ESS env", "raw", Value::Int(256)).await;
+    wait_value(&mut r, "Tag 10:00:00:00:00:01", "v", Value::Int(11)).await;
+    wait_value(&mut r, "Tag 10:00:00:00:00:02", "v", Value::Int(22)).await;
+    wait_value(&mut r, "ESS env", "raw", Value::Int(256)).await;
     r.stop().await;
 }
 
@@ -589,10 +448,9 @@ async fn scanning_recovers_when_the_adapter_comes_back() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(1, vec![0, 1, 2]);
     });
-    r.wait_value("Beacon", "t", Value::Int(1)).await;
+    wait_value(&mut r, "Beacon", "t", Value::Int(1)).await;
     radio.set_adapter(false);
-    r.wait_event(|e| matches!(e, Event::Disconnect(d) if d == "Beacon"))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Beacon")).await;
     radio.set_adapter(true);
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.scans() == 0 {
@@ -602,7 +460,7 @@ async fn scanning_recovers_when_the_adapter_comes_back() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(1, vec![0, 9, 2]);
     });
-    r.wait_value("Beacon", "t", Value::Int(9)).await;
+    wait_value(&mut r, "Beacon", "t", Value::Int(9)).await;
     assert!(r.stats.errors() >= 1);
     r.stop().await;
 }
@@ -642,12 +500,12 @@ async fn a_thousand_beacons_are_all_reported() {
     let mut seen = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.len() < n as usize || seen.values().any(|v: &i64| *v < 2000) {
-        let e = tokio::time::timeout_at(deadline, r.events.recv())
+        let e = tokio::time::timeout_at(deadline, r.up.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} beacons reported", seen.len()))
             .unwrap();
-        if let Event::Data(d) = e {
-            if let Some(Value::Int(v)) = value(&d, "n") {
+        if let Up::Data(d) = e {
+            if let Some(Value::Int(v)) = d.value("n") {
                 seen.insert(d.device_name.clone(), v);
             }
         }
@@ -751,18 +609,17 @@ async fn a_connected_device_that_stops_advertising_stays_connected() {
         }]
     });
     let mut r = start(&radio, cfg);
-    r.wait_event(|e| matches!(e, Event::Connect(d) if d == DEV))
-        .await;
+    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
     radio.advertise(mac(SENSOR), |a| {
         a.manufacturer_data.insert(0x0499, vec![0, 42]);
     });
-    r.wait_value(DEV, "adv", Value::Int(42)).await;
+    wait_value(&mut r, DEV, "adv", Value::Int(42)).await;
     // Not heard for longer than the window (300 ms), but connected: no disconnect.
     let quiet = r.drain_for(Duration::from_millis(1500)).await;
     assert!(
         !quiet
             .iter()
-            .any(|e| matches!(e, Event::Disconnect(d) if d == DEV)),
+            .any(|e| matches!(e, Up::Disconnect(d) if d == DEV)),
         "{quiet:?}"
     );
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -771,8 +628,7 @@ async fn a_connected_device_that_stops_advertising_stays_connected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[0, 0, 33]);
-    r.wait_value(DEV, "temperature", Value::String("33".into()))
-        .await;
+    wait_value(&mut r, DEV, "temperature", Value::String("33".into())).await;
     r.stop().await;
 }
 
@@ -794,7 +650,7 @@ async fn type_switches_between_upstreams_two_renderings() {
         ]
     });
     let mut r = start(&radio, cfg);
-    r.wait_value("Hex", "n", Value::Int(0x5465)).await;
+    wait_value(&mut r, "Hex", "n", Value::Int(0x5465)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.scans() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no scan");
@@ -803,7 +659,6 @@ async fn type_switches_between_upstreams_two_renderings() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(7, vec![1, 2, 3]);
     });
-    r.wait_value("Text", "t", Value::String("v=1/23".into()))
-        .await;
+    wait_value(&mut r, "Text", "t", Value::String("v=1/23".into())).await;
     r.stop().await;
 }
