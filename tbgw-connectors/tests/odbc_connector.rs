@@ -14,11 +14,9 @@ use std::time::Duration;
 use odbc_api::{ConnectionOptions, Cursor};
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{Connector, ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::downlink::{Downlink, RpcRequest, RpcResponder};
+use tbgw::connector::ConnectorFactory;
 use tbgw::model::{DeviceData, Value};
-use tbgw::stats::ConnectorCounters;
-use tbgw::test_util::Postgres;
+use tbgw::test_util::{Postgres, TestRun};
 use tbgw::uplink::{StoreOutcome, UplinkMessage};
 use tbgw_connectors::odbc::{OdbcConnector, OdbcFactory, OdbcFile};
 use tokio::sync::mpsc;
@@ -47,11 +45,7 @@ fn spec(config: Json, file: &Path) -> ConnectorSpec {
 /// `Stored` at once unless `hold` is set (then they are kept unanswered, as a storage that
 /// never confirms).
 struct Running {
-    task: tokio::task::JoinHandle<()>,
-    data: mpsc::UnboundedReceiver<DeviceData>,
-    downlink: mpsc::Sender<Downlink>,
-    cancel: tokio_util::sync::CancellationToken,
-    stats: ConnectorCounters,
+    ends: TestRun<DeviceData>,
     nulls: Arc<tbgw_connectors::odbc::OdbcCounters>,
     hold: Arc<AtomicBool>,
 }
@@ -63,20 +57,11 @@ fn start(spec: &ConnectorSpec) -> Running {
         .build(spec, &mut ignored)
         .expect("config is valid");
     let file: OdbcFile = spec.config.deserialize(&spec.file, &mut ignored).unwrap();
-    let mut connector = OdbcConnector::new(file.into_config(&spec.file, &mut ignored).unwrap());
+    let connector = OdbcConnector::new(file.into_config(&spec.file, &mut ignored).unwrap());
     let nulls = connector.counters();
-    let (mut cx, ends) = ConnectorContext::for_test("ODBC");
-    let stats = cx.stats().clone();
-    let TestEnds {
-        mut uplink,
-        downlink,
-        cancel,
-        ..
-    } = ends;
-    let (tx, data) = mpsc::unbounded_channel();
     let hold = Arc::new(AtomicBool::new(false));
     let held = hold.clone();
-    tokio::spawn(async move {
+    let forward = |mut uplink: mpsc::Receiver<UplinkMessage>, tx: mpsc::UnboundedSender<_>| async move {
         let mut kept = Vec::new();
         while let Some(m) = uplink.recv().await {
             if let UplinkMessage::Data { data, ack, .. } = m {
@@ -93,19 +78,9 @@ fn start(spec: &ConnectorSpec) -> Running {
                 }
             }
         }
-    });
-    let task = tokio::spawn(async move {
-        connector
-            .run(&mut cx)
-            .await
-            .expect("connector ends cleanly");
-    });
+    };
     Running {
-        task,
-        data,
-        downlink,
-        cancel,
-        stats,
+        ends: TestRun::start("ODBC", Box::new(connector), WAIT, forward),
         nulls,
         hold,
     }
@@ -127,48 +102,26 @@ impl Running {
     /// Records until the row `last_id` arrived; the ids seen (with how often), and the records.
     async fn until_id(&mut self, last_id: i64, seen: &mut BTreeMap<i64, u32>) -> Vec<DeviceData> {
         let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.data.recv()).await {
-                Ok(Some(d)) => {
-                    let id = id_of(&d);
-                    *seen.entry(id).or_default() += 1;
-                    got.push(d);
-                    if id == last_id {
-                        return got;
-                    }
-                }
-                _ => panic!("row {last_id} never came; seen {seen:?}"),
-            }
-        }
+        let arrived = self
+            .ends
+            .recv_until(|d| {
+                let id = id_of(&d);
+                *seen.entry(id).or_default() += 1;
+                got.push(d);
+                (id == last_id).then_some(())
+            })
+            .await;
+        arrived.unwrap_or_else(|| panic!("row {last_id} never came; seen {seen:?}"));
+        got
     }
 
     /// Stops the connector and waits for it.
     async fn stop(self) -> mpsc::UnboundedReceiver<DeviceData> {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the connector stops")
-            .expect("no panic");
-        self.data
+        self.ends.stop().await
     }
 
     async fn rpc(&self, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: Some("Dev a".into()),
-                id: 1,
-                method: method.into(),
-                params,
-                responder,
-            }))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("an answer")
-            .expect("answered")
+        self.ends.rpc("Dev a", method, params).await
     }
 }
 
@@ -352,7 +305,7 @@ async fn sqlite_follows_the_table_across_connector_restarts() {
         seen2.keys().all(|id| *id > 20),
         "nothing acknowledged is sent again: {seen2:?}"
     );
-    assert_eq!(run.stats.stats().convert_errors(), 0);
+    assert_eq!(run.ends.stats.stats().convert_errors(), 0);
     run.stop().await;
 }
 
@@ -447,7 +400,7 @@ async fn postgres_survives_database_and_connector_restarts_and_answers_rpc() {
     run.until_id(20, &mut seen).await;
     assert_once(&seen, 1..=20);
     assert!(
-        run.stats.stats().errors() >= 1,
+        run.ends.stats.stats().errors() >= 1,
         "the lost connection is counted"
     );
 
