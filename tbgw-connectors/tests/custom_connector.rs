@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::downlink::{AttributeUpdate, Downlink};
 use tbgw::model::{DeviceData, Value};
-use tbgw::test_util::free_tcp_port;
+use tbgw::test_util::{free_tcp_port, harness};
 use tbgw::uplink::UplinkMessage;
 use tbgw_connectors::grpc::{GrpcFactory, GrpcMainConfig};
 use tokio_util::sync::CancellationToken;
@@ -118,22 +118,7 @@ impl Harness {
     }
 
     async fn rpc(&self, device: Option<&str>, id: i64, method: &str, params: Json) -> Json {
-        let (responder, answer) = RpcResponder::new();
-        self.ends
-            .downlink
-            .send(Downlink::Rpc(RpcRequest {
-                device: device.map(str::to_string),
-                id,
-                method: method.to_string(),
-                params,
-                responder,
-            }))
-            .await
-            .expect("connector takes downlink");
-        tokio::time::timeout(WAIT, answer.reply())
-            .await
-            .expect("answered in time")
-            .expect("answered")
+        harness::rpc(&self.ends.downlink, device, id, method, params, WAIT).await
     }
 
     /// Stops the connector; the class's `close()` has run by then.
