@@ -30,15 +30,6 @@ enum Event {
     Disconnect(String),
 }
 
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-}
-
 fn config() -> Json {
     json!({
         "name": "BLE Connector",
@@ -76,7 +67,7 @@ impl Run {
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Data(d))) if d.device_name == device => {
-                    if let Some(v) = value(&d, key) {
+                    if let Some(v) = d.value(key) {
                         return v;
                     }
                 }
