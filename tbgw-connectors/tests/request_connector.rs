@@ -127,15 +127,6 @@ async fn collect(ends: &mut TestEnds, devices: &[&str]) -> Vec<DeviceData> {
     got
 }
 
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-}
-
 #[tokio::test]
 async fn polls_are_converted_with_unpacking_sub_requests_redirects_and_basic_auth() {
     let peer = Peer::start(None).await;
@@ -168,14 +159,14 @@ async fn polls_are_converted_with_unpacking_sub_requests_redirects_and_basic_aut
     let by = |n: &str| got.iter().find(|d| d.device_name == n).unwrap();
     let sd = by("SD8500");
     assert_eq!(sd.device_type, "SD");
-    assert_eq!(value(sd, "serialNumber"), Some(Value::from("SN-1")));
-    assert_eq!(value(sd, "Maintainer"), Some(Value::from("ann")));
-    assert_eq!(value(sd, "combine"), Some(Value::from("ann:40")));
+    assert_eq!(sd.value("serialNumber"), Some(Value::from("SN-1")));
+    assert_eq!(sd.value("Maintainer"), Some(Value::from("ann")));
+    assert_eq!(sd.value("combine"), Some(Value::from("ann:40")));
     assert_eq!(by("1-GV").device_type, "GridVis");
-    assert_eq!(value(by("1-GV"), "cumPwr"), Some(Value::Float(1000.0)));
-    assert_eq!(value(by("2-GV"), "cumPwr"), Some(Value::Float(2000.0)));
-    assert_eq!(value(by("AUTH-1"), "temp"), Some(Value::Int(5)));
-    assert_eq!(value(by("redirected"), "t"), Some(Value::Float(21.5)));
+    assert_eq!(by("1-GV").value("cumPwr"), Some(Value::Float(1000.0)));
+    assert_eq!(by("2-GV").value("cumPwr"), Some(Value::Float(2000.0)));
+    assert_eq!(by("AUTH-1").value("temp"), Some(Value::Int(5)));
+    assert_eq!(by("redirected").value("t"), Some(Value::Float(21.5)));
     assert!(stats.messages_received() >= 4);
     ends.cancel.cancel();
     task.await.unwrap();
@@ -309,7 +300,7 @@ async fn https_polls_without_verification_and_refuses_an_untrusted_certificate_w
         json!({"host": peer.url(), "SSLVerify": false, "mapping": mapping}),
     ));
     let got = collect(&mut ends, &["SN-1"]).await;
-    assert_eq!(value(&got[0], "t"), Some(Value::Float(21.5)));
+    assert_eq!(got[0].value("t"), Some(Value::Float(21.5)));
     ends.cancel.cancel();
     task.await.unwrap();
 
@@ -607,9 +598,9 @@ async fn a_registered_custom_converter_gets_its_extension_config_and_the_raw_bod
     let (mut cx, mut ends) = ConnectorContext::for_test("Request");
     let task = tokio::spawn(async move { connector.run(&mut cx).await.unwrap() });
     let got = collect(&mut ends, &["raw"]).await;
-    assert_eq!(value(&got[0], "len"), Some(Value::Int(9)));
+    assert_eq!(got[0].value("len"), Some(Value::Int(9)));
     assert_eq!(
-        value(&got[0], "source"),
+        got[0].value("source"),
         Some(Value::from(format!("{}/malformed", peer.url())))
     );
     ends.cancel.cancel();
@@ -656,7 +647,7 @@ async fn a_panicking_converter_in_a_poll_task_is_counted_and_the_connector_recov
     let task = tokio::spawn(cx.supervise(connector));
     // Readings flow again after the supervisor restarted the connector.
     let data = collect(&mut ends, &["counter"]).await;
-    let v = data.iter().find_map(|d| value(d, "v"));
+    let v = data.iter().find_map(|d| d.value("v"));
     assert!(matches!(v, Some(Value::Int(n)) if n >= 2), "{v:?}");
     assert_eq!(stats.task_failures(), 1);
     assert_eq!(stats.restarts(), 1);
