@@ -163,15 +163,6 @@ async fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn value(d: &DeviceData, key: &str) -> Option<Value> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-}
-
 fn data_mapping(endpoint: &str, extra: Json) -> Json {
     let mut m = json!({
         "endpoint": endpoint,
@@ -222,9 +213,9 @@ async fn request_data_is_merged_from_path_query_and_every_body_kind() {
         (d.device_name.as_str(), d.device_type.as_str()),
         ("SN-1", "thermo")
     );
-    assert_eq!(value(&d, "model"), Some(Value::from("T1")));
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(21.5)));
-    assert_eq!(value(&d, "humidity"), Some(Value::Float(40.0)));
+    assert_eq!(d.value("model"), Some(Value::from("T1")));
+    assert_eq!(d.value("temperature"), Some(Value::Float(21.5)));
+    assert_eq!(d.value("humidity"), Some(Value::Float(40.0)));
 
     // Path parameter + query string + form body; PUT is also listed.
     let (status, _) = curl(&[
@@ -241,8 +232,8 @@ async fn request_data_is_merged_from_path_query_and_every_body_kind() {
         (d.device_name.as_str(), d.device_type.as_str()),
         ("SN 2", "q")
     );
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(3.5)));
-    assert_eq!(value(&d, "model"), Some(Value::from("M")));
+    assert_eq!(d.value("temperature"), Some(Value::Float(3.5)));
+    assert_eq!(d.value("model"), Some(Value::from("M")));
 
     // Multipart text fields; a JSON array's first element.
     let (status, _) = curl(&[
@@ -255,7 +246,7 @@ async fn request_data_is_merged_from_path_query_and_every_body_kind() {
     .await;
     assert_eq!(status, 200);
     let d = r.next_data().await;
-    assert_eq!(value(&d, "temperature"), Some(Value::Float(7.0)));
+    assert_eq!(d.value("temperature"), Some(Value::Float(7.0)));
     assert_eq!(d.device_type, "mp");
     let (status, _) = curl(&[
         "-H",
@@ -279,7 +270,7 @@ async fn request_data_is_merged_from_path_query_and_every_body_kind() {
     .await;
     assert_eq!(status, 200);
     let d = r.next_data().await;
-    assert_eq!(value(&d, "line"), Some(Value::from("hello there")));
+    assert_eq!(d.value("line"), Some(Value::from("hello there")));
     r.stop().await;
 }
 
@@ -1032,7 +1023,7 @@ async fn a_panicking_converter_in_a_client_task_is_counted_and_the_connector_rec
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = r.next_data().await;
-    assert_eq!(value(&d, "n"), Some(Value::Int(5)));
+    assert_eq!(d.value("n"), Some(Value::Int(5)));
     assert_eq!(r.stats.task_failures(), 1);
     assert_eq!(r.stats.restarts(), 1);
     r.stop().await;
