@@ -115,12 +115,7 @@ fn start(config: Json) -> (tokio::task::JoinHandle<()>, TestEnds) {
 }
 
 fn value(d: &DeviceData, key: &str) -> Option<Json> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.to_json())
+    d.value(key).map(|v| v.to_json())
 }
 
 /// The next data of `device` for which `pred` holds.
