@@ -97,12 +97,7 @@ async fn next_message(ends: &mut TestEnds, pred: impl Fn(&UplinkMessage) -> bool
 }
 
 fn value(d: &DeviceData, key: &str) -> Option<Json> {
-    d.telemetry
-        .iter()
-        .flat_map(|e| e.values.iter())
-        .chain(d.attributes.iter())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.to_json())
+    d.value(key).map(|v| v.to_json())
 }
 
 async fn rpc(ends: &TestEnds, device: &str, method: &str, params: Json) -> Result<Json, RpcError> {
