@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
 use tbgw::connector::ConnectorFactory;
-use tbgw::model::{DeviceData, Value};
+use tbgw::model::Value;
 use tbgw::test_util::harness::forward_up;
 use tbgw::test_util::{TestRun, Up};
 use tbgw_connectors::ble::central::{Mac, ScanMode};
@@ -52,45 +52,6 @@ fn start(radio: &FakeCentral, config: Json) -> Running {
     TestRun::start("BLE", connector, WAIT, |uplink, tx| {
         forward_up(uplink, tx, true)
     })
-}
-
-/// The next record of `device` that has `key`.
-async fn next_with(r: &mut Running, device: &str, key: &str) -> Value {
-    r.recv_until(|e| match e {
-        Up::Data(d) if d.device_name == device => d.value(key),
-        _ => None,
-    })
-    .await
-    .unwrap_or_else(|| panic!("no {key} of {device}"))
-}
-
-/// The next record of `device`.
-async fn record(r: &mut Running, device: &str) -> DeviceData {
-    r.recv_until(|e| match e {
-        Up::Data(d) if d.device_name == device => Some(d),
-        _ => None,
-    })
-    .await
-    .unwrap_or_else(|| panic!("no record of {device}"))
-}
-
-/// Waits for a value of `key` equal to `want`.
-async fn wait_value(r: &mut Running, device: &str, key: &str, want: Value) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = tokio::time::timeout_at(deadline, next_with(r, device, key))
-            .await
-            .unwrap_or_else(|_| panic!("{device}/{key} never became {want:?}"));
-        if v == want {
-            return;
-        }
-    }
-}
-
-async fn wait_event(r: &mut Running, want: impl Fn(&Up) -> bool) {
-    r.recv_until(|e| want(&e).then_some(()))
-        .await
-        .expect("the event never came")
 }
 
 /// A sensor with a notifying temperature characteristic and a readable, writable name.
@@ -143,14 +104,15 @@ async fn gatt_reads_are_polled_and_notifications_forwarded() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == DEV))
+        .await;
     // Upstream's text rendering: decimal bytes in the text.
     assert_eq!(
-        next_with(&mut r, DEV, "name").await,
+        r.value_of(DEV, "name").await,
         Value::String("84101cm A".into())
     );
     assert_eq!(
-        next_with(&mut r, DEV, "values").await,
+        r.value_of(DEV, "values").await,
         Value::String("All values: 84101".into())
     );
     // Subscribed before the first notification.
@@ -160,11 +122,14 @@ async fn gatt_reads_are_polled_and_notifications_forwarded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[55, 0, 21]);
-    wait_value(&mut r, DEV, "temperature", Value::String("21".into())).await;
+    r.wait_value(DEV, "temperature", Value::String("21".into()))
+        .await;
     radio.notify(mac(SENSOR), uuid(TEMP), &[56, 0, 21]);
-    wait_value(&mut r, DEV, "humidity", Value::String("56".into())).await;
+    r.wait_value(DEV, "humidity", Value::String("56".into()))
+        .await;
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"Ab12");
-    wait_value(&mut r, DEV, "name", Value::String("6598cm 4950A".into())).await;
+    r.wait_value(DEV, "name", Value::String("6598cm 4950A".into()))
+        .await;
     assert!(r.stats.messages_received() > 0);
     r.stop().await;
 }
@@ -174,10 +139,12 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
-    next_with(&mut r, DEV, "name").await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == DEV))
+        .await;
+    r.value_of(DEV, "name").await;
     radio.set_present(mac(SENSOR), false);
-    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == DEV)).await;
+    r.wait_for(|e| matches!(e, Up::Disconnect(d) if d == DEV))
+        .await;
     // While it is away: RPCs are answered at once as unreachable.
     let reply = r.rpc(DEV, "rpcMethod1", Json::Null).await;
     assert_eq!(reply["code"], 503, "{reply}");
@@ -192,9 +159,11 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
     }
     radio.set_present(mac(SENSOR), true);
     radio.advertise(mac(SENSOR), |a| a.rssi = Some(-70));
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == DEV))
+        .await;
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"OK");
-    wait_value(&mut r, DEV, "name", Value::String("7975cm A".into())).await;
+    r.wait_value(DEV, "name", Value::String("7975cm A".into()))
+        .await;
     assert_eq!(radio.connects(mac(SENSOR)), 2);
     // Subscribed again on the new connection.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -206,7 +175,8 @@ async fn a_device_that_disappears_is_reconnected_when_it_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[1, 2, 3]);
-    wait_value(&mut r, DEV, "temperature", Value::String("3".into())).await;
+    r.wait_value(DEV, "temperature", Value::String("3".into()))
+        .await;
     r.stop().await;
 }
 
@@ -225,7 +195,8 @@ async fn a_slow_device_holds_up_no_other_device() {
         "attributes": [{"key": "name", "method": "read", "characteristicUUID": "2A00"}]
     }));
     let mut r = start(&radio, cfg);
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == "Slow")).await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == "Slow"))
+        .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.subscribers(mac(SENSOR), uuid(TEMP)) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never subscribed");
@@ -233,10 +204,12 @@ async fn a_slow_device_holds_up_no_other_device() {
     }
     for i in 0..5u8 {
         radio.notify(mac(SENSOR), uuid(TEMP), &[0, 0, i]);
-        wait_value(&mut r, DEV, "temperature", Value::String(i.to_string())).await;
+        r.wait_value(DEV, "temperature", Value::String(i.to_string()))
+            .await;
     }
     // A read that takes longer than the device's `timeout` drops its connection.
-    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Slow")).await;
+    r.wait_for(|e| matches!(e, Up::Disconnect(d) if d == "Slow"))
+        .await;
     r.stop().await;
 }
 
@@ -245,7 +218,8 @@ async fn rpcs_and_attribute_updates_write_and_read_characteristics() {
     let radio = FakeCentral::new();
     sensor(&radio);
     let mut r = start(&radio, gatt_config());
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == DEV))
+        .await;
     // Read: the text, read back as JSON when it is JSON (upstream's gateway does that).
     assert_eq!(r.rpc(DEV, "rpcMethod1", Json::Null).await, json!("Te"));
     radio.set_value(mac(SENSOR), uuid(NAME_CHAR), b"25");
@@ -372,8 +346,9 @@ async fn advertisements_are_decoded_and_a_silent_device_gets_nothing() {
         a.service_data
             .insert(uuid("0000fe95-0000-1000-8000-00805f9b34fb"), vec![9, 0, 5]);
     });
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == "Beacon")).await;
-    let d = record(&mut r, "Beacon").await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == "Beacon"))
+        .await;
+    let d = r.record("Beacon").await;
     assert_eq!(d.value("t"), Some(Value::Int(0x0102)));
     assert_eq!(d.value("b"), Some(Value::Int(0xff)));
     assert_eq!(d.value("scaled"), Some(Value::Float(25.8)));
@@ -384,9 +359,10 @@ async fn advertisements_are_decoded_and_a_silent_device_gets_nothing() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(0x0499, vec![0x00, 0x10, 0x07]);
     });
-    wait_value(&mut r, "Beacon", "t", Value::Int(0x10)).await;
+    r.wait_value("Beacon", "t", Value::Int(0x10)).await;
     // Silence: disconnected, then nothing more.
-    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Beacon")).await;
+    r.wait_for(|e| matches!(e, Up::Disconnect(d) if d == "Beacon"))
+        .await;
     let after = r.drain_for(Duration::from_millis(1500)).await;
     assert!(
         !after
@@ -396,7 +372,7 @@ async fn advertisements_are_decoded_and_a_silent_device_gets_nothing() {
     );
     // Heard again: reported again.
     radio.advertise(b, |a| a.rssi = Some(-50));
-    wait_value(&mut r, "Beacon", "rssi", Value::Int(-50)).await;
+    r.wait_value("Beacon", "rssi", Value::Int(-50)).await;
     r.stop().await;
 }
 
@@ -428,9 +404,11 @@ async fn devices_are_matched_by_name_and_service() {
             vec![0x01, 0x00],
         );
     });
-    wait_value(&mut r, "Tag 10:00:00:00:00:01", "v", Value::Int(11)).await;
-    wait_value(&mut r, "Tag 10:00:00:00:00:02", "v", Value::Int(22)).await;
-    wait_value(&mut r, "ESS env", "raw", Value::Int(256)).await;
+    r.wait_value("Tag 10:00:00:00:00:01", "v", Value::Int(11))
+        .await;
+    r.wait_value("Tag 10:00:00:00:00:02", "v", Value::Int(22))
+        .await;
+    r.wait_value("ESS env", "raw", Value::Int(256)).await;
     r.stop().await;
 }
 
@@ -448,9 +426,10 @@ async fn scanning_recovers_when_the_adapter_comes_back() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(1, vec![0, 1, 2]);
     });
-    wait_value(&mut r, "Beacon", "t", Value::Int(1)).await;
+    r.wait_value("Beacon", "t", Value::Int(1)).await;
     radio.set_adapter(false);
-    wait_event(&mut r, |e| matches!(e, Up::Disconnect(d) if d == "Beacon")).await;
+    r.wait_for(|e| matches!(e, Up::Disconnect(d) if d == "Beacon"))
+        .await;
     radio.set_adapter(true);
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.scans() == 0 {
@@ -460,7 +439,7 @@ async fn scanning_recovers_when_the_adapter_comes_back() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(1, vec![0, 9, 2]);
     });
-    wait_value(&mut r, "Beacon", "t", Value::Int(9)).await;
+    r.wait_value("Beacon", "t", Value::Int(9)).await;
     assert!(r.stats.errors() >= 1);
     r.stop().await;
 }
@@ -609,11 +588,12 @@ async fn a_connected_device_that_stops_advertising_stays_connected() {
         }]
     });
     let mut r = start(&radio, cfg);
-    wait_event(&mut r, |e| matches!(e, Up::Connect(d) if d == DEV)).await;
+    r.wait_for(|e| matches!(e, Up::Connect(d) if d == DEV))
+        .await;
     radio.advertise(mac(SENSOR), |a| {
         a.manufacturer_data.insert(0x0499, vec![0, 42]);
     });
-    wait_value(&mut r, DEV, "adv", Value::Int(42)).await;
+    r.wait_value(DEV, "adv", Value::Int(42)).await;
     // Not heard for longer than the window (300 ms), but connected: no disconnect.
     let quiet = r.drain_for(Duration::from_millis(1500)).await;
     assert!(
@@ -628,7 +608,8 @@ async fn a_connected_device_that_stops_advertising_stays_connected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     radio.notify(mac(SENSOR), uuid(TEMP), &[0, 0, 33]);
-    wait_value(&mut r, DEV, "temperature", Value::String("33".into())).await;
+    r.wait_value(DEV, "temperature", Value::String("33".into()))
+        .await;
     r.stop().await;
 }
 
@@ -650,7 +631,7 @@ async fn type_switches_between_upstreams_two_renderings() {
         ]
     });
     let mut r = start(&radio, cfg);
-    wait_value(&mut r, "Hex", "n", Value::Int(0x5465)).await;
+    r.wait_value("Hex", "n", Value::Int(0x5465)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while radio.scans() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no scan");
@@ -659,6 +640,7 @@ async fn type_switches_between_upstreams_two_renderings() {
     radio.advertise(b, |a| {
         a.manufacturer_data.insert(7, vec![1, 2, 3]);
     });
-    wait_value(&mut r, "Text", "t", Value::String("v=1/23".into())).await;
+    r.wait_value("Text", "t", Value::String("v=1/23".into()))
+        .await;
     r.stop().await;
 }

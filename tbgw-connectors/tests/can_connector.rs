@@ -51,22 +51,6 @@ fn start(config: Json, net: &FakeCan) -> Running {
     start_with(config, Path::new("can.json"), Arc::new(net.clone())).0
 }
 
-/// The next data of `device` with `key`, skipping everything else.
-async fn value_of(run: &mut Running, device: &str, key: &str) -> Value {
-    run.recv_until(|u| match u {
-        Up::Data(d) if d.device_name == device => d.value(key),
-        _ => None,
-    })
-    .await
-    .unwrap_or_else(|| panic!("no {key} of {device}"))
-}
-
-async fn wait_for(run: &mut Running, want: impl Fn(&Up) -> bool) {
-    run.recv_until(|u| want(&u).then_some(()))
-        .await
-        .expect("not seen")
-}
-
 async fn recv(sock: &mut FakeSocket) -> CanFrame {
     tokio::time::timeout(WAIT, sock.recv())
         .await
@@ -166,22 +150,22 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
         .await
         .unwrap();
     assert_eq!(
-        value_of(&mut run, "Car", "isDriverDoorOpened").await,
+        run.value_of("Car", "isDriverDoorOpened").await,
         Value::Bool(true)
     );
     dev.send(&frame(41, false, &[0, 0, 0x22, 0x0D, 0x00]))
         .await
         .unwrap();
     assert_eq!(
-        value_of(&mut run, "Car", "isDriverDoorOpened").await,
+        run.value_of("Car", "isDriverDoorOpened").await,
         Value::Bool(false)
     );
     // rpm from the answers to the periodic poll (upstream would never report it: the
     // mileage entry without a command switches the command filter off in upstream).
-    let Value::Float(r1) = value_of(&mut run, "Car", "rpm").await else {
+    let Value::Float(r1) = run.value_of("Car", "rpm").await else {
         panic!("rpm is a float")
     };
-    let Value::Float(r2) = value_of(&mut run, "Car", "rpm").await else {
+    let Value::Float(r2) = run.value_of("Car", "rpm").await else {
         panic!("rpm is a float")
     };
     assert!(r2 > r1 && r1 >= 101.0, "{r1} {r2}");
@@ -214,7 +198,7 @@ async fn polled_values_arrive_typed_with_expressions_and_commands() {
         .await
         .unwrap();
     assert_eq!(
-        value_of(&mut run, "Car", "isDriverDoorOpened").await,
+        run.value_of("Car", "isDriverDoorOpened").await,
         Value::Bool(true)
     );
     assert_eq!(run.stats.stats().convert_errors(), before + 1);
@@ -229,7 +213,7 @@ async fn rpcs_and_attribute_updates_become_frames() {
     net.add_interface("can0", true);
     let mut dev = net.socket("can0", true).unwrap();
     let mut run = start(car("can0"), &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     // setLightLevel: dataBefore + 2 bytes little-endian.
     let r = run.rpc("Car", "setLightLevel", json!({"value": 258})).await;
     assert_eq!(r, json!({"success": true}));
@@ -314,7 +298,7 @@ async fn unknown_rpcs_with_override_describe_their_own_frame() {
     let cfg = json!({"channel": "can0", "devices": [{"name": "Lamp", "enableUnknownRpc": true,
         "serverSideRpc": [{"method": "dim", "nodeId": 7, "dataLength": 1}]}]});
     let mut run = start(cfg, &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     let r = run
         .rpc(
             "Lamp",
@@ -352,11 +336,13 @@ async fn the_interface_going_down_and_up_is_survived() {
     let net = FakeCan::new();
     net.add_interface("can0", true);
     let mut run = start(car("can0"), &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    value_of(&mut run, "Car", "rpm").await;
+    run.value_of("Car", "rpm").await;
     net.set_up("can0", false);
-    wait_for(&mut run, |u| matches!(u, Up::Disconnect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Car"))
+        .await;
     // While the bus is closed: RPCs are answered at once with 503.
     let r = run.rpc("Car", "setLightLevel", json!({"value": 1})).await;
     assert_eq!(r["code"], 503, "{r}");
@@ -370,7 +356,8 @@ async fn the_interface_going_down_and_up_is_survived() {
     let _ = ecu_task.await;
     net.set_up("can0", true);
     let mut listener = net.socket("can0", true).unwrap();
-    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let f = next_not_poll(&mut listener).await;
     assert_eq!(
         (f.id, f.extended, f.data.clone()),
@@ -378,7 +365,7 @@ async fn the_interface_going_down_and_up_is_survived() {
     );
     drop(listener);
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    value_of(&mut run, "Car", "rpm").await;
+    run.value_of("Car", "rpm").await;
     assert_eq!(net.opens(), 2, "one open before, one after: no flapping");
     run.stop().await;
     let _ = ecu_task.await;
@@ -390,9 +377,9 @@ async fn a_device_that_goes_quiet_and_lost_frames_do_not_disturb_the_bus() {
     net.add_interface("can0", true);
     net.set_bitrate("can0", 500_000);
     let mut run = start(car("can0"), &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 0);
-    value_of(&mut run, "Car", "rpm").await;
+    run.value_of("Car", "rpm").await;
     // The ECU is unplugged: no answers, no data, but the bus stays open and polls go on.
     ecu_task.abort();
     let _ = ecu_task.await;
@@ -405,10 +392,10 @@ async fn a_device_that_goes_quiet_and_lost_frames_do_not_disturb_the_bus() {
     net.drop_every("can0", 3);
     let received = run.stats.stats().messages_received();
     let ecu_task = ecu(net.socket("can0", true).unwrap(), 1000);
-    let Value::Float(first) = value_of(&mut run, "Car", "rpm").await else {
+    let Value::Float(first) = run.value_of("Car", "rpm").await else {
         panic!()
     };
-    let Value::Float(later) = value_of(&mut run, "Car", "rpm").await else {
+    let Value::Float(later) = run.value_of("Car", "rpm").await else {
         panic!()
     };
     assert!(later > first);
@@ -468,7 +455,7 @@ BO_ 512 Body: 8 ECU
     let net = FakeCan::new();
     net.add_interface("can0", false);
     let (mut run, _) = start_with(cfg, &file, Arc::new(net.clone()));
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     // The units, once per connection.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -489,18 +476,18 @@ BO_ 512 Body: 8 ECU
         .await
         .unwrap();
     assert_eq!(
-        value_of(&mut run, "Truck", "EngineSpeed").await,
+        run.value_of("Truck", "EngineSpeed").await,
         Value::Float(1000.0)
     );
     dev.send(&frame(0x0CF0_04FE, true, &[0, 127, 0, 0x40, 0x1F, 0, 0, 0]))
         .await
         .unwrap();
     assert_eq!(
-        value_of(&mut run, "Truck", "EngineTorque").await,
+        run.value_of("Truck", "EngineTorque").await,
         Value::Float(2.0)
     );
     dev.send(&frame(512, false, &[1])).await.unwrap();
-    assert_eq!(value_of(&mut run, "Truck", "door").await, Value::Int(1));
+    assert_eq!(run.value_of("Truck", "door").await, Value::Int(1));
     run.stop().await;
 }
 
@@ -524,15 +511,9 @@ async fn j1939_values_match_by_pgn_and_are_requested() {
     // Answers from the engine (0x00) at two priorities; one from another node is not ours.
     ecu.send(&frame(0x1CFE_EE01, true, &[200])).await.unwrap();
     ecu.send(&frame(0x18FE_EE00, true, &[130])).await.unwrap();
-    assert_eq!(
-        value_of(&mut run, "Engine", "coolant").await,
-        Value::Int(90)
-    );
+    assert_eq!(run.value_of("Engine", "coolant").await, Value::Int(90));
     ecu.send(&frame(0x0CFE_EE00, true, &[140])).await.unwrap();
-    assert_eq!(
-        value_of(&mut run, "Engine", "coolant").await,
-        Value::Int(100)
-    );
+    assert_eq!(run.value_of("Engine", "coolant").await, Value::Int(100));
     run.stop().await;
 }
 
@@ -544,7 +525,7 @@ async fn j1939_multi_packet_broadcasts_are_reassembled() {
         "attributes": [{"key": "vin", "pgn": 65260, "value": "0:-1:string"}],
         "timeseries": [{"key": "speed", "pgn": 61444, "value": "3:2:little:int"}]}]});
     let mut run = start(cfg, &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     let mut ecu = net.socket("can0", false).unwrap();
     let announce = |size: u8, packets: u8| {
         frame(
@@ -574,7 +555,7 @@ async fn j1939_multi_packet_broadcasts_are_reassembled() {
     ecu.send(&packet(2, &vin[7..14])).await.unwrap();
     ecu.send(&packet(3, &vin[14..])).await.unwrap();
     assert_eq!(
-        value_of(&mut run, "Engine", "vin").await,
+        run.value_of("Engine", "vin").await,
         Value::String("1FUJGLDR12LM12345".into())
     );
     assert_eq!(run.stats.stats().convert_errors(), errors + 1);
@@ -589,7 +570,7 @@ async fn can_fd_frames_carry_values_beyond_eight_bytes() {
         "timeseries": [{"key": "cell40", "nodeId": 0x123, "isFd": true, "value": "40:2:little:int"},
                        {"key": "serial", "nodeId": 0x123, "value": "48:-1:string"}]}]});
     let mut run = start(cfg, &net);
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     let mut dev = net.socket("can0", true).unwrap();
     let mut data = vec![0u8; 64];
     data[40] = 0xE8;
@@ -625,7 +606,8 @@ async fn upstreams_sample_is_accepted_and_its_broken_rpc_answers_an_error() {
             .any(|w| w.starts_with("devices[0].serverSideRpc[0].dataInHex")),
         "{ignored:?}"
     );
-    wait_for(&mut run, |u| matches!(u, Up::Connect(d) if d == "Car")).await;
+    run.wait_for(|u| matches!(u, Up::Connect(d) if d == "Car"))
+        .await;
     let r = run.rpc("Car", "sendSameData", json!({})).await;
     assert_eq!(r["code"], 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("not hex"), "{r}");
@@ -647,7 +629,7 @@ async fn on_a_real_vcan0_when_there_is_one() {
         "devices": [{"name": "V", "timeseries": [{"key": "t", "nodeId": 0x321, "value": "0:2:int"}],
                      "serverSideRpc": [{"method": "m", "nodeId": 0x322, "dataInHex": "0102"}]}]});
     let (mut run, _) = start_with(cfg, Path::new("can.json"), Arc::new(SocketCanOpener));
-    wait_for(&mut run, |u| matches!(u, Up::Connect(_))).await;
+    run.wait_for(|u| matches!(u, Up::Connect(_))).await;
     let spec = BusSpec {
         interface: "socketcan".into(),
         channel: "vcan0".into(),
@@ -656,7 +638,7 @@ async fn on_a_real_vcan0_when_there_is_one() {
     };
     let mut dev = SocketCanOpener.open(&spec).expect("open vcan0");
     dev.send(&frame(0x321, false, &[0x01, 0x02])).await.unwrap();
-    assert_eq!(value_of(&mut run, "V", "t").await, Value::Int(0x0102));
+    assert_eq!(run.value_of("V", "t").await, Value::Int(0x0102));
     assert_eq!(run.rpc("V", "m", json!({})).await, json!({"success": true}));
     let f = tokio::time::timeout(WAIT, async {
         loop {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Connector, ConnectorContext};
 use crate::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
-use crate::model::DeviceData;
+use crate::model::{DeviceData, Value};
 use crate::stats::ConnectorCounters;
 use crate::uplink::{StoreOutcome, UplinkMessage};
 
@@ -189,6 +189,14 @@ impl<T: Send + 'static> TestRun<T> {
         }
     }
 
+    /// Waits for an item `want` accepts, skipping the others; panics when none comes within
+    /// the wait.
+    pub async fn wait_for(&mut self, want: impl Fn(&T) -> bool) {
+        self.recv_until(|t| want(&t).then_some(()))
+            .await
+            .expect("what the test waits for never came")
+    }
+
     /// Everything received in the next `d`.
     pub async fn drain_for(&mut self, d: Duration) -> Vec<T> {
         let mut out = Vec::new();
@@ -224,5 +232,43 @@ impl<T: Send + 'static> TestRun<T> {
             .expect("stops")
             .expect("no panic");
         self.up
+    }
+}
+
+impl TestRun<Up> {
+    /// The next value of `key` in the data of `device`, skipping everything else; panics when
+    /// none comes within the wait.
+    pub async fn value_of(&mut self, device: &str, key: &str) -> Value {
+        self.recv_until(|u| match u {
+            Up::Data(d) if d.device_name == device => d.value(key),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {key} of {device}"))
+    }
+
+    /// The next data of `device`, skipping everything else; panics when none comes within
+    /// the wait.
+    pub async fn record(&mut self, device: &str) -> DeviceData {
+        self.recv_until(|u| match u {
+            Up::Data(d) if d.device_name == device => Some(d),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|| panic!("no record of {device}"))
+    }
+
+    /// Waits until a value of `key` in the data of `device` equals `want`; panics when none
+    /// does within the wait.
+    pub async fn wait_value(&mut self, device: &str, key: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.value_of(device, key))
+                .await
+                .unwrap_or_else(|_| panic!("{device}/{key} never became {want:?}"));
+            if v == want {
+                return;
+            }
+        }
     }
 }
