@@ -13,22 +13,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::config::ConnectorSpec;
-use tbgw::connector::{ConnectorContext, ConnectorFactory, TestEnds};
-use tbgw::model::{DeviceData, Value};
-use tbgw::test_util::BluezMock;
-use tbgw::uplink::UplinkMessage;
+use tbgw::connector::ConnectorFactory;
+use tbgw::model::Value;
+use tbgw::test_util::harness::forward_up;
+use tbgw::test_util::{BluezMock, TestRun, Up};
 use tbgw_connectors::ble::BleFactory;
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(40);
 const SENSOR: &str = "4C:65:A8:DF:85:C0";
 const OTHER: &str = "11:22:33:44:55:66";
-
-#[derive(Debug)]
-enum Event {
-    Data(DeviceData),
-    Disconnect(String),
-}
 
 fn config() -> Json {
     json!({
@@ -55,59 +48,6 @@ fn config() -> Json {
             }
         ]
     })
-}
-
-struct Run {
-    events: mpsc::UnboundedReceiver<Event>,
-}
-
-impl Run {
-    async fn record(&mut self, device: &str, key: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Event::Data(d))) if d.device_name == device => {
-                    if let Some(v) = d.value(key) {
-                        return v;
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => panic!("no {key} of {device}"),
-            }
-        }
-    }
-
-    async fn wait_value(&mut self, device: &str, key: &str, want: Value) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = tokio::time::timeout_at(deadline, self.record(device, key))
-                .await
-                .unwrap_or_else(|_| panic!("{device}/{key} never became {want:?}"));
-            if v == want {
-                return;
-            }
-        }
-    }
-
-    async fn wait_disconnect(&mut self, device: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Event::Disconnect(d))) if d == device => return,
-                Ok(Some(_)) => {}
-                _ => panic!("{device} was never disconnected"),
-            }
-        }
-    }
-
-    async fn drain_for(&mut self, d: Duration) -> Vec<Event> {
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            out.push(e);
-        }
-        out
-    }
 }
 
 #[test]
@@ -137,33 +77,12 @@ fn advertisements_through_a_mocked_bluez() {
             file: Path::new("ble.json").to_path_buf(),
             config: config().into(),
         };
-        let mut connector = BleFactory::new()
+        let connector = BleFactory::new()
             .build(&spec, &mut Vec::new())
             .unwrap_or_else(|e| panic!("{e}"));
-        let (mut cx, ends) = ConnectorContext::for_test("BLE");
-        let TestEnds {
-            mut uplink, cancel, ..
-        } = ends;
-        let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(m) = uplink.recv().await {
-                let e = match m {
-                    UplinkMessage::Data { data, .. } => {
-                        for d in data {
-                            let _ = tx.send(Event::Data(d));
-                        }
-                        continue;
-                    }
-                    UplinkMessage::Disconnect { device, .. } => Event::Disconnect(device),
-                    _ => continue,
-                };
-                let _ = tx.send(e);
-            }
+        let mut run = TestRun::start("BLE", connector, WAIT, |uplink, tx| {
+            forward_up(uplink, tx, false)
         });
-        let task = tokio::spawn(async move {
-            connector.run(&mut cx).await.expect("ends cleanly");
-        });
-        let mut run = Run { events };
 
         // By MAC (configured in lower case), slices as JSON integers, name and RSSI.
         run.wait_value("Sensor", "temperature", Value::Int(0x0102))
@@ -172,7 +91,7 @@ fn advertisements_through_a_mocked_bluez() {
         run.wait_value("Sensor", "name", Value::String("LYWSD03MMC".into()))
             .await;
         assert!(matches!(
-            run.record("Sensor", "rssi").await,
+            run.value_of("Sensor", "rssi").await,
             Value::Int(r) if (-70..=-60).contains(&r)
         ));
 
@@ -195,12 +114,13 @@ fn advertisements_through_a_mocked_bluez() {
 
         // A device no longer heard: disconnected, and sent nothing more.
         bluez.set_heard(SENSOR, false).await.unwrap();
-        run.wait_disconnect("Sensor").await;
+        run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Sensor"))
+            .await;
         let after = run.drain_for(Duration::from_secs(2)).await;
         assert!(
             !after
                 .iter()
-                .any(|e| matches!(e, Event::Data(d) if d.device_name == "Sensor")),
+                .any(|e| matches!(e, Up::Data(d) if d.device_name == "Sensor")),
             "data for a device no longer heard: {after:?}"
         );
         bluez.set_heard(SENSOR, true).await.unwrap();
@@ -209,7 +129,8 @@ fn advertisements_through_a_mocked_bluez() {
 
         // bluetoothd goes away and comes back: scanning resumes by itself.
         bluez.stop_bluetoothd().await.unwrap();
-        run.wait_disconnect("Sensor").await;
+        run.wait_for(|u| matches!(u, Up::Disconnect(d) if d == "Sensor"))
+            .await;
         bluez.start_bluetoothd().await.unwrap();
         bluez.add_device(SENSOR, "LYWSD03MMC").await.unwrap();
         bluez
@@ -219,10 +140,6 @@ fn advertisements_through_a_mocked_bluez() {
         run.wait_value("Sensor", "temperature", Value::Int(16))
             .await;
 
-        cancel.cancel();
-        tokio::time::timeout(WAIT, task)
-            .await
-            .expect("stops")
-            .unwrap();
+        run.stop().await;
     });
 }
