@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tbgw::connector::{ConnectorContext, ConnectorFactory, ConnectorSpec, TestEnds};
-use tbgw::downlink::{AttributeUpdate, Downlink, RpcRequest, RpcResponder};
+use tbgw::downlink::{AttributeUpdate, Downlink};
 use tbgw::model::{DeviceData, Value};
 use tbgw::stats::ConnectorCounters;
-use tbgw::test_util::{free_tcp_port, PythonPeer};
+use tbgw::test_util::{free_tcp_port, harness, PythonPeer};
 use tbgw::uplink::UplinkMessage;
 use tbgw_connectors::ocpp::OcppFactory;
 
@@ -131,21 +131,7 @@ impl Seen {
 }
 
 async fn rpc(ends: &TestEnds, device: &str, method: &str, params: Json) -> Json {
-    let (responder, answer) = RpcResponder::new();
-    ends.downlink
-        .send(Downlink::Rpc(RpcRequest {
-            device: Some(device.into()),
-            id: 1,
-            method: method.into(),
-            params,
-            responder,
-        }))
-        .await
-        .expect("connector takes downlink");
-    tokio::time::timeout(WAIT, answer.reply())
-        .await
-        .expect("answered in time")
-        .expect("answered")
+    harness::rpc(&ends.downlink, Some(device), 1, method, params, WAIT).await
 }
 
 fn config(port: u16) -> Json {
